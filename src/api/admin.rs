@@ -1,0 +1,142 @@
+//! Operator endpoints (`roles: [admin]`): adjustments, freezing, ledger checks.
+
+use actix_web::http::StatusCode;
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_actix_web::service_config::ServiceConfig;
+
+use super::{run, run_idempotent, AppState, JsonBody};
+use crate::auth::Operator;
+use crate::domain::Credits;
+use crate::error::{ApiError, ErrorResponse};
+use crate::ledger::verify::{self, VerifyReport};
+use crate::services::adjustments::{self, Adjustment};
+use crate::services::wallets::{self, Wallet};
+
+pub fn configure(cfg: &mut ServiceConfig) {
+    cfg.service(create_adjustment)
+        .service(freeze_wallet)
+        .service(unfreeze_wallet)
+        .service(verify_ledger);
+}
+
+/// An audited credit (positive) or debit (negative) of a wallet.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAdjustmentRequest {
+    /// Signed credits as a decimal string, at most 6 decimal places; not zero.
+    #[schema(value_type = String, example = "-2.5")]
+    pub amount: Credits,
+    /// Why (1 to 500 characters); kept with the entry.
+    pub reason: String,
+}
+
+/// Adjust a wallet
+///
+/// Posts an audited adjustment against the platform's `adjustments`
+/// account, recording the amount, the reason and the operator. A debit that
+/// would take the wallet below zero is refused. Requires `Idempotency-Key`.
+#[utoipa::path(
+    tag = "admin",
+    params(
+        ("wallet_id" = String, Path, description = "The wallet's `wal_` id"),
+        ("Idempotency-Key" = String, Header, description = "Unique per intended adjustment; a retry with the same key and body replays the first response"),
+    ),
+    request_body = CreateAdjustmentRequest,
+    responses(
+        (status = 201, description = "The adjustment", body = Adjustment),
+        (status = 400, description = "Malformed JSON or missing Idempotency-Key", body = ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 402, description = "The debit would take the wallet below zero", body = ErrorResponse),
+        (status = 403, description = "Not an operator", body = ErrorResponse),
+        (status = 404, description = "No such wallet", body = ErrorResponse),
+        (status = 409, description = "A request with this key is in flight", body = ErrorResponse),
+        (status = 422, description = "Invalid amount or reason, or the key was used with another body", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/admin/wallets/{wallet_id}/adjustments")]
+pub async fn create_adjustment(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    operator: Operator,
+    path: web::Path<String>,
+    body: JsonBody<CreateAdjustmentRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = operator.0.caller();
+    let wallet_id = path.into_inner();
+    let JsonBody { value, raw } = body;
+    let op = caller.clone();
+    run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {
+        adjustments::create_adjustment(tx, ctx, &op, &wallet_id, value.amount, &value.reason, key).map(Into::into)
+    })
+    .await
+}
+
+/// Freeze a wallet
+///
+/// A frozen wallet cannot spend.
+#[utoipa::path(
+    tag = "admin",
+    params(("wallet_id" = String, Path, description = "The wallet's `wal_` id")),
+    responses(
+        (status = 200, description = "The wallet", body = Wallet),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 403, description = "Not an operator", body = ErrorResponse),
+        (status = 404, description = "No such wallet", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/admin/wallets/{wallet_id}/freeze")]
+pub async fn freeze_wallet(
+    state: web::Data<AppState>,
+    _operator: Operator,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let wallet_id = path.into_inner();
+    let wallet = run(&state, move |conn, ctx| wallets::set_frozen(conn, ctx, &wallet_id, true)).await?;
+    Ok(HttpResponse::Ok().json(wallet))
+}
+
+/// Unfreeze a wallet
+#[utoipa::path(
+    tag = "admin",
+    params(("wallet_id" = String, Path, description = "The wallet's `wal_` id")),
+    responses(
+        (status = 200, description = "The wallet", body = Wallet),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 403, description = "Not an operator", body = ErrorResponse),
+        (status = 404, description = "No such wallet", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/admin/wallets/{wallet_id}/unfreeze")]
+pub async fn unfreeze_wallet(
+    state: web::Data<AppState>,
+    _operator: Operator,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let wallet_id = path.into_inner();
+    let wallet = run(&state, move |conn, ctx| wallets::set_frozen(conn, ctx, &wallet_id, false)).await?;
+    Ok(HttpResponse::Ok().json(wallet))
+}
+
+/// Verify the ledger
+///
+/// Checks every invariant of the ledger and lists each breach; `ok` is true
+/// when there is none.
+#[utoipa::path(
+    tag = "admin",
+    responses(
+        (status = 200, description = "The report", body = VerifyReport),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 403, description = "Not an operator", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/ledger/verify")]
+pub async fn verify_ledger(state: web::Data<AppState>, _operator: Operator) -> Result<HttpResponse, ApiError> {
+    let report = run(&state, |conn, _| Ok(verify::verify(conn)?)).await?;
+    Ok(HttpResponse::Ok().json(report))
+}

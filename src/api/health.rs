@@ -1,0 +1,54 @@
+//! Liveness and readiness.
+
+use actix_web::{get, web, HttpResponse};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_actix_web::service_config::ServiceConfig;
+
+use super::{run, AppState};
+use crate::db;
+use crate::error::{ApiError, ErrorResponse};
+use crate::services::ServiceError;
+
+pub fn configure(cfg: &mut ServiceConfig) {
+    cfg.service(healthz).service(readyz);
+}
+
+/// Health state.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `ready`.
+    pub status: String,
+}
+
+/// Liveness
+///
+/// Answers as long as the process serves HTTP.
+#[utoipa::path(tag = "health", responses((status = 200, description = "Alive", body = Health)))]
+#[get("/healthz")]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Health { status: "ok".into() })
+}
+
+/// Readiness
+///
+/// Ready when the database answers and every migration is applied.
+#[utoipa::path(
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Database unreachable or migrations pending", body = ErrorResponse),
+    )
+)]
+#[get("/readyz")]
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let pending = run(&state, |conn, _| {
+        db::has_pending_migrations(conn).map_err(ServiceError::Internal)
+    })
+    .await
+    .map_err(|e| ApiError::unavailable(e))?;
+    if pending {
+        return Err(ApiError::unavailable("migrations pending"));
+    }
+    Ok(HttpResponse::Ok().json(Health { status: "ready".into() }))
+}

@@ -1,0 +1,185 @@
+//! HTTP: handlers per capability. A handler extracts, calls one service
+//! inside `web::block`, and maps the result to a response. Registering a
+//! handler with `.service()` is what documents it in the OpenAPI document.
+
+pub mod admin;
+pub mod docs;
+pub mod health;
+pub mod me;
+pub mod orgs;
+pub mod wallets;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use utoipa_actix_web::service_config::ServiceConfig;
+
+use crate::db::{DbConn, Pool};
+use crate::error::ApiError;
+use crate::services::idempotency::{self, IdempotentRequest, Outcome, RequestKey, StoredResponse};
+use crate::services::{Caller, Ctx, ServiceResult};
+
+/// Shared by every handler.
+pub struct AppState {
+    pub pool: Pool,
+    pub ctx: Ctx,
+}
+
+/// Registers every route (and so documents it).
+pub fn configure(cfg: &mut ServiceConfig) {
+    health::configure(cfg);
+    me::configure(cfg);
+    wallets::configure(cfg);
+    orgs::configure(cfg);
+    admin::configure(cfg);
+}
+
+/// Runs a service on the blocking pool with a pooled connection, inside the
+/// request's tracing span.
+pub async fn run<T, F>(state: &web::Data<AppState>, f: F) -> Result<T, ApiError>
+where
+    F: FnOnce(&mut DbConn, &Ctx) -> ServiceResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let state = state.clone();
+    let span = tracing::Span::current();
+    let result = web::block(move || {
+        let _entered = span.enter();
+        let mut conn = state.pool.get()?;
+        f(&mut conn, &state.ctx)
+    })
+    .await?;
+    result.map_err(ApiError::from)
+}
+
+/// Runs a money-moving service under the request's `Idempotency-Key`
+/// (required) and answers with the stored or fresh response.
+pub async fn run_idempotent<T, F>(
+    state: &web::Data<AppState>,
+    req: &HttpRequest,
+    caller: &Caller,
+    body: &serde_json::Value,
+    status: StatusCode,
+    work: F,
+) -> Result<HttpResponse, ApiError>
+where
+    F: FnOnce(&mut DbConn, &Ctx, &RequestKey) -> ServiceResult<Outcome<T>> + Send + 'static,
+    T: serde::Serialize + 'static,
+{
+    let key = req
+        .headers()
+        .get("Idempotency-Key")
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "idempotency_key_required",
+                "this request moves money: send an Idempotency-Key header (e.g. a UUID)",
+            )
+        })?
+        .to_str()
+        .map_err(|_| ApiError::validation("Idempotency-Key must be printable ASCII"))?
+        .to_string();
+    let request = IdempotentRequest::new(&caller.id, &key, req.method().as_str(), req.path(), body)?;
+    let stored = run(state, move |conn, ctx| {
+        idempotency::execute(conn, &request, status.as_u16(), |tx, key| work(tx, ctx, key))
+    })
+    .await?;
+    Ok(stored_response(stored))
+}
+
+fn stored_response(stored: StoredResponse) -> HttpResponse {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    let mut res = HttpResponse::build(status);
+    res.insert_header((header::CONTENT_TYPE, "application/json"));
+    for (name, value) in &stored.headers {
+        res.insert_header((name.as_str(), value.as_str()));
+    }
+    if stored.replayed {
+        res.insert_header(("Idempotent-Replayed", "true"));
+    }
+    res.body(stored.body)
+}
+
+/// A JSON request body: malformed JSON is a 400 `invalid_json`; JSON of the
+/// wrong shape (unknown fields, a number where an amount string belongs, ...)
+/// is a 422 `validation_error`. Keeps the parsed JSON for idempotency.
+pub struct JsonBody<T> {
+    pub value: T,
+    pub raw: serde_json::Value,
+}
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 64 * 1024;
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let content_type_ok = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.starts_with("application/json") || v.contains("+json"))
+            .unwrap_or(true);
+        let bytes = web::Bytes::from_request(req, payload);
+        Box::pin(async move {
+            if !content_type_ok {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    "Content-Type must be application/json",
+                ));
+            }
+            let bytes = bytes.await.map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+            if bytes.len() > MAX_BODY {
+                return Err(ApiError::bad_request("invalid_request", "request body is too large"));
+            }
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return Err(ApiError::bad_request("invalid_json", "the request body is empty; send a JSON object"));
+            }
+            let raw: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")))?;
+            let value = T::deserialize(&raw).map_err(|e| ApiError::validation(format!("invalid request body: {e}")))?;
+            Ok(JsonBody { value, raw })
+        })
+    }
+}
+
+/// For PATCH fields where absent (unchanged) differs from null (cleared).
+pub fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// JSON errors of actix's own extractors in the same envelope.
+pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    ApiError::validation(format!("invalid query string: {err}")).into()
+}
+
+pub fn path_error(err: actix_web::error::PathError, _req: &HttpRequest) -> actix_web::Error {
+    ApiError::not_found(format!("not found: {err}")).into()
+}
+
+/// Unknown routes.
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found(format!("no route for {} {}", req.method(), req.path())))
+}
+
+/// Reads an optional RFC 3339 time filter.
+pub fn parse_time(name: &str, value: &Option<String>) -> Result<Option<chrono::NaiveDateTime>, ApiError> {
+    value
+        .as_deref()
+        .map(|v| {
+            chrono::DateTime::parse_from_rfc3339(v)
+                .map(|t| crate::db::truncate_micros(t.naive_utc()))
+                .map_err(|_| ApiError::validation(format!("{name} '{v}' is not an RFC 3339 time")))
+        })
+        .transpose()
+}

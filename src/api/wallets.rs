@@ -1,0 +1,192 @@
+//! Wallets: read, spend limits, history and its CSV export.
+
+use actix_web::http::header;
+use actix_web::{get, patch, web, HttpResponse};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_actix_web::service_config::ServiceConfig;
+
+use super::{double_option, parse_time, run, AppState, JsonBody};
+use crate::auth::AuthUser;
+use crate::domain::Credits;
+use crate::error::{ApiError, ErrorResponse};
+use crate::services::history::{HistoryQuery, TransactionList, DEFAULT_PAGE};
+use crate::services::wallets::{self, Wallet};
+
+pub fn configure(cfg: &mut ServiceConfig) {
+    cfg.service(get_wallet)
+        .service(update_wallet)
+        .service(list_wallet_transactions)
+        .service(export_wallet_transactions);
+}
+
+/// New spend limits; an absent field stays as it is, null removes the limit.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWalletRequest {
+    /// Most credits per UTC day, as a decimal string; null removes the limit.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, example = "20")]
+    pub daily_limit: Option<Option<Credits>>,
+    /// Most credits per ISO week (UTC), as a decimal string; null removes the limit.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, example = "100")]
+    pub weekly_limit: Option<Option<Credits>>,
+}
+
+/// History filters and pagination.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TransactionsQuery {
+    /// Page size, 1 to 100 (default 25).
+    pub limit: Option<i64>,
+    /// Return transactions older than this `txn_` id (the last id of the previous page).
+    pub starting_after: Option<String>,
+    /// Only these types, comma-separated (e.g. `charge,free_message`).
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub kind: Option<String>,
+    /// Only at or after this RFC 3339 time.
+    pub from: Option<String>,
+    /// Only before this RFC 3339 time.
+    pub to: Option<String>,
+}
+
+impl TransactionsQuery {
+    pub fn to_history(&self) -> Result<HistoryQuery, ApiError> {
+        Ok(HistoryQuery {
+            limit: self.limit.unwrap_or(DEFAULT_PAGE),
+            starting_after: self.starting_after.clone(),
+            types: match &self.kind {
+                Some(t) => HistoryQuery::parse_types(t)?,
+                None => Vec::new(),
+            },
+            from: parse_time("from", &self.from)?,
+            to: parse_time("to", &self.to)?,
+        })
+    }
+}
+
+/// Get a wallet
+///
+/// Balance, its USD value, spend limits and whether it is frozen. The owner
+/// or any member of the owning organization may read it.
+#[utoipa::path(
+    tag = "wallets",
+    params(("wallet_id" = String, Path, description = "The wallet's `wal_` id")),
+    responses(
+        (status = 200, description = "The wallet", body = Wallet),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 404, description = "No such wallet, or not the caller's", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/wallets/{wallet_id}")]
+pub async fn get_wallet(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = user.caller();
+    let wallet_id = path.into_inner();
+    let wallet = run(&state, move |conn, ctx| wallets::get_wallet(conn, ctx, &caller, &wallet_id)).await?;
+    Ok(HttpResponse::Ok().json(wallet))
+}
+
+/// Set spend limits
+///
+/// Sets or removes the wallet's daily and weekly spend limits. The owner, or
+/// an owner or admin of the owning organization.
+#[utoipa::path(
+    tag = "wallets",
+    params(("wallet_id" = String, Path, description = "The wallet's `wal_` id")),
+    request_body = UpdateWalletRequest,
+    responses(
+        (status = 200, description = "The updated wallet", body = Wallet),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 403, description = "A plain member of the owning organization", body = ErrorResponse),
+        (status = 404, description = "No such wallet, or not the caller's", body = ErrorResponse),
+        (status = 422, description = "Invalid limit", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[patch("/v1/wallets/{wallet_id}")]
+pub async fn update_wallet(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+    body: JsonBody<UpdateWalletRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = user.caller();
+    let wallet_id = path.into_inner();
+    let req = body.value;
+    let wallet = run(&state, move |conn, ctx| {
+        wallets::update_limits(conn, ctx, &caller, &wallet_id, req.daily_limit, req.weekly_limit)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(wallet))
+}
+
+/// List wallet transactions
+///
+/// Newest first. Page with `starting_after` = the last id of the previous
+/// page; filter by type and time.
+#[utoipa::path(
+    tag = "wallets",
+    params(("wallet_id" = String, Path, description = "The wallet's `wal_` id"), TransactionsQuery),
+    responses(
+        (status = 200, description = "A page of transactions", body = TransactionList),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 404, description = "No such wallet, or not the caller's", body = ErrorResponse),
+        (status = 422, description = "Invalid filter or cursor", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/wallets/{wallet_id}/transactions")]
+pub async fn list_wallet_transactions(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+    query: web::Query<TransactionsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = user.caller();
+    let wallet_id = path.into_inner();
+    let q = query.to_history()?;
+    let list = run(&state, move |conn, _| wallets::list_transactions(conn, &caller, &wallet_id, &q)).await?;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+/// Export wallet transactions as CSV
+///
+/// Every transaction matching the filters (pagination parameters ignored),
+/// newest first. The owner, or an owner or admin of the owning organization.
+#[utoipa::path(
+    tag = "wallets",
+    params(("wallet_id" = String, Path, description = "The wallet's `wal_` id"), TransactionsQuery),
+    responses(
+        (status = 200, description = "CSV with a header row", content_type = "text/csv", body = String),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 403, description = "A plain member of the owning organization", body = ErrorResponse),
+        (status = 404, description = "No such wallet, or not the caller's", body = ErrorResponse),
+        (status = 422, description = "Invalid filter", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/wallets/{wallet_id}/transactions/export")]
+pub async fn export_wallet_transactions(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+    query: web::Query<TransactionsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = user.caller();
+    let wallet_id = path.into_inner();
+    let q = query.to_history()?;
+    let filename = format!("attachment; filename=\"{wallet_id}-transactions.csv\"");
+    let csv = run(&state, move |conn, _| wallets::export_transactions(conn, &caller, &wallet_id, &q)).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/csv; charset=utf-8"))
+        .insert_header((header::CONTENT_DISPOSITION, filename))
+        .body(csv))
+}

@@ -1,0 +1,9 @@
+//! Who is calling: JWT verification (algorithm pinned, `exp` required,
+//! `iss`/`aud` when configured) and the extractors that make "login
+//! required" a handler parameter.
+
+mod extract;
+mod jwt;
+
+pub use extract::{AuthUser, Operator};
+pub use jwt::{mint_token, Claims, JwtVerifier, TokenError, MAX_LEEWAY_SECS};

@@ -1,0 +1,149 @@
+//! The command line: `serve | migrate | openapi | token | ledger verify`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Settings;
+use crate::startup::{open_database, Application};
+
+#[derive(Parser)]
+#[command(name = "tally", version, about = "The money side of an AI-agent marketplace")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pending migrations, then serve the API.
+    Serve,
+    /// Apply pending migrations and exit.
+    Migrate,
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Mint a JWT with the configured secret, for trying the API.
+    Token {
+        /// The person's id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Give the token a role.
+        #[arg(long, value_enum)]
+        role: Vec<Role>,
+        /// How long the token is valid (e.g. 1h, 30m).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Ledger tools.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Check every ledger invariant; exit code 1 on any breach.
+    Verify,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Role {
+    Admin,
+    Service,
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("tally: {message}");
+    ExitCode::from(2)
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        print!("{}", crate::api::docs::openapi_json());
+        return ExitCode::SUCCESS;
+    }
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    crate::telemetry::init(settings.log_json);
+    match cli.command {
+        Command::Openapi => ExitCode::SUCCESS,
+        Command::Serve => serve(settings),
+        Command::Migrate => match open_database(&settings) {
+            Ok(_) => {
+                println!("migrations applied to {}", settings.database.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        Command::Token { sub, role, ttl } => {
+            let ttl = match humantime::parse_duration(&ttl) {
+                Ok(d) if d > Duration::ZERO => d,
+                _ => return fail(format!("--ttl '{ttl}' is not a duration like 1h")),
+            };
+            let roles: Vec<String> = role
+                .iter()
+                .map(|r| match r {
+                    Role::Admin => "admin".to_string(),
+                    Role::Service => "service".to_string(),
+                })
+                .collect();
+            match crate::auth::mint_token(&settings.jwt, &sub, &roles, ttl) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Ledger { command: LedgerCommand::Verify } => verify(settings),
+    }
+}
+
+fn serve(settings: Settings) -> ExitCode {
+    let bind = settings.bind.clone();
+    let backend = settings.database.display();
+    let app = match Application::build(settings) {
+        Ok(app) => app,
+        Err(e) => return fail(e),
+    };
+    tracing::info!(bind = %bind, port = app.port(), database = %backend, "tally serving");
+    match actix_web::rt::System::new().block_on(app.run_until_stopped()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format!("server error: {e}")),
+    }
+}
+
+fn verify(settings: Settings) -> ExitCode {
+    let (pool, _) = match open_database(&settings) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let mut conn = match pool.get() {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot get a database connection: {e}")),
+    };
+    match crate::ledger::verify::verify(&mut conn) {
+        Ok(report) => {
+            println!(
+                "ledger: {} entries, {} postings, {} accounts, sum {}",
+                report.entries, report.postings, report.accounts, report.ledger_sum
+            );
+            for b in &report.breaches {
+                println!("BREACH invariant {} {}: {}", b.invariant, b.check, b.detail);
+            }
+            if report.ok {
+                println!("ok: every invariant holds");
+                ExitCode::SUCCESS
+            } else {
+                println!("FAILED: {} breach(es)", report.breaches.len());
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => fail(format!("verify failed: {e}")),
+    }
+}

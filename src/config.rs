@@ -1,0 +1,276 @@
+//! Typed settings from environment variables (SPEC 12), over an optional
+//! `tally.toml` with the same keys, validated once at start.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+
+use crate::db::DbTarget;
+use crate::domain::{CreditRate, Credits};
+
+/// Every key tally reads, with its default where it has one.
+pub const KEYS: &[(&str, Option<&str>)] = &[
+    ("DATABASE_URL", Some("sqlite://tally.db")),
+    ("TALLY_BIND", Some("127.0.0.1:8080")),
+    ("TALLY_JWT_SECRET", None),
+    ("TALLY_JWT_PUBLIC_KEY", None),
+    ("TALLY_JWT_ISSUER", None),
+    ("TALLY_JWT_AUDIENCE", None),
+    ("TALLY_CREDIT_USD", Some("0.10")),
+    ("TALLY_MARKETPLACE_SHARE", Some("0.30")),
+    ("TALLY_EARNINGS_HOLD", Some("24h")),
+    ("TALLY_MIN_WITHDRAWAL", Some("100")),
+    ("TALLY_DB_POOL_SIZE", Some("16")),
+    ("TALLY_SQLITE_SYNCHRONOUS", Some("FULL")),
+    ("TALLY_IDEMPOTENCY_TTL", Some("24h")),
+    ("TALLY_WORKERS", None),
+    ("TALLY_LOG_FORMAT", Some("text")),
+    ("STRIPE_SECRET_KEY", None),
+    ("STRIPE_WEBHOOK_SECRET", None),
+    ("STRIPE_API_BASE", None),
+];
+
+/// A configuration problem, said in one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+/// How JWTs are verified.
+#[derive(Clone, Debug, Default)]
+pub struct JwtSettings {
+    /// HS256 shared secret.
+    pub secret: Option<String>,
+    /// PEM text of an RS256 or ES256 public key.
+    pub public_key_pem: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StripeSettings {
+    pub secret_key: String,
+    pub webhook_secret: Option<String>,
+    pub api_base: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub database: DbTarget,
+    pub bind: String,
+    pub jwt: JwtSettings,
+    pub credit_rate: CreditRate,
+    pub marketplace_share: Decimal,
+    pub earnings_hold: Duration,
+    pub min_withdrawal: Credits,
+    pub pool_size: u32,
+    pub sqlite_synchronous_full: bool,
+    pub idempotency_ttl: Duration,
+    pub workers: Option<usize>,
+    pub log_json: bool,
+    pub stripe: Option<StripeSettings>,
+}
+
+impl Settings {
+    /// Reads `tally.toml` (or the file named by `TALLY_CONFIG`) if present,
+    /// then the environment, which wins.
+    pub fn load() -> Result<Self, ConfigError> {
+        let mut values = BTreeMap::new();
+        let file = std::env::var("TALLY_CONFIG").ok();
+        let path = file.clone().unwrap_or_else(|| "tally.toml".to_string());
+        if Path::new(&path).exists() {
+            values.extend(read_toml(&path)?);
+        } else if file.is_some() {
+            return Err(ConfigError(format!("TALLY_CONFIG names '{path}', which does not exist")));
+        }
+        for (key, _) in KEYS {
+            if let Ok(v) = std::env::var(key) {
+                values.insert(key.to_string(), v);
+            }
+        }
+        Self::from_values(&values)
+    }
+
+    /// Builds settings from key/value pairs (defaults fill the rest).
+    pub fn from_values(values: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        if let Some(unknown) = values.keys().find(|k| !KEYS.iter().any(|(name, _)| name == k)) {
+            return Err(ConfigError(format!("unknown setting '{unknown}'")));
+        }
+        let get = |key: &str| -> Option<String> {
+            values
+                .get(key)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .or_else(|| {
+                    KEYS.iter().find(|(k, _)| *k == key).and_then(|(_, d)| d.map(str::to_string))
+                })
+        };
+        let bad = |key: &str, why: String| ConfigError(format!("{key}: {why}"));
+
+        let database = DbTarget::parse(&get("DATABASE_URL").unwrap_or_default())
+            .map_err(ConfigError)?;
+        let bind = get("TALLY_BIND").unwrap_or_default();
+        if bind.parse::<std::net::SocketAddr>().is_err() && !bind.contains(':') {
+            return Err(bad("TALLY_BIND", format!("'{bind}' is not HOST:PORT")));
+        }
+
+        let public_key_pem = match get("TALLY_JWT_PUBLIC_KEY") {
+            Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| {
+                bad("TALLY_JWT_PUBLIC_KEY", format!("cannot read '{path}': {e}"))
+            })?),
+            None => None,
+        };
+        let jwt = JwtSettings {
+            secret: get("TALLY_JWT_SECRET"),
+            public_key_pem,
+            issuer: get("TALLY_JWT_ISSUER"),
+            audience: get("TALLY_JWT_AUDIENCE"),
+        };
+
+        let credit_rate = CreditRate::parse(&get("TALLY_CREDIT_USD").unwrap_or_default())
+            .map_err(|e| bad("TALLY_CREDIT_USD", e))?;
+        let share_text = get("TALLY_MARKETPLACE_SHARE").unwrap_or_default();
+        let marketplace_share: Decimal = share_text
+            .parse()
+            .ok()
+            .filter(|d: &Decimal| *d >= Decimal::ZERO && *d <= Decimal::ONE)
+            .ok_or_else(|| {
+                bad("TALLY_MARKETPLACE_SHARE", format!("'{share_text}' is not between 0 and 1"))
+            })?;
+        let earnings_hold = parse_duration("TALLY_EARNINGS_HOLD", &get("TALLY_EARNINGS_HOLD"))?;
+        let idempotency_ttl =
+            parse_duration("TALLY_IDEMPOTENCY_TTL", &get("TALLY_IDEMPOTENCY_TTL"))?;
+        if idempotency_ttl < Duration::from_secs(24 * 3600) {
+            return Err(bad("TALLY_IDEMPOTENCY_TTL", "must be at least 24h".into()));
+        }
+        let min_text = get("TALLY_MIN_WITHDRAWAL").unwrap_or_default();
+        let min_withdrawal = Credits::parse(&min_text)
+            .ok()
+            .filter(|c| !c.is_negative())
+            .ok_or_else(|| bad("TALLY_MIN_WITHDRAWAL", format!("'{min_text}' is not credits")))?;
+        let pool_text = get("TALLY_DB_POOL_SIZE").unwrap_or_default();
+        let pool_size = pool_text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=512).contains(n))
+            .ok_or_else(|| bad("TALLY_DB_POOL_SIZE", format!("'{pool_text}' is not 1 to 512")))?;
+        let sqlite_synchronous_full =
+            match get("TALLY_SQLITE_SYNCHRONOUS").unwrap_or_default().to_ascii_uppercase().as_str() {
+                "FULL" => true,
+                "NORMAL" => false,
+                other => {
+                    return Err(bad("TALLY_SQLITE_SYNCHRONOUS", format!("'{other}' is not FULL or NORMAL")))
+                }
+            };
+        let workers = match get("TALLY_WORKERS") {
+            Some(w) => Some(
+                w.parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad("TALLY_WORKERS", format!("'{w}' is not a positive number")))?,
+            ),
+            None => None,
+        };
+        let log_json = match get("TALLY_LOG_FORMAT").unwrap_or_default().as_str() {
+            "text" => false,
+            "json" => true,
+            other => return Err(bad("TALLY_LOG_FORMAT", format!("'{other}' is not text or json"))),
+        };
+        let stripe = get("STRIPE_SECRET_KEY").map(|secret_key| StripeSettings {
+            secret_key,
+            webhook_secret: get("STRIPE_WEBHOOK_SECRET"),
+            api_base: get("STRIPE_API_BASE"),
+        });
+
+        Ok(Settings {
+            database,
+            bind,
+            jwt,
+            credit_rate,
+            marketplace_share,
+            earnings_hold,
+            min_withdrawal,
+            pool_size,
+            sqlite_synchronous_full,
+            idempotency_ttl,
+            workers,
+            log_json,
+            stripe,
+        })
+    }
+
+    /// The server verifies tokens, so it needs a secret or a public key.
+    pub fn require_jwt(&self) -> Result<(), ConfigError> {
+        if self.jwt.secret.is_none() && self.jwt.public_key_pem.is_none() {
+            return Err(ConfigError(
+                "TALLY_JWT_SECRET is not set (or set TALLY_JWT_PUBLIC_KEY to a PEM file)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_duration(key: &str, value: &Option<String>) -> Result<Duration, ConfigError> {
+    let text = value.clone().unwrap_or_default();
+    humantime::parse_duration(&text)
+        .map_err(|e| ConfigError(format!("{key}: '{text}' is not a duration like 24h or 0s ({e})")))
+}
+
+fn read_toml(path: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read {path}: {e}")))?;
+    let table: toml::Table =
+        text.parse().map_err(|e| ConfigError(format!("{path} is not valid TOML: {e}")))?;
+    table
+        .into_iter()
+        .map(|(k, v)| {
+            let s = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(ConfigError(format!("{path}: '{k}' must be a string, not {other}")))
+                }
+            };
+            Ok((k, s))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let s = Settings::from_values(&values(&[])).unwrap();
+        assert_eq!(s.database, DbTarget::Sqlite("tally.db".into()));
+        assert_eq!(s.bind, "127.0.0.1:8080");
+        assert_eq!(s.earnings_hold, Duration::from_secs(86_400));
+        assert_eq!(s.min_withdrawal, Credits::whole(100));
+        assert_eq!(s.marketplace_share.to_string(), "0.30");
+        assert!(s.stripe.is_none());
+        assert_eq!(s.require_jwt().unwrap_err().0.contains("TALLY_JWT_SECRET"), true);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Settings::from_values(&values(&[("DATABASE_URL", "mysql://x")])).unwrap_err();
+        assert!(err.to_string().contains("DATABASE_URL"), "{err}");
+        let err =
+            Settings::from_values(&values(&[("TALLY_MARKETPLACE_SHARE", "1.5")])).unwrap_err();
+        assert!(err.to_string().contains("TALLY_MARKETPLACE_SHARE"), "{err}");
+        let err = Settings::from_values(&values(&[("TALLY_EARNINGS_HOLD", "soon")])).unwrap_err();
+        assert!(err.to_string().contains("TALLY_EARNINGS_HOLD"), "{err}");
+        let err = Settings::from_values(&values(&[("TALLY_JWT_SECRETS", "x")])).unwrap_err();
+        assert!(err.to_string().contains("unknown setting"), "{err}");
+        let ok = Settings::from_values(&values(&[("TALLY_EARNINGS_HOLD", "0s")])).unwrap();
+        assert_eq!(ok.earnings_hold, Duration::ZERO);
+    }
+}

@@ -1,0 +1,322 @@
+//! The database: one `MultiConnection` over SQLite and PostgreSQL, an r2d2
+//! manager that picks the backend from the URL scheme, migrations per backend,
+//! and write transactions. The only module that knows one backend from the
+//! other.
+
+pub mod models;
+pub mod schema;
+
+use std::time::Duration;
+
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::prelude::*;
+use diesel::r2d2::{self, ManageConnection};
+use diesel::{PgConnection, SqliteConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// Key of the PostgreSQL advisory lock that serializes migrations when
+/// several instances start at once.
+const MIGRATION_LOCK_KEY: i64 = 0x7461_6c6c_795f_6d67;
+
+/// A connection to either backend.
+#[derive(diesel::MultiConnection)]
+pub enum DbConn {
+    Pg(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+pub type Pool = r2d2::Pool<Manager>;
+pub type PooledConn = r2d2::PooledConnection<Manager>;
+
+/// Which database a URL names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DbTarget {
+    /// A file path (created if missing).
+    Sqlite(String),
+    /// A libpq URL, used as given.
+    Postgres(String),
+}
+
+impl DbTarget {
+    /// Reads `sqlite://PATH` (also `sqlite:PATH`) or `postgres://...`
+    /// (also `postgresql://`).
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            if path.is_empty() {
+                return Err("DATABASE_URL 'sqlite://' names no file (try sqlite://tally.db)".into());
+            }
+            if path.contains(":memory:") || path.starts_with("file:") {
+                return Err(format!(
+                    "DATABASE_URL '{url}': in-memory SQLite is not supported (each pooled \
+                     connection would see its own empty database); name a file"
+                ));
+            }
+            return Ok(DbTarget::Sqlite(path.to_string()));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DbTarget::Postgres(url.to_string()));
+        }
+        Err(format!(
+            "DATABASE_URL '{}' is not understood: use sqlite://PATH or postgres://USER@HOST/DB",
+            redact_url(url)
+        ))
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            DbTarget::Sqlite(_) => "sqlite",
+            DbTarget::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The URL without a password, fit for logs and error messages.
+    pub fn display(&self) -> String {
+        match self {
+            DbTarget::Sqlite(path) => format!("sqlite://{path}"),
+            DbTarget::Postgres(url) => redact_url(url),
+        }
+    }
+}
+
+/// Hides the password of `scheme://user:password@host/...`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}")
+            } else {
+                format!("{scheme}://{user}@{host}")
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Why a connection could not be opened or set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to {target}: {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: ConnectionError,
+    },
+    #[error("cannot set up the connection to {target}: {source}")]
+    Setup {
+        target: String,
+        #[source]
+        source: diesel::result::Error,
+    },
+}
+
+/// Opens connections for the pool, chosen by URL scheme (the derived
+/// `establish` would try PostgreSQL, then open a failing URL as a SQLite
+/// file name).
+#[derive(Clone, Debug)]
+pub struct Manager {
+    target: DbTarget,
+    sqlite_synchronous: &'static str,
+}
+
+impl Manager {
+    pub fn new(target: DbTarget, sqlite_synchronous_full: bool) -> Self {
+        Manager {
+            target,
+            sqlite_synchronous: if sqlite_synchronous_full { "FULL" } else { "NORMAL" },
+        }
+    }
+
+    pub fn target(&self) -> &DbTarget {
+        &self.target
+    }
+}
+
+impl ManageConnection for Manager {
+    type Connection = DbConn;
+    type Error = ConnectError;
+
+    fn connect(&self) -> Result<DbConn, ConnectError> {
+        let target = self.target.display();
+        match &self.target {
+            DbTarget::Sqlite(path) => {
+                let mut conn = SqliteConnection::establish(path)
+                    .map_err(|source| ConnectError::Connect { target: target.clone(), source })?;
+                // WAL lets readers run beside the one writer; busy_timeout makes
+                // writers wait for the lock instead of failing at once.
+                let setup = format!(
+                    "PRAGMA busy_timeout = 15000; PRAGMA journal_mode = WAL; \
+                     PRAGMA synchronous = {}; PRAGMA foreign_keys = ON;",
+                    self.sqlite_synchronous
+                );
+                conn.batch_execute(&setup)
+                    .map_err(|source| ConnectError::Setup { target, source })?;
+                Ok(DbConn::Sqlite(conn))
+            }
+            DbTarget::Postgres(url) => {
+                let mut conn = PgConnection::establish(url)
+                    .map_err(|source| ConnectError::Connect { target: target.clone(), source })?;
+                conn.batch_execute("SET TIME ZONE 'UTC'")
+                    .map_err(|source| ConnectError::Setup { target, source })?;
+                Ok(DbConn::Pg(conn))
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut DbConn) -> Result<(), ConnectError> {
+        conn.batch_execute("SELECT 1")
+            .map_err(|source| ConnectError::Setup { target: self.target.display(), source })
+    }
+
+    fn has_broken(&self, conn: &mut DbConn) -> bool {
+        <DbConn as Connection>::TransactionManager::is_broken_transaction_manager(conn)
+    }
+}
+
+/// Opens one connection first (so a bad URL or a refused connection is
+/// reported with its real cause), then builds the pool.
+pub fn build_pool(manager: Manager, max_size: u32) -> Result<Pool, String> {
+    manager.connect().map_err(|e| e.to_string())?;
+    r2d2::Pool::builder()
+        .max_size(max_size)
+        .min_idle(Some(1))
+        .connection_timeout(Duration::from_secs(10))
+        .build(manager)
+        .map_err(|e| format!("cannot build the connection pool: {e}"))
+}
+
+/// Runs pending migrations of the connection's backend; returns their names.
+/// On PostgreSQL an advisory lock keeps instances that start together from
+/// migrating at the same time.
+pub fn run_migrations(conn: &mut DbConn) -> Result<Vec<String>, String> {
+    let names = |v: Vec<diesel::migration::MigrationVersion<'_>>| {
+        v.into_iter().map(|m| m.to_string()).collect::<Vec<_>>()
+    };
+    match conn {
+        DbConn::Sqlite(c) => {
+            c.run_pending_migrations(SQLITE_MIGRATIONS).map(names).map_err(|e| e.to_string())
+        }
+        DbConn::Pg(c) => {
+            c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+                .map_err(|e| e.to_string())?;
+            let result =
+                c.run_pending_migrations(POSTGRES_MIGRATIONS).map(names).map_err(|e| e.to_string());
+            let unlock = c
+                .batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
+                .map_err(|e| e.to_string());
+            let done = result?;
+            unlock?;
+            Ok(done)
+        }
+    }
+}
+
+/// Reverts every applied migration (used by the migration round-trip test).
+pub fn revert_all_migrations(conn: &mut DbConn) -> Result<usize, String> {
+    match conn {
+        DbConn::Sqlite(c) => {
+            c.revert_all_migrations(SQLITE_MIGRATIONS).map(|v| v.len()).map_err(|e| e.to_string())
+        }
+        DbConn::Pg(c) => {
+            c.revert_all_migrations(POSTGRES_MIGRATIONS).map(|v| v.len()).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Whether migrations remain to run (for `/readyz`).
+pub fn has_pending_migrations(conn: &mut DbConn) -> Result<bool, String> {
+    match conn {
+        DbConn::Sqlite(c) => c.has_pending_migration(SQLITE_MIGRATIONS),
+        DbConn::Pg(c) => c.has_pending_migration(POSTGRES_MIGRATIONS),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// Runs `f` in a write transaction. On SQLite it begins with `BEGIN
+/// IMMEDIATE`, taking the write lock up front: a plain `BEGIN` that reads and
+/// then writes fails with "database is locked" when another writer got in
+/// between. Transactions opened inside `f` become savepoints.
+pub fn write_tx<T, E, F>(conn: &mut DbConn, f: F) -> Result<T, E>
+where
+    F: FnOnce(&mut DbConn) -> Result<T, E>,
+    E: From<diesel::result::Error>,
+{
+    match conn {
+        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
+        DbConn::Pg(c) => AnsiTransactionManager::begin_transaction(c)?,
+    }
+    type Tm = <DbConn as Connection>::TransactionManager;
+    match f(&mut *conn) {
+        Ok(value) => {
+            Tm::commit_transaction(conn)?;
+            Ok(value)
+        }
+        Err(user_error) => match Tm::rollback_transaction(conn) {
+            Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(user_error),
+            Err(rollback_error) => Err(rollback_error.into()),
+        },
+    }
+}
+
+/// Runs `f` in a read-only transaction, so that several reads see one
+/// snapshot on PostgreSQL.
+pub fn read_tx<T, E, F>(conn: &mut DbConn, f: F) -> Result<T, E>
+where
+    F: FnOnce(&mut DbConn) -> Result<T, E>,
+    E: From<diesel::result::Error>,
+{
+    conn.transaction(f)
+}
+
+pub fn is_sqlite(conn: &DbConn) -> bool {
+    matches!(conn, DbConn::Sqlite(_))
+}
+
+/// The current time as stored: UTC, truncated to microseconds (SQLite would
+/// keep nanoseconds, PostgreSQL cannot).
+pub fn now() -> chrono::NaiveDateTime {
+    truncate_micros(chrono::Utc::now().naive_utc())
+}
+
+pub fn truncate_micros(t: chrono::NaiveDateTime) -> chrono::NaiveDateTime {
+    use chrono::Timelike;
+    let nanos = t.nanosecond();
+    t.with_nanosecond(nanos - nanos % 1_000).unwrap_or(t)
+}
+
+/// A unique-constraint violation (a concurrent insert got there first).
+pub fn is_unique_violation(e: &diesel::result::Error) -> bool {
+    matches!(
+        e,
+        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_pick_the_backend() {
+        assert_eq!(DbTarget::parse("sqlite://tally.db"), Ok(DbTarget::Sqlite("tally.db".into())));
+        assert_eq!(DbTarget::parse("sqlite:///tmp/x.db"), Ok(DbTarget::Sqlite("/tmp/x.db".into())));
+        assert!(matches!(DbTarget::parse("postgres://u@h/d"), Ok(DbTarget::Postgres(_))));
+        assert!(matches!(DbTarget::parse("postgresql://u@h/d"), Ok(DbTarget::Postgres(_))));
+        let err = DbTarget::parse("mysql://u:secret@h/d").unwrap_err();
+        assert!(err.contains("not understood") && !err.contains("secret"), "{err}");
+        assert!(DbTarget::parse("sqlite://:memory:").is_err());
+        assert!(DbTarget::parse("sqlite://").is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("postgres://u:pw@h:5432/d"), "postgres://u:***@h:5432/d");
+        assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
+    }
+}

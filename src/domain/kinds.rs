@@ -1,0 +1,240 @@
+//! The closed sets of names the ledger and organizations use, stored as text.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Who owns an account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OwnerType {
+    Person,
+    Org,
+    Platform,
+}
+
+impl OwnerType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OwnerType::Person => "person",
+            OwnerType::Org => "org",
+            OwnerType::Platform => "platform",
+        }
+    }
+}
+
+impl FromStr for OwnerType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "person" => Ok(OwnerType::Person),
+            "org" => Ok(OwnerType::Org),
+            "platform" => Ok(OwnerType::Platform),
+            other => Err(format!("unknown owner type '{other}'")),
+        }
+    }
+}
+
+/// The accounts of SPEC 2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AccountKind {
+    Wallet,
+    EarningsPending,
+    EarningsAvailable,
+    EarningsInPayout,
+    Cash,
+    InfraRevenue,
+    MarketplaceRevenue,
+    SubsidyExpense,
+    BonusExpense,
+    Adjustments,
+    Payouts,
+}
+
+impl AccountKind {
+    pub const ALL: [AccountKind; 11] = [
+        AccountKind::Wallet,
+        AccountKind::EarningsPending,
+        AccountKind::EarningsAvailable,
+        AccountKind::EarningsInPayout,
+        AccountKind::Cash,
+        AccountKind::InfraRevenue,
+        AccountKind::MarketplaceRevenue,
+        AccountKind::SubsidyExpense,
+        AccountKind::BonusExpense,
+        AccountKind::Adjustments,
+        AccountKind::Payouts,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Wallet => "wallet",
+            AccountKind::EarningsPending => "earnings_pending",
+            AccountKind::EarningsAvailable => "earnings_available",
+            AccountKind::EarningsInPayout => "earnings_in_payout",
+            AccountKind::Cash => "cash",
+            AccountKind::InfraRevenue => "infra_revenue",
+            AccountKind::MarketplaceRevenue => "marketplace_revenue",
+            AccountKind::SubsidyExpense => "subsidy_expense",
+            AccountKind::BonusExpense => "bonus_expense",
+            AccountKind::Adjustments => "adjustments",
+            AccountKind::Payouts => "payouts",
+        }
+    }
+
+    /// Accounts whose balance a money movement must check keep a cached
+    /// balance, updated with a guard in the same statement. The others
+    /// (platform accounts touched by every charge, and a creator's pending
+    /// earnings credited by every charge of a popular agent) keep none: their
+    /// balance is the sum of their postings, so no charge queues on them.
+    pub fn keeps_cached_balance(self) -> bool {
+        matches!(
+            self,
+            AccountKind::Wallet | AccountKind::EarningsAvailable | AccountKind::EarningsInPayout
+        )
+    }
+
+    /// Accounts that may never be below zero (a wallet may only after a
+    /// refund or dispute reversal, which freezes it).
+    pub fn must_stay_non_negative(self) -> bool {
+        matches!(
+            self,
+            AccountKind::Wallet
+                | AccountKind::EarningsPending
+                | AccountKind::EarningsAvailable
+                | AccountKind::EarningsInPayout
+        )
+    }
+
+    pub fn is_platform(self) -> bool {
+        !self.must_stay_non_negative()
+    }
+}
+
+impl FromStr for AccountKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        AccountKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown account kind '{s}'"))
+    }
+}
+
+impl fmt::Display for AccountKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a journal entry records; shown as a transaction's `type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    Adjustment,
+    Charge,
+    FreeMessage,
+    TopUp,
+    Refund,
+    Dispute,
+    DisputeReversal,
+    EarningsSettlement,
+    Payout,
+    PayoutReversal,
+}
+
+impl EntryKind {
+    pub const ALL: [EntryKind; 10] = [
+        EntryKind::Adjustment,
+        EntryKind::Charge,
+        EntryKind::FreeMessage,
+        EntryKind::TopUp,
+        EntryKind::Refund,
+        EntryKind::Dispute,
+        EntryKind::DisputeReversal,
+        EntryKind::EarningsSettlement,
+        EntryKind::Payout,
+        EntryKind::PayoutReversal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Adjustment => "adjustment",
+            EntryKind::Charge => "charge",
+            EntryKind::FreeMessage => "free_message",
+            EntryKind::TopUp => "top_up",
+            EntryKind::Refund => "refund",
+            EntryKind::Dispute => "dispute",
+            EntryKind::DisputeReversal => "dispute_reversal",
+            EntryKind::EarningsSettlement => "earnings_settlement",
+            EntryKind::Payout => "payout",
+            EntryKind::PayoutReversal => "payout_reversal",
+        }
+    }
+}
+
+impl FromStr for EntryKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        EntryKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown transaction type '{s}'"))
+    }
+}
+
+/// A member's role in an organization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OrgRole {
+    Member,
+    Admin,
+    Owner,
+}
+
+impl OrgRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrgRole::Owner => "owner",
+            OrgRole::Admin => "admin",
+            OrgRole::Member => "member",
+        }
+    }
+
+    /// Owners and admins manage members, agents and payouts.
+    pub fn can_manage(self) -> bool {
+        matches!(self, OrgRole::Owner | OrgRole::Admin)
+    }
+}
+
+impl FromStr for OrgRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "owner" => Ok(OrgRole::Owner),
+            "admin" => Ok(OrgRole::Admin),
+            "member" => Ok(OrgRole::Member),
+            other => Err(format!("unknown role '{other}' (owner, admin or member)")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for k in AccountKind::ALL {
+            assert_eq!(k.as_str().parse::<AccountKind>().unwrap(), k);
+        }
+        for k in EntryKind::ALL {
+            assert_eq!(k.as_str().parse::<EntryKind>().unwrap(), k);
+        }
+        assert!("boss".parse::<OrgRole>().is_err());
+    }
+
+    #[test]
+    fn hot_accounts_keep_no_cached_balance() {
+        assert!(AccountKind::Wallet.keeps_cached_balance());
+        assert!(!AccountKind::InfraRevenue.keeps_cached_balance());
+        assert!(!AccountKind::EarningsPending.keeps_cached_balance());
+        assert!(AccountKind::EarningsAvailable.keeps_cached_balance());
+    }
+}

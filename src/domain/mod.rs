@@ -1,0 +1,11 @@
+//! Pure rules: money, identifiers, account and entry kinds, balanced entries,
+//! roles. No database and no HTTP here, so everything is unit-tested.
+
+pub mod entry;
+pub mod ids;
+pub mod kinds;
+pub mod money;
+
+pub use entry::{EntryError, Leg};
+pub use kinds::{AccountKind, EntryKind, OrgRole, OwnerType};
+pub use money::{AmountError, CreditRate, Credits, UsdCents};

@@ -1,0 +1,261 @@
+//! Money: credits as `i64` micro-credits, USD as whole cents, and their one
+//! conversion to and from the decimal strings the API shows.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Micro-credits in one credit.
+pub const MICROS_PER_CREDIT: i64 = 1_000_000;
+/// Decimal places a credit amount may carry.
+pub const CREDIT_SCALE: u32 = 6;
+
+/// Why a credit or USD amount could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AmountError {
+    #[error("'{0}' is not a decimal number")]
+    NotANumber(String),
+    #[error("'{0}' has more than 6 decimal places")]
+    TooPrecise(String),
+    #[error("'{0}' is out of range")]
+    OutOfRange(String),
+    #[error("'{0}' must be greater than zero")]
+    NotPositive(String),
+    #[error("'{0}' must not be negative")]
+    Negative(String),
+}
+
+/// An amount of credits, held as micro-credits. Arithmetic is checked: an
+/// overflow is an error, never a wrap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Credits(i64);
+
+impl Credits {
+    pub const ZERO: Credits = Credits(0);
+
+    pub const fn from_micros(micros: i64) -> Self {
+        Credits(micros)
+    }
+
+    /// Whole credits, for tests and defaults.
+    pub const fn whole(credits: i64) -> Self {
+        Credits(credits * MICROS_PER_CREDIT)
+    }
+
+    pub const fn micros(self) -> i64 {
+        self.0
+    }
+
+    /// Reads a decimal string in credits (`"12.5"`, `"-3"`, `"0.000001"`).
+    /// Refuses exponents, more than 6 significant decimal places and
+    /// values outside the `i64` micro-credit range.
+    pub fn parse(text: &str) -> Result<Self, AmountError> {
+        let trimmed = text.trim();
+        let valid_chars = !trimmed.is_empty()
+            && trimmed
+                .chars()
+                .enumerate()
+                .all(|(i, c)| c.is_ascii_digit() || c == '.' || (i == 0 && (c == '-' || c == '+')));
+        if !valid_chars || trimmed != text {
+            return Err(AmountError::NotANumber(text.to_string()));
+        }
+        let value =
+            Decimal::from_str(trimmed).map_err(|_| AmountError::NotANumber(text.to_string()))?;
+        Self::from_decimal(value).map_err(|e| match e {
+            AmountError::TooPrecise(_) => AmountError::TooPrecise(text.to_string()),
+            _ => AmountError::OutOfRange(text.to_string()),
+        })
+    }
+
+    /// Converts an exact decimal; more than 6 decimal places is refused.
+    pub fn from_decimal(value: Decimal) -> Result<Self, AmountError> {
+        let normalized = value.normalize();
+        if normalized.scale() > CREDIT_SCALE {
+            return Err(AmountError::TooPrecise(value.to_string()));
+        }
+        normalized
+            .checked_mul(Decimal::from(MICROS_PER_CREDIT))
+            .and_then(|m| m.to_i64())
+            .map(Credits)
+            .ok_or_else(|| AmountError::OutOfRange(value.to_string()))
+    }
+
+    /// Parses and requires a value strictly above zero.
+    pub fn parse_positive(text: &str) -> Result<Self, AmountError> {
+        let c = Self::parse(text)?;
+        if c.0 <= 0 {
+            return Err(AmountError::NotPositive(text.to_string()));
+        }
+        Ok(c)
+    }
+
+    pub fn to_decimal(self) -> Decimal {
+        Decimal::new(self.0, CREDIT_SCALE).normalize()
+    }
+
+    pub fn checked_add(self, other: Credits) -> Option<Credits> {
+        self.0.checked_add(other.0).map(Credits)
+    }
+
+    pub fn checked_sub(self, other: Credits) -> Option<Credits> {
+        self.0.checked_sub(other.0).map(Credits)
+    }
+
+    pub fn checked_neg(self) -> Option<Credits> {
+        self.0.checked_neg().map(Credits)
+    }
+
+    pub fn is_negative(self) -> bool {
+        self.0 < 0
+    }
+
+    pub fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The USD value of this many credits at `rate`, rounded down to the cent
+    /// (towards negative infinity, so a negative balance is never shown as
+    /// smaller than it is).
+    pub fn to_usd_floor(self, rate: CreditRate) -> UsdCents {
+        let usd = self.to_decimal() * rate.usd_per_credit();
+        let cents = (usd * Decimal::ONE_HUNDRED).round_dp_with_strategy(0, RoundingStrategy::ToNegativeInfinity);
+        UsdCents(cents.to_i64().unwrap_or(if cents.is_sign_negative() { i64::MIN } else { i64::MAX }))
+    }
+}
+
+impl fmt::Display for Credits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_decimal())
+    }
+}
+
+impl Serialize for Credits {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Credits arrive only as JSON strings: a JSON number (which a client may
+/// have computed in floating point) is refused.
+impl<'de> Deserialize<'de> for Credits {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Credits;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a decimal string of credits such as \"12.5\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Credits, E> {
+                Credits::parse(v).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// USD as whole cents; shown as `"5.00"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UsdCents(i64);
+
+impl UsdCents {
+    pub const fn new(cents: i64) -> Self {
+        UsdCents(cents)
+    }
+    pub const fn cents(self) -> i64 {
+        self.0
+    }
+    pub fn to_decimal(self) -> Decimal {
+        Decimal::new(self.0, 2)
+    }
+}
+
+impl fmt::Display for UsdCents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_decimal())
+    }
+}
+
+impl Serialize for UsdCents {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// The USD value of one credit (`TALLY_CREDIT_USD`), strictly positive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CreditRate(Decimal);
+
+impl CreditRate {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let value = Decimal::from_str(text.trim())
+            .map_err(|_| format!("'{text}' is not a decimal number"))?;
+        if value <= Decimal::ZERO {
+            return Err(format!("'{text}' must be greater than zero"));
+        }
+        Ok(CreditRate(value))
+    }
+    pub fn usd_per_credit(self) -> Decimal {
+        self.0
+    }
+}
+
+impl Default for CreditRate {
+    fn default() -> Self {
+        CreditRate(Decimal::new(10, 2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_credit_strings() {
+        assert_eq!(Credits::parse("12.5").unwrap().micros(), 12_500_000);
+        assert_eq!(Credits::parse("0.000125").unwrap().micros(), 125);
+        assert_eq!(Credits::parse("-3").unwrap().micros(), -3_000_000);
+        assert_eq!(Credits::parse("1.5000000").unwrap().micros(), 1_500_000);
+        assert_eq!(Credits::from_micros(12_500_000).to_string(), "12.5");
+        assert_eq!(Credits::from_micros(125).to_string(), "0.000125");
+        assert_eq!(Credits::from_micros(0).to_string(), "0");
+        assert_eq!(Credits::from_micros(-1_300_000).to_string(), "-1.3");
+    }
+
+    #[test]
+    fn refuses_bad_credit_strings() {
+        assert!(matches!(Credits::parse("0.1234567"), Err(AmountError::TooPrecise(_))));
+        for bad in ["", "abc", "1e3", " 1", "1 ", "1,5", "--1", "NaN", "0x10"] {
+            assert!(matches!(Credits::parse(bad), Err(AmountError::NotANumber(_))), "{bad}");
+        }
+        assert!(matches!(
+            Credits::parse("99999999999999999999"),
+            Err(AmountError::OutOfRange(_))
+        ));
+        assert!(matches!(Credits::parse_positive("0"), Err(AmountError::NotPositive(_))));
+        assert!(matches!(Credits::parse_positive("-1"), Err(AmountError::NotPositive(_))));
+    }
+
+    #[test]
+    fn json_numbers_are_refused() {
+        assert!(serde_json::from_str::<Credits>("1.5").is_err());
+        assert_eq!(serde_json::from_str::<Credits>("\"1.5\"").unwrap().micros(), 1_500_000);
+    }
+
+    #[test]
+    fn usd_rounds_down_to_the_cent() {
+        let rate = CreditRate::default();
+        assert_eq!(Credits::parse("12.5").unwrap().to_usd_floor(rate).to_string(), "1.25");
+        assert_eq!(Credits::parse("0.19").unwrap().to_usd_floor(rate).to_string(), "0.01");
+        assert_eq!(Credits::parse("-0.19").unwrap().to_usd_floor(rate).to_string(), "-0.02");
+        assert_eq!(Credits::parse("50").unwrap().to_usd_floor(rate).to_string(), "5.00");
+    }
+
+    #[test]
+    fn arithmetic_is_checked() {
+        assert!(Credits::from_micros(i64::MAX).checked_add(Credits::from_micros(1)).is_none());
+        assert!(Credits::from_micros(i64::MIN).checked_neg().is_none());
+    }
+}

@@ -1,0 +1,296 @@
+//! The ledger: the one door through which value moves. Every movement is one
+//! journal entry whose postings sum to zero; entries are append-only (the
+//! database refuses updates and deletes). Balances that a movement must check
+//! are cached on the account row and changed by a guarded `UPDATE` in the same
+//! transaction; the others are the sum of their postings.
+
+pub mod verify;
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use crate::db::models::{NewAccount, NewEntryRow, NewPosting};
+use crate::db::schema::{accounts, journal_entries, postings};
+use crate::db::{self, DbConn};
+use crate::domain::entry::{check_balanced, EntryError, Leg};
+use crate::domain::{AccountKind, Credits, EntryKind, OwnerType};
+
+/// An account as the ledger needs it: its row id and kind (which says whether
+/// it keeps a cached balance and whether it may go below zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccountRef {
+    pub id: i64,
+    pub kind: AccountKind,
+}
+
+impl AccountRef {
+    pub fn leg(self, amount: Credits) -> Leg {
+        Leg { account_id: self.id, kind: self.kind, amount }
+    }
+}
+
+/// What a debit may do to an account that must stay at or above zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overdraft {
+    /// Refuse a debit below zero.
+    Refuse,
+    /// Refuse a debit below zero, and any debit of a frozen account.
+    RefuseFrozen,
+    /// Allow it: only refunds and dispute reversals, which then freeze the wallet.
+    AllowForReversal,
+}
+
+/// An entry to write.
+#[derive(Debug)]
+pub struct NewEntry<'a> {
+    pub kind: EntryKind,
+    pub legs: Vec<Leg>,
+    pub overdraft: Overdraft,
+    pub reverses: Option<i64>,
+    /// The idempotency key of the request that made the entry; unique, so a
+    /// retried request can never write a second entry.
+    pub request_key: Option<&'a str>,
+    pub actor: Option<&'a str>,
+    pub memo: Option<&'a str>,
+    /// References shown in history (agent, model, pack, payout ...), as JSON.
+    pub metadata: serde_json::Value,
+}
+
+/// One written posting.
+#[derive(Clone, Copy, Debug)]
+pub struct PostedLeg {
+    pub account_id: i64,
+    pub posting_id: i64,
+    pub amount: Credits,
+    pub balance_after: Option<Credits>,
+}
+
+/// A written entry.
+#[derive(Clone, Debug)]
+pub struct PostedEntry {
+    pub entry_id: i64,
+    pub created_at: NaiveDateTime,
+    pub legs: Vec<PostedLeg>,
+}
+
+impl PostedEntry {
+    pub fn leg_of(&self, account_id: i64) -> Option<&PostedLeg> {
+        self.legs.iter().find(|l| l.account_id == account_id)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("invalid entry: {0}")]
+    Invalid(#[from] EntryError),
+    #[error("account {account_id} has insufficient balance")]
+    Insufficient { account_id: i64 },
+    #[error("account {account_id} is frozen")]
+    Frozen { account_id: i64 },
+    #[error(transparent)]
+    Database(#[from] diesel::result::Error),
+}
+
+/// Writes one balanced entry. Must run inside a write transaction
+/// ([`db::write_tx`]); on any error the caller's transaction rolls back and
+/// nothing is written.
+///
+/// Cached balances are updated in ascending account id order, so two entries
+/// touching the same accounts cannot deadlock on PostgreSQL.
+pub fn post(conn: &mut DbConn, entry: NewEntry<'_>) -> Result<PostedEntry, LedgerError> {
+    check_balanced(&entry.legs)?;
+    let now = db::now();
+
+    let mut cached: Vec<&Leg> =
+        entry.legs.iter().filter(|l| l.kind.keeps_cached_balance()).collect();
+    cached.sort_by_key(|l| l.account_id);
+    let mut balances: Vec<(i64, i64)> = Vec::with_capacity(cached.len());
+    for leg in cached {
+        let balance = apply_to_cached_balance(conn, leg, entry.overdraft)?;
+        balances.push((leg.account_id, balance));
+    }
+
+    let metadata = entry.metadata.to_string();
+    let entry_id: i64 = diesel::insert_into(journal_entries::table)
+        .values(NewEntryRow {
+            kind: entry.kind.as_str(),
+            reverses_entry_id: entry.reverses,
+            request_key: entry.request_key,
+            actor: entry.actor,
+            memo: entry.memo,
+            metadata: &metadata,
+            created_at: now,
+        })
+        .returning(journal_entries::id)
+        .get_result(conn)?;
+
+    let mut legs = Vec::with_capacity(entry.legs.len());
+    for leg in &entry.legs {
+        let balance_after =
+            balances.iter().find(|(id, _)| *id == leg.account_id).map(|(_, b)| *b);
+        let posting_id: i64 = diesel::insert_into(postings::table)
+            .values(NewPosting {
+                entry_id,
+                account_id: leg.account_id,
+                amount: leg.amount.micros(),
+                balance_after,
+                created_at: now,
+            })
+            .returning(postings::id)
+            .get_result(conn)?;
+        legs.push(PostedLeg {
+            account_id: leg.account_id,
+            posting_id,
+            amount: leg.amount,
+            balance_after: balance_after.map(Credits::from_micros),
+        });
+    }
+    Ok(PostedEntry { entry_id, created_at: now, legs })
+}
+
+/// Adds the leg to the account's cached balance in one guarded statement and
+/// returns the new balance. No row back means the guard refused.
+fn apply_to_cached_balance(
+    conn: &mut DbConn,
+    leg: &Leg,
+    overdraft: Overdraft,
+) -> Result<i64, LedgerError> {
+    let amount = leg.amount.micros();
+    let guarded = amount < 0 && leg.kind.must_stay_non_negative();
+    let new_balance = accounts::balance + amount;
+    let row = accounts::table.filter(accounts::id.eq(leg.account_id));
+    let updated: Option<Option<i64>> = match (guarded, overdraft) {
+        (false, _) | (true, Overdraft::AllowForReversal) => diesel::update(row)
+            .set(accounts::balance.eq(new_balance))
+            .returning(accounts::balance)
+            .get_result(conn)
+            .optional()?,
+        (true, Overdraft::Refuse) => diesel::update(row.filter(accounts::balance.ge(-amount)))
+            .set(accounts::balance.eq(new_balance))
+            .returning(accounts::balance)
+            .get_result(conn)
+            .optional()?,
+        (true, Overdraft::RefuseFrozen) => diesel::update(
+            row.filter(accounts::balance.ge(-amount)).filter(accounts::frozen.eq(false)),
+        )
+        .set(accounts::balance.eq(new_balance))
+        .returning(accounts::balance)
+        .get_result(conn)
+        .optional()?,
+    };
+    match updated {
+        Some(Some(balance)) => Ok(balance),
+        Some(None) => Err(LedgerError::Database(diesel::result::Error::QueryBuilderError(
+            format!("account {} keeps no cached balance", leg.account_id).into(),
+        ))),
+        None => {
+            let frozen: Option<bool> = accounts::table
+                .filter(accounts::id.eq(leg.account_id))
+                .select(accounts::frozen)
+                .first(conn)
+                .optional()?;
+            match frozen {
+                Some(true) if overdraft == Overdraft::RefuseFrozen => {
+                    Err(LedgerError::Frozen { account_id: leg.account_id })
+                }
+                Some(_) => Err(LedgerError::Insufficient { account_id: leg.account_id }),
+                None => Err(LedgerError::Database(diesel::result::Error::NotFound)),
+            }
+        }
+    }
+}
+
+/// The platform's accounts, created at start-up if missing; their ids never
+/// change, so they are loaded once and handed to services.
+#[derive(Clone, Copy, Debug)]
+pub struct PlatformAccounts {
+    pub cash: AccountRef,
+    pub infra_revenue: AccountRef,
+    pub marketplace_revenue: AccountRef,
+    pub subsidy_expense: AccountRef,
+    pub bonus_expense: AccountRef,
+    pub adjustments: AccountRef,
+    pub payouts: AccountRef,
+}
+
+impl PlatformAccounts {
+    pub fn ensure(conn: &mut DbConn) -> QueryResult<Self> {
+        let mut get = |kind| ensure_account(conn, OwnerType::Platform, "", kind, None);
+        Ok(PlatformAccounts {
+            cash: get(AccountKind::Cash)?,
+            infra_revenue: get(AccountKind::InfraRevenue)?,
+            marketplace_revenue: get(AccountKind::MarketplaceRevenue)?,
+            subsidy_expense: get(AccountKind::SubsidyExpense)?,
+            bonus_expense: get(AccountKind::BonusExpense)?,
+            adjustments: get(AccountKind::Adjustments)?,
+            payouts: get(AccountKind::Payouts)?,
+        })
+    }
+}
+
+/// Finds the account of `owner` and `kind`, creating it if missing. Safe
+/// under concurrency: a losing concurrent insert (in a savepoint) re-reads.
+pub fn ensure_account(
+    conn: &mut DbConn,
+    owner_type: OwnerType,
+    owner_id: &str,
+    kind: AccountKind,
+    public_id: Option<&str>,
+) -> QueryResult<AccountRef> {
+    let find = |conn: &mut DbConn| {
+        accounts::table
+            .filter(accounts::owner_type.eq(owner_type.as_str()))
+            .filter(accounts::owner_id.eq(owner_id))
+            .filter(accounts::kind.eq(kind.as_str()))
+            .select(accounts::id)
+            .first::<i64>(conn)
+            .optional()
+    };
+    if let Some(id) = find(conn)? {
+        return Ok(AccountRef { id, kind });
+    }
+    let inserted = conn.transaction(|c| {
+        diesel::insert_into(accounts::table)
+            .values(NewAccount {
+                kind: kind.as_str(),
+                owner_type: owner_type.as_str(),
+                owner_id,
+                public_id,
+                balance: kind.keeps_cached_balance().then_some(0),
+                frozen: false,
+                created_at: db::now(),
+            })
+            .returning(accounts::id)
+            .get_result::<i64>(c)
+    });
+    match inserted {
+        Ok(id) => Ok(AccountRef { id, kind }),
+        Err(e) if db::is_unique_violation(&e) => {
+            find(conn)?.map(|id| AccountRef { id, kind }).ok_or(diesel::result::Error::NotFound)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The balance of an account: its cached balance, or the sum of its postings.
+pub fn balance_of(conn: &mut DbConn, account: AccountRef) -> QueryResult<Credits> {
+    if account.kind.keeps_cached_balance() {
+        let b: Option<i64> = accounts::table
+            .filter(accounts::id.eq(account.id))
+            .select(accounts::balance)
+            .first(conn)?;
+        return Ok(Credits::from_micros(b.unwrap_or(0)));
+    }
+    sum_of_postings(conn, account.id)
+}
+
+/// The sum of an account's postings.
+pub fn sum_of_postings(conn: &mut DbConn, account_id: i64) -> QueryResult<Credits> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::{BigInt, Nullable};
+    let sum: Option<i64> = postings::table
+        .filter(postings::account_id.eq(account_id))
+        .select(sql::<Nullable<BigInt>>("CAST(SUM(amount) AS BIGINT)"))
+        .first(conn)?;
+    Ok(Credits::from_micros(sum.unwrap_or(0)))
+}

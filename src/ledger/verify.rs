@@ -1,0 +1,271 @@
+//! `ledger verify`: checks every invariant of the ledger (SPEC 2) with plain
+//! SQL that both backends run as written, and lists each breach.
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Nullable, Text};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::db::DbConn;
+use crate::domain::Credits;
+
+/// At most this many breaches of one check are listed.
+const MAX_LISTED: i64 = 100;
+
+/// The result of checking the ledger's invariants.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct VerifyReport {
+    /// True when no invariant is breached.
+    pub ok: bool,
+    /// Journal entries checked.
+    pub entries: i64,
+    /// Postings checked.
+    pub postings: i64,
+    /// Accounts checked.
+    pub accounts: i64,
+    /// The sum of every posting in the ledger, in credits (must be "0").
+    pub ledger_sum: String,
+    /// Each breach found (at most 100 per check).
+    pub breaches: Vec<Breach>,
+}
+
+/// One breach of an invariant.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Breach {
+    /// The invariant of SPEC 2 that is breached (1 to 4).
+    pub invariant: u8,
+    /// A short name of the check, e.g. `unbalanced_entry`.
+    pub check: String,
+    /// What was found.
+    pub detail: String,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct EntrySum {
+    #[diesel(sql_type = BigInt)]
+    entry_id: i64,
+    #[diesel(sql_type = BigInt)]
+    total: i64,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct AccountCheck {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    kind: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    cached: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    actual: i64,
+}
+
+#[derive(QueryableByName)]
+struct NegativeAccount {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    kind: String,
+    #[diesel(sql_type = Bool)]
+    frozen: bool,
+    #[diesel(sql_type = Bool)]
+    reversed: bool,
+    #[diesel(sql_type = BigInt)]
+    actual: i64,
+}
+
+#[derive(QueryableByName)]
+struct DuplicateKey {
+    #[diesel(sql_type = Text)]
+    request_key: String,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+fn count(conn: &mut DbConn, sql: &str) -> QueryResult<i64> {
+    Ok(diesel::sql_query(sql).get_result::<Count>(conn)?.n)
+}
+
+const CACHED_KINDS: &str = "('wallet', 'earnings_available', 'earnings_in_payout')";
+const NON_NEGATIVE_KINDS: &str =
+    "('wallet', 'earnings_pending', 'earnings_available', 'earnings_in_payout')";
+
+/// Checks every invariant; read-only.
+pub fn verify(conn: &mut DbConn) -> QueryResult<VerifyReport> {
+    conn.transaction(|conn| {
+        let mut breaches = Vec::new();
+        let entries = count(conn, "SELECT COUNT(*) AS n FROM journal_entries")?;
+        let postings = count(conn, "SELECT COUNT(*) AS n FROM postings")?;
+        let accounts = count(conn, "SELECT COUNT(*) AS n FROM accounts")?;
+
+        // 1. Every entry balances, has two or more postings; the whole ledger sums to zero.
+        let unbalanced: Vec<EntrySum> = diesel::sql_query(format!(
+            "SELECT entry_id, CAST(SUM(amount) AS BIGINT) AS total, COUNT(*) AS n \
+             FROM postings GROUP BY entry_id HAVING SUM(amount) <> 0 OR COUNT(*) < 2 \
+             ORDER BY entry_id LIMIT {MAX_LISTED}"
+        ))
+        .load(conn)?;
+        for e in unbalanced {
+            breaches.push(Breach {
+                invariant: 1,
+                check: "unbalanced_entry".into(),
+                detail: format!(
+                    "entry {} has {} posting(s) summing to {} credits",
+                    e.entry_id,
+                    e.n,
+                    Credits::from_micros(e.total)
+                ),
+            });
+        }
+        let empty = count(
+            conn,
+            "SELECT COUNT(*) AS n FROM journal_entries e \
+             WHERE NOT EXISTS (SELECT 1 FROM postings p WHERE p.entry_id = e.id)",
+        )?;
+        if empty > 0 {
+            breaches.push(Breach {
+                invariant: 1,
+                check: "entry_without_postings".into(),
+                detail: format!("{empty} entries have no postings"),
+            });
+        }
+        let ledger_sum: i64 = diesel::sql_query(
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS n FROM postings",
+        )
+        .get_result::<Count>(conn)?
+        .n;
+        if ledger_sum != 0 {
+            breaches.push(Breach {
+                invariant: 1,
+                check: "ledger_not_zero".into(),
+                detail: format!("the ledger sums to {} credits", Credits::from_micros(ledger_sum)),
+            });
+        }
+
+        // 2. Cached balances equal the sum of postings, and the last posting's
+        // balance_after equals the cached balance.
+        let drifted: Vec<AccountCheck> = diesel::sql_query(format!(
+            "SELECT a.id, a.kind, a.balance AS cached, \
+                    CAST(COALESCE(SUM(p.amount), 0) AS BIGINT) AS actual \
+             FROM accounts a LEFT JOIN postings p ON p.account_id = a.id \
+             WHERE a.balance IS NOT NULL \
+             GROUP BY a.id, a.kind, a.balance \
+             HAVING a.balance <> COALESCE(SUM(p.amount), 0) \
+             ORDER BY a.id LIMIT {MAX_LISTED}"
+        ))
+        .load(conn)?;
+        for a in drifted {
+            breaches.push(Breach {
+                invariant: 2,
+                check: "cached_balance_drift".into(),
+                detail: format!(
+                    "account {} ({}) caches {} credits but its postings sum to {}",
+                    a.id,
+                    a.kind,
+                    Credits::from_micros(a.cached.unwrap_or(0)),
+                    Credits::from_micros(a.actual)
+                ),
+            });
+        }
+        let misconfigured = count(
+            conn,
+            &format!(
+                "SELECT COUNT(*) AS n FROM accounts WHERE \
+                 (balance IS NULL AND kind IN {CACHED_KINDS}) OR \
+                 (balance IS NOT NULL AND kind NOT IN {CACHED_KINDS})"
+            ),
+        )?;
+        if misconfigured > 0 {
+            breaches.push(Breach {
+                invariant: 2,
+                check: "cache_policy".into(),
+                detail: format!("{misconfigured} accounts keep or lack a cached balance wrongly"),
+            });
+        }
+        let stale_after: Vec<AccountCheck> = diesel::sql_query(format!(
+            "SELECT a.id, a.kind, a.balance AS cached, COALESCE(p.balance_after, 0) AS actual \
+             FROM accounts a JOIN postings p \
+               ON p.id = (SELECT MAX(p2.id) FROM postings p2 WHERE p2.account_id = a.id) \
+             WHERE a.balance IS NOT NULL \
+               AND (p.balance_after IS NULL OR p.balance_after <> a.balance) \
+             ORDER BY a.id LIMIT {MAX_LISTED}"
+        ))
+        .load(conn)?;
+        for a in stale_after {
+            breaches.push(Breach {
+                invariant: 2,
+                check: "balance_after_mismatch".into(),
+                detail: format!(
+                    "account {} ({}): last posting shows balance {} but the account has {}",
+                    a.id,
+                    a.kind,
+                    Credits::from_micros(a.actual),
+                    Credits::from_micros(a.cached.unwrap_or(0))
+                ),
+            });
+        }
+
+        // 3. No wallet or earnings balance below zero, except a frozen wallet
+        // after a refund or dispute reversal.
+        let negative: Vec<NegativeAccount> = diesel::sql_query(format!(
+            "SELECT a.id, a.kind, a.frozen, \
+                    EXISTS (SELECT 1 FROM postings p2 JOIN journal_entries e ON e.id = p2.entry_id \
+                            WHERE p2.account_id = a.id AND e.kind IN ('refund', 'dispute')) AS reversed, \
+                    CAST(SUM(p.amount) AS BIGINT) AS actual \
+             FROM accounts a JOIN postings p ON p.account_id = a.id \
+             WHERE a.kind IN {NON_NEGATIVE_KINDS} \
+             GROUP BY a.id, a.kind, a.frozen \
+             HAVING SUM(p.amount) < 0 \
+             ORDER BY a.id LIMIT {MAX_LISTED}"
+        ))
+        .load(conn)?;
+        for a in negative {
+            if a.kind == "wallet" && a.frozen && a.reversed {
+                continue;
+            }
+            breaches.push(Breach {
+                invariant: 3,
+                check: "negative_balance".into(),
+                detail: format!(
+                    "account {} ({}{}) is at {} credits",
+                    a.id,
+                    a.kind,
+                    if a.frozen { ", frozen" } else { "" },
+                    Credits::from_micros(a.actual)
+                ),
+            });
+        }
+
+        // 4. One entry per request: no idempotency key names two entries.
+        let duplicates: Vec<DuplicateKey> = diesel::sql_query(format!(
+            "SELECT request_key, COUNT(*) AS n FROM journal_entries \
+             WHERE request_key IS NOT NULL GROUP BY request_key HAVING COUNT(*) > 1 \
+             LIMIT {MAX_LISTED}"
+        ))
+        .load(conn)?;
+        for d in duplicates {
+            breaches.push(Breach {
+                invariant: 4,
+                check: "duplicate_request".into(),
+                detail: format!("request {} wrote {} entries", d.request_key, d.n),
+            });
+        }
+
+        Ok(VerifyReport {
+            ok: breaches.is_empty(),
+            entries,
+            postings,
+            accounts,
+            ledger_sum: Credits::from_micros(ledger_sum).to_string(),
+            breaches,
+        })
+    })
+}

@@ -1,0 +1,14 @@
+//! tally: the money side of an AI-agent marketplace. Prepaid credit wallets,
+//! per-message charges, creator earnings and payouts, on a double-entry ledger.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod ledger;
+pub mod services;
+pub mod startup;
+pub mod telemetry;

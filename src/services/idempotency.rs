@@ -1,0 +1,294 @@
+//! Idempotency keys (SPEC 9), kept in the database so that every instance
+//! shares them.
+//!
+//! A request first *claims* its key in a short transaction of its own (a row
+//! `in_flight` with a lease). The money-moving work then runs in one write
+//! transaction that also stores the response and marks the key `done`, so the
+//! movement and its recorded response commit together or not at all. The
+//! same key then replays the stored response byte for byte; with a different
+//! request it is refused (422); while the first is in flight, 409. A failed
+//! request (any error) releases its key, so a retry runs again: only
+//! successful responses, which are the only ones that moved money, are kept.
+//! A request whose process died leaves a claim whose lease runs out; a retry
+//! then takes it over, and the lease token makes sure that only one of two
+//! racing holders can commit.
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{ServiceError, ServiceResult};
+use crate::db::models::{IdempotencyRow, NewIdempotencyClaim};
+use crate::db::schema::idempotency_keys as ik;
+use crate::db::{self, DbConn};
+
+/// How long a claim holds before another request may take it over.
+const LEASE: Duration = Duration::from_secs(30);
+const IN_FLIGHT: &str = "in_flight";
+const DONE: &str = "done";
+
+/// The key of one request, unique per caller: stored on the journal entry it
+/// writes, so the database itself refuses a second entry for one request.
+#[derive(Clone, Debug)]
+pub struct RequestKey(String);
+
+impl RequestKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A money-moving request under an `Idempotency-Key`.
+#[derive(Clone, Debug)]
+pub struct IdempotentRequest {
+    /// Whose key it is (the caller's id): keys of different callers never meet.
+    pub scope: String,
+    pub key: String,
+    /// SHA-256 of the method, path and canonical JSON body.
+    pub fingerprint: String,
+}
+
+impl IdempotentRequest {
+    /// Validates the key and fingerprints the request.
+    pub fn new(scope: &str, key: &str, method: &str, path: &str, body: &serde_json::Value) -> ServiceResult<Self> {
+        if key.is_empty() || key.len() > 255 || !key.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(ServiceError::Validation(
+                "Idempotency-Key must be 1 to 255 printable ASCII characters".into(),
+            ));
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(method.as_bytes());
+        hasher.update(b" ");
+        hasher.update(path.as_bytes());
+        hasher.update(b"\n");
+        hasher.update(canonical_json(body).as_bytes());
+        Ok(IdempotentRequest {
+            scope: scope.to_string(),
+            key: key.to_string(),
+            fingerprint: hex::encode(hasher.finalize()),
+        })
+    }
+
+    fn request_key(&self) -> RequestKey {
+        RequestKey(format!("{}:{}", self.scope, self.key))
+    }
+}
+
+/// JSON with object keys sorted, so that key order and whitespace do not
+/// make two equal bodies differ.
+pub fn canonical_json(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    fn write(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(k.clone()).to_string());
+                    out.push(':');
+                    write(&map[k], out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(item, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(value, &mut out);
+    out
+}
+
+/// A response as stored and replayed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    /// The JSON body, byte for byte as first sent.
+    pub body: String,
+    /// Extra headers of the first response (e.g. `X-Balance-Remaining`).
+    pub headers: Vec<(String, String)>,
+    /// True when this is a replay of an earlier response.
+    pub replayed: bool,
+}
+
+enum Claim {
+    Fresh(String),
+    Replay(StoredResponse),
+}
+
+/// A successful outcome: the body, and extra headers to send (and replay).
+pub struct Outcome<T> {
+    pub body: T,
+    pub headers: Vec<(String, String)>,
+}
+
+impl<T> From<T> for Outcome<T> {
+    fn from(body: T) -> Self {
+        Outcome { body, headers: Vec::new() }
+    }
+}
+
+/// Runs `work` at most once for this request; see the module docs.
+pub fn execute<T, F>(conn: &mut DbConn, req: &IdempotentRequest, status: u16, work: F) -> ServiceResult<StoredResponse>
+where
+    T: Serialize,
+    F: FnOnce(&mut DbConn, &RequestKey) -> ServiceResult<Outcome<T>>,
+{
+    let token = match claim(conn, req)? {
+        Claim::Replay(stored) => return Ok(stored),
+        Claim::Fresh(token) => token,
+    };
+    let request_key = req.request_key();
+    let result = db::write_tx(conn, |tx| -> ServiceResult<StoredResponse> {
+        let outcome = work(tx, &request_key)?;
+        let body = serde_json::to_string(&outcome.body)
+            .map_err(|e| ServiceError::Internal(format!("cannot serialize response: {e}")))?;
+        let headers = serde_json::to_string(&outcome.headers)
+            .map_err(|e| ServiceError::Internal(format!("cannot serialize headers: {e}")))?;
+        let marked = diesel::update(
+            ik::table
+                .find((&req.scope, &req.key))
+                .filter(ik::lease_token.eq(&token))
+                .filter(ik::state.eq(IN_FLIGHT)),
+        )
+        .set((
+            ik::state.eq(DONE),
+            ik::response_status.eq(status as i32),
+            ik::response_body.eq(&body),
+            ik::response_headers.eq(&headers),
+        ))
+        .execute(tx)?;
+        if marked != 1 {
+            // Our lease ran out and another request took the key over.
+            return Err(ServiceError::IdempotencyInFlight);
+        }
+        Ok(StoredResponse { status, body, headers: outcome.headers, replayed: false })
+    });
+    if result.is_err() {
+        release(conn, req, &token);
+    }
+    result
+}
+
+fn claim(conn: &mut DbConn, req: &IdempotentRequest) -> ServiceResult<Claim> {
+    for _ in 0..3 {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let now = db::now();
+        let inserted = diesel::insert_into(ik::table)
+            .values(NewIdempotencyClaim {
+                scope: &req.scope,
+                key: &req.key,
+                request_hash: &req.fingerprint,
+                state: IN_FLIGHT,
+                lease_token: &token,
+                locked_until: now + LEASE,
+                created_at: now,
+            })
+            .execute(conn);
+        match inserted {
+            Ok(_) => return Ok(Claim::Fresh(token)),
+            Err(e) if db::is_unique_violation(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let Some(row) = ik::table
+            .find((&req.scope, &req.key))
+            .select(IdempotencyRow::as_select())
+            .first(conn)
+            .optional()?
+        else {
+            continue; // released meanwhile: claim again
+        };
+        if row.request_hash != req.fingerprint {
+            return Err(ServiceError::IdempotencyKeyReused);
+        }
+        if row.state == DONE {
+            let headers = row
+                .response_headers
+                .as_deref()
+                .and_then(|h| serde_json::from_str(h).ok())
+                .unwrap_or_default();
+            return Ok(Claim::Replay(StoredResponse {
+                status: row.response_status.unwrap_or(200) as u16,
+                body: row.response_body.unwrap_or_default(),
+                headers,
+                replayed: true,
+            }));
+        }
+        if row.locked_until > now {
+            return Err(ServiceError::IdempotencyInFlight);
+        }
+        // The holder's lease ran out (its process likely died): take over.
+        let taken = diesel::update(
+            ik::table
+                .find((&req.scope, &req.key))
+                .filter(ik::lease_token.eq(&row.lease_token))
+                .filter(ik::state.eq(IN_FLIGHT)),
+        )
+        .set((ik::lease_token.eq(&token), ik::locked_until.eq(now + LEASE)))
+        .execute(conn)?;
+        return if taken == 1 { Ok(Claim::Fresh(token)) } else { Err(ServiceError::IdempotencyInFlight) };
+    }
+    Err(ServiceError::IdempotencyInFlight)
+}
+
+/// Releases a claim after a failed request. If this fails the lease runs out.
+fn release(conn: &mut DbConn, req: &IdempotentRequest, token: &str) {
+    let deleted = diesel::delete(
+        ik::table
+            .find((&req.scope, &req.key))
+            .filter(ik::lease_token.eq(token))
+            .filter(ik::state.eq(IN_FLIGHT)),
+    )
+    .execute(conn);
+    if let Err(e) = deleted {
+        tracing::warn!(error = %e, "could not release an idempotency key; its lease will run out");
+    }
+}
+
+/// Forgets keys older than `ttl` (at least 24 h); returns how many.
+pub fn purge_older_than(conn: &mut DbConn, ttl: Duration) -> QueryResult<usize> {
+    let cutoff = db::now() - ttl;
+    diesel::delete(ik::table.filter(ik::created_at.lt(cutoff)).filter(ik::locked_until.lt(db::now())))
+        .execute(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_ignores_key_order_and_spacing() {
+        let a: serde_json::Value = serde_json::from_str(r#"{"b": 1, "a": {"y": [1, 2], "x": "s"}}"#).unwrap();
+        let b: serde_json::Value = serde_json::from_str(r#"{"a":{"x":"s","y":[1,2]},"b":1}"#).unwrap();
+        assert_eq!(canonical_json(&a), canonical_json(&b));
+        assert_eq!(canonical_json(&a), r#"{"a":{"x":"s","y":[1,2]},"b":1}"#);
+    }
+
+    #[test]
+    fn fingerprints_differ_by_body_and_path() {
+        let body = serde_json::json!({"amount": "1"});
+        let other = serde_json::json!({"amount": "2"});
+        let a = IdempotentRequest::new("u", "k", "POST", "/x", &body).unwrap();
+        let b = IdempotentRequest::new("u", "k", "POST", "/x", &other).unwrap();
+        let c = IdempotentRequest::new("u", "k", "POST", "/y", &body).unwrap();
+        assert_ne!(a.fingerprint, b.fingerprint);
+        assert_ne!(a.fingerprint, c.fingerprint);
+        assert!(IdempotentRequest::new("u", "", "POST", "/x", &body).is_err());
+        assert!(IdempotentRequest::new("u", "has space", "POST", "/x", &body).is_err());
+    }
+}

@@ -1,0 +1,32 @@
+//! One module per capability. A service opens the transaction, decides, and
+//! calls `ledger` and `domain`; it returns the view the API shows.
+
+pub mod adjustments;
+mod error;
+pub mod history;
+pub mod idempotency;
+pub mod orgs;
+pub mod people;
+pub mod wallets;
+
+use std::sync::Arc;
+
+pub use error::{ServiceError, ServiceResult};
+
+use crate::config::Settings;
+use crate::ledger::PlatformAccounts;
+
+/// What every service may need besides a connection.
+#[derive(Clone)]
+pub struct Ctx {
+    pub settings: Arc<Settings>,
+    pub platform: PlatformAccounts,
+}
+
+/// The authenticated caller, as services see it.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub id: String,
+    pub operator: bool,
+    pub service: bool,
+}

@@ -1,0 +1,275 @@
+//! Organizations, their members and roles, and their wallets.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::people::insert_person_if_missing;
+use super::{Caller, ServiceError, ServiceResult};
+use crate::db::models::{MemberRow, NewMember, NewOrg, OrgRow};
+use crate::db::schema::{accounts, org_members, orgs};
+use crate::db::{self, DbConn};
+use crate::domain::ids::new_id;
+use crate::domain::{AccountKind, Credits, OrgRole, OwnerType};
+use crate::ledger;
+
+/// An organization.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Org {
+    pub id: String,
+    pub name: String,
+    /// The organization's wallet.
+    pub wallet_id: String,
+    /// The plan in force (`free` or `pro`).
+    pub plan: String,
+    /// The caller's role in it.
+    pub role: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A member of an organization.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Member {
+    /// The person's id (their JWT `sub`).
+    pub user_id: String,
+    /// `owner`, `admin` or `member`.
+    pub role: String,
+    /// Most credits this member may spend from the org wallet per UTC day; null = no limit.
+    #[schema(value_type = Option<String>, example = "25")]
+    pub daily_limit: Option<Credits>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A list of members.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberList {
+    pub data: Vec<Member>,
+    pub has_more: bool,
+}
+
+/// A change to a member; absent fields stay as they are.
+#[derive(Debug, Default)]
+pub struct MemberPatch {
+    pub role: Option<OrgRole>,
+    /// `Some(None)` removes the limit.
+    pub daily_limit: Option<Option<Credits>>,
+}
+
+/// The caller's role in the organization; `NotFound` if not a member (the
+/// organization's existence is not revealed).
+pub fn role_in(conn: &mut DbConn, org_id: &str, user_id: &str) -> ServiceResult<OrgRole> {
+    let role: Option<String> = org_members::table
+        .find((org_id, user_id))
+        .select(org_members::role)
+        .first(conn)
+        .optional()?;
+    role.and_then(|r| r.parse().ok()).ok_or(ServiceError::NotFound("organization"))
+}
+
+/// Like [`role_in`], and refuses a plain member.
+pub fn require_admin(conn: &mut DbConn, org_id: &str, user_id: &str) -> ServiceResult<OrgRole> {
+    let role = role_in(conn, org_id, user_id)?;
+    if !role.can_manage() {
+        return Err(ServiceError::Forbidden(
+            "only an owner or admin of the organization may do this".into(),
+        ));
+    }
+    Ok(role)
+}
+
+fn org_view(conn: &mut DbConn, row: OrgRow, role: OrgRole) -> ServiceResult<Org> {
+    let wallet_id: Option<String> = accounts::table
+        .filter(accounts::owner_type.eq(OwnerType::Org.as_str()))
+        .filter(accounts::owner_id.eq(&row.id))
+        .filter(accounts::kind.eq(AccountKind::Wallet.as_str()))
+        .select(accounts::public_id)
+        .first::<Option<String>>(conn)?;
+    Ok(Org {
+        id: row.id,
+        name: row.name,
+        wallet_id: wallet_id.unwrap_or_default(),
+        plan: "free".into(),
+        role: role.as_str().into(),
+        created_at: row.created_at.and_utc(),
+    })
+}
+
+pub fn validate_name(name: &str) -> ServiceResult<&str> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ServiceError::Validation("name must be 1 to 200 characters".into()));
+    }
+    Ok(name)
+}
+
+/// `POST /v1/orgs`: the caller becomes its owner; its wallet is created with it.
+pub fn create_org(conn: &mut DbConn, caller: &Caller, name: &str) -> ServiceResult<Org> {
+    let name = validate_name(name)?;
+    let org_id = new_id("org");
+    let row = db::write_tx(conn, |tx| -> ServiceResult<OrgRow> {
+        insert_person_if_missing(tx, &caller.id)?;
+        let now = db::now();
+        diesel::insert_into(orgs::table)
+            .values(NewOrg { id: &org_id, name, created_by: &caller.id, created_at: now })
+            .execute(tx)?;
+        diesel::insert_into(org_members::table)
+            .values(NewMember {
+                org_id: &org_id,
+                user_id: &caller.id,
+                role: OrgRole::Owner.as_str(),
+                daily_limit: None,
+                created_at: now,
+            })
+            .execute(tx)?;
+        let wallet_id = new_id("wal");
+        ledger::ensure_account(tx, OwnerType::Org, &org_id, AccountKind::Wallet, Some(&wallet_id))?;
+        Ok(orgs::table.find(&org_id).select(OrgRow::as_select()).first(tx)?)
+    })?;
+    org_view(conn, row, OrgRole::Owner)
+}
+
+/// `GET /v1/orgs/{id}`: members only.
+pub fn get_org(conn: &mut DbConn, caller: &Caller, org_id: &str) -> ServiceResult<Org> {
+    let role = role_in(conn, org_id, &caller.id)?;
+    let row = orgs::table.find(org_id).select(OrgRow::as_select()).first(conn)?;
+    org_view(conn, row, role)
+}
+
+fn member_view(row: MemberRow) -> Member {
+    Member {
+        user_id: row.user_id,
+        role: row.role,
+        daily_limit: row.daily_limit.map(Credits::from_micros),
+        created_at: row.created_at.and_utc(),
+    }
+}
+
+/// `GET /v1/orgs/{id}/members`: members only; every member (organizations are small).
+pub fn list_members(conn: &mut DbConn, caller: &Caller, org_id: &str) -> ServiceResult<MemberList> {
+    role_in(conn, org_id, &caller.id)?;
+    let rows = org_members::table
+        .filter(org_members::org_id.eq(org_id))
+        .order((org_members::created_at.asc(), org_members::user_id.asc()))
+        .select(MemberRow::as_select())
+        .load(conn)?;
+    Ok(MemberList { data: rows.into_iter().map(member_view).collect(), has_more: false })
+}
+
+fn check_limit(limit: Option<Credits>) -> ServiceResult<Option<i64>> {
+    match limit {
+        Some(c) if c.is_negative() => {
+            Err(ServiceError::Validation("daily_limit must not be negative".into()))
+        }
+        other => Ok(other.map(Credits::micros)),
+    }
+}
+
+/// Only an owner may make or unmake owners.
+fn check_role_change(actor: OrgRole, from: Option<OrgRole>, to: OrgRole) -> ServiceResult<()> {
+    let touches_owner = to == OrgRole::Owner || from == Some(OrgRole::Owner);
+    if touches_owner && actor != OrgRole::Owner {
+        return Err(ServiceError::Forbidden("only an owner may grant or change the owner role".into()));
+    }
+    Ok(())
+}
+
+fn check_user_id(user_id: &str) -> ServiceResult<()> {
+    if user_id.is_empty() || user_id.len() > 255 || user_id.chars().any(char::is_control) {
+        return Err(ServiceError::Validation("user_id must be 1 to 255 printable characters".into()));
+    }
+    Ok(())
+}
+
+/// `POST /v1/orgs/{id}/members`: org admins; the person need not have signed in yet.
+pub fn add_member(
+    conn: &mut DbConn,
+    caller: &Caller,
+    org_id: &str,
+    user_id: &str,
+    role: OrgRole,
+    daily_limit: Option<Credits>,
+) -> ServiceResult<Member> {
+    check_user_id(user_id)?;
+    let limit = check_limit(daily_limit)?;
+    db::write_tx(conn, |tx| {
+        let actor = require_admin(tx, org_id, &caller.id)?;
+        check_role_change(actor, None, role)?;
+        insert_person_if_missing(tx, user_id)?;
+        let exists = org_members::table.find((org_id, user_id)).count().get_result::<i64>(tx)?;
+        if exists > 0 {
+            return Err(ServiceError::Conflict {
+                kind: "already_member",
+                message: format!("{user_id} is already a member"),
+            });
+        }
+        diesel::insert_into(org_members::table)
+            .values(NewMember { org_id, user_id, role: role.as_str(), daily_limit: limit, created_at: db::now() })
+            .execute(tx)?;
+        let row = org_members::table.find((org_id, user_id)).select(MemberRow::as_select()).first(tx)?;
+        Ok(member_view(row))
+    })
+}
+
+fn owner_count(tx: &mut DbConn, org_id: &str) -> QueryResult<i64> {
+    org_members::table
+        .filter(org_members::org_id.eq(org_id))
+        .filter(org_members::role.eq(OrgRole::Owner.as_str()))
+        .count()
+        .get_result(tx)
+}
+
+/// `PATCH /v1/orgs/{id}/members/{user_id}`: org admins.
+pub fn update_member(
+    conn: &mut DbConn,
+    caller: &Caller,
+    org_id: &str,
+    user_id: &str,
+    patch: MemberPatch,
+) -> ServiceResult<Member> {
+    let limit = patch.daily_limit.map(check_limit).transpose()?;
+    db::write_tx(conn, |tx| {
+        let actor = require_admin(tx, org_id, &caller.id)?;
+        let current = role_in(tx, org_id, user_id).map_err(|_| ServiceError::NotFound("member"))?;
+        if let Some(role) = patch.role {
+            if role != current {
+                check_role_change(actor, Some(current), role)?;
+                if current == OrgRole::Owner && owner_count(tx, org_id)? <= 1 {
+                    return Err(ServiceError::Conflict {
+                        kind: "last_owner",
+                        message: "an organization needs at least one owner".into(),
+                    });
+                }
+                diesel::update(org_members::table.find((org_id, user_id)))
+                    .set(org_members::role.eq(role.as_str()))
+                    .execute(tx)?;
+            }
+        }
+        if let Some(limit) = limit {
+            diesel::update(org_members::table.find((org_id, user_id)))
+                .set(org_members::daily_limit.eq(limit))
+                .execute(tx)?;
+        }
+        let row = org_members::table.find((org_id, user_id)).select(MemberRow::as_select()).first(tx)?;
+        Ok(member_view(row))
+    })
+}
+
+/// `DELETE /v1/orgs/{id}/members/{user_id}`: org admins; never the last owner.
+pub fn remove_member(conn: &mut DbConn, caller: &Caller, org_id: &str, user_id: &str) -> ServiceResult<()> {
+    db::write_tx(conn, |tx| {
+        let actor = require_admin(tx, org_id, &caller.id)?;
+        let current = role_in(tx, org_id, user_id).map_err(|_| ServiceError::NotFound("member"))?;
+        if current == OrgRole::Owner {
+            check_role_change(actor, Some(current), OrgRole::Member)?;
+            if owner_count(tx, org_id)? <= 1 {
+                return Err(ServiceError::Conflict {
+                    kind: "last_owner",
+                    message: "an organization needs at least one owner".into(),
+                });
+            }
+        }
+        diesel::delete(org_members::table.find((org_id, user_id))).execute(tx)?;
+        Ok(())
+    })
+}

@@ -1,0 +1,120 @@
+//! People: created on first use from the JWT `sub`, each with a personal wallet.
+
+use diesel::prelude::*;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{Caller, ServiceResult};
+use crate::db::models::AccountRow;
+use crate::db::schema::{accounts, org_members, orgs, people};
+use crate::db::{self, DbConn};
+use crate::domain::ids::new_id;
+use crate::domain::{AccountKind, OwnerType};
+use crate::ledger;
+
+/// The signed-in person.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    /// The person's id: the JWT `sub`.
+    pub id: String,
+    /// The personal wallet.
+    pub wallet_id: String,
+    /// The plan in force (`free` or `pro`).
+    pub plan: String,
+    /// Roles from the token (`admin`, `service`).
+    pub roles: Vec<String>,
+    /// Organizations the person belongs to.
+    pub orgs: Vec<MyOrg>,
+}
+
+/// An organization the person belongs to, with their role in it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MyOrg {
+    pub id: String,
+    pub name: String,
+    /// `owner`, `admin` or `member`.
+    pub role: String,
+    pub wallet_id: String,
+}
+
+/// The person's personal wallet row, creating the person and the wallet on
+/// first use.
+pub fn ensure_person(conn: &mut DbConn, person_id: &str) -> ServiceResult<AccountRow> {
+    if let Some(wallet) = find_personal_wallet(conn, person_id)? {
+        return Ok(wallet);
+    }
+    db::write_tx(conn, |tx| -> QueryResult<()> {
+        insert_person_if_missing(tx, person_id)?;
+        let wallet_id = new_id("wal");
+        ledger::ensure_account(
+            tx,
+            OwnerType::Person,
+            person_id,
+            AccountKind::Wallet,
+            Some(&wallet_id),
+        )?;
+        Ok(())
+    })?;
+    find_personal_wallet(conn, person_id)?.ok_or(super::ServiceError::NotFound("wallet"))
+}
+
+/// Inserts the person row unless it exists; must run in a transaction.
+pub fn insert_person_if_missing(tx: &mut DbConn, person_id: &str) -> QueryResult<()> {
+    let exists: Option<String> =
+        people::table.find(person_id).select(people::id).first(tx).optional()?;
+    if exists.is_some() {
+        return Ok(());
+    }
+    let inserted = tx.transaction(|c| {
+        diesel::insert_into(people::table)
+            .values((people::id.eq(person_id), people::created_at.eq(db::now())))
+            .execute(c)
+    });
+    match inserted {
+        Ok(_) => Ok(()),
+        Err(e) if db::is_unique_violation(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn find_personal_wallet(conn: &mut DbConn, person_id: &str) -> QueryResult<Option<AccountRow>> {
+    accounts::table
+        .filter(accounts::owner_type.eq(OwnerType::Person.as_str()))
+        .filter(accounts::owner_id.eq(person_id))
+        .filter(accounts::kind.eq(AccountKind::Wallet.as_str()))
+        .select(AccountRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// `GET /v1/me`.
+pub fn get_me(conn: &mut DbConn, caller: &Caller, roles: Vec<String>) -> ServiceResult<Me> {
+    let wallet = ensure_person(conn, &caller.id)?;
+    let rows: Vec<(String, String, String, Option<String>)> = org_members::table
+        .inner_join(orgs::table)
+        .inner_join(
+            accounts::table.on(accounts::owner_type
+                .eq(OwnerType::Org.as_str())
+                .and(accounts::owner_id.eq(orgs::id))
+                .and(accounts::kind.eq(AccountKind::Wallet.as_str()))),
+        )
+        .filter(org_members::user_id.eq(&caller.id))
+        .order(orgs::created_at.asc())
+        .select((orgs::id, orgs::name, org_members::role, accounts::public_id))
+        .load(conn)?;
+    Ok(Me {
+        id: caller.id.clone(),
+        wallet_id: wallet.public_id.unwrap_or_default(),
+        plan: "free".into(),
+        roles,
+        orgs: rows
+            .into_iter()
+            .map(|(id, name, role, wallet_id)| MyOrg {
+                id,
+                name,
+                role,
+                wallet_id: wallet_id.unwrap_or_default(),
+            })
+            .collect(),
+    })
+}

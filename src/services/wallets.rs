@@ -1,0 +1,168 @@
+//! Wallets: who may see and manage which, their balance and USD value, spend
+//! limits, and their history.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::history::{self, HistoryQuery, TransactionList};
+use super::orgs::role_in;
+use super::{Caller, Ctx, ServiceError, ServiceResult};
+use crate::db::models::AccountRow;
+use crate::db::schema::accounts;
+use crate::db::{self, DbConn};
+use crate::domain::{AccountKind, Credits, OwnerType, UsdCents};
+
+/// A wallet of prepaid credits.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Wallet {
+    /// `wal_` id.
+    pub id: String,
+    /// `person` or `org`.
+    pub owner_type: String,
+    /// The person's id or the organization's id.
+    pub owner_id: String,
+    /// Credits held (may be negative only after a refund or dispute, when frozen).
+    #[schema(value_type = String, example = "48.7")]
+    pub balance: Credits,
+    /// The balance's value in USD, rounded down to the cent.
+    #[schema(value_type = String, example = "4.87")]
+    pub usd_value: UsdCents,
+    /// A frozen wallet cannot spend.
+    pub frozen: bool,
+    /// Most credits that may be spent per UTC day; null = no limit.
+    #[schema(value_type = Option<String>, example = "20")]
+    pub daily_limit: Option<Credits>,
+    /// Most credits that may be spent per ISO week (UTC); null = no limit.
+    #[schema(value_type = Option<String>, example = "100")]
+    pub weekly_limit: Option<Credits>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// How much access an action needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// The owner, or any member of the owning organization.
+    Read,
+    /// The owner, or an owner/admin of the owning organization.
+    Manage,
+}
+
+/// A new limit value: absent (unchanged), null (removed) or credits.
+pub type LimitPatch = Option<Option<Credits>>;
+
+pub fn find_by_public_id(conn: &mut DbConn, wallet_id: &str) -> ServiceResult<AccountRow> {
+    accounts::table
+        .filter(accounts::public_id.eq(wallet_id))
+        .filter(accounts::kind.eq(AccountKind::Wallet.as_str()))
+        .select(AccountRow::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(ServiceError::NotFound("wallet"))
+}
+
+/// Loads a wallet the caller may access; anything else is `NotFound`, so a
+/// wallet's existence is never revealed to others.
+pub fn load_for(conn: &mut DbConn, caller: &Caller, wallet_id: &str, access: Access) -> ServiceResult<AccountRow> {
+    let row = find_by_public_id(conn, wallet_id)?;
+    match row.owner_type.parse::<OwnerType>() {
+        Ok(OwnerType::Person) if row.owner_id == caller.id => Ok(row),
+        Ok(OwnerType::Org) => {
+            let role = role_in(conn, &row.owner_id, &caller.id)
+                .map_err(|_| ServiceError::NotFound("wallet"))?;
+            if access == Access::Manage && !role.can_manage() {
+                return Err(ServiceError::Forbidden(
+                    "only an owner or admin of the organization may manage its wallet".into(),
+                ));
+            }
+            Ok(row)
+        }
+        _ => Err(ServiceError::NotFound("wallet")),
+    }
+}
+
+pub fn view(ctx: &Ctx, row: &AccountRow) -> Wallet {
+    let balance = Credits::from_micros(row.balance.unwrap_or(0));
+    Wallet {
+        id: row.public_id.clone().unwrap_or_default(),
+        owner_type: row.owner_type.clone(),
+        owner_id: row.owner_id.clone(),
+        balance,
+        usd_value: balance.to_usd_floor(ctx.settings.credit_rate),
+        frozen: row.frozen,
+        daily_limit: row.daily_limit.map(Credits::from_micros),
+        weekly_limit: row.weekly_limit.map(Credits::from_micros),
+        created_at: row.created_at.and_utc(),
+    }
+}
+
+/// `GET /v1/wallets/{id}`.
+pub fn get_wallet(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, wallet_id: &str) -> ServiceResult<Wallet> {
+    let row = load_for(conn, caller, wallet_id, Access::Read)?;
+    Ok(view(ctx, &row))
+}
+
+fn check_limit(name: &str, limit: Option<Credits>) -> ServiceResult<Option<i64>> {
+    match limit {
+        Some(c) if c.is_negative() => Err(ServiceError::Validation(format!("{name} must not be negative"))),
+        other => Ok(other.map(Credits::micros)),
+    }
+}
+
+/// `PATCH /v1/wallets/{id}`: set or remove the daily and weekly spend limits.
+pub fn update_limits(
+    conn: &mut DbConn,
+    ctx: &Ctx,
+    caller: &Caller,
+    wallet_id: &str,
+    daily: LimitPatch,
+    weekly: LimitPatch,
+) -> ServiceResult<Wallet> {
+    let daily = daily.map(|d| check_limit("daily_limit", d)).transpose()?;
+    let weekly = weekly.map(|w| check_limit("weekly_limit", w)).transpose()?;
+    db::write_tx(conn, |tx| {
+        let row = load_for(tx, caller, wallet_id, Access::Manage)?;
+        if let Some(d) = daily {
+            diesel::update(accounts::table.find(row.id)).set(accounts::daily_limit.eq(d)).execute(tx)?;
+        }
+        if let Some(w) = weekly {
+            diesel::update(accounts::table.find(row.id)).set(accounts::weekly_limit.eq(w)).execute(tx)?;
+        }
+        let row = accounts::table.find(row.id).select(AccountRow::as_select()).first(tx)?;
+        Ok(view(ctx, &row))
+    })
+}
+
+/// `GET /v1/wallets/{id}/transactions`.
+pub fn list_transactions(
+    conn: &mut DbConn,
+    caller: &Caller,
+    wallet_id: &str,
+    q: &HistoryQuery,
+) -> ServiceResult<TransactionList> {
+    let row = load_for(conn, caller, wallet_id, Access::Read)?;
+    history::list(conn, row.id, q)
+}
+
+/// `GET /v1/wallets/{id}/transactions/export`: owner or org admin.
+pub fn export_transactions(
+    conn: &mut DbConn,
+    caller: &Caller,
+    wallet_id: &str,
+    q: &HistoryQuery,
+) -> ServiceResult<String> {
+    let row = load_for(conn, caller, wallet_id, Access::Manage)?;
+    db::read_tx(conn, |c| history::export_csv(c, row.id, q))
+}
+
+/// Operator: freeze or unfreeze any wallet.
+pub fn set_frozen(conn: &mut DbConn, ctx: &Ctx, wallet_id: &str, frozen: bool) -> ServiceResult<Wallet> {
+    db::write_tx(conn, |tx| {
+        let row = find_by_public_id(tx, wallet_id)?;
+        diesel::update(accounts::table.find(row.id)).set(accounts::frozen.eq(frozen)).execute(tx)?;
+        let row = accounts::table.find(row.id).select(AccountRow::as_select()).first(tx)?;
+        tracing::info!(wallet_id, frozen, "wallet freeze state set by operator");
+        Ok(view(ctx, &row))
+    })
+}

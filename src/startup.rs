@@ -1,0 +1,183 @@
+//! Pool -> migrations -> platform accounts -> App -> HttpServer. Used by
+//! `main` and by the tests, which start the real server on port 0.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::{Server, Service};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{web, App, HttpServer};
+use futures_util::FutureExt;
+use tracing::Instrument;
+use utoipa::OpenApi;
+use utoipa_actix_web::AppExt;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::api::{self, docs::ApiDoc, AppState};
+use crate::auth::JwtVerifier;
+use crate::config::Settings;
+use crate::db::{self, Manager, Pool};
+use crate::error::REQUEST_ID;
+use crate::ledger::PlatformAccounts;
+use crate::services::{idempotency, Ctx};
+
+/// How often expired idempotency keys are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// Opens the pool, applies pending migrations and makes sure the platform
+/// accounts exist.
+pub fn open_database(settings: &Settings) -> Result<(Pool, PlatformAccounts), String> {
+    let manager = Manager::new(settings.database.clone(), settings.sqlite_synchronous_full);
+    let pool = db::build_pool(manager, settings.pool_size)?;
+    let mut conn = pool.get().map_err(|e| format!("cannot get a database connection: {e}"))?;
+    let applied = db::run_migrations(&mut conn)
+        .map_err(|e| format!("migrations failed on {}: {e}", settings.database.display()))?;
+    for name in applied {
+        tracing::info!(migration = %name, "migration applied");
+    }
+    let platform = db::write_tx(&mut conn, |c| PlatformAccounts::ensure(c))
+        .map_err(|e| format!("cannot create the platform accounts: {e}"))?;
+    Ok((pool, platform))
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    /// Validates the settings, opens and migrates the database and binds the
+    /// listener; the server runs once [`Application::run_until_stopped`] is awaited.
+    pub fn build(settings: Settings) -> Result<Self, String> {
+        settings.require_jwt().map_err(|e| e.to_string())?;
+        let verifier = web::Data::new(JwtVerifier::new(&settings.jwt).map_err(|e| e.to_string())?);
+        let (pool, platform) = open_database(&settings)?;
+        let listener = TcpListener::bind(&settings.bind)
+            .map_err(|e| format!("cannot listen on {}: {e}", settings.bind))?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let workers = settings.workers;
+        let state = web::Data::new(AppState { pool, ctx: Ctx { settings: Arc::new(settings), platform } });
+        let app_state = state.clone();
+        let mut server = HttpServer::new(move || build_app(app_state.clone(), verifier.clone()));
+        if let Some(n) = workers {
+            server = server.workers(n);
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|e| format!("cannot serve: {e}"))?
+            .shutdown_timeout(10)
+            .run();
+        Ok(Application { port, server, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pool(&self) -> Pool {
+        self.state.pool.clone()
+    }
+
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped, running the periodic maintenance beside it.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let state = self.state.clone();
+        let maintenance = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PURGE_EVERY);
+            loop {
+                tick.tick().await;
+                let state = state.clone();
+                let ttl = state.ctx.settings.idempotency_ttl;
+                let purged = web::block(move || -> Result<usize, String> {
+                    let mut conn = state.pool.get().map_err(|e| e.to_string())?;
+                    idempotency::purge_older_than(&mut conn, ttl).map_err(|e| e.to_string())
+                })
+                .await;
+                match purged {
+                    Ok(Ok(n)) if n > 0 => tracing::info!(purged = n, "expired idempotency keys purged"),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "idempotency purge failed"),
+                    Err(e) => tracing::warn!(error = %e, "idempotency purge failed"),
+                }
+            }
+        });
+        let result = self.server.await;
+        maintenance.abort();
+        result
+    }
+}
+
+fn valid_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    (!s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .then(|| s.to_string())
+}
+
+/// The application: every route, the docs, the JSON error handlers, and the
+/// request-id middleware that tags each response and log line.
+pub fn build_app(
+    state: web::Data<AppState>,
+    verifier: web::Data<JwtVerifier>,
+) -> App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .into_utoipa_app()
+        .openapi(ApiDoc::openapi())
+        .app_data(state)
+        .app_data(verifier)
+        .app_data(web::QueryConfig::default().error_handler(api::query_error))
+        .app_data(web::PathConfig::default().error_handler(api::path_error))
+        .configure(api::configure)
+        .openapi_service(|mut doc| {
+            doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+            SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", doc)
+        })
+        .into_app()
+        .default_service(web::to(api::not_found))
+        .wrap_fn(|req, srv| {
+            let request_id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(valid_request_id)
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let span = tracing::info_span!(
+                "request",
+                request_id = %request_id,
+                method = %req.method(),
+                path = %req.path()
+            );
+            let started = Instant::now();
+            let fut = srv.call(req);
+            let id = request_id.clone();
+            REQUEST_ID
+                .scope(
+                    request_id,
+                    async move {
+                        let mut res = fut.await?;
+                        if let Ok(v) = HeaderValue::from_str(&id) {
+                            res.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
+                        }
+                        tracing::info!(
+                            status = res.status().as_u16(),
+                            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                            "served"
+                        );
+                        Ok(res)
+                    }
+                    .instrument(span),
+                )
+                .boxed_local()
+        })
+}
