@@ -54,8 +54,11 @@ enum Role {
     Service,
 }
 
+/// Says what went wrong in one line (libpq's messages span several).
 fn fail(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("tally: {message}");
+    let text = message.to_string();
+    let line: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    eprintln!("tally: {}", line.join("; "));
     ExitCode::from(2)
 }
 

@@ -102,23 +102,21 @@ impl Settings {
                 .get(key)
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
-                .or_else(|| {
-                    KEYS.iter().find(|(k, _)| *k == key).and_then(|(_, d)| d.map(str::to_string))
-                })
+                .or_else(|| KEYS.iter().find(|(k, _)| *k == key).and_then(|(_, d)| d.map(str::to_string)))
         };
         let bad = |key: &str, why: String| ConfigError(format!("{key}: {why}"));
 
-        let database = DbTarget::parse(&get("DATABASE_URL").unwrap_or_default())
-            .map_err(ConfigError)?;
+        let database = DbTarget::parse(&get("DATABASE_URL").unwrap_or_default()).map_err(ConfigError)?;
         let bind = get("TALLY_BIND").unwrap_or_default();
         if bind.parse::<std::net::SocketAddr>().is_err() && !bind.contains(':') {
             return Err(bad("TALLY_BIND", format!("'{bind}' is not HOST:PORT")));
         }
 
         let public_key_pem = match get("TALLY_JWT_PUBLIC_KEY") {
-            Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| {
-                bad("TALLY_JWT_PUBLIC_KEY", format!("cannot read '{path}': {e}"))
-            })?),
+            Some(path) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| bad("TALLY_JWT_PUBLIC_KEY", format!("cannot read '{path}': {e}")))?,
+            ),
             None => None,
         };
         let jwt = JwtSettings {
@@ -139,8 +137,7 @@ impl Settings {
                 bad("TALLY_MARKETPLACE_SHARE", format!("'{share_text}' is not between 0 and 1"))
             })?;
         let earnings_hold = parse_duration("TALLY_EARNINGS_HOLD", &get("TALLY_EARNINGS_HOLD"))?;
-        let idempotency_ttl =
-            parse_duration("TALLY_IDEMPOTENCY_TTL", &get("TALLY_IDEMPOTENCY_TTL"))?;
+        let idempotency_ttl = parse_duration("TALLY_IDEMPOTENCY_TTL", &get("TALLY_IDEMPOTENCY_TTL"))?;
         if idempotency_ttl < Duration::from_secs(24 * 3600) {
             return Err(bad("TALLY_IDEMPOTENCY_TTL", "must be at least 24h".into()));
         }
@@ -218,8 +215,7 @@ fn parse_duration(key: &str, value: &Option<String>) -> Result<Duration, ConfigE
 }
 
 fn read_toml(path: &str) -> Result<BTreeMap<String, String>, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("cannot read {path}: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {path}: {e}")))?;
     let table: toml::Table =
         text.parse().map_err(|e| ConfigError(format!("{path} is not valid TOML: {e}")))?;
     table
@@ -230,9 +226,7 @@ fn read_toml(path: &str) -> Result<BTreeMap<String, String>, ConfigError> {
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Float(f) => f.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
-                other => {
-                    return Err(ConfigError(format!("{path}: '{k}' must be a string, not {other}")))
-                }
+                other => return Err(ConfigError(format!("{path}: '{k}' must be a string, not {other}"))),
             };
             Ok((k, s))
         })
@@ -256,15 +250,14 @@ mod tests {
         assert_eq!(s.min_withdrawal, Credits::whole(100));
         assert_eq!(s.marketplace_share.to_string(), "0.30");
         assert!(s.stripe.is_none());
-        assert_eq!(s.require_jwt().unwrap_err().0.contains("TALLY_JWT_SECRET"), true);
+        assert!(s.require_jwt().unwrap_err().0.contains("TALLY_JWT_SECRET"));
     }
 
     #[test]
     fn bad_values_are_named() {
         let err = Settings::from_values(&values(&[("DATABASE_URL", "mysql://x")])).unwrap_err();
         assert!(err.to_string().contains("DATABASE_URL"), "{err}");
-        let err =
-            Settings::from_values(&values(&[("TALLY_MARKETPLACE_SHARE", "1.5")])).unwrap_err();
+        let err = Settings::from_values(&values(&[("TALLY_MARKETPLACE_SHARE", "1.5")])).unwrap_err();
         assert!(err.to_string().contains("TALLY_MARKETPLACE_SHARE"), "{err}");
         let err = Settings::from_values(&values(&[("TALLY_EARNINGS_HOLD", "soon")])).unwrap_err();
         assert!(err.to_string().contains("TALLY_EARNINGS_HOLD"), "{err}");

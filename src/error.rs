@@ -161,9 +161,7 @@ impl From<ServiceError> for ApiError {
             S::NotFound(what) => ApiError::not_found(format!("{what} not found")),
             S::Forbidden(m) => ApiError::forbidden(m),
             S::Validation(m) => ApiError::validation(m),
-            S::Refused { kind, message } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, kind, message)
-            }
+            S::Refused { kind, message } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, kind, message),
             S::InsufficientFunds { wallet_id } => ApiError {
                 wallet_id: Some(wallet_id.clone()),
                 ..ApiError::new(
@@ -203,15 +201,11 @@ impl From<ServiceError> for ApiError {
 /// rest is a bug or an outage (500).
 fn database_error(e: DieselError) -> ApiError {
     match &e {
-        DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
-            ApiError::unavailable(e)
-        }
+        DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => ApiError::unavailable(e),
         DieselError::DatabaseError(_, info) if info.message().contains("database is locked") => {
             ApiError::unavailable(e)
         }
-        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
-            ApiError::unavailable(e)
-        }
+        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => ApiError::unavailable(e),
         _ => ApiError::internal(format!("database: {e}")),
     }
 }

@@ -36,7 +36,7 @@ pub fn open_database(settings: &Settings) -> Result<(Pool, PlatformAccounts), St
     for name in applied {
         tracing::info!(migration = %name, "migration applied");
     }
-    let platform = db::write_tx(&mut conn, |c| PlatformAccounts::ensure(c))
+    let platform = db::write_tx(&mut conn, PlatformAccounts::ensure)
         .map_err(|e| format!("cannot create the platform accounts: {e}"))?;
     Ok((pool, platform))
 }
@@ -64,11 +64,8 @@ impl Application {
         if let Some(n) = workers {
             server = server.workers(n);
         }
-        let server = server
-            .listen(listener)
-            .map_err(|e| format!("cannot serve: {e}"))?
-            .shutdown_timeout(10)
-            .run();
+        let server =
+            server.listen(listener).map_err(|e| format!("cannot serve: {e}"))?.shutdown_timeout(10).run();
         Ok(Application { port, server, state })
     }
 
@@ -112,6 +109,13 @@ impl Application {
     }
 }
 
+/// Whether a raw request path carries a percent-encoded control character.
+fn has_encoded_control(path: &str) -> bool {
+    path.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && matches!((w[1], w[2].to_ascii_uppercase()), (b'0' | b'1', _) | (b'7', b'F')))
+}
+
 fn valid_request_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
     (!s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
@@ -145,6 +149,7 @@ pub fn build_app(
             SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", doc)
         })
         .into_app()
+        .service(web::redirect("/docs", "/docs/"))
         .default_service(web::to(api::not_found))
         .wrap_fn(|req, srv| {
             let request_id = req
@@ -159,13 +164,22 @@ pub fn build_app(
                 path = %req.path()
             );
             let started = Instant::now();
-            let fut = srv.call(req);
+            // A control character in a path id can name nothing (and
+            // PostgreSQL refuses NUL in text): answer 404 before routing.
+            let call = if has_encoded_control(req.path()) { Err(req) } else { Ok(srv.call(req)) };
             let id = request_id.clone();
             REQUEST_ID
                 .scope(
                     request_id,
                     async move {
-                        let mut res = fut.await?;
+                        let mut res = match call {
+                            Ok(fut) => fut.await?.map_into_left_body(),
+                            Err(req) => req
+                                .into_response(actix_web::ResponseError::error_response(
+                                    &crate::error::ApiError::not_found("not found"),
+                                ))
+                                .map_into_right_body(),
+                        };
                         if let Ok(v) = HeaderValue::from_str(&id) {
                             res.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
                         }

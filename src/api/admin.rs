@@ -15,10 +15,7 @@ use crate::services::adjustments::{self, Adjustment};
 use crate::services::wallets::{self, Wallet};
 
 pub fn configure(cfg: &mut ServiceConfig) {
-    cfg.service(create_adjustment)
-        .service(freeze_wallet)
-        .service(unfreeze_wallet)
-        .service(verify_ledger);
+    cfg.service(create_adjustment).service(freeze_wallet).service(unfreeze_wallet).service(verify_ledger);
 }
 
 /// An audited credit (positive) or debit (negative) of a wallet.
@@ -69,7 +66,8 @@ pub async fn create_adjustment(
     let JsonBody { value, raw } = body;
     let op = caller.clone();
     run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {
-        adjustments::create_adjustment(tx, ctx, &op, &wallet_id, value.amount, &value.reason, key).map(Into::into)
+        adjustments::create_adjustment(tx, ctx, &op, &wallet_id, value.amount, &value.reason, key)
+            .map(Into::into)
     })
     .await
 }
@@ -136,7 +134,10 @@ pub async fn unfreeze_wallet(
     security(("bearer" = []))
 )]
 #[get("/v1/admin/ledger/verify")]
-pub async fn verify_ledger(state: web::Data<AppState>, _operator: Operator) -> Result<HttpResponse, ApiError> {
+pub async fn verify_ledger(
+    state: web::Data<AppState>,
+    _operator: Operator,
+) -> Result<HttpResponse, ApiError> {
     let report = run(&state, |conn, _| Ok(verify::verify(conn)?)).await?;
     Ok(HttpResponse::Ok().json(report))
 }

@@ -49,11 +49,8 @@ impl Modify for BearerAuth {
 
 /// The document, built from the same registration the server uses.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, mut api) = App::new()
-        .into_utoipa_app()
-        .openapi(ApiDoc::openapi())
-        .configure(super::configure)
-        .split_for_parts();
+    let (_, mut api) =
+        App::new().into_utoipa_app().openapi(ApiDoc::openapi()).configure(super::configure).split_for_parts();
     api.info.version = env!("CARGO_PKG_VERSION").to_string();
     api
 }

@@ -42,11 +42,9 @@ pub async fn healthz() -> HttpResponse {
 )]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let pending = run(&state, |conn, _| {
-        db::has_pending_migrations(conn).map_err(ServiceError::Internal)
-    })
-    .await
-    .map_err(|e| ApiError::unavailable(e))?;
+    let pending = run(&state, |conn, _| db::has_pending_migrations(conn).map_err(ServiceError::Internal))
+        .await
+        .map_err(ApiError::unavailable)?;
     if pending {
         return Err(ApiError::unavailable("migrations pending"));
     }

@@ -106,7 +106,9 @@ fn stored_response(stored: StoredResponse) -> HttpResponse {
 
 /// A JSON request body: malformed JSON is a 400 `invalid_json`; JSON of the
 /// wrong shape (unknown fields, a number where an amount string belongs, ...)
-/// is a 422 `validation_error`. Keeps the parsed JSON for idempotency.
+/// is a 422 `validation_error`. Keeps the parsed JSON for idempotency. The
+/// body is read as JSON whatever the Content-Type says (curl's `-d` sends
+/// form encoding by default).
 pub struct JsonBody<T> {
     pub value: T,
     pub raw: serde_json::Value,
@@ -120,30 +122,22 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let content_type_ok = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.starts_with("application/json") || v.contains("+json"))
-            .unwrap_or(true);
         let bytes = web::Bytes::from_request(req, payload);
         Box::pin(async move {
-            if !content_type_ok {
-                return Err(ApiError::bad_request(
-                    "invalid_request",
-                    "Content-Type must be application/json",
-                ));
-            }
             let bytes = bytes.await.map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
             if bytes.len() > MAX_BODY {
                 return Err(ApiError::bad_request("invalid_request", "request body is too large"));
             }
             if bytes.iter().all(u8::is_ascii_whitespace) {
-                return Err(ApiError::bad_request("invalid_json", "the request body is empty; send a JSON object"));
+                return Err(ApiError::bad_request(
+                    "invalid_json",
+                    "the request body is empty; send a JSON object",
+                ));
             }
             let raw: serde_json::Value = serde_json::from_slice(&bytes)
                 .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")))?;
-            let value = T::deserialize(&raw).map_err(|e| ApiError::validation(format!("invalid request body: {e}")))?;
+            let value = T::deserialize(&raw)
+                .map_err(|e| ApiError::validation(format!("invalid request body: {e}")))?;
             Ok(JsonBody { value, raw })
         })
     }

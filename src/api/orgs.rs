@@ -215,7 +215,8 @@ pub async fn update_member(
     let caller = user.caller();
     let (org_id, user_id) = path.into_inner();
     let patch = MemberPatch { role: body.value.role.map(OrgRole::from), daily_limit: body.value.daily_limit };
-    let member = run(&state, move |conn, _| orgs::update_member(conn, &caller, &org_id, &user_id, patch)).await?;
+    let member =
+        run(&state, move |conn, _| orgs::update_member(conn, &caller, &org_id, &user_id, patch)).await?;
     Ok(HttpResponse::Ok().json(member))
 }
 

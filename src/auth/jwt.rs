@@ -52,9 +52,7 @@ impl JwtVerifier {
             }
             (Some(secret), None) => {
                 if secret.len() < 16 {
-                    return Err(ConfigError(
-                        "TALLY_JWT_SECRET must be at least 16 characters".into(),
-                    ));
+                    return Err(ConfigError("TALLY_JWT_SECRET must be at least 16 characters".into()));
                 }
                 (DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256)
             }
@@ -65,15 +63,13 @@ impl JwtVerifier {
                     (key, Algorithm::ES256)
                 } else {
                     return Err(ConfigError(
-                        "TALLY_JWT_PUBLIC_KEY is neither an RSA nor an EC (P-256) public key in PEM"
-                            .into(),
+                        "TALLY_JWT_PUBLIC_KEY is neither an RSA nor an EC (P-256) public key in PEM".into(),
                     ));
                 }
             }
             (None, None) => {
                 return Err(ConfigError(
-                    "TALLY_JWT_SECRET is not set (or set TALLY_JWT_PUBLIC_KEY to a PEM file)"
-                        .into(),
+                    "TALLY_JWT_SECRET is not set (or set TALLY_JWT_PUBLIC_KEY to a PEM file)".into(),
                 ))
             }
         };
@@ -81,7 +77,14 @@ impl JwtVerifier {
         validation.leeway = MAX_LEEWAY_SECS;
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        if settings.issuer.is_some() {
+            required.push("iss");
+        }
+        if settings.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         match &settings.issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,
@@ -110,9 +113,10 @@ pub fn mint_token(
     roles: &[String],
     ttl: Duration,
 ) -> Result<String, ConfigError> {
-    let secret = settings.secret.as_ref().ok_or_else(|| {
-        ConfigError("tally token signs with TALLY_JWT_SECRET, which is not set".into())
-    })?;
+    let secret = settings
+        .secret
+        .as_ref()
+        .ok_or_else(|| ConfigError("tally token signs with TALLY_JWT_SECRET, which is not set".into()))?;
     let now = chrono::Utc::now().timestamp().max(0) as u64;
     let claims = Claims {
         sub: sub.to_string(),

@@ -127,10 +127,7 @@ pub struct Manager {
 
 impl Manager {
     pub fn new(target: DbTarget, sqlite_synchronous_full: bool) -> Self {
-        Manager {
-            target,
-            sqlite_synchronous: if sqlite_synchronous_full { "FULL" } else { "NORMAL" },
-        }
+        Manager { target, sqlite_synchronous: if sqlite_synchronous_full { "FULL" } else { "NORMAL" } }
     }
 
     pub fn target(&self) -> &DbTarget {
@@ -155,8 +152,7 @@ impl ManageConnection for Manager {
                      PRAGMA synchronous = {}; PRAGMA foreign_keys = ON;",
                     self.sqlite_synchronous
                 );
-                conn.batch_execute(&setup)
-                    .map_err(|source| ConnectError::Setup { target, source })?;
+                conn.batch_execute(&setup).map_err(|source| ConnectError::Setup { target, source })?;
                 Ok(DbConn::Sqlite(conn))
             }
             DbTarget::Postgres(url) => {
@@ -205,8 +201,7 @@ pub fn run_migrations(conn: &mut DbConn) -> Result<Vec<String>, String> {
         DbConn::Pg(c) => {
             c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
                 .map_err(|e| e.to_string())?;
-            let result =
-                c.run_pending_migrations(POSTGRES_MIGRATIONS).map(names).map_err(|e| e.to_string());
+            let result = c.run_pending_migrations(POSTGRES_MIGRATIONS).map(names).map_err(|e| e.to_string());
             let unlock = c
                 .batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
                 .map_err(|e| e.to_string());
@@ -292,10 +287,7 @@ pub fn truncate_micros(t: chrono::NaiveDateTime) -> chrono::NaiveDateTime {
 
 /// A unique-constraint violation (a concurrent insert got there first).
 pub fn is_unique_violation(e: &diesel::result::Error) -> bool {
-    matches!(
-        e,
-        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
-    )
+    matches!(e, diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
 }
 
 #[cfg(test)]

@@ -64,10 +64,7 @@ mod tests {
         assert_eq!(check_balanced(&[leg(1, -5), leg(2, 4)]), Err(EntryError::Unbalanced(-1)));
         assert_eq!(check_balanced(&[leg(1, 5)]), Err(EntryError::TooFewPostings));
         assert_eq!(check_balanced(&[leg(1, 0), leg(2, 0)]), Err(EntryError::NothingMoved));
-        assert_eq!(
-            check_balanced(&[leg(1, 5), leg(1, -5)]),
-            Err(EntryError::DuplicateAccount(1))
-        );
+        assert_eq!(check_balanced(&[leg(1, 5), leg(1, -5)]), Err(EntryError::DuplicateAccount(1)));
         assert_eq!(
             check_balanced(&[leg(1, i64::MAX), leg(2, i64::MAX), leg(3, i64::MIN)]),
             Err(EntryError::Unbalanced(i64::MAX as i128 - 1))

@@ -86,10 +86,7 @@ impl AccountKind {
     /// earnings credited by every charge of a popular agent) keep none: their
     /// balance is the sum of their postings, so no charge queues on them.
     pub fn keeps_cached_balance(self) -> bool {
-        matches!(
-            self,
-            AccountKind::Wallet | AccountKind::EarningsAvailable | AccountKind::EarningsInPayout
-        )
+        matches!(self, AccountKind::Wallet | AccountKind::EarningsAvailable | AccountKind::EarningsInPayout)
     }
 
     /// Accounts that may never be below zero (a wallet may only after a

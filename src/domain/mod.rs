@@ -5,6 +5,7 @@ pub mod entry;
 pub mod ids;
 pub mod kinds;
 pub mod money;
+pub mod text;
 
 pub use entry::{EntryError, Leg};
 pub use kinds::{AccountKind, EntryKind, OrgRole, OwnerType};

@@ -62,8 +62,7 @@ impl Credits {
         if !valid_chars || trimmed != text {
             return Err(AmountError::NotANumber(text.to_string()));
         }
-        let value =
-            Decimal::from_str(trimmed).map_err(|_| AmountError::NotANumber(text.to_string()))?;
+        let value = Decimal::from_str(trimmed).map_err(|_| AmountError::NotANumber(text.to_string()))?;
         Self::from_decimal(value).map_err(|e| match e {
             AmountError::TooPrecise(_) => AmountError::TooPrecise(text.to_string()),
             _ => AmountError::OutOfRange(text.to_string()),
@@ -121,7 +120,8 @@ impl Credits {
     /// smaller than it is).
     pub fn to_usd_floor(self, rate: CreditRate) -> UsdCents {
         let usd = self.to_decimal() * rate.usd_per_credit();
-        let cents = (usd * Decimal::ONE_HUNDRED).round_dp_with_strategy(0, RoundingStrategy::ToNegativeInfinity);
+        let cents =
+            (usd * Decimal::ONE_HUNDRED).round_dp_with_strategy(0, RoundingStrategy::ToNegativeInfinity);
         UsdCents(cents.to_i64().unwrap_or(if cents.is_sign_negative() { i64::MIN } else { i64::MAX }))
     }
 }
@@ -190,8 +190,8 @@ pub struct CreditRate(Decimal);
 
 impl CreditRate {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let value = Decimal::from_str(text.trim())
-            .map_err(|_| format!("'{text}' is not a decimal number"))?;
+        let value =
+            Decimal::from_str(text.trim()).map_err(|_| format!("'{text}' is not a decimal number"))?;
         if value <= Decimal::ZERO {
             return Err(format!("'{text}' must be greater than zero"));
         }
@@ -230,10 +230,7 @@ mod tests {
         for bad in ["", "abc", "1e3", " 1", "1 ", "1,5", "--1", "NaN", "0x10"] {
             assert!(matches!(Credits::parse(bad), Err(AmountError::NotANumber(_))), "{bad}");
         }
-        assert!(matches!(
-            Credits::parse("99999999999999999999"),
-            Err(AmountError::OutOfRange(_))
-        ));
+        assert!(matches!(Credits::parse("99999999999999999999"), Err(AmountError::OutOfRange(_))));
         assert!(matches!(Credits::parse_positive("0"), Err(AmountError::NotPositive(_))));
         assert!(matches!(Credits::parse_positive("-1"), Err(AmountError::NotPositive(_))));
     }

@@ -101,8 +101,7 @@ pub fn post(conn: &mut DbConn, entry: NewEntry<'_>) -> Result<PostedEntry, Ledge
     check_balanced(&entry.legs)?;
     let now = db::now();
 
-    let mut cached: Vec<&Leg> =
-        entry.legs.iter().filter(|l| l.kind.keeps_cached_balance()).collect();
+    let mut cached: Vec<&Leg> = entry.legs.iter().filter(|l| l.kind.keeps_cached_balance()).collect();
     cached.sort_by_key(|l| l.account_id);
     let mut balances: Vec<(i64, i64)> = Vec::with_capacity(cached.len());
     for leg in cached {
@@ -126,8 +125,7 @@ pub fn post(conn: &mut DbConn, entry: NewEntry<'_>) -> Result<PostedEntry, Ledge
 
     let mut legs = Vec::with_capacity(entry.legs.len());
     for leg in &entry.legs {
-        let balance_after =
-            balances.iter().find(|(id, _)| *id == leg.account_id).map(|(_, b)| *b);
+        let balance_after = balances.iter().find(|(id, _)| *id == leg.account_id).map(|(_, b)| *b);
         let posting_id: i64 = diesel::insert_into(postings::table)
             .values(NewPosting {
                 entry_id,
@@ -150,11 +148,7 @@ pub fn post(conn: &mut DbConn, entry: NewEntry<'_>) -> Result<PostedEntry, Ledge
 
 /// Adds the leg to the account's cached balance in one guarded statement and
 /// returns the new balance. No row back means the guard refused.
-fn apply_to_cached_balance(
-    conn: &mut DbConn,
-    leg: &Leg,
-    overdraft: Overdraft,
-) -> Result<i64, LedgerError> {
+fn apply_to_cached_balance(conn: &mut DbConn, leg: &Leg, overdraft: Overdraft) -> Result<i64, LedgerError> {
     let amount = leg.amount.micros();
     let guarded = amount < 0 && leg.kind.must_stay_non_negative();
     let new_balance = accounts::balance + amount;
@@ -170,13 +164,13 @@ fn apply_to_cached_balance(
             .returning(accounts::balance)
             .get_result(conn)
             .optional()?,
-        (true, Overdraft::RefuseFrozen) => diesel::update(
-            row.filter(accounts::balance.ge(-amount)).filter(accounts::frozen.eq(false)),
-        )
-        .set(accounts::balance.eq(new_balance))
-        .returning(accounts::balance)
-        .get_result(conn)
-        .optional()?,
+        (true, Overdraft::RefuseFrozen) => {
+            diesel::update(row.filter(accounts::balance.ge(-amount)).filter(accounts::frozen.eq(false)))
+                .set(accounts::balance.eq(new_balance))
+                .returning(accounts::balance)
+                .get_result(conn)
+                .optional()?
+        }
     };
     match updated {
         Some(Some(balance)) => Ok(balance),
@@ -275,10 +269,8 @@ pub fn ensure_account(
 /// The balance of an account: its cached balance, or the sum of its postings.
 pub fn balance_of(conn: &mut DbConn, account: AccountRef) -> QueryResult<Credits> {
     if account.kind.keeps_cached_balance() {
-        let b: Option<i64> = accounts::table
-            .filter(accounts::id.eq(account.id))
-            .select(accounts::balance)
-            .first(conn)?;
+        let b: Option<i64> =
+            accounts::table.filter(accounts::id.eq(account.id)).select(accounts::balance).first(conn)?;
         return Ok(Credits::from_micros(b.unwrap_or(0)));
     }
     sum_of_postings(conn, account.id)

@@ -95,8 +95,7 @@ fn count(conn: &mut DbConn, sql: &str) -> QueryResult<i64> {
 }
 
 const CACHED_KINDS: &str = "('wallet', 'earnings_available', 'earnings_in_payout')";
-const NON_NEGATIVE_KINDS: &str =
-    "('wallet', 'earnings_pending', 'earnings_available', 'earnings_in_payout')";
+const NON_NEGATIVE_KINDS: &str = "('wallet', 'earnings_pending', 'earnings_available', 'earnings_in_payout')";
 
 /// Checks every invariant; read-only.
 pub fn verify(conn: &mut DbConn) -> QueryResult<VerifyReport> {
@@ -137,11 +136,10 @@ pub fn verify(conn: &mut DbConn) -> QueryResult<VerifyReport> {
                 detail: format!("{empty} entries have no postings"),
             });
         }
-        let ledger_sum: i64 = diesel::sql_query(
-            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS n FROM postings",
-        )
-        .get_result::<Count>(conn)?
-        .n;
+        let ledger_sum: i64 =
+            diesel::sql_query("SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS n FROM postings")
+                .get_result::<Count>(conn)?
+                .n;
         if ledger_sum != 0 {
             breaches.push(Breach {
                 invariant: 1,

@@ -11,6 +11,7 @@ use super::wallets::find_by_public_id;
 use super::{Caller, Ctx, ServiceError, ServiceResult};
 use crate::db::DbConn;
 use crate::domain::ids::{entry_id, new_id, transaction_id};
+use crate::domain::text::checked_text;
 use crate::domain::{AccountKind, Credits, EntryKind};
 use crate::ledger::{self, AccountRef, NewEntry, Overdraft};
 
@@ -46,21 +47,17 @@ pub fn create_adjustment(
     reason: &str,
     request: &RequestKey,
 ) -> ServiceResult<Adjustment> {
-    let reason = reason.trim();
-    if reason.is_empty() || reason.chars().count() > 500 {
-        return Err(ServiceError::Validation("reason must be 1 to 500 characters".into()));
-    }
+    let reason = checked_text("reason", reason, 500, true).map_err(ServiceError::Validation)?;
     if amount.is_zero() {
         return Err(ServiceError::Validation("amount must not be zero".into()));
     }
-    let counter = amount.checked_neg().ok_or_else(|| ServiceError::Validation("amount is out of range".into()))?;
+    let counter =
+        amount.checked_neg().ok_or_else(|| ServiceError::Validation("amount is out of range".into()))?;
     let wallet = find_by_public_id(tx, wallet_id)?;
     let wallet_ref = AccountRef { id: wallet.id, kind: AccountKind::Wallet };
     let adjustment_id = new_id("adj");
-    let references = TransactionReferences {
-        adjustment_id: Some(adjustment_id.clone()),
-        ..Default::default()
-    };
+    let references =
+        TransactionReferences { adjustment_id: Some(adjustment_id.clone()), ..Default::default() };
     let posted = ledger::post(
         tx,
         NewEntry {

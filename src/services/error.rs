@@ -44,9 +44,7 @@ impl ServiceError {
             LedgerError::Insufficient { .. } => {
                 ServiceError::InsufficientFunds { wallet_id: wallet_id.to_string() }
             }
-            LedgerError::Frozen { .. } => {
-                ServiceError::WalletFrozen { wallet_id: wallet_id.to_string() }
-            }
+            LedgerError::Frozen { .. } => ServiceError::WalletFrozen { wallet_id: wallet_id.to_string() },
             LedgerError::Database(e) => ServiceError::Database(e),
             LedgerError::Invalid(e) => ServiceError::Internal(format!("refused entry: {e}")),
         }

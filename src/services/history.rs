@@ -104,8 +104,7 @@ impl HistoryQuery {
 }
 
 fn to_view(row: HistoryRow) -> Transaction {
-    let mut references: TransactionReferences =
-        serde_json::from_str(&row.metadata).unwrap_or_default();
+    let mut references: TransactionReferences = serde_json::from_str(&row.metadata).unwrap_or_default();
     references.actor = references.actor.or(row.actor);
     references.reason = references.reason.or(row.memo);
     Transaction {
@@ -170,8 +169,21 @@ pub fn export_csv(conn: &mut DbConn, account_id: i64, q: &HistoryQuery) -> Servi
     let mut out = csv::Writer::from_writer(Vec::new());
     let csv_err = |e: csv::Error| ServiceError::Internal(format!("csv: {e}"));
     out.write_record([
-        "id", "type", "amount", "balance_after", "created_at", "entry_id", "reverses_entry_id",
-        "actor", "reason", "agent_id", "model", "charge_id", "top_up_id", "pack_id", "payout_id",
+        "id",
+        "type",
+        "amount",
+        "balance_after",
+        "created_at",
+        "entry_id",
+        "reverses_entry_id",
+        "actor",
+        "reason",
+        "agent_id",
+        "model",
+        "charge_id",
+        "top_up_id",
+        "pack_id",
+        "payout_id",
     ])
     .map_err(csv_err)?;
     let mut page = HistoryQuery { limit: MAX_PAGE, ..q.clone() };

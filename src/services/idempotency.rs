@@ -52,7 +52,13 @@ pub struct IdempotentRequest {
 
 impl IdempotentRequest {
     /// Validates the key and fingerprints the request.
-    pub fn new(scope: &str, key: &str, method: &str, path: &str, body: &serde_json::Value) -> ServiceResult<Self> {
+    pub fn new(
+        scope: &str,
+        key: &str,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> ServiceResult<Self> {
         if key.is_empty() || key.len() > 255 || !key.chars().all(|c| c.is_ascii_graphic()) {
             return Err(ServiceError::Validation(
                 "Idempotency-Key must be 1 to 255 printable ASCII characters".into(),
@@ -144,7 +150,12 @@ impl<T> From<T> for Outcome<T> {
 }
 
 /// Runs `work` at most once for this request; see the module docs.
-pub fn execute<T, F>(conn: &mut DbConn, req: &IdempotentRequest, status: u16, work: F) -> ServiceResult<StoredResponse>
+pub fn execute<T, F>(
+    conn: &mut DbConn,
+    req: &IdempotentRequest,
+    status: u16,
+    work: F,
+) -> ServiceResult<StoredResponse>
 where
     T: Serialize,
     F: FnOnce(&mut DbConn, &RequestKey) -> ServiceResult<Outcome<T>>,

@@ -11,6 +11,7 @@ use crate::db::models::{MemberRow, NewMember, NewOrg, OrgRow};
 use crate::db::schema::{accounts, org_members, orgs};
 use crate::db::{self, DbConn};
 use crate::domain::ids::new_id;
+use crate::domain::text::{checked_id, checked_text};
 use crate::domain::{AccountKind, Credits, OrgRole, OwnerType};
 use crate::ledger;
 
@@ -59,11 +60,8 @@ pub struct MemberPatch {
 /// The caller's role in the organization; `NotFound` if not a member (the
 /// organization's existence is not revealed).
 pub fn role_in(conn: &mut DbConn, org_id: &str, user_id: &str) -> ServiceResult<OrgRole> {
-    let role: Option<String> = org_members::table
-        .find((org_id, user_id))
-        .select(org_members::role)
-        .first(conn)
-        .optional()?;
+    let role: Option<String> =
+        org_members::table.find((org_id, user_id)).select(org_members::role).first(conn).optional()?;
     role.and_then(|r| r.parse().ok()).ok_or(ServiceError::NotFound("organization"))
 }
 
@@ -71,9 +69,7 @@ pub fn role_in(conn: &mut DbConn, org_id: &str, user_id: &str) -> ServiceResult<
 pub fn require_admin(conn: &mut DbConn, org_id: &str, user_id: &str) -> ServiceResult<OrgRole> {
     let role = role_in(conn, org_id, user_id)?;
     if !role.can_manage() {
-        return Err(ServiceError::Forbidden(
-            "only an owner or admin of the organization may do this".into(),
-        ));
+        return Err(ServiceError::Forbidden("only an owner or admin of the organization may do this".into()));
     }
     Ok(role)
 }
@@ -96,11 +92,7 @@ fn org_view(conn: &mut DbConn, row: OrgRow, role: OrgRole) -> ServiceResult<Org>
 }
 
 pub fn validate_name(name: &str) -> ServiceResult<&str> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ServiceError::Validation("name must be 1 to 200 characters".into()));
-    }
-    Ok(name)
+    checked_text("name", name, 200, false).map_err(ServiceError::Validation)
 }
 
 /// `POST /v1/orgs`: the caller becomes its owner; its wallet is created with it.
@@ -175,10 +167,7 @@ fn check_role_change(actor: OrgRole, from: Option<OrgRole>, to: OrgRole) -> Serv
 }
 
 fn check_user_id(user_id: &str) -> ServiceResult<()> {
-    if user_id.is_empty() || user_id.len() > 255 || user_id.chars().any(char::is_control) {
-        return Err(ServiceError::Validation("user_id must be 1 to 255 printable characters".into()));
-    }
-    Ok(())
+    checked_id("user_id", user_id).map(|_| ()).map_err(ServiceError::Validation)
 }
 
 /// `POST /v1/orgs/{id}/members`: org admins; the person need not have signed in yet.
@@ -204,7 +193,13 @@ pub fn add_member(
             });
         }
         diesel::insert_into(org_members::table)
-            .values(NewMember { org_id, user_id, role: role.as_str(), daily_limit: limit, created_at: db::now() })
+            .values(NewMember {
+                org_id,
+                user_id,
+                role: role.as_str(),
+                daily_limit: limit,
+                created_at: db::now(),
+            })
             .execute(tx)?;
         let row = org_members::table.find((org_id, user_id)).select(MemberRow::as_select()).first(tx)?;
         Ok(member_view(row))

@@ -46,13 +46,7 @@ pub fn ensure_person(conn: &mut DbConn, person_id: &str) -> ServiceResult<Accoun
     db::write_tx(conn, |tx| -> QueryResult<()> {
         insert_person_if_missing(tx, person_id)?;
         let wallet_id = new_id("wal");
-        ledger::ensure_account(
-            tx,
-            OwnerType::Person,
-            person_id,
-            AccountKind::Wallet,
-            Some(&wallet_id),
-        )?;
+        ledger::ensure_account(tx, OwnerType::Person, person_id, AccountKind::Wallet, Some(&wallet_id))?;
         Ok(())
     })?;
     find_personal_wallet(conn, person_id)?.ok_or(super::ServiceError::NotFound("wallet"))
@@ -60,8 +54,7 @@ pub fn ensure_person(conn: &mut DbConn, person_id: &str) -> ServiceResult<Accoun
 
 /// Inserts the person row unless it exists; must run in a transaction.
 pub fn insert_person_if_missing(tx: &mut DbConn, person_id: &str) -> QueryResult<()> {
-    let exists: Option<String> =
-        people::table.find(person_id).select(people::id).first(tx).optional()?;
+    let exists: Option<String> = people::table.find(person_id).select(people::id).first(tx).optional()?;
     if exists.is_some() {
         return Ok(());
     }

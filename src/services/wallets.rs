@@ -64,13 +64,18 @@ pub fn find_by_public_id(conn: &mut DbConn, wallet_id: &str) -> ServiceResult<Ac
 
 /// Loads a wallet the caller may access; anything else is `NotFound`, so a
 /// wallet's existence is never revealed to others.
-pub fn load_for(conn: &mut DbConn, caller: &Caller, wallet_id: &str, access: Access) -> ServiceResult<AccountRow> {
+pub fn load_for(
+    conn: &mut DbConn,
+    caller: &Caller,
+    wallet_id: &str,
+    access: Access,
+) -> ServiceResult<AccountRow> {
     let row = find_by_public_id(conn, wallet_id)?;
     match row.owner_type.parse::<OwnerType>() {
         Ok(OwnerType::Person) if row.owner_id == caller.id => Ok(row),
         Ok(OwnerType::Org) => {
-            let role = role_in(conn, &row.owner_id, &caller.id)
-                .map_err(|_| ServiceError::NotFound("wallet"))?;
+            let role =
+                role_in(conn, &row.owner_id, &caller.id).map_err(|_| ServiceError::NotFound("wallet"))?;
             if access == Access::Manage && !role.can_manage() {
                 return Err(ServiceError::Forbidden(
                     "only an owner or admin of the organization may manage its wallet".into(),

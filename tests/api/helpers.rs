@@ -1,0 +1,307 @@
+//! The test harness: the real server on port 0 over a fresh database per
+//! test (a temporary SQLite file, or a new PostgreSQL database when
+//! `TEST_POSTGRES_URL` is set), real HTTP clients, direct ledger checks.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tally::config::Settings;
+use tally::db::{DbConn, Pool};
+use tally::startup::Application;
+
+pub const SECRET: &str = "integration-test-secret-0123456789";
+
+/// Runs each named `async fn(TestApp)` once on SQLite and once on PostgreSQL.
+#[macro_export]
+macro_rules! both {
+    ($($name:ident),* $(,)?) => { $(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                let app = $crate::helpers::TestApp::spawn($crate::helpers::Backend::Sqlite).await;
+                super::$name(app.expect("sqlite app")).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                match $crate::helpers::TestApp::spawn($crate::helpers::Backend::Postgres).await {
+                    Some(app) => super::$name(app).await,
+                    None => eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped"),
+                }
+            }
+        }
+    )* };
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub pool: Pool,
+    handle: actix_web::dev::ServerHandle,
+    pg_cleanup: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The PostgreSQL URL for tests, if any. On CI it must be set, so that a
+/// missing database cannot turn the PostgreSQL half of the suite into skips.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") => {
+            panic!("CI is set but TEST_POSTGRES_URL is not: the PostgreSQL half of the suite would not run")
+        }
+        _ => None,
+    }
+}
+
+/// `postgres://u@h/admin` -> `postgres://u@h/<name>`.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let root = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    }
+}
+
+/// A fresh database: (URL, temp dir to keep alive, PostgreSQL cleanup info).
+pub fn fresh_database(
+    backend: Backend,
+) -> Option<(String, Option<tempfile::TempDir>, Option<(String, String)>)> {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!("sqlite://{}", dir.path().join("tally.db").display());
+            Some((url, Some(dir), None))
+        }
+        Backend::Postgres => {
+            let admin = postgres_url()?;
+            let name = format!("tally_test_{}", uuid::Uuid::new_v4().simple());
+            let mut conn = diesel::PgConnection::establish(&admin).expect("connect to TEST_POSTGRES_URL");
+            conn.batch_execute(&format!("CREATE DATABASE {name}")).expect("create test database");
+            Some((with_database(&admin, &name), None, Some((admin, name))))
+        }
+    }
+}
+
+pub fn base_settings(url: &str) -> BTreeMap<String, String> {
+    let mut values = BTreeMap::new();
+    values.insert("DATABASE_URL".into(), url.to_string());
+    values.insert("TALLY_BIND".into(), "127.0.0.1:0".into());
+    values.insert("TALLY_JWT_SECRET".into(), SECRET.into());
+    values.insert("TALLY_WORKERS".into(), "2".into());
+    values.insert("TALLY_DB_POOL_SIZE".into(), "12".into());
+    values
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Option<TestApp> {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Starts the server with settings changed by `adjust`.
+    pub async fn spawn_with(
+        backend: Backend,
+        adjust: impl FnOnce(&mut BTreeMap<String, String>),
+    ) -> Option<TestApp> {
+        let (url, dir, pg_cleanup) = fresh_database(backend)?;
+        let mut values = base_settings(&url);
+        adjust(&mut values);
+        let settings = Settings::from_values(&values).expect("settings");
+        let app = Application::build(settings).expect("application starts");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let pool = app.pool();
+        let handle = app.server_handle();
+        tokio::spawn(app.run_until_stopped());
+        Some(TestApp {
+            address,
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(128)
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+            pool,
+            handle,
+            pg_cleanup,
+            _dir: dir,
+        })
+    }
+
+    pub fn token(&self, sub: &str) -> String {
+        self.token_with(sub, &[])
+    }
+
+    pub fn operator_token(&self) -> String {
+        self.token_with("operator-1", &["admin"])
+    }
+
+    pub fn token_with(&self, sub: &str, roles: &[&str]) -> String {
+        mint(sub, roles, SECRET, None, None, 3600)
+    }
+
+    /// Sends a request; returns status, headers and the JSON body (Null when empty or not JSON).
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        idempotency_key: Option<&str>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut req = self.client.request(method, format!("{}{}", self.address, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(k) = idempotency_key {
+            req = req.header("Idempotency-Key", k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("request sent");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let text = res.text().await.expect("body");
+        let value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (status, headers, value)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        let (s, _, v) = self.send(Method::GET, path, Some(token), None, None).await;
+        (s, v)
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        let (s, _, v) = self.send(Method::POST, path, Some(token), Some(body), None).await;
+        (s, v)
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        let (s, _, v) = self.send(Method::PATCH, path, Some(token), Some(body), None).await;
+        (s, v)
+    }
+
+    /// The person's personal wallet id (provisioning them).
+    pub async fn wallet_of(&self, sub: &str) -> String {
+        let (status, me) = self.get("/v1/me", &self.token(sub)).await;
+        assert_eq!(status, 200, "{me}");
+        me["wallet_id"].as_str().expect("wallet_id").to_string()
+    }
+
+    /// An operator adjustment; returns status and body.
+    pub async fn adjust(&self, wallet_id: &str, amount: &str, key: &str) -> (StatusCode, Value) {
+        let (s, _, v) = self
+            .send(
+                Method::POST,
+                &format!("/v1/admin/wallets/{wallet_id}/adjustments"),
+                Some(&self.operator_token()),
+                Some(json!({"amount": amount, "reason": "test"})),
+                Some(key),
+            )
+            .await;
+        (s, v)
+    }
+
+    /// Funds a wallet by an operator adjustment; asserts it worked.
+    pub async fn fund(&self, wallet_id: &str, amount: &str) {
+        let (status, body) = self.adjust(wallet_id, amount, &uuid::Uuid::new_v4().to_string()).await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    pub async fn balance(&self, wallet_id: &str, token: &str) -> String {
+        let (status, w) = self.get(&format!("/v1/wallets/{wallet_id}"), token).await;
+        assert_eq!(status, 200, "{w}");
+        w["balance"].as_str().expect("balance").to_string()
+    }
+
+    pub fn conn(&self) -> tally::db::PooledConn {
+        self.pool.get().expect("connection")
+    }
+
+    /// Runs the ledger verification directly against the database.
+    pub fn verify(&self) -> tally::ledger::verify::VerifyReport {
+        tally::ledger::verify::verify(&mut self.conn()).expect("verify runs")
+    }
+
+    pub fn assert_ledger_ok(&self) {
+        let report = self.verify();
+        assert!(report.ok, "ledger breaches: {:#?}", report.breaches);
+        assert_eq!(report.ledger_sum, "0");
+    }
+
+    /// Counts rows of a table.
+    pub fn count(&self, table: &str) -> i64 {
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let conn: &mut DbConn = &mut self.conn();
+        diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {table}"))
+            .get_result::<N>(conn)
+            .expect("count")
+            .n
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Stop the server; drop a PostgreSQL test database (FORCE ends the
+        // pool's connections).
+        drop(self.handle.stop(false));
+        if let Some((admin, name)) = self.pg_cleanup.take() {
+            if let Ok(mut conn) = diesel::PgConnection::establish(&admin) {
+                let _ = conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        }
+    }
+}
+
+/// Mints an HS256 token with any claims a test needs.
+pub fn mint(
+    sub: &str,
+    roles: &[&str],
+    secret: &str,
+    iss: Option<&str>,
+    aud: Option<&str>,
+    ttl_secs: i64,
+) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let mut claims = json!({"sub": sub, "exp": now + ttl_secs, "iat": now, "roles": roles});
+    if let Some(i) = iss {
+        claims["iss"] = json!(i);
+    }
+    if let Some(a) = aud {
+        claims["aud"] = json!(a);
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("token")
+}
+
+/// Asserts the error envelope and its type.
+pub fn assert_error(status: StatusCode, body: &Value, expected_status: u16, expected_type: &str) {
+    assert_eq!(status.as_u16(), expected_status, "unexpected status; body: {body}");
+    assert_eq!(body["error"]["type"], expected_type, "unexpected error type; body: {body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(body["error"]["request_id"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+}

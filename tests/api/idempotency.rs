@@ -1,0 +1,180 @@
+//! Idempotency-Key: replay, reuse with another body, in flight, concurrency.
+
+use diesel::prelude::*;
+use futures_util::future::join_all;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::both;
+use crate::helpers::{assert_error, TestApp};
+
+both!(
+    sequential_retries_replay_the_first_response,
+    concurrent_requests_with_one_key_write_one_entry,
+    a_different_body_is_refused,
+    a_request_in_flight_is_a_conflict,
+    a_missing_key_is_refused,
+    keys_are_per_caller,
+);
+
+async fn raw_adjust(app: &TestApp, wallet: &str, body: serde_json::Value, key: &str) -> (u16, String, bool) {
+    let res = app
+        .client
+        .post(format!("{}/v1/admin/wallets/{wallet}/adjustments", app.address))
+        .bearer_auth(app.operator_token())
+        .header("Idempotency-Key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let replayed = res.headers().get("idempotent-replayed").is_some();
+    (status, res.text().await.unwrap(), replayed)
+}
+
+async fn sequential_retries_replay_the_first_response(app: TestApp) {
+    let wallet = app.wallet_of("alice").await;
+    let body = json!({"amount": "7.25", "reason": "promo"});
+    let (status, first, replayed) = raw_adjust(&app, &wallet, body.clone(), "same-key").await;
+    assert_eq!(status, 201, "{first}");
+    assert!(!replayed);
+    for _ in 0..49 {
+        let (status, again, replayed) = raw_adjust(&app, &wallet, body.clone(), "same-key").await;
+        assert_eq!(status, 201);
+        assert!(replayed);
+        assert_eq!(again, first, "a replay is the first body byte for byte");
+    }
+    // Key order and spacing do not make a different request.
+    let (status, again, _) =
+        raw_adjust(&app, &wallet, json!({"reason": "promo", "amount": "7.25"}), "same-key").await;
+    assert_eq!((status, again.as_str()), (201, first.as_str()));
+    assert_eq!(app.count("journal_entries"), 1);
+    assert_eq!(app.balance(&wallet, &app.token("alice")).await, "7.25");
+    app.assert_ledger_ok();
+}
+
+async fn concurrent_requests_with_one_key_write_one_entry(app: TestApp) {
+    let wallet = app.wallet_of("alice").await;
+    let body = json!({"amount": "3", "reason": "burst"});
+    let results = join_all((0..16).map(|_| raw_adjust(&app, &wallet, body.clone(), "burst-key"))).await;
+    let ok: Vec<&String> = results.iter().filter(|r| r.0 == 201).map(|r| &r.1).collect();
+    assert!(!ok.is_empty(), "{results:?}");
+    assert!(ok.iter().all(|b| *b == ok[0]), "every success carries the same body: {ok:?}");
+    for (status, body, _) in &results {
+        assert!(*status == 201 || *status == 409, "{status} {body}");
+        if *status == 409 {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(v["error"]["type"], "idempotency_request_in_flight");
+        }
+    }
+    // Once settled, a retry replays the same body.
+    let (status, again, replayed) = raw_adjust(&app, &wallet, body, "burst-key").await;
+    assert_eq!((status, replayed), (201, true));
+    assert_eq!(&again, ok[0]);
+    assert_eq!(app.count("journal_entries"), 1);
+    assert_eq!(app.balance(&wallet, &app.token("alice")).await, "3");
+    app.assert_ledger_ok();
+}
+
+async fn a_different_body_is_refused(app: TestApp) {
+    let wallet = app.wallet_of("alice").await;
+    let (status, _, _) = raw_adjust(&app, &wallet, json!({"amount": "1", "reason": "a"}), "k").await;
+    assert_eq!(status, 201);
+    let (status, body, _) = raw_adjust(&app, &wallet, json!({"amount": "2", "reason": "a"}), "k").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_error(reqwest::StatusCode::from_u16(status).unwrap(), &v, 422, "idempotency_key_reused");
+    // The same key on another path is another request too.
+    let other = app.wallet_of("bob").await;
+    let (status, body, _) = raw_adjust(&app, &other, json!({"amount": "1", "reason": "a"}), "k").await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(app.count("journal_entries"), 1);
+    assert_eq!(app.balance(&wallet, &app.token("alice")).await, "1");
+    assert_eq!(app.balance(&other, &app.token("bob")).await, "0");
+    app.assert_ledger_ok();
+}
+
+async fn a_request_in_flight_is_a_conflict(app: TestApp) {
+    use tally::db::schema::idempotency_keys as ik;
+    let wallet = app.wallet_of("alice").await;
+    let body = json!({"amount": "4", "reason": "slow"});
+    // Another instance has claimed the key and is still working on it.
+    let fingerprint = tally::services::idempotency::IdempotentRequest::new(
+        "operator-1",
+        "slow-key",
+        "POST",
+        &format!("/v1/admin/wallets/{wallet}/adjustments"),
+        &body,
+    )
+    .unwrap()
+    .fingerprint;
+    let now = tally::db::now();
+    let mut conn = app.conn();
+    diesel::insert_into(ik::table)
+        .values((
+            ik::scope.eq("operator-1"),
+            ik::key.eq("slow-key"),
+            ik::request_hash.eq(&fingerprint),
+            ik::state.eq("in_flight"),
+            ik::lease_token.eq("other-instance"),
+            ik::locked_until.eq(now + chrono::Duration::seconds(30)),
+            ik::created_at.eq(now),
+        ))
+        .execute(&mut *conn)
+        .unwrap();
+    let (status, text, _) = raw_adjust(&app, &wallet, body.clone(), "slow-key").await;
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_error(reqwest::StatusCode::from_u16(status).unwrap(), &v, 409, "idempotency_request_in_flight");
+    assert_eq!(app.count("journal_entries"), 0);
+
+    // The holder died: once its lease has run out, a retry takes over, once.
+    diesel::update(ik::table.find(("operator-1", "slow-key")))
+        .set(ik::locked_until.eq(now - chrono::Duration::seconds(1)))
+        .execute(&mut *conn)
+        .unwrap();
+    drop(conn);
+    let (status, text, replayed) = raw_adjust(&app, &wallet, body.clone(), "slow-key").await;
+    assert_eq!((status, replayed), (201, false), "{text}");
+    let (status, again, replayed) = raw_adjust(&app, &wallet, body, "slow-key").await;
+    assert_eq!((status, replayed, again), (201, true, text));
+    assert_eq!(app.count("journal_entries"), 1);
+    assert_eq!(app.balance(&wallet, &app.token("alice")).await, "4");
+    app.assert_ledger_ok();
+}
+
+async fn a_missing_key_is_refused(app: TestApp) {
+    let wallet = app.wallet_of("alice").await;
+    let (status, _, body) = app
+        .send(
+            Method::POST,
+            &format!("/v1/admin/wallets/{wallet}/adjustments"),
+            Some(&app.operator_token()),
+            Some(json!({"amount": "1", "reason": "x"})),
+            None,
+        )
+        .await;
+    assert_error(status, &body, 400, "idempotency_key_required");
+    let (status, body) = app.adjust(&wallet, "1", &"x".repeat(300)).await;
+    assert_error(status, &body, 422, "validation_error");
+    assert_eq!(app.count("journal_entries"), 0);
+    app.assert_ledger_ok();
+}
+
+async fn keys_are_per_caller(app: TestApp) {
+    let wallet = app.wallet_of("alice").await;
+    let body = json!({"amount": "1", "reason": "x"});
+    for op in ["op-a", "op-b"] {
+        let (status, _, v) = app
+            .send(
+                Method::POST,
+                &format!("/v1/admin/wallets/{wallet}/adjustments"),
+                Some(&app.token_with(op, &["admin"])),
+                Some(body.clone()),
+                Some("shared-key"),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+        assert_eq!(v["operator_id"], op);
+    }
+    assert_eq!(app.balance(&wallet, &app.token("alice")).await, "2");
+    app.assert_ledger_ok();
+}

@@ -1,0 +1,14 @@
+//! The integration suite: every test runs against the real server, on
+//! SQLite always and on PostgreSQL when `TEST_POSTGRES_URL` is set.
+
+mod helpers;
+
+mod auth;
+mod cli;
+mod idempotency;
+mod input;
+mod ledger;
+mod migrations;
+mod openapi;
+mod orgs;
+mod wallets;

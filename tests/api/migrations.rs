@@ -1,0 +1,39 @@
+//! Every migration runs up, down and up again on both backends.
+
+use tally::db::{self, DbTarget, Manager};
+
+use crate::helpers::{fresh_database, Backend};
+use diesel::r2d2::ManageConnection;
+
+fn round_trip(backend: Backend) {
+    let Some((url, _dir, cleanup)) = fresh_database(backend) else {
+        eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
+        return;
+    };
+    let manager = Manager::new(DbTarget::parse(&url).unwrap(), true);
+    let mut conn = manager.connect().unwrap();
+    let applied = db::run_migrations(&mut conn).unwrap();
+    assert!(!applied.is_empty());
+    assert!(!db::has_pending_migrations(&mut conn).unwrap());
+    assert_eq!(db::revert_all_migrations(&mut conn).unwrap(), applied.len());
+    assert!(db::has_pending_migrations(&mut conn).unwrap());
+    assert_eq!(db::run_migrations(&mut conn).unwrap(), applied);
+    assert!(db::run_migrations(&mut conn).unwrap().is_empty(), "a second run applies nothing");
+    drop(conn);
+    if let Some((admin, name)) = cleanup {
+        use diesel::connection::SimpleConnection;
+        use diesel::Connection;
+        let mut c = diesel::PgConnection::establish(&admin).unwrap();
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
+    }
+}
+
+#[test]
+fn migrations_round_trip_on_sqlite() {
+    round_trip(Backend::Sqlite);
+}
+
+#[test]
+fn migrations_round_trip_on_postgres() {
+    round_trip(Backend::Postgres);
+}
