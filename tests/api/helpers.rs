@@ -80,10 +80,11 @@ pub fn with_database(url: &str, name: &str) -> String {
     }
 }
 
-/// A fresh database: (URL, temp dir to keep alive, PostgreSQL cleanup info).
-pub fn fresh_database(
-    backend: Backend,
-) -> Option<(String, Option<tempfile::TempDir>, Option<(String, String)>)> {
+/// A fresh database's URL, the temp dir to keep alive (SQLite) and what to
+/// drop afterwards (PostgreSQL: admin URL and database name).
+pub type FreshDb = (String, Option<tempfile::TempDir>, Option<(String, String)>);
+
+pub fn fresh_database(backend: Backend) -> Option<FreshDb> {
     match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
