@@ -20,8 +20,11 @@ use crate::config::Settings;
 use crate::db::{self, Manager, Pool};
 use crate::error::REQUEST_ID;
 use crate::ledger::PlatformAccounts;
-use crate::services::{idempotency, Ctx};
+use crate::services::{earnings, idempotency, Ctx};
 
+/// How often each instance settles earnings whose hold has passed (reads
+/// and payouts also settle, so this only bounds the delay for nobody looking).
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// How often expired idempotency keys are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 
@@ -81,25 +84,40 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until stopped, running the periodic maintenance beside it.
+    /// Serves until stopped, running the periodic maintenance beside it:
+    /// the earnings settlement sweep and the purge of expired idempotency
+    /// keys. Every instance runs both; both are safe to run concurrently.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let state = self.state.clone();
         let maintenance = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PURGE_EVERY);
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            let mut last_purge = Instant::now();
             loop {
                 tick.tick().await;
+                let purge = last_purge.elapsed() >= PURGE_EVERY;
+                if purge {
+                    last_purge = Instant::now();
+                }
                 let state = state.clone();
-                let ttl = state.ctx.settings.idempotency_ttl;
-                let purged = web::block(move || -> Result<usize, String> {
+                let done = web::block(move || -> Result<(usize, usize), String> {
                     let mut conn = state.pool.get().map_err(|e| e.to_string())?;
-                    idempotency::purge_older_than(&mut conn, ttl).map_err(|e| e.to_string())
+                    let settled = earnings::settle_due(&mut conn, None).map_err(|e| e.to_string())?;
+                    let purged = if purge {
+                        idempotency::purge_older_than(&mut conn, state.ctx.settings.idempotency_ttl)
+                            .map_err(|e| e.to_string())?
+                    } else {
+                        0
+                    };
+                    Ok((settled, purged))
                 })
                 .await;
-                match purged {
-                    Ok(Ok(n)) if n > 0 => tracing::info!(purged = n, "expired idempotency keys purged"),
+                match done {
+                    Ok(Ok((settled, purged))) if settled + purged > 0 => {
+                        tracing::info!(settled, purged, "maintenance sweep")
+                    }
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "idempotency purge failed"),
-                    Err(e) => tracing::warn!(error = %e, "idempotency purge failed"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "maintenance sweep failed"),
+                    Err(e) => tracing::warn!(error = %e, "maintenance sweep failed"),
                 }
             }
         });
@@ -109,7 +127,6 @@ impl Application {
     }
 }
 
-/// Whether a raw request path carries a percent-encoded control character.
 fn has_encoded_control(path: &str) -> bool {
     path.as_bytes()
         .windows(3)

@@ -3,19 +3,63 @@
 use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{run, run_idempotent, AppState, JsonBody};
+use super::{parse_time, run, run_idempotent, AppState, JsonBody};
 use crate::auth::Operator;
 use crate::domain::Credits;
 use crate::error::{ApiError, ErrorResponse};
 use crate::ledger::verify::{self, VerifyReport};
 use crate::services::adjustments::{self, Adjustment};
+use crate::services::reports::{self, RevenueReport};
 use crate::services::wallets::{self, Wallet};
 
 pub fn configure(cfg: &mut ServiceConfig) {
-    cfg.service(create_adjustment).service(freeze_wallet).service(unfreeze_wallet).service(verify_ledger);
+    cfg.service(create_adjustment)
+        .service(freeze_wallet)
+        .service(unfreeze_wallet)
+        .service(verify_ledger)
+        .service(revenue_report);
+}
+
+/// The time range of a report.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReportQuery {
+    /// Start, inclusive (RFC 3339).
+    pub from: String,
+    /// End, exclusive (RFC 3339).
+    pub to: String,
+}
+
+/// Revenue report
+///
+/// For charges in `[from, to)`, by model: messages (paid and free), infra
+/// revenue, marketplace share, subsidies, add-ons forgone, creators'
+/// earnings, and in USD the revenue, provider cost and margin.
+#[utoipa::path(
+    tag = "admin",
+    params(ReportQuery),
+    responses(
+        (status = 200, description = "The report", body = RevenueReport),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 403, description = "Not an operator", body = ErrorResponse),
+        (status = 422, description = "Missing or invalid time range", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/reports/revenue")]
+pub async fn revenue_report(
+    state: web::Data<AppState>,
+    _operator: Operator,
+    query: web::Query<ReportQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    let from = parse_time("from", &Some(q.from))?.ok_or_else(|| ApiError::validation("from is required"))?;
+    let to = parse_time("to", &Some(q.to))?.ok_or_else(|| ApiError::validation("to is required"))?;
+    let report = run(&state, move |conn, ctx| reports::revenue(conn, ctx, from, to)).await?;
+    Ok(HttpResponse::Ok().json(report))
 }
 
 /// An audited credit (positive) or debit (negative) of a wallet.

@@ -24,6 +24,10 @@ use crate::error::{ErrorBody, ErrorResponse};
         (name = "people", description = "The signed-in person"),
         (name = "wallets", description = "Wallets, spend limits and history"),
         (name = "organizations", description = "Organizations and members"),
+        (name = "models", description = "The price book"),
+        (name = "agents", description = "Agents and the marketplace"),
+        (name = "charges", description = "Quotes and message charges"),
+        (name = "earnings", description = "Creator earnings"),
         (name = "admin", description = "Operator endpoints (roles: [admin])"),
     )
 )]

@@ -3,9 +3,12 @@
 //! handler with `.service()` is what documents it in the OpenAPI document.
 
 pub mod admin;
+pub mod agents;
 pub mod docs;
+pub mod earnings;
 pub mod health;
 pub mod me;
+pub mod models;
 pub mod orgs;
 pub mod wallets;
 
@@ -36,6 +39,9 @@ pub fn configure(cfg: &mut ServiceConfig) {
     me::configure(cfg);
     wallets::configure(cfg);
     orgs::configure(cfg);
+    models::configure(cfg);
+    agents::configure(cfg);
+    earnings::configure(cfg);
     admin::configure(cfg);
 }
 

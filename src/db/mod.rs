@@ -3,6 +3,7 @@
 //! and write transactions. The only module that knows one backend from the
 //! other.
 
+pub mod counters;
 pub mod models;
 pub mod schema;
 

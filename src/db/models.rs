@@ -103,6 +103,7 @@ pub struct NewPosting {
 #[derive(Debug, Clone, Queryable)]
 pub struct HistoryRow {
     pub posting_id: i64,
+    pub account_id: i64,
     pub amount: i64,
     pub balance_after: Option<i64>,
     pub created_at: NaiveDateTime,

@@ -81,7 +81,84 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    models (id) {
+        id -> Text,
+        runtime_infra -> BigInt,
+        provider_cost_micro_usd -> BigInt,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    agents (id) {
+        id -> Text,
+        org_id -> Text,
+        name -> Text,
+        model_id -> Text,
+        visibility -> Text,
+        publisher_addon -> BigInt,
+        free_messages -> Integer,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    free_message_usage (agent_id, user_id) {
+        agent_id -> Text,
+        user_id -> Text,
+        used -> Integer,
+    }
+}
+
+diesel::table! {
+    spend_counters (account_id, user_id, period) {
+        account_id -> BigInt,
+        user_id -> Text,
+        period -> Text,
+        spent -> BigInt,
+    }
+}
+
+diesel::table! {
+    charges (id) {
+        id -> Text,
+        agent_id -> Text,
+        model_id -> Text,
+        creator_org_id -> Text,
+        user_id -> Text,
+        payer_account_id -> BigInt,
+        payer_org_id -> Nullable<Text>,
+        free -> Bool,
+        runtime_infra -> BigInt,
+        publisher_addon -> BigInt,
+        addon_forgone -> BigInt,
+        platform_share -> BigInt,
+        creator_earnings -> BigInt,
+        total -> BigInt,
+        provider_cost_micro_usd -> BigInt,
+        entry_id -> BigInt,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    earnings_accruals (id) {
+        id -> BigInt,
+        org_id -> Text,
+        charge_id -> Text,
+        amount -> BigInt,
+        available_at -> Timestamp,
+        settled_at -> Nullable<Timestamp>,
+        settled_entry_id -> Nullable<BigInt>,
+        created_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(org_members -> orgs (org_id));
+diesel::joinable!(agents -> models (model_id));
 diesel::joinable!(postings -> journal_entries (entry_id));
 diesel::joinable!(postings -> accounts (account_id));
 
@@ -93,4 +170,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     journal_entries,
     postings,
     idempotency_keys,
+    models,
+    agents,
+    free_message_usage,
+    spend_counters,
+    charges,
+    earnings_accruals,
 );

@@ -15,8 +15,6 @@ pub struct Leg {
 pub enum EntryError {
     #[error("an entry needs at least two postings")]
     TooFewPostings,
-    #[error("an entry must move some value")]
-    NothingMoved,
     #[error("postings sum to {0} micro-credits, not zero")]
     Unbalanced(i128),
     #[error("account {0} appears twice in one entry")]
@@ -24,7 +22,8 @@ pub enum EntryError {
 }
 
 /// Checks that the legs form a valid entry: two or more postings, one per
-/// account, at least one non-zero, summing to exactly zero.
+/// account, summing to exactly zero. Zero legs are allowed: a free message
+/// records a zero posting on the wallet so that it shows in its history.
 pub fn check_balanced(legs: &[Leg]) -> Result<(), EntryError> {
     if legs.len() < 2 {
         return Err(EntryError::TooFewPostings);
@@ -33,9 +32,6 @@ pub fn check_balanced(legs: &[Leg]) -> Result<(), EntryError> {
     seen.sort_unstable();
     if let Some(w) = seen.windows(2).find(|w| w[0] == w[1]) {
         return Err(EntryError::DuplicateAccount(w[0]));
-    }
-    if legs.iter().all(|l| l.amount.is_zero()) {
-        return Err(EntryError::NothingMoved);
     }
     // i128 cannot overflow for any number of i64 legs we would ever write.
     let sum: i128 = legs.iter().map(|l| l.amount.micros() as i128).sum();
@@ -63,7 +59,7 @@ mod tests {
     fn unbalanced_entries_are_refused() {
         assert_eq!(check_balanced(&[leg(1, -5), leg(2, 4)]), Err(EntryError::Unbalanced(-1)));
         assert_eq!(check_balanced(&[leg(1, 5)]), Err(EntryError::TooFewPostings));
-        assert_eq!(check_balanced(&[leg(1, 0), leg(2, 0)]), Err(EntryError::NothingMoved));
+        assert_eq!(check_balanced(&[leg(1, 0), leg(2, 0)]), Ok(()));
         assert_eq!(check_balanced(&[leg(1, 5), leg(1, -5)]), Err(EntryError::DuplicateAccount(1)));
         assert_eq!(
             check_balanced(&[leg(1, i64::MAX), leg(2, i64::MAX), leg(3, i64::MIN)]),

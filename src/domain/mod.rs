@@ -4,7 +4,9 @@
 pub mod entry;
 pub mod ids;
 pub mod kinds;
+pub mod limits;
 pub mod money;
+pub mod pricing;
 pub mod text;
 
 pub use entry::{EntryError, Leg};

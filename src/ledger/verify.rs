@@ -211,6 +211,32 @@ pub fn verify(conn: &mut DbConn) -> QueryResult<VerifyReport> {
             });
         }
 
+        // 2. Pending earnings equal the accruals not yet settled.
+        let pending_drift: Vec<AccountCheck> = diesel::sql_query(format!(
+            "SELECT id, kind, cached, actual FROM ( \
+               SELECT a.id, a.kind, \
+                      (SELECT CAST(COALESCE(SUM(x.amount), 0) AS BIGINT) FROM earnings_accruals x \
+                       WHERE x.org_id = a.owner_id AND x.settled_at IS NULL) AS cached, \
+                      (SELECT CAST(COALESCE(SUM(p.amount), 0) AS BIGINT) FROM postings p \
+                       WHERE p.account_id = a.id) AS actual \
+               FROM accounts a WHERE a.kind = 'earnings_pending') t \
+             WHERE cached <> actual ORDER BY id LIMIT {MAX_LISTED}"
+        ))
+        .load(conn)?;
+        for a in pending_drift {
+            breaches.push(Breach {
+                invariant: 2,
+                check: "pending_earnings_drift".into(),
+                detail: format!(
+                    "account {} ({}) holds {} credits but unsettled accruals sum to {}",
+                    a.id,
+                    a.kind,
+                    Credits::from_micros(a.actual),
+                    Credits::from_micros(a.cached.unwrap_or(0))
+                ),
+            });
+        }
+
         // 3. No wallet or earnings balance below zero, except a frozen wallet
         // after a refund or dispute reversal.
         let negative: Vec<NegativeAccount> = diesel::sql_query(format!(

@@ -13,6 +13,7 @@ use crate::db::schema::{journal_entries, postings};
 use crate::db::DbConn;
 use crate::domain::ids::{entry_id, parse_transaction_id, transaction_id};
 use crate::domain::{Credits, EntryKind};
+use crate::ledger::AccountRef;
 
 pub const DEFAULT_PAGE: i64 = 25;
 pub const MAX_PAGE: i64 = 100;
@@ -68,6 +69,10 @@ pub struct Transaction {
     pub created_at: DateTime<Utc>,
     /// The journal entry this movement belongs to (`ent_` id).
     pub entry_id: String,
+    /// Which account moved, where a history spans several (earnings:
+    /// `earnings_pending`, `earnings_available`, `earnings_in_payout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// The entry this one reverses, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reverses_entry_id: Option<String>,
@@ -103,7 +108,7 @@ impl HistoryQuery {
     }
 }
 
-fn to_view(row: HistoryRow) -> Transaction {
+fn to_view(row: HistoryRow, accounts: &[AccountRef]) -> Transaction {
     let mut references: TransactionReferences = serde_json::from_str(&row.metadata).unwrap_or_default();
     references.actor = references.actor.or(row.actor);
     references.reason = references.reason.or(row.memo);
@@ -114,19 +119,33 @@ fn to_view(row: HistoryRow) -> Transaction {
         balance_after: row.balance_after.map(Credits::from_micros),
         created_at: row.created_at.and_utc(),
         entry_id: entry_id(row.entry_id),
+        account: if accounts.len() > 1 {
+            accounts.iter().find(|a| a.id == row.account_id).map(|a| a.kind.as_str().to_string())
+        } else {
+            None
+        },
         reverses_entry_id: row.reverses_entry_id.map(entry_id),
         references,
     }
 }
 
 /// One page of an account's history, newest first.
-pub fn list(conn: &mut DbConn, account_id: i64, q: &HistoryQuery) -> ServiceResult<TransactionList> {
+pub fn list(conn: &mut DbConn, account: AccountRef, q: &HistoryQuery) -> ServiceResult<TransactionList> {
+    list_accounts(conn, &[account], q)
+}
+
+/// One page of the merged history of several accounts, newest first.
+pub fn list_accounts(
+    conn: &mut DbConn,
+    accounts: &[AccountRef],
+    q: &HistoryQuery,
+) -> ServiceResult<TransactionList> {
     if !(1..=MAX_PAGE).contains(&q.limit) {
         return Err(ServiceError::Validation(format!("limit must be 1 to {MAX_PAGE}")));
     }
     let mut query = postings::table
         .inner_join(journal_entries::table)
-        .filter(postings::account_id.eq(account_id))
+        .filter(postings::account_id.eq_any(accounts.iter().map(|a| a.id).collect::<Vec<_>>()))
         .into_boxed();
     if let Some(cursor) = &q.starting_after {
         let id = parse_transaction_id(cursor).ok_or_else(|| {
@@ -148,6 +167,7 @@ pub fn list(conn: &mut DbConn, account_id: i64, q: &HistoryQuery) -> ServiceResu
         .limit(q.limit + 1)
         .select((
             postings::id,
+            postings::account_id,
             postings::amount,
             postings::balance_after,
             postings::created_at,
@@ -161,11 +181,11 @@ pub fn list(conn: &mut DbConn, account_id: i64, q: &HistoryQuery) -> ServiceResu
         .load(conn)?;
     let has_more = rows.len() as i64 > q.limit;
     rows.truncate(q.limit as usize);
-    Ok(TransactionList { data: rows.into_iter().map(to_view).collect(), has_more })
+    Ok(TransactionList { data: rows.into_iter().map(|r| to_view(r, accounts)).collect(), has_more })
 }
 
 /// The whole filtered history as CSV, read page by page.
-pub fn export_csv(conn: &mut DbConn, account_id: i64, q: &HistoryQuery) -> ServiceResult<String> {
+pub fn export_csv(conn: &mut DbConn, account: AccountRef, q: &HistoryQuery) -> ServiceResult<String> {
     let mut out = csv::Writer::from_writer(Vec::new());
     let csv_err = |e: csv::Error| ServiceError::Internal(format!("csv: {e}"));
     out.write_record([
@@ -188,7 +208,7 @@ pub fn export_csv(conn: &mut DbConn, account_id: i64, q: &HistoryQuery) -> Servi
     .map_err(csv_err)?;
     let mut page = HistoryQuery { limit: MAX_PAGE, ..q.clone() };
     loop {
-        let list = list(conn, account_id, &page)?;
+        let list = list(conn, account, &page)?;
         for t in &list.data {
             let r = &t.references;
             let opt = |v: &Option<String>| v.clone().unwrap_or_default();

@@ -2,11 +2,16 @@
 //! calls `ledger` and `domain`; it returns the view the API shows.
 
 pub mod adjustments;
+pub mod agents;
+pub mod charges;
+pub mod earnings;
 mod error;
 pub mod history;
 pub mod idempotency;
+pub mod models;
 pub mod orgs;
 pub mod people;
+pub mod reports;
 pub mod wallets;
 
 use std::sync::Arc;

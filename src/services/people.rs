@@ -52,6 +52,17 @@ pub fn ensure_person(conn: &mut DbConn, person_id: &str) -> ServiceResult<Accoun
     find_personal_wallet(conn, person_id)?.ok_or(super::ServiceError::NotFound("wallet"))
 }
 
+/// Like [`ensure_person`], inside the caller's write transaction.
+pub fn ensure_person_in_tx(tx: &mut DbConn, person_id: &str) -> ServiceResult<AccountRow> {
+    if let Some(wallet) = find_personal_wallet(tx, person_id)? {
+        return Ok(wallet);
+    }
+    insert_person_if_missing(tx, person_id)?;
+    let wallet_id = new_id("wal");
+    ledger::ensure_account(tx, OwnerType::Person, person_id, AccountKind::Wallet, Some(&wallet_id))?;
+    find_personal_wallet(tx, person_id)?.ok_or(super::ServiceError::NotFound("wallet"))
+}
+
 /// Inserts the person row unless it exists; must run in a transaction.
 pub fn insert_person_if_missing(tx: &mut DbConn, person_id: &str) -> QueryResult<()> {
     let exists: Option<String> = people::table.find(person_id).select(people::id).first(tx).optional()?;

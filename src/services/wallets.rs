@@ -13,6 +13,7 @@ use crate::db::models::AccountRow;
 use crate::db::schema::accounts;
 use crate::db::{self, DbConn};
 use crate::domain::{AccountKind, Credits, OwnerType, UsdCents};
+use crate::ledger::AccountRef;
 
 /// A wallet of prepaid credits.
 #[derive(Debug, Serialize, ToSchema)]
@@ -147,7 +148,7 @@ pub fn list_transactions(
     q: &HistoryQuery,
 ) -> ServiceResult<TransactionList> {
     let row = load_for(conn, caller, wallet_id, Access::Read)?;
-    history::list(conn, row.id, q)
+    history::list(conn, AccountRef { id: row.id, kind: AccountKind::Wallet }, q)
 }
 
 /// `GET /v1/wallets/{id}/transactions/export`: owner or org admin.
@@ -158,7 +159,7 @@ pub fn export_transactions(
     q: &HistoryQuery,
 ) -> ServiceResult<String> {
     let row = load_for(conn, caller, wallet_id, Access::Manage)?;
-    db::read_tx(conn, |c| history::export_csv(c, row.id, q))
+    db::read_tx(conn, |c| history::export_csv(c, AccountRef { id: row.id, kind: AccountKind::Wallet }, q))
 }
 
 /// Operator: freeze or unfreeze any wallet.

@@ -37,7 +37,7 @@ async fn bad_bodies_are_refused_and_change_nothing(app: TestApp) {
     let cases: &[(&str, u16, &str)] = &[
         (r#"{"amount": "1", "reason": "x""#, 400, "invalid_json"),
         ("not json", 400, "invalid_json"),
-        ("", 400, "invalid_json"),
+        ("", 422, "validation_error"),
         (r#"{"amount": 1.5, "reason": "float"}"#, 422, "validation_error"),
         (r#"{"amount": 2, "reason": "integer"}"#, 422, "validation_error"),
         (r#"{"amount": "0.1234567", "reason": "seven decimals"}"#, 422, "validation_error"),

@@ -1,0 +1,307 @@
+//! Agents, the marketplace, quotes and message charges.
+
+use actix_web::http::StatusCode;
+use actix_web::{get, patch, post, web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_actix_web::service_config::ServiceConfig;
+
+use super::{run, run_idempotent, AppState, JsonBody};
+use crate::auth::AuthUser;
+use crate::domain::Credits;
+use crate::error::{ApiError, ErrorResponse};
+use crate::services::agents::{self, Agent, AgentCardList, AgentPatch, NewAgentInput, Visibility};
+use crate::services::charges::{self, Charge, Quote};
+
+pub fn configure(cfg: &mut ServiceConfig) {
+    cfg.service(create_agent)
+        .service(list_marketplace_agents)
+        .service(get_agent)
+        .service(update_agent)
+        .service(get_quote)
+        .service(create_charge);
+}
+
+/// Who may see an agent.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentVisibility {
+    /// Members of its organization only.
+    Private,
+    /// Listed in the marketplace; anyone may use it.
+    Public,
+}
+
+impl From<AgentVisibility> for Visibility {
+    fn from(v: AgentVisibility) -> Self {
+        match v {
+            AgentVisibility::Private => Visibility::Private,
+            AgentVisibility::Public => Visibility::Public,
+        }
+    }
+}
+
+/// A new agent.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAgentRequest {
+    /// 1 to 200 characters.
+    pub name: String,
+    /// A model id from the price book.
+    pub model: String,
+    /// Defaults to `private`.
+    pub visibility: Option<AgentVisibility>,
+    /// Credits per message for the creator, charged only while public (default "0").
+    #[schema(value_type = Option<String>, example = "1")]
+    pub publisher_addon: Option<Credits>,
+    /// Free messages each person gets (default 0).
+    pub free_messages: Option<i32>,
+}
+
+/// A change to an agent; absent fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAgentRequest {
+    pub name: Option<String>,
+    pub model: Option<String>,
+    pub visibility: Option<AgentVisibility>,
+    #[schema(value_type = Option<String>, example = "1")]
+    pub publisher_addon: Option<Credits>,
+    pub free_messages: Option<i32>,
+}
+
+/// Charge one message.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateChargeRequest {
+    /// Pay from this organization's wallet (the person must be a member).
+    pub org_id: Option<String>,
+    /// Service tokens only: the person who sent the message.
+    pub user_id: Option<String>,
+}
+
+/// Marketplace pagination.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MarketplaceQuery {
+    /// Page size, 1 to 100 (default 25).
+    pub limit: Option<i64>,
+    /// The last agent id of the previous page.
+    pub starting_after: Option<String>,
+}
+
+/// Quote context.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct QuoteQuery {
+    /// Quote for paying from this organization's wallet.
+    pub org_id: Option<String>,
+}
+
+/// Create an agent
+///
+/// Org owners and admins. The model must be in the price book.
+#[utoipa::path(
+    tag = "agents",
+    params(("org_id" = String, Path, description = "The organization's `org_` id")),
+    request_body = CreateAgentRequest,
+    responses(
+        (status = 201, description = "The agent", body = Agent),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 403, description = "The caller may not manage the organization", body = ErrorResponse),
+        (status = 404, description = "No such organization, or not a member", body = ErrorResponse),
+        (status = 422, description = "Invalid field or unknown model", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/orgs/{org_id}/agents")]
+pub async fn create_agent(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+    body: JsonBody<CreateAgentRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = user.caller();
+    let org_id = path.into_inner();
+    let req = body.value;
+    let input = NewAgentInput {
+        name: req.name,
+        model: req.model,
+        visibility: req.visibility.map(Into::into).unwrap_or(Visibility::Private),
+        publisher_addon: req.publisher_addon.unwrap_or(Credits::ZERO),
+        free_messages: req.free_messages.unwrap_or(0),
+    };
+    let agent = run(&state, move |conn, _| agents::create_agent(conn, &caller, &org_id, input)).await?;
+    Ok(HttpResponse::Created().json(agent))
+}
+
+/// List marketplace agents
+///
+/// Cards of public agents, newest first, with the estimated cost per message
+/// (runtime infra + add-on) and the free-message count.
+#[utoipa::path(
+    tag = "agents",
+    params(MarketplaceQuery),
+    responses(
+        (status = 200, description = "A page of cards", body = AgentCardList),
+        (status = 422, description = "Invalid limit or cursor", body = ErrorResponse),
+    )
+)]
+#[get("/v1/marketplace/agents")]
+pub async fn list_marketplace_agents(
+    state: web::Data<AppState>,
+    query: web::Query<MarketplaceQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    let list = run(&state, move |conn, _| {
+        agents::list_marketplace(conn, q.limit.unwrap_or(25), q.starting_after.as_deref())
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+/// Get an agent
+///
+/// Anyone may read a public agent (no token needed); a private agent only
+/// members of its organization.
+#[utoipa::path(
+    tag = "agents",
+    params(("agent_id" = String, Path, description = "The agent's `agt_` id")),
+    responses(
+        (status = 200, description = "The agent", body = Agent),
+        (status = 404, description = "No such agent, or a private agent of another organization", body = ErrorResponse),
+    ),
+    security((), ("bearer" = []))
+)]
+#[get("/v1/agents/{agent_id}")]
+pub async fn get_agent(
+    state: web::Data<AppState>,
+    user: Option<AuthUser>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = user.map(|u| u.caller());
+    let agent_id = path.into_inner();
+    let agent = run(&state, move |conn, _| agents::get_agent(conn, caller.as_ref(), &agent_id)).await?;
+    Ok(HttpResponse::Ok().json(agent))
+}
+
+/// Change an agent
+///
+/// Price, visibility, free messages, name or model. Org owners and admins.
+/// New prices apply to new charges only.
+#[utoipa::path(
+    tag = "agents",
+    params(("agent_id" = String, Path, description = "The agent's `agt_` id")),
+    request_body = UpdateAgentRequest,
+    responses(
+        (status = 200, description = "The agent", body = Agent),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 403, description = "A plain member of the organization", body = ErrorResponse),
+        (status = 404, description = "No such agent, or not visible to the caller", body = ErrorResponse),
+        (status = 422, description = "Invalid field or unknown model", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[patch("/v1/agents/{agent_id}")]
+pub async fn update_agent(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+    body: JsonBody<UpdateAgentRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = user.caller();
+    let agent_id = path.into_inner();
+    let req = body.value;
+    let patch = AgentPatch {
+        name: req.name,
+        model: req.model,
+        visibility: req.visibility.map(Into::into),
+        publisher_addon: req.publisher_addon,
+        free_messages: req.free_messages,
+    };
+    let agent = run(&state, move |conn, _| agents::update_agent(conn, &caller, &agent_id, patch)).await?;
+    Ok(HttpResponse::Ok().json(agent))
+}
+
+/// Quote a message
+///
+/// What the caller's next message to the agent would cost, whether it is
+/// free, which wallet would pay and whether its balance suffices. Moves no
+/// money.
+#[utoipa::path(
+    tag = "charges",
+    params(("agent_id" = String, Path, description = "The agent's `agt_` id"), QuoteQuery),
+    responses(
+        (status = 200, description = "The quote", body = Quote),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 404, description = "No such agent or organization (or not visible to the caller)", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/agents/{agent_id}/quote")]
+pub async fn get_quote(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+    query: web::Query<QuoteQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let agent_id = path.into_inner();
+    let org_id = query.into_inner().org_id;
+    let quote =
+        run(&state, move |conn, ctx| charges::quote(conn, ctx, &user.id, &agent_id, org_id.as_deref()))
+            .await?;
+    Ok(HttpResponse::Ok().json(quote))
+}
+
+/// Charge a message
+///
+/// Charges one message to the agent: free while the person has free
+/// messages left on it, otherwise runtime infra + add-on from the person's
+/// wallet (or the org wallet when `org_id` names the person's
+/// organization). A `service` token charges the person named in `user_id`.
+/// Requires `Idempotency-Key`; the response headers `X-Balance-Remaining`
+/// and `X-Request-Cost` repeat the balance after and the cost.
+#[utoipa::path(
+    tag = "charges",
+    params(
+        ("agent_id" = String, Path, description = "The agent's `agt_` id"),
+        ("Idempotency-Key" = String, Header, description = "Unique per message; a retry with the same key and body replays the first response"),
+    ),
+    request_body = CreateChargeRequest,
+    responses(
+        (status = 201, description = "The charge", body = Charge,
+            headers(
+                ("X-Balance-Remaining" = String, description = "The paying wallet's balance after the charge"),
+                ("X-Request-Cost" = String, description = "Credits charged"),
+            )),
+        (status = 400, description = "Malformed JSON or missing Idempotency-Key", body = ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 402, description = "The paying wallet does not hold enough credits (`wallet_id` names it)", body = ErrorResponse),
+        (status = 403, description = "The paying wallet is frozen, or user_id without a service token", body = ErrorResponse),
+        (status = 404, description = "No such agent or organization (or not visible to the caller)", body = ErrorResponse),
+        (status = 409, description = "A request with this key is in flight", body = ErrorResponse),
+        (status = 422, description = "Invalid body, or the key was used with another body", body = ErrorResponse),
+        (status = 429, description = "A spend limit would be passed; see Retry-After", body = ErrorResponse,
+            headers(("Retry-After" = String, description = "Seconds until the limit's period ends"))),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/agents/{agent_id}/charges")]
+pub async fn create_charge(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    user: AuthUser,
+    path: web::Path<String>,
+    body: JsonBody<CreateChargeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = user.caller();
+    let agent_id = path.into_inner();
+    let JsonBody { value, raw } = body;
+    let person = charges::charged_person(&caller, value.user_id.as_deref())?;
+    run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {
+        charges::create_charge(tx, ctx, &person, &agent_id, value.org_id.as_deref(), key)
+    })
+    .await
+}

@@ -1,0 +1,85 @@
+//! Counters changed by one upsert statement each, so that a check and its
+//! increment cannot be split by a concurrent request. The SQL is the same on
+//! both backends (`INSERT ... ON CONFLICT ... DO UPDATE ... WHERE ...
+//! RETURNING`, SQLite 3.35+); placeholders are written `$n` in order of first
+//! use, which SQLite binds by position as PostgreSQL does.
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+
+use super::DbConn;
+
+#[derive(QueryableByName)]
+struct Returned {
+    #[diesel(sql_type = BigInt)]
+    value: i64,
+}
+
+/// Uses one free message of `agent_id` for `user_id` if fewer than `limit`
+/// were used; returns how many are used now, or `None` when none were left.
+pub fn use_free_message(
+    conn: &mut DbConn,
+    agent_id: &str,
+    user_id: &str,
+    limit: i32,
+) -> QueryResult<Option<i64>> {
+    if limit <= 0 {
+        return Ok(None);
+    }
+    diesel::sql_query(
+        "INSERT INTO free_message_usage (agent_id, user_id, used) VALUES ($1, $2, 1) \
+         ON CONFLICT (agent_id, user_id) DO UPDATE SET used = free_message_usage.used + 1 \
+         WHERE free_message_usage.used < $3 \
+         RETURNING CAST(used AS BIGINT) AS value",
+    )
+    .bind::<Text, _>(agent_id)
+    .bind::<Text, _>(user_id)
+    .bind::<Integer, _>(limit)
+    .get_result::<Returned>(conn)
+    .optional()
+    .map(|r| r.map(|r| r.value))
+}
+
+/// Free messages `user_id` has used on `agent_id`.
+pub fn free_messages_used(conn: &mut DbConn, agent_id: &str, user_id: &str) -> QueryResult<i64> {
+    use super::schema::free_message_usage as f;
+    let used: Option<i32> = f::table.find((agent_id, user_id)).select(f::used).first(conn).optional()?;
+    Ok(used.unwrap_or(0) as i64)
+}
+
+/// Adds `amount` to a spend counter unless that would pass `limit` (no limit
+/// when `None`); returns the new total, or `None` when the limit refuses it.
+pub fn add_spend(
+    conn: &mut DbConn,
+    account_id: i64,
+    user_id: &str,
+    period: &str,
+    amount: i64,
+    limit: Option<i64>,
+) -> QueryResult<Option<i64>> {
+    if limit.is_some_and(|l| amount > l) {
+        return Ok(None);
+    }
+    diesel::sql_query(
+        "INSERT INTO spend_counters (account_id, user_id, period, spent) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (account_id, user_id, period) DO UPDATE SET spent = spend_counters.spent + $4 \
+         WHERE $5 IS NULL OR spend_counters.spent + $4 <= $5 \
+         RETURNING spent AS value",
+    )
+    .bind::<BigInt, _>(account_id)
+    .bind::<Text, _>(user_id)
+    .bind::<Text, _>(period)
+    .bind::<BigInt, _>(amount)
+    .bind::<Nullable<BigInt>, _>(limit)
+    .get_result::<Returned>(conn)
+    .optional()
+    .map(|r| r.map(|r| r.value))
+}
+
+/// What a spend counter holds (0 when untouched).
+pub fn spent(conn: &mut DbConn, account_id: i64, user_id: &str, period: &str) -> QueryResult<i64> {
+    use super::schema::spend_counters as s;
+    let spent: Option<i64> =
+        s::table.find((account_id, user_id, period)).select(s::spent).first(conn).optional()?;
+    Ok(spent.unwrap_or(0))
+}

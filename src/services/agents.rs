@@ -1,0 +1,332 @@
+//! Agents: owned by an organization, priced by their model's runtime infra
+//! plus the creator's publisher add-on (charged only while public), with a
+//! number of free messages per person. Marketplace cards list public agents.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::orgs::{require_admin, role_in};
+use super::{models, Caller, ServiceError, ServiceResult};
+use crate::db::schema::{agents, models as models_table};
+use crate::db::{self, DbConn};
+use crate::domain::ids::new_id;
+use crate::domain::text::checked_text;
+use crate::domain::Credits;
+
+pub const MAX_FREE_MESSAGES: i32 = 1_000_000;
+
+/// An agent.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Agent {
+    /// `agt_` id.
+    pub id: String,
+    /// The organization that owns it.
+    pub org_id: String,
+    pub name: String,
+    /// The model it runs on (from the price book).
+    pub model: String,
+    /// `private` (members of its organization only) or `public` (marketplace).
+    pub visibility: String,
+    /// Credits per message for the creator, charged only while public.
+    #[schema(value_type = String, example = "1")]
+    pub publisher_addon: Credits,
+    /// Free messages each person gets on this agent.
+    pub free_messages: i32,
+    /// The model's current runtime infra price per message.
+    #[schema(value_type = String, example = "0.3")]
+    pub runtime_infra: Credits,
+    /// What a paid message costs a person outside the organization now.
+    #[schema(value_type = String, example = "1.3")]
+    pub estimated_cost_per_message: Credits,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A marketplace card of a public agent.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentCard {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub model: String,
+    #[schema(value_type = String, example = "0.3")]
+    pub runtime_infra: Credits,
+    #[schema(value_type = String, example = "1")]
+    pub publisher_addon: Credits,
+    /// Runtime infra plus add-on.
+    #[schema(value_type = String, example = "1.3")]
+    pub estimated_cost_per_message: Credits,
+    pub free_messages: i32,
+}
+
+/// A page of marketplace cards, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentCardList {
+    pub data: Vec<AgentCard>,
+    /// More follow: ask with `starting_after` = the last id.
+    pub has_more: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    Private,
+    Public,
+}
+
+impl Visibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Private => "private",
+            Visibility::Public => "public",
+        }
+    }
+}
+
+/// Fields of a new agent.
+#[derive(Debug)]
+pub struct NewAgentInput {
+    pub name: String,
+    pub model: String,
+    pub visibility: Visibility,
+    pub publisher_addon: Credits,
+    pub free_messages: i32,
+}
+
+/// A change to an agent; absent fields stay.
+#[derive(Debug, Default)]
+pub struct AgentPatch {
+    pub name: Option<String>,
+    pub model: Option<String>,
+    pub visibility: Option<Visibility>,
+    pub publisher_addon: Option<Credits>,
+    pub free_messages: Option<i32>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = agents)]
+pub struct AgentRow {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub model_id: String,
+    pub visibility: String,
+    pub publisher_addon: i64,
+    pub free_messages: i32,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+impl AgentRow {
+    pub fn is_public(&self) -> bool {
+        self.visibility == Visibility::Public.as_str()
+    }
+
+    /// The add-on a payer outside the organization is charged now.
+    pub fn effective_addon(&self) -> Credits {
+        if self.is_public() {
+            Credits::from_micros(self.publisher_addon)
+        } else {
+            Credits::ZERO
+        }
+    }
+}
+
+fn view(row: AgentRow, runtime_infra: i64) -> Agent {
+    let infra = Credits::from_micros(runtime_infra);
+    Agent {
+        estimated_cost_per_message: infra.checked_add(row.effective_addon()).unwrap_or(infra),
+        id: row.id,
+        org_id: row.org_id,
+        name: row.name,
+        model: row.model_id,
+        visibility: row.visibility,
+        publisher_addon: Credits::from_micros(row.publisher_addon),
+        free_messages: row.free_messages,
+        runtime_infra: infra,
+        created_at: row.created_at.and_utc(),
+        updated_at: row.updated_at.and_utc(),
+    }
+}
+
+fn check_addon(addon: Credits) -> ServiceResult<()> {
+    if addon.is_negative() {
+        return Err(ServiceError::Validation("publisher_addon must not be negative".into()));
+    }
+    Ok(())
+}
+
+fn check_free(n: i32) -> ServiceResult<()> {
+    if !(0..=MAX_FREE_MESSAGES).contains(&n) {
+        return Err(ServiceError::Validation(format!("free_messages must be 0 to {MAX_FREE_MESSAGES}")));
+    }
+    Ok(())
+}
+
+fn require_model(conn: &mut DbConn, model: &str) -> ServiceResult<models::ModelRow> {
+    models::find(conn, model)?
+        .ok_or_else(|| ServiceError::Validation(format!("model '{model}' is not in the price book")))
+}
+
+/// Loads an agent with its model's current runtime infra price.
+pub fn load(conn: &mut DbConn, agent_id: &str) -> ServiceResult<(AgentRow, i64)> {
+    agents::table
+        .inner_join(models_table::table)
+        .filter(agents::id.eq(agent_id))
+        .select((AgentRow::as_select(), models_table::runtime_infra))
+        .first(conn)
+        .optional()?
+        .ok_or(ServiceError::NotFound("agent"))
+}
+
+/// Whether `caller` may use (see, quote, charge) the agent: anyone for a
+/// public agent, members of its organization for a private one. Otherwise
+/// `NotFound`, so private agents stay invisible.
+pub fn check_visible(conn: &mut DbConn, row: &AgentRow, user_id: Option<&str>) -> ServiceResult<()> {
+    if row.is_public() {
+        return Ok(());
+    }
+    match user_id {
+        Some(user) => {
+            role_in(conn, &row.org_id, user).map(|_| ()).map_err(|_| ServiceError::NotFound("agent"))
+        }
+        None => Err(ServiceError::NotFound("agent")),
+    }
+}
+
+/// `POST /v1/orgs/{org_id}/agents`: org admins.
+pub fn create_agent(
+    conn: &mut DbConn,
+    caller: &Caller,
+    org_id: &str,
+    input: NewAgentInput,
+) -> ServiceResult<Agent> {
+    let name = checked_text("name", &input.name, 200, false).map_err(ServiceError::Validation)?.to_string();
+    check_addon(input.publisher_addon)?;
+    check_free(input.free_messages)?;
+    db::write_tx(conn, |tx| {
+        require_admin(tx, org_id, &caller.id)?;
+        let model = require_model(tx, &input.model)?;
+        let id = new_id("agt");
+        let now = db::now();
+        diesel::insert_into(agents::table)
+            .values((
+                agents::id.eq(&id),
+                agents::org_id.eq(org_id),
+                agents::name.eq(&name),
+                agents::model_id.eq(&model.id),
+                agents::visibility.eq(input.visibility.as_str()),
+                agents::publisher_addon.eq(input.publisher_addon.micros()),
+                agents::free_messages.eq(input.free_messages),
+                agents::created_at.eq(now),
+                agents::updated_at.eq(now),
+            ))
+            .execute(tx)?;
+        let (row, infra) = load(tx, &id)?;
+        Ok(view(row, infra))
+    })
+}
+
+/// `GET /v1/agents/{id}`: anyone for a public agent, members for a private one.
+pub fn get_agent(conn: &mut DbConn, caller: Option<&Caller>, agent_id: &str) -> ServiceResult<Agent> {
+    let (row, infra) = load(conn, agent_id)?;
+    check_visible(conn, &row, caller.map(|c| c.id.as_str()))?;
+    Ok(view(row, infra))
+}
+
+/// `PATCH /v1/agents/{id}`: org admins. Prices change for new charges only.
+pub fn update_agent(
+    conn: &mut DbConn,
+    caller: &Caller,
+    agent_id: &str,
+    patch: AgentPatch,
+) -> ServiceResult<Agent> {
+    let name = match &patch.name {
+        Some(n) => Some(checked_text("name", n, 200, false).map_err(ServiceError::Validation)?.to_string()),
+        None => None,
+    };
+    if let Some(a) = patch.publisher_addon {
+        check_addon(a)?;
+    }
+    if let Some(f) = patch.free_messages {
+        check_free(f)?;
+    }
+    db::write_tx(conn, |tx| {
+        let (row, _) = load(tx, agent_id)?;
+        check_visible(tx, &row, Some(&caller.id))?;
+        require_admin(tx, &row.org_id, &caller.id)?;
+        if let Some(model) = &patch.model {
+            require_model(tx, model)?;
+        }
+        let target = agents::table.find(agent_id);
+        diesel::update(target).set(agents::updated_at.eq(db::now())).execute(tx)?;
+        if let Some(n) = name {
+            diesel::update(target).set(agents::name.eq(n)).execute(tx)?;
+        }
+        if let Some(m) = &patch.model {
+            diesel::update(target).set(agents::model_id.eq(m)).execute(tx)?;
+        }
+        if let Some(v) = patch.visibility {
+            diesel::update(target).set(agents::visibility.eq(v.as_str())).execute(tx)?;
+        }
+        if let Some(a) = patch.publisher_addon {
+            diesel::update(target).set(agents::publisher_addon.eq(a.micros())).execute(tx)?;
+        }
+        if let Some(f) = patch.free_messages {
+            diesel::update(target).set(agents::free_messages.eq(f)).execute(tx)?;
+        }
+        let (row, infra) = load(tx, agent_id)?;
+        Ok(view(row, infra))
+    })
+}
+
+/// `GET /v1/marketplace/agents`: public agents, newest first, keyset-paginated.
+pub fn list_marketplace(
+    conn: &mut DbConn,
+    limit: i64,
+    starting_after: Option<&str>,
+) -> ServiceResult<AgentCardList> {
+    if !(1..=100).contains(&limit) {
+        return Err(ServiceError::Validation("limit must be 1 to 100".into()));
+    }
+    let mut query = agents::table
+        .inner_join(models_table::table)
+        .filter(agents::visibility.eq(Visibility::Public.as_str()))
+        .into_boxed();
+    if let Some(cursor) = starting_after {
+        let (after, _) = load(conn, cursor).ok().filter(|(a, _)| a.is_public()).ok_or_else(|| {
+            ServiceError::Validation(format!("starting_after '{cursor}' is not a public agent"))
+        })?;
+        query = query.filter(
+            agents::created_at
+                .lt(after.created_at)
+                .or(agents::created_at.eq(after.created_at).and(agents::id.lt(after.id))),
+        );
+    }
+    let mut rows: Vec<(AgentRow, i64)> = query
+        .order((agents::created_at.desc(), agents::id.desc()))
+        .limit(limit + 1)
+        .select((AgentRow::as_select(), models_table::runtime_infra))
+        .load(conn)?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let data = rows
+        .into_iter()
+        .map(|(row, infra)| {
+            let infra = Credits::from_micros(infra);
+            let addon = row.effective_addon();
+            AgentCard {
+                estimated_cost_per_message: infra.checked_add(addon).unwrap_or(infra),
+                id: row.id,
+                org_id: row.org_id,
+                name: row.name,
+                model: row.model_id,
+                runtime_infra: infra,
+                publisher_addon: addon,
+                free_messages: row.free_messages,
+            }
+        })
+        .collect();
+    Ok(AgentCardList { data, has_more })
+}

@@ -1,0 +1,121 @@
+//! The price book: per model, the runtime infra price in credits per message
+//! and, for margin reports, the provider's cost in USD per message. A change
+//! applies to new charges only: each charge copies the prices it used.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{ServiceError, ServiceResult};
+use crate::db::schema::models;
+use crate::db::{self, DbConn};
+use crate::domain::Credits;
+
+/// A model in the price book.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Model {
+    /// The model's id, e.g. `gpt-4o-mini`.
+    pub id: String,
+    /// Credits charged per message for running it.
+    #[schema(value_type = String, example = "0.3")]
+    pub runtime_infra: Credits,
+    /// What the platform pays the provider per message, in USD.
+    #[schema(example = "0.0021")]
+    pub provider_cost: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The whole price book.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelList {
+    pub data: Vec<Model>,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = models)]
+pub struct ModelRow {
+    pub id: String,
+    pub runtime_infra: i64,
+    pub provider_cost_micro_usd: i64,
+    pub created_at: chrono::NaiveDateTime,
+    pub updated_at: chrono::NaiveDateTime,
+}
+
+/// Micro-USD share the 6-decimal format of credits, so they print alike.
+pub fn usd_micros_to_string(micros: i64) -> String {
+    Credits::from_micros(micros).to_string()
+}
+
+fn view(row: ModelRow) -> Model {
+    Model {
+        id: row.id,
+        runtime_infra: Credits::from_micros(row.runtime_infra),
+        provider_cost: usd_micros_to_string(row.provider_cost_micro_usd),
+        updated_at: row.updated_at.and_utc(),
+    }
+}
+
+pub fn check_model_id(id: &str) -> ServiceResult<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 100
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if !ok {
+        return Err(ServiceError::Validation(
+            "model id must be 1 to 100 characters of letters, digits, '-', '_', '.', ':'".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /v1/models`.
+pub fn list_models(conn: &mut DbConn) -> ServiceResult<ModelList> {
+    let rows = models::table.order(models::id.asc()).select(ModelRow::as_select()).load(conn)?;
+    Ok(ModelList { data: rows.into_iter().map(view).collect(), has_more: false })
+}
+
+pub fn find(conn: &mut DbConn, id: &str) -> ServiceResult<Option<ModelRow>> {
+    Ok(models::table.find(id).select(ModelRow::as_select()).first(conn).optional()?)
+}
+
+/// `PUT /v1/admin/models/{id}`: creates or reprices a model.
+pub fn put_model(
+    conn: &mut DbConn,
+    id: &str,
+    runtime_infra: Credits,
+    provider_cost: &str,
+) -> ServiceResult<Model> {
+    check_model_id(id)?;
+    if runtime_infra.is_negative() {
+        return Err(ServiceError::Validation("runtime_infra must not be negative".into()));
+    }
+    let cost =
+        Credits::parse(provider_cost).map_err(|e| ServiceError::Validation(format!("provider_cost: {e}")))?;
+    if cost.is_negative() {
+        return Err(ServiceError::Validation("provider_cost must not be negative".into()));
+    }
+    db::write_tx(conn, |tx| {
+        let now = db::now();
+        let updated = diesel::update(models::table.find(id))
+            .set((
+                models::runtime_infra.eq(runtime_infra.micros()),
+                models::provider_cost_micro_usd.eq(cost.micros()),
+                models::updated_at.eq(now),
+            ))
+            .execute(tx)?;
+        if updated == 0 {
+            diesel::insert_into(models::table)
+                .values((
+                    models::id.eq(id),
+                    models::runtime_infra.eq(runtime_infra.micros()),
+                    models::provider_cost_micro_usd.eq(cost.micros()),
+                    models::created_at.eq(now),
+                    models::updated_at.eq(now),
+                ))
+                .execute(tx)?;
+        }
+        tracing::info!(model = id, %runtime_infra, provider_cost = %cost, "price book updated");
+        Ok(view(models::table.find(id).select(ModelRow::as_select()).first(tx)?))
+    })
+}
