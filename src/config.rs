@@ -25,6 +25,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("TALLY_DB_POOL_SIZE", Some("16")),
     ("TALLY_SQLITE_SYNCHRONOUS", Some("FULL")),
     ("TALLY_IDEMPOTENCY_TTL", Some("24h")),
+    ("TALLY_SETTLEMENT_SWEEP", Some("5s")),
     ("TALLY_WORKERS", None),
     ("TALLY_LOG_FORMAT", Some("text")),
     ("STRIPE_SECRET_KEY", None),
@@ -67,6 +68,8 @@ pub struct Settings {
     pub pool_size: u32,
     pub sqlite_synchronous_full: bool,
     pub idempotency_ttl: Duration,
+    /// How often each instance sweeps for earnings to settle.
+    pub settlement_sweep: Duration,
     pub workers: Option<usize>,
     pub log_json: bool,
     pub stripe: Option<StripeSettings>,
@@ -141,6 +144,8 @@ impl Settings {
         if idempotency_ttl < Duration::from_secs(24 * 3600) {
             return Err(bad("TALLY_IDEMPOTENCY_TTL", "must be at least 24h".into()));
         }
+        let settlement_sweep = parse_duration("TALLY_SETTLEMENT_SWEEP", &get("TALLY_SETTLEMENT_SWEEP"))?
+            .max(Duration::from_millis(100));
         let min_text = get("TALLY_MIN_WITHDRAWAL").unwrap_or_default();
         let min_withdrawal = Credits::parse(&min_text)
             .ok()
@@ -191,6 +196,7 @@ impl Settings {
             pool_size,
             sqlite_synchronous_full,
             idempotency_ttl,
+            settlement_sweep,
             workers,
             log_json,
             stripe,

@@ -22,9 +22,6 @@ use crate::error::REQUEST_ID;
 use crate::ledger::PlatformAccounts;
 use crate::services::{earnings, idempotency, Ctx};
 
-/// How often each instance settles earnings whose hold has passed (reads
-/// and payouts also settle, so this only bounds the delay for nobody looking).
-const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// How often expired idempotency keys are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 
@@ -90,7 +87,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let state = self.state.clone();
         let maintenance = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            let mut tick = tokio::time::interval(state.ctx.settings.settlement_sweep);
             let mut last_purge = Instant::now();
             loop {
                 tick.tick().await;

@@ -134,14 +134,14 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             if bytes.len() > MAX_BODY {
                 return Err(ApiError::bad_request("invalid_request", "request body is too large"));
             }
-            if bytes.iter().all(u8::is_ascii_whitespace) {
-                return Err(ApiError::bad_request(
-                    "invalid_json",
-                    "the request body is empty; send a JSON object",
-                ));
-            }
-            let raw: serde_json::Value = serde_json::from_slice(&bytes)
-                .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")))?;
+            // An empty body reads as `{}`: a request whose fields are all
+            // optional needs none.
+            let raw: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+                serde_json::Value::Object(Default::default())
+            } else {
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")))?
+            };
             let value = T::deserialize(&raw)
                 .map_err(|e| ApiError::validation(format!("invalid request body: {e}")))?;
             Ok(JsonBody { value, raw })

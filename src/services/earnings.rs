@@ -57,15 +57,16 @@ pub struct Earnings {
 pub fn settle_due(conn: &mut DbConn, org_id: Option<&str>) -> ServiceResult<usize> {
     let mut settled = 0;
     loop {
-        let n = db::write_tx(conn, |tx| settle_batch(tx, org_id))?;
-        settled += n;
-        if (n as i64) < BATCH {
+        let (selected, claimed) = db::write_tx(conn, |tx| settle_batch(tx, org_id))?;
+        settled += claimed;
+        if (selected as i64) < BATCH {
             return Ok(settled);
         }
     }
 }
 
-fn settle_batch(tx: &mut DbConn, org_id: Option<&str>) -> ServiceResult<usize> {
+/// Settles up to one batch; returns (selected as due, claimed and settled).
+fn settle_batch(tx: &mut DbConn, org_id: Option<&str>) -> ServiceResult<(usize, usize)> {
     let now = db::now();
     let mut due = ea::table
         .filter(ea::settled_at.is_null())
@@ -79,13 +80,14 @@ fn settle_batch(tx: &mut DbConn, org_id: Option<&str>) -> ServiceResult<usize> {
     }
     let ids: Vec<i64> = due.load(tx)?;
     if ids.is_empty() {
-        return Ok(0);
+        return Ok((0, 0));
     }
     let claimed: Vec<(i64, String, i64)> =
         diesel::update(ea::table.filter(ea::id.eq_any(&ids)).filter(ea::settled_at.is_null()))
             .set(ea::settled_at.eq(now))
             .returning((ea::id, ea::org_id, ea::amount))
             .get_results(tx)?;
+    let count = claimed.len();
     let mut by_org: BTreeMap<String, (i64, Vec<i64>)> = BTreeMap::new();
     for (id, org, amount) in claimed {
         let e = by_org.entry(org).or_default();
@@ -115,7 +117,9 @@ fn settle_batch(tx: &mut DbConn, org_id: Option<&str>) -> ServiceResult<usize> {
             .execute(tx)?;
         tracing::info!(org_id = %org, %amount, accruals = accrual_ids.len(), "earnings settled");
     }
-    Ok(ids.len())
+    // Claimed by this transaction; fewer than selected when a concurrent
+    // settlement got some first.
+    Ok((ids.len(), count))
 }
 
 fn cached_balance(conn: &mut DbConn, org_id: &str, kind: AccountKind) -> ServiceResult<Credits> {

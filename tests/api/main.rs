@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod charges;
 mod cli;
 mod idempotency;
 mod input;
