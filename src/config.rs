@@ -8,7 +8,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 
 use crate::db::DbTarget;
-use crate::domain::{CreditRate, Credits};
+use crate::domain::{CreditRate, Credits, UsdCents};
 
 /// Every key tally reads, with its default where it has one.
 pub const KEYS: &[(&str, Option<&str>)] = &[
@@ -28,6 +28,9 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("TALLY_SETTLEMENT_SWEEP", Some("5s")),
     ("TALLY_WORKERS", None),
     ("TALLY_LOG_FORMAT", Some("text")),
+    ("TALLY_CREDIT_PACKS", None),
+    ("TALLY_CHECKOUT_SUCCESS_URL", Some("http://localhost:3000/billing/success")),
+    ("TALLY_CHECKOUT_CANCEL_URL", Some("http://localhost:3000/billing/cancel")),
     ("STRIPE_SECRET_KEY", None),
     ("STRIPE_WEBHOOK_SECRET", None),
     ("STRIPE_API_BASE", None),
@@ -47,6 +50,74 @@ pub struct JwtSettings {
     pub public_key_pem: Option<String>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
+}
+
+/// A credit pack on sale.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreditPack {
+    pub id: String,
+    pub name: String,
+    pub credits: Credits,
+    /// Extra credits, funded by the platform's `bonus_expense`.
+    pub bonus_credits: Credits,
+    pub price: UsdCents,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PackConfig {
+    id: String,
+    name: String,
+    credits: String,
+    price_usd: String,
+    #[serde(default)]
+    bonus_credits: Option<String>,
+}
+
+/// Starter 50 / $5, Standard 150 / $15, Pro 500 / $50.
+pub fn default_packs() -> Vec<CreditPack> {
+    [("starter", "Starter", 50, 500), ("standard", "Standard", 150, 1500), ("pro", "Pro", 500, 5000)]
+        .into_iter()
+        .map(|(id, name, credits, cents)| CreditPack {
+            id: id.into(),
+            name: name.into(),
+            credits: Credits::whole(credits),
+            bonus_credits: Credits::ZERO,
+            price: UsdCents::new(cents),
+        })
+        .collect()
+}
+
+/// Reads `TALLY_CREDIT_PACKS`: a JSON array of
+/// `{"id", "name", "credits", "price_usd", "bonus_credits"?}` (amounts as strings).
+pub fn parse_packs(text: &str) -> Result<Vec<CreditPack>, String> {
+    let raw: Vec<PackConfig> =
+        serde_json::from_str(text).map_err(|e| format!("not a JSON array of packs: {e}"))?;
+    if raw.is_empty() {
+        return Err("no packs".into());
+    }
+    let mut packs = Vec::new();
+    for p in raw {
+        let credits =
+            Credits::parse_positive(&p.credits).map_err(|e| format!("pack {}: credits {e}", p.id))?;
+        let bonus = match &p.bonus_credits {
+            Some(b) => Credits::parse(b)
+                .ok()
+                .filter(|b| !b.is_negative())
+                .ok_or_else(|| format!("pack {}: bonus_credits '{b}' is not credits", p.id))?,
+            None => Credits::ZERO,
+        };
+        let price =
+            UsdCents::parse_positive(&p.price_usd).map_err(|e| format!("pack {}: price_usd {e}", p.id))?;
+        if p.id.is_empty() || !p.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(format!("pack id '{}' must be letters, digits, '-' or '_'", p.id));
+        }
+        if packs.iter().any(|q: &CreditPack| q.id == p.id) {
+            return Err(format!("pack id '{}' appears twice", p.id));
+        }
+        packs.push(CreditPack { id: p.id, name: p.name, credits, bonus_credits: bonus, price });
+    }
+    Ok(packs)
 }
 
 #[derive(Clone, Debug)]
@@ -72,7 +143,12 @@ pub struct Settings {
     pub settlement_sweep: Duration,
     pub workers: Option<usize>,
     pub log_json: bool,
+    pub credit_packs: Vec<CreditPack>,
+    pub checkout_success_url: String,
+    pub checkout_cancel_url: String,
     pub stripe: Option<StripeSettings>,
+    /// Checks webhook signatures; may be set without a secret key.
+    pub stripe_webhook_secret: Option<String>,
 }
 
 impl Settings {
@@ -184,6 +260,13 @@ impl Settings {
             webhook_secret: get("STRIPE_WEBHOOK_SECRET"),
             api_base: get("STRIPE_API_BASE"),
         });
+        let stripe_webhook_secret = get("STRIPE_WEBHOOK_SECRET");
+        let credit_packs = match get("TALLY_CREDIT_PACKS") {
+            Some(text) => parse_packs(&text).map_err(|e| bad("TALLY_CREDIT_PACKS", e))?,
+            None => default_packs(),
+        };
+        let checkout_success_url = get("TALLY_CHECKOUT_SUCCESS_URL").unwrap_or_default();
+        let checkout_cancel_url = get("TALLY_CHECKOUT_CANCEL_URL").unwrap_or_default();
 
         Ok(Settings {
             database,
@@ -199,7 +282,11 @@ impl Settings {
             settlement_sweep,
             workers,
             log_json,
+            credit_packs,
+            checkout_success_url,
+            checkout_cancel_url,
             stripe,
+            stripe_webhook_secret,
         })
     }
 
@@ -257,6 +344,22 @@ mod tests {
         assert_eq!(s.marketplace_share.to_string(), "0.30");
         assert!(s.stripe.is_none());
         assert!(s.require_jwt().unwrap_err().0.contains("TALLY_JWT_SECRET"));
+    }
+
+    #[test]
+    fn packs_default_and_parse() {
+        let s = Settings::from_values(&values(&[])).unwrap();
+        assert_eq!(s.credit_packs, default_packs());
+        assert_eq!(s.credit_packs[1].price.to_string(), "15.00");
+        let packs = parse_packs(
+            r#"[{"id": "big", "name": "Big", "credits": "1000", "price_usd": "90", "bonus_credits": "100"}]"#,
+        )
+        .unwrap();
+        assert_eq!(packs[0].bonus_credits, Credits::whole(100));
+        assert_eq!(packs[0].price.cents(), 9000);
+        assert!(parse_packs(r#"[{"id": "x", "name": "X", "credits": "0", "price_usd": "1"}]"#).is_err());
+        assert!(parse_packs(r#"[{"id": "x", "name": "X", "credits": "1", "price_usd": "1.001"}]"#).is_err());
+        assert!(parse_packs("[]").is_err());
     }
 
     #[test]

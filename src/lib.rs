@@ -11,4 +11,5 @@ pub mod error;
 pub mod ledger;
 pub mod services;
 pub mod startup;
+pub mod stripe;
 pub mod telemetry;

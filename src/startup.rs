@@ -21,6 +21,7 @@ use crate::db::{self, Manager, Pool};
 use crate::error::REQUEST_ID;
 use crate::ledger::PlatformAccounts;
 use crate::services::{earnings, idempotency, Ctx};
+use crate::stripe::StripeGateway;
 
 /// How often expired idempotency keys are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
@@ -58,7 +59,12 @@ impl Application {
             .map_err(|e| format!("cannot listen on {}: {e}", settings.bind))?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
         let workers = settings.workers;
-        let state = web::Data::new(AppState { pool, ctx: Ctx { settings: Arc::new(settings), platform } });
+        let stripe = match &settings.stripe {
+            Some(s) => Some(StripeGateway::new(s)?),
+            None => None,
+        };
+        let state =
+            web::Data::new(AppState { pool, ctx: Ctx { settings: Arc::new(settings), platform }, stripe });
         let app_state = state.clone();
         let mut server = HttpServer::new(move || build_app(app_state.clone(), verifier.clone()));
         if let Some(n) = workers {

@@ -28,6 +28,8 @@ use crate::error::{ErrorBody, ErrorResponse};
         (name = "agents", description = "Agents and the marketplace"),
         (name = "charges", description = "Quotes and message charges"),
         (name = "earnings", description = "Creator earnings"),
+        (name = "top-ups", description = "Credit packs and top-ups"),
+        (name = "webhooks", description = "Events from Stripe"),
         (name = "admin", description = "Operator endpoints (roles: [admin])"),
     )
 )]

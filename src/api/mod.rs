@@ -10,6 +10,7 @@ pub mod health;
 pub mod me;
 pub mod models;
 pub mod orgs;
+pub mod topups;
 pub mod wallets;
 
 use std::future::Future;
@@ -26,11 +27,14 @@ use crate::db::{DbConn, Pool};
 use crate::error::ApiError;
 use crate::services::idempotency::{self, IdempotentRequest, Outcome, RequestKey, StoredResponse};
 use crate::services::{Caller, Ctx, ServiceResult};
+use crate::stripe::StripeGateway;
 
 /// Shared by every handler.
 pub struct AppState {
     pub pool: Pool,
     pub ctx: Ctx,
+    /// The Stripe API client, when `STRIPE_SECRET_KEY` is set.
+    pub stripe: Option<StripeGateway>,
 }
 
 /// Registers every route (and so documents it).
@@ -42,6 +46,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
     models::configure(cfg);
     agents::configure(cfg);
     earnings::configure(cfg);
+    topups::configure(cfg);
     admin::configure(cfg);
 }
 
@@ -77,6 +82,20 @@ where
     F: FnOnce(&mut DbConn, &Ctx, &RequestKey) -> ServiceResult<Outcome<T>> + Send + 'static,
     T: serde::Serialize + 'static,
 {
+    let request = idempotency_request(req, caller, body)?;
+    let stored = run(state, move |conn, ctx| {
+        idempotency::execute(conn, &request, status.as_u16(), |tx, key| work(tx, ctx, key))
+    })
+    .await?;
+    Ok(stored_response(stored))
+}
+
+/// The request under its `Idempotency-Key` header (required).
+pub fn idempotency_request(
+    req: &HttpRequest,
+    caller: &Caller,
+    body: &serde_json::Value,
+) -> Result<IdempotentRequest, ApiError> {
     let key = req
         .headers()
         .get("Idempotency-Key")
@@ -89,15 +108,10 @@ where
         .to_str()
         .map_err(|_| ApiError::validation("Idempotency-Key must be printable ASCII"))?
         .to_string();
-    let request = IdempotentRequest::new(&caller.id, &key, req.method().as_str(), req.path(), body)?;
-    let stored = run(state, move |conn, ctx| {
-        idempotency::execute(conn, &request, status.as_u16(), |tx, key| work(tx, ctx, key))
-    })
-    .await?;
-    Ok(stored_response(stored))
+    Ok(IdempotentRequest::new(&caller.id, &key, req.method().as_str(), req.path(), body)?)
 }
 
-fn stored_response(stored: StoredResponse) -> HttpResponse {
+pub fn stored_response(stored: StoredResponse) -> HttpResponse {
     let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
     let mut res = HttpResponse::build(status);
     res.insert_header((header::CONTENT_TYPE, "application/json"));

@@ -157,6 +157,54 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    top_ups (id) {
+        id -> Text,
+        wallet_account_id -> BigInt,
+        wallet_id -> Text,
+        created_by -> Text,
+        pack_id -> Text,
+        credits -> BigInt,
+        bonus_credits -> BigInt,
+        amount_cents -> BigInt,
+        currency -> Text,
+        method -> Text,
+        status -> Text,
+        request_key -> Nullable<Text>,
+        checkout_session_id -> Nullable<Text>,
+        checkout_url -> Nullable<Text>,
+        payment_intent_id -> Nullable<Text>,
+        receipt_number -> Nullable<BigInt>,
+        credited_entry_id -> Nullable<BigInt>,
+        settled_by -> Nullable<Text>,
+        refunded_cents -> BigInt,
+        reversed_credits -> BigInt,
+        reversed_bonus -> BigInt,
+        dispute_id -> Nullable<Text>,
+        disputed_credits -> BigInt,
+        disputed_bonus -> BigInt,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+        paid_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    receipt_counter (id) {
+        id -> Integer,
+        last_number -> BigInt,
+    }
+}
+
+diesel::table! {
+    stripe_events (id) {
+        id -> Text,
+        event_type -> Text,
+        outcome -> Text,
+        received_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(org_members -> orgs (org_id));
 diesel::joinable!(agents -> models (model_id));
 diesel::joinable!(postings -> journal_entries (entry_id));
@@ -176,4 +224,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     spend_counters,
     charges,
     earnings_accruals,
+    top_ups,
+    receipt_counter,
+    stripe_events,
 );

@@ -20,6 +20,8 @@ pub enum AmountError {
     NotANumber(String),
     #[error("'{0}' has more than 6 decimal places")]
     TooPrecise(String),
+    #[error("'{0}' has more than 2 decimal places (whole cents)")]
+    SubCent(String),
     #[error("'{0}' is out of range")]
     OutOfRange(String),
     #[error("'{0}' must be greater than zero")]
@@ -163,6 +165,21 @@ pub struct UsdCents(i64);
 impl UsdCents {
     pub const fn new(cents: i64) -> Self {
         UsdCents(cents)
+    }
+
+    /// Reads `"5"`, `"5.00"`: at most 2 decimal places, above zero.
+    pub fn parse_positive(text: &str) -> Result<Self, AmountError> {
+        let value = Decimal::from_str(text.trim()).map_err(|_| AmountError::NotANumber(text.to_string()))?;
+        if value.normalize().scale() > 2 {
+            return Err(AmountError::SubCent(text.to_string()));
+        }
+        if value <= Decimal::ZERO {
+            return Err(AmountError::NotPositive(text.to_string()));
+        }
+        (value * Decimal::ONE_HUNDRED)
+            .to_i64()
+            .map(UsdCents)
+            .ok_or_else(|| AmountError::OutOfRange(text.to_string()))
     }
     pub const fn cents(self) -> i64 {
         self.0

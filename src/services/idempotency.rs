@@ -132,8 +132,11 @@ pub struct StoredResponse {
     pub replayed: bool,
 }
 
-enum Claim {
+/// The outcome of claiming a key.
+pub enum Claim {
+    /// The request runs; the token proves the claim when completing it.
     Fresh(String),
+    /// The request already ran: answer with its response.
     Replay(StoredResponse),
 }
 
@@ -160,10 +163,32 @@ where
     T: Serialize,
     F: FnOnce(&mut DbConn, &RequestKey) -> ServiceResult<Outcome<T>>,
 {
-    let token = match claim(conn, req)? {
-        Claim::Replay(stored) => return Ok(stored),
-        Claim::Fresh(token) => token,
-    };
+    match claim(conn, req)? {
+        Claim::Replay(stored) => Ok(stored),
+        Claim::Fresh(token) => complete(conn, req, &token, status, work),
+    }
+}
+
+/// The request key under which a claimed request writes (for requests that
+/// work in several steps before completing).
+pub fn request_key(req: &IdempotentRequest) -> RequestKey {
+    req.request_key()
+}
+
+/// Runs the final write transaction of a claimed request: `work`, then the
+/// response stored and the key marked done, together. On any error the
+/// claim is released.
+pub fn complete<T, F>(
+    conn: &mut DbConn,
+    req: &IdempotentRequest,
+    token: &str,
+    status: u16,
+    work: F,
+) -> ServiceResult<StoredResponse>
+where
+    T: Serialize,
+    F: FnOnce(&mut DbConn, &RequestKey) -> ServiceResult<Outcome<T>>,
+{
     let request_key = req.request_key();
     let result = db::write_tx(conn, |tx| -> ServiceResult<StoredResponse> {
         let outcome = work(tx, &request_key)?;
@@ -174,7 +199,7 @@ where
         let marked = diesel::update(
             ik::table
                 .find((&req.scope, &req.key))
-                .filter(ik::lease_token.eq(&token))
+                .filter(ik::lease_token.eq(token))
                 .filter(ik::state.eq(IN_FLIGHT)),
         )
         .set((
@@ -191,12 +216,13 @@ where
         Ok(StoredResponse { status, body, headers: outcome.headers, replayed: false })
     });
     if result.is_err() {
-        release(conn, req, &token);
+        release(conn, req, token);
     }
     result
 }
 
-fn claim(conn: &mut DbConn, req: &IdempotentRequest) -> ServiceResult<Claim> {
+/// Claims the key for this request (see the module docs).
+pub fn claim(conn: &mut DbConn, req: &IdempotentRequest) -> ServiceResult<Claim> {
     for _ in 0..3 {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let now = db::now();
@@ -258,7 +284,7 @@ fn claim(conn: &mut DbConn, req: &IdempotentRequest) -> ServiceResult<Claim> {
 }
 
 /// Releases a claim after a failed request. If this fails the lease runs out.
-fn release(conn: &mut DbConn, req: &IdempotentRequest, token: &str) {
+pub fn release(conn: &mut DbConn, req: &IdempotentRequest, token: &str) {
     let deleted = diesel::delete(
         ik::table
             .find((&req.scope, &req.key))

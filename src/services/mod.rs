@@ -12,6 +12,7 @@ pub mod models;
 pub mod orgs;
 pub mod people;
 pub mod reports;
+pub mod topups;
 pub mod wallets;
 
 use std::sync::Arc;

@@ -1,0 +1,3 @@
+DROP TABLE stripe_events;
+DROP TABLE receipt_counter;
+DROP TABLE top_ups;

@@ -1,0 +1,676 @@
+//! Top-ups (SPEC 5): payment orders for credit packs, paid through Stripe
+//! Checkout or settled by an operator; refunds and disputes taken back by
+//! reversing entries; gap-free receipt numbers.
+//!
+//! A wallet is credited only when the payment is confirmed: by a signed
+//! `checkout.session.completed` (paid) or `async_payment_succeeded` event, or
+//! by an operator settling a manual order. Each Stripe event is processed in
+//! one transaction that first records its id, so a duplicate delivery
+//! changes nothing; the order's status is changed by a guarded `UPDATE`, so
+//! two different events confirming one payment credit it once.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::history::TransactionReferences;
+use super::idempotency::{Outcome, RequestKey};
+use super::wallets::{load_for, Access};
+use super::{Caller, Ctx, ServiceError, ServiceResult};
+use crate::config::CreditPack;
+use crate::db::schema::{accounts, receipt_counter, stripe_events, top_ups};
+use crate::db::{self, DbConn};
+use crate::domain::ids::new_id;
+use crate::domain::{AccountKind, Credits, EntryKind, UsdCents};
+use crate::ledger::{self, AccountRef, NewEntry, Overdraft};
+use crate::stripe::webhook::{Charge as StripeCharge, CheckoutSession, Dispute, Event};
+use crate::stripe::{SessionRef, TopUpCheckout};
+
+/// A credit pack on sale.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreditPackView {
+    pub id: String,
+    pub name: String,
+    /// Credits bought.
+    #[schema(value_type = String, example = "50")]
+    pub credits: Credits,
+    /// Extra credits given with the pack.
+    #[schema(value_type = String, example = "0")]
+    pub bonus_credits: Credits,
+    /// Price in USD.
+    #[schema(value_type = String, example = "5.00")]
+    pub price_usd: UsdCents,
+}
+
+/// The packs on sale.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreditPackList {
+    pub data: Vec<CreditPackView>,
+    pub has_more: bool,
+}
+
+/// A top-up: a payment order for a credit pack.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopUp {
+    /// `top_` id.
+    pub id: String,
+    pub wallet_id: String,
+    pub pack_id: String,
+    /// `pending`, `paid`, `failed`, `refunded` or `disputed`.
+    pub status: String,
+    /// Credits the wallet receives when paid (pack credits + bonus).
+    #[schema(value_type = String, example = "50")]
+    pub credits: Credits,
+    /// The bonus part of `credits`.
+    #[schema(value_type = String, example = "0")]
+    pub bonus_credits: Credits,
+    /// The price in USD.
+    #[schema(value_type = String, example = "5.00")]
+    pub amount_usd: UsdCents,
+    /// `stripe` (Checkout) or `manual` (settled by an operator).
+    pub method: String,
+    /// Where the person pays (Stripe Checkout); null for a manual order.
+    pub checkout_url: Option<String>,
+    /// The gap-free receipt number, once paid.
+    pub receipt_number: Option<i64>,
+    /// USD refunded so far.
+    #[schema(value_type = String, example = "0.00")]
+    pub refunded_usd: UsdCents,
+    pub created_at: DateTime<Utc>,
+    pub paid_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = top_ups)]
+pub struct TopUpRow {
+    pub id: String,
+    pub wallet_account_id: i64,
+    pub wallet_id: String,
+    pub created_by: String,
+    pub pack_id: String,
+    pub credits: i64,
+    pub bonus_credits: i64,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub method: String,
+    pub status: String,
+    pub request_key: Option<String>,
+    pub checkout_session_id: Option<String>,
+    pub checkout_url: Option<String>,
+    pub payment_intent_id: Option<String>,
+    pub receipt_number: Option<i64>,
+    pub credited_entry_id: Option<i64>,
+    pub settled_by: Option<String>,
+    pub refunded_cents: i64,
+    pub reversed_credits: i64,
+    pub reversed_bonus: i64,
+    pub dispute_id: Option<String>,
+    pub disputed_credits: i64,
+    pub disputed_bonus: i64,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+    pub paid_at: Option<NaiveDateTime>,
+}
+
+impl TopUpRow {
+    /// What the Checkout Session for this order needs.
+    pub fn checkout(&self, ctx: &Ctx, pack_name: &str) -> TopUpCheckout {
+        TopUpCheckout {
+            top_up_id: self.id.clone(),
+            wallet_id: self.wallet_id.clone(),
+            pack_name: pack_name.to_string(),
+            amount_cents: self.amount_cents,
+            success_url: ctx.settings.checkout_success_url.clone(),
+            cancel_url: ctx.settings.checkout_cancel_url.clone(),
+        }
+    }
+
+    fn wallet(&self) -> AccountRef {
+        AccountRef { id: self.wallet_account_id, kind: AccountKind::Wallet }
+    }
+}
+
+const PENDING: &str = "pending";
+const PAID: &str = "paid";
+const FAILED: &str = "failed";
+const REFUNDED: &str = "refunded";
+const DISPUTED: &str = "disputed";
+
+fn view(row: TopUpRow) -> TopUp {
+    TopUp {
+        credits: Credits::from_micros(row.credits + row.bonus_credits),
+        bonus_credits: Credits::from_micros(row.bonus_credits),
+        amount_usd: UsdCents::new(row.amount_cents),
+        refunded_usd: UsdCents::new(row.refunded_cents),
+        id: row.id,
+        wallet_id: row.wallet_id,
+        pack_id: row.pack_id,
+        status: row.status,
+        method: row.method,
+        checkout_url: row.checkout_url,
+        receipt_number: row.receipt_number,
+        created_at: row.created_at.and_utc(),
+        paid_at: row.paid_at.map(|t| t.and_utc()),
+    }
+}
+
+fn pack_view(p: &CreditPack) -> CreditPackView {
+    CreditPackView {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        credits: p.credits,
+        bonus_credits: p.bonus_credits,
+        price_usd: p.price,
+    }
+}
+
+/// `GET /v1/credit-packs`.
+pub fn list_packs(ctx: &Ctx) -> CreditPackList {
+    CreditPackList { data: ctx.settings.credit_packs.iter().map(pack_view).collect(), has_more: false }
+}
+
+pub fn find_pack<'a>(ctx: &'a Ctx, pack_id: &str) -> ServiceResult<&'a CreditPack> {
+    ctx.settings
+        .credit_packs
+        .iter()
+        .find(|p| p.id == pack_id)
+        .ok_or_else(|| ServiceError::Validation(format!("pack_id '{pack_id}' is not a credit pack on sale")))
+}
+
+fn load(conn: &mut DbConn, id: &str) -> ServiceResult<TopUpRow> {
+    top_ups::table
+        .find(id)
+        .select(TopUpRow::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(ServiceError::NotFound("top-up"))
+}
+
+/// First step of `POST /v1/wallets/{id}/top-ups`: the order of this request
+/// (created, or found again when the request is retried after a crash).
+pub fn prepare_top_up(
+    conn: &mut DbConn,
+    ctx: &Ctx,
+    caller: &Caller,
+    wallet_id: &str,
+    pack_id: &str,
+    request: &RequestKey,
+) -> ServiceResult<TopUpRow> {
+    let pack = find_pack(ctx, pack_id)?.clone();
+    db::write_tx(conn, |tx| {
+        let wallet = load_for(tx, caller, wallet_id, Access::Manage)?;
+        let existing: Option<TopUpRow> = top_ups::table
+            .filter(top_ups::request_key.eq(request.as_str()))
+            .select(TopUpRow::as_select())
+            .first(tx)
+            .optional()?;
+        if let Some(row) = existing {
+            return Ok(row);
+        }
+        let id = new_id("top");
+        let now = db::now();
+        let method = if ctx.settings.stripe.is_some() { "stripe" } else { "manual" };
+        diesel::insert_into(top_ups::table)
+            .values((
+                top_ups::id.eq(&id),
+                top_ups::wallet_account_id.eq(wallet.id),
+                top_ups::wallet_id.eq(wallet_id),
+                top_ups::created_by.eq(&caller.id),
+                top_ups::pack_id.eq(&pack.id),
+                top_ups::credits.eq(pack.credits.micros()),
+                top_ups::bonus_credits.eq(pack.bonus_credits.micros()),
+                top_ups::amount_cents.eq(pack.price.cents()),
+                top_ups::currency.eq("usd"),
+                top_ups::method.eq(method),
+                top_ups::status.eq(PENDING),
+                top_ups::request_key.eq(request.as_str()),
+                top_ups::created_at.eq(now),
+                top_ups::updated_at.eq(now),
+            ))
+            .execute(tx)?;
+        load(tx, &id)
+    })
+}
+
+/// Last step of `POST /v1/wallets/{id}/top-ups`: keeps the Checkout Session
+/// (if any) on the order; runs in the request's completing transaction.
+pub fn attach_session(
+    tx: &mut DbConn,
+    top_up_id: &str,
+    session: Option<&SessionRef>,
+) -> ServiceResult<Outcome<TopUp>> {
+    if let Some(s) = session {
+        diesel::update(top_ups::table.find(top_up_id).filter(top_ups::checkout_session_id.is_null()))
+            .set((
+                top_ups::checkout_session_id.eq(&s.id),
+                top_ups::checkout_url.eq(&s.url),
+                top_ups::payment_intent_id.eq(&s.payment_intent),
+                top_ups::updated_at.eq(db::now()),
+            ))
+            .execute(tx)?;
+    }
+    Ok(view(load(tx, top_up_id)?).into())
+}
+
+/// `GET /v1/top-ups/{id}`: whoever may read its wallet.
+pub fn get_top_up(conn: &mut DbConn, caller: &Caller, id: &str) -> ServiceResult<TopUp> {
+    let row = load(conn, id)?;
+    load_for(conn, caller, &row.wallet_id, Access::Read).map_err(|_| ServiceError::NotFound("top-up"))?;
+    Ok(view(row))
+}
+
+/// Credits a pending order once: a guarded status change, the next receipt
+/// number, and the entry wallet +(credits + bonus) / cash −credits /
+/// bonus_expense −bonus. Returns false when the order was not pending.
+fn credit(
+    tx: &mut DbConn,
+    ctx: &Ctx,
+    row: &TopUpRow,
+    actor: &str,
+    request_key: Option<&str>,
+) -> ServiceResult<bool> {
+    let now = db::now();
+    let claimed = diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(PENDING)))
+        .set((top_ups::status.eq(PAID), top_ups::updated_at.eq(now), top_ups::paid_at.eq(now)))
+        .execute(tx)?;
+    if claimed == 0 {
+        return Ok(false);
+    }
+    let receipt: i64 = diesel::update(receipt_counter::table.find(1))
+        .set(receipt_counter::last_number.eq(receipt_counter::last_number + 1))
+        .returning(receipt_counter::last_number)
+        .get_result(tx)?;
+    let credits = Credits::from_micros(row.credits);
+    let bonus = Credits::from_micros(row.bonus_credits);
+    let total =
+        credits.checked_add(bonus).ok_or_else(|| ServiceError::Internal("top-up overflows".into()))?;
+    let mut legs = vec![row.wallet().leg(total), ctx.platform.cash.leg(neg(credits)?)];
+    if !bonus.is_zero() {
+        legs.push(ctx.platform.bonus_expense.leg(neg(bonus)?));
+    }
+    let references = TransactionReferences {
+        top_up_id: Some(row.id.clone()),
+        pack_id: Some(row.pack_id.clone()),
+        ..Default::default()
+    };
+    let posted = ledger::post(
+        tx,
+        NewEntry {
+            kind: EntryKind::TopUp,
+            legs,
+            overdraft: Overdraft::Refuse,
+            reverses: None,
+            request_key,
+            actor: Some(actor),
+            memo: Some(&format!("receipt {receipt}")),
+            metadata: serde_json::to_value(&references).unwrap_or_default(),
+        },
+    )?;
+    diesel::update(top_ups::table.find(&row.id))
+        .set((top_ups::receipt_number.eq(receipt), top_ups::credited_entry_id.eq(posted.entry_id)))
+        .execute(tx)?;
+    tracing::info!(top_up_id = %row.id, %total, receipt, "top-up credited");
+    Ok(true)
+}
+
+/// `POST /v1/admin/top-ups/{id}/settle`: an operator confirms the payment of
+/// a manual order. Runs inside the idempotent request's transaction.
+pub fn settle_manual(
+    tx: &mut DbConn,
+    ctx: &Ctx,
+    operator: &Caller,
+    id: &str,
+    request: &RequestKey,
+) -> ServiceResult<Outcome<TopUp>> {
+    let row = load(tx, id)?;
+    if row.method != "manual" {
+        return Err(ServiceError::Conflict {
+            kind: "not_manual",
+            message: "this top-up is paid through Stripe Checkout and settles by its webhook".into(),
+        });
+    }
+    if !credit(tx, ctx, &row, &operator.id, Some(request.as_str()))? {
+        return Err(ServiceError::Conflict {
+            kind: "top_up_not_pending",
+            message: format!("top-up {id} is {}, not pending", row.status),
+        });
+    }
+    diesel::update(top_ups::table.find(id)).set(top_ups::settled_by.eq(&operator.id)).execute(tx)?;
+    Ok(view(load(tx, id)?).into())
+}
+
+fn neg(c: Credits) -> ServiceResult<Credits> {
+    c.checked_neg().ok_or_else(|| ServiceError::Internal("amount out of range".into()))
+}
+
+/// What became of a webhook event (recorded, and logged).
+pub type EventOutcome = &'static str;
+
+/// Processes one verified Stripe event exactly once. Unknown types are
+/// acknowledged and ignored.
+pub fn handle_event(conn: &mut DbConn, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+    db::write_tx(conn, |tx| {
+        // Record the event first: a second delivery (even a concurrent one,
+        // which waits on the first's row) stops here.
+        let inserted = tx.transaction(|c| {
+            diesel::insert_into(stripe_events::table)
+                .values((
+                    stripe_events::id.eq(&event.id),
+                    stripe_events::event_type.eq(&event.kind),
+                    stripe_events::outcome.eq("processing"),
+                    stripe_events::received_at.eq(db::now()),
+                ))
+                .execute(c)
+        });
+        match inserted {
+            Ok(_) => {}
+            Err(e) if db::is_unique_violation(&e) => return Ok("duplicate"),
+            Err(e) => return Err(e.into()),
+        }
+        let outcome = dispatch(tx, ctx, event)?;
+        diesel::update(stripe_events::table.find(&event.id))
+            .set(stripe_events::outcome.eq(outcome))
+            .execute(tx)?;
+        Ok(outcome)
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(event: &Event) -> ServiceResult<T> {
+    serde_json::from_value(event.data.object.clone()).map_err(|e| {
+        ServiceError::Validation(format!("event {} ({}): unreadable object: {e}", event.id, event.kind))
+    })
+}
+
+fn dispatch(tx: &mut DbConn, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+    match event.kind.as_str() {
+        "checkout.session.completed" => {
+            let s: CheckoutSession = parse(event)?;
+            if s.mode.as_deref() == Some("subscription") {
+                return Ok("ignored");
+            }
+            match s.payment_status.as_str() {
+                "paid" => session_paid(tx, ctx, &s, &event.id),
+                _ => session_seen(tx, &s),
+            }
+        }
+        "checkout.session.async_payment_succeeded" => {
+            let s: CheckoutSession = parse(event)?;
+            session_paid(tx, ctx, &s, &event.id)
+        }
+        "checkout.session.async_payment_failed" => {
+            let s: CheckoutSession = parse(event)?;
+            let Some(row) = order_of_session(tx, &s)? else { return Ok("unknown_top_up") };
+            let n = diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(PENDING)))
+                .set((top_ups::status.eq(FAILED), top_ups::updated_at.eq(db::now())))
+                .execute(tx)?;
+            Ok(if n == 1 { "failed" } else { "not_pending" })
+        }
+        "charge.refunded" => {
+            let c: StripeCharge = parse(event)?;
+            refund(tx, ctx, &c, &event.id)
+        }
+        "charge.dispute.created" => {
+            let d: Dispute = parse(event)?;
+            dispute_created(tx, ctx, &d, &event.id)
+        }
+        "charge.dispute.closed" => {
+            let d: Dispute = parse(event)?;
+            dispute_closed(tx, ctx, &d, &event.id)
+        }
+        _ => Ok("ignored"),
+    }
+}
+
+/// The order a Checkout Session pays for: by metadata, then client reference.
+fn order_of_session(tx: &mut DbConn, s: &CheckoutSession) -> ServiceResult<Option<TopUpRow>> {
+    let id = s
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("top_up_id").cloned())
+        .or_else(|| s.client_reference_id.clone());
+    let Some(id) = id else { return Ok(None) };
+    Ok(top_ups::table.find(&id).select(TopUpRow::as_select()).first(tx).optional()?)
+}
+
+/// Keeps the session's payment intent (an `unpaid` completion: the payment
+/// settles later).
+fn session_seen(tx: &mut DbConn, s: &CheckoutSession) -> ServiceResult<EventOutcome> {
+    let Some(row) = order_of_session(tx, s)? else { return Ok("unknown_top_up") };
+    remember_payment_intent(tx, &row, s)?;
+    Ok("awaiting_payment")
+}
+
+fn remember_payment_intent(tx: &mut DbConn, row: &TopUpRow, s: &CheckoutSession) -> ServiceResult<()> {
+    if let Some(pi) = &s.payment_intent {
+        diesel::update(top_ups::table.find(&row.id))
+            .set(top_ups::payment_intent_id.eq(pi.id()))
+            .execute(tx)?;
+    }
+    Ok(())
+}
+
+fn session_paid(
+    tx: &mut DbConn,
+    ctx: &Ctx,
+    s: &CheckoutSession,
+    event_id: &str,
+) -> ServiceResult<EventOutcome> {
+    let Some(row) = order_of_session(tx, s)? else {
+        tracing::warn!(session = %s.id, "paid Checkout Session for no known top-up");
+        return Ok("unknown_top_up");
+    };
+    let currency_ok = s.currency.as_deref().is_none_or(|c| c.eq_ignore_ascii_case(&row.currency));
+    if s.amount_total != Some(row.amount_cents) || !currency_ok {
+        tracing::error!(
+            top_up_id = %row.id,
+            expected_cents = row.amount_cents,
+            paid_cents = ?s.amount_total,
+            currency = ?s.currency,
+            "amount mismatch: the payment does not match the order; not credited"
+        );
+        return Ok("amount_mismatch");
+    }
+    remember_payment_intent(tx, &row, s)?;
+    let credited = credit(tx, ctx, &row, &format!("stripe:{event_id}"), None)?;
+    Ok(if credited { "credited" } else { "already_credited" })
+}
+
+fn order_of_payment(tx: &mut DbConn, payment_intent: Option<&str>) -> ServiceResult<Option<TopUpRow>> {
+    let Some(pi) = payment_intent else { return Ok(None) };
+    Ok(top_ups::table
+        .filter(top_ups::payment_intent_id.eq(pi))
+        .select(TopUpRow::as_select())
+        .first(tx)
+        .optional()?)
+}
+
+/// The share `part / whole` of `amount`, rounded down; all of it when
+/// `part >= whole`.
+fn share_of(amount: i64, part: i64, whole: i64) -> i64 {
+    if part >= whole {
+        return amount;
+    }
+    ((amount as i128 * part.max(0) as i128) / whole as i128) as i64
+}
+
+/// Posts a reversal of `credits` + `bonus` from the wallet (which may go
+/// below zero; it is then frozen).
+fn reverse(
+    tx: &mut DbConn,
+    ctx: &Ctx,
+    row: &TopUpRow,
+    kind: EntryKind,
+    credits: i64,
+    bonus: i64,
+    actor: &str,
+) -> ServiceResult<()> {
+    let total = Credits::from_micros(credits + bonus);
+    let mut legs = vec![row.wallet().leg(neg(total)?), ctx.platform.cash.leg(Credits::from_micros(credits))];
+    if bonus != 0 {
+        legs.push(ctx.platform.bonus_expense.leg(Credits::from_micros(bonus)));
+    }
+    let references = TransactionReferences {
+        top_up_id: Some(row.id.clone()),
+        pack_id: Some(row.pack_id.clone()),
+        ..Default::default()
+    };
+    let posted = ledger::post(
+        tx,
+        NewEntry {
+            kind,
+            legs,
+            overdraft: Overdraft::AllowForReversal,
+            reverses: row.credited_entry_id,
+            request_key: None,
+            actor: Some(actor),
+            memo: None,
+            metadata: serde_json::to_value(&references).unwrap_or_default(),
+        },
+    )?;
+    let balance = posted.leg_of(row.wallet_account_id).and_then(|l| l.balance_after).unwrap_or_default();
+    if balance.is_negative() {
+        freeze(tx, row.wallet_account_id)?;
+        tracing::warn!(wallet_id = %row.wallet_id, %balance, "wallet below zero after a reversal: frozen");
+    }
+    Ok(())
+}
+
+fn freeze(tx: &mut DbConn, account_id: i64) -> ServiceResult<()> {
+    diesel::update(accounts::table.find(account_id)).set(accounts::frozen.eq(true)).execute(tx)?;
+    Ok(())
+}
+
+/// `charge.refunded`: takes back the refunded share of what was credited
+/// (Stripe sends the cumulative `amount_refunded`, so a repeated or late
+/// event takes back nothing twice).
+fn refund(tx: &mut DbConn, ctx: &Ctx, c: &StripeCharge, event_id: &str) -> ServiceResult<EventOutcome> {
+    let Some(row) = order_of_payment(tx, c.payment_intent.as_ref().map(|p| p.id()))? else {
+        return Ok("unknown_top_up");
+    };
+    if row.credited_entry_id.is_none() {
+        return Ok("not_credited");
+    }
+    let refunded = c.amount_refunded.min(row.amount_cents);
+    if refunded <= row.refunded_cents {
+        return Ok("already_refunded");
+    }
+    let target_credits = share_of(row.credits, refunded, row.amount_cents);
+    let target_bonus = share_of(row.bonus_credits, refunded, row.amount_cents);
+    let credits = (target_credits - row.reversed_credits).max(0);
+    let bonus = (target_bonus - row.reversed_bonus).max(0);
+    if credits + bonus > 0 {
+        reverse(tx, ctx, &row, EntryKind::Refund, credits, bonus, &format!("stripe:{event_id}"))?;
+    }
+    let full = refunded >= row.amount_cents;
+    let status = if full && row.status != DISPUTED { REFUNDED } else { row.status.as_str() };
+    diesel::update(top_ups::table.find(&row.id))
+        .set((
+            top_ups::refunded_cents.eq(refunded),
+            top_ups::reversed_credits.eq(row.reversed_credits + credits),
+            top_ups::reversed_bonus.eq(row.reversed_bonus + bonus),
+            top_ups::status.eq(status),
+            top_ups::updated_at.eq(db::now()),
+        ))
+        .execute(tx)?;
+    Ok(if full { "refunded" } else { "partially_refunded" })
+}
+
+/// `charge.dispute.created`: takes back all that is still credited and
+/// freezes the wallet.
+fn dispute_created(tx: &mut DbConn, ctx: &Ctx, d: &Dispute, event_id: &str) -> ServiceResult<EventOutcome> {
+    let Some(row) = order_of_payment(tx, d.payment_intent.as_ref().map(|p| p.id()))? else {
+        return Ok("unknown_top_up");
+    };
+    if row.credited_entry_id.is_none() {
+        return Ok("not_credited");
+    }
+    if row.dispute_id.is_some() {
+        return Ok("already_disputed");
+    }
+    let credits = row.credits - row.reversed_credits;
+    let bonus = row.bonus_credits - row.reversed_bonus;
+    if credits + bonus > 0 {
+        reverse(tx, ctx, &row, EntryKind::Dispute, credits, bonus, &format!("stripe:{event_id}"))?;
+    }
+    freeze(tx, row.wallet_account_id)?;
+    diesel::update(top_ups::table.find(&row.id))
+        .set((
+            top_ups::status.eq(DISPUTED),
+            top_ups::dispute_id.eq(&d.id),
+            top_ups::disputed_credits.eq(credits),
+            top_ups::disputed_bonus.eq(bonus),
+            top_ups::reversed_credits.eq(row.credits),
+            top_ups::reversed_bonus.eq(row.bonus_credits),
+            top_ups::updated_at.eq(db::now()),
+        ))
+        .execute(tx)?;
+    tracing::warn!(top_up_id = %row.id, wallet_id = %row.wallet_id, "dispute opened: credits taken back, wallet frozen");
+    Ok("disputed")
+}
+
+/// `charge.dispute.closed`: when won, gives back what the dispute took. The
+/// wallet stays frozen until an operator unfreezes it.
+fn dispute_closed(tx: &mut DbConn, ctx: &Ctx, d: &Dispute, event_id: &str) -> ServiceResult<EventOutcome> {
+    let Some(row) = order_of_payment(tx, d.payment_intent.as_ref().map(|p| p.id()))? else {
+        return Ok("unknown_top_up");
+    };
+    if row.dispute_id.as_deref() != Some(d.id.as_str()) || row.status != DISPUTED {
+        return Ok("not_disputed");
+    }
+    if d.status != "won" {
+        return Ok("dispute_lost");
+    }
+    let (credits, bonus) = (row.disputed_credits, row.disputed_bonus);
+    let claimed = diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(DISPUTED)))
+        .set((
+            top_ups::status.eq(PAID),
+            top_ups::disputed_credits.eq(0),
+            top_ups::disputed_bonus.eq(0),
+            top_ups::reversed_credits.eq(row.reversed_credits - credits),
+            top_ups::reversed_bonus.eq(row.reversed_bonus - bonus),
+            top_ups::updated_at.eq(db::now()),
+        ))
+        .execute(tx)?;
+    if claimed == 1 && credits + bonus > 0 {
+        let total = Credits::from_micros(credits + bonus);
+        let mut legs =
+            vec![row.wallet().leg(total), ctx.platform.cash.leg(neg(Credits::from_micros(credits))?)];
+        if bonus != 0 {
+            legs.push(ctx.platform.bonus_expense.leg(neg(Credits::from_micros(bonus))?));
+        }
+        ledger::post(
+            tx,
+            NewEntry {
+                kind: EntryKind::DisputeWon,
+                legs,
+                overdraft: Overdraft::Refuse,
+                reverses: None,
+                request_key: None,
+                actor: Some(&format!("stripe:{event_id}")),
+                memo: Some("dispute won"),
+                metadata: serde_json::to_value(&TransactionReferences {
+                    top_up_id: Some(row.id.clone()),
+                    pack_id: Some(row.pack_id.clone()),
+                    ..Default::default()
+                })
+                .unwrap_or_default(),
+            },
+        )?;
+    }
+    Ok("dispute_won")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share_of;
+
+    #[test]
+    fn refund_shares_round_down_and_full_is_exact() {
+        assert_eq!(share_of(50_000_000, 200, 500), 20_000_000);
+        assert_eq!(share_of(50_000_000, 1, 3), 16_666_666);
+        assert_eq!(share_of(50_000_000, 500, 500), 50_000_000);
+        assert_eq!(share_of(50_000_000, 900, 500), 50_000_000);
+        assert_eq!(share_of(7, 0, 500), 0);
+    }
+}

@@ -1,0 +1,229 @@
+//! A local fake of the Stripe API for the tests: answers the endpoints tally
+//! calls with complete objects (Stripe's own examples from
+//! `tests/fixtures/stripe`, changed where a test cares), records every
+//! request with its idempotency key, honours Stripe's idempotency (the same
+//! key returns the same object), and fails on demand. Also builds signed
+//! webhook events.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde_json::{json, Value};
+
+pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
+pub const SECRET_KEY: &str = "sk_test_fake";
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/stripe/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("fixture JSON")
+}
+
+/// One request the fake received.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub path: String,
+    pub idempotency_key: Option<String>,
+    pub form: Vec<(String, String)>,
+}
+
+impl Recorded {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    requests: Mutex<Vec<Recorded>>,
+    /// Responses already given per idempotency key.
+    by_key: Mutex<HashMap<String, Value>>,
+    /// Fail this many next requests with a 500.
+    fail_next: AtomicUsize,
+    counter: AtomicUsize,
+}
+
+pub struct FakeStripe {
+    pub base_url: String,
+    state: Arc<State>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl FakeStripe {
+    pub async fn start() -> FakeStripe {
+        let state = Arc::new(State::default());
+        let data = web::Data::from(state.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server =
+            HttpServer::new(move || App::new().app_data(data.clone()).default_service(web::to(handle)))
+                .workers(1)
+                .disable_signals()
+                .listen(listener)
+                .unwrap()
+                .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        FakeStripe { base_url: format!("http://127.0.0.1:{port}"), state, handle }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
+        self.requests().into_iter().filter(|r| r.path == path).collect()
+    }
+
+    /// The next `n` requests get a Stripe API error (500).
+    pub fn fail_next(&self, n: usize) {
+        self.state.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Settings that point tally at this fake.
+    pub fn settings(&self, values: &mut std::collections::BTreeMap<String, String>) {
+        values.insert("STRIPE_SECRET_KEY".into(), SECRET_KEY.into());
+        values.insert("STRIPE_WEBHOOK_SECRET".into(), WEBHOOK_SECRET.into());
+        values.insert("STRIPE_API_BASE".into(), self.base_url.clone());
+    }
+}
+
+impl Drop for FakeStripe {
+    fn drop(&mut self) {
+        drop(self.handle.stop(false));
+    }
+}
+
+async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let key = req.headers().get("Idempotency-Key").and_then(|v| v.to_str().ok()).map(str::to_string);
+    state.requests.lock().unwrap().push(Recorded {
+        path: req.path().to_string(),
+        idempotency_key: key.clone(),
+        form: form.clone(),
+    });
+    if state.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+        return HttpResponse::InternalServerError().json(json!({
+            "error": {"type": "api_error", "message": "fake Stripe was told to fail"}
+        }));
+    }
+    if let Some(k) = &key {
+        if let Some(previous) = state.by_key.lock().unwrap().get(&format!("{} {k}", req.path())) {
+            return HttpResponse::Ok().json(previous);
+        }
+    }
+    let n = state.counter.fetch_add(1, Ordering::SeqCst) + 1;
+    let response = match (req.method().as_str(), req.path()) {
+        ("POST", "/v1/checkout/sessions") => checkout_session_from_form(&form, n),
+        _ => {
+            return HttpResponse::NotFound().json(json!({
+                "error": {"type": "invalid_request_error", "message": format!("no fake for {} {}", req.method(), req.path())}
+            }))
+        }
+    };
+    if let Some(k) = key {
+        state.by_key.lock().unwrap().insert(format!("{} {k}", req.path()), response.clone());
+    }
+    HttpResponse::Ok().json(response)
+}
+
+fn form_map(form: &[(String, String)], prefix: &str) -> serde_json::Map<String, Value> {
+    form.iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(prefix)
+                .and_then(|rest| rest.strip_prefix('['))
+                .and_then(|rest| rest.strip_suffix(']'))
+                .map(|name| (name.to_string(), json!(v)))
+        })
+        .collect()
+}
+
+fn param<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// A complete Checkout Session (Stripe's example) for the created session.
+fn checkout_session_from_form(form: &[(String, String)], n: usize) -> Value {
+    let unit: i64 =
+        param(form, "line_items[0][price_data][unit_amount]").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let quantity: i64 = param(form, "line_items[0][quantity]").and_then(|v| v.parse().ok()).unwrap_or(1);
+    let mut s = fixture("checkout_session");
+    let id = format!("cs_test_fake{n}");
+    s["id"] = json!(id);
+    s["url"] = json!(format!("https://checkout.stripe.test/c/pay/{id}"));
+    s["mode"] = json!(param(form, "mode").unwrap_or("payment"));
+    s["amount_total"] = json!(unit * quantity);
+    s["amount_subtotal"] = json!(unit * quantity);
+    s["currency"] = json!(param(form, "line_items[0][price_data][currency]").unwrap_or("usd"));
+    s["client_reference_id"] = json!(param(form, "client_reference_id"));
+    s["metadata"] = Value::Object(form_map(form, "metadata"));
+    s["success_url"] = json!(param(form, "success_url"));
+    s["cancel_url"] = json!(param(form, "cancel_url"));
+    s["payment_intent"] = json!(format!("pi_fake{n}"));
+    s["payment_status"] = json!("unpaid");
+    s["status"] = json!("open");
+    s
+}
+
+/// A Checkout Session as a webhook carries it, for the given top-up.
+pub fn session_event_object(
+    session_id: &str,
+    top_up_id: &str,
+    amount_cents: i64,
+    payment_status: &str,
+    payment_intent: &str,
+) -> Value {
+    let mut s = fixture("checkout_session");
+    s["id"] = json!(session_id);
+    s["mode"] = json!("payment");
+    s["amount_total"] = json!(amount_cents);
+    s["amount_subtotal"] = json!(amount_cents);
+    s["currency"] = json!("usd");
+    s["client_reference_id"] = json!(top_up_id);
+    s["metadata"] = json!({"top_up_id": top_up_id});
+    s["payment_intent"] = json!(payment_intent);
+    s["payment_status"] = json!(payment_status);
+    s["status"] = json!("complete");
+    s
+}
+
+/// A Charge as `charge.refunded` carries it.
+pub fn charge_object(payment_intent: &str, amount: i64, amount_refunded: i64) -> Value {
+    let mut c = fixture("charge");
+    c["id"] = json!(format!("ch_for_{payment_intent}"));
+    c["payment_intent"] = json!(payment_intent);
+    c["amount"] = json!(amount);
+    c["amount_captured"] = json!(amount);
+    c["amount_refunded"] = json!(amount_refunded);
+    c["refunded"] = json!(amount_refunded >= amount);
+    c["currency"] = json!("usd");
+    c
+}
+
+/// A Dispute as `charge.dispute.*` carries it.
+pub fn dispute_object(id: &str, payment_intent: &str, amount: i64, status: &str) -> Value {
+    let mut d = fixture("dispute");
+    d["id"] = json!(id);
+    d["charge"] = json!(format!("ch_for_{payment_intent}"));
+    d["payment_intent"] = json!(payment_intent);
+    d["amount"] = json!(amount);
+    d["status"] = json!(status);
+    d["currency"] = json!("usd");
+    d
+}
+
+/// A complete event envelope around `object`.
+pub fn event(id: &str, kind: &str, object: Value) -> String {
+    let mut e = fixture("event");
+    e["id"] = json!(id);
+    e["type"] = json!(kind);
+    e["created"] = json!(chrono::Utc::now().timestamp());
+    e["data"] = json!({"object": object});
+    e.to_string()
+}
+
+/// The `Stripe-Signature` header for `payload`, signed `age_secs` ago.
+pub fn signature(payload: &str, secret: &str, age_secs: i64) -> String {
+    tally::stripe::webhook::sign(payload.as_bytes(), secret, chrono::Utc::now().timestamp() - age_secs)
+}
