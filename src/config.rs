@@ -31,6 +31,8 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("TALLY_CREDIT_PACKS", None),
     ("TALLY_CHECKOUT_SUCCESS_URL", Some("http://localhost:3000/billing/success")),
     ("TALLY_CHECKOUT_CANCEL_URL", Some("http://localhost:3000/billing/cancel")),
+    ("TALLY_CONNECT_RETURN_URL", Some("http://localhost:3000/creator/payouts")),
+    ("TALLY_CONNECT_REFRESH_URL", Some("http://localhost:3000/creator/payouts/refresh")),
     ("STRIPE_SECRET_KEY", None),
     ("STRIPE_WEBHOOK_SECRET", None),
     ("STRIPE_API_BASE", None),
@@ -146,6 +148,10 @@ pub struct Settings {
     pub credit_packs: Vec<CreditPack>,
     pub checkout_success_url: String,
     pub checkout_cancel_url: String,
+    /// Where Stripe sends a creator back after Connect onboarding.
+    pub connect_return_url: String,
+    /// Where Stripe sends a creator whose onboarding link expired.
+    pub connect_refresh_url: String,
     pub stripe: Option<StripeSettings>,
     /// Checks webhook signatures; may be set without a secret key.
     pub stripe_webhook_secret: Option<String>,
@@ -267,6 +273,8 @@ impl Settings {
         };
         let checkout_success_url = get("TALLY_CHECKOUT_SUCCESS_URL").unwrap_or_default();
         let checkout_cancel_url = get("TALLY_CHECKOUT_CANCEL_URL").unwrap_or_default();
+        let connect_return_url = get("TALLY_CONNECT_RETURN_URL").unwrap_or_default();
+        let connect_refresh_url = get("TALLY_CONNECT_REFRESH_URL").unwrap_or_default();
 
         Ok(Settings {
             database,
@@ -285,6 +293,8 @@ impl Settings {
             credit_packs,
             checkout_success_url,
             checkout_cancel_url,
+            connect_return_url,
+            connect_refresh_url,
             stripe,
             stripe_webhook_secret,
         })

@@ -87,9 +87,11 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until stopped, running the periodic maintenance beside it:
-    /// the earnings settlement sweep and the purge of expired idempotency
-    /// keys. Every instance runs both; both are safe to run concurrently.
+    /// Serves until stopped, running the periodic maintenance beside it (at
+    /// once, then every `TALLY_SETTLEMENT_SWEEP`): recovery of payouts left
+    /// unsent, the earnings settlement sweep, and the purge of expired
+    /// idempotency keys. Every instance runs them; all are safe to run
+    /// concurrently.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let state = self.state.clone();
         let maintenance = tokio::spawn(async move {
@@ -100,6 +102,11 @@ impl Application {
                 let purge = last_purge.elapsed() >= PURGE_EVERY;
                 if purge {
                     last_purge = Instant::now();
+                }
+                match crate::api::payouts::recover_unsent(&state).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(payouts = n, "unsent payouts sent by recovery"),
+                    Err(e) => tracing::warn!(error = %e, "payout recovery failed"),
                 }
                 let state = state.clone();
                 let done = web::block(move || -> Result<(usize, usize), String> {

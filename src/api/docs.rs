@@ -29,6 +29,7 @@ use crate::error::{ErrorBody, ErrorResponse};
         (name = "charges", description = "Quotes and message charges"),
         (name = "earnings", description = "Creator earnings"),
         (name = "top-ups", description = "Credit packs and top-ups"),
+        (name = "payouts", description = "Creator payouts through Stripe Connect"),
         (name = "webhooks", description = "Events from Stripe"),
         (name = "admin", description = "Operator endpoints (roles: [admin])"),
     )

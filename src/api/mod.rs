@@ -10,6 +10,7 @@ pub mod health;
 pub mod me;
 pub mod models;
 pub mod orgs;
+pub mod payouts;
 pub mod topups;
 pub mod wallets;
 
@@ -47,6 +48,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
     agents::configure(cfg);
     earnings::configure(cfg);
     topups::configure(cfg);
+    payouts::configure(cfg);
     admin::configure(cfg);
 }
 

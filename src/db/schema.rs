@@ -205,6 +205,37 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    payout_accounts (org_id) {
+        org_id -> Text,
+        stripe_account_id -> Text,
+        payouts_enabled -> Bool,
+        details_submitted -> Bool,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    payouts (id) {
+        id -> Text,
+        org_id -> Text,
+        stripe_account_id -> Text,
+        amount -> BigInt,
+        usd_cents -> BigInt,
+        status -> Text,
+        request_key -> Nullable<Text>,
+        requested_by -> Text,
+        transfer_id -> Nullable<Text>,
+        stripe_payout_id -> Nullable<Text>,
+        failure_reason -> Nullable<Text>,
+        send_attempts -> Integer,
+        send_lease_until -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(org_members -> orgs (org_id));
 diesel::joinable!(agents -> models (model_id));
 diesel::joinable!(postings -> journal_entries (entry_id));
@@ -227,4 +258,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     top_ups,
     receipt_counter,
     stripe_events,
+    payout_accounts,
+    payouts,
 );

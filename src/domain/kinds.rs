@@ -134,11 +134,12 @@ pub enum EntryKind {
     DisputeWon,
     EarningsSettlement,
     Payout,
+    PayoutPaid,
     PayoutReversal,
 }
 
 impl EntryKind {
-    pub const ALL: [EntryKind; 10] = [
+    pub const ALL: [EntryKind; 11] = [
         EntryKind::Adjustment,
         EntryKind::Charge,
         EntryKind::FreeMessage,
@@ -148,6 +149,7 @@ impl EntryKind {
         EntryKind::DisputeWon,
         EntryKind::EarningsSettlement,
         EntryKind::Payout,
+        EntryKind::PayoutPaid,
         EntryKind::PayoutReversal,
     ];
 
@@ -162,6 +164,7 @@ impl EntryKind {
             EntryKind::DisputeWon => "dispute_won",
             EntryKind::EarningsSettlement => "earnings_settlement",
             EntryKind::Payout => "payout",
+            EntryKind::PayoutPaid => "payout_paid",
             EntryKind::PayoutReversal => "payout_reversal",
         }
     }

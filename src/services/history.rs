@@ -56,7 +56,7 @@ pub struct Transaction {
     /// `txn_` id; pass it as `starting_after` to get the next page.
     pub id: String,
     /// `adjustment`, `charge`, `free_message`, `top_up`, `refund`, `dispute`,
-    /// `dispute_won`, `earnings_settlement`, `payout`, `payout_reversal`.
+    /// `dispute_won`, `earnings_settlement`, `payout`, `payout_paid`, `payout_reversal`.
     #[serde(rename = "type")]
     pub kind: String,
     /// Signed amount in credits: negative leaves the account.

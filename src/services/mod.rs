@@ -10,6 +10,7 @@ pub mod history;
 pub mod idempotency;
 pub mod models;
 pub mod orgs;
+pub mod payouts;
 pub mod people;
 pub mod reports;
 pub mod topups;

@@ -1,4 +1,4 @@
-//! Top-ups (SPEC 5): payment orders for credit packs, paid through Stripe
+//! Top-ups (SPEC 5), and the dispatch of every Stripe event: payment orders for credit packs, paid through Stripe
 //! Checkout or settled by an operator; refunds and disputes taken back by
 //! reversing entries; gap-free receipt numbers.
 //!
@@ -16,6 +16,7 @@ use utoipa::ToSchema;
 
 use super::history::TransactionReferences;
 use super::idempotency::{Outcome, RequestKey};
+use super::payouts;
 use super::wallets::{load_for, Access};
 use super::{Caller, Ctx, ServiceError, ServiceResult};
 use crate::config::CreditPack;
@@ -24,7 +25,9 @@ use crate::db::{self, DbConn};
 use crate::domain::ids::new_id;
 use crate::domain::{AccountKind, Credits, EntryKind, UsdCents};
 use crate::ledger::{self, AccountRef, NewEntry, Overdraft};
-use crate::stripe::webhook::{Charge as StripeCharge, CheckoutSession, Dispute, Event};
+use crate::stripe::webhook::{
+    Account, BankPayout, Charge as StripeCharge, CheckoutSession, Dispute, Event, Transfer,
+};
 use crate::stripe::{SessionRef, TopUpCheckout};
 
 /// A credit pack on sale.
@@ -417,6 +420,28 @@ fn dispatch(tx: &mut DbConn, ctx: &Ctx, event: &Event) -> ServiceResult<EventOut
         "charge.dispute.closed" => {
             let d: Dispute = parse(event)?;
             dispute_closed(tx, ctx, &d, &event.id)
+        }
+        "account.updated" => {
+            let a: Account = parse(event)?;
+            payouts::account_updated(
+                tx,
+                &a.id,
+                a.payouts_enabled.unwrap_or(false),
+                a.details_submitted.unwrap_or(false),
+            )
+        }
+        "transfer.reversed" => {
+            let t: Transfer = parse(event)?;
+            payouts::transfer_reversed(tx, ctx, &t.id)
+        }
+        "payout.paid" | "payout.failed" => {
+            let p: BankPayout = parse(event)?;
+            let Some(account) = event.account.as_deref() else { return Ok("not_a_connected_account") };
+            if event.kind == "payout.paid" {
+                payouts::bank_payout_paid(tx, ctx, account, &p.id)
+            } else {
+                payouts::bank_payout_failed(tx, ctx, account, &p.id)
+            }
         }
         _ => Ok("ignored"),
     }

@@ -34,9 +34,43 @@ pub struct TopUpCheckout {
     pub cancel_url: String,
 }
 
+/// Why a Stripe call did not succeed.
 #[derive(Debug, thiserror::Error)]
-#[error("Stripe call failed: {0}")]
-pub struct StripeCallError(pub String);
+pub enum StripeCallError {
+    /// Stripe answered and refused (a 4xx other than 409/429): retrying the
+    /// same request cannot succeed.
+    #[error("Stripe refused the request ({status}): {message}")]
+    Refused { status: u16, message: String },
+    /// No answer, a 5xx, 409 or 429: the outcome is unknown, retry with the
+    /// same idempotency key.
+    #[error("Stripe could not be reached: {0}")]
+    Unavailable(String),
+}
+
+impl From<::stripe::StripeError> for StripeCallError {
+    fn from(e: ::stripe::StripeError) -> Self {
+        match e {
+            ::stripe::StripeError::Stripe(errors, status)
+                if (400..500).contains(&status) && status != 409 && status != 429 =>
+            {
+                StripeCallError::Refused { status, message: errors.message.clone().unwrap_or_default() }
+            }
+            other => StripeCallError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+fn idempotency_key(key: &str) -> Result<::stripe::IdempotencyKey, StripeCallError> {
+    ::stripe::IdempotencyKey::new(key).map_err(|e| StripeCallError::Unavailable(e.to_string()))
+}
+
+/// A creator's connected account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectedAccount {
+    pub id: String,
+    pub payouts_enabled: bool,
+    pub details_submitted: bool,
+}
 
 /// The Stripe API client.
 #[derive(Clone)]
@@ -72,8 +106,7 @@ impl StripeGateway {
         item.quantity = Some(1);
         let mut intent = CreateCheckoutSessionPaymentIntentData::new();
         intent.metadata = Some(metadata.clone());
-        let key =
-            ::stripe::IdempotencyKey::new(&order.top_up_id).map_err(|e| StripeCallError(e.to_string()))?;
+        let key = idempotency_key(&order.top_up_id)?;
         let session = CreateCheckoutSession::new()
             .mode(stripe_shared::CheckoutSessionMode::Payment)
             .line_items(vec![item])
@@ -85,12 +118,72 @@ impl StripeGateway {
             .customize()
             .request_strategy(::stripe::RequestStrategy::Idempotent(key))
             .send(&self.client)
-            .await
-            .map_err(|e| StripeCallError(e.to_string()))?;
+            .await?;
         Ok(SessionRef {
             id: session.id.to_string(),
             url: session.url,
             payment_intent: session.payment_intent.map(|p| p.id().to_string()),
         })
+    }
+
+    /// Creates the Express account of an organization (once: the org id is
+    /// the idempotency key).
+    pub async fn create_express_account(&self, org_id: &str) -> Result<ConnectedAccount, StripeCallError> {
+        use stripe_connect::account::{CreateAccount, CreateAccountType};
+        let metadata: HashMap<String, String> =
+            [("org_id".to_string(), org_id.to_string())].into_iter().collect();
+        let account = CreateAccount::new()
+            .type_(CreateAccountType::Express)
+            .metadata(metadata)
+            .customize()
+            .request_strategy(::stripe::RequestStrategy::Idempotent(idempotency_key(&format!(
+                "account-{org_id}"
+            ))?))
+            .send(&self.client)
+            .await?;
+        Ok(ConnectedAccount {
+            id: account.id.to_string(),
+            payouts_enabled: account.payouts_enabled.unwrap_or(false),
+            details_submitted: account.details_submitted.unwrap_or(false),
+        })
+    }
+
+    /// A fresh onboarding link for a connected account.
+    pub async fn create_onboarding_link(
+        &self,
+        account_id: &str,
+        refresh_url: &str,
+        return_url: &str,
+    ) -> Result<String, StripeCallError> {
+        use stripe_connect::account_link::{CreateAccountLink, CreateAccountLinkType};
+        let link = CreateAccountLink::new(account_id, CreateAccountLinkType::AccountOnboarding)
+            .refresh_url(refresh_url)
+            .return_url(return_url)
+            .send(&self.client)
+            .await?;
+        Ok(link.url)
+    }
+
+    /// Sends `cents` USD to a connected account. The payout id is the
+    /// idempotency key: however often this is retried, Stripe makes one
+    /// transfer.
+    pub async fn create_transfer(
+        &self,
+        payout_id: &str,
+        account_id: &str,
+        cents: i64,
+    ) -> Result<String, StripeCallError> {
+        use stripe_connect::transfer::CreateTransfer;
+        let metadata: HashMap<String, String> =
+            [("payout_id".to_string(), payout_id.to_string())].into_iter().collect();
+        let transfer = CreateTransfer::new(stripe_types::Currency::USD, account_id)
+            .amount(cents)
+            .transfer_group(payout_id)
+            .metadata(metadata)
+            .customize()
+            .request_strategy(::stripe::RequestStrategy::Idempotent(idempotency_key(payout_id)?))
+            .send(&self.client)
+            .await?;
+        Ok(transfer.id.to_string())
     }
 }

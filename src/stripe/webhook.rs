@@ -131,6 +131,28 @@ pub struct Dispute {
     pub currency: String,
 }
 
+/// The fields of a connected Account tally reads.
+#[derive(Debug, Deserialize)]
+pub struct Account {
+    pub id: String,
+    #[serde(default)]
+    pub payouts_enabled: Option<bool>,
+    #[serde(default)]
+    pub details_submitted: Option<bool>,
+}
+
+/// The fields of a Transfer tally reads.
+#[derive(Debug, Deserialize)]
+pub struct Transfer {
+    pub id: String,
+}
+
+/// The fields of a bank Payout (of a connected account) tally reads.
+#[derive(Debug, Deserialize)]
+pub struct BankPayout {
+    pub id: String,
+}
+
 /// A reference Stripe sends as an id, or as the expanded object.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]

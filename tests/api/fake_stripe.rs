@@ -39,8 +39,9 @@ struct State {
     requests: Mutex<Vec<Recorded>>,
     /// Responses already given per idempotency key.
     by_key: Mutex<HashMap<String, Value>>,
-    /// Fail this many next requests with a 500.
+    /// Fail this many next requests, with `fail_status`.
     fail_next: AtomicUsize,
+    fail_status: std::sync::atomic::AtomicU16,
     counter: AtomicUsize,
 }
 
@@ -76,9 +77,20 @@ impl FakeStripe {
         self.requests().into_iter().filter(|r| r.path == path).collect()
     }
 
-    /// The next `n` requests get a Stripe API error (500).
+    /// The next `n` requests get a Stripe API error (500: outcome unknown).
     pub fn fail_next(&self, n: usize) {
+        self.fail_next_with(n, 500);
+    }
+
+    /// The next `n` requests get an error with this status (e.g. 400: refused).
+    pub fn fail_next_with(&self, n: usize, status: u16) {
+        self.state.fail_status.store(status, Ordering::SeqCst);
         self.state.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Distinct idempotency keys the fake saw on `path`.
+    pub fn idempotency_keys(&self, path: &str) -> std::collections::HashSet<String> {
+        self.requests_to(path).into_iter().filter_map(|r| r.idempotency_key).collect()
     }
 
     /// Settings that point tally at this fake.
@@ -104,8 +116,11 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
         form: form.clone(),
     });
     if state.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
-        return HttpResponse::InternalServerError().json(json!({
-            "error": {"type": "api_error", "message": "fake Stripe was told to fail"}
+        let status = actix_web::http::StatusCode::from_u16(state.fail_status.load(Ordering::SeqCst))
+            .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let kind = if status.is_server_error() { "api_error" } else { "invalid_request_error" };
+        return HttpResponse::build(status).json(json!({
+            "error": {"type": kind, "message": "fake Stripe was told to fail"}
         }));
     }
     if let Some(k) = &key {
@@ -116,6 +131,34 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
     let n = state.counter.fetch_add(1, Ordering::SeqCst) + 1;
     let response = match (req.method().as_str(), req.path()) {
         ("POST", "/v1/checkout/sessions") => checkout_session_from_form(&form, n),
+        ("POST", "/v1/accounts") => {
+            let mut a = fixture("account");
+            a["id"] = json!(format!("acct_fake{n}"));
+            a["type"] = json!("express");
+            a["payouts_enabled"] = json!(false);
+            a["details_submitted"] = json!(false);
+            a["charges_enabled"] = json!(false);
+            a["metadata"] = Value::Object(form_map(&form, "metadata"));
+            a
+        }
+        ("POST", "/v1/account_links") => {
+            let mut l = fixture("account_link");
+            l["url"] = json!(format!(
+                "https://connect.stripe.test/setup/e/{}/{n}",
+                param(&form, "account").unwrap_or("acct_unknown")
+            ));
+            l
+        }
+        ("POST", "/v1/transfers") => {
+            let mut t = fixture("transfer");
+            t["id"] = json!(format!("tr_fake{n}"));
+            t["amount"] = json!(param(&form, "amount").and_then(|a| a.parse::<i64>().ok()).unwrap_or(0));
+            t["currency"] = json!(param(&form, "currency").unwrap_or("usd"));
+            t["destination"] = json!(param(&form, "destination"));
+            t["transfer_group"] = json!(param(&form, "transfer_group"));
+            t["metadata"] = Value::Object(form_map(&form, "metadata"));
+            t
+        }
         _ => {
             return HttpResponse::NotFound().json(json!({
                 "error": {"type": "invalid_request_error", "message": format!("no fake for {} {}", req.method(), req.path())}
@@ -211,6 +254,38 @@ pub fn dispute_object(id: &str, payment_intent: &str, amount: i64, status: &str)
     d["status"] = json!(status);
     d["currency"] = json!("usd");
     d
+}
+
+/// An Account as `account.updated` carries it.
+pub fn account_object(id: &str, payouts_enabled: bool) -> Value {
+    let mut a = fixture("account");
+    a["id"] = json!(id);
+    a["payouts_enabled"] = json!(payouts_enabled);
+    a["details_submitted"] = json!(payouts_enabled);
+    a
+}
+
+/// A Transfer as `transfer.reversed` carries it.
+pub fn transfer_object(id: &str) -> Value {
+    let mut t = fixture("transfer");
+    t["id"] = json!(id);
+    t["reversed"] = json!(true);
+    t
+}
+
+/// A bank payout of a connected account (`payout.paid` / `payout.failed`).
+pub fn bank_payout_object(id: &str, status: &str) -> Value {
+    let mut p = fixture("payout");
+    p["id"] = json!(id);
+    p["status"] = json!(status);
+    p
+}
+
+/// An event about a connected account.
+pub fn connect_event(id: &str, kind: &str, account: &str, object: Value) -> String {
+    let mut e: Value = serde_json::from_str(&event(id, kind, object)).unwrap();
+    e["account"] = json!(account);
+    e.to_string()
 }
 
 /// A complete event envelope around `object`.

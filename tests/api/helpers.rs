@@ -46,6 +46,8 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub pool: Pool,
+    /// The settings the server was started with.
+    pub settings: BTreeMap<String, String>,
     handle: actix_web::dev::ServerHandle,
     pg_cleanup: Option<(String, String)>,
     _dir: Option<tempfile::TempDir>,
@@ -125,6 +127,7 @@ impl TestApp {
         let mut values = base_settings(&url);
         adjust(&mut values);
         let settings = Settings::from_values(&values).expect("settings");
+        let kept = values.clone();
         let app = Application::build(settings).expect("application starts");
         let address = format!("http://127.0.0.1:{}", app.port());
         let pool = app.pool();
@@ -138,6 +141,7 @@ impl TestApp {
                 .build()
                 .expect("client"),
             pool,
+            settings: kept,
             handle,
             pg_cleanup,
             _dir: dir,
@@ -229,6 +233,20 @@ impl TestApp {
         let (status, w) = self.get(&format!("/v1/wallets/{wallet_id}"), token).await;
         assert_eq!(status, 200, "{w}");
         w["balance"].as_str().expect("balance").to_string()
+    }
+
+    /// The server's state, for calling what it runs in the background
+    /// (e.g. payout recovery) from a test.
+    pub fn state(&self) -> actix_web::web::Data<tally::api::AppState> {
+        let settings = Settings::from_values(&self.settings).expect("settings");
+        let stripe =
+            settings.stripe.as_ref().map(|s| tally::stripe::StripeGateway::new(s).expect("stripe client"));
+        let platform = tally::ledger::PlatformAccounts::ensure(&mut self.conn()).expect("platform accounts");
+        actix_web::web::Data::new(tally::api::AppState {
+            pool: self.pool.clone(),
+            ctx: tally::services::Ctx { settings: std::sync::Arc::new(settings), platform },
+            stripe,
+        })
     }
 
     pub fn conn(&self) -> tally::db::PooledConn {

@@ -13,5 +13,6 @@ mod ledger;
 mod migrations;
 mod openapi;
 mod orgs;
+mod payouts;
 mod topups;
 mod wallets;

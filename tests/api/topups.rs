@@ -99,7 +99,7 @@ fn paid_event(
     kind: &str,
     status: &str,
 ) -> String {
-    let cents = (top_up["amount_usd"].as_str().unwrap().parse::<f64>().unwrap() * 100.0).round() as i64;
+    let cents: i64 = top_up["amount_usd"].as_str().unwrap().replace('.', "").parse().unwrap();
     let object =
         fake::session_event_object(session_id, top_up["id"].as_str().unwrap(), cents, status, payment_intent);
     fake::event(event_id, kind, object)

@@ -1,0 +1,607 @@
+//! Creator payouts (SPEC 6) through Stripe Connect.
+//!
+//! Record first, call after, reconcile what is stuck: a payout request moves
+//! the amount from available to in-payout earnings and records the payout
+//! (`pending`) in one transaction; the Stripe Transfer is sent afterwards
+//! with the payout id as Stripe idempotency key. A send lease on the payout
+//! row makes sure one sender at a time (the request, or a recovery sweep on
+//! any instance) calls Stripe; a payout left `pending` by a crash is sent
+//! again by recovery, and Stripe's idempotency makes that the same transfer.
+//!
+//! Outcomes: transfer created -> `in_transit`; Stripe refuses -> `failed`
+//! and the amount returns to available by a reversing entry; `transfer.
+//! reversed` -> the same; `payout.paid` on the connected account -> `paid`
+//! (in-payout -> the platform's `payouts` account); `payout.failed`
+//! afterwards -> `failed`, the money returned once.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::earnings::settle_due;
+use super::history::TransactionReferences;
+use super::idempotency::{Outcome, RequestKey};
+use super::orgs::role_in;
+use super::{Caller, Ctx, ServiceError, ServiceResult};
+use crate::db::schema::{payout_accounts, payouts};
+use crate::db::{self, DbConn};
+use crate::domain::ids::new_id;
+use crate::domain::{AccountKind, Credits, EntryKind, OrgRole, OwnerType, UsdCents};
+use crate::ledger::{self, AccountRef, LedgerError, NewEntry, Overdraft};
+use crate::stripe::ConnectedAccount;
+
+/// How long a sender holds a payout before another may send it.
+const SEND_LEASE_SECS: i64 = 60;
+
+/// An organization's Stripe Connect account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PayoutAccount {
+    pub org_id: String,
+    /// The Stripe account id (`acct_...`).
+    pub account_id: String,
+    /// Stripe allows payouts to it (onboarding finished and verified).
+    pub payouts_enabled: bool,
+    /// The creator has submitted their details.
+    pub details_submitted: bool,
+    /// A fresh onboarding link (only in the answer to `PUT`).
+    pub onboarding_url: Option<String>,
+}
+
+/// A payout of creator earnings.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Payout {
+    /// `pay_` id; also the Stripe idempotency key of its transfer.
+    pub id: String,
+    pub org_id: String,
+    /// `pending` (recorded, transfer not yet confirmed), `in_transit`, `paid` or `failed`.
+    pub status: String,
+    /// Credits taken from available earnings.
+    #[schema(value_type = String, example = "100")]
+    pub amount: Credits,
+    /// USD sent (credits x credit value, rounded down to the cent).
+    #[schema(value_type = String, example = "10.00")]
+    pub usd: UsdCents,
+    pub transfer_id: Option<String>,
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Payouts, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PayoutList {
+    pub data: Vec<Payout>,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = payouts)]
+pub struct PayoutRow {
+    pub id: String,
+    pub org_id: String,
+    pub stripe_account_id: String,
+    pub amount: i64,
+    pub usd_cents: i64,
+    pub status: String,
+    pub request_key: Option<String>,
+    pub requested_by: String,
+    pub transfer_id: Option<String>,
+    pub stripe_payout_id: Option<String>,
+    pub failure_reason: Option<String>,
+    pub send_attempts: i32,
+    pub send_lease_until: Option<NaiveDateTime>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = payout_accounts)]
+pub struct PayoutAccountRow {
+    pub org_id: String,
+    pub stripe_account_id: String,
+    pub payouts_enabled: bool,
+    pub details_submitted: bool,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+const PENDING: &str = "pending";
+const IN_TRANSIT: &str = "in_transit";
+const PAID: &str = "paid";
+const FAILED: &str = "failed";
+
+pub fn view(row: PayoutRow) -> Payout {
+    Payout {
+        id: row.id,
+        org_id: row.org_id,
+        status: row.status,
+        amount: Credits::from_micros(row.amount),
+        usd: UsdCents::new(row.usd_cents),
+        transfer_id: row.transfer_id,
+        failure_reason: row.failure_reason,
+        created_at: row.created_at.and_utc(),
+        updated_at: row.updated_at.and_utc(),
+    }
+}
+
+/// Payouts are the owners' business: a plain member or admin is refused
+/// (403), a non-member sees nothing (404).
+pub fn require_owner(conn: &mut DbConn, org_id: &str, user_id: &str) -> ServiceResult<()> {
+    match role_in(conn, org_id, user_id)? {
+        OrgRole::Owner => Ok(()),
+        _ => Err(ServiceError::Forbidden("only an owner of the organization may manage payouts".into())),
+    }
+}
+
+pub fn find_account(conn: &mut DbConn, org_id: &str) -> ServiceResult<Option<PayoutAccountRow>> {
+    Ok(payout_accounts::table.find(org_id).select(PayoutAccountRow::as_select()).first(conn).optional()?)
+}
+
+fn account_view(row: PayoutAccountRow, onboarding_url: Option<String>) -> PayoutAccount {
+    PayoutAccount {
+        org_id: row.org_id,
+        account_id: row.stripe_account_id,
+        payouts_enabled: row.payouts_enabled,
+        details_submitted: row.details_submitted,
+        onboarding_url,
+    }
+}
+
+/// `GET /v1/orgs/{id}/payout-account`.
+pub fn get_payout_account(conn: &mut DbConn, caller: &Caller, org_id: &str) -> ServiceResult<PayoutAccount> {
+    require_owner(conn, org_id, &caller.id)?;
+    let row = find_account(conn, org_id)?.ok_or(ServiceError::NotFound("payout account"))?;
+    Ok(account_view(row, None))
+}
+
+/// Keeps the connected account created for an organization (the first one
+/// wins if two requests raced; Stripe's idempotency made them the same).
+pub fn save_account(
+    conn: &mut DbConn,
+    org_id: &str,
+    account: &ConnectedAccount,
+) -> ServiceResult<PayoutAccountRow> {
+    db::write_tx(conn, |tx| {
+        if find_account(tx, org_id)?.is_none() {
+            let now = db::now();
+            diesel::insert_into(payout_accounts::table)
+                .values((
+                    payout_accounts::org_id.eq(org_id),
+                    payout_accounts::stripe_account_id.eq(&account.id),
+                    payout_accounts::payouts_enabled.eq(account.payouts_enabled),
+                    payout_accounts::details_submitted.eq(account.details_submitted),
+                    payout_accounts::created_at.eq(now),
+                    payout_accounts::updated_at.eq(now),
+                ))
+                .execute(tx)?;
+        }
+        find_account(tx, org_id)?.ok_or(ServiceError::NotFound("payout account"))
+    })
+}
+
+pub fn account_with_link(row: PayoutAccountRow, url: String) -> PayoutAccount {
+    account_view(row, Some(url))
+}
+
+/// `account.updated`: keeps `payouts_enabled` and `details_submitted` current.
+pub fn account_updated(
+    tx: &mut DbConn,
+    account_id: &str,
+    payouts_enabled: bool,
+    details_submitted: bool,
+) -> ServiceResult<&'static str> {
+    let n = diesel::update(payout_accounts::table.filter(payout_accounts::stripe_account_id.eq(account_id)))
+        .set((
+            payout_accounts::payouts_enabled.eq(payouts_enabled),
+            payout_accounts::details_submitted.eq(details_submitted),
+            payout_accounts::updated_at.eq(db::now()),
+        ))
+        .execute(tx)?;
+    Ok(if n == 1 { "account_updated" } else { "unknown_account" })
+}
+
+fn org_account(tx: &mut DbConn, org_id: &str, kind: AccountKind) -> ServiceResult<AccountRef> {
+    Ok(ledger::ensure_account(tx, OwnerType::Org, org_id, kind, None)?)
+}
+
+/// The USD cents of `amount` credits (rounded down) and the credits those
+/// cents are worth (rounded up to the micro-credit, so never more than
+/// `amount`): the sub-cent rest stays available.
+pub fn to_cents(amount: Credits, usd_per_credit: Decimal) -> (i64, Credits) {
+    let cents = (amount.to_decimal() * usd_per_credit * Decimal::ONE_HUNDRED).floor().to_i64().unwrap_or(0);
+    if cents <= 0 {
+        return (0, Credits::ZERO);
+    }
+    let micros = (Decimal::from(cents) * Decimal::from(1_000_000) / (usd_per_credit * Decimal::ONE_HUNDRED))
+        .ceil()
+        .to_i64()
+        .unwrap_or(0);
+    (cents, Credits::from_micros(micros.min(amount.micros())))
+}
+
+fn load(conn: &mut DbConn, id: &str) -> ServiceResult<PayoutRow> {
+    payouts::table
+        .find(id)
+        .select(PayoutRow::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(ServiceError::NotFound("payout"))
+}
+
+/// First step of `POST /v1/orgs/{id}/payouts`: checks, moves the amount to
+/// in-payout and records the payout, holding its send lease. Found again
+/// when the same request is retried; the flag says whether it is new (and
+/// so its lease is the caller's).
+pub fn record_payout(
+    conn: &mut DbConn,
+    ctx: &Ctx,
+    caller: &Caller,
+    org_id: &str,
+    amount: Option<Credits>,
+    request: &RequestKey,
+) -> ServiceResult<(PayoutRow, bool)> {
+    require_owner(conn, org_id, &caller.id)?;
+    settle_due(conn, Some(org_id))?;
+    db::write_tx(conn, |tx| {
+        let existing: Option<PayoutRow> = payouts::table
+            .filter(payouts::request_key.eq(request.as_str()))
+            .select(PayoutRow::as_select())
+            .first(tx)
+            .optional()?;
+        if let Some(row) = existing {
+            return Ok((row, false));
+        }
+        let account = find_account(tx, org_id)?.filter(|a| a.payouts_enabled).ok_or_else(|| {
+            ServiceError::Conflict {
+                kind: "payouts_not_enabled",
+                message: "connect a Stripe account and finish onboarding before requesting payouts".into(),
+            }
+        })?;
+        let available_ref = org_account(tx, org_id, AccountKind::EarningsAvailable)?;
+        let available = ledger::balance_of(tx, available_ref)?;
+        let amount = amount.unwrap_or(available);
+        if amount.is_negative() {
+            return Err(ServiceError::Validation("amount must be positive".into()));
+        }
+        if amount < ctx.settings.min_withdrawal || amount.is_zero() {
+            return Err(ServiceError::Refused {
+                kind: "below_minimum_withdrawal",
+                message: format!("the minimum payout is {} credits", ctx.settings.min_withdrawal),
+            });
+        }
+        if amount > available {
+            return Err(ServiceError::Refused {
+                kind: "insufficient_earnings",
+                message: format!("{amount} credits requested but {available} available"),
+            });
+        }
+        let (cents, moved) = to_cents(amount, ctx.settings.credit_rate.usd_per_credit());
+        if cents <= 0 {
+            return Err(ServiceError::Refused {
+                kind: "below_minimum_withdrawal",
+                message: "the amount is worth less than one cent".into(),
+            });
+        }
+        let id = new_id("pay");
+        let in_payout = org_account(tx, org_id, AccountKind::EarningsInPayout)?;
+        ledger::post(
+            tx,
+            NewEntry {
+                kind: EntryKind::Payout,
+                legs: vec![available_ref.leg(neg(moved)?), in_payout.leg(moved)],
+                overdraft: Overdraft::Refuse,
+                reverses: None,
+                request_key: Some(request.as_str()),
+                actor: Some(&caller.id),
+                memo: None,
+                metadata: references(&id),
+            },
+        )
+        .map_err(|e| match e {
+            LedgerError::Insufficient { .. } => ServiceError::Refused {
+                kind: "insufficient_earnings",
+                message: "the available earnings changed; not enough left".into(),
+            },
+            other => other.into(),
+        })?;
+        let now = db::now();
+        diesel::insert_into(payouts::table)
+            .values((
+                payouts::id.eq(&id),
+                payouts::org_id.eq(org_id),
+                payouts::stripe_account_id.eq(&account.stripe_account_id),
+                payouts::amount.eq(moved.micros()),
+                payouts::usd_cents.eq(cents),
+                payouts::status.eq(PENDING),
+                payouts::request_key.eq(request.as_str()),
+                payouts::requested_by.eq(&caller.id),
+                payouts::send_lease_until.eq(now + chrono::Duration::seconds(SEND_LEASE_SECS)),
+                payouts::send_attempts.eq(1),
+                payouts::created_at.eq(now),
+                payouts::updated_at.eq(now),
+            ))
+            .execute(tx)?;
+        tracing::info!(payout_id = %id, org_id, %moved, cents, "payout recorded");
+        Ok((load(tx, &id)?, true))
+    })
+}
+
+fn references(payout_id: &str) -> serde_json::Value {
+    serde_json::to_value(TransactionReferences {
+        payout_id: Some(payout_id.to_string()),
+        ..Default::default()
+    })
+    .unwrap_or_default()
+}
+
+fn neg(c: Credits) -> ServiceResult<Credits> {
+    c.checked_neg().ok_or_else(|| ServiceError::Internal("amount out of range".into()))
+}
+
+/// Payouts recorded but not sent whose lease has run out (their sender died
+/// or gave up), each claimed for sending by this caller.
+pub fn claim_unsent(conn: &mut DbConn, limit: i64) -> ServiceResult<Vec<PayoutRow>> {
+    let now = db::now();
+    let candidates: Vec<String> = payouts::table
+        .filter(payouts::status.eq(PENDING))
+        .filter(payouts::send_lease_until.is_null().or(payouts::send_lease_until.lt(now)))
+        .order(payouts::created_at.asc())
+        .limit(limit)
+        .select(payouts::id)
+        .load(conn)?;
+    let mut claimed = Vec::new();
+    for id in candidates {
+        if claim_send(conn, &id)? {
+            claimed.push(load(conn, &id)?);
+        }
+    }
+    Ok(claimed)
+}
+
+/// Takes the send lease of a pending payout if no one holds it.
+pub fn claim_send(conn: &mut DbConn, id: &str) -> ServiceResult<bool> {
+    let now = db::now();
+    let n = diesel::update(
+        payouts::table
+            .find(id)
+            .filter(payouts::status.eq(PENDING))
+            .filter(payouts::send_lease_until.is_null().or(payouts::send_lease_until.lt(now))),
+    )
+    .set((
+        payouts::send_lease_until.eq(now + chrono::Duration::seconds(SEND_LEASE_SECS)),
+        payouts::send_attempts.eq(payouts::send_attempts + 1),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// What became of a transfer attempt.
+#[derive(Debug, Clone)]
+pub enum SendResult {
+    Created(String),
+    Refused(String),
+    Unknown(String),
+}
+
+/// Records a transfer attempt's outcome; runs in a write transaction.
+pub fn record_send(
+    tx: &mut DbConn,
+    ctx: &Ctx,
+    id: &str,
+    result: &SendResult,
+) -> ServiceResult<Outcome<Payout>> {
+    let now = db::now();
+    match result {
+        SendResult::Created(transfer_id) => {
+            diesel::update(payouts::table.find(id).filter(payouts::status.eq(PENDING)))
+                .set((
+                    payouts::status.eq(IN_TRANSIT),
+                    payouts::transfer_id.eq(transfer_id),
+                    payouts::send_lease_until.eq(None::<NaiveDateTime>),
+                    payouts::updated_at.eq(now),
+                ))
+                .execute(tx)?;
+        }
+        SendResult::Refused(reason) => {
+            fail(tx, ctx, id, &[PENDING], reason)?;
+        }
+        SendResult::Unknown(reason) => {
+            // Leave it pending: recovery sends again (same idempotency key)
+            // once the lease runs out.
+            tracing::warn!(payout_id = id, reason = %reason, "transfer outcome unknown; recovery will retry");
+            diesel::update(payouts::table.find(id).filter(payouts::status.eq(PENDING)))
+                .set((payouts::failure_reason.eq(reason), payouts::updated_at.eq(now)))
+                .execute(tx)?;
+        }
+    }
+    Ok(view(load(tx, id)?).into())
+}
+
+/// Marks a payout failed (from one of `from`) and returns its amount to
+/// available earnings, once. Each status change is a guarded `UPDATE`, so
+/// the source of the money (in-payout, or the platform's payouts account
+/// once paid) is the one the payout really was in.
+fn fail(tx: &mut DbConn, ctx: &Ctx, id: &str, from: &[&str], reason: &str) -> ServiceResult<bool> {
+    let mark = |tx: &mut DbConn, statuses: Vec<&str>| -> ServiceResult<bool> {
+        let n = diesel::update(payouts::table.find(id).filter(payouts::status.eq_any(statuses)))
+            .set((
+                payouts::status.eq(FAILED),
+                payouts::failure_reason.eq(reason),
+                payouts::send_lease_until.eq(None::<NaiveDateTime>),
+                payouts::updated_at.eq(db::now()),
+            ))
+            .execute(tx)?;
+        Ok(n == 1)
+    };
+    let row = load(tx, id)?;
+    let source = if from.contains(&PAID) && mark(tx, vec![PAID])? {
+        ctx.platform.payouts
+    } else if mark(tx, from.iter().copied().filter(|s| *s != PAID).collect())? {
+        org_account(tx, &row.org_id, AccountKind::EarningsInPayout)?
+    } else {
+        return Ok(false);
+    };
+    let amount = Credits::from_micros(row.amount);
+    let available = org_account(tx, &row.org_id, AccountKind::EarningsAvailable)?;
+    ledger::post(
+        tx,
+        NewEntry {
+            kind: EntryKind::PayoutReversal,
+            legs: vec![source.leg(neg(amount)?), available.leg(amount)],
+            overdraft: Overdraft::Refuse,
+            reverses: None,
+            request_key: None,
+            actor: None,
+            memo: Some(reason),
+            metadata: references(id),
+        },
+    )?;
+    tracing::warn!(payout_id = id, %amount, reason, "payout failed; amount returned to available earnings");
+    Ok(true)
+}
+
+/// `transfer.reversed`.
+pub fn transfer_reversed(tx: &mut DbConn, ctx: &Ctx, transfer_id: &str) -> ServiceResult<&'static str> {
+    let id: Option<String> = payouts::table
+        .filter(payouts::transfer_id.eq(transfer_id))
+        .select(payouts::id)
+        .first(tx)
+        .optional()?;
+    let Some(id) = id else { return Ok("unknown_transfer") };
+    Ok(if fail(tx, ctx, &id, &[PENDING, IN_TRANSIT, PAID], "transfer reversed")? {
+        "payout_failed"
+    } else {
+        "already_failed"
+    })
+}
+
+/// `payout.paid` on a connected account: the transfers in transit to that
+/// account are paid. (Connected accounts are paid out automatically, the
+/// whole balance at a time, so a bank payout carries every transfer that
+/// arrived before it.)
+pub fn bank_payout_paid(
+    tx: &mut DbConn,
+    ctx: &Ctx,
+    account_id: &str,
+    stripe_payout_id: &str,
+) -> ServiceResult<&'static str> {
+    let rows: Vec<PayoutRow> = payouts::table
+        .filter(payouts::stripe_account_id.eq(account_id))
+        .filter(payouts::status.eq(IN_TRANSIT))
+        .select(PayoutRow::as_select())
+        .load(tx)?;
+    let mut paid = 0;
+    for row in rows {
+        let n = diesel::update(payouts::table.find(&row.id).filter(payouts::status.eq(IN_TRANSIT)))
+            .set((
+                payouts::status.eq(PAID),
+                payouts::stripe_payout_id.eq(stripe_payout_id),
+                payouts::updated_at.eq(db::now()),
+            ))
+            .execute(tx)?;
+        if n == 0 {
+            continue;
+        }
+        let amount = Credits::from_micros(row.amount);
+        let in_payout = org_account(tx, &row.org_id, AccountKind::EarningsInPayout)?;
+        ledger::post(
+            tx,
+            NewEntry {
+                kind: EntryKind::PayoutPaid,
+                legs: vec![in_payout.leg(neg(amount)?), ctx.platform.payouts.leg(amount)],
+                overdraft: Overdraft::Refuse,
+                reverses: None,
+                request_key: None,
+                actor: None,
+                memo: None,
+                metadata: references(&row.id),
+            },
+        )?;
+        paid += 1;
+    }
+    Ok(if paid > 0 { "payouts_paid" } else { "no_payout_in_transit" })
+}
+
+/// `payout.failed` on a connected account: payouts it had paid, or that
+/// were in transit to it, fail and return their amount once.
+pub fn bank_payout_failed(
+    tx: &mut DbConn,
+    ctx: &Ctx,
+    account_id: &str,
+    stripe_payout_id: &str,
+) -> ServiceResult<&'static str> {
+    let mut ids: Vec<String> = payouts::table
+        .filter(payouts::stripe_payout_id.eq(stripe_payout_id))
+        .filter(payouts::status.eq(PAID))
+        .select(payouts::id)
+        .load(tx)?;
+    if ids.is_empty() {
+        ids = payouts::table
+            .filter(payouts::stripe_account_id.eq(account_id))
+            .filter(payouts::status.eq(IN_TRANSIT))
+            .select(payouts::id)
+            .load(tx)?;
+    }
+    let mut failed = 0;
+    for id in ids {
+        if fail(tx, ctx, &id, &[IN_TRANSIT, PAID], "bank payout failed")? {
+            failed += 1;
+        }
+    }
+    Ok(if failed > 0 { "payouts_failed" } else { "no_payout_to_fail" })
+}
+
+/// `GET /v1/payouts/{id}`: owners of its organization.
+pub fn get_payout(conn: &mut DbConn, caller: &Caller, id: &str) -> ServiceResult<Payout> {
+    let row = load(conn, id)?;
+    require_owner(conn, &row.org_id, &caller.id).map_err(|e| match e {
+        ServiceError::NotFound(_) => ServiceError::NotFound("payout"),
+        other => other,
+    })?;
+    Ok(view(row))
+}
+
+/// `GET /v1/orgs/{id}/payouts`: owners; newest first.
+pub fn list_payouts(conn: &mut DbConn, caller: &Caller, org_id: &str) -> ServiceResult<PayoutList> {
+    require_owner(conn, org_id, &caller.id)?;
+    let rows = payouts::table
+        .filter(payouts::org_id.eq(org_id))
+        .order((payouts::created_at.desc(), payouts::id.desc()))
+        .limit(100)
+        .select(PayoutRow::as_select())
+        .load(conn)?;
+    let has_more = rows.len() == 100;
+    Ok(PayoutList { data: rows.into_iter().map(view).collect(), has_more })
+}
+
+/// The payout a request recorded, as its response (nothing sent: Stripe is
+/// not configured, so recovery cannot send it either).
+pub fn view_of(tx: &mut DbConn, id: &str) -> ServiceResult<Outcome<Payout>> {
+    Ok(view(load(tx, id)?).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cents_round_down_and_the_rest_stays() {
+        let rate = Decimal::new(10, 2);
+        let (cents, moved) = to_cents(Credits::parse("100.05").unwrap(), rate);
+        assert_eq!((cents, moved.to_string().as_str()), (1000, "100"));
+        let (cents, moved) = to_cents(Credits::parse("100.123456").unwrap(), rate);
+        assert_eq!((cents, moved.to_string().as_str()), (1001, "100.1"));
+        assert_eq!(to_cents(Credits::parse("0.09").unwrap(), rate).0, 0);
+        // A rate that does not divide a cent evenly: never more than asked.
+        let odd = Decimal::new(3, 2);
+        let (cents, moved) = to_cents(Credits::parse("10").unwrap(), odd);
+        assert_eq!(cents, 30);
+        assert_eq!(moved, Credits::parse("10").unwrap());
+        let (cents, moved) = to_cents(Credits::parse("10.5").unwrap(), odd);
+        assert_eq!(cents, 31);
+        assert_eq!(moved.micros(), 10_333_334);
+    }
+}

@@ -1,0 +1,352 @@
+//! Creator payouts through Stripe Connect, against the fake Stripe.
+
+use diesel::prelude::*;
+use futures_util::future::join_all;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::charges::{charge, market};
+use crate::fake_stripe::{self as fake, FakeStripe, WEBHOOK_SECRET};
+use crate::helpers::{assert_error, Backend, TestApp};
+
+/// Runs each `async fn(TestApp, FakeStripe)` on both databases: Stripe on
+/// the fake, no earnings hold, a 10-credit minimum payout, no background
+/// sweep (tests run recovery themselves).
+macro_rules! both_payouts {
+    ($($name:ident),* $(,)?) => { $(
+        mod $name {
+            use super::*;
+            async fn go(backend: Backend) {
+                let stripe = FakeStripe::start().await;
+                let Some(app) = TestApp::spawn_with(backend, |v| {
+                    stripe.settings(v);
+                    v.insert("TALLY_EARNINGS_HOLD".into(), "0s".into());
+                    v.insert("TALLY_MIN_WITHDRAWAL".into(), "10".into());
+                    v.insert("TALLY_SETTLEMENT_SWEEP".into(), "1h".into());
+                }).await else {
+                    eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
+                    return;
+                };
+                super::$name(app, stripe).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() { go(Backend::Sqlite).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() { go(Backend::Postgres).await }
+        }
+    )* };
+}
+
+both_payouts!(
+    earn_settle_and_pay_out,
+    refusals_move_nothing,
+    stripe_refusal_and_reversal_restore_earnings,
+    recovery_sends_an_unsent_payout_once,
+    concurrent_requests_for_the_whole_balance,
+);
+
+async fn deliver(app: &TestApp, payload: &str) -> Value {
+    let sig = fake::signature(payload, WEBHOOK_SECRET, 0);
+    let res = app
+        .client
+        .post(format!("{}/v1/webhooks/stripe", app.address))
+        .header("Stripe-Signature", sig)
+        .body(payload.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+/// The creator org earns `messages` x 7 credits (add-on 10 at 30 %),
+/// available at once; returns its id.
+async fn earn(app: &TestApp, messages: usize) -> String {
+    let (org, agent) = market(app, "0.3", "10", 0, "public").await;
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    app.fund(&wallet, &tally::domain::Credits::from_micros(10_300_000 * messages as i64).to_string()).await;
+    for i in 0..messages {
+        let (s, _, c) = charge(app, &alice, &agent, json!({}), &format!("earn-{i}")).await;
+        assert_eq!(s, 201, "{c}");
+    }
+    org
+}
+
+/// Connects the org's account and lets Stripe enable payouts.
+async fn onboard(app: &TestApp, org: &str) -> String {
+    let creator = app.token("creator");
+    let (s, _, a) =
+        app.send(Method::PUT, &format!("/v1/orgs/{org}/payout-account"), Some(&creator), None, None).await;
+    assert_eq!(s, 200, "{a}");
+    let account = a["account_id"].as_str().unwrap().to_string();
+    assert!(a["onboarding_url"].as_str().unwrap().contains(&account));
+    assert_eq!(a["payouts_enabled"], false);
+    let ack = deliver(
+        app,
+        &fake::connect_event("evt_acct", "account.updated", &account, fake::account_object(&account, true)),
+    )
+    .await;
+    assert_eq!(ack["outcome"], "account_updated");
+    let (_, a) = app.get(&format!("/v1/orgs/{org}/payout-account"), &creator).await;
+    assert_eq!((a["payouts_enabled"].as_bool(), a["details_submitted"].as_bool()), (Some(true), Some(true)));
+    account
+}
+
+async fn earnings(app: &TestApp, org: &str) -> Value {
+    let (s, e) = app.get(&format!("/v1/orgs/{org}/earnings"), &app.token("creator")).await;
+    assert_eq!(s, 200, "{e}");
+    e
+}
+
+async fn pay_out(app: &TestApp, org: &str, token: &str, body: Value, key: &str) -> (StatusCode, Value) {
+    let (s, _, p) =
+        app.send(Method::POST, &format!("/v1/orgs/{org}/payouts"), Some(token), Some(body), Some(key)).await;
+    (s, p)
+}
+
+async fn earn_settle_and_pay_out(app: TestApp, stripe: FakeStripe) {
+    let org = earn(&app, 20).await;
+    let e = earnings(&app, &org).await;
+    assert_eq!((e["available"].as_str(), e["pending"].as_str()), (Some("140"), Some("0")));
+    let account = onboard(&app, &org).await;
+    // Connecting again returns the same account with a fresh link.
+    let (_, _, again) = app
+        .send(Method::PUT, &format!("/v1/orgs/{org}/payout-account"), Some(&app.token("creator")), None, None)
+        .await;
+    assert_eq!(again["account_id"], account.as_str());
+    assert_eq!(stripe.requests_to("/v1/accounts").len(), 1);
+
+    let creator = app.token("creator");
+    let (s, p) = pay_out(&app, &org, &creator, json!({"amount": "100.05"}), "po-1").await;
+    assert_eq!(s, 201, "{p}");
+    let payout_id = p["id"].as_str().unwrap();
+    assert_eq!(
+        (p["status"].as_str(), p["amount"].as_str(), p["usd"].as_str()),
+        (Some("in_transit"), Some("100"), Some("10.00")),
+        "$10.005 rounds down to $10.00; the 0.05 credits stay available"
+    );
+    let transfers = stripe.requests_to("/v1/transfers");
+    assert_eq!(transfers.len(), 1);
+    let t = &transfers[0];
+    assert_eq!(t.idempotency_key.as_deref(), Some(payout_id));
+    assert_eq!(
+        (t.param("amount"), t.param("currency"), t.param("destination")),
+        (Some("1000"), Some("usd"), Some(account.as_str()))
+    );
+    assert_eq!(t.param("metadata[payout_id]"), Some(payout_id));
+    let e = earnings(&app, &org).await;
+    assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("40"), Some("100")));
+    // A retry replays; nothing sent again.
+    let (s, again) = pay_out(&app, &org, &creator, json!({"amount": "100.05"}), "po-1").await;
+    assert_eq!((s.as_u16(), &again), (201, &p));
+    assert_eq!(stripe.requests_to("/v1/transfers").len(), 1);
+    app.assert_ledger_ok();
+
+    // The bank payout of the connected account completes it...
+    let ack = deliver(
+        &app,
+        &fake::connect_event("evt_pp", "payout.paid", &account, fake::bank_payout_object("po_bank1", "paid")),
+    )
+    .await;
+    assert_eq!(ack["outcome"], "payouts_paid");
+    let (_, p) = app.get(&format!("/v1/payouts/{payout_id}"), &creator).await;
+    assert_eq!(p["status"], "paid");
+    let e = earnings(&app, &org).await;
+    assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("40"), Some("0")));
+    // ...and a failure after paid returns the money, once.
+    let failed = fake::connect_event(
+        "evt_pf",
+        "payout.failed",
+        &account,
+        fake::bank_payout_object("po_bank1", "failed"),
+    );
+    assert_eq!(deliver(&app, &failed).await["outcome"], "payouts_failed");
+    let failed2 = fake::connect_event(
+        "evt_pf2",
+        "payout.failed",
+        &account,
+        fake::bank_payout_object("po_bank1", "failed"),
+    );
+    assert_eq!(deliver(&app, &failed2).await["outcome"], "no_payout_to_fail");
+    let (_, p) = app.get(&format!("/v1/payouts/{payout_id}"), &creator).await;
+    assert_eq!(p["status"], "failed");
+    let e = earnings(&app, &org).await;
+    assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("140"), Some("0")));
+    // The history shows each step.
+    let (_, page) = app
+        .get(
+            &format!("/v1/orgs/{org}/earnings/transactions?type=payout,payout_paid,payout_reversal"),
+            &creator,
+        )
+        .await;
+    let steps: Vec<(&str, &str, &str)> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["type"].as_str().unwrap(), t["account"].as_str().unwrap(), t["amount"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            ("payout_reversal", "earnings_available", "100"),
+            ("payout_paid", "earnings_in_payout", "-100"),
+            ("payout", "earnings_in_payout", "100"),
+            ("payout", "earnings_available", "-100"),
+        ]
+    );
+    let (_, list) = app.get(&format!("/v1/orgs/{org}/payouts"), &creator).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    app.assert_ledger_ok();
+}
+
+async fn refusals_move_nothing(app: TestApp, stripe: FakeStripe) {
+    let org = earn(&app, 3).await; // 21 credits available
+    let creator = app.token("creator");
+    // Before onboarding.
+    let (s, b) = pay_out(&app, &org, &creator, json!({}), "r0").await;
+    assert_error(s, &b, 409, "payouts_not_enabled");
+    onboard(&app, &org).await;
+    let (s, b) = pay_out(&app, &org, &creator, json!({"amount": "9.99"}), "r1").await;
+    assert_error(s, &b, 422, "below_minimum_withdrawal");
+    let (s, b) = pay_out(&app, &org, &creator, json!({"amount": "21.000001"}), "r2").await;
+    assert_error(s, &b, 422, "insufficient_earnings");
+    let (s, b) = pay_out(&app, &org, &creator, json!({"amount": -5}), "r3").await;
+    assert_error(s, &b, 422, "validation_error");
+    // An admin (not an owner) and a non-member.
+    app.post(&format!("/v1/orgs/{org}/members"), &creator, json!({"user_id": "adam", "role": "admin"})).await;
+    let (s, b) = pay_out(&app, &org, &app.token("adam"), json!({}), "r4").await;
+    assert_error(s, &b, 403, "forbidden");
+    let (s, b) = pay_out(&app, &org, &app.token("mallory"), json!({}), "r5").await;
+    assert_error(s, &b, 404, "not_found");
+    let (s, b) = app.get(&format!("/v1/orgs/{org}/payouts"), &app.token("adam")).await;
+    assert_error(s, &b, 403, "forbidden");
+    let e = earnings(&app, &org).await;
+    assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("21"), Some("0")));
+    assert_eq!(app.count("payouts"), 0);
+    assert!(stripe.requests_to("/v1/transfers").is_empty());
+    app.assert_ledger_ok();
+}
+
+async fn stripe_refusal_and_reversal_restore_earnings(app: TestApp, stripe: FakeStripe) {
+    let org = earn(&app, 5).await; // 35 credits
+    onboard(&app, &org).await;
+    let creator = app.token("creator");
+    stripe.fail_next_with(1, 400);
+    let (s, p) = pay_out(&app, &org, &creator, json!({"amount": "20"}), "f1").await;
+    assert_eq!(s, 201, "{p}");
+    assert_eq!(p["status"], "failed", "{p}");
+    assert!(p["failure_reason"].is_string());
+    let e = earnings(&app, &org).await;
+    assert_eq!(
+        (e["available"].as_str(), e["in_payout"].as_str()),
+        (Some("35"), Some("0")),
+        "restored exactly"
+    );
+    // A transfer reversed later: the same.
+    let (s, p) = pay_out(&app, &org, &creator, json!({}), "f2").await;
+    assert_eq!(
+        (s.as_u16(), p["status"].as_str(), p["amount"].as_str()),
+        (201, Some("in_transit"), Some("35"))
+    );
+    let transfer = p["transfer_id"].as_str().unwrap();
+    let ack =
+        deliver(&app, &fake::event("evt_tr", "transfer.reversed", fake::transfer_object(transfer))).await;
+    assert_eq!(ack["outcome"], "payout_failed");
+    let ack =
+        deliver(&app, &fake::event("evt_tr2", "transfer.reversed", fake::transfer_object(transfer))).await;
+    assert_eq!(ack["outcome"], "already_failed");
+    let e = earnings(&app, &org).await;
+    assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("35"), Some("0")));
+    app.assert_ledger_ok();
+}
+
+async fn recovery_sends_an_unsent_payout_once(app: TestApp, stripe: FakeStripe) {
+    let org = earn(&app, 4).await; // 28 credits
+    onboard(&app, &org).await;
+    // Simulate a crash between the commit and the Stripe call: the payout
+    // is recorded (credits in payout) but nothing was sent, and its send
+    // lease has run out.
+    let state = app.state();
+    let creator = tally::services::Caller { id: "creator".into(), operator: false, service: false };
+    let request =
+        tally::services::idempotency::IdempotentRequest::new("creator", "crash", "POST", "/x", &json!({}))
+            .unwrap();
+    let key = tally::services::idempotency::request_key(&request);
+    let (row, _) =
+        tally::services::payouts::record_payout(&mut app.conn(), &state.ctx, &creator, &org, None, &key)
+            .unwrap();
+    {
+        use tally::db::schema::payouts as p;
+        diesel::update(p::table.find(&row.id))
+            .set(p::send_lease_until.eq(tally::db::now() - chrono::Duration::seconds(1)))
+            .execute(&mut *app.conn())
+            .unwrap();
+    }
+    assert!(stripe.requests_to("/v1/transfers").is_empty());
+    // Two recoveries at once (as two instances would run them): one send.
+    let (a, b) = tokio::join!(
+        tally::api::payouts::recover_unsent(&state),
+        tally::api::payouts::recover_unsent(&state)
+    );
+    assert_eq!(a.unwrap() + b.unwrap(), 1);
+    let transfers = stripe.requests_to("/v1/transfers");
+    assert_eq!(transfers.len(), 1);
+    assert_eq!(transfers[0].idempotency_key.as_deref(), Some(row.id.as_str()));
+    assert_eq!(transfers[0].param("amount"), Some("280"));
+    let (_, p) = app.get(&format!("/v1/payouts/{}", row.id), &app.token("creator")).await;
+    assert_eq!(p["status"], "in_transit");
+    // Nothing left to recover.
+    assert_eq!(tally::api::payouts::recover_unsent(&state).await.unwrap(), 0);
+    // Stripe unreachable: the payout stays pending, and recovery sends it
+    // with the same key once Stripe answers.
+    app.fund(&app.wallet_of("alice").await, "30.9").await;
+    let (_, _, agent_list) = app.send(Method::GET, "/v1/marketplace/agents", None, None, None).await;
+    let agent = agent_list["data"][0]["id"].as_str().unwrap().to_string();
+    for i in 0..3 {
+        charge(&app, &app.token("alice"), &agent, json!({}), &format!("more-{i}")).await;
+    }
+    stripe.fail_next(100);
+    let (s, p) = pay_out(&app, &org, &app.token("creator"), json!({}), "unreachable").await;
+    assert_eq!((s.as_u16(), p["status"].as_str()), (201, Some("pending")), "{p}");
+    stripe.fail_next(0);
+    {
+        use tally::db::schema::payouts as pt;
+        diesel::update(pt::table.find(p["id"].as_str().unwrap()))
+            .set(pt::send_lease_until.eq(tally::db::now() - chrono::Duration::seconds(1)))
+            .execute(&mut *app.conn())
+            .unwrap();
+    }
+    assert_eq!(tally::api::payouts::recover_unsent(&state).await.unwrap(), 1);
+    let (_, p2) = app.get(&format!("/v1/payouts/{}", p["id"].as_str().unwrap()), &app.token("creator")).await;
+    assert_eq!(p2["status"], "in_transit");
+    assert_eq!(
+        stripe.idempotency_keys("/v1/transfers").len(),
+        2,
+        "one key per payout, however many attempts"
+    );
+    app.assert_ledger_ok();
+}
+
+async fn concurrent_requests_for_the_whole_balance(app: TestApp, stripe: FakeStripe) {
+    let org = earn(&app, 6).await; // 42 credits
+    onboard(&app, &org).await;
+    let creator = app.token("creator");
+    let results = join_all((0..10).map(|i| {
+        let (app, org, creator) = (&app, &org, &creator);
+        async move { pay_out(app, org, creator, json!({}), &format!("all-{i}")).await }
+    }))
+    .await;
+    let ok: Vec<&Value> = results.iter().filter(|(s, _)| *s == 201).map(|(_, p)| p).collect();
+    assert_eq!(ok.len(), 1, "{results:?}");
+    assert_eq!((ok[0]["amount"].as_str(), ok[0]["usd"].as_str()), (Some("42"), Some("4.20")));
+    for (s, b) in results.iter().filter(|(s, _)| *s != 201) {
+        assert_eq!(*s, 422, "{b}");
+        let kind = b["error"]["type"].as_str().unwrap();
+        assert!(kind == "insufficient_earnings" || kind == "below_minimum_withdrawal", "{b}");
+    }
+    assert_eq!(stripe.requests_to("/v1/transfers").len(), 1);
+    let e = earnings(&app, &org).await;
+    assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("0"), Some("42")));
+    app.assert_ledger_ok();
+}
