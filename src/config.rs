@@ -33,6 +33,9 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("TALLY_CHECKOUT_CANCEL_URL", Some("http://localhost:3000/billing/cancel")),
     ("TALLY_CONNECT_RETURN_URL", Some("http://localhost:3000/creator/payouts")),
     ("TALLY_CONNECT_REFRESH_URL", Some("http://localhost:3000/creator/payouts/refresh")),
+    ("TALLY_PLANS", None),
+    ("TALLY_PRO_PRICE_ID", None),
+    ("TALLY_PAST_DUE_GRACE", Some("7d")),
     ("STRIPE_SECRET_KEY", None),
     ("STRIPE_WEBHOOK_SECRET", None),
     ("STRIPE_API_BASE", None),
@@ -148,6 +151,12 @@ pub struct Settings {
     pub credit_packs: Vec<CreditPack>,
     pub checkout_success_url: String,
     pub checkout_cancel_url: String,
+    /// The plans and what each allows.
+    pub plans: Vec<crate::domain::plans::Plan>,
+    /// The Stripe Price of the Pro subscription.
+    pub pro_price_id: Option<String>,
+    /// How long a subscription whose payment failed keeps its plan.
+    pub past_due_grace: Duration,
     /// Where Stripe sends a creator back after Connect onboarding.
     pub connect_return_url: String,
     /// Where Stripe sends a creator whose onboarding link expired.
@@ -274,6 +283,12 @@ impl Settings {
         let checkout_success_url = get("TALLY_CHECKOUT_SUCCESS_URL").unwrap_or_default();
         let checkout_cancel_url = get("TALLY_CHECKOUT_CANCEL_URL").unwrap_or_default();
         let connect_return_url = get("TALLY_CONNECT_RETURN_URL").unwrap_or_default();
+        let plans = match get("TALLY_PLANS") {
+            Some(text) => crate::domain::plans::parse_plans(&text).map_err(|e| bad("TALLY_PLANS", e))?,
+            None => crate::domain::plans::default_plans(),
+        };
+        let pro_price_id = get("TALLY_PRO_PRICE_ID");
+        let past_due_grace = parse_duration("TALLY_PAST_DUE_GRACE", &get("TALLY_PAST_DUE_GRACE"))?;
         let connect_refresh_url = get("TALLY_CONNECT_REFRESH_URL").unwrap_or_default();
 
         Ok(Settings {
@@ -295,6 +310,9 @@ impl Settings {
             checkout_cancel_url,
             connect_return_url,
             connect_refresh_url,
+            plans,
+            pro_price_id,
+            past_due_grace,
             stripe,
             stripe_webhook_secret,
         })

@@ -160,6 +160,7 @@ impl From<ServiceError> for ApiError {
         match e {
             S::NotFound(what) => ApiError::not_found(format!("{what} not found")),
             S::Forbidden(m) => ApiError::forbidden(m),
+            S::PlanRequired { message } => ApiError::new(StatusCode::FORBIDDEN, "plan_required", message),
             S::Validation(m) => ApiError::validation(m),
             S::Refused { kind, message } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, kind, message),
             S::InsufficientFunds { wallet_id } => ApiError {

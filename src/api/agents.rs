@@ -132,7 +132,8 @@ pub async fn create_agent(
         publisher_addon: req.publisher_addon.unwrap_or(Credits::ZERO),
         free_messages: req.free_messages.unwrap_or(0),
     };
-    let agent = run(&state, move |conn, _| agents::create_agent(conn, &caller, &org_id, input)).await?;
+    let agent =
+        run(&state, move |conn, ctx| agents::create_agent(conn, ctx, &caller, &org_id, input)).await?;
     Ok(HttpResponse::Created().json(agent))
 }
 
@@ -221,7 +222,8 @@ pub async fn update_agent(
         publisher_addon: req.publisher_addon,
         free_messages: req.free_messages,
     };
-    let agent = run(&state, move |conn, _| agents::update_agent(conn, &caller, &agent_id, patch)).await?;
+    let agent =
+        run(&state, move |conn, ctx| agents::update_agent(conn, ctx, &caller, &agent_id, patch)).await?;
     Ok(HttpResponse::Ok().json(agent))
 }
 

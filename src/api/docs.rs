@@ -30,6 +30,7 @@ use crate::error::{ErrorBody, ErrorResponse};
         (name = "earnings", description = "Creator earnings"),
         (name = "top-ups", description = "Credit packs and top-ups"),
         (name = "payouts", description = "Creator payouts through Stripe Connect"),
+        (name = "plans", description = "Plans, entitlements and subscriptions"),
         (name = "webhooks", description = "Events from Stripe"),
         (name = "admin", description = "Operator endpoints (roles: [admin])"),
     )

@@ -28,6 +28,6 @@ pub fn configure(cfg: &mut ServiceConfig) {
 pub async fn get_me(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
     let roles = user.roles.clone();
-    let me = run(&state, move |conn, _| people::get_me(conn, &caller, roles)).await?;
+    let me = run(&state, move |conn, ctx| people::get_me(conn, ctx, &caller, roles)).await?;
     Ok(HttpResponse::Ok().json(me))
 }

@@ -11,6 +11,7 @@ pub mod me;
 pub mod models;
 pub mod orgs;
 pub mod payouts;
+pub mod plans;
 pub mod topups;
 pub mod wallets;
 
@@ -49,6 +50,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
     earnings::configure(cfg);
     topups::configure(cfg);
     payouts::configure(cfg);
+    plans::configure(cfg);
     admin::configure(cfg);
 }
 

@@ -93,7 +93,7 @@ pub async fn create_org(
 ) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
     let name = body.value.name;
-    let org = run(&state, move |conn, _| orgs::create_org(conn, &caller, &name)).await?;
+    let org = run(&state, move |conn, ctx| orgs::create_org(conn, ctx, &caller, &name)).await?;
     Ok(HttpResponse::Created().json(org))
 }
 
@@ -118,7 +118,7 @@ pub async fn get_org(
 ) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
     let org_id = path.into_inner();
-    let org = run(&state, move |conn, _| orgs::get_org(conn, &caller, &org_id)).await?;
+    let org = run(&state, move |conn, ctx| orgs::get_org(conn, ctx, &caller, &org_id)).await?;
     Ok(HttpResponse::Ok().json(org))
 }
 

@@ -236,6 +236,32 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    plan_grants (id) {
+        id -> Text,
+        subject_type -> Text,
+        subject_id -> Text,
+        plan -> Text,
+        until -> Nullable<Timestamp>,
+        granted_by -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    subscriptions (id) {
+        id -> Text,
+        subject_type -> Text,
+        subject_id -> Text,
+        plan -> Text,
+        status -> Text,
+        past_due_since -> Nullable<Timestamp>,
+        last_event_at -> BigInt,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(org_members -> orgs (org_id));
 diesel::joinable!(agents -> models (model_id));
 diesel::joinable!(postings -> journal_entries (entry_id));
@@ -260,4 +286,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     stripe_events,
     payout_accounts,
     payouts,
+    plan_grants,
+    subscriptions,
 );

@@ -6,6 +6,7 @@ pub mod ids;
 pub mod kinds;
 pub mod limits;
 pub mod money;
+pub mod plans;
 pub mod pricing;
 pub mod text;
 

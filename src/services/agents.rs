@@ -8,7 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::orgs::{require_admin, role_in};
-use super::{models, Caller, ServiceError, ServiceResult};
+use super::{models, plans, Caller, Ctx, ServiceError, ServiceResult};
 use crate::db::schema::{agents, models as models_table};
 use crate::db::{self, DbConn};
 use crate::domain::ids::new_id;
@@ -198,6 +198,7 @@ pub fn check_visible(conn: &mut DbConn, row: &AgentRow, user_id: Option<&str>) -
 /// `POST /v1/orgs/{org_id}/agents`: org admins.
 pub fn create_agent(
     conn: &mut DbConn,
+    ctx: &Ctx,
     caller: &Caller,
     org_id: &str,
     input: NewAgentInput,
@@ -207,6 +208,9 @@ pub fn create_agent(
     check_free(input.free_messages)?;
     db::write_tx(conn, |tx| {
         require_admin(tx, org_id, &caller.id)?;
+        if input.visibility == Visibility::Public {
+            plans::require_publish(tx, ctx, org_id)?;
+        }
         let model = require_model(tx, &input.model)?;
         let id = new_id("agt");
         let now = db::now();
@@ -238,6 +242,7 @@ pub fn get_agent(conn: &mut DbConn, caller: Option<&Caller>, agent_id: &str) -> 
 /// `PATCH /v1/agents/{id}`: org admins. Prices change for new charges only.
 pub fn update_agent(
     conn: &mut DbConn,
+    ctx: &Ctx,
     caller: &Caller,
     agent_id: &str,
     patch: AgentPatch,
@@ -256,6 +261,11 @@ pub fn update_agent(
         let (row, _) = load(tx, agent_id)?;
         check_visible(tx, &row, Some(&caller.id))?;
         require_admin(tx, &row.org_id, &caller.id)?;
+        // Publishing needs Pro; an agent already public stays public after a
+        // downgrade (nothing is unpublished silently).
+        if patch.visibility == Some(Visibility::Public) && !row.is_public() {
+            plans::require_publish(tx, ctx, &row.org_id)?;
+        }
         if let Some(model) = &patch.model {
             require_model(tx, model)?;
         }

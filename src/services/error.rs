@@ -15,6 +15,9 @@ pub enum ServiceError {
     /// A refusal with its own error type (422), e.g. `below_minimum_withdrawal`.
     #[error("{message}")]
     Refused { kind: &'static str, message: String },
+    /// The plan in force does not allow it (403 `plan_required`).
+    #[error("{message}")]
+    PlanRequired { message: String },
     #[error("insufficient funds in wallet {wallet_id}")]
     InsufficientFunds { wallet_id: String },
     #[error("wallet {wallet_id} is frozen")]

@@ -12,6 +12,7 @@ pub mod models;
 pub mod orgs;
 pub mod payouts;
 pub mod people;
+pub mod plans;
 pub mod reports;
 pub mod topups;
 pub mod wallets;

@@ -6,7 +6,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::people::insert_person_if_missing;
-use super::{Caller, ServiceError, ServiceResult};
+use super::{Caller, Ctx, ServiceError, ServiceResult};
 use crate::db::models::{MemberRow, NewMember, NewOrg, OrgRow};
 use crate::db::schema::{accounts, org_members, orgs};
 use crate::db::{self, DbConn};
@@ -74,18 +74,19 @@ pub fn require_admin(conn: &mut DbConn, org_id: &str, user_id: &str) -> ServiceR
     Ok(role)
 }
 
-fn org_view(conn: &mut DbConn, row: OrgRow, role: OrgRole) -> ServiceResult<Org> {
+fn org_view(conn: &mut DbConn, ctx: &Ctx, row: OrgRow, role: OrgRole) -> ServiceResult<Org> {
     let wallet_id: Option<String> = accounts::table
         .filter(accounts::owner_type.eq(OwnerType::Org.as_str()))
         .filter(accounts::owner_id.eq(&row.id))
         .filter(accounts::kind.eq(AccountKind::Wallet.as_str()))
         .select(accounts::public_id)
         .first::<Option<String>>(conn)?;
+    let plan = super::plans::plan_of(conn, ctx, &super::plans::Subject::Org(row.id.clone()))?;
     Ok(Org {
         id: row.id,
         name: row.name,
         wallet_id: wallet_id.unwrap_or_default(),
-        plan: "free".into(),
+        plan,
         role: role.as_str().into(),
         created_at: row.created_at.and_utc(),
     })
@@ -96,7 +97,7 @@ pub fn validate_name(name: &str) -> ServiceResult<&str> {
 }
 
 /// `POST /v1/orgs`: the caller becomes its owner; its wallet is created with it.
-pub fn create_org(conn: &mut DbConn, caller: &Caller, name: &str) -> ServiceResult<Org> {
+pub fn create_org(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, name: &str) -> ServiceResult<Org> {
     let name = validate_name(name)?;
     let org_id = new_id("org");
     let row = db::write_tx(conn, |tx| -> ServiceResult<OrgRow> {
@@ -118,14 +119,14 @@ pub fn create_org(conn: &mut DbConn, caller: &Caller, name: &str) -> ServiceResu
         ledger::ensure_account(tx, OwnerType::Org, &org_id, AccountKind::Wallet, Some(&wallet_id))?;
         Ok(orgs::table.find(&org_id).select(OrgRow::as_select()).first(tx)?)
     })?;
-    org_view(conn, row, OrgRole::Owner)
+    org_view(conn, ctx, row, OrgRole::Owner)
 }
 
 /// `GET /v1/orgs/{id}`: members only.
-pub fn get_org(conn: &mut DbConn, caller: &Caller, org_id: &str) -> ServiceResult<Org> {
+pub fn get_org(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, org_id: &str) -> ServiceResult<Org> {
     let role = role_in(conn, org_id, &caller.id)?;
     let row = orgs::table.find(org_id).select(OrgRow::as_select()).first(conn)?;
-    org_view(conn, row, role)
+    org_view(conn, ctx, row, role)
 }
 
 fn member_view(row: MemberRow) -> Member {

@@ -92,8 +92,9 @@ fn find_personal_wallet(conn: &mut DbConn, person_id: &str) -> QueryResult<Optio
 }
 
 /// `GET /v1/me`.
-pub fn get_me(conn: &mut DbConn, caller: &Caller, roles: Vec<String>) -> ServiceResult<Me> {
+pub fn get_me(conn: &mut DbConn, ctx: &super::Ctx, caller: &Caller, roles: Vec<String>) -> ServiceResult<Me> {
     let wallet = ensure_person(conn, &caller.id)?;
+    let plan = super::plans::plan_of(conn, ctx, &super::plans::Subject::Person(caller.id.clone()))?;
     let rows: Vec<(String, String, String, Option<String>)> = org_members::table
         .inner_join(orgs::table)
         .inner_join(
@@ -109,7 +110,7 @@ pub fn get_me(conn: &mut DbConn, caller: &Caller, roles: Vec<String>) -> Service
     Ok(Me {
         id: caller.id.clone(),
         wallet_id: wallet.public_id.unwrap_or_default(),
-        plan: "free".into(),
+        plan,
         roles,
         orgs: rows
             .into_iter()

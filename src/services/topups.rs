@@ -16,8 +16,8 @@ use utoipa::ToSchema;
 
 use super::history::TransactionReferences;
 use super::idempotency::{Outcome, RequestKey};
-use super::payouts;
 use super::wallets::{load_for, Access};
+use super::{payouts, plans};
 use super::{Caller, Ctx, ServiceError, ServiceResult};
 use crate::config::CreditPack;
 use crate::db::schema::{accounts, receipt_counter, stripe_events, top_ups};
@@ -26,7 +26,8 @@ use crate::domain::ids::new_id;
 use crate::domain::{AccountKind, Credits, EntryKind, UsdCents};
 use crate::ledger::{self, AccountRef, NewEntry, Overdraft};
 use crate::stripe::webhook::{
-    Account, BankPayout, Charge as StripeCharge, CheckoutSession, Dispute, Event, Transfer,
+    Account, BankPayout, Charge as StripeCharge, CheckoutSession, Dispute, Event, Invoice, Subscription,
+    Transfer,
 };
 use crate::stripe::{SessionRef, TopUpCheckout};
 
@@ -429,6 +430,16 @@ fn dispatch(tx: &mut DbConn, ctx: &Ctx, event: &Event) -> ServiceResult<EventOut
                 a.payouts_enabled.unwrap_or(false),
                 a.details_submitted.unwrap_or(false),
             )
+        }
+        "customer.subscription.created"
+        | "customer.subscription.updated"
+        | "customer.subscription.deleted" => {
+            let sub: Subscription = parse(event)?;
+            plans::subscription_event(tx, event.created, &sub, event.kind == "customer.subscription.deleted")
+        }
+        "invoice.payment_failed" => {
+            let invoice: Invoice = parse(event)?;
+            plans::invoice_payment_failed(tx, &invoice)
         }
         "transfer.reversed" => {
             let t: Transfer = parse(event)?;

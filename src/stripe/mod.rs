@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use stripe_checkout::checkout_session::{
     CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionLineItemsPriceData,
-    CreateCheckoutSessionPaymentIntentData, ProductData,
+    CreateCheckoutSessionPaymentIntentData, CreateCheckoutSessionSubscriptionData, ProductData,
 };
 
 use ::stripe::StripeRequest;
@@ -185,5 +185,42 @@ impl StripeGateway {
             .send(&self.client)
             .await?;
         Ok(transfer.id.to_string())
+    }
+
+    /// A Checkout Session in subscription mode for `price_id`; the subject
+    /// (`person`/`org` and id) and plan ride in the subscription's metadata,
+    /// so its webhooks say whose plan they change.
+    pub async fn create_subscription_session(
+        &self,
+        price_id: &str,
+        subject_type: &str,
+        subject_id: &str,
+        plan: &str,
+        success_url: &str,
+        cancel_url: &str,
+    ) -> Result<SessionRef, StripeCallError> {
+        let metadata: HashMap<String, String> = [
+            ("subject_type".to_string(), subject_type.to_string()),
+            ("subject_id".to_string(), subject_id.to_string()),
+            ("plan".to_string(), plan.to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let mut item = CreateCheckoutSessionLineItems::new();
+        item.price = Some(price_id.to_string());
+        item.quantity = Some(1);
+        let mut subscription = CreateCheckoutSessionSubscriptionData::new();
+        subscription.metadata = Some(metadata.clone());
+        let session = CreateCheckoutSession::new()
+            .mode(stripe_shared::CheckoutSessionMode::Subscription)
+            .line_items(vec![item])
+            .client_reference_id(format!("{subject_type}:{subject_id}"))
+            .metadata(metadata)
+            .subscription_data(subscription)
+            .success_url(success_url)
+            .cancel_url(cancel_url)
+            .send(&self.client)
+            .await?;
+        Ok(SessionRef { id: session.id.to_string(), url: session.url, payment_intent: None })
     }
 }

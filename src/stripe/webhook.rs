@@ -153,6 +153,50 @@ pub struct BankPayout {
     pub id: String,
 }
 
+/// The fields of a Subscription tally reads.
+#[derive(Debug, Deserialize)]
+pub struct Subscription {
+    pub id: String,
+    pub status: String,
+    #[serde(default)]
+    pub metadata: Option<HashMap<String, String>>,
+}
+
+/// The fields of an Invoice tally reads: its subscription, where the API
+/// version puts it.
+#[derive(Debug, Deserialize)]
+pub struct Invoice {
+    pub id: String,
+    #[serde(default)]
+    pub subscription: Option<IdOrObject>,
+    #[serde(default)]
+    pub parent: Option<InvoiceParent>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InvoiceParent {
+    #[serde(default)]
+    pub subscription_details: Option<InvoiceSubscriptionDetails>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InvoiceSubscriptionDetails {
+    #[serde(default)]
+    pub subscription: Option<IdOrObject>,
+}
+
+impl Invoice {
+    pub fn subscription_id(&self) -> Option<&str> {
+        self.subscription.as_ref().map(IdOrObject::id).or_else(|| {
+            self.parent
+                .as_ref()
+                .and_then(|p| p.subscription_details.as_ref())
+                .and_then(|d| d.subscription.as_ref())
+                .map(IdOrObject::id)
+        })
+    }
+}
+
 /// A reference Stripe sends as an id, or as the expanded object.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]

@@ -50,6 +50,9 @@ pub async fn market(
     let (s, org) = app.post("/v1/orgs", &creator, json!({"name": "Creator Co"})).await;
     assert_eq!(s, 201, "{org}");
     let org_id = org["id"].as_str().unwrap().to_string();
+    // Publishing needs Pro.
+    let (s, g) = app.post("/v1/admin/plan-grants", &op, json!({"org_id": org_id, "plan": "pro"})).await;
+    assert_eq!(s, 201, "{g}");
     let (s, agent) = app
         .post(
             &format!("/v1/orgs/{org_id}/agents"),

@@ -14,5 +14,6 @@ mod migrations;
 mod openapi;
 mod orgs;
 mod payouts;
+mod plans;
 mod topups;
 mod wallets;

@@ -1,0 +1,263 @@
+//! Plans, entitlements, Pro subscriptions and operator grants.
+
+use actix_web::http::StatusCode;
+use actix_web::{get, post, web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_actix_web::service_config::ServiceConfig;
+
+use super::{run, AppState, JsonBody};
+use crate::auth::{AuthUser, Operator};
+use crate::domain::plans::Decision;
+use crate::error::{ApiError, ErrorResponse};
+use crate::services::plans::{self, Entitlements, PlanGrant, PlanList, Subject};
+
+pub fn configure(cfg: &mut ServiceConfig) {
+    cfg.service(list_plans)
+        .service(get_my_entitlements)
+        .service(get_org_entitlements)
+        .service(check_entitlement)
+        .service(create_subscription)
+        .service(create_plan_grant);
+}
+
+/// May the caller (or an organization) do this?
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EntitlementCheckRequest {
+    /// `chat`, `private_agents`, `publish_marketplace`, `web_search`,
+    /// `kb_upload`, `kb_url_indexing` or `kb_image_uploads`.
+    pub feature: String,
+    /// Check the plan of this organization (the caller must be a member).
+    pub org_id: Option<String>,
+    /// For `kb_upload`: the file's size in bytes.
+    pub size_bytes: Option<u64>,
+    /// For `kb_upload`: how many files are already there.
+    pub count: Option<u64>,
+}
+
+/// Start an upgrade.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSubscriptionRequest {
+    /// The plan to subscribe to (`pro`).
+    pub plan: String,
+    /// Upgrade this organization (owners only) instead of the caller.
+    pub org_id: Option<String>,
+}
+
+/// Where to pay for the upgrade.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionCheckout {
+    pub plan: String,
+    /// `person` or `org`.
+    pub subject_type: String,
+    pub subject_id: String,
+    /// Stripe Checkout (subscription mode).
+    pub checkout_url: Option<String>,
+    pub checkout_session_id: String,
+}
+
+/// An operator's grant of a plan.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePlanGrantRequest {
+    /// The person to grant it to (or `org_id`).
+    pub user_id: Option<String>,
+    /// The organization to grant it to (or `user_id`).
+    pub org_id: Option<String>,
+    pub plan: String,
+    /// When it ends (RFC 3339); absent: open-ended.
+    pub until: Option<String>,
+}
+
+/// List plans
+///
+/// The tiers with their features and knowledge-base limits.
+#[utoipa::path(tag = "plans", responses((status = 200, description = "The plans", body = PlanList)))]
+#[get("/v1/plans")]
+pub async fn list_plans(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(plans::list_plans(&state.ctx))
+}
+
+/// My entitlements
+///
+/// The plan in force for the caller, where it comes from, and its limits.
+#[utoipa::path(
+    tag = "plans",
+    responses(
+        (status = 200, description = "Entitlements", body = Entitlements),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/me/entitlements")]
+pub async fn get_my_entitlements(
+    state: web::Data<AppState>,
+    user: AuthUser,
+) -> Result<HttpResponse, ApiError> {
+    let caller = user.caller();
+    let e = run(&state, move |conn, ctx| plans::my_entitlements(conn, ctx, &caller)).await?;
+    Ok(HttpResponse::Ok().json(e))
+}
+
+/// Organization entitlements
+///
+/// The plan in force for the organization. Members only.
+#[utoipa::path(
+    tag = "plans",
+    params(("org_id" = String, Path, description = "The organization's `org_` id")),
+    responses(
+        (status = 200, description = "Entitlements", body = Entitlements),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 404, description = "No such organization, or not a member", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/orgs/{org_id}/entitlements")]
+pub async fn get_org_entitlements(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = user.caller();
+    let org_id = path.into_inner();
+    let e = run(&state, move |conn, ctx| plans::org_entitlements(conn, ctx, &caller, &org_id)).await?;
+    Ok(HttpResponse::Ok().json(e))
+}
+
+/// Check an entitlement
+///
+/// Answers whether the caller (or an organization they belong to) may use a
+/// feature, with a file of `size_bytes` and `count` files already there;
+/// when not, the reason and the limit.
+#[utoipa::path(
+    tag = "plans",
+    request_body = EntitlementCheckRequest,
+    responses(
+        (status = 200, description = "The decision", body = Decision),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 404, description = "No such organization, or not a member", body = ErrorResponse),
+        (status = 422, description = "Unknown feature", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/entitlements/check")]
+pub async fn check_entitlement(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    body: JsonBody<EntitlementCheckRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = user.caller();
+    let r = body.value;
+    let d = run(&state, move |conn, ctx| {
+        plans::check(conn, ctx, &caller, r.org_id.as_deref(), &r.feature, r.size_bytes, r.count)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(d))
+}
+
+/// Start a Pro subscription
+///
+/// Opens a Stripe Checkout in subscription mode for the caller (or an
+/// organization they own) and returns its URL; subscription webhooks then
+/// keep the plan current.
+#[utoipa::path(
+    tag = "plans",
+    request_body = CreateSubscriptionRequest,
+    responses(
+        (status = 201, description = "The Checkout to pay at", body = SubscriptionCheckout),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 403, description = "Not an owner of the organization", body = ErrorResponse),
+        (status = 404, description = "No such organization, or not a member", body = ErrorResponse),
+        (status = 422, description = "The plan is not for sale", body = ErrorResponse),
+        (status = 503, description = "Stripe is not configured or could not be reached", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/subscriptions")]
+pub async fn create_subscription(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    body: JsonBody<CreateSubscriptionRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = user.caller();
+    let r = body.value;
+    if r.plan != crate::domain::plans::PRO {
+        return Err(ApiError::validation(format!("plan '{}' is not for sale (only 'pro')", r.plan)));
+    }
+    let org = r.org_id.clone();
+    let subject =
+        run(&state, move |conn, _| plans::subscription_subject(conn, &caller, org.as_deref())).await?;
+    let (Some(gateway), Some(price)) = (state.stripe.clone(), state.ctx.settings.pro_price_id.clone()) else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "subscriptions_unavailable",
+            "subscriptions need Stripe and TALLY_PRO_PRICE_ID, which are not configured",
+        ));
+    };
+    let settings = &state.ctx.settings;
+    let session = gateway
+        .create_subscription_session(
+            &price,
+            subject.kind(),
+            subject.id(),
+            &r.plan,
+            &settings.checkout_success_url,
+            &settings.checkout_cancel_url,
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "subscription Checkout not created");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "payment_provider_unavailable",
+                "the payment provider could not be reached; retry shortly",
+            )
+        })?;
+    Ok(HttpResponse::Created().json(SubscriptionCheckout {
+        plan: r.plan,
+        subject_type: subject.kind().into(),
+        subject_id: subject.id().into(),
+        checkout_url: session.url,
+        checkout_session_id: session.id,
+    }))
+}
+
+/// Grant a plan
+///
+/// Gives a person or an organization a plan until a date, or open-ended.
+#[utoipa::path(
+    tag = "admin",
+    request_body = CreatePlanGrantRequest,
+    responses(
+        (status = 201, description = "The grant", body = PlanGrant),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 403, description = "Not an operator", body = ErrorResponse),
+        (status = 404, description = "No such organization", body = ErrorResponse),
+        (status = 422, description = "Not exactly one of user_id and org_id, unknown plan, or an end in the past", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/admin/plan-grants")]
+pub async fn create_plan_grant(
+    state: web::Data<AppState>,
+    operator: Operator,
+    body: JsonBody<CreatePlanGrantRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = operator.0.caller();
+    let r = body.value;
+    let subject = match (r.user_id, r.org_id) {
+        (Some(u), None) => Subject::Person(u),
+        (None, Some(o)) => Subject::Org(o),
+        _ => return Err(ApiError::validation("give exactly one of user_id and org_id")),
+    };
+    let until = super::parse_time("until", &r.until)?;
+    let grant =
+        run(&state, move |conn, ctx| plans::create_grant(conn, ctx, &caller, subject, &r.plan, until))
+            .await?;
+    Ok(HttpResponse::Created().json(grant))
+}

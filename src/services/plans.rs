@@ -1,0 +1,379 @@
+//! Plans of people and organizations (SPEC 7): operator grants and Stripe
+//! subscriptions decide the plan in force; entitlement checks answer the
+//! frontend; publishing to the marketplace needs Pro.
+//!
+//! A downgrade unpublishes nothing: agents already public stay listed, but
+//! no agent can be made public while the organization is not on Pro.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::orgs::role_in;
+use super::{Caller, Ctx, ServiceError, ServiceResult};
+use crate::db::schema::{orgs, plan_grants, subscriptions};
+use crate::db::{self, DbConn};
+use crate::domain::ids::new_id;
+use crate::domain::plans::{self, Decision, Plan, FREE};
+use crate::domain::text::checked_id;
+use crate::domain::OrgRole;
+use crate::stripe::webhook::{Invoice, Subscription};
+
+/// Whose plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subject {
+    Person(String),
+    Org(String),
+}
+
+impl Subject {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Subject::Person(_) => "person",
+            Subject::Org(_) => "org",
+        }
+    }
+    pub fn id(&self) -> &str {
+        match self {
+            Subject::Person(id) | Subject::Org(id) => id,
+        }
+    }
+}
+
+/// The plans on offer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlanList {
+    pub data: Vec<Plan>,
+    pub has_more: bool,
+}
+
+/// The plan in force for a person or an organization, and what it allows.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Entitlements {
+    /// `person` or `org`.
+    pub subject_type: String,
+    pub subject_id: String,
+    /// The plan in force.
+    pub plan: String,
+    /// Why: `default`, `grant` or `subscription`.
+    pub source: String,
+    /// When a granted plan ends (null: open-ended, or not a grant).
+    pub until: Option<DateTime<Utc>>,
+    pub features: Vec<String>,
+    /// Most knowledge-base files; null = unlimited.
+    pub kb_max_files: Option<u64>,
+    /// Largest knowledge-base file in bytes; null = unlimited.
+    pub kb_max_file_bytes: Option<u64>,
+}
+
+/// An operator's grant of a plan.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlanGrant {
+    /// `grt_` id.
+    pub id: String,
+    pub subject_type: String,
+    pub subject_id: String,
+    pub plan: String,
+    /// Null: open-ended.
+    pub until: Option<DateTime<Utc>>,
+    pub granted_by: String,
+    pub created_at: DateTime<Utc>,
+}
+
+fn plan_by_id<'a>(ctx: &'a Ctx, id: &str) -> Option<&'a Plan> {
+    ctx.settings.plans.iter().find(|p| p.id == id)
+}
+
+fn free(ctx: &Ctx) -> Plan {
+    plan_by_id(ctx, FREE).cloned().unwrap_or_else(|| plans::default_plans().remove(0))
+}
+
+/// `GET /v1/plans`.
+pub fn list_plans(ctx: &Ctx) -> PlanList {
+    PlanList { data: ctx.settings.plans.clone(), has_more: false }
+}
+
+/// The plan in force: an active grant, else a live subscription (past-due
+/// ones keep it for the grace period), else Free. The best plan wins when
+/// several apply (plans are ranked by their order in the configuration).
+pub fn effective(
+    conn: &mut DbConn,
+    ctx: &Ctx,
+    subject: &Subject,
+) -> ServiceResult<(Plan, &'static str, Option<NaiveDateTime>)> {
+    let now = db::now();
+    let rank = |id: &str| ctx.settings.plans.iter().position(|p| p.id == id).unwrap_or(0);
+    let mut best: (Plan, &'static str, Option<NaiveDateTime>) = (free(ctx), "default", None);
+    let grants: Vec<(String, Option<NaiveDateTime>)> = plan_grants::table
+        .filter(plan_grants::subject_type.eq(subject.kind()))
+        .filter(plan_grants::subject_id.eq(subject.id()))
+        .filter(plan_grants::until.is_null().or(plan_grants::until.gt(now)))
+        .select((plan_grants::plan, plan_grants::until))
+        .load(conn)?;
+    for (plan, until) in grants {
+        if let Some(p) = plan_by_id(ctx, &plan) {
+            if rank(&p.id) > rank(&best.0.id) {
+                best = (p.clone(), "grant", until);
+            }
+        }
+    }
+    let grace = chrono::Duration::from_std(ctx.settings.past_due_grace).unwrap_or_default();
+    let subs: Vec<(String, String, Option<NaiveDateTime>)> = subscriptions::table
+        .filter(subscriptions::subject_type.eq(subject.kind()))
+        .filter(subscriptions::subject_id.eq(subject.id()))
+        .select((subscriptions::plan, subscriptions::status, subscriptions::past_due_since))
+        .load(conn)?;
+    for (plan, status, past_due_since) in subs {
+        let live = match status.as_str() {
+            "active" | "trialing" => true,
+            "past_due" => past_due_since.is_none_or(|since| since + grace > now),
+            _ => false,
+        };
+        if let (true, Some(p)) = (live, plan_by_id(ctx, &plan)) {
+            if rank(&p.id) > rank(&best.0.id) {
+                best = (p.clone(), "subscription", None);
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// The id of the plan in force.
+pub fn plan_of(conn: &mut DbConn, ctx: &Ctx, subject: &Subject) -> ServiceResult<String> {
+    Ok(effective(conn, ctx, subject)?.0.id)
+}
+
+fn entitlements(conn: &mut DbConn, ctx: &Ctx, subject: Subject) -> ServiceResult<Entitlements> {
+    let (plan, source, until) = effective(conn, ctx, &subject)?;
+    Ok(Entitlements {
+        subject_type: subject.kind().into(),
+        subject_id: subject.id().into(),
+        plan: plan.id,
+        source: source.into(),
+        until: until.map(|t| t.and_utc()),
+        features: plan.features,
+        kb_max_files: plan.kb_max_files,
+        kb_max_file_bytes: plan.kb_max_file_bytes,
+    })
+}
+
+/// `GET /v1/me/entitlements`.
+pub fn my_entitlements(conn: &mut DbConn, ctx: &Ctx, caller: &Caller) -> ServiceResult<Entitlements> {
+    entitlements(conn, ctx, Subject::Person(caller.id.clone()))
+}
+
+/// `GET /v1/orgs/{id}/entitlements`: members.
+pub fn org_entitlements(
+    conn: &mut DbConn,
+    ctx: &Ctx,
+    caller: &Caller,
+    org_id: &str,
+) -> ServiceResult<Entitlements> {
+    role_in(conn, org_id, &caller.id)?;
+    entitlements(conn, ctx, Subject::Org(org_id.to_string()))
+}
+
+/// `POST /v1/entitlements/check`: for the caller, or an organization they
+/// belong to.
+pub fn check(
+    conn: &mut DbConn,
+    ctx: &Ctx,
+    caller: &Caller,
+    org_id: Option<&str>,
+    feature: &str,
+    size_bytes: Option<u64>,
+    count: Option<u64>,
+) -> ServiceResult<Decision> {
+    if !plans::FEATURES.contains(&feature) {
+        return Err(ServiceError::Validation(format!(
+            "unknown feature '{feature}' (one of {})",
+            plans::FEATURES.join(", ")
+        )));
+    }
+    let subject = match org_id {
+        Some(org) => {
+            role_in(conn, org, &caller.id)?;
+            Subject::Org(org.to_string())
+        }
+        None => Subject::Person(caller.id.clone()),
+    };
+    let (plan, _, _) = effective(conn, ctx, &subject)?;
+    Ok(plans::check(&plan, feature, size_bytes, count))
+}
+
+/// Refuses (403 `plan_required`) making an agent public unless the
+/// organization's plan allows publishing.
+pub fn require_publish(conn: &mut DbConn, ctx: &Ctx, org_id: &str) -> ServiceResult<()> {
+    let (plan, _, _) = effective(conn, ctx, &Subject::Org(org_id.to_string()))?;
+    if plan.features.iter().any(|f| f == "publish_marketplace") {
+        return Ok(());
+    }
+    Err(ServiceError::PlanRequired {
+        message: format!(
+            "publishing to the marketplace needs a plan with publish_marketplace; the organization is on {}",
+            plan.name
+        ),
+    })
+}
+
+/// `POST /v1/admin/plan-grants`.
+pub fn create_grant(
+    conn: &mut DbConn,
+    ctx: &Ctx,
+    operator: &Caller,
+    subject: Subject,
+    plan: &str,
+    until: Option<NaiveDateTime>,
+) -> ServiceResult<PlanGrant> {
+    if plan_by_id(ctx, plan).is_none() {
+        return Err(ServiceError::Validation(format!("unknown plan '{plan}'")));
+    }
+    if until.is_some_and(|u| u <= db::now()) {
+        return Err(ServiceError::Validation("until must be in the future".into()));
+    }
+    db::write_tx(conn, |tx| {
+        match &subject {
+            Subject::Person(id) => {
+                checked_id("user_id", id).map_err(ServiceError::Validation)?;
+                super::people::insert_person_if_missing(tx, id)?;
+            }
+            Subject::Org(id) => {
+                let exists: i64 = orgs::table.find(id).count().get_result(tx)?;
+                if exists == 0 {
+                    return Err(ServiceError::NotFound("organization"));
+                }
+            }
+        }
+        let id = new_id("grt");
+        let now = db::now();
+        diesel::insert_into(plan_grants::table)
+            .values((
+                plan_grants::id.eq(&id),
+                plan_grants::subject_type.eq(subject.kind()),
+                plan_grants::subject_id.eq(subject.id()),
+                plan_grants::plan.eq(plan),
+                plan_grants::until.eq(until),
+                plan_grants::granted_by.eq(&operator.id),
+                plan_grants::created_at.eq(now),
+            ))
+            .execute(tx)?;
+        tracing::info!(grant = %id, subject = %subject.id(), plan, operator = %operator.id, "plan granted");
+        Ok(PlanGrant {
+            id,
+            subject_type: subject.kind().into(),
+            subject_id: subject.id().into(),
+            plan: plan.into(),
+            until: until.map(|t| t.and_utc()),
+            granted_by: operator.id.clone(),
+            created_at: now.and_utc(),
+        })
+    })
+}
+
+/// Who may start a subscription for whom: a person for themselves, an
+/// owner for their organization.
+pub fn subscription_subject(
+    conn: &mut DbConn,
+    caller: &Caller,
+    org_id: Option<&str>,
+) -> ServiceResult<Subject> {
+    match org_id {
+        Some(org) => match role_in(conn, org, &caller.id)? {
+            OrgRole::Owner => Ok(Subject::Org(org.to_string())),
+            _ => Err(ServiceError::Forbidden("only an owner may change the organization's plan".into())),
+        },
+        None => Ok(Subject::Person(caller.id.clone())),
+    }
+}
+
+const ENDED: [&str; 2] = ["canceled", "incomplete_expired"];
+
+/// `customer.subscription.created/updated/deleted`: keeps the subscription's
+/// last state. An older event than the one applied, or any event after the
+/// subscription ended, changes nothing.
+pub fn subscription_event(
+    tx: &mut DbConn,
+    event_created: i64,
+    sub: &Subscription,
+    deleted: bool,
+) -> ServiceResult<&'static str> {
+    let meta = sub.metadata.clone().unwrap_or_default();
+    let status = if deleted { "canceled".to_string() } else { sub.status.clone() };
+    let now = db::now();
+    let existing: Option<(String, i64, Option<NaiveDateTime>)> = subscriptions::table
+        .find(&sub.id)
+        .select((subscriptions::status, subscriptions::last_event_at, subscriptions::past_due_since))
+        .first(tx)
+        .optional()?;
+    match existing {
+        None => {
+            let (Some(kind), Some(subject), Some(plan)) =
+                (meta.get("subject_type"), meta.get("subject_id"), meta.get("plan"))
+            else {
+                return Ok("unknown_subscription");
+            };
+            if kind != "person" && kind != "org" {
+                return Ok("unknown_subscription");
+            }
+            let past_due_since = (status == "past_due").then_some(now);
+            let inserted = tx.transaction(|c| {
+                diesel::insert_into(subscriptions::table)
+                    .values((
+                        subscriptions::id.eq(&sub.id),
+                        subscriptions::subject_type.eq(kind),
+                        subscriptions::subject_id.eq(subject),
+                        subscriptions::plan.eq(plan),
+                        subscriptions::status.eq(&status),
+                        subscriptions::past_due_since.eq(past_due_since),
+                        subscriptions::last_event_at.eq(event_created),
+                        subscriptions::created_at.eq(now),
+                        subscriptions::updated_at.eq(now),
+                    ))
+                    .execute(c)
+            });
+            match inserted {
+                Ok(_) => Ok("subscription_recorded"),
+                Err(e) if db::is_unique_violation(&e) => subscription_event(tx, event_created, sub, deleted),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Some((current, _, _)) if ENDED.contains(&current.as_str()) => Ok("subscription_already_ended"),
+        Some((_, last, _)) if event_created < last => Ok("stale_event"),
+        Some((_, _, past_due_since)) => {
+            let past_due_since = match (status.as_str(), past_due_since) {
+                ("past_due", Some(since)) => Some(since),
+                ("past_due", None) => Some(now),
+                _ => None,
+            };
+            diesel::update(subscriptions::table.find(&sub.id))
+                .set((
+                    subscriptions::status.eq(&status),
+                    subscriptions::past_due_since.eq(past_due_since),
+                    subscriptions::last_event_at.eq(event_created),
+                    subscriptions::updated_at.eq(now),
+                ))
+                .execute(tx)?;
+            Ok("subscription_updated")
+        }
+    }
+}
+
+/// `invoice.payment_failed`: the subscription is past due from now on
+/// (unless it already was, or has ended).
+pub fn invoice_payment_failed(tx: &mut DbConn, invoice: &Invoice) -> ServiceResult<&'static str> {
+    let Some(sub) = invoice.subscription_id() else { return Ok("not_a_subscription_invoice") };
+    let n = diesel::update(
+        subscriptions::table
+            .find(sub)
+            .filter(subscriptions::status.ne_all(ENDED))
+            .filter(subscriptions::past_due_since.is_null()),
+    )
+    .set((
+        subscriptions::status.eq("past_due"),
+        subscriptions::past_due_since.eq(db::now()),
+        subscriptions::updated_at.eq(db::now()),
+    ))
+    .execute(tx)?;
+    Ok(if n == 1 { "subscription_past_due" } else { "no_change" })
+}

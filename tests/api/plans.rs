@@ -1,0 +1,312 @@
+//! Plans: entitlement checks, publishing needs Pro, grants, subscriptions.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::fake_stripe::{self as fake, FakeStripe, WEBHOOK_SECRET};
+use crate::helpers::{assert_error, Backend, TestApp};
+
+crate::both!(free_limits_and_grants, publishing_needs_pro);
+
+macro_rules! both_with_stripe {
+    ($($name:ident),* $(,)?) => { $(
+        mod $name {
+            use super::*;
+            async fn go(backend: Backend) {
+                let stripe = FakeStripe::start().await;
+                let Some(app) = TestApp::spawn_with(backend, |v| {
+                    stripe.settings(v);
+                    v.insert("TALLY_PRO_PRICE_ID".into(), "price_pro_monthly".into());
+                    v.insert("TALLY_PAST_DUE_GRACE".into(), "0s".into());
+                }).await else {
+                    eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
+                    return;
+                };
+                super::$name(app, stripe).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() { go(Backend::Sqlite).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() { go(Backend::Postgres).await }
+        }
+    )* };
+}
+
+both_with_stripe!(subscriptions_keep_the_plan_current);
+
+async fn check(app: &TestApp, token: &str, body: Value) -> Value {
+    let (s, d) = app.post("/v1/entitlements/check", token, body).await;
+    assert_eq!(s, 200, "{d}");
+    d
+}
+
+async fn free_limits_and_grants(app: TestApp) {
+    let alice = app.token("alice");
+    let (s, _, plans) = app.send(Method::GET, "/v1/plans", None, None, None).await;
+    assert_eq!(s, 200);
+    let ids: Vec<&str> =
+        plans["data"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec!["free", "pro"]);
+    assert_eq!(plans["data"][0]["kb_max_file_bytes"], 2 * 1024 * 1024);
+
+    let d =
+        check(&app, &alice, json!({"feature": "kb_upload", "size_bytes": 3 * 1024 * 1024, "count": 0})).await;
+    assert_eq!(
+        (d["allowed"].as_bool(), d["plan"].as_str(), d["reason"].as_str(), d["limit"].as_u64()),
+        (Some(false), Some("free"), Some("file_too_large"), Some(2_097_152))
+    );
+    let d = check(&app, &alice, json!({"feature": "kb_upload", "size_bytes": 1000, "count": 1})).await;
+    assert_eq!(
+        (d["allowed"].as_bool(), d["reason"].as_str(), d["limit"].as_u64()),
+        (Some(false), Some("file_limit_reached"), Some(1))
+    );
+    let d = check(&app, &alice, json!({"feature": "kb_upload", "size_bytes": 1000, "count": 0})).await;
+    assert_eq!(d["allowed"], true);
+    let d = check(&app, &alice, json!({"feature": "web_search"})).await;
+    assert_eq!((d["allowed"].as_bool(), d["reason"].as_str()), (Some(false), Some("feature_not_in_plan")));
+    let (s, b) = app.post("/v1/entitlements/check", &alice, json!({"feature": "teleport"})).await;
+    assert_error(s, &b, 422, "validation_error");
+
+    // An operator grants Pro (until a date): now allowed.
+    let op = app.operator_token();
+    let until =
+        (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (s, g) = app
+        .post("/v1/admin/plan-grants", &op, json!({"user_id": "alice", "plan": "pro", "until": until}))
+        .await;
+    assert_eq!(s, 201, "{g}");
+    assert!(g["id"].as_str().unwrap().starts_with("grt_"));
+    let d =
+        check(&app, &alice, json!({"feature": "kb_upload", "size_bytes": 3 * 1024 * 1024, "count": 5})).await;
+    assert_eq!((d["allowed"].as_bool(), d["plan"].as_str()), (Some(true), Some("pro")));
+    let (_, e) = app.get("/v1/me/entitlements", &alice).await;
+    assert_eq!((e["plan"].as_str(), e["source"].as_str()), (Some("pro"), Some("grant")));
+    assert!(e["until"].is_string());
+    let (_, me) = app.get("/v1/me", &alice).await;
+    assert_eq!(me["plan"], "pro");
+    // Grant validation.
+    for body in [
+        json!({"plan": "pro"}),
+        json!({"user_id": "a", "org_id": "org_x", "plan": "pro"}),
+        json!({"user_id": "a", "plan": "platinum"}),
+        json!({"user_id": "a", "plan": "pro", "until": "2000-01-01T00:00:00Z"}),
+    ] {
+        let (s, b) = app.post("/v1/admin/plan-grants", &op, body).await;
+        assert_error(s, &b, 422, "validation_error");
+    }
+    let (s, b) = app.post("/v1/admin/plan-grants", &op, json!({"org_id": "org_nope", "plan": "pro"})).await;
+    assert_error(s, &b, 404, "not_found");
+    let (s, b) = app.post("/v1/admin/plan-grants", &alice, json!({"user_id": "alice", "plan": "pro"})).await;
+    assert_error(s, &b, 403, "forbidden");
+}
+
+async fn publishing_needs_pro(app: TestApp) {
+    let op = app.operator_token();
+    app.send(
+        Method::PUT,
+        "/v1/admin/models/m",
+        Some(&op),
+        Some(json!({"runtime_infra": "0.1", "provider_cost": "0"})),
+        None,
+    )
+    .await;
+    let creator = app.token("creator");
+    let (_, org) = app.post("/v1/orgs", &creator, json!({"name": "Co"})).await;
+    let org_id = org["id"].as_str().unwrap().to_string();
+    assert_eq!(org["plan"], "free");
+    let (s, b) = app
+        .post(
+            &format!("/v1/orgs/{org_id}/agents"),
+            &creator,
+            json!({"name": "A", "model": "m", "visibility": "public"}),
+        )
+        .await;
+    assert_error(s, &b, 403, "plan_required");
+    let (s, private) =
+        app.post(&format!("/v1/orgs/{org_id}/agents"), &creator, json!({"name": "A", "model": "m"})).await;
+    assert_eq!(s, 201);
+    let agent = private["id"].as_str().unwrap().to_string();
+    let (s, b) = app.patch(&format!("/v1/agents/{agent}"), &creator, json!({"visibility": "public"})).await;
+    assert_error(s, &b, 403, "plan_required");
+    let (_, e) = app.get(&format!("/v1/orgs/{org_id}/entitlements"), &creator).await;
+    assert_eq!((e["plan"].as_str(), e["source"].as_str()), (Some("free"), Some("default")));
+    let d = check(&app, &creator, json!({"feature": "publish_marketplace", "org_id": org_id})).await;
+    assert_eq!(d["allowed"], false);
+    // With Pro granted to the organization: allowed.
+    let (s, _) = app.post("/v1/admin/plan-grants", &op, json!({"org_id": org_id, "plan": "pro"})).await;
+    assert_eq!(s, 201);
+    let (s, a) = app.patch(&format!("/v1/agents/{agent}"), &creator, json!({"visibility": "public"})).await;
+    assert_eq!((s.as_u16(), a["visibility"].as_str()), (200, Some("public")));
+    let (_, o) = app.get(&format!("/v1/orgs/{org_id}"), &creator).await;
+    assert_eq!(o["plan"], "pro");
+    let d = check(&app, &creator, json!({"feature": "publish_marketplace", "org_id": org_id})).await;
+    assert_eq!(d["allowed"], true);
+    // A non-member cannot ask about the org.
+    let (s, b) = app
+        .post("/v1/entitlements/check", &app.token("mallory"), json!({"feature": "chat", "org_id": org_id}))
+        .await;
+    assert_error(s, &b, 404, "not_found");
+}
+
+fn subscription_event(
+    id: &str,
+    kind: &str,
+    sub_id: &str,
+    status: &str,
+    subject: (&str, &str),
+    created: i64,
+) -> String {
+    let mut s: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/stripe/subscription.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    s["id"] = json!(sub_id);
+    s["status"] = json!(status);
+    s["metadata"] = json!({"subject_type": subject.0, "subject_id": subject.1, "plan": "pro"});
+    let mut e: Value = serde_json::from_str(&fake::event(id, kind, s)).unwrap();
+    e["created"] = json!(created);
+    e.to_string()
+}
+
+async fn deliver(app: &TestApp, payload: &str) -> Value {
+    let res = app
+        .client
+        .post(format!("{}/v1/webhooks/stripe", app.address))
+        .header("Stripe-Signature", fake::signature(payload, WEBHOOK_SECRET, 0))
+        .body(payload.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+async fn subscriptions_keep_the_plan_current(app: TestApp, stripe: FakeStripe) {
+    let op = app.operator_token();
+    app.send(
+        Method::PUT,
+        "/v1/admin/models/m",
+        Some(&op),
+        Some(json!({"runtime_infra": "0.1", "provider_cost": "0"})),
+        None,
+    )
+    .await;
+    let creator = app.token("creator");
+    let (_, org) = app.post("/v1/orgs", &creator, json!({"name": "Co"})).await;
+    let org_id = org["id"].as_str().unwrap().to_string();
+    // The owner starts the upgrade: a subscription-mode Checkout.
+    let (s, co) = app.post("/v1/subscriptions", &creator, json!({"plan": "pro", "org_id": org_id})).await;
+    assert_eq!(s, 201, "{co}");
+    assert!(co["checkout_url"].as_str().unwrap().starts_with("https://checkout.stripe.test/"));
+    let r = &stripe.requests_to("/v1/checkout/sessions")[0];
+    assert_eq!(r.param("mode"), Some("subscription"));
+    assert_eq!(r.param("line_items[0][price]"), Some("price_pro_monthly"));
+    assert_eq!(r.param("subscription_data[metadata][subject_id]"), Some(org_id.as_str()));
+    assert_eq!(r.param("subscription_data[metadata][subject_type]"), Some("org"));
+    app.post(&format!("/v1/orgs/{org_id}/members"), &creator, json!({"user_id": "mo"})).await;
+    let (s, b) =
+        app.post("/v1/subscriptions", &app.token("mo"), json!({"plan": "pro", "org_id": org_id})).await;
+    assert_error(s, &b, 403, "forbidden");
+    let (s, b) = app.post("/v1/subscriptions", &creator, json!({"plan": "gold"})).await;
+    assert_error(s, &b, 422, "validation_error");
+
+    let subject = ("org", org_id.as_str());
+    async fn plan_of(app: &TestApp, org_id: &str, token: &str) -> String {
+        app.get(&format!("/v1/orgs/{org_id}/entitlements"), token).await.1["plan"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+    assert_eq!(plan_of(&app, &org_id, &creator).await, "free");
+    let ack = deliver(
+        &app,
+        &subscription_event("evt_s1", "customer.subscription.created", "sub_1", "active", subject, 1000),
+    )
+    .await;
+    assert_eq!(ack["outcome"], "subscription_recorded");
+    assert_eq!(plan_of(&app, &org_id, &creator).await, "pro");
+    // Publishing now works.
+    let (s, _) = app
+        .post(
+            &format!("/v1/orgs/{org_id}/agents"),
+            &creator,
+            json!({"name": "A", "model": "m", "visibility": "public"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    // A payment failure: past due, and with no grace, back to Free.
+    let mut invoice: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/stripe/invoice.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    invoice["id"] = json!("in_1");
+    invoice["subscription"] = json!("sub_1");
+    let ack = deliver(&app, &fake::event("evt_inv", "invoice.payment_failed", invoice)).await;
+    assert_eq!(ack["outcome"], "subscription_past_due");
+    assert_eq!(plan_of(&app, &org_id, &creator).await, "free");
+    let ack = deliver(
+        &app,
+        &subscription_event("evt_s2", "customer.subscription.updated", "sub_1", "active", subject, 2000),
+    )
+    .await;
+    assert_eq!(ack["outcome"], "subscription_updated");
+    assert_eq!(plan_of(&app, &org_id, &creator).await, "pro");
+    // Deleted: back to Free; the public agent stays listed, new ones are refused.
+    let ack = deliver(
+        &app,
+        &subscription_event("evt_s3", "customer.subscription.deleted", "sub_1", "canceled", subject, 3000),
+    )
+    .await;
+    assert_eq!(ack["outcome"], "subscription_updated");
+    assert_eq!(plan_of(&app, &org_id, &creator).await, "free");
+    let (_, _, market) = app.send(Method::GET, "/v1/marketplace/agents", None, None, None).await;
+    assert_eq!(market["data"].as_array().unwrap().len(), 1, "nothing is unpublished silently");
+    let (s, b) = app
+        .post(
+            &format!("/v1/orgs/{org_id}/agents"),
+            &creator,
+            json!({"name": "B", "model": "m", "visibility": "public"}),
+        )
+        .await;
+    assert_error(s, &b, 403, "plan_required");
+    // A duplicated event, an out-of-order older one, and a newer "active"
+    // one for the ended subscription resurrect nothing.
+    let ack = deliver(
+        &app,
+        &subscription_event("evt_s2", "customer.subscription.updated", "sub_1", "active", subject, 2000),
+    )
+    .await;
+    assert_eq!(ack["outcome"], "duplicate");
+    let ack = deliver(
+        &app,
+        &subscription_event("evt_s2b", "customer.subscription.updated", "sub_1", "active", subject, 2500),
+    )
+    .await;
+    assert_eq!(ack["outcome"], "subscription_already_ended");
+    let ack = deliver(
+        &app,
+        &subscription_event("evt_s4", "customer.subscription.updated", "sub_1", "active", subject, 4000),
+    )
+    .await;
+    assert_eq!(ack["outcome"], "subscription_already_ended");
+    assert_eq!(plan_of(&app, &org_id, &creator).await, "free");
+    // Out of order before the end: an older state does not overwrite a newer one.
+    let ack = deliver(
+        &app,
+        &subscription_event("evt_t2", "customer.subscription.updated", "sub_2", "active", subject, 5000),
+    )
+    .await;
+    assert_eq!(ack["outcome"], "subscription_recorded");
+    let ack = deliver(
+        &app,
+        &subscription_event("evt_t1", "customer.subscription.updated", "sub_2", "incomplete", subject, 4500),
+    )
+    .await;
+    assert_eq!(ack["outcome"], "stale_event");
+    assert_eq!(plan_of(&app, &org_id, &creator).await, "pro");
+}
