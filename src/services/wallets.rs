@@ -11,7 +11,8 @@ use super::orgs::role_in;
 use super::{Caller, Ctx, ServiceError, ServiceResult};
 use crate::db::models::AccountRow;
 use crate::db::schema::accounts;
-use crate::db::{self, DbConn};
+use crate::db::{self, counters, DbConn};
+use crate::domain::limits::Period;
 use crate::domain::{AccountKind, Credits, OwnerType, UsdCents};
 use crate::ledger::AccountRef;
 
@@ -38,6 +39,18 @@ pub struct Wallet {
     /// Most credits that may be spent per ISO week (UTC); null = no limit.
     #[schema(value_type = Option<String>, example = "100")]
     pub weekly_limit: Option<Credits>,
+    /// Credits spent from this wallet today (UTC day).
+    #[schema(value_type = String, example = "3.9")]
+    pub spent_today: Credits,
+    /// Credits spent from this wallet this ISO week (UTC).
+    #[schema(value_type = String, example = "12.5")]
+    pub spent_this_week: Credits,
+    /// What the daily limit still allows today (null: no limit).
+    #[schema(value_type = Option<String>, example = "16.1")]
+    pub daily_remaining: Option<Credits>,
+    /// What the weekly limit still allows this week (null: no limit).
+    #[schema(value_type = Option<String>, example = "87.5")]
+    pub weekly_remaining: Option<Credits>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -88,9 +101,19 @@ pub fn load_for(
     }
 }
 
-pub fn view(ctx: &Ctx, row: &AccountRow) -> Wallet {
+/// The wallet as shown, with its spend-limit state.
+pub fn view(conn: &mut DbConn, ctx: &Ctx, row: &AccountRow) -> ServiceResult<Wallet> {
     let balance = Credits::from_micros(row.balance.unwrap_or(0));
-    Wallet {
+    let now = db::now();
+    let spent_today = Credits::from_micros(counters::spent(conn, row.id, "", &Period::Day.key(now))?);
+    let spent_this_week = Credits::from_micros(counters::spent(conn, row.id, "", &Period::Week.key(now))?);
+    let remaining =
+        |limit: Option<i64>, spent: Credits| limit.map(|l| Credits::from_micros((l - spent.micros()).max(0)));
+    Ok(Wallet {
+        spent_today,
+        spent_this_week,
+        daily_remaining: remaining(row.daily_limit, spent_today),
+        weekly_remaining: remaining(row.weekly_limit, spent_this_week),
         id: row.public_id.clone().unwrap_or_default(),
         owner_type: row.owner_type.clone(),
         owner_id: row.owner_id.clone(),
@@ -100,13 +123,13 @@ pub fn view(ctx: &Ctx, row: &AccountRow) -> Wallet {
         daily_limit: row.daily_limit.map(Credits::from_micros),
         weekly_limit: row.weekly_limit.map(Credits::from_micros),
         created_at: row.created_at.and_utc(),
-    }
+    })
 }
 
 /// `GET /v1/wallets/{id}`.
 pub fn get_wallet(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, wallet_id: &str) -> ServiceResult<Wallet> {
     let row = load_for(conn, caller, wallet_id, Access::Read)?;
-    Ok(view(ctx, &row))
+    view(conn, ctx, &row)
 }
 
 fn check_limit(name: &str, limit: Option<Credits>) -> ServiceResult<Option<i64>> {
@@ -136,7 +159,7 @@ pub fn update_limits(
             diesel::update(accounts::table.find(row.id)).set(accounts::weekly_limit.eq(w)).execute(tx)?;
         }
         let row = accounts::table.find(row.id).select(AccountRow::as_select()).first(tx)?;
-        Ok(view(ctx, &row))
+        view(tx, ctx, &row)
     })
 }
 
@@ -169,6 +192,6 @@ pub fn set_frozen(conn: &mut DbConn, ctx: &Ctx, wallet_id: &str, frozen: bool) -
         diesel::update(accounts::table.find(row.id)).set(accounts::frozen.eq(frozen)).execute(tx)?;
         let row = accounts::table.find(row.id).select(AccountRow::as_select()).first(tx)?;
         tracing::info!(wallet_id, frozen, "wallet freeze state set by operator");
-        Ok(view(ctx, &row))
+        view(tx, ctx, &row)
     })
 }

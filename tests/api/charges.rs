@@ -298,6 +298,17 @@ async fn personal_limits_frozen_wallets_and_private_agents(app: TestApp) {
     let (s, headers, b) = charge(&app, &alice, &agent, json!({}), "a2").await;
     assert_error(s, &b, 429, "spend_limit_exceeded");
     assert!(headers.contains_key("retry-after"));
+    // The wallet shows its spend-limit state.
+    let (_, w) = app.get(&format!("/v1/wallets/{wallet}"), &alice).await;
+    assert_eq!(
+        (
+            w["spent_today"].as_str(),
+            w["daily_remaining"].as_str(),
+            w["spent_this_week"].as_str(),
+            w["weekly_remaining"].as_str()
+        ),
+        (Some("2.6"), Some("0"), Some("2.6"), Some("97.4"))
+    );
     // Lifting the limit lets the next message through; the weekly one still counts.
     app.patch(&format!("/v1/wallets/{wallet}"), &alice, json!({"daily_limit": null, "weekly_limit": "3.9"}))
         .await;
