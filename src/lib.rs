@@ -9,6 +9,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod ledger;
+pub mod metrics;
 pub mod services;
 pub mod startup;
 pub mod stripe;

@@ -63,10 +63,16 @@ impl Application {
             Some(s) => Some(StripeGateway::new(s)?),
             None => None,
         };
-        let state =
-            web::Data::new(AppState { pool, ctx: Ctx { settings: Arc::new(settings), platform }, stripe });
+        let metrics = Arc::new(crate::metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?);
+        let state = web::Data::new(AppState {
+            pool,
+            ctx: Ctx { settings: Arc::new(settings), platform },
+            stripe,
+            metrics: metrics.clone(),
+        });
         let app_state = state.clone();
-        let mut server = HttpServer::new(move || build_app(app_state.clone(), verifier.clone()));
+        let mut server =
+            HttpServer::new(move || build_app(app_state.clone(), verifier.clone(), metrics.clone()));
         if let Some(n) = workers {
             server = server.workers(n);
         }
@@ -154,6 +160,7 @@ fn valid_request_id(v: &HeaderValue) -> Option<String> {
 pub fn build_app(
     state: web::Data<AppState>,
     verifier: web::Data<JwtVerifier>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> App<
     impl actix_web::dev::ServiceFactory<
         actix_web::dev::ServiceRequest,
@@ -178,7 +185,8 @@ pub fn build_app(
         .into_app()
         .service(web::redirect("/docs", "/docs/"))
         .default_service(web::to(api::not_found))
-        .wrap_fn(|req, srv| {
+        .wrap_fn(move |req, srv| {
+            let metrics = metrics.clone();
             let request_id = req
                 .headers()
                 .get("x-request-id")
@@ -207,6 +215,20 @@ pub fn build_app(
                                 ))
                                 .map_into_right_body(),
                         };
+                        let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+                        let status = res.status().as_u16().to_string();
+                        metrics
+                            .http_requests
+                            .with_label_values(&[
+                                route.as_str(),
+                                res.request().method().as_str(),
+                                status.as_str(),
+                            ])
+                            .inc();
+                        metrics
+                            .http_latency
+                            .with_label_values(&[route.as_str()])
+                            .observe(started.elapsed().as_secs_f64());
                         if let Ok(v) = HeaderValue::from_str(&id) {
                             res.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
                         }

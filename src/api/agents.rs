@@ -302,8 +302,18 @@ pub async fn create_charge(
     let agent_id = path.into_inner();
     let JsonBody { value, raw } = body;
     let person = charges::charged_person(&caller, value.user_id.as_deref())?;
-    run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {
+    let started = std::time::Instant::now();
+    let result = run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {
         charges::create_charge(tx, ctx, &person, &agent_id, value.org_id.as_deref(), key)
     })
-    .await
+    .await;
+    let outcome = match &result {
+        Ok(res) if res.headers().contains_key("idempotent-replayed") => "replayed",
+        Ok(res) if res.headers().get("x-request-cost").is_some_and(|c| c == "0") => "free",
+        Ok(_) => "paid",
+        Err(e) => e.kind(),
+    };
+    state.metrics.charges.with_label_values(&[outcome]).inc();
+    state.metrics.charge_latency.observe(started.elapsed().as_secs_f64());
+    result
 }

@@ -11,7 +11,7 @@ use crate::error::{ApiError, ErrorResponse};
 use crate::services::ServiceError;
 
 pub fn configure(cfg: &mut ServiceConfig) {
-    cfg.service(healthz).service(readyz);
+    cfg.service(healthz).service(readyz).service(metrics);
 }
 
 /// Health state.
@@ -49,4 +49,17 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         return Err(ApiError::unavailable("migrations pending"));
     }
     Ok(HttpResponse::Ok().json(Health { status: "ready".into() }))
+}
+
+/// Metrics
+///
+/// Prometheus text format: requests by route and status, charge latency and
+/// outcomes, webhook events by type and outcome, payouts by status.
+#[utoipa::path(
+    tag = "health",
+    responses((status = 200, description = "Prometheus metrics", content_type = "text/plain", body = String))
+)]
+#[get("/metrics")]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render())
 }

@@ -37,6 +37,7 @@ pub struct AppState {
     pub ctx: Ctx,
     /// The Stripe API client, when `STRIPE_SECRET_KEY` is set.
     pub stripe: Option<StripeGateway>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// Registers every route (and so documents it).

@@ -131,11 +131,14 @@ async fn send(state: &web::Data<AppState>, row: &PayoutRow) -> SendResult {
     let Some(gateway) = &state.stripe else {
         return SendResult::Unknown("Stripe is not configured".into());
     };
-    match gateway.create_transfer(&row.id, &row.stripe_account_id, row.usd_cents).await {
-        Ok(transfer_id) => SendResult::Created(transfer_id),
-        Err(StripeCallError::Refused { message, .. }) => SendResult::Refused(message),
-        Err(StripeCallError::Unavailable(m)) => SendResult::Unknown(m),
-    }
+    let (result, status) = match gateway.create_transfer(&row.id, &row.stripe_account_id, row.usd_cents).await
+    {
+        Ok(transfer_id) => (SendResult::Created(transfer_id), "in_transit"),
+        Err(StripeCallError::Refused { message, .. }) => (SendResult::Refused(message), "failed"),
+        Err(StripeCallError::Unavailable(m)) => (SendResult::Unknown(m), "pending"),
+    };
+    state.metrics.payouts.with_label_values(&[status]).inc();
+    result
 }
 
 /// Sends every payout left recorded but unsent (a crash between the commit

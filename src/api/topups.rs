@@ -237,6 +237,7 @@ pub async fn stripe_webhook(
     let header = req.headers().get("Stripe-Signature").and_then(|v| v.to_str().ok());
     let now = chrono::Utc::now().timestamp();
     if let Err(e) = webhook::verify(&body, header, &secret, now) {
+        state.metrics.webhook_events.with_label_values(&["unverified", "invalid_signature"]).inc();
         tracing::warn!(reason = %e, "webhook refused");
         return Err(ApiError::bad_request("invalid_signature", format!("webhook refused: {e}")));
     }
@@ -244,6 +245,7 @@ pub async fn stripe_webhook(
         .map_err(|e| ApiError::bad_request("invalid_event", format!("not a Stripe event: {e}")))?;
     let (id, kind) = (event.id.clone(), event.kind.clone());
     let outcome = run(&state, move |conn, ctx| topups::handle_event(conn, ctx, &event)).await?;
+    state.metrics.webhook_events.with_label_values(&[kind.as_str(), outcome]).inc();
     tracing::info!(event_id = %id, event_type = %kind, outcome, "webhook processed");
     Ok(HttpResponse::Ok().json(WebhookAck { received: true, outcome: outcome.to_string() }))
 }

@@ -246,6 +246,7 @@ impl TestApp {
             pool: self.pool.clone(),
             ctx: tally::services::Ctx { settings: std::sync::Arc::new(settings), platform },
             stripe,
+            metrics: std::sync::Arc::new(tally::metrics::Metrics::new().expect("metrics")),
         })
     }
 

@@ -10,6 +10,7 @@ mod fake_stripe;
 mod idempotency;
 mod input;
 mod ledger;
+mod metrics;
 mod migrations;
 mod openapi;
 mod orgs;
