@@ -26,6 +26,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("TALLY_SQLITE_SYNCHRONOUS", Some("FULL")),
     ("TALLY_IDEMPOTENCY_TTL", Some("24h")),
     ("TALLY_SETTLEMENT_SWEEP", Some("5s")),
+    ("TALLY_IDEMPOTENCY_LEASE", Some("30s")),
     ("TALLY_WORKERS", None),
     ("TALLY_LOG_FORMAT", Some("text")),
     ("TALLY_CREDIT_PACKS", None),
@@ -144,6 +145,9 @@ pub struct Settings {
     pub pool_size: u32,
     pub sqlite_synchronous_full: bool,
     pub idempotency_ttl: Duration,
+    /// How long a request holds its idempotency key before a retry may take
+    /// it over (after a crash).
+    pub idempotency_lease: Duration,
     /// How often each instance sweeps for earnings to settle.
     pub settlement_sweep: Duration,
     pub workers: Option<usize>,
@@ -235,6 +239,8 @@ impl Settings {
         if idempotency_ttl < Duration::from_secs(24 * 3600) {
             return Err(bad("TALLY_IDEMPOTENCY_TTL", "must be at least 24h".into()));
         }
+        let idempotency_lease = parse_duration("TALLY_IDEMPOTENCY_LEASE", &get("TALLY_IDEMPOTENCY_LEASE"))?
+            .max(Duration::from_secs(1));
         let settlement_sweep = parse_duration("TALLY_SETTLEMENT_SWEEP", &get("TALLY_SETTLEMENT_SWEEP"))?
             .max(Duration::from_millis(100));
         let min_text = get("TALLY_MIN_WITHDRAWAL").unwrap_or_default();
@@ -302,6 +308,7 @@ impl Settings {
             pool_size,
             sqlite_synchronous_full,
             idempotency_ttl,
+            idempotency_lease,
             settlement_sweep,
             workers,
             log_json,

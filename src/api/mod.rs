@@ -87,7 +87,7 @@ where
     F: FnOnce(&mut DbConn, &Ctx, &RequestKey) -> ServiceResult<Outcome<T>> + Send + 'static,
     T: serde::Serialize + 'static,
 {
-    let request = idempotency_request(req, caller, body)?;
+    let request = idempotency_request(state, req, caller, body)?;
     let stored = run(state, move |conn, ctx| {
         idempotency::execute(conn, &request, status.as_u16(), |tx, key| work(tx, ctx, key))
     })
@@ -97,6 +97,7 @@ where
 
 /// The request under its `Idempotency-Key` header (required).
 pub fn idempotency_request(
+    state: &web::Data<AppState>,
     req: &HttpRequest,
     caller: &Caller,
     body: &serde_json::Value,
@@ -113,7 +114,8 @@ pub fn idempotency_request(
         .to_str()
         .map_err(|_| ApiError::validation("Idempotency-Key must be printable ASCII"))?
         .to_string();
-    Ok(IdempotentRequest::new(&caller.id, &key, req.method().as_str(), req.path(), body)?)
+    Ok(IdempotentRequest::new(&caller.id, &key, req.method().as_str(), req.path(), body)?
+        .with_lease(state.ctx.settings.idempotency_lease))
 }
 
 pub fn stored_response(stored: StoredResponse) -> HttpResponse {

@@ -200,7 +200,7 @@ pub async fn create_payout(
     let caller = user.caller();
     let org_id = path.into_inner();
     let JsonBody { value, raw } = body;
-    let request = idempotency_request(&req, &caller, &raw)?;
+    let request = idempotency_request(&state, &req, &caller, &raw)?;
     let claim_req = request.clone();
     let token = match run(&state, move |conn, _| idempotency::claim(conn, &claim_req)).await? {
         Claim::Replay(stored) => return Ok(stored_response(stored)),

@@ -84,7 +84,7 @@ pub async fn create_top_up(
     let caller = user.caller();
     let wallet_id = path.into_inner();
     let JsonBody { value, raw } = body;
-    let request = idempotency_request(&req, &caller, &raw)?;
+    let request = idempotency_request(&state, &req, &caller, &raw)?;
     // 1. Claim the key.
     let claim_req = request.clone();
     let token = match run(&state, move |conn, _| idempotency::claim(conn, &claim_req)).await? {

@@ -24,8 +24,9 @@ use crate::db::models::{IdempotencyRow, NewIdempotencyClaim};
 use crate::db::schema::idempotency_keys as ik;
 use crate::db::{self, DbConn};
 
-/// How long a claim holds before another request may take it over.
-const LEASE: Duration = Duration::from_secs(30);
+/// How long a claim holds before another request may take it over, unless
+/// set (`TALLY_IDEMPOTENCY_LEASE`).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 const IN_FLIGHT: &str = "in_flight";
 const DONE: &str = "done";
 
@@ -48,6 +49,9 @@ pub struct IdempotentRequest {
     pub key: String,
     /// SHA-256 of the method, path and canonical JSON body.
     pub fingerprint: String,
+    /// How long this request's claim holds: longer than the request may
+    /// take, short enough that a retry after a crash is not kept waiting.
+    pub lease: Duration,
 }
 
 impl IdempotentRequest {
@@ -74,7 +78,13 @@ impl IdempotentRequest {
             scope: scope.to_string(),
             key: key.to_string(),
             fingerprint: hex::encode(hasher.finalize()),
+            lease: DEFAULT_LEASE,
         })
+    }
+
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
     }
 
     fn request_key(&self) -> RequestKey {
@@ -233,7 +243,7 @@ pub fn claim(conn: &mut DbConn, req: &IdempotentRequest) -> ServiceResult<Claim>
                 request_hash: &req.fingerprint,
                 state: IN_FLIGHT,
                 lease_token: &token,
-                locked_until: now + LEASE,
+                locked_until: now + req.lease,
                 created_at: now,
             })
             .execute(conn);
@@ -276,7 +286,7 @@ pub fn claim(conn: &mut DbConn, req: &IdempotentRequest) -> ServiceResult<Claim>
                 .filter(ik::lease_token.eq(&row.lease_token))
                 .filter(ik::state.eq(IN_FLIGHT)),
         )
-        .set((ik::lease_token.eq(&token), ik::locked_until.eq(now + LEASE)))
+        .set((ik::lease_token.eq(&token), ik::locked_until.eq(now + req.lease)))
         .execute(conn)?;
         return if taken == 1 { Ok(Claim::Fresh(token)) } else { Err(ServiceError::IdempotencyInFlight) };
     }

@@ -16,5 +16,6 @@ mod openapi;
 mod orgs;
 mod payouts;
 mod plans;
+mod resilience;
 mod topups;
 mod wallets;
