@@ -183,6 +183,7 @@ pub fn build_app(
             SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", doc)
         })
         .into_app()
+        .app_data(web::Data::new(api::RouteTable::from_doc(&api::docs::openapi())))
         .service(web::redirect("/docs", "/docs/"))
         .default_service(web::to(api::not_found))
         .wrap_fn(move |req, srv| {

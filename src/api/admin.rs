@@ -28,8 +28,10 @@ pub fn configure(cfg: &mut ServiceConfig) {
 #[into_params(parameter_in = Query)]
 pub struct ReportQuery {
     /// Start, inclusive (RFC 3339).
+    #[param(format = DateTime)]
     pub from: String,
     /// End, exclusive (RFC 3339).
+    #[param(format = DateTime)]
     pub to: String,
 }
 
@@ -67,9 +69,13 @@ pub async fn revenue_report(
 #[serde(deny_unknown_fields)]
 pub struct CreateAdjustmentRequest {
     /// Signed credits as a decimal string, at most 6 decimal places; not zero.
-    #[schema(value_type = String, example = "-2.5")]
+    #[schema(value_type = String, example = "-2.5", pattern = r"^-?[0-9]{1,12}(\.[0-9]{1,6})?$")]
     pub amount: Credits,
     /// Why (1 to 500 characters); kept with the entry.
+    #[schema(
+        max_length = 500,
+        pattern = r"^[^\u0000-\u0008\u000b-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u0008\u000b-\u001f\u007f-\u009f]*$"
+    )]
     pub reason: String,
 }
 
@@ -82,7 +88,7 @@ pub struct CreateAdjustmentRequest {
     tag = "admin",
     params(
         ("wallet_id" = String, Path, description = "The wallet's `wal_` id"),
-        ("Idempotency-Key" = String, Header, description = "Unique per intended adjustment; a retry with the same key and body replays the first response"),
+        ("Idempotency-Key" = String, Header, pattern = r"^[!-~]{1,255}$", description = "Unique per intended adjustment; a retry with the same key and body replays the first response"),
     ),
     request_body = CreateAdjustmentRequest,
     responses(

@@ -46,15 +46,21 @@ impl From<AgentVisibility> for Visibility {
 #[serde(deny_unknown_fields)]
 pub struct CreateAgentRequest {
     /// 1 to 200 characters.
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
     /// A model id from the price book.
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,100}$")]
     pub model: String,
     /// Defaults to `private`.
     pub visibility: Option<AgentVisibility>,
     /// Credits per message for the creator, charged only while public (default "0").
-    #[schema(value_type = Option<String>, example = "1")]
+    #[schema(value_type = Option<String>, example = "1", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
     pub publisher_addon: Option<Credits>,
     /// Free messages each person gets (default 0).
+    #[schema(minimum = 0, maximum = 1000000)]
     pub free_messages: Option<i32>,
 }
 
@@ -62,11 +68,17 @@ pub struct CreateAgentRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAgentRequest {
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: Option<String>,
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,100}$")]
     pub model: Option<String>,
     pub visibility: Option<AgentVisibility>,
-    #[schema(value_type = Option<String>, example = "1")]
+    #[schema(value_type = Option<String>, example = "1", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
     pub publisher_addon: Option<Credits>,
+    #[schema(minimum = 0, maximum = 1000000)]
     pub free_messages: Option<i32>,
 }
 
@@ -77,6 +89,7 @@ pub struct CreateChargeRequest {
     /// Pay from this organization's wallet (the person must be a member).
     pub org_id: Option<String>,
     /// Service tokens only: the person who sent the message.
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]{1,255}$")]
     pub user_id: Option<String>,
 }
 
@@ -85,6 +98,7 @@ pub struct CreateChargeRequest {
 #[into_params(parameter_in = Query)]
 pub struct MarketplaceQuery {
     /// Page size, 1 to 100 (default 25).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// The last agent id of the previous page.
     pub starting_after: Option<String>,
@@ -194,7 +208,7 @@ pub async fn get_agent(
 #[utoipa::path(
     tag = "agents",
     params(("agent_id" = String, Path, description = "The agent's `agt_` id")),
-    request_body = UpdateAgentRequest,
+    request_body = Option<UpdateAgentRequest>,
     responses(
         (status = 200, description = "The agent", body = Agent),
         (status = 400, description = "Malformed JSON", body = ErrorResponse),
@@ -269,9 +283,9 @@ pub async fn get_quote(
     tag = "charges",
     params(
         ("agent_id" = String, Path, description = "The agent's `agt_` id"),
-        ("Idempotency-Key" = String, Header, description = "Unique per message; a retry with the same key and body replays the first response"),
+        ("Idempotency-Key" = String, Header, pattern = r"^[!-~]{1,255}$", description = "Unique per message; a retry with the same key and body replays the first response"),
     ),
-    request_body = CreateChargeRequest,
+    request_body = Option<CreateChargeRequest>,
     responses(
         (status = 201, description = "The charge", body = Charge,
             headers(

@@ -155,13 +155,19 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             if bytes.len() > MAX_BODY {
                 return Err(ApiError::bad_request("invalid_request", "request body is too large"));
             }
-            // An empty body reads as `{}`: a request whose fields are all
-            // optional needs none.
+            // An empty body (or `null`) reads as `{}`: a request whose fields
+            // are all optional needs none. Anything else must be an object
+            // (serde would otherwise read a struct from an array).
             let raw: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
                 serde_json::Value::Object(Default::default())
             } else {
-                serde_json::from_slice(&bytes)
+                match serde_json::from_slice(&bytes)
                     .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")))?
+                {
+                    serde_json::Value::Null => serde_json::Value::Object(Default::default()),
+                    v @ serde_json::Value::Object(_) => v,
+                    _ => return Err(ApiError::validation("the request body must be a JSON object")),
+                }
             };
             let value = T::deserialize(&raw)
                 .map_err(|e| ApiError::validation(format!("invalid request body: {e}")))?;
@@ -179,6 +185,20 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// An optional integer that JSON may write as `3` or `3.0` (both are the
+/// same integer to JSON Schema).
+pub fn integral<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18).map(|f| f as i64))
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("{n} is not an integer in range"))),
+    }
+}
+
 /// JSON errors of actix's own extractors in the same envelope.
 pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
     ApiError::validation(format!("invalid query string: {err}")).into()
@@ -188,8 +208,59 @@ pub fn path_error(err: actix_web::error::PathError, _req: &HttpRequest) -> actix
     ApiError::not_found(format!("not found: {err}")).into()
 }
 
-/// Unknown routes.
+/// The documented paths and their methods, to tell an unknown route (404)
+/// from a known one asked with the wrong method (405 with `Allow`).
+pub struct RouteTable(Vec<(Vec<String>, Vec<String>)>);
+
+impl RouteTable {
+    pub fn from_doc(doc: &utoipa::openapi::OpenApi) -> Self {
+        let routes = doc
+            .paths
+            .paths
+            .iter()
+            .map(|(path, item)| {
+                let segments = path.trim_matches('/').split('/').map(str::to_string).collect();
+                let doc_json = serde_json::to_value(item).unwrap_or_default();
+                let methods = ["get", "put", "post", "delete", "patch", "head", "options"]
+                    .into_iter()
+                    .filter(|m| doc_json.get(*m).is_some())
+                    .map(|m| m.to_ascii_uppercase())
+                    .collect();
+                (segments, methods)
+            })
+            .collect();
+        RouteTable(routes)
+    }
+
+    /// The methods of the documented path `path` matches, if any.
+    fn allowed(&self, path: &str) -> Option<&[String]> {
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        self.0
+            .iter()
+            .find(|(segments, _)| {
+                segments.len() == parts.len()
+                    && segments.iter().zip(&parts).all(|(s, p)| s.starts_with('{') || s == p)
+            })
+            .map(|(_, methods)| methods.as_slice())
+    }
+}
+
+/// Unknown routes (404), and known routes asked with another method (405).
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let allowed =
+        req.app_data::<web::Data<RouteTable>>().and_then(|t| t.allowed(req.path()).map(<[String]>::to_vec));
+    if let Some(methods) = allowed.filter(|m| !m.is_empty()) {
+        let body = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not allowed on {}; use {}", req.method(), req.path(), methods.join(", ")),
+        );
+        let mut res = actix_web::ResponseError::error_response(&body);
+        if let Ok(v) = header::HeaderValue::from_str(&methods.join(", ")) {
+            res.headers_mut().insert(header::ALLOW, v);
+        }
+        return Ok(res);
+    }
     Err(ApiError::not_found(format!("no route for {} {}", req.method(), req.path())))
 }
 

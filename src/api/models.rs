@@ -20,10 +20,10 @@ pub fn configure(cfg: &mut ServiceConfig) {
 #[serde(deny_unknown_fields)]
 pub struct PutModelRequest {
     /// Credits charged per message for running the model (decimal string, ≥ 0).
-    #[schema(value_type = String, example = "0.3")]
+    #[schema(value_type = String, example = "0.3", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
     pub runtime_infra: Credits,
     /// What the platform pays the provider per message, in USD (decimal string, ≥ 0, ≤ 6 places).
-    #[schema(example = "0.0021")]
+    #[schema(example = "0.0021", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
     pub provider_cost: String,
 }
 
@@ -43,7 +43,7 @@ pub async fn list_models(state: web::Data<AppState>) -> Result<HttpResponse, Api
 /// only: each charge keeps the prices it used.
 #[utoipa::path(
     tag = "admin",
-    params(("model_id" = String, Path, description = "The model's id, e.g. `gpt-4o-mini`")),
+    params(("model_id" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,100}$", description = "The model's id, e.g. `gpt-4o-mini`")),
     request_body = PutModelRequest,
     responses(
         (status = 200, description = "The model", body = Model),

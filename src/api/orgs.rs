@@ -25,6 +25,10 @@ pub fn configure(cfg: &mut ServiceConfig) {
 #[serde(deny_unknown_fields)]
 pub struct CreateOrgRequest {
     /// Its display name (1 to 200 characters).
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
 }
 
@@ -52,11 +56,12 @@ impl From<Role> for OrgRole {
 #[serde(deny_unknown_fields)]
 pub struct AddMemberRequest {
     /// The person's id (their JWT `sub`); they need not have signed in yet.
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]{1,255}$")]
     pub user_id: String,
     /// Defaults to `member`. Only an owner may add an owner.
     pub role: Option<Role>,
     /// Most credits per UTC day this member may spend from the org wallet; null or absent = no limit.
-    #[schema(value_type = Option<String>, example = "25")]
+    #[schema(value_type = Option<String>, example = "25", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
     pub daily_limit: Option<Credits>,
 }
 
@@ -67,7 +72,7 @@ pub struct UpdateMemberRequest {
     pub role: Option<Role>,
     /// Credits per UTC day; null removes the limit.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>, example = "25")]
+    #[schema(value_type = Option<String>, example = "25", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
     pub daily_limit: Option<Option<Credits>>,
 }
 
@@ -193,7 +198,7 @@ pub async fn add_member(
         ("org_id" = String, Path, description = "The organization's `org_` id"),
         ("user_id" = String, Path, description = "The member's person id"),
     ),
-    request_body = UpdateMemberRequest,
+    request_body = Option<UpdateMemberRequest>,
     responses(
         (status = 200, description = "The member", body = Member),
         (status = 400, description = "Malformed JSON", body = ErrorResponse),

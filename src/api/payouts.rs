@@ -28,7 +28,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
 #[serde(deny_unknown_fields)]
 pub struct CreatePayoutRequest {
     /// Credits to pay out; all available earnings when absent.
-    #[schema(value_type = Option<String>, example = "150")]
+    #[schema(value_type = Option<String>, example = "150", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
     pub amount: Option<Credits>,
 }
 
@@ -101,7 +101,8 @@ pub async fn connect_payout_account(
 
 /// Get the payout account
 ///
-/// Whether payouts are enabled and details submitted. Owners only.
+/// Whether an account is connected, payouts enabled and details submitted.
+/// Owners only.
 #[utoipa::path(
     tag = "payouts",
     params(("org_id" = String, Path, description = "The organization's `org_` id")),
@@ -109,7 +110,7 @@ pub async fn connect_payout_account(
         (status = 200, description = "The account", body = PayoutAccount),
         (status = 401, description = "Missing or invalid token", body = ErrorResponse),
         (status = 403, description = "Not an owner of the organization", body = ErrorResponse),
-        (status = 404, description = "No such organization or no account yet", body = ErrorResponse),
+        (status = 404, description = "No such organization, or not a member", body = ErrorResponse),
     ),
     security(("bearer" = []))
 )]
@@ -175,9 +176,9 @@ pub async fn recover_unsent(state: &web::Data<AppState>) -> Result<usize, ApiErr
     tag = "payouts",
     params(
         ("org_id" = String, Path, description = "The organization's `org_` id"),
-        ("Idempotency-Key" = String, Header, description = "Unique per payout request; a retry replays the first response"),
+        ("Idempotency-Key" = String, Header, pattern = r"^[!-~]{1,255}$", description = "Unique per payout request; a retry replays the first response"),
     ),
-    request_body = CreatePayoutRequest,
+    request_body = Option<CreatePayoutRequest>,
     responses(
         (status = 201, description = "The payout (`in_transit` once the transfer is created, `failed` if Stripe refused, `pending` if Stripe could not be reached: it is sent again automatically)", body = Payout),
         (status = 400, description = "Malformed JSON or missing Idempotency-Key", body = ErrorResponse),

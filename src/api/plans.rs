@@ -25,23 +25,60 @@ pub fn configure(cfg: &mut ServiceConfig) {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EntitlementCheckRequest {
-    /// `chat`, `private_agents`, `publish_marketplace`, `web_search`,
-    /// `kb_upload`, `kb_url_indexing` or `kb_image_uploads`.
-    pub feature: String,
+    /// What the caller wants to do.
+    pub feature: Feature,
     /// Check the plan of this organization (the caller must be a member).
     pub org_id: Option<String>,
     /// For `kb_upload`: the file's size in bytes.
-    pub size_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "super::integral")]
+    #[schema(minimum = 0)]
+    pub size_bytes: Option<i64>,
     /// For `kb_upload`: how many files are already there.
-    pub count: Option<u64>,
+    #[serde(default, deserialize_with = "super::integral")]
+    #[schema(minimum = 0)]
+    pub count: Option<i64>,
+}
+
+/// A feature clients ask about.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Feature {
+    Chat,
+    PrivateAgents,
+    PublishMarketplace,
+    WebSearch,
+    KbUpload,
+    KbUrlIndexing,
+    KbImageUploads,
+}
+
+impl Feature {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Feature::Chat => "chat",
+            Feature::PrivateAgents => "private_agents",
+            Feature::PublishMarketplace => "publish_marketplace",
+            Feature::WebSearch => "web_search",
+            Feature::KbUpload => "kb_upload",
+            Feature::KbUrlIndexing => "kb_url_indexing",
+            Feature::KbImageUploads => "kb_image_uploads",
+        }
+    }
+}
+
+/// A plan that can be bought.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PurchasablePlan {
+    Pro,
 }
 
 /// Start an upgrade.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSubscriptionRequest {
-    /// The plan to subscribe to (`pro`).
-    pub plan: String,
+    /// The plan to subscribe to.
+    pub plan: PurchasablePlan,
     /// Upgrade this organization (owners only) instead of the caller.
     pub org_id: Option<String>,
 }
@@ -63,11 +100,13 @@ pub struct SubscriptionCheckout {
 #[serde(deny_unknown_fields)]
 pub struct CreatePlanGrantRequest {
     /// The person to grant it to (or `org_id`).
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]{1,255}$")]
     pub user_id: Option<String>,
     /// The organization to grant it to (or `user_id`).
     pub org_id: Option<String>,
     pub plan: String,
     /// When it ends (RFC 3339); absent: open-ended.
+    #[schema(format = DateTime)]
     pub until: Option<String>,
 }
 
@@ -151,8 +190,12 @@ pub async fn check_entitlement(
 ) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
     let r = body.value;
+    if r.size_bytes.is_some_and(|n| n < 0) || r.count.is_some_and(|n| n < 0) {
+        return Err(ApiError::validation("size_bytes and count must not be negative"));
+    }
+    let (size, count) = (r.size_bytes.map(|n| n as u64), r.count.map(|n| n as u64));
     let d = run(&state, move |conn, ctx| {
-        plans::check(conn, ctx, &caller, r.org_id.as_deref(), &r.feature, r.size_bytes, r.count)
+        plans::check(conn, ctx, &caller, r.org_id.as_deref(), r.feature.as_str(), size, count)
     })
     .await?;
     Ok(HttpResponse::Ok().json(d))
@@ -185,9 +228,6 @@ pub async fn create_subscription(
 ) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
     let r = body.value;
-    if r.plan != crate::domain::plans::PRO {
-        return Err(ApiError::validation(format!("plan '{}' is not for sale (only 'pro')", r.plan)));
-    }
     let org = r.org_id.clone();
     let subject =
         run(&state, move |conn, _| plans::subscription_subject(conn, &caller, org.as_deref())).await?;
@@ -204,7 +244,7 @@ pub async fn create_subscription(
             &price,
             subject.kind(),
             subject.id(),
-            &r.plan,
+            crate::domain::plans::PRO,
             &settings.checkout_success_url,
             &settings.checkout_cancel_url,
         )
@@ -218,7 +258,7 @@ pub async fn create_subscription(
             )
         })?;
     Ok(HttpResponse::Created().json(SubscriptionCheckout {
-        plan: r.plan,
+        plan: crate::domain::plans::PRO.into(),
         subject_type: subject.kind().into(),
         subject_id: subject.id().into(),
         checkout_url: session.url,

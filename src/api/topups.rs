@@ -26,6 +26,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
 #[serde(deny_unknown_fields)]
 pub struct CreateTopUpRequest {
     /// A pack id from `GET /v1/credit-packs`.
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,100}$")]
     pub pack_id: String,
 }
 
@@ -58,7 +59,7 @@ pub async fn list_credit_packs(state: web::Data<AppState>) -> HttpResponse {
     tag = "top-ups",
     params(
         ("wallet_id" = String, Path, description = "The wallet's `wal_` id"),
-        ("Idempotency-Key" = String, Header, description = "Unique per purchase; a retry replays the first response"),
+        ("Idempotency-Key" = String, Header, pattern = r"^[!-~]{1,255}$", description = "Unique per purchase; a retry replays the first response"),
     ),
     request_body = CreateTopUpRequest,
     responses(
@@ -175,7 +176,7 @@ pub async fn get_top_up(
     tag = "admin",
     params(
         ("top_up_id" = String, Path, description = "The top-up's `top_` id"),
-        ("Idempotency-Key" = String, Header, description = "A retry with the same key replays the first response"),
+        ("Idempotency-Key" = String, Header, pattern = r"^[!-~]{1,255}$", description = "A retry with the same key replays the first response"),
     ),
     responses(
         (status = 200, description = "The paid top-up", body = TopUp),

@@ -26,11 +26,11 @@ pub fn configure(cfg: &mut ServiceConfig) {
 pub struct UpdateWalletRequest {
     /// Most credits per UTC day, as a decimal string; null removes the limit.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>, example = "20")]
+    #[schema(value_type = Option<String>, example = "20", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
     pub daily_limit: Option<Option<Credits>>,
     /// Most credits per ISO week (UTC), as a decimal string; null removes the limit.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>, example = "100")]
+    #[schema(value_type = Option<String>, example = "100", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
     pub weekly_limit: Option<Option<Credits>>,
 }
 
@@ -39,17 +39,56 @@ pub struct UpdateWalletRequest {
 #[into_params(parameter_in = Query)]
 pub struct TransactionsQuery {
     /// Page size, 1 to 100 (default 25).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// Return transactions older than this `txn_` id (the last id of the previous page).
+    #[param(pattern = r"^txn_[1-9][0-9]{0,17}$")]
     pub starting_after: Option<String>,
     /// Only these types, comma-separated (e.g. `charge,free_message`).
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(
+        rename = "type",
+        pattern = r"^(adjustment|charge|free_message|top_up|refund|dispute|dispute_won|earnings_settlement|payout|payout_paid|payout_reversal)(,(adjustment|charge|free_message|top_up|refund|dispute|dispute_won|earnings_settlement|payout|payout_paid|payout_reversal))*$"
+    )]
     pub kind: Option<String>,
     /// Only at or after this RFC 3339 time.
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// Only before this RFC 3339 time.
+    #[param(format = DateTime)]
     pub to: Option<String>,
+}
+
+/// Export filters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// Only these types, comma-separated (e.g. `charge,free_message`).
+    #[serde(rename = "type")]
+    #[param(
+        rename = "type",
+        pattern = r"^(adjustment|charge|free_message|top_up|refund|dispute|dispute_won|earnings_settlement|payout|payout_paid|payout_reversal)(,(adjustment|charge|free_message|top_up|refund|dispute|dispute_won|earnings_settlement|payout|payout_paid|payout_reversal))*$"
+    )]
+    pub kind: Option<String>,
+    /// Only at or after this RFC 3339 time.
+    #[param(format = DateTime)]
+    pub from: Option<String>,
+    /// Only before this RFC 3339 time.
+    #[param(format = DateTime)]
+    pub to: Option<String>,
+}
+
+impl ExportQuery {
+    pub fn to_history(&self) -> Result<HistoryQuery, ApiError> {
+        TransactionsQuery {
+            limit: None,
+            starting_after: None,
+            kind: self.kind.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+        }
+        .to_history()
+    }
 }
 
 impl TransactionsQuery {
@@ -100,7 +139,7 @@ pub async fn get_wallet(
 #[utoipa::path(
     tag = "wallets",
     params(("wallet_id" = String, Path, description = "The wallet's `wal_` id")),
-    request_body = UpdateWalletRequest,
+    request_body = Option<UpdateWalletRequest>,
     responses(
         (status = 200, description = "The updated wallet", body = Wallet),
         (status = 400, description = "Malformed JSON", body = ErrorResponse),
@@ -159,11 +198,11 @@ pub async fn list_wallet_transactions(
 
 /// Export wallet transactions as CSV
 ///
-/// Every transaction matching the filters (pagination parameters ignored),
-/// newest first. The owner, or an owner or admin of the owning organization.
+/// Every transaction matching the filters, newest first. The owner, or an
+/// owner or admin of the owning organization.
 #[utoipa::path(
     tag = "wallets",
-    params(("wallet_id" = String, Path, description = "The wallet's `wal_` id"), TransactionsQuery),
+    params(("wallet_id" = String, Path, description = "The wallet's `wal_` id"), ExportQuery),
     responses(
         (status = 200, description = "CSV with a header row", content_type = "text/csv", body = String),
         (status = 401, description = "Missing or invalid token", body = ErrorResponse),
@@ -178,7 +217,7 @@ pub async fn export_wallet_transactions(
     state: web::Data<AppState>,
     user: AuthUser,
     path: web::Path<String>,
-    query: web::Query<TransactionsQuery>,
+    query: web::Query<ExportQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
     let wallet_id = path.into_inner();

@@ -13,7 +13,15 @@ pub fn transaction_id(posting_id: i64) -> String {
 
 /// Reads a `txn_` id back; `None` for anything else.
 pub fn parse_transaction_id(id: &str) -> Option<i64> {
-    id.strip_prefix("txn_")?.parse::<i64>().ok().filter(|n| *n > 0)
+    let digits = id.strip_prefix("txn_")?;
+    let canonical = !digits.is_empty()
+        && digits.len() <= 18
+        && !digits.starts_with('0')
+        && digits.bytes().all(|b| b.is_ascii_digit());
+    if !canonical {
+        return None;
+    }
+    digits.parse::<i64>().ok()
 }
 
 /// Journal entries are shown as `ent_<n>`.
@@ -38,5 +46,7 @@ mod tests {
         assert_eq!(parse_transaction_id("txn_x"), None);
         assert_eq!(parse_transaction_id("txn_-1"), None);
         assert_eq!(parse_transaction_id("42"), None);
+        assert_eq!(parse_transaction_id("txn_042"), None);
+        assert_eq!(parse_transaction_id("txn_+42"), None);
     }
 }

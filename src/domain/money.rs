@@ -51,24 +51,29 @@ impl Credits {
         self.0
     }
 
-    /// Reads a decimal string in credits (`"12.5"`, `"-3"`, `"0.000001"`).
-    /// Refuses exponents, more than 6 significant decimal places and
-    /// values outside the `i64` micro-credit range.
+    /// Reads a decimal string in credits (`"12.5"`, `"-3"`, `"0.000001"`):
+    /// an optional `-`, 1 to 12 digits, and optionally `.` and 1 to 6
+    /// digits, exactly as the OpenAPI document's pattern says. So no
+    /// exponent, no `+`, no seventh decimal place (not even a zero), and
+    /// never past the `i64` micro-credit range.
     pub fn parse(text: &str) -> Result<Self, AmountError> {
-        let trimmed = text.trim();
-        let valid_chars = !trimmed.is_empty()
-            && trimmed
-                .chars()
-                .enumerate()
-                .all(|(i, c)| c.is_ascii_digit() || c == '.' || (i == 0 && (c == '-' || c == '+')));
-        if !valid_chars || trimmed != text {
+        let unsigned = text.strip_prefix('-').unwrap_or(text);
+        let (int, frac) = match unsigned.split_once('.') {
+            Some((i, f)) => (i, Some(f)),
+            None => (unsigned, None),
+        };
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(int) || frac.is_some_and(|f| !digits(f)) {
             return Err(AmountError::NotANumber(text.to_string()));
         }
-        let value = Decimal::from_str(trimmed).map_err(|_| AmountError::NotANumber(text.to_string()))?;
-        Self::from_decimal(value).map_err(|e| match e {
-            AmountError::TooPrecise(_) => AmountError::TooPrecise(text.to_string()),
-            _ => AmountError::OutOfRange(text.to_string()),
-        })
+        if frac.is_some_and(|f| f.len() > CREDIT_SCALE as usize) {
+            return Err(AmountError::TooPrecise(text.to_string()));
+        }
+        if int.len() > 12 {
+            return Err(AmountError::OutOfRange(text.to_string()));
+        }
+        let value = Decimal::from_str(text).map_err(|_| AmountError::NotANumber(text.to_string()))?;
+        Self::from_decimal(value).map_err(|_| AmountError::OutOfRange(text.to_string()))
     }
 
     /// Converts an exact decimal; more than 6 decimal places is refused.
@@ -234,7 +239,8 @@ mod tests {
         assert_eq!(Credits::parse("12.5").unwrap().micros(), 12_500_000);
         assert_eq!(Credits::parse("0.000125").unwrap().micros(), 125);
         assert_eq!(Credits::parse("-3").unwrap().micros(), -3_000_000);
-        assert_eq!(Credits::parse("1.5000000").unwrap().micros(), 1_500_000);
+        assert_eq!(Credits::parse("1.500000").unwrap().micros(), 1_500_000);
+        assert_eq!(Credits::parse("007").unwrap().micros(), 7_000_000);
         assert_eq!(Credits::from_micros(12_500_000).to_string(), "12.5");
         assert_eq!(Credits::from_micros(125).to_string(), "0.000125");
         assert_eq!(Credits::from_micros(0).to_string(), "0");
@@ -244,7 +250,8 @@ mod tests {
     #[test]
     fn refuses_bad_credit_strings() {
         assert!(matches!(Credits::parse("0.1234567"), Err(AmountError::TooPrecise(_))));
-        for bad in ["", "abc", "1e3", " 1", "1 ", "1,5", "--1", "NaN", "0x10"] {
+        assert!(matches!(Credits::parse("1.5000000"), Err(AmountError::TooPrecise(_))));
+        for bad in ["", "abc", "1e3", " 1", "1 ", "1,5", "--1", "NaN", "0x10", "+1", "1.", ".5", "-"] {
             assert!(matches!(Credits::parse(bad), Err(AmountError::NotANumber(_))), "{bad}");
         }
         assert!(matches!(Credits::parse("99999999999999999999"), Err(AmountError::OutOfRange(_))));

@@ -1,23 +1,23 @@
 //! Free text from callers (names, reasons, ids): bounded, and free of control
 //! characters (PostgreSQL refuses NUL in text; none belong in a name).
 
-/// Trims `value` and requires 1 to `max` characters without control
-/// characters (newlines and tabs allowed when `multiline`).
+/// Requires at most `max` characters, at least one that is not white
+/// space, and no control characters (newlines and tabs allowed when
+/// `multiline`); returns the value trimmed.
 pub fn checked_text<'a>(field: &str, value: &'a str, max: usize, multiline: bool) -> Result<&'a str, String> {
-    let value = value.trim();
-    if value.is_empty() || value.chars().count() > max {
-        return Err(format!("{field} must be 1 to {max} characters"));
+    if value.trim().is_empty() || value.chars().count() > max {
+        return Err(format!("{field} must be 1 to {max} characters, not all blank"));
     }
     if value.chars().any(|c| c.is_control() && !(multiline && (c == '\n' || c == '\t'))) {
         return Err(format!("{field} must not contain control characters"));
     }
-    Ok(value)
+    Ok(value.trim())
 }
 
 /// An identifier given by a caller (a person's `sub`): 1 to 255 characters,
 /// no control characters, taken as given (not trimmed).
 pub fn checked_id<'a>(field: &str, value: &'a str) -> Result<&'a str, String> {
-    if value.is_empty() || value.len() > 255 || value.chars().any(char::is_control) {
+    if value.is_empty() || value.chars().count() > 255 || value.chars().any(char::is_control) {
         return Err(format!("{field} must be 1 to 255 printable characters"));
     }
     Ok(value)

@@ -100,11 +100,7 @@ pub struct HistoryQuery {
 impl HistoryQuery {
     /// Reads the comma-separated `type` filter.
     pub fn parse_types(text: &str) -> ServiceResult<Vec<EntryKind>> {
-        text.split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(|t| t.parse::<EntryKind>().map_err(ServiceError::Validation))
-            .collect()
+        text.split(',').map(|t| t.parse::<EntryKind>().map_err(ServiceError::Validation)).collect()
     }
 }
 

@@ -40,8 +40,10 @@ const SEND_LEASE_SECS: i64 = 60;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PayoutAccount {
     pub org_id: String,
-    /// The Stripe account id (`acct_...`).
-    pub account_id: String,
+    /// Whether a Stripe account is connected yet.
+    pub connected: bool,
+    /// The Stripe account id (`acct_...`); null until connected.
+    pub account_id: Option<String>,
     /// Stripe allows payouts to it (onboarding finished and verified).
     pub payouts_enabled: bool,
     /// The creator has submitted their details.
@@ -143,18 +145,28 @@ pub fn find_account(conn: &mut DbConn, org_id: &str) -> ServiceResult<Option<Pay
 fn account_view(row: PayoutAccountRow, onboarding_url: Option<String>) -> PayoutAccount {
     PayoutAccount {
         org_id: row.org_id,
-        account_id: row.stripe_account_id,
+        connected: true,
+        account_id: Some(row.stripe_account_id),
         payouts_enabled: row.payouts_enabled,
         details_submitted: row.details_submitted,
         onboarding_url,
     }
 }
 
-/// `GET /v1/orgs/{id}/payout-account`.
+/// `GET /v1/orgs/{id}/payout-account`: the account, or "not connected".
 pub fn get_payout_account(conn: &mut DbConn, caller: &Caller, org_id: &str) -> ServiceResult<PayoutAccount> {
     require_owner(conn, org_id, &caller.id)?;
-    let row = find_account(conn, org_id)?.ok_or(ServiceError::NotFound("payout account"))?;
-    Ok(account_view(row, None))
+    Ok(match find_account(conn, org_id)? {
+        Some(row) => account_view(row, None),
+        None => PayoutAccount {
+            org_id: org_id.to_string(),
+            connected: false,
+            account_id: None,
+            payouts_enabled: false,
+            details_submitted: false,
+            onboarding_url: None,
+        },
+    })
 }
 
 /// Keeps the connected account created for an organization (the first one

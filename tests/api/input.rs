@@ -130,9 +130,12 @@ async fn unknown_routes_use_the_envelope(app: TestApp) {
     assert_error(s, &b, 404, "not_found");
     let header_id = headers.get("x-request-id").unwrap().to_str().unwrap();
     assert_eq!(b["error"]["request_id"], header_id, "the body names the request id the header carries");
-    let (s, _, b) = app.send(Method::PUT, "/v1/me", Some(&app.token("a")), None, None).await;
-    assert!(s == 404 || s == 405, "{s}");
-    assert!(b["error"]["type"].is_string(), "{b}");
+    let (s, headers, b) = app.send(Method::PUT, "/v1/me", Some(&app.token("a")), None, None).await;
+    assert_error(s, &b, 405, "method_not_allowed");
+    assert_eq!(headers["allow"], "GET");
+    let (s, headers, b) = app.send(Method::DELETE, "/v1/wallets/wal_x", None, None, None).await;
+    assert_error(s, &b, 405, "method_not_allowed");
+    assert_eq!(headers["allow"], "GET, PATCH");
     // A caller-supplied request id is echoed.
     let res = app
         .client

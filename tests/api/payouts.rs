@@ -76,6 +76,11 @@ async fn earn(app: &TestApp, messages: usize) -> String {
 /// Connects the org's account and lets Stripe enable payouts.
 async fn onboard(app: &TestApp, org: &str) -> String {
     let creator = app.token("creator");
+    let (s, before) = app.get(&format!("/v1/orgs/{org}/payout-account"), &creator).await;
+    assert_eq!(
+        (s.as_u16(), before["connected"].as_bool(), before["account_id"].is_null()),
+        (200, Some(false), true)
+    );
     let (s, _, a) =
         app.send(Method::PUT, &format!("/v1/orgs/{org}/payout-account"), Some(&creator), None, None).await;
     assert_eq!(s, 200, "{a}");
