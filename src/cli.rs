@@ -1,4 +1,4 @@
-//! The command line: `serve | migrate | openapi | token | ledger verify`.
+//! The command line: `serve | migrate | openapi | token | ledger verify | bench`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -40,6 +40,8 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Benchmark charges over HTTP against their database floor (see README, Benchmark).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -64,17 +66,22 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Openapi = cli.command {
-        print!("{}", crate::api::docs::openapi_json());
-        return ExitCode::SUCCESS;
-    }
+    let cli = match cli.command {
+        Command::Openapi => {
+            print!("{}", crate::api::docs::openapi_json());
+            return ExitCode::SUCCESS;
+        }
+        // The bench starts its own server with its own settings.
+        Command::Bench(args) => return bench(args),
+        command => Cli { command },
+    };
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
     crate::telemetry::init(settings.log_json);
     match cli.command {
-        Command::Openapi => ExitCode::SUCCESS,
+        Command::Openapi | Command::Bench(_) => ExitCode::SUCCESS,
         Command::Serve => serve(settings),
         Command::Migrate => match open_database(&settings) {
             Ok(_) => {
@@ -104,6 +111,17 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Ledger { command: LedgerCommand::Verify } => verify(settings),
+    }
+}
+
+fn bench(args: crate::bench::BenchArgs) -> ExitCode {
+    match crate::bench::run(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("tally: bench: a check failed (see above)");
+            ExitCode::from(1)
+        }
+        Err(e) => fail(format!("bench: {e:#}")),
     }
 }
 
