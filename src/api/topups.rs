@@ -10,7 +10,7 @@ use super::{idempotency_request, run, run_idempotent, stored_response, AppState,
 use crate::auth::{AuthUser, Operator};
 use crate::error::{ApiError, ErrorResponse};
 use crate::services::idempotency::{self, Claim};
-use crate::services::topups::{self, CreditPackList, TopUp};
+use crate::services::topups::{self, CreditPackList, TopUp, TopUpMethod};
 use crate::stripe::webhook;
 
 pub fn configure(cfg: &mut ServiceConfig) {
@@ -28,6 +28,10 @@ pub struct CreateTopUpRequest {
     /// A pack id from `GET /v1/credit-packs`.
     #[schema(pattern = r"^[A-Za-z0-9_-]{1,100}$")]
     pub pack_id: String,
+    /// How it is paid: `stripe` (Checkout; the default when Stripe is
+    /// configured) or `manual` (an order an operator settles once paid, e.g.
+    /// an invoice; the only method without Stripe).
+    pub method: Option<TopUpMethod>,
 }
 
 /// Webhook acknowledgement.
@@ -52,9 +56,10 @@ pub async fn list_credit_packs(state: web::Data<AppState>) -> HttpResponse {
 ///
 /// Creates a payment order for a pack. With Stripe configured, it opens a
 /// Checkout Session and returns its `checkout_url`; the wallet is credited
-/// when Stripe confirms the payment by webhook. Without Stripe, the order
-/// is manual (no URL) and an operator settles it. The owner, or an owner or
-/// admin of the owning organization. Requires `Idempotency-Key`.
+/// when Stripe confirms the payment by webhook. A `manual` order (the only
+/// kind without Stripe, or asked for with `method`) has no URL: an operator
+/// settles it once paid, e.g. by invoice. The owner, or an owner or admin of
+/// the owning organization. Requires `Idempotency-Key`.
 #[utoipa::path(
     tag = "top-ups",
     params(
@@ -70,7 +75,7 @@ pub async fn list_credit_packs(state: web::Data<AppState>) -> HttpResponse {
         (status = 404, description = "No such wallet, or not the caller's", body = ErrorResponse),
         (status = 409, description = "A request with this key is in flight", body = ErrorResponse),
         (status = 422, description = "Unknown pack, or the key was used with another body", body = ErrorResponse),
-        (status = 503, description = "Stripe could not be reached; retry with the same key", body = ErrorResponse),
+        (status = 503, description = "Stripe could not be reached (retry with the same key), or `stripe` was asked for without Stripe configured", body = ErrorResponse),
     ),
     security(("bearer" = []))
 )]
@@ -86,6 +91,18 @@ pub async fn create_top_up(
     let wallet_id = path.into_inner();
     let JsonBody { value, raw } = body;
     let request = idempotency_request(&state, &req, &caller, &raw)?;
+    let method = match (value.method, state.stripe.is_some()) {
+        (Some(TopUpMethod::Stripe), false) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "checkout_unavailable",
+                "method 'stripe' needs Stripe (STRIPE_SECRET_KEY), which is not configured; use 'manual'",
+            ))
+        }
+        (Some(m), _) => m,
+        (None, true) => TopUpMethod::Stripe,
+        (None, false) => TopUpMethod::Manual,
+    };
     // 1. Claim the key.
     let claim_req = request.clone();
     let token = match run(&state, move |conn, _| idempotency::claim(conn, &claim_req)).await? {
@@ -102,18 +119,19 @@ pub async fn create_top_up(
     // 2. The order (found again if this request ran before and died).
     let key = idempotency::request_key(&request);
     let (c, w, p) = (caller.clone(), wallet_id.clone(), value.pack_id.clone());
-    let order = match run(&state, move |conn, ctx| topups::prepare_top_up(conn, ctx, &c, &w, &p, &key)).await
-    {
-        Ok(order) => order,
-        Err(e) => {
-            release(state.clone(), request.clone(), token.clone()).await;
-            return Err(e);
-        }
-    };
+    let order =
+        match run(&state, move |conn, ctx| topups::prepare_top_up(conn, ctx, &c, &w, &p, method, &key)).await
+        {
+            Ok(order) => order,
+            Err(e) => {
+                release(state.clone(), request.clone(), token.clone()).await;
+                return Err(e);
+            }
+        };
     // 3. The Checkout Session, outside any transaction; the top-up id is
     // Stripe's idempotency key, so a retry gets the same session.
-    let session = match (&state.stripe, order.checkout_session_id.is_none()) {
-        (Some(gateway), true) => {
+    let session = match (&state.stripe, order.method == TopUpMethod::Stripe.as_str()) {
+        (Some(gateway), true) if order.checkout_session_id.is_none() => {
             let pack_name = topups::find_pack(&state.ctx, &order.pack_id)
                 .map(|p| p.name.clone())
                 .unwrap_or_else(|_| order.pack_id.clone());

@@ -11,7 +11,7 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::history::TransactionReferences;
@@ -73,7 +73,7 @@ pub struct TopUp {
     #[schema(value_type = String, example = "5.00")]
     pub amount_usd: UsdCents,
     /// `stripe` (Checkout) or `manual` (settled by an operator).
-    pub method: String,
+    pub method: TopUpMethod,
     /// Where the person pays (Stripe Checkout); null for a manual order.
     pub checkout_url: Option<String>,
     /// The gap-free receipt number, once paid.
@@ -151,7 +151,7 @@ fn view(row: TopUpRow) -> TopUp {
         wallet_id: row.wallet_id,
         pack_id: row.pack_id,
         status: row.status,
-        method: row.method,
+        method: TopUpMethod::from_db(&row.method),
         checkout_url: row.checkout_url,
         receipt_number: row.receipt_number,
         created_at: row.created_at.and_utc(),
@@ -191,6 +191,34 @@ fn load(conn: &mut DbConn, id: &str) -> ServiceResult<TopUpRow> {
         .ok_or(ServiceError::NotFound("top-up"))
 }
 
+/// How a top-up is paid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TopUpMethod {
+    /// Stripe Checkout; credited by Stripe's webhook.
+    Stripe,
+    /// A payment order an operator settles once paid (e.g. an invoice).
+    Manual,
+}
+
+impl TopUpMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopUpMethod::Stripe => "stripe",
+            TopUpMethod::Manual => "manual",
+        }
+    }
+
+    /// The stored form (a CHECK constraint allows only these two).
+    fn from_db(text: &str) -> Self {
+        if text == "stripe" {
+            TopUpMethod::Stripe
+        } else {
+            TopUpMethod::Manual
+        }
+    }
+}
+
 /// First step of `POST /v1/wallets/{id}/top-ups`: the order of this request
 /// (created, or found again when the request is retried after a crash).
 pub fn prepare_top_up(
@@ -199,6 +227,7 @@ pub fn prepare_top_up(
     caller: &Caller,
     wallet_id: &str,
     pack_id: &str,
+    method: TopUpMethod,
     request: &RequestKey,
 ) -> ServiceResult<TopUpRow> {
     let pack = find_pack(ctx, pack_id)?.clone();
@@ -214,7 +243,6 @@ pub fn prepare_top_up(
         }
         let id = new_id("top");
         let now = db::now();
-        let method = if ctx.settings.stripe.is_some() { "stripe" } else { "manual" };
         diesel::insert_into(top_ups::table)
             .values((
                 top_ups::id.eq(&id),
@@ -226,7 +254,7 @@ pub fn prepare_top_up(
                 top_ups::bonus_credits.eq(pack.bonus_credits.micros()),
                 top_ups::amount_cents.eq(pack.price.cents()),
                 top_ups::currency.eq("usd"),
-                top_ups::method.eq(method),
+                top_ups::method.eq(method.as_str()),
                 top_ups::status.eq(PENDING),
                 top_ups::request_key.eq(request.as_str()),
                 top_ups::created_at.eq(now),
@@ -328,7 +356,7 @@ pub fn settle_manual(
     request: &RequestKey,
 ) -> ServiceResult<Outcome<TopUp>> {
     let row = load(tx, id)?;
-    if row.method != "manual" {
+    if row.method != TopUpMethod::Manual.as_str() {
         return Err(ServiceError::Conflict {
             kind: "not_manual",
             message: "this top-up is paid through Stripe Checkout and settles by its webhook".into(),

@@ -49,6 +49,7 @@ both_with_stripe!(
     refund_after_spending_freezes,
     partial_refunds_and_disputes,
     stripe_errors_and_mismatches,
+    manual_orders_beside_stripe,
 );
 
 crate::both!(manual_top_ups_settle_with_gap_free_receipts, packs_are_listed);
@@ -395,6 +396,54 @@ async fn stripe_errors_and_mismatches(app: TestApp, stripe: FakeStripe) {
     app.assert_ledger_ok();
 }
 
+async fn manual_orders_beside_stripe(app: TestApp, stripe: FakeStripe) {
+    // An invoiced customer: with Stripe configured, a manual order still
+    // opens no Checkout Session and is credited only when an operator settles it.
+    let owner = app.token("olivia");
+    let (_, org) = app.post("/v1/orgs", &owner, json!({"name": "Invoiced"})).await;
+    let wallet = org["wallet_id"].as_str().unwrap().to_string();
+    let body = json!({"pack_id": "standard", "method": "manual"});
+    let path = format!("/v1/wallets/{wallet}/top-ups");
+    let (s, _, t) = app.send(Method::POST, &path, Some(&owner), Some(body.clone()), Some("inv-1")).await;
+    assert_eq!(s, 201, "{t}");
+    assert_eq!((t["method"].as_str(), t["checkout_url"].is_null()), (Some("manual"), true));
+    assert_eq!((t["status"].as_str(), t["credits"].as_str()), (Some("pending"), Some("165")));
+    assert!(stripe.requests().is_empty(), "no Stripe call for a manual order");
+    assert_eq!(app.balance(&wallet, &owner).await, "0");
+    let id = t["id"].as_str().unwrap();
+    let (s, _, paid) = app
+        .send(
+            Method::POST,
+            &format!("/v1/admin/top-ups/{id}/settle"),
+            Some(&app.operator_token()),
+            None,
+            Some("settle-inv-1"),
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), paid["status"].as_str(), paid["receipt_number"].as_i64()),
+        (200, Some("paid"), Some(1))
+    );
+    assert_eq!(app.balance(&wallet, &owner).await, "165");
+    // The default stays Checkout; an unknown method is a 422 and records nothing.
+    let (s, t) = start_top_up(&app, &owner, &wallet, "starter", "card-1").await;
+    assert_eq!((s.as_u16(), t["method"].as_str()), (201, Some("stripe")));
+    assert_eq!(stripe.requests_to("/v1/checkout/sessions").len(), 1);
+    let (s, _, b) = app
+        .send(
+            Method::POST,
+            &path,
+            Some(&owner),
+            Some(json!({"pack_id": "starter", "method": "cash"})),
+            Some("c"),
+        )
+        .await;
+    assert_error(s, &b, 422, "validation_error");
+    assert_eq!(app.count("top_ups"), 2);
+    assert_eq!(app.count("journal_entries"), 1);
+    app.assert_ledger_ok();
+}
+
 async fn packs_are_listed(app: TestApp) {
     let (s, _, packs) = app.send(Method::GET, "/v1/credit-packs", None, None, None).await;
     assert_eq!(s, 200);
@@ -476,6 +525,18 @@ async fn manual_top_ups_settle_with_gap_free_receipts(app: TestApp) {
     // Webhooks are refused while no secret is configured.
     let (s, b) = deliver(&app, "{}", Some("t=1,v1=00")).await;
     assert_error(s, &b, 503, "webhooks_not_configured");
+    // Without Stripe, asking for Checkout is refused and records nothing.
+    let (s, _, b) = app
+        .send(
+            Method::POST,
+            &format!("/v1/wallets/{org_wallet}/top-ups"),
+            Some(&owner),
+            Some(json!({"pack_id": "starter", "method": "stripe"})),
+            Some("o-stripe"),
+        )
+        .await;
+    assert_error(s, &b, 503, "checkout_unavailable");
+    assert_eq!(app.count("top_ups"), 20);
     assert_eq!(app.count("journal_entries"), 20);
     app.assert_ledger_ok();
 }
