@@ -60,7 +60,38 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, mut api) =
         App::new().into_utoipa_app().openapi(ApiDoc::openapi()).configure(super::configure).split_for_parts();
     api.info.version = env!("CARGO_PKG_VERSION").to_string();
+    plain_optional_bodies(&mut api);
     api
+}
+
+/// utoipa documents an optional body (`request_body = Option<T>`) as
+/// `oneOf: [T, null]`, which generated clients turn into a nullable body
+/// (openapi-python-client then serializes its "unset" marker). An optional
+/// body is instead the plain `$ref` with `required` left false: callers may
+/// send the object or no body at all.
+fn plain_optional_bodies(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{Schema, SchemaType, Type};
+    use utoipa::openapi::RefOr;
+    let is_null = |s: &RefOr<Schema>| matches!(s, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null));
+    for item in api.paths.paths.values_mut() {
+        let operations = [&mut item.put, &mut item.post, &mut item.patch, &mut item.delete];
+        for op in operations.into_iter().flatten() {
+            let Some(RefOr::T(body)) = op.request_body.as_mut() else { continue };
+            for content in body.content.values_mut() {
+                let RefOr::T(content) = content else { continue };
+                if let Some(RefOr::T(Schema::OneOf(one))) = &content.schema {
+                    if let [a, b] = one.items.as_slice() {
+                        let plain = match (is_null(a), is_null(b)) {
+                            (false, true) => a.clone(),
+                            (true, false) => b.clone(),
+                            _ => continue,
+                        };
+                        content.schema = Some(plain);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The document as committed in `openapi/openapi.json`.

@@ -155,16 +155,15 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             if bytes.len() > MAX_BODY {
                 return Err(ApiError::bad_request("invalid_request", "request body is too large"));
             }
-            // An empty body (or `null`) reads as `{}`: a request whose fields
-            // are all optional needs none. Anything else must be an object
-            // (serde would otherwise read a struct from an array).
+            // An empty body reads as `{}`: a request whose fields are all
+            // optional needs none. Anything else must be an object (serde
+            // would otherwise read a struct from an array or `null`).
             let raw: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
                 serde_json::Value::Object(Default::default())
             } else {
                 match serde_json::from_slice(&bytes)
                     .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")))?
                 {
-                    serde_json::Value::Null => serde_json::Value::Object(Default::default()),
                     v @ serde_json::Value::Object(_) => v,
                     _ => return Err(ApiError::validation("the request body must be a JSON object")),
                 }

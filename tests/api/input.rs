@@ -71,6 +71,19 @@ async fn bad_bodies_are_refused_and_change_nothing(app: TestApp) {
         let (s, b) = app.patch(&format!("/v1/wallets/{wallet}"), &alice, body).await;
         assert_error(s, &b, 422, "validation_error");
     }
+    // An optional body may be left out, but `null` is not an object.
+    for (body, status) in [("null", 422), ("", 200), ("{}", 200)] {
+        let res = app
+            .client
+            .patch(format!("{}/v1/wallets/{wallet}", app.address))
+            .bearer_auth(&alice)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), status, "body {body:?}");
+    }
     let (s, b) = app.post("/v1/orgs", &alice, json!({"name": "   "})).await;
     assert_error(s, &b, 422, "validation_error");
     let (s, b) = app.post("/v1/orgs", &alice, json!({"name": "x", "owner": "bob"})).await;
