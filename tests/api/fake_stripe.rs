@@ -4,6 +4,12 @@
 //! request with its idempotency key, honours Stripe's idempotency (the same
 //! key returns the same object), and fails on demand. Also builds signed
 //! webhook events.
+//!
+//! `examples/fake_stripe.rs` runs it as a process of its own (for the SDK
+//! scenarios), where it also plays Stripe's side of Connect onboarding: with
+//! `Options::webhook_url`, each account link is followed by a signed
+//! `account.updated` (payouts enabled) sent to tally, as if the creator had
+//! finished onboarding. `GET /_fake/requests` lists what it received.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,8 +40,24 @@ impl Recorded {
     }
 }
 
+/// How to start the fake.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Address to listen on (port 0: any free port).
+    pub bind: String,
+    /// tally's webhook endpoint; when set, onboarding completes by itself.
+    pub webhook_url: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { bind: "127.0.0.1:0".into(), webhook_url: None }
+    }
+}
+
 #[derive(Default)]
 struct State {
+    webhook_url: Option<String>,
     requests: Mutex<Vec<Recorded>>,
     /// Responses already given per idempotency key.
     by_key: Mutex<HashMap<String, Value>>,
@@ -53,9 +75,13 @@ pub struct FakeStripe {
 
 impl FakeStripe {
     pub async fn start() -> FakeStripe {
-        let state = Arc::new(State::default());
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> FakeStripe {
+        let state = Arc::new(State { webhook_url: options.webhook_url, ..State::default() });
         let data = web::Data::from(state.clone());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = std::net::TcpListener::bind(&options.bind).unwrap();
         let port = listener.local_addr().unwrap().port();
         let server =
             HttpServer::new(move || App::new().app_data(data.clone()).default_service(web::to(handle)))
@@ -108,6 +134,20 @@ impl Drop for FakeStripe {
 }
 
 async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
+    if req.path() == "/_fake/requests" {
+        let seen: Vec<Value> = state
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let form: serde_json::Map<String, Value> =
+                    r.form.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                json!({"path": r.path, "idempotency_key": r.idempotency_key, "form": form})
+            })
+            .collect();
+        return HttpResponse::Ok().json(seen);
+    }
     let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
     let key = req.headers().get("Idempotency-Key").and_then(|v| v.to_str().ok()).map(str::to_string);
     state.requests.lock().unwrap().push(Recorded {
@@ -142,11 +182,12 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
             a
         }
         ("POST", "/v1/account_links") => {
+            let account = param(&form, "account").unwrap_or("acct_unknown").to_string();
             let mut l = fixture("account_link");
-            l["url"] = json!(format!(
-                "https://connect.stripe.test/setup/e/{}/{n}",
-                param(&form, "account").unwrap_or("acct_unknown")
-            ));
+            l["url"] = json!(format!("https://connect.stripe.test/setup/e/{account}/{n}"));
+            if let Some(url) = state.webhook_url.clone() {
+                tokio::spawn(finish_onboarding(url, account, n));
+            }
             l
         }
         ("POST", "/v1/transfers") => {
@@ -169,6 +210,32 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
         state.by_key.lock().unwrap().insert(format!("{} {k}", req.path()), response.clone());
     }
     HttpResponse::Ok().json(response)
+}
+
+/// Stripe's side of a creator finishing onboarding: a signed
+/// `account.updated` with payouts enabled, sent to tally shortly after the
+/// link was made (retried a few times while tally does not answer 200).
+async fn finish_onboarding(webhook_url: String, account: String, n: usize) {
+    let payload = connect_event(
+        &format!("evt_fake_onboarded{n}"),
+        "account.updated",
+        &account,
+        account_object(&account, true),
+    );
+    let client = reqwest::Client::new();
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let sent = client
+            .post(&webhook_url)
+            .header("Content-Type", "application/json")
+            .header("Stripe-Signature", signature(&payload, WEBHOOK_SECRET, 0))
+            .body(payload.clone())
+            .send()
+            .await;
+        if matches!(&sent, Ok(r) if r.status().is_success()) {
+            return;
+        }
+    }
 }
 
 fn form_map(form: &[(String, String)], prefix: &str) -> serde_json::Map<String, Value> {

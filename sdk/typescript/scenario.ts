@@ -1,0 +1,179 @@
+// A creator and a payer, through the TypeScript types generated from
+// openapi/openapi.json (openapi-typescript) and openapi-fetch, against a live
+// tally server and the fake Stripe. Run by scripts/sdk.sh, which starts both
+// and passes TALLY_URL, FAKE_STRIPE_URL, ADMIN_TOKEN, CREATOR_TOKEN and
+// PAYER_TOKEN.
+//
+// The server runs with a 1 s earnings hold, a 200 ms settlement sweep and a
+// 10-credit minimum withdrawal; credits are worth $0.10 and the marketplace
+// share is 30 %. Every amount below is exact. `tsc` type-checks this file
+// against the generated types before it runs.
+
+import createClient from "openapi-fetch";
+import type { paths } from "./generated/schema.js";
+
+function env(name: string): string {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+}
+
+const baseUrl = env("TALLY_URL");
+const stripeUrl = env("FAKE_STRIPE_URL");
+const client = (token: string) =>
+  createClient<paths>({ baseUrl, headers: { Authorization: `Bearer ${env(token)}` } });
+const admin = client("ADMIN_TOKEN");
+const creator = client("CREATOR_TOKEN");
+const payer = client("PAYER_TOKEN");
+
+/** The body of a response that must have this status. */
+function expect<T>(result: { data?: T; error?: unknown; response: Response }, status: number): T {
+  if (result.response.status !== status || result.data === undefined) {
+    throw new Error(`expected ${status}, got ${result.response.status}: ${JSON.stringify(result.error)}`);
+  }
+  return result.data;
+}
+
+function check(what: string, got: unknown, want: unknown): void {
+  const [g, w] = [JSON.stringify(got), JSON.stringify(want)];
+  if (g !== w) throw new Error(`${what}: expected ${w}, got ${g}`);
+  console.log(`ok  ${what} = ${g}`);
+}
+
+async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+// The price book and a Pro creator organization with a public agent.
+const model = expect(
+  await admin.PUT("/v1/admin/models/{model_id}", {
+    params: { path: { model_id: "sdk-model" } },
+    body: { runtime_infra: "0.3", provider_cost: "0.0021" },
+  }),
+  200,
+);
+check("model runtime_infra", model.runtime_infra, "0.3");
+const org = expect(await creator.POST("/v1/orgs", { body: { name: "Acme Agents" } }), 201);
+check("creator's role", org.role, "owner");
+expect(await admin.POST("/v1/admin/plan-grants", { body: { plan: "pro", org_id: org.id } }), 201);
+const agent = expect(
+  await creator.POST("/v1/orgs/{org_id}/agents", {
+    params: { path: { org_id: org.id } },
+    body: { name: "Research helper", model: "sdk-model", visibility: "public", publisher_addon: "10" },
+  }),
+  201,
+);
+check("agent cost per message", agent.estimated_cost_per_message, "10.3");
+
+// The payer buys 150 credits by invoice; an operator settles the order.
+const me = expect(await payer.GET("/v1/me"), 200);
+const wallet = { params: { path: { wallet_id: me.wallet_id } } };
+const order = expect(
+  await payer.POST("/v1/wallets/{wallet_id}/top-ups", {
+    params: { path: { wallet_id: me.wallet_id }, header: { "Idempotency-Key": "ts-top-up-1" } },
+    body: { pack_id: "standard", method: "manual" },
+  }),
+  201,
+);
+check("order", [order.status, order.credits, order.amount_usd, order.checkout_url], ["pending", "150", "15.00", null]);
+check("balance before settlement", expect(await payer.GET("/v1/wallets/{wallet_id}", wallet), 200).balance, "0");
+const paid = expect(
+  await admin.POST("/v1/admin/top-ups/{top_up_id}/settle", {
+    params: { path: { top_up_id: order.id }, header: { "Idempotency-Key": "ts-settle-1" } },
+  }),
+  200,
+);
+check("settled order", [paid.status, paid.receipt_number], ["paid", 1]);
+check("balance after settlement", expect(await payer.GET("/v1/wallets/{wallet_id}", wallet), 200).balance, "150");
+
+// Quote, then two messages (the first one sent twice with the same key).
+const quote = expect(
+  await payer.GET("/v1/agents/{agent_id}/quote", { params: { path: { agent_id: agent.id } } }),
+  200,
+);
+check(
+  "quote",
+  [quote.runtime_infra, quote.publisher_addon, quote.total, quote.balance, quote.sufficient, quote.free],
+  ["0.3", "10", "10.3", "150", true, false],
+);
+const charge = (key: string) =>
+  payer.POST("/v1/agents/{agent_id}/charges", {
+    params: { path: { agent_id: agent.id }, header: { "Idempotency-Key": key } },
+  });
+const first = expect(await charge("ts-msg-1"), 201);
+check("first charge", [first.total, first.balance_after, first.free], ["10.3", "139.7", false]);
+const again = await charge("ts-msg-1");
+check(
+  "retry replays the same charge",
+  [expect(again, 201).id, again.response.headers.get("Idempotent-Replayed")],
+  [first.id, "true"],
+);
+const second = expect(await charge("ts-msg-2"), 201);
+check("second charge", [second.total, second.balance_after], ["10.3", "129.4"]);
+
+// The wallet's history, newest first.
+const history = expect(await payer.GET("/v1/wallets/{wallet_id}/transactions", wallet), 200);
+check(
+  "history",
+  history.data.map((t) => [t.type, t.amount, t.balance_after]),
+  [
+    ["charge", "-10.3", "129.4"],
+    ["charge", "-10.3", "139.7"],
+    ["top_up", "150", "150"],
+  ],
+);
+check("history has_more", history.has_more, false);
+check("charge's transaction", history.data[0]?.id, second.transaction_id);
+
+// The creator earns 70 % of the add-ons: 2 x 7 = 14 credits, available after the hold.
+const orgPath = { params: { path: { org_id: org.id } } };
+const earnings = await waitFor("earnings to settle", async () => {
+  const e = expect(await creator.GET("/v1/orgs/{org_id}/earnings", orgPath), 200);
+  return e.available === "14" ? e : undefined;
+});
+check(
+  "earnings",
+  [earnings.lifetime_gross, earnings.platform_share, earnings.pending, earnings.available],
+  ["20", "6", "0", "14"],
+);
+
+// Connect a payout account; the fake Stripe finishes onboarding by webhook.
+const account = expect(await creator.PUT("/v1/orgs/{org_id}/payout-account", orgPath), 200);
+check("onboarding link", account.onboarding_url?.startsWith("https://connect.stripe.test/setup/"), true);
+await waitFor("payouts to be enabled", async () => {
+  const a = expect(await creator.GET("/v1/orgs/{org_id}/payout-account", orgPath), 200);
+  return a.payouts_enabled ? a : undefined;
+});
+
+// All available earnings: 14 credits = $1.40, sent as one Stripe transfer.
+const payout = expect(
+  await creator.POST("/v1/orgs/{org_id}/payouts", {
+    params: { path: { org_id: org.id }, header: { "Idempotency-Key": "ts-payout-1" } },
+    body: {},
+  }),
+  201,
+);
+check("payout", [payout.status, payout.amount, payout.usd], ["in_transit", "14", "1.40"]);
+const after = expect(await creator.GET("/v1/orgs/{org_id}/earnings", orgPath), 200);
+check("earnings after payout", [after.available, after.in_payout], ["0", "14"]);
+type Seen = { path: string; idempotency_key: string | null; form: Record<string, string> };
+const seen = (await (await fetch(`${stripeUrl}/_fake/requests`)).json()) as Seen[];
+check(
+  "transfers at Stripe",
+  seen
+    .filter((r) => r.path === "/v1/transfers")
+    .map((t) => [t.form.amount, t.form.currency, t.form.destination, t.idempotency_key]),
+  [["140", "usd", account.account_id, payout.id]],
+);
+check("transfer id", payout.transfer_id?.startsWith("tr_"), true);
+
+// The ledger holds together.
+const report = expect(await admin.GET("/v1/admin/ledger/verify"), 200);
+check("ledger verify", [report.ok, report.ledger_sum, report.breaches.length], [true, "0", 0]);
+console.log("typescript scenario: passed");
