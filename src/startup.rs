@@ -179,7 +179,7 @@ pub fn build_app(
         .app_data(web::PathConfig::default().error_handler(api::path_error))
         .configure(api::configure)
         .openapi_service(|mut doc| {
-            doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+            api::docs::finish(&mut doc);
             SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", doc)
         })
         .into_app()

@@ -59,9 +59,14 @@ impl Modify for BearerAuth {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, mut api) =
         App::new().into_utoipa_app().openapi(ApiDoc::openapi()).configure(super::configure).split_for_parts();
-    api.info.version = env!("CARGO_PKG_VERSION").to_string();
-    plain_optional_bodies(&mut api);
+    finish(&mut api);
     api
+}
+
+/// The last touches, for the served and the printed document alike.
+pub fn finish(api: &mut utoipa::openapi::OpenApi) {
+    api.info.version = env!("CARGO_PKG_VERSION").to_string();
+    plain_optional_bodies(api);
 }
 
 /// utoipa documents an optional body (`request_body = Option<T>`) as

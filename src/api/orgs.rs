@@ -9,6 +9,7 @@ use super::{double_option, run, AppState, JsonBody};
 use crate::auth::AuthUser;
 use crate::domain::{Credits, OrgRole};
 use crate::error::{ApiError, ErrorResponse};
+use crate::services::names::Role;
 use crate::services::orgs::{self, Member, MemberList, MemberPatch, Org};
 
 pub fn configure(cfg: &mut ServiceConfig) {
@@ -30,25 +31,6 @@ pub struct CreateOrgRequest {
         pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
     )]
     pub name: String,
-}
-
-/// A role in an organization.
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Owner,
-    Admin,
-    Member,
-}
-
-impl From<Role> for OrgRole {
-    fn from(r: Role) -> Self {
-        match r {
-            Role::Owner => OrgRole::Owner,
-            Role::Admin => OrgRole::Admin,
-            Role::Member => OrgRole::Member,
-        }
-    }
 }
 
 /// A person to add.

@@ -9,6 +9,7 @@ mod error;
 pub mod history;
 pub mod idempotency;
 pub mod models;
+pub mod names;
 pub mod orgs;
 pub mod payouts;
 pub mod people;

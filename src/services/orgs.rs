@@ -25,6 +25,7 @@ pub struct Org {
     /// The plan in force (`free` or `pro`).
     pub plan: String,
     /// The caller's role in it.
+    #[schema(value_type = super::names::Role)]
     pub role: String,
     pub created_at: DateTime<Utc>,
 }
@@ -35,6 +36,7 @@ pub struct Member {
     /// The person's id (their JWT `sub`).
     pub user_id: String,
     /// `owner`, `admin` or `member`.
+    #[schema(value_type = super::names::Role)]
     pub role: String,
     /// Most credits this member may spend from the org wallet per UTC day; null = no limit.
     #[schema(value_type = Option<String>, example = "25")]

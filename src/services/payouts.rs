@@ -59,6 +59,7 @@ pub struct Payout {
     pub id: String,
     pub org_id: String,
     /// `pending` (recorded, transfer not yet confirmed), `in_transit`, `paid` or `failed`.
+    #[schema(value_type = super::names::PayoutStatus)]
     pub status: String,
     /// Credits taken from available earnings.
     #[schema(value_type = String, example = "100")]

@@ -33,6 +33,7 @@ pub struct MyOrg {
     pub id: String,
     pub name: String,
     /// `owner`, `admin` or `member`.
+    #[schema(value_type = super::names::Role)]
     pub role: String,
     pub wallet_id: String,
 }

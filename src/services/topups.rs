@@ -62,6 +62,7 @@ pub struct TopUp {
     pub wallet_id: String,
     pub pack_id: String,
     /// `pending`, `paid`, `failed`, `refunded` or `disputed`.
+    #[schema(value_type = super::names::TopUpStatus)]
     pub status: String,
     /// Credits the wallet receives when paid (pack credits + bonus).
     #[schema(value_type = String, example = "50")]

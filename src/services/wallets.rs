@@ -22,6 +22,7 @@ pub struct Wallet {
     /// `wal_` id.
     pub id: String,
     /// `person` or `org`.
+    #[schema(value_type = super::names::WalletOwner)]
     pub owner_type: String,
     /// The person's id or the organization's id.
     pub owner_id: String,

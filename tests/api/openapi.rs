@@ -49,6 +49,57 @@ fn every_operation_is_documented_for_sdks() {
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
 
+/// The values a column's CHECK constraint allows, from the PostgreSQL migration.
+fn allowed(migration: &str, column: &str) -> Vec<String> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres");
+    let folder = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(migration))
+        .unwrap_or_else(|| panic!("no migration {migration}"));
+    let sql = std::fs::read_to_string(folder.join("up.sql")).unwrap();
+    let needle = format!("CHECK ({column} IN (");
+    let start =
+        sql.find(&needle).unwrap_or_else(|| panic!("{migration}: no CHECK on {column}")) + needle.len();
+    let list = &sql[start..start + sql[start..].find(')').unwrap()];
+    list.split(',').map(|v| v.trim().trim_matches('\'').to_string()).collect()
+}
+
+#[test]
+fn named_enums_are_what_the_database_stores() {
+    let doc: serde_json::Value = serde_json::from_str(&tally::api::docs::openapi_json()).unwrap();
+    let values = |name: &str| -> Vec<String> {
+        let list = doc["components"]["schemas"][name]["enum"].as_array();
+        list.unwrap_or_else(|| panic!("{name} is not a named enum"))
+            .iter()
+            .map(|v| v.to_string().replace('"', ""))
+            .collect()
+    };
+    let kinds: Vec<String> = tally::domain::EntryKind::ALL.iter().map(|k| k.as_str().to_string()).collect();
+    assert_eq!(values("TransactionType"), kinds);
+    assert_eq!(values("TopUpStatus"), allowed("000003_top_ups", "status"));
+    assert_eq!(values("TopUpMethod"), allowed("000003_top_ups", "method"));
+    assert_eq!(values("PayoutStatus"), allowed("000004_payouts", "status"));
+    assert_eq!(values("Role"), allowed("000001_foundation", "role"));
+    let mut owners = allowed("000001_foundation", "owner_type");
+    owners.retain(|o| o != "platform");
+    assert_eq!(values("WalletOwner"), owners, "wallets belong to people and organizations");
+    // The views' fields use them.
+    let field = |schema: &str, f: &str| doc["components"]["schemas"][schema]["properties"][f]["$ref"].clone();
+    for (schema, f, named) in [
+        ("Transaction", "type", "TransactionType"),
+        ("TopUp", "status", "TopUpStatus"),
+        ("TopUp", "method", "TopUpMethod"),
+        ("Payout", "status", "PayoutStatus"),
+        ("Org", "role", "Role"),
+        ("Member", "role", "Role"),
+        ("MyOrg", "role", "Role"),
+        ("Wallet", "owner_type", "WalletOwner"),
+    ] {
+        assert_eq!(field(schema, f), format!("#/components/schemas/{named}"), "{schema}.{f}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_serves_the_document_and_docs_page() {
     let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
