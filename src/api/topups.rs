@@ -74,8 +74,8 @@ pub async fn list_credit_packs(state: web::Data<AppState>) -> HttpResponse {
         (status = 403, description = "A plain member of the owning organization", body = ErrorResponse),
         (status = 404, description = "No such wallet, or not the caller's", body = ErrorResponse),
         (status = 409, description = "A request with this key is in flight", body = ErrorResponse),
-        (status = 422, description = "Unknown pack, or the key was used with another body", body = ErrorResponse),
-        (status = 503, description = "Stripe could not be reached (retry with the same key), or `stripe` was asked for without Stripe configured", body = ErrorResponse),
+        (status = 422, description = "Unknown pack, `checkout_unavailable` (method `stripe` without Stripe configured), or the key was used with another body", body = ErrorResponse),
+        (status = 503, description = "Stripe could not be reached; retry with the same key", body = ErrorResponse),
     ),
     security(("bearer" = []))
 )]
@@ -91,18 +91,7 @@ pub async fn create_top_up(
     let wallet_id = path.into_inner();
     let JsonBody { value, raw } = body;
     let request = idempotency_request(&state, &req, &caller, &raw)?;
-    let method = match (value.method, state.stripe.is_some()) {
-        (Some(TopUpMethod::Stripe), false) => {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "checkout_unavailable",
-                "method 'stripe' needs Stripe (STRIPE_SECRET_KEY), which is not configured; use 'manual'",
-            ))
-        }
-        (Some(m), _) => m,
-        (None, true) => TopUpMethod::Stripe,
-        (None, false) => TopUpMethod::Manual,
-    };
+    let method = value.method;
     // 1. Claim the key.
     let claim_req = request.clone();
     let token = match run(&state, move |conn, _| idempotency::claim(conn, &claim_req)).await? {

@@ -228,12 +228,25 @@ pub fn prepare_top_up(
     caller: &Caller,
     wallet_id: &str,
     pack_id: &str,
-    method: TopUpMethod,
+    method: Option<TopUpMethod>,
     request: &RequestKey,
 ) -> ServiceResult<TopUpRow> {
     let pack = find_pack(ctx, pack_id)?.clone();
     db::write_tx(conn, |tx| {
         let wallet = load_for(tx, caller, wallet_id, Access::Manage)?;
+        let method = match (method, ctx.settings.stripe.is_some()) {
+            (Some(TopUpMethod::Stripe), false) => {
+                return Err(ServiceError::Refused {
+                    kind: "checkout_unavailable",
+                    message: "method 'stripe' needs Stripe (STRIPE_SECRET_KEY), which is not configured; \
+                              use 'manual'"
+                        .into(),
+                })
+            }
+            (Some(m), _) => m,
+            (None, true) => TopUpMethod::Stripe,
+            (None, false) => TopUpMethod::Manual,
+        };
         let existing: Option<TopUpRow> = top_ups::table
             .filter(top_ups::request_key.eq(request.as_str()))
             .select(TopUpRow::as_select())

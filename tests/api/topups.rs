@@ -535,7 +535,7 @@ async fn manual_top_ups_settle_with_gap_free_receipts(app: TestApp) {
             Some("o-stripe"),
         )
         .await;
-    assert_error(s, &b, 503, "checkout_unavailable");
+    assert_error(s, &b, 422, "checkout_unavailable");
     assert_eq!(app.count("top_ups"), 20);
     assert_eq!(app.count("journal_entries"), 20);
     app.assert_ledger_ok();
