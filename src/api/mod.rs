@@ -95,6 +95,65 @@ where
     Ok(stored_response(stored))
 }
 
+/// A request whose `Idempotency-Key` this process holds, for handlers that
+/// call Stripe between two transactions: claim the key, do the first
+/// transaction and the call, then `complete` (the last transaction stores
+/// the response) or `release` on failure, so that a retry may run it again.
+pub struct Claimed {
+    request: IdempotentRequest,
+    token: String,
+}
+
+impl Claimed {
+    /// Claims the request's key: `Err(response)` when it already ran (the
+    /// stored response, to replay); a request in flight is a 409.
+    pub async fn claim(
+        state: &web::Data<AppState>,
+        request: IdempotentRequest,
+    ) -> Result<Result<Claimed, HttpResponse>, ApiError> {
+        let r = request.clone();
+        Ok(match run(state, move |conn, _| idempotency::claim(conn, &r)).await? {
+            idempotency::Claim::Replay(stored) => Err(stored_response(stored)),
+            idempotency::Claim::Fresh(token) => Ok(Claimed { request, token }),
+        })
+    }
+
+    /// The key that the request's ledger entries and rows carry.
+    pub fn request_key(&self) -> RequestKey {
+        idempotency::request_key(&self.request)
+    }
+
+    /// Gives the key back after a failure and returns the failure.
+    pub async fn release(self, state: &web::Data<AppState>, error: ApiError) -> ApiError {
+        let Claimed { request, token } = self;
+        let _ = run(state, move |conn, _| {
+            idempotency::release(conn, &request, &token);
+            Ok(())
+        })
+        .await;
+        error
+    }
+
+    /// The last transaction: `work`, the response stored and the key done.
+    pub async fn complete<T, F>(
+        self,
+        state: &web::Data<AppState>,
+        status: StatusCode,
+        work: F,
+    ) -> Result<HttpResponse, ApiError>
+    where
+        F: FnOnce(&mut DbConn, &Ctx) -> ServiceResult<Outcome<T>> + Send + 'static,
+        T: serde::Serialize + 'static,
+    {
+        let Claimed { request, token } = self;
+        let stored = run(state, move |conn, ctx| {
+            idempotency::complete(conn, &request, &token, status.as_u16(), |tx, _| work(tx, ctx))
+        })
+        .await?;
+        Ok(stored_response(stored))
+    }
+}
+
 /// The request under its `Idempotency-Key` header (required).
 pub fn idempotency_request(
     state: &web::Data<AppState>,

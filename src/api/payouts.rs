@@ -7,11 +7,10 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{idempotency_request, run, stored_response, AppState, JsonBody};
+use super::{idempotency_request, run, AppState, Claimed, JsonBody};
 use crate::auth::AuthUser;
 use crate::domain::Credits;
 use crate::error::{ApiError, ErrorResponse};
-use crate::services::idempotency::{self, Claim};
 use crate::services::payouts::{self, Payout, PayoutAccount, PayoutList, PayoutRow, SendResult};
 use crate::stripe::StripeCallError;
 
@@ -202,12 +201,11 @@ pub async fn create_payout(
     let org_id = path.into_inner();
     let JsonBody { value, raw } = body;
     let request = idempotency_request(&state, &req, &caller, &raw)?;
-    let claim_req = request.clone();
-    let token = match run(&state, move |conn, _| idempotency::claim(conn, &claim_req)).await? {
-        Claim::Replay(stored) => return Ok(stored_response(stored)),
-        Claim::Fresh(token) => token,
+    let claimed = match Claimed::claim(&state, request).await? {
+        Ok(claimed) => claimed,
+        Err(replay) => return Ok(replay),
     };
-    let key = idempotency::request_key(&request);
+    let key = claimed.request_key();
     let c = caller.clone();
     let recorded = run(&state, move |conn, ctx| {
         let (row, fresh) = payouts::record_payout(conn, ctx, &c, &org_id, value.amount, &key)?;
@@ -219,26 +217,16 @@ pub async fn create_payout(
     .await;
     let (row, ours) = match recorded {
         Ok(r) => r,
-        Err(e) => {
-            let (r, t) = (request.clone(), token.clone());
-            let _ = run(&state, move |conn, _| {
-                idempotency::release(conn, &r, &t);
-                Ok(())
-            })
-            .await;
-            return Err(e);
-        }
+        Err(e) => return Err(claimed.release(&state, e).await),
     };
     let result = if ours { Some(send(&state, &row).await) } else { None };
     let id = row.id.clone();
-    let stored = run(&state, move |conn, ctx| {
-        idempotency::complete(conn, &request, &token, StatusCode::CREATED.as_u16(), |tx, _| match &result {
+    claimed
+        .complete(&state, StatusCode::CREATED, move |tx, ctx| match &result {
             Some(result) => payouts::record_send(tx, ctx, &id, result),
             None => payouts::view_of(tx, &id),
         })
-    })
-    .await?;
-    Ok(stored_response(stored))
+        .await
 }
 
 /// List payouts

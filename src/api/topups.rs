@@ -6,10 +6,9 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{idempotency_request, run, run_idempotent, stored_response, AppState, JsonBody};
+use super::{idempotency_request, run, run_idempotent, AppState, Claimed, JsonBody};
 use crate::auth::{AuthUser, Operator};
 use crate::error::{ApiError, ErrorResponse};
-use crate::services::idempotency::{self, Claim};
 use crate::services::topups::{self, CreditPackList, TopUp, TopUpMethod};
 use crate::stripe::webhook;
 
@@ -93,29 +92,18 @@ pub async fn create_top_up(
     let request = idempotency_request(&state, &req, &caller, &raw)?;
     let method = value.method;
     // 1. Claim the key.
-    let claim_req = request.clone();
-    let token = match run(&state, move |conn, _| idempotency::claim(conn, &claim_req)).await? {
-        Claim::Replay(stored) => return Ok(stored_response(stored)),
-        Claim::Fresh(token) => token,
-    };
-    let release = |state: web::Data<AppState>, request: idempotency::IdempotentRequest, token: String| async move {
-        let _ = run(&state, move |conn, _| {
-            idempotency::release(conn, &request, &token);
-            Ok(())
-        })
-        .await;
+    let claimed = match Claimed::claim(&state, request).await? {
+        Ok(claimed) => claimed,
+        Err(replay) => return Ok(replay),
     };
     // 2. The order (found again if this request ran before and died).
-    let key = idempotency::request_key(&request);
+    let key = claimed.request_key();
     let (c, w, p) = (caller.clone(), wallet_id.clone(), value.pack_id.clone());
     let order =
         match run(&state, move |conn, ctx| topups::prepare_top_up(conn, ctx, &c, &w, &p, method, &key)).await
         {
             Ok(order) => order,
-            Err(e) => {
-                release(state.clone(), request.clone(), token.clone()).await;
-                return Err(e);
-            }
+            Err(e) => return Err(claimed.release(&state, e).await),
         };
     // 3. The Checkout Session, outside any transaction; the top-up id is
     // Stripe's idempotency key, so a retry gets the same session.
@@ -128,25 +116,23 @@ pub async fn create_top_up(
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::error!(top_up_id = %order.id, error = %e, "Checkout Session not created");
-                    release(state.clone(), request.clone(), token.clone()).await;
-                    return Err(ApiError::new(
+                    let error = ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "payment_provider_unavailable",
                         "the payment provider could not be reached; retry with the same Idempotency-Key",
-                    ));
+                    );
+                    return Err(claimed.release(&state, error).await);
                 }
             }
         }
         _ => None,
     };
     // 4. Keep the session on the order and store the response, together.
-    let stored = run(&state, move |conn, _| {
-        idempotency::complete(conn, &request, &token, StatusCode::CREATED.as_u16(), |tx, _| {
+    claimed
+        .complete(&state, StatusCode::CREATED, move |tx, _| {
             topups::attach_session(tx, &order.id, session.as_ref())
         })
-    })
-    .await?;
-    Ok(stored_response(stored))
+        .await
 }
 
 /// Get a top-up

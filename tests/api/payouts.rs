@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::charges::{charge, market};
-use crate::fake_stripe::{self as fake, FakeStripe, WEBHOOK_SECRET};
+use crate::fake_stripe::{self as fake, FakeStripe};
 use crate::helpers::{assert_error, Backend, TestApp};
 
 /// Runs each `async fn(TestApp, FakeStripe)` on both databases: Stripe on
@@ -45,20 +45,6 @@ both_payouts!(
     concurrent_requests_for_the_whole_balance,
 );
 
-async fn deliver(app: &TestApp, payload: &str) -> Value {
-    let sig = fake::signature(payload, WEBHOOK_SECRET, 0);
-    let res = app
-        .client
-        .post(format!("{}/v1/webhooks/stripe", app.address))
-        .header("Stripe-Signature", sig)
-        .body(payload.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    res.json().await.unwrap()
-}
-
 /// The creator org earns `messages` x 7 credits (add-on 10 at 30 %),
 /// available at once; returns its id.
 async fn earn(app: &TestApp, messages: usize) -> String {
@@ -87,11 +73,14 @@ async fn onboard(app: &TestApp, org: &str) -> String {
     let account = a["account_id"].as_str().unwrap().to_string();
     assert!(a["onboarding_url"].as_str().unwrap().contains(&account));
     assert_eq!(a["payouts_enabled"], false);
-    let ack = deliver(
-        app,
-        &fake::connect_event("evt_acct", "account.updated", &account, fake::account_object(&account, true)),
-    )
-    .await;
+    let ack = app
+        .deliver(&fake::connect_event(
+            "evt_acct",
+            "account.updated",
+            &account,
+            fake::account_object(&account, true),
+        ))
+        .await;
     assert_eq!(ack["outcome"], "account_updated");
     let (_, a) = app.get(&format!("/v1/orgs/{org}/payout-account"), &creator).await;
     assert_eq!((a["payouts_enabled"].as_bool(), a["details_submitted"].as_bool()), (Some(true), Some(true)));
@@ -149,11 +138,14 @@ async fn earn_settle_and_pay_out(app: TestApp, stripe: FakeStripe) {
     app.assert_ledger_ok();
 
     // The bank payout of the connected account completes it...
-    let ack = deliver(
-        &app,
-        &fake::connect_event("evt_pp", "payout.paid", &account, fake::bank_payout_object("po_bank1", "paid")),
-    )
-    .await;
+    let ack = app
+        .deliver(&fake::connect_event(
+            "evt_pp",
+            "payout.paid",
+            &account,
+            fake::bank_payout_object("po_bank1", "paid"),
+        ))
+        .await;
     assert_eq!(ack["outcome"], "payouts_paid");
     let (_, p) = app.get(&format!("/v1/payouts/{payout_id}"), &creator).await;
     assert_eq!(p["status"], "paid");
@@ -166,14 +158,14 @@ async fn earn_settle_and_pay_out(app: TestApp, stripe: FakeStripe) {
         &account,
         fake::bank_payout_object("po_bank1", "failed"),
     );
-    assert_eq!(deliver(&app, &failed).await["outcome"], "payouts_failed");
+    assert_eq!(app.deliver(&failed).await["outcome"], "payouts_failed");
     let failed2 = fake::connect_event(
         "evt_pf2",
         "payout.failed",
         &account,
         fake::bank_payout_object("po_bank1", "failed"),
     );
-    assert_eq!(deliver(&app, &failed2).await["outcome"], "no_payout_to_fail");
+    assert_eq!(app.deliver(&failed2).await["outcome"], "no_payout_to_fail");
     let (_, p) = app.get(&format!("/v1/payouts/{payout_id}"), &creator).await;
     assert_eq!(p["status"], "failed");
     let e = earnings(&app, &org).await;
@@ -255,11 +247,10 @@ async fn stripe_refusal_and_reversal_restore_earnings(app: TestApp, stripe: Fake
         (201, Some("in_transit"), Some("35"))
     );
     let transfer = p["transfer_id"].as_str().unwrap();
-    let ack =
-        deliver(&app, &fake::event("evt_tr", "transfer.reversed", fake::transfer_object(transfer))).await;
+    let ack = app.deliver(&fake::event("evt_tr", "transfer.reversed", fake::transfer_object(transfer))).await;
     assert_eq!(ack["outcome"], "payout_failed");
     let ack =
-        deliver(&app, &fake::event("evt_tr2", "transfer.reversed", fake::transfer_object(transfer))).await;
+        app.deliver(&fake::event("evt_tr2", "transfer.reversed", fake::transfer_object(transfer))).await;
     assert_eq!(ack["outcome"], "already_failed");
     let e = earnings(&app, &org).await;
     assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("35"), Some("0")));

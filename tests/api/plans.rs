@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::fake_stripe::{self as fake, FakeStripe, WEBHOOK_SECRET};
+use crate::fake_stripe::{self as fake, FakeStripe};
 use crate::helpers::{assert_error, Backend, TestApp};
 
 crate::both!(free_limits_and_grants, publishing_needs_pro);
@@ -156,33 +156,13 @@ fn subscription_event(
     subject: (&str, &str),
     created: i64,
 ) -> String {
-    let mut s: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/stripe/subscription.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
+    let mut s = fake::fixture("subscription");
     s["id"] = json!(sub_id);
     s["status"] = json!(status);
     s["metadata"] = json!({"subject_type": subject.0, "subject_id": subject.1, "plan": "pro"});
     let mut e: Value = serde_json::from_str(&fake::event(id, kind, s)).unwrap();
     e["created"] = json!(created);
     e.to_string()
-}
-
-async fn deliver(app: &TestApp, payload: &str) -> Value {
-    let res = app
-        .client
-        .post(format!("{}/v1/webhooks/stripe", app.address))
-        .header("Stripe-Signature", fake::signature(payload, WEBHOOK_SECRET, 0))
-        .body(payload.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    res.json().await.unwrap()
 }
 
 async fn subscriptions_keep_the_plan_current(app: TestApp, stripe: FakeStripe) {
@@ -222,11 +202,16 @@ async fn subscriptions_keep_the_plan_current(app: TestApp, stripe: FakeStripe) {
             .to_string()
     }
     assert_eq!(plan_of(&app, &org_id, &creator).await, "free");
-    let ack = deliver(
-        &app,
-        &subscription_event("evt_s1", "customer.subscription.created", "sub_1", "active", subject, 1000),
-    )
-    .await;
+    let ack = app
+        .deliver(&subscription_event(
+            "evt_s1",
+            "customer.subscription.created",
+            "sub_1",
+            "active",
+            subject,
+            1000,
+        ))
+        .await;
     assert_eq!(ack["outcome"], "subscription_recorded");
     assert_eq!(plan_of(&app, &org_id, &creator).await, "pro");
     // Publishing now works.
@@ -246,22 +231,32 @@ async fn subscriptions_keep_the_plan_current(app: TestApp, stripe: FakeStripe) {
     .unwrap();
     invoice["id"] = json!("in_1");
     invoice["subscription"] = json!("sub_1");
-    let ack = deliver(&app, &fake::event("evt_inv", "invoice.payment_failed", invoice)).await;
+    let ack = app.deliver(&fake::event("evt_inv", "invoice.payment_failed", invoice)).await;
     assert_eq!(ack["outcome"], "subscription_past_due");
     assert_eq!(plan_of(&app, &org_id, &creator).await, "free");
-    let ack = deliver(
-        &app,
-        &subscription_event("evt_s2", "customer.subscription.updated", "sub_1", "active", subject, 2000),
-    )
-    .await;
+    let ack = app
+        .deliver(&subscription_event(
+            "evt_s2",
+            "customer.subscription.updated",
+            "sub_1",
+            "active",
+            subject,
+            2000,
+        ))
+        .await;
     assert_eq!(ack["outcome"], "subscription_updated");
     assert_eq!(plan_of(&app, &org_id, &creator).await, "pro");
     // Deleted: back to Free; the public agent stays listed, new ones are refused.
-    let ack = deliver(
-        &app,
-        &subscription_event("evt_s3", "customer.subscription.deleted", "sub_1", "canceled", subject, 3000),
-    )
-    .await;
+    let ack = app
+        .deliver(&subscription_event(
+            "evt_s3",
+            "customer.subscription.deleted",
+            "sub_1",
+            "canceled",
+            subject,
+            3000,
+        ))
+        .await;
     assert_eq!(ack["outcome"], "subscription_updated");
     assert_eq!(plan_of(&app, &org_id, &creator).await, "free");
     let (_, _, market) = app.send(Method::GET, "/v1/marketplace/agents", None, None, None).await;
@@ -276,37 +271,62 @@ async fn subscriptions_keep_the_plan_current(app: TestApp, stripe: FakeStripe) {
     assert_error(s, &b, 403, "plan_required");
     // A duplicated event, an out-of-order older one, and a newer "active"
     // one for the ended subscription resurrect nothing.
-    let ack = deliver(
-        &app,
-        &subscription_event("evt_s2", "customer.subscription.updated", "sub_1", "active", subject, 2000),
-    )
-    .await;
+    let ack = app
+        .deliver(&subscription_event(
+            "evt_s2",
+            "customer.subscription.updated",
+            "sub_1",
+            "active",
+            subject,
+            2000,
+        ))
+        .await;
     assert_eq!(ack["outcome"], "duplicate");
-    let ack = deliver(
-        &app,
-        &subscription_event("evt_s2b", "customer.subscription.updated", "sub_1", "active", subject, 2500),
-    )
-    .await;
+    let ack = app
+        .deliver(&subscription_event(
+            "evt_s2b",
+            "customer.subscription.updated",
+            "sub_1",
+            "active",
+            subject,
+            2500,
+        ))
+        .await;
     assert_eq!(ack["outcome"], "subscription_already_ended");
-    let ack = deliver(
-        &app,
-        &subscription_event("evt_s4", "customer.subscription.updated", "sub_1", "active", subject, 4000),
-    )
-    .await;
+    let ack = app
+        .deliver(&subscription_event(
+            "evt_s4",
+            "customer.subscription.updated",
+            "sub_1",
+            "active",
+            subject,
+            4000,
+        ))
+        .await;
     assert_eq!(ack["outcome"], "subscription_already_ended");
     assert_eq!(plan_of(&app, &org_id, &creator).await, "free");
     // Out of order before the end: an older state does not overwrite a newer one.
-    let ack = deliver(
-        &app,
-        &subscription_event("evt_t2", "customer.subscription.updated", "sub_2", "active", subject, 5000),
-    )
-    .await;
+    let ack = app
+        .deliver(&subscription_event(
+            "evt_t2",
+            "customer.subscription.updated",
+            "sub_2",
+            "active",
+            subject,
+            5000,
+        ))
+        .await;
     assert_eq!(ack["outcome"], "subscription_recorded");
-    let ack = deliver(
-        &app,
-        &subscription_event("evt_t1", "customer.subscription.updated", "sub_2", "incomplete", subject, 4500),
-    )
-    .await;
+    let ack = app
+        .deliver(&subscription_event(
+            "evt_t1",
+            "customer.subscription.updated",
+            "sub_2",
+            "incomplete",
+            subject,
+            4500,
+        ))
+        .await;
     assert_eq!(ack["outcome"], "stale_event");
     assert_eq!(plan_of(&app, &org_id, &creator).await, "pro");
 }

@@ -73,22 +73,8 @@ async fn start_top_up(
     (s, b)
 }
 
-async fn deliver(app: &TestApp, payload: &str, signature: Option<&str>) -> (StatusCode, Value) {
-    let mut req = app
-        .client
-        .post(format!("{}/v1/webhooks/stripe", app.address))
-        .header("Content-Type", "application/json")
-        .body(payload.to_string());
-    if let Some(sig) = signature {
-        req = req.header("Stripe-Signature", sig);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status();
-    (status, res.json().await.unwrap_or(Value::Null))
-}
-
 async fn deliver_signed(app: &TestApp, payload: &str) -> (StatusCode, Value) {
-    deliver(app, payload, Some(&fake::signature(payload, WEBHOOK_SECRET, 0))).await
+    app.post_event(payload, Some(&fake::signature(payload, WEBHOOK_SECRET, 0))).await
 }
 
 /// The paid-session event for a top-up created at the fake.
@@ -246,7 +232,7 @@ async fn signatures_are_checked(app: TestApp, _stripe: FakeStripe) {
         ("garbage", &payload, Some("t=abc,v1=zz".into())),
     ];
     for (what, body, sig) in cases {
-        let (s, b) = deliver(&app, body, sig.as_deref()).await;
+        let (s, b) = app.post_event(body, sig.as_deref()).await;
         assert_eq!(s, 400, "{what}: {b}");
         assert_eq!(b["error"]["type"], "invalid_signature", "{what}");
     }
@@ -256,7 +242,7 @@ async fn signatures_are_checked(app: TestApp, _stripe: FakeStripe) {
     let valid_v1 = good.split("v1=").nth(1).unwrap();
     let t_part = good.split(',').next().unwrap();
     let rotated = format!("{t_part},v1={},v1={valid_v1}", "ab".repeat(32));
-    let (s, ack) = deliver(&app, &payload, Some(&rotated)).await;
+    let (s, ack) = app.post_event(&payload, Some(&rotated)).await;
     assert_eq!((s.as_u16(), ack["outcome"].as_str()), (200, Some("credited")));
     assert_eq!(app.balance(&wallet, &alice).await, "50");
     app.assert_ledger_ok();
@@ -523,7 +509,7 @@ async fn manual_top_ups_settle_with_gap_free_receipts(app: TestApp) {
     let t = top_up_of(&app, &app.token("mo"), &ids[3]).await;
     assert_eq!(t["status"], "paid");
     // Webhooks are refused while no secret is configured.
-    let (s, b) = deliver(&app, "{}", Some("t=1,v1=00")).await;
+    let (s, b) = app.post_event("{}", Some("t=1,v1=00")).await;
     assert_error(s, &b, 503, "webhooks_not_configured");
     // Without Stripe, asking for Checkout is refused and records nothing.
     let (s, _, b) = app
