@@ -122,8 +122,10 @@ impl fmt::Display for AccountKind {
     }
 }
 
-/// What a journal entry records; shown as a transaction's `type`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+// Shown as a transaction's `type`; the OpenAPI document names it `TransactionType`.
+/// What a transaction records (its journal entry's kind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, utoipa::ToSchema)]
+#[schema(as = TransactionType, rename_all = "snake_case")]
 pub enum EntryKind {
     Adjustment,
     Charge,

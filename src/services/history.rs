@@ -58,7 +58,7 @@ pub struct Transaction {
     /// `adjustment`, `charge`, `free_message`, `top_up`, `refund`, `dispute`,
     /// `dispute_won`, `earnings_settlement`, `payout`, `payout_paid`, `payout_reversal`.
     #[serde(rename = "type")]
-    #[schema(value_type = super::names::TransactionType)]
+    #[schema(value_type = crate::domain::EntryKind)]
     pub kind: String,
     /// Signed amount in credits: negative leaves the account.
     #[schema(value_type = String, example = "-1.3")]

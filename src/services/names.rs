@@ -2,7 +2,8 @@
 //! document shows them: named enums, so that generated clients get a type
 //! (a union in TypeScript, an enum in Python) instead of a bare string.
 //! The views keep the stored text; tests/api/openapi.rs checks these lists
-//! against the database's CHECK constraints and the ledger's kinds.
+//! against the database's CHECK constraints. (A transaction's `type` is
+//! `domain::EntryKind` itself.)
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -26,23 +27,6 @@ impl From<Role> for OrgRole {
             Role::Member => OrgRole::Member,
         }
     }
-}
-
-/// What a transaction records (its journal entry's kind).
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum TransactionType {
-    Adjustment,
-    Charge,
-    FreeMessage,
-    TopUp,
-    Refund,
-    Dispute,
-    DisputeWon,
-    EarningsSettlement,
-    Payout,
-    PayoutPaid,
-    PayoutReversal,
 }
 
 /// Where a top-up stands.
