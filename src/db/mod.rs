@@ -5,11 +5,14 @@
 
 pub mod counters;
 pub mod models;
+pub mod prepared;
 pub mod schema;
 
 use std::time::Duration;
 
-use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::connection::{
+    AnsiTransactionManager, Instrumentation, InstrumentationEvent, SimpleConnection, TransactionManager,
+};
 use diesel::prelude::*;
 use diesel::r2d2::{self, ManageConnection};
 use diesel::{PgConnection, SqliteConnection};
@@ -154,6 +157,7 @@ impl ManageConnection for Manager {
                     self.sqlite_synchronous
                 );
                 conn.batch_execute(&setup).map_err(|source| ConnectError::Setup { target, source })?;
+                conn.set_instrumentation(ConnectionHealth::default());
                 Ok(DbConn::Sqlite(conn))
             }
             DbTarget::Postgres(url) => {
@@ -161,6 +165,7 @@ impl ManageConnection for Manager {
                     .map_err(|source| ConnectError::Connect { target: target.clone(), source })?;
                 conn.batch_execute("SET TIME ZONE 'UTC'")
                     .map_err(|source| ConnectError::Setup { target, source })?;
+                conn.set_instrumentation(ConnectionHealth::default());
                 Ok(DbConn::Pg(conn))
             }
         }
@@ -171,17 +176,54 @@ impl ManageConnection for Manager {
             .map_err(|source| ConnectError::Setup { target: self.target.display(), source })
     }
 
+    /// Called when a connection goes back to the pool: a connection whose
+    /// transaction state is broken, or that lost its server, is dropped
+    /// (the pool opens a new one), so the pool heals without a test query
+    /// on every checkout.
     fn has_broken(&self, conn: &mut DbConn) -> bool {
-        <DbConn as Connection>::TransactionManager::is_broken_transaction_manager(conn)
+        std::thread::panicking()
+            || <DbConn as Connection>::TransactionManager::is_broken_transaction_manager(conn)
+            || conn.instrumentation().downcast_ref::<ConnectionHealth>().is_some_and(|h| h.lost)
+    }
+}
+
+/// Watches a connection's statements for a sign that the connection itself
+/// is gone (PostgreSQL restarted, the backend was terminated, the network
+/// dropped), so that [`Manager::has_broken`] can discard it.
+#[derive(Debug, Default)]
+pub struct ConnectionHealth {
+    lost: bool,
+}
+
+impl Instrumentation for ConnectionHealth {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        use diesel::result::{DatabaseErrorKind, Error};
+        if let InstrumentationEvent::FinishQuery { error: Some(error), .. } = event {
+            if matches!(
+                error,
+                Error::DatabaseError(
+                    DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                    _
+                ) | Error::BrokenTransactionManager
+            ) {
+                self.lost = true;
+            }
+        }
     }
 }
 
 /// Opens one connection first (so a bad URL or a refused connection is
 /// reported with its real cause), then builds the pool.
+///
+/// Connections are not tested on checkout (that would be one more round
+/// trip, a `SELECT 1`, per request): a connection that went bad fails its
+/// first statement, that request gets the error, and the connection is
+/// discarded on its way back to the pool ([`Manager::has_broken`]).
 pub fn build_pool(manager: Manager, max_size: u32) -> Result<Pool, String> {
     manager.connect().map_err(|e| e.to_string())?;
     r2d2::Pool::builder()
         .max_size(max_size)
+        .test_on_check_out(false)
         .min_idle(Some(1))
         .connection_timeout(Duration::from_secs(10))
         .build(manager)

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::{ServiceError, ServiceResult};
 use crate::db::models::{IdempotencyRow, NewIdempotencyClaim};
+use crate::db::prepared::Prepared;
 use crate::db::schema::idempotency_keys as ik;
 use crate::db::{self, DbConn};
 
@@ -206,18 +207,20 @@ where
             .map_err(|e| ServiceError::Internal(format!("cannot serialize response: {e}")))?;
         let headers = serde_json::to_string(&outcome.headers)
             .map_err(|e| ServiceError::Internal(format!("cannot serialize headers: {e}")))?;
-        let marked = diesel::update(
-            ik::table
-                .find((&req.scope, &req.key))
-                .filter(ik::lease_token.eq(token))
-                .filter(ik::state.eq(IN_FLIGHT)),
+        let marked = Prepared(
+            diesel::update(
+                ik::table
+                    .find((&req.scope, &req.key))
+                    .filter(ik::lease_token.eq(token))
+                    .filter(ik::state.eq(IN_FLIGHT)),
+            )
+            .set((
+                ik::state.eq(DONE),
+                ik::response_status.eq(status as i32),
+                ik::response_body.eq(&body),
+                ik::response_headers.eq(&headers),
+            )),
         )
-        .set((
-            ik::state.eq(DONE),
-            ik::response_status.eq(status as i32),
-            ik::response_body.eq(&body),
-            ik::response_headers.eq(&headers),
-        ))
         .execute(tx)?;
         if marked != 1 {
             // Our lease ran out and another request took the key over.
