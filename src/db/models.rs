@@ -68,7 +68,7 @@ pub struct AccountRow {
 /// `None` fields are written as NULL, never as `DEFAULT`, so the statement
 /// text is fixed and diesel keeps it prepared.
 #[derive(Debug, Insertable)]
-#[diesel(table_name = accounts, treat_none_as_null = true)]
+#[diesel(table_name = accounts, treat_none_as_default_value = false)]
 pub struct NewAccount<'a> {
     pub kind: &'a str,
     pub owner_type: &'a str,
@@ -82,7 +82,7 @@ pub struct NewAccount<'a> {
 /// `None` fields are written as NULL, never as `DEFAULT`, so the statement
 /// text is fixed and diesel keeps it prepared.
 #[derive(Debug, Insertable)]
-#[diesel(table_name = journal_entries, treat_none_as_null = true)]
+#[diesel(table_name = journal_entries, treat_none_as_default_value = false)]
 pub struct NewEntryRow<'a> {
     pub kind: &'a str,
     pub reverses_entry_id: Option<i64>,
@@ -124,8 +124,10 @@ pub struct IdempotencyRow {
     pub created_at: NaiveDateTime,
 }
 
+/// Written with every column explicit (no `DEFAULT`), so diesel keeps the
+/// statement prepared.
 #[derive(Debug, Insertable)]
-#[diesel(table_name = idempotency_keys)]
+#[diesel(table_name = idempotency_keys, treat_none_as_default_value = false)]
 pub struct NewIdempotencyClaim<'a> {
     pub scope: &'a str,
     pub key: &'a str,

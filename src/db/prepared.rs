@@ -19,6 +19,11 @@ use diesel::{QueryResult, RunQueryDsl};
 /// A statement that diesel keeps prepared; see the module docs. Use it only
 /// for statements with a bounded set of SQL texts (no `IN` lists of
 /// varying length).
+///
+/// Run it with `get_result`/`load` (add a `RETURNING` if need be):
+/// `execute` hands the statement to the multi-backend connection by
+/// reference, and diesel's blanket `QueryFragment for &T` does not forward
+/// [`QueryFragment::is_safe_to_cache_prepared`], so it would run unprepared.
 #[derive(Debug, Clone, Copy)]
 pub struct Prepared<Q>(pub Q);
 

@@ -219,10 +219,12 @@ where
                 ik::response_status.eq(status as i32),
                 ik::response_body.eq(&body),
                 ik::response_headers.eq(&headers),
-            )),
+            ))
+            .returning(ik::state),
         )
-        .execute(tx)?;
-        if marked != 1 {
+        .get_result::<String>(tx)
+        .optional()?;
+        if marked.is_none() {
             // Our lease ran out and another request took the key over.
             return Err(ServiceError::IdempotencyInFlight);
         }
