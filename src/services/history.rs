@@ -139,10 +139,14 @@ pub fn list_accounts(
     if !(1..=MAX_PAGE).contains(&q.limit) {
         return Err(ServiceError::Validation(format!("limit must be 1 to {MAX_PAGE}")));
     }
-    let mut query = postings::table
-        .inner_join(journal_entries::table)
-        .filter(postings::account_id.eq_any(accounts.iter().map(|a| a.id).collect::<Vec<_>>()))
-        .into_boxed();
+    let mut query = postings::table.inner_join(journal_entries::table).into_boxed();
+    // One account (a wallet) is compared with `=`: an `IN`/`= ANY` list
+    // keeps PostgreSQL from reading the (account_id, id) index backwards in
+    // order, and it would sort all of the account's postings for each page.
+    query = match accounts {
+        [one] => query.filter(postings::account_id.eq(one.id)),
+        _ => query.filter(postings::account_id.eq_any(accounts.iter().map(|a| a.id).collect::<Vec<_>>())),
+    };
     if let Some(cursor) = &q.starting_after {
         let id = parse_transaction_id(cursor).ok_or_else(|| {
             ServiceError::Validation(format!("starting_after '{cursor}' is not a transaction id"))
