@@ -4,10 +4,12 @@
 //! other.
 
 pub mod counters;
+pub mod gate;
 pub mod models;
 pub mod prepared;
 pub mod schema;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::{
@@ -17,6 +19,8 @@ use diesel::prelude::*;
 use diesel::r2d2::{self, ManageConnection};
 use diesel::{PgConnection, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use gate::WriteGate;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -127,11 +131,18 @@ pub enum ConnectError {
 pub struct Manager {
     target: DbTarget,
     sqlite_synchronous: &'static str,
+    /// SQLite: the write gate shared by this pool's connections.
+    write_gate: Option<Arc<WriteGate>>,
 }
 
 impl Manager {
     pub fn new(target: DbTarget, sqlite_synchronous_full: bool) -> Self {
-        Manager { target, sqlite_synchronous: if sqlite_synchronous_full { "FULL" } else { "NORMAL" } }
+        let write_gate = matches!(target, DbTarget::Sqlite(_)).then(|| Arc::new(WriteGate::default()));
+        Manager {
+            target,
+            sqlite_synchronous: if sqlite_synchronous_full { "FULL" } else { "NORMAL" },
+            write_gate,
+        }
     }
 
     pub fn target(&self) -> &DbTarget {
@@ -157,7 +168,10 @@ impl ManageConnection for Manager {
                     self.sqlite_synchronous
                 );
                 conn.batch_execute(&setup).map_err(|source| ConnectError::Setup { target, source })?;
-                conn.set_instrumentation(ConnectionHealth::default());
+                conn.set_instrumentation(ConnectionHealth {
+                    lost: false,
+                    write_gate: self.write_gate.clone(),
+                });
                 Ok(DbConn::Sqlite(conn))
             }
             DbTarget::Postgres(url) => {
@@ -187,12 +201,16 @@ impl ManageConnection for Manager {
     }
 }
 
-/// Watches a connection's statements for a sign that the connection itself
-/// is gone (PostgreSQL restarted, the backend was terminated, the network
-/// dropped), so that [`Manager::has_broken`] can discard it.
+/// What the pool keeps beside each connection, attached as its diesel
+/// instrumentation (the one per-connection slot a `MultiConnection` has):
+/// it watches the statements for a sign that the connection itself is gone
+/// (PostgreSQL restarted, the backend was terminated, the network dropped),
+/// so that [`Manager::has_broken`] can discard it; and on SQLite it holds
+/// the pool's [`WriteGate`].
 #[derive(Debug, Default)]
 pub struct ConnectionHealth {
     lost: bool,
+    write_gate: Option<Arc<WriteGate>>,
 }
 
 impl Instrumentation for ConnectionHealth {
@@ -279,12 +297,16 @@ pub fn has_pending_migrations(conn: &mut DbConn) -> Result<bool, String> {
 /// Runs `f` in a write transaction. On SQLite it begins with `BEGIN
 /// IMMEDIATE`, taking the write lock up front: a plain `BEGIN` that reads and
 /// then writes fails with "database is locked" when another writer got in
-/// between. Transactions opened inside `f` become savepoints.
+/// between; and it waits for its turn at the pool's [`WriteGate`] first, so
+/// that this process's writers get the lock in arrival order. Transactions
+/// opened inside `f` become savepoints.
 pub fn write_tx<T, E, F>(conn: &mut DbConn, f: F) -> Result<T, E>
 where
     F: FnOnce(&mut DbConn) -> Result<T, E>,
     E: From<diesel::result::Error>,
 {
+    let gate = sqlite_write_gate(conn);
+    let _turn = gate.as_deref().map(WriteGate::enter);
     match conn {
         DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
         DbConn::Pg(c) => AnsiTransactionManager::begin_transaction(c)?,
@@ -300,6 +322,32 @@ where
             Err(rollback_error) => Err(rollback_error.into()),
         },
     }
+}
+
+/// Runs one write statement outside a transaction (it commits alone) at its
+/// turn at the SQLite write gate; on PostgreSQL it just runs.
+pub fn write_statement<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> T) -> T {
+    let gate = sqlite_write_gate(conn);
+    let _turn = gate.as_deref().map(WriteGate::enter);
+    f(conn)
+}
+
+/// The SQLite write gate of a connection outside any transaction. Inside one
+/// (a nested call) the caller already has its turn, or holds SQLite's write
+/// lock, and waiting again would deadlock.
+fn sqlite_write_gate(conn: &mut DbConn) -> Option<Arc<WriteGate>> {
+    let DbConn::Sqlite(c) = conn else {
+        return None;
+    };
+    let outside = matches!(
+        <AnsiTransactionManager as TransactionManager<SqliteConnection>>::transaction_manager_status_mut(c)
+            .transaction_depth(),
+        Ok(None)
+    );
+    if !outside {
+        return None;
+    }
+    conn.instrumentation().downcast_ref::<ConnectionHealth>().and_then(|h| h.write_gate.clone())
 }
 
 /// Runs `f` in a read-only transaction, so that several reads see one
@@ -353,5 +401,44 @@ mod tests {
     fn passwords_are_redacted() {
         assert_eq!(redact_url("postgres://u:pw@h:5432/d"), "postgres://u:***@h:5432/d");
         assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+    use diesel::sql_types::Integer;
+
+    #[derive(QueryableByName)]
+    struct Pid {
+        #[diesel(sql_type = Integer)]
+        pid: i32,
+    }
+
+    fn backend_pid(conn: &mut DbConn) -> QueryResult<i32> {
+        diesel::sql_query("SELECT pg_backend_pid() AS pid").get_result::<Pid>(conn).map(|p| p.pid)
+    }
+
+    /// Without a test query on checkout, a connection whose server side is
+    /// gone fails one request, then is discarded: the next checkout works.
+    #[test]
+    fn a_lost_postgres_connection_is_discarded() {
+        let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+            eprintln!("TEST_POSTGRES_URL is not set: skipped");
+            return;
+        };
+        let target = DbTarget::parse(&url).unwrap();
+        let pool = build_pool(Manager::new(target.clone(), true), 1).unwrap();
+        let pid = backend_pid(&mut pool.get().unwrap()).unwrap();
+        let mut other = Manager::new(target, true).connect().unwrap();
+        diesel::sql_query(format!("SELECT pg_terminate_backend({pid})")).execute(&mut other).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        {
+            let mut conn = pool.get().unwrap();
+            assert!(backend_pid(&mut conn).is_err(), "the terminated connection cannot answer");
+        }
+        let mut conn = pool.get().unwrap();
+        let new_pid = backend_pid(&mut conn).expect("the pool opened a new connection");
+        assert_ne!(new_pid, pid);
     }
 }

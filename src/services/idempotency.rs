@@ -241,17 +241,19 @@ pub fn claim(conn: &mut DbConn, req: &IdempotentRequest) -> ServiceResult<Claim>
     for _ in 0..3 {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let now = db::now();
-        let inserted = diesel::insert_into(ik::table)
-            .values(NewIdempotencyClaim {
-                scope: &req.scope,
-                key: &req.key,
-                request_hash: &req.fingerprint,
-                state: IN_FLIGHT,
-                lease_token: &token,
-                locked_until: now + req.lease,
-                created_at: now,
-            })
-            .execute(conn);
+        let inserted = db::write_statement(conn, |conn| {
+            diesel::insert_into(ik::table)
+                .values(NewIdempotencyClaim {
+                    scope: &req.scope,
+                    key: &req.key,
+                    request_hash: &req.fingerprint,
+                    state: IN_FLIGHT,
+                    lease_token: &token,
+                    locked_until: now + req.lease,
+                    created_at: now,
+                })
+                .execute(conn)
+        });
         match inserted {
             Ok(_) => return Ok(Claim::Fresh(token)),
             Err(e) if db::is_unique_violation(&e) => {}
