@@ -5,6 +5,7 @@
 
 pub mod counters;
 pub mod gate;
+pub mod history;
 pub mod models;
 pub mod prepared;
 pub mod schema;
