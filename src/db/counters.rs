@@ -2,11 +2,13 @@
 //! increment cannot be split by a concurrent request. The SQL is the same on
 //! both backends (`INSERT ... ON CONFLICT ... DO UPDATE ... WHERE ...
 //! RETURNING`, SQLite 3.35+); placeholders are written `$n` in order of first
-//! use, which SQLite binds by position as PostgreSQL does.
+//! use, which SQLite binds by position as PostgreSQL does. Each text is
+//! fixed, so each statement is kept prepared ([`Prepared`]).
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 
+use super::prepared::Prepared;
 use super::DbConn;
 
 #[derive(QueryableByName)]
@@ -26,15 +28,17 @@ pub fn use_free_message(
     if limit <= 0 {
         return Ok(None);
     }
-    diesel::sql_query(
-        "INSERT INTO free_message_usage (agent_id, user_id, used) VALUES ($1, $2, 1) \
+    Prepared(
+        diesel::sql_query(
+            "INSERT INTO free_message_usage (agent_id, user_id, used) VALUES ($1, $2, 1) \
          ON CONFLICT (agent_id, user_id) DO UPDATE SET used = free_message_usage.used + 1 \
          WHERE free_message_usage.used < $3 \
          RETURNING CAST(used AS BIGINT) AS value",
+        )
+        .bind::<Text, _>(agent_id)
+        .bind::<Text, _>(user_id)
+        .bind::<Integer, _>(limit),
     )
-    .bind::<Text, _>(agent_id)
-    .bind::<Text, _>(user_id)
-    .bind::<Integer, _>(limit)
     .get_result::<Returned>(conn)
     .optional()
     .map(|r| r.map(|r| r.value))
@@ -60,17 +64,19 @@ pub fn add_spend(
     if limit.is_some_and(|l| amount > l) {
         return Ok(None);
     }
-    diesel::sql_query(
-        "INSERT INTO spend_counters (account_id, user_id, period, spent) VALUES ($1, $2, $3, $4) \
+    Prepared(
+        diesel::sql_query(
+            "INSERT INTO spend_counters (account_id, user_id, period, spent) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (account_id, user_id, period) DO UPDATE SET spent = spend_counters.spent + $4 \
          WHERE $5 IS NULL OR spend_counters.spent + $4 <= $5 \
          RETURNING spent AS value",
+        )
+        .bind::<BigInt, _>(account_id)
+        .bind::<Text, _>(user_id)
+        .bind::<Text, _>(period)
+        .bind::<BigInt, _>(amount)
+        .bind::<Nullable<BigInt>, _>(limit),
     )
-    .bind::<BigInt, _>(account_id)
-    .bind::<Text, _>(user_id)
-    .bind::<Text, _>(period)
-    .bind::<BigInt, _>(amount)
-    .bind::<Nullable<BigInt>, _>(limit)
     .get_result::<Returned>(conn)
     .optional()
     .map(|r| r.map(|r| r.value))

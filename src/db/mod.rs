@@ -4,16 +4,24 @@
 //! other.
 
 pub mod counters;
+pub mod gate;
+pub mod history;
 pub mod models;
+pub mod prepared;
 pub mod schema;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::connection::{
+    AnsiTransactionManager, Instrumentation, InstrumentationEvent, SimpleConnection, TransactionManager,
+};
 use diesel::prelude::*;
 use diesel::r2d2::{self, ManageConnection};
 use diesel::{PgConnection, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use gate::WriteGate;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -124,11 +132,18 @@ pub enum ConnectError {
 pub struct Manager {
     target: DbTarget,
     sqlite_synchronous: &'static str,
+    /// SQLite: the write gate shared by this pool's connections.
+    write_gate: Option<Arc<WriteGate>>,
 }
 
 impl Manager {
     pub fn new(target: DbTarget, sqlite_synchronous_full: bool) -> Self {
-        Manager { target, sqlite_synchronous: if sqlite_synchronous_full { "FULL" } else { "NORMAL" } }
+        let write_gate = matches!(target, DbTarget::Sqlite(_)).then(|| Arc::new(WriteGate::default()));
+        Manager {
+            target,
+            sqlite_synchronous: if sqlite_synchronous_full { "FULL" } else { "NORMAL" },
+            write_gate,
+        }
     }
 
     pub fn target(&self) -> &DbTarget {
@@ -154,6 +169,10 @@ impl ManageConnection for Manager {
                     self.sqlite_synchronous
                 );
                 conn.batch_execute(&setup).map_err(|source| ConnectError::Setup { target, source })?;
+                conn.set_instrumentation(ConnectionHealth {
+                    lost: false,
+                    write_gate: self.write_gate.clone(),
+                });
                 Ok(DbConn::Sqlite(conn))
             }
             DbTarget::Postgres(url) => {
@@ -161,6 +180,7 @@ impl ManageConnection for Manager {
                     .map_err(|source| ConnectError::Connect { target: target.clone(), source })?;
                 conn.batch_execute("SET TIME ZONE 'UTC'")
                     .map_err(|source| ConnectError::Setup { target, source })?;
+                conn.set_instrumentation(ConnectionHealth::default());
                 Ok(DbConn::Pg(conn))
             }
         }
@@ -171,17 +191,58 @@ impl ManageConnection for Manager {
             .map_err(|source| ConnectError::Setup { target: self.target.display(), source })
     }
 
+    /// Called when a connection goes back to the pool: a connection whose
+    /// transaction state is broken, or that lost its server, is dropped
+    /// (the pool opens a new one), so the pool heals without a test query
+    /// on every checkout.
     fn has_broken(&self, conn: &mut DbConn) -> bool {
-        <DbConn as Connection>::TransactionManager::is_broken_transaction_manager(conn)
+        std::thread::panicking()
+            || <DbConn as Connection>::TransactionManager::is_broken_transaction_manager(conn)
+            || conn.instrumentation().downcast_ref::<ConnectionHealth>().is_some_and(|h| h.lost)
+    }
+}
+
+/// What the pool keeps beside each connection, attached as its diesel
+/// instrumentation (the one per-connection slot a `MultiConnection` has):
+/// it watches the statements for a sign that the connection itself is gone
+/// (PostgreSQL restarted, the backend was terminated, the network dropped),
+/// so that [`Manager::has_broken`] can discard it; and on SQLite it holds
+/// the pool's [`WriteGate`].
+#[derive(Debug, Default)]
+pub struct ConnectionHealth {
+    lost: bool,
+    write_gate: Option<Arc<WriteGate>>,
+}
+
+impl Instrumentation for ConnectionHealth {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        use diesel::result::{DatabaseErrorKind, Error};
+        if let InstrumentationEvent::FinishQuery { error: Some(error), .. } = event {
+            if matches!(
+                error,
+                Error::DatabaseError(
+                    DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                    _
+                ) | Error::BrokenTransactionManager
+            ) {
+                self.lost = true;
+            }
+        }
     }
 }
 
 /// Opens one connection first (so a bad URL or a refused connection is
 /// reported with its real cause), then builds the pool.
+///
+/// Connections are not tested on checkout (that would be one more round
+/// trip, a `SELECT 1`, per request): a connection that went bad fails its
+/// first statement, that request gets the error, and the connection is
+/// discarded on its way back to the pool ([`Manager::has_broken`]).
 pub fn build_pool(manager: Manager, max_size: u32) -> Result<Pool, String> {
     manager.connect().map_err(|e| e.to_string())?;
     r2d2::Pool::builder()
         .max_size(max_size)
+        .test_on_check_out(false)
         .min_idle(Some(1))
         .connection_timeout(Duration::from_secs(10))
         .build(manager)
@@ -237,12 +298,16 @@ pub fn has_pending_migrations(conn: &mut DbConn) -> Result<bool, String> {
 /// Runs `f` in a write transaction. On SQLite it begins with `BEGIN
 /// IMMEDIATE`, taking the write lock up front: a plain `BEGIN` that reads and
 /// then writes fails with "database is locked" when another writer got in
-/// between. Transactions opened inside `f` become savepoints.
+/// between; and it waits for its turn at the pool's [`WriteGate`] first, so
+/// that this process's writers get the lock in arrival order. Transactions
+/// opened inside `f` become savepoints.
 pub fn write_tx<T, E, F>(conn: &mut DbConn, f: F) -> Result<T, E>
 where
     F: FnOnce(&mut DbConn) -> Result<T, E>,
     E: From<diesel::result::Error>,
 {
+    let gate = sqlite_write_gate(conn);
+    let _turn = gate.as_deref().map(WriteGate::enter);
     match conn {
         DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
         DbConn::Pg(c) => AnsiTransactionManager::begin_transaction(c)?,
@@ -258,6 +323,32 @@ where
             Err(rollback_error) => Err(rollback_error.into()),
         },
     }
+}
+
+/// Runs one write statement outside a transaction (it commits alone) at its
+/// turn at the SQLite write gate; on PostgreSQL it just runs.
+pub fn write_statement<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> T) -> T {
+    let gate = sqlite_write_gate(conn);
+    let _turn = gate.as_deref().map(WriteGate::enter);
+    f(conn)
+}
+
+/// The SQLite write gate of a connection outside any transaction. Inside one
+/// (a nested call) the caller already has its turn, or holds SQLite's write
+/// lock, and waiting again would deadlock.
+fn sqlite_write_gate(conn: &mut DbConn) -> Option<Arc<WriteGate>> {
+    let DbConn::Sqlite(c) = conn else {
+        return None;
+    };
+    let outside = matches!(
+        <AnsiTransactionManager as TransactionManager<SqliteConnection>>::transaction_manager_status_mut(c)
+            .transaction_depth(),
+        Ok(None)
+    );
+    if !outside {
+        return None;
+    }
+    conn.instrumentation().downcast_ref::<ConnectionHealth>().and_then(|h| h.write_gate.clone())
 }
 
 /// Runs `f` in a read-only transaction, so that several reads see one
@@ -311,5 +402,44 @@ mod tests {
     fn passwords_are_redacted() {
         assert_eq!(redact_url("postgres://u:pw@h:5432/d"), "postgres://u:***@h:5432/d");
         assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+    use diesel::sql_types::Integer;
+
+    #[derive(QueryableByName)]
+    struct Pid {
+        #[diesel(sql_type = Integer)]
+        pid: i32,
+    }
+
+    fn backend_pid(conn: &mut DbConn) -> QueryResult<i32> {
+        diesel::sql_query("SELECT pg_backend_pid() AS pid").get_result::<Pid>(conn).map(|p| p.pid)
+    }
+
+    /// Without a test query on checkout, a connection whose server side is
+    /// gone fails one request, then is discarded: the next checkout works.
+    #[test]
+    fn a_lost_postgres_connection_is_discarded() {
+        let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+            eprintln!("TEST_POSTGRES_URL is not set: skipped");
+            return;
+        };
+        let target = DbTarget::parse(&url).unwrap();
+        let pool = build_pool(Manager::new(target.clone(), true), 1).unwrap();
+        let pid = backend_pid(&mut pool.get().unwrap()).unwrap();
+        let mut other = Manager::new(target, true).connect().unwrap();
+        diesel::sql_query(format!("SELECT pg_terminate_backend({pid})")).execute(&mut other).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        {
+            let mut conn = pool.get().unwrap();
+            assert!(backend_pid(&mut conn).is_err(), "the terminated connection cannot answer");
+        }
+        let mut conn = pool.get().unwrap();
+        let new_pid = backend_pid(&mut conn).expect("the pool opened a new connection");
+        assert_ne!(new_pid, pid);
     }
 }

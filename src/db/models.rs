@@ -65,8 +65,10 @@ pub struct AccountRow {
     pub created_at: NaiveDateTime,
 }
 
+/// `None` fields are written as NULL, never as `DEFAULT`, so the statement
+/// text is fixed and diesel keeps it prepared.
 #[derive(Debug, Insertable)]
-#[diesel(table_name = accounts)]
+#[diesel(table_name = accounts, treat_none_as_default_value = false)]
 pub struct NewAccount<'a> {
     pub kind: &'a str,
     pub owner_type: &'a str,
@@ -77,8 +79,10 @@ pub struct NewAccount<'a> {
     pub created_at: NaiveDateTime,
 }
 
+/// `None` fields are written as NULL, never as `DEFAULT`, so the statement
+/// text is fixed and diesel keeps it prepared.
 #[derive(Debug, Insertable)]
-#[diesel(table_name = journal_entries)]
+#[diesel(table_name = journal_entries, treat_none_as_default_value = false)]
 pub struct NewEntryRow<'a> {
     pub kind: &'a str,
     pub reverses_entry_id: Option<i64>,
@@ -86,16 +90,6 @@ pub struct NewEntryRow<'a> {
     pub actor: Option<&'a str>,
     pub memo: Option<&'a str>,
     pub metadata: &'a str,
-    pub created_at: NaiveDateTime,
-}
-
-#[derive(Debug, Insertable)]
-#[diesel(table_name = postings)]
-pub struct NewPosting {
-    pub entry_id: i64,
-    pub account_id: i64,
-    pub amount: i64,
-    pub balance_after: Option<i64>,
     pub created_at: NaiveDateTime,
 }
 
@@ -130,8 +124,10 @@ pub struct IdempotencyRow {
     pub created_at: NaiveDateTime,
 }
 
+/// Written with every column explicit (no `DEFAULT`), so diesel keeps the
+/// statement prepared.
 #[derive(Debug, Insertable)]
-#[diesel(table_name = idempotency_keys)]
+#[diesel(table_name = idempotency_keys, treat_none_as_default_value = false)]
 pub struct NewIdempotencyClaim<'a> {
     pub scope: &'a str,
     pub key: &'a str,

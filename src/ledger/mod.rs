@@ -9,7 +9,11 @@ pub mod verify;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use crate::db::models::{NewAccount, NewEntryRow, NewPosting};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{BigInt, Nullable, Timestamp};
+
+use crate::db::models::{NewAccount, NewEntryRow};
+use crate::db::prepared::Prepared;
 use crate::db::schema::{accounts, journal_entries, postings};
 use crate::db::{self, DbConn};
 use crate::domain::entry::{check_balanced, EntryError, Leg};
@@ -98,17 +102,19 @@ pub enum LedgerError {
 /// Cached balances are updated in ascending account id order, so two entries
 /// touching the same accounts cannot deadlock on PostgreSQL.
 pub fn post(conn: &mut DbConn, entry: NewEntry<'_>) -> Result<PostedEntry, LedgerError> {
+    open(conn, entry)?.post(conn)
+}
+
+/// Writes the journal row of a balanced entry and returns it open: its
+/// postings and cached balances are written by [`OpenEntry::post`], in the
+/// same transaction. In between, the caller may write rows that refer to the
+/// entry (a charge, an accrual) before it takes the locks on contended
+/// cached balances, so that those locks are held for as short a time as
+/// possible. An entry left open makes the transaction fail `ledger verify`
+/// (an entry without postings), so every success path must post it.
+pub fn open(conn: &mut DbConn, entry: NewEntry<'_>) -> Result<OpenEntry, LedgerError> {
     check_balanced(&entry.legs)?;
     let now = db::now();
-
-    let mut cached: Vec<&Leg> = entry.legs.iter().filter(|l| l.kind.keeps_cached_balance()).collect();
-    cached.sort_by_key(|l| l.account_id);
-    let mut balances: Vec<(i64, i64)> = Vec::with_capacity(cached.len());
-    for leg in cached {
-        let balance = apply_to_cached_balance(conn, leg, entry.overdraft)?;
-        balances.push((leg.account_id, balance));
-    }
-
     let metadata = entry.metadata.to_string();
     let entry_id: i64 = diesel::insert_into(journal_entries::table)
         .values(NewEntryRow {
@@ -122,29 +128,123 @@ pub fn post(conn: &mut DbConn, entry: NewEntry<'_>) -> Result<PostedEntry, Ledge
         })
         .returning(journal_entries::id)
         .get_result(conn)?;
+    Ok(OpenEntry { entry_id, created_at: now, legs: entry.legs, overdraft: entry.overdraft })
+}
 
-    let mut legs = Vec::with_capacity(entry.legs.len());
-    for leg in &entry.legs {
-        let balance_after = balances.iter().find(|(id, _)| *id == leg.account_id).map(|(_, b)| *b);
-        let posting_id: i64 = diesel::insert_into(postings::table)
-            .values(NewPosting {
+/// A journal entry written without its postings yet; see [`open`].
+#[must_use = "an open entry must be posted in the same transaction"]
+#[derive(Debug)]
+pub struct OpenEntry {
+    entry_id: i64,
+    created_at: NaiveDateTime,
+    legs: Vec<Leg>,
+    overdraft: Overdraft,
+}
+
+impl OpenEntry {
+    pub fn entry_id(&self) -> i64 {
+        self.entry_id
+    }
+
+    pub fn created_at(&self) -> NaiveDateTime {
+        self.created_at
+    }
+
+    /// Applies the legs to the cached balances (guarded), then writes all
+    /// postings in one statement.
+    pub fn post(self, conn: &mut DbConn) -> Result<PostedEntry, LedgerError> {
+        let OpenEntry { entry_id, created_at, legs, overdraft } = self;
+        let mut cached: Vec<&Leg> = legs.iter().filter(|l| l.kind.keeps_cached_balance()).collect();
+        cached.sort_by_key(|l| l.account_id);
+        let mut balances: Vec<(i64, i64)> = Vec::with_capacity(cached.len());
+        for leg in cached {
+            let balance = apply_to_cached_balance(conn, leg, overdraft)?;
+            balances.push((leg.account_id, balance));
+        }
+        let rows: Vec<PostingValues> = legs
+            .iter()
+            .map(|leg| PostingValues {
                 entry_id,
                 account_id: leg.account_id,
                 amount: leg.amount.micros(),
-                balance_after,
-                created_at: now,
+                balance_after: balances.iter().find(|(id, _)| *id == leg.account_id).map(|(_, b)| *b),
+                created_at,
             })
-            .returning(postings::id)
-            .get_result(conn)?;
-        legs.push(PostedLeg {
-            account_id: leg.account_id,
-            posting_id,
-            amount: leg.amount,
-            balance_after: balance_after.map(Credits::from_micros),
-        });
+            .collect();
+        // RETURNING gives no order: match the ids by account (one posting
+        // per account and entry, a UNIQUE constraint).
+        let ids: Vec<(i64, i64)> = InsertPostings { rows: &rows }.load(conn)?;
+        let mut posted = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let posting_id = ids
+                .iter()
+                .find(|(_, account_id)| *account_id == row.account_id)
+                .map(|(id, _)| *id)
+                .ok_or(diesel::result::Error::NotFound)?;
+            posted.push(PostedLeg {
+                account_id: row.account_id,
+                posting_id,
+                amount: Credits::from_micros(row.amount),
+                balance_after: row.balance_after.map(Credits::from_micros),
+            });
+        }
+        Ok(PostedEntry { entry_id, created_at, legs: posted })
     }
-    Ok(PostedEntry { entry_id, created_at: now, legs })
 }
+
+/// One posting to insert.
+#[derive(Debug)]
+struct PostingValues {
+    entry_id: i64,
+    account_id: i64,
+    amount: i64,
+    balance_after: Option<i64>,
+    created_at: NaiveDateTime,
+}
+
+/// `INSERT INTO postings ... VALUES (...), (...) RETURNING id, account_id`:
+/// an entry's postings in one statement (diesel's batch insert does not go
+/// through the multi-backend connection). Its text depends only on the
+/// number of rows, so it stays in the prepared-statement cache.
+struct InsertPostings<'a> {
+    rows: &'a [PostingValues],
+}
+
+type Backend = <DbConn as Connection>::Backend;
+
+impl QueryId for InsertPostings<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for InsertPostings<'_> {
+    type SqlType = (BigInt, BigInt);
+}
+
+impl QueryFragment<Backend> for InsertPostings<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Backend>) -> QueryResult<()> {
+        out.push_sql(
+            "INSERT INTO postings (entry_id, account_id, amount, balance_after, created_at) VALUES ",
+        );
+        for (i, row) in self.rows.iter().enumerate() {
+            out.push_sql(if i == 0 { "(" } else { ", (" });
+            out.push_bind_param::<BigInt, _>(&row.entry_id)?;
+            out.push_sql(", ");
+            out.push_bind_param::<BigInt, _>(&row.account_id)?;
+            out.push_sql(", ");
+            out.push_bind_param::<BigInt, _>(&row.amount)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Nullable<BigInt>, _>(&row.balance_after)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Timestamp, _>(&row.created_at)?;
+            out.push_sql(")");
+        }
+        out.push_sql(" RETURNING id, account_id");
+        Ok(())
+    }
+}
+
+impl RunQueryDsl<DbConn> for InsertPostings<'_> {}
 
 /// Adds the leg to the account's cached balance in one guarded statement and
 /// returns the new balance. No row back means the guard refused.
@@ -154,23 +254,25 @@ fn apply_to_cached_balance(conn: &mut DbConn, leg: &Leg, overdraft: Overdraft) -
     let new_balance = accounts::balance + amount;
     let row = accounts::table.filter(accounts::id.eq(leg.account_id));
     let updated: Option<Option<i64>> = match (guarded, overdraft) {
-        (false, _) | (true, Overdraft::AllowForReversal) => diesel::update(row)
-            .set(accounts::balance.eq(new_balance))
-            .returning(accounts::balance)
-            .get_result(conn)
-            .optional()?,
-        (true, Overdraft::Refuse) => diesel::update(row.filter(accounts::balance.ge(-amount)))
-            .set(accounts::balance.eq(new_balance))
-            .returning(accounts::balance)
-            .get_result(conn)
-            .optional()?,
-        (true, Overdraft::RefuseFrozen) => {
-            diesel::update(row.filter(accounts::balance.ge(-amount)).filter(accounts::frozen.eq(false)))
-                .set(accounts::balance.eq(new_balance))
-                .returning(accounts::balance)
+        (false, _) | (true, Overdraft::AllowForReversal) => {
+            Prepared(diesel::update(row).set(accounts::balance.eq(new_balance)).returning(accounts::balance))
                 .get_result(conn)
                 .optional()?
         }
+        (true, Overdraft::Refuse) => Prepared(
+            diesel::update(row.filter(accounts::balance.ge(-amount)))
+                .set(accounts::balance.eq(new_balance))
+                .returning(accounts::balance),
+        )
+        .get_result(conn)
+        .optional()?,
+        (true, Overdraft::RefuseFrozen) => Prepared(
+            diesel::update(row.filter(accounts::balance.ge(-amount)).filter(accounts::frozen.eq(false)))
+                .set(accounts::balance.eq(new_balance))
+                .returning(accounts::balance),
+        )
+        .get_result(conn)
+        .optional()?,
     };
     match updated {
         Some(Some(balance)) => Ok(balance),

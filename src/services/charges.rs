@@ -6,11 +6,13 @@
 //!    charge names an organization the person belongs to;
 //! 3. uses a free message if the person has one left on the agent (one
 //!    upsert guarded by `used < free_messages`), recording a subsidy entry;
-//! 4. otherwise adds the cost to the spend counters (one guarded upsert per
-//!    limit: the wallet's day and week, the member's day) and posts one entry:
-//!    payer −total, infra revenue +infra, marketplace revenue +share, the
-//!    creator organization's pending earnings +rest; and records an accrual
-//!    that settlement makes available after the hold.
+//! 4. otherwise posts one entry: payer −total, infra revenue +infra,
+//!    marketplace revenue +share, the creator organization's pending
+//!    earnings +rest; records an accrual that settlement makes available
+//!    after the hold; and adds the cost to the spend counters (one guarded
+//!    upsert per limit: the wallet's day and week, the member's day). The
+//!    counters and the payer's balance are written last (see
+//!    `create_charge`).
 //!
 //! Hot rows: a charge locks only what it must check: the payer's wallet row
 //! (the guarded debit), the person's free-message row for this agent, and
@@ -115,6 +117,28 @@ fn load_priced(conn: &mut DbConn, agent_id: &str) -> ServiceResult<(AgentRow, Mo
         .inner_join(models_table::table)
         .filter(a::id.eq(agent_id))
         .select((AgentRow::as_select(), ModelRow::as_select()))
+        .first(conn)
+        .optional()?
+        .ok_or(ServiceError::NotFound("agent"))
+}
+
+/// Like [`load_priced`], with the id of the creator organization's pending
+/// earnings account if it exists yet: one query instead of two per charge.
+fn load_priced_with_pending(
+    conn: &mut DbConn,
+    agent_id: &str,
+) -> ServiceResult<(AgentRow, ModelRow, Option<i64>)> {
+    use crate::db::schema::agents as a;
+    a::table
+        .inner_join(models_table::table)
+        .left_join(
+            accounts::table.on(accounts::owner_type
+                .eq(OwnerType::Org.as_str())
+                .and(accounts::owner_id.eq(a::org_id))
+                .and(accounts::kind.eq(AccountKind::EarningsPending.as_str()))),
+        )
+        .filter(a::id.eq(agent_id))
+        .select((AgentRow::as_select(), ModelRow::as_select(), accounts::id.nullable()))
         .first(conn)
         .optional()?
         .ok_or(ServiceError::NotFound("agent"))
@@ -256,7 +280,7 @@ pub fn create_charge(
     org_id: Option<&str>,
     request: &RequestKey,
 ) -> ServiceResult<Outcome<Charge>> {
-    let (agent, model) = load_priced(tx, agent_id)?;
+    let (agent, model, pending_id) = load_priced_with_pending(tx, agent_id)?;
     agents::check_visible(tx, &agent, Some(user_id))?;
     let payer = resolve_payer(tx, user_id, org_id, true)?;
     let wallet_id = payer.wallet.public_id.clone().unwrap_or_default();
@@ -295,21 +319,21 @@ pub fn create_charge(
         }
     } else {
         references.publisher_addon = Some(price.publisher_addon.to_string());
-        if !price.total.is_zero() {
-            count_spend(tx, &payer, user_id, price.total)?;
-        }
         let mut legs = vec![wallet.leg(neg(price.total)?), platform.infra_revenue.leg(infra)];
         if !price.platform_share.is_zero() {
             legs.push(platform.marketplace_revenue.leg(price.platform_share));
         }
         if !price.creator_earnings.is_zero() {
-            let pending = ledger::ensure_account(
-                tx,
-                OwnerType::Org,
-                &agent.org_id,
-                AccountKind::EarningsPending,
-                None,
-            )?;
+            let pending = match pending_id {
+                Some(id) => AccountRef { id, kind: AccountKind::EarningsPending },
+                None => ledger::ensure_account(
+                    tx,
+                    OwnerType::Org,
+                    &agent.org_id,
+                    AccountKind::EarningsPending,
+                    None,
+                )?,
+            };
             legs.push(pending.leg(price.creator_earnings));
         }
         Split {
@@ -324,7 +348,11 @@ pub fn create_charge(
     };
     let Split { kind, legs, total, addon, share, creator, forgone } = split;
 
-    let posted = ledger::post(
+    // The rows no other charge waits on come first (the journal row, the
+    // charge, the accrual); the rows a busy shared wallet's charges queue on
+    // (its spend counters, its guarded balance) are taken last, just before
+    // the commit, so that their locks are held as briefly as possible.
+    let entry = ledger::open(
         tx,
         NewEntry {
             kind,
@@ -338,9 +366,7 @@ pub fn create_charge(
         },
     )
     .map_err(|e| ServiceError::from_ledger(e, &wallet_id))?;
-    let leg =
-        posted.leg_of(wallet.id).ok_or_else(|| ServiceError::Internal("payer posting missing".into()))?;
-    let balance_after = leg.balance_after.unwrap_or_default();
+    let created_at = entry.created_at();
 
     diesel::insert_into(charges::table)
         .values((
@@ -359,8 +385,8 @@ pub fn create_charge(
             charges::creator_earnings.eq(creator.micros()),
             charges::total.eq(total.micros()),
             charges::provider_cost_micro_usd.eq(model.provider_cost_micro_usd),
-            charges::entry_id.eq(posted.entry_id),
-            charges::created_at.eq(posted.created_at),
+            charges::entry_id.eq(entry.entry_id()),
+            charges::created_at.eq(created_at),
         ))
         .execute(tx)?;
     if !creator.is_zero() {
@@ -371,14 +397,24 @@ pub fn create_charge(
                 earnings_accruals::org_id.eq(&agent.org_id),
                 earnings_accruals::charge_id.eq(&charge_id),
                 earnings_accruals::amount.eq(creator.micros()),
-                earnings_accruals::available_at.eq(posted.created_at + hold),
-                earnings_accruals::created_at.eq(posted.created_at),
+                earnings_accruals::available_at.eq(created_at + hold),
+                earnings_accruals::created_at.eq(created_at),
             ))
             .execute(tx)?;
     }
 
+    if !free && !total.is_zero() {
+        count_spend(tx, &payer, user_id, total)?;
+    }
+    let posted = entry.post(tx).map_err(|e| ServiceError::from_ledger(e, &wallet_id))?;
+    let leg =
+        posted.leg_of(wallet.id).ok_or_else(|| ServiceError::Internal("payer posting missing".into()))?;
+    let balance_after = leg.balance_after.unwrap_or_default();
+
     let used_now = match free_used {
         Some(n) => n,
+        // No free messages on the agent: none left, whatever was used.
+        None if agent.free_messages <= 0 => 0,
         None => counters::free_messages_used(tx, &agent.id, user_id)?,
     };
     let charge = Charge {

@@ -140,14 +140,33 @@ pub fn list_accounts(
     if !(1..=MAX_PAGE).contains(&q.limit) {
         return Err(ServiceError::Validation(format!("limit must be 1 to {MAX_PAGE}")));
     }
-    let mut query = postings::table
-        .inner_join(journal_entries::table)
-        .filter(postings::account_id.eq_any(accounts.iter().map(|a| a.id).collect::<Vec<_>>()))
-        .into_boxed();
-    if let Some(cursor) = &q.starting_after {
-        let id = parse_transaction_id(cursor).ok_or_else(|| {
+    let cursor = match &q.starting_after {
+        Some(cursor) => Some(parse_transaction_id(cursor).ok_or_else(|| {
             ServiceError::Validation(format!("starting_after '{cursor}' is not a transaction id"))
-        })?;
+        })?),
+        None => None,
+    };
+    if !crate::db::is_sqlite(conn) {
+        let ids: Vec<i64> = accounts.iter().map(|a| a.id).collect();
+        let types: Vec<&str> = q.types.iter().map(|t| t.as_str()).collect();
+        let mut rows =
+            crate::db::history::page_per_account(conn, &ids, cursor, &types, q.from, q.to, q.limit + 1)?;
+        let has_more = rows.len() as i64 > q.limit;
+        rows.truncate(q.limit as usize);
+        return Ok(TransactionList {
+            data: rows.into_iter().map(|r| to_view(r, accounts)).collect(),
+            has_more,
+        });
+    }
+    let mut query = postings::table.inner_join(journal_entries::table).into_boxed();
+    // One account (a wallet) is compared with `=`: an `IN`/`= ANY` list
+    // keeps PostgreSQL from reading the (account_id, id) index backwards in
+    // order, and it would sort all of the account's postings for each page.
+    query = match accounts {
+        [one] => query.filter(postings::account_id.eq(one.id)),
+        _ => query.filter(postings::account_id.eq_any(accounts.iter().map(|a| a.id).collect::<Vec<_>>())),
+    };
+    if let Some(id) = cursor {
         query = query.filter(postings::id.lt(id));
     }
     if !q.types.is_empty() {

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::{ServiceError, ServiceResult};
 use crate::db::models::{IdempotencyRow, NewIdempotencyClaim};
+use crate::db::prepared::Prepared;
 use crate::db::schema::idempotency_keys as ik;
 use crate::db::{self, DbConn};
 
@@ -206,20 +207,24 @@ where
             .map_err(|e| ServiceError::Internal(format!("cannot serialize response: {e}")))?;
         let headers = serde_json::to_string(&outcome.headers)
             .map_err(|e| ServiceError::Internal(format!("cannot serialize headers: {e}")))?;
-        let marked = diesel::update(
-            ik::table
-                .find((&req.scope, &req.key))
-                .filter(ik::lease_token.eq(token))
-                .filter(ik::state.eq(IN_FLIGHT)),
+        let marked = Prepared(
+            diesel::update(
+                ik::table
+                    .find((&req.scope, &req.key))
+                    .filter(ik::lease_token.eq(token))
+                    .filter(ik::state.eq(IN_FLIGHT)),
+            )
+            .set((
+                ik::state.eq(DONE),
+                ik::response_status.eq(status as i32),
+                ik::response_body.eq(&body),
+                ik::response_headers.eq(&headers),
+            ))
+            .returning(ik::state),
         )
-        .set((
-            ik::state.eq(DONE),
-            ik::response_status.eq(status as i32),
-            ik::response_body.eq(&body),
-            ik::response_headers.eq(&headers),
-        ))
-        .execute(tx)?;
-        if marked != 1 {
+        .get_result::<String>(tx)
+        .optional()?;
+        if marked.is_none() {
             // Our lease ran out and another request took the key over.
             return Err(ServiceError::IdempotencyInFlight);
         }
@@ -236,17 +241,19 @@ pub fn claim(conn: &mut DbConn, req: &IdempotentRequest) -> ServiceResult<Claim>
     for _ in 0..3 {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let now = db::now();
-        let inserted = diesel::insert_into(ik::table)
-            .values(NewIdempotencyClaim {
-                scope: &req.scope,
-                key: &req.key,
-                request_hash: &req.fingerprint,
-                state: IN_FLIGHT,
-                lease_token: &token,
-                locked_until: now + req.lease,
-                created_at: now,
-            })
-            .execute(conn);
+        let inserted = db::write_statement(conn, |conn| {
+            diesel::insert_into(ik::table)
+                .values(NewIdempotencyClaim {
+                    scope: &req.scope,
+                    key: &req.key,
+                    request_hash: &req.fingerprint,
+                    state: IN_FLIGHT,
+                    lease_token: &token,
+                    locked_until: now + req.lease,
+                    created_at: now,
+                })
+                .execute(conn)
+        });
         match inserted {
             Ok(_) => return Ok(Claim::Fresh(token)),
             Err(e) if db::is_unique_violation(&e) => {}
