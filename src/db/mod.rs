@@ -442,4 +442,39 @@ mod pool_tests {
         let new_pid = backend_pid(&mut conn).expect("the pool opened a new connection");
         assert_ne!(new_pid, pid);
     }
+
+    /// SQLite writers of one pool queue at the pool's write gate, not in
+    /// SQLite's busy handler: while one holds a write transaction, a second
+    /// `write_tx` waits with a ticket, and runs once the first commits.
+    #[test]
+    fn sqlite_writers_wait_their_turn_at_the_gate() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = DbTarget::Sqlite(dir.path().join("gate.db").to_string_lossy().into_owned());
+        let pool = build_pool(Manager::new(target, false), 2).unwrap();
+        let (mut first, mut second) = (pool.get().unwrap(), pool.get().unwrap());
+        let gate = sqlite_write_gate(&mut first).expect("a SQLite pool has a gate");
+        assert!(Arc::ptr_eq(&gate, &sqlite_write_gate(&mut second).unwrap()), "one gate per pool");
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            write_tx(&mut *first, |_| -> QueryResult<()> {
+                started_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+                Ok(())
+            })
+        });
+        started.recv().unwrap();
+        assert_eq!(gate.queued(), 1);
+        let waiter = std::thread::spawn(move || write_tx(&mut *second, |_| -> QueryResult<()> { Ok(()) }));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while gate.queued() < 2 {
+            assert!(std::time::Instant::now() < deadline, "the second writer never queued at the gate");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!waiter.is_finished(), "it waits while the first holds the write lock");
+        release.send(()).unwrap();
+        holder.join().unwrap().unwrap();
+        waiter.join().unwrap().unwrap();
+        assert_eq!(gate.queued(), 0);
+    }
 }
