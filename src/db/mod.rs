@@ -457,7 +457,7 @@ mod pool_tests {
         let (started_tx, started) = std::sync::mpsc::channel();
         let (release, release_rx) = std::sync::mpsc::channel::<()>();
         let holder = std::thread::spawn(move || {
-            write_tx(&mut *first, |_| -> QueryResult<()> {
+            write_tx(&mut first, |_| -> QueryResult<()> {
                 started_tx.send(()).unwrap();
                 release_rx.recv().unwrap();
                 Ok(())
@@ -465,7 +465,7 @@ mod pool_tests {
         });
         started.recv().unwrap();
         assert_eq!(gate.queued(), 1);
-        let waiter = std::thread::spawn(move || write_tx(&mut *second, |_| -> QueryResult<()> { Ok(()) }));
+        let waiter = std::thread::spawn(move || write_tx(&mut second, |_| -> QueryResult<()> { Ok(()) }));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while gate.queued() < 2 {
             assert!(std::time::Instant::now() < deadline, "the second writer never queued at the gate");
