@@ -48,7 +48,7 @@ impl FreshDb {
                 conn.batch_execute(&format!("CREATE DATABASE {name}"))
                     .with_context(|| format!("cannot create database {name}"))?;
                 Ok(FreshDb {
-                    url: with_database(postgres_url, &name),
+                    url: crate::db::with_database(postgres_url, &name),
                     dir,
                     drop_pg: Some((postgres_url.to_string(), name)),
                     created: true,
@@ -87,23 +87,6 @@ impl FreshDb {
         if self.created || self.dir.exists() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
-    }
-}
-
-/// `postgres://u@h/admin?x` -> `postgres://u@h/<name>?x`.
-pub fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let root = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{root}/{name}?{q}"),
-        None => format!("{root}/{name}"),
     }
 }
 
@@ -192,19 +175,4 @@ impl Drop for ServerProcess {
 pub fn peak_rss_mb(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     super::report::parse_vm_hwm_mb(&status)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_database_name_replaces_the_admin_one() {
-        assert_eq!(with_database("postgres://u:p@h/tally", "x"), "postgres://u:p@h/x");
-        assert_eq!(
-            with_database("postgres://u@h:5432/a?sslmode=disable", "x"),
-            "postgres://u@h:5432/x?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
-    }
 }

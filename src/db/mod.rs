@@ -295,6 +295,24 @@ pub fn has_pending_migrations(conn: &mut DbConn) -> Result<bool, String> {
     .map_err(|e| e.to_string())
 }
 
+/// `postgres://u@h/admin?x` -> `postgres://u@h/<name>?x`: the same server and
+/// role, another database (the tests and `tally bench` create their own).
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let root = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    }
+}
+
 /// Runs `f` in a write transaction. On SQLite it begins with `BEGIN
 /// IMMEDIATE`, taking the write lock up front: a plain `BEGIN` that reads and
 /// then writes fails with "database is locked" when another writer got in
@@ -402,6 +420,16 @@ mod tests {
     fn passwords_are_redacted() {
         assert_eq!(redact_url("postgres://u:pw@h:5432/d"), "postgres://u:***@h:5432/d");
         assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
+    }
+
+    #[test]
+    fn a_database_name_replaces_the_admin_one() {
+        assert_eq!(with_database("postgres://u:p@h/tally", "x"), "postgres://u:p@h/x");
+        assert_eq!(
+            with_database("postgres://u@h:5432/a?sslmode=disable", "x"),
+            "postgres://u@h:5432/x?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
     }
 }
 

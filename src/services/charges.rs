@@ -110,24 +110,10 @@ struct Payer {
     member_daily_limit: Option<i64>,
 }
 
-/// Loads an agent with its model row (prices now).
-fn load_priced(conn: &mut DbConn, agent_id: &str) -> ServiceResult<(AgentRow, ModelRow)> {
-    use crate::db::schema::agents as a;
-    a::table
-        .inner_join(models_table::table)
-        .filter(a::id.eq(agent_id))
-        .select((AgentRow::as_select(), ModelRow::as_select()))
-        .first(conn)
-        .optional()?
-        .ok_or(ServiceError::NotFound("agent"))
-}
-
-/// Like [`load_priced`], with the id of the creator organization's pending
-/// earnings account if it exists yet: one query instead of two per charge.
-fn load_priced_with_pending(
-    conn: &mut DbConn,
-    agent_id: &str,
-) -> ServiceResult<(AgentRow, ModelRow, Option<i64>)> {
+/// Loads an agent with its model row (prices now) and the id of the creator
+/// organization's pending earnings account if it exists yet: one query
+/// instead of two per charge.
+fn load_priced(conn: &mut DbConn, agent_id: &str) -> ServiceResult<(AgentRow, ModelRow, Option<i64>)> {
     use crate::db::schema::agents as a;
     a::table
         .inner_join(models_table::table)
@@ -222,7 +208,7 @@ pub fn quote(
     agent_id: &str,
     org_id: Option<&str>,
 ) -> ServiceResult<Quote> {
-    let (agent, model) = load_priced(conn, agent_id)?;
+    let (agent, model, _) = load_priced(conn, agent_id)?;
     agents::check_visible(conn, &agent, Some(user_id))?;
     let payer = resolve_payer(conn, user_id, org_id, false)?;
     let price = price_for(ctx, &agent, &model, &payer)?;
@@ -280,7 +266,7 @@ pub fn create_charge(
     org_id: Option<&str>,
     request: &RequestKey,
 ) -> ServiceResult<Outcome<Charge>> {
-    let (agent, model, pending_id) = load_priced_with_pending(tx, agent_id)?;
+    let (agent, model, pending_id) = load_priced(tx, agent_id)?;
     agents::check_visible(tx, &agent, Some(user_id))?;
     let payer = resolve_payer(tx, user_id, org_id, true)?;
     let wallet_id = payer.wallet.public_id.clone().unwrap_or_default();

@@ -146,26 +146,30 @@ pub fn list_accounts(
         })?),
         None => None,
     };
-    if !crate::db::is_sqlite(conn) {
+    let mut rows = if crate::db::is_sqlite(conn) {
+        sqlite_page(conn, accounts, cursor, q)?
+    } else {
         let ids: Vec<i64> = accounts.iter().map(|a| a.id).collect();
         let types: Vec<&str> = q.types.iter().map(|t| t.as_str()).collect();
-        let mut rows =
-            crate::db::history::page_per_account(conn, &ids, cursor, &types, q.from, q.to, q.limit + 1)?;
-        let has_more = rows.len() as i64 > q.limit;
-        rows.truncate(q.limit as usize);
-        return Ok(TransactionList {
-            data: rows.into_iter().map(|r| to_view(r, accounts)).collect(),
-            has_more,
-        });
-    }
-    let mut query = postings::table.inner_join(journal_entries::table).into_boxed();
-    // One account (a wallet) is compared with `=`: an `IN`/`= ANY` list
-    // keeps PostgreSQL from reading the (account_id, id) index backwards in
-    // order, and it would sort all of the account's postings for each page.
-    query = match accounts {
-        [one] => query.filter(postings::account_id.eq(one.id)),
-        _ => query.filter(postings::account_id.eq_any(accounts.iter().map(|a| a.id).collect::<Vec<_>>())),
+        crate::db::history::page_per_account(conn, &ids, cursor, &types, q.from, q.to, q.limit + 1)?
     };
+    let has_more = rows.len() as i64 > q.limit;
+    rows.truncate(q.limit as usize);
+    Ok(TransactionList { data: rows.into_iter().map(|r| to_view(r, accounts)).collect(), has_more })
+}
+
+/// Up to `limit + 1` rows of the accounts' merged history on SQLite, which
+/// walks the `(account_id, id)` index for the `IN` list by itself.
+fn sqlite_page(
+    conn: &mut DbConn,
+    accounts: &[AccountRef],
+    cursor: Option<i64>,
+    q: &HistoryQuery,
+) -> ServiceResult<Vec<HistoryRow>> {
+    let mut query = postings::table
+        .inner_join(journal_entries::table)
+        .filter(postings::account_id.eq_any(accounts.iter().map(|a| a.id).collect::<Vec<_>>()))
+        .into_boxed();
     if let Some(id) = cursor {
         query = query.filter(postings::id.lt(id));
     }
@@ -178,7 +182,7 @@ pub fn list_accounts(
     if let Some(to) = q.to {
         query = query.filter(postings::created_at.lt(to));
     }
-    let mut rows: Vec<HistoryRow> = query
+    let rows: Vec<HistoryRow> = query
         .order(postings::id.desc())
         .limit(q.limit + 1)
         .select((
@@ -195,9 +199,7 @@ pub fn list_accounts(
             journal_entries::metadata,
         ))
         .load(conn)?;
-    let has_more = rows.len() as i64 > q.limit;
-    rows.truncate(q.limit as usize);
-    Ok(TransactionList { data: rows.into_iter().map(|r| to_view(r, accounts)).collect(), has_more })
+    Ok(rows)
 }
 
 /// The whole filtered history as CSV, read page by page.

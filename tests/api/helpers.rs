@@ -65,23 +65,6 @@ pub fn postgres_url() -> Option<String> {
     }
 }
 
-/// `postgres://u@h/admin` -> `postgres://u@h/<name>`.
-pub fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let root = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{root}/{name}?{q}"),
-        None => format!("{root}/{name}"),
-    }
-}
-
 /// A fresh database's URL, the temp dir to keep alive (SQLite) and what to
 /// drop afterwards (PostgreSQL: admin URL and database name).
 pub type FreshDb = (String, Option<tempfile::TempDir>, Option<(String, String)>);
@@ -98,7 +81,7 @@ pub fn fresh_database(backend: Backend) -> Option<FreshDb> {
             let name = format!("tally_test_{}", uuid::Uuid::new_v4().simple());
             let mut conn = diesel::PgConnection::establish(&admin).expect("connect to TEST_POSTGRES_URL");
             conn.batch_execute(&format!("CREATE DATABASE {name}")).expect("create test database");
-            Some((with_database(&admin, &name), None, Some((admin, name))))
+            Some((tally::db::with_database(&admin, &name), None, Some((admin, name))))
         }
     }
 }
