@@ -3,7 +3,6 @@
 //! passes through here. 5xx are logged with their cause and answered
 //! generically.
 
-use std::borrow::Cow;
 use std::fmt;
 
 use actix_web::http::{header, StatusCode};
@@ -12,6 +11,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+pub use crate::services::ErrorCode;
 use crate::services::ServiceError;
 
 tokio::task_local! {
@@ -35,8 +35,7 @@ pub struct ErrorResponse {
 pub struct ErrorBody {
     /// A stable, machine-readable error type, e.g. `insufficient_funds`.
     #[serde(rename = "type")]
-    #[schema(example = "insufficient_funds")]
-    pub kind: String,
+    pub kind: ErrorCode,
     /// A human-readable explanation.
     pub message: String,
     /// The id of the request, also in the `X-Request-Id` header and the logs.
@@ -49,7 +48,7 @@ pub struct ErrorBody {
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    kind: Cow<'static, str>,
+    kind: ErrorCode,
     message: String,
     wallet_id: Option<String>,
     retry_after: Option<u64>,
@@ -58,62 +57,59 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            kind: Cow::Borrowed(kind),
-            message: message.into(),
-            wallet_id: None,
-            retry_after: None,
-            cause: None,
-        }
+    pub fn new(status: StatusCode, kind: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError { status, kind, message: message.into(), wallet_id: None, retry_after: None, cause: None }
     }
 
-    pub fn bad_request(kind: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(kind: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, kind, message)
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
 
     pub fn validation(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_error", message)
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError, message)
     }
 
     pub fn internal(cause: impl fmt::Display) -> Self {
         ApiError {
             cause: Some(cause.to_string()),
-            ..Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal server error")
+            ..Self::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::InternalError, "internal server error")
         }
     }
 
+    /// The database is busy or unreachable: 503 `service_unavailable`.
     pub fn unavailable(cause: impl fmt::Display) -> Self {
         ApiError {
             cause: Some(cause.to_string()),
-            retry_after: Some(1),
-            ..Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "service_unavailable",
+            ..Self::unavailable_as(
+                ErrorCode::ServiceUnavailable,
                 "the service is temporarily unavailable; retry shortly",
             )
         }
+    }
+
+    /// Every 503: the code says what is unavailable; `Retry-After: 1`.
+    pub fn unavailable_as(kind: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, kind, message) }
     }
 
     pub fn status(&self) -> StatusCode {
         self.status
     }
 
-    pub fn kind(&self) -> &str {
-        &self.kind
+    pub fn kind(&self) -> ErrorCode {
+        self.kind
     }
 }
 
@@ -140,7 +136,7 @@ impl ResponseError for ApiError {
         }
         let body = ErrorResponse {
             error: ErrorBody {
-                kind: self.kind.to_string(),
+                kind: self.kind,
                 message: self.message.clone(),
                 request_id,
                 wallet_id: self.wallet_id.clone(),
@@ -160,14 +156,16 @@ impl From<ServiceError> for ApiError {
         match e {
             S::NotFound(what) => ApiError::not_found(format!("{what} not found")),
             S::Forbidden(m) => ApiError::forbidden(m),
-            S::PlanRequired { message } => ApiError::new(StatusCode::FORBIDDEN, "plan_required", message),
+            S::PlanRequired { message } => {
+                ApiError::new(StatusCode::FORBIDDEN, ErrorCode::PlanRequired, message)
+            }
             S::Validation(m) => ApiError::validation(m),
             S::Refused { kind, message } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, kind, message),
             S::InsufficientFunds { wallet_id } => ApiError {
                 wallet_id: Some(wallet_id.clone()),
                 ..ApiError::new(
                     StatusCode::PAYMENT_REQUIRED,
-                    "insufficient_funds",
+                    ErrorCode::InsufficientFunds,
                     format!("wallet {wallet_id} does not hold enough credits"),
                 )
             },
@@ -175,22 +173,26 @@ impl From<ServiceError> for ApiError {
                 wallet_id: Some(wallet_id.clone()),
                 ..ApiError::new(
                     StatusCode::FORBIDDEN,
-                    "wallet_frozen",
+                    ErrorCode::WalletFrozen,
                     format!("wallet {wallet_id} is frozen"),
                 )
             },
             S::SpendLimitExceeded { message, retry_after_secs } => ApiError {
                 retry_after: Some(retry_after_secs),
-                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "spend_limit_exceeded", message)
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::SpendLimitExceeded, message)
             },
-            e @ S::IdempotencyKeyReused => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", e.to_string())
-            }
+            e @ S::IdempotencyKeyReused => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::IdempotencyKeyReused,
+                e.to_string(),
+            ),
             e @ S::IdempotencyInFlight => ApiError {
                 retry_after: Some(1),
-                ..ApiError::new(StatusCode::CONFLICT, "idempotency_request_in_flight", e.to_string())
+                ..ApiError::new(StatusCode::CONFLICT, ErrorCode::IdempotencyRequestInFlight, e.to_string())
             },
             S::Conflict { kind, message } => ApiError::new(StatusCode::CONFLICT, kind, message),
+            S::Unavailable { kind, message } => ApiError::unavailable_as(kind, message),
+            S::BadRequest { kind, message } => ApiError::bad_request(kind, message),
             S::Database(e) => database_error(e),
             S::Pool(e) => ApiError::unavailable(format!("connection pool: {e}")),
             S::Internal(m) => ApiError::internal(m),

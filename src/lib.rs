@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod flows;
 pub mod ledger;
 pub mod metrics;
 pub mod services;

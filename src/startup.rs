@@ -3,7 +3,7 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix_web::dev::{Server, Service};
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -20,11 +20,8 @@ use crate::config::Settings;
 use crate::db::{self, Manager, Pool};
 use crate::error::REQUEST_ID;
 use crate::ledger::PlatformAccounts;
-use crate::services::{earnings, idempotency, Ctx};
+use crate::services::Ctx;
 use crate::stripe::StripeGateway;
-
-/// How often expired idempotency keys are purged.
-const PURGE_EVERY: Duration = Duration::from_secs(600);
 
 /// Opens the pool, applies pending migrations and makes sure the platform
 /// accounts exist.
@@ -40,6 +37,23 @@ pub fn open_database(settings: &Settings) -> Result<(Pool, PlatformAccounts), St
     let platform = db::write_tx(&mut conn, PlatformAccounts::ensure)
         .map_err(|e| format!("cannot create the platform accounts: {e}"))?;
     Ok((pool, platform))
+}
+
+/// The flows' runtime over an open database: the payment gateway (when
+/// Stripe is configured) and the SQLite write gate.
+pub fn runtime(
+    settings: Settings,
+    pool: Pool,
+    platform: PlatformAccounts,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> Result<AppState, String> {
+    let gateway = match &settings.stripe {
+        Some(s) => Some(Arc::new(StripeGateway::new(s)?) as Arc<dyn crate::flows::PaymentGateway>),
+        None => None,
+    };
+    let write_gate =
+        db::pool_write_gate(&pool).map_err(|e| format!("cannot get a database connection: {e}"))?;
+    Ok(AppState { pool, ctx: Ctx { settings: Arc::new(settings), platform }, gateway, metrics, write_gate })
 }
 
 pub struct Application {
@@ -59,17 +73,8 @@ impl Application {
             .map_err(|e| format!("cannot listen on {}: {e}", settings.bind))?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
         let workers = settings.workers;
-        let stripe = match &settings.stripe {
-            Some(s) => Some(StripeGateway::new(s)?),
-            None => None,
-        };
         let metrics = Arc::new(crate::metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?);
-        let state = web::Data::new(AppState {
-            pool,
-            ctx: Ctx { settings: Arc::new(settings), platform },
-            stripe,
-            metrics: metrics.clone(),
-        });
+        let state = web::Data::new(runtime(settings, pool, platform, metrics.clone())?);
         let app_state = state.clone();
         let mut server =
             HttpServer::new(move || build_app(app_state.clone(), verifier.clone(), metrics.clone()));
@@ -99,44 +104,7 @@ impl Application {
     /// idempotency keys. Every instance runs them; all are safe to run
     /// concurrently.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let state = self.state.clone();
-        let maintenance = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(state.ctx.settings.settlement_sweep);
-            let mut last_purge = Instant::now();
-            loop {
-                tick.tick().await;
-                let purge = last_purge.elapsed() >= PURGE_EVERY;
-                if purge {
-                    last_purge = Instant::now();
-                }
-                match crate::api::payouts::recover_unsent(&state).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(payouts = n, "unsent payouts sent by recovery"),
-                    Err(e) => tracing::warn!(error = %e, "payout recovery failed"),
-                }
-                let state = state.clone();
-                let done = web::block(move || -> Result<(usize, usize), String> {
-                    let mut conn = state.pool.get().map_err(|e| e.to_string())?;
-                    let settled = earnings::settle_due(&mut conn, None).map_err(|e| e.to_string())?;
-                    let purged = if purge {
-                        idempotency::purge_older_than(&mut conn, state.ctx.settings.idempotency_ttl)
-                            .map_err(|e| e.to_string())?
-                    } else {
-                        0
-                    };
-                    Ok((settled, purged))
-                })
-                .await;
-                match done {
-                    Ok(Ok((settled, purged))) if settled + purged > 0 => {
-                        tracing::info!(settled, purged, "maintenance sweep")
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "maintenance sweep failed"),
-                    Err(e) => tracing::warn!(error = %e, "maintenance sweep failed"),
-                }
-            }
-        });
+        let maintenance = tokio::spawn(crate::flows::maintenance::run(self.state.clone().into_inner()));
         let result = self.server.await;
         maintenance.abort();
         result

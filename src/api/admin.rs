@@ -6,7 +6,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{parse_time, run, run_idempotent, AppState, JsonBody};
+use super::{parse_time, run, run_idempotent, run_write, AppState, JsonBody};
 use crate::auth::Operator;
 use crate::domain::Credits;
 use crate::error::{ApiError, ErrorResponse};
@@ -143,7 +143,7 @@ pub async fn freeze_wallet(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let wallet_id = path.into_inner();
-    let wallet = run(&state, move |conn, ctx| wallets::set_frozen(conn, ctx, &wallet_id, true)).await?;
+    let wallet = run_write(&state, move |conn, ctx| wallets::set_frozen(conn, ctx, &wallet_id, true)).await?;
     Ok(HttpResponse::Ok().json(wallet))
 }
 
@@ -166,7 +166,8 @@ pub async fn unfreeze_wallet(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let wallet_id = path.into_inner();
-    let wallet = run(&state, move |conn, ctx| wallets::set_frozen(conn, ctx, &wallet_id, false)).await?;
+    let wallet =
+        run_write(&state, move |conn, ctx| wallets::set_frozen(conn, ctx, &wallet_id, false)).await?;
     Ok(HttpResponse::Ok().json(wallet))
 }
 

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{run, run_idempotent, AppState, JsonBody};
+use super::{run, run_idempotent, run_write, AppState, JsonBody};
 use crate::auth::AuthUser;
 use crate::domain::Credits;
 use crate::error::{ApiError, ErrorResponse};
@@ -147,7 +147,7 @@ pub async fn create_agent(
         free_messages: req.free_messages.unwrap_or(0),
     };
     let agent =
-        run(&state, move |conn, ctx| agents::create_agent(conn, ctx, &caller, &org_id, input)).await?;
+        run_write(&state, move |conn, ctx| agents::create_agent(conn, ctx, &caller, &org_id, input)).await?;
     Ok(HttpResponse::Created().json(agent))
 }
 
@@ -237,7 +237,8 @@ pub async fn update_agent(
         free_messages: req.free_messages,
     };
     let agent =
-        run(&state, move |conn, ctx| agents::update_agent(conn, ctx, &caller, &agent_id, patch)).await?;
+        run_write(&state, move |conn, ctx| agents::update_agent(conn, ctx, &caller, &agent_id, patch))
+            .await?;
     Ok(HttpResponse::Ok().json(agent))
 }
 
@@ -325,7 +326,7 @@ pub async fn create_charge(
         Ok(res) if res.headers().contains_key("idempotent-replayed") => "replayed",
         Ok(res) if res.headers().get("x-request-cost").is_some_and(|c| c == "0") => "free",
         Ok(_) => "paid",
-        Err(e) => e.kind(),
+        Err(e) => e.kind().as_str(),
     };
     state.metrics.charges.with_label_values(&[outcome]).inc();
     state.metrics.charge_latency.observe(started.elapsed().as_secs_f64());

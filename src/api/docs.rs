@@ -67,6 +67,32 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn finish(api: &mut utoipa::openapi::OpenApi) {
     api.info.version = env!("CARGO_PKG_VERSION").to_string();
     plain_optional_bodies(api);
+    type_filter_patterns(api);
+}
+
+/// The transaction `type` filters (a comma-separated list of entry kinds)
+/// get their pattern from [`EntryKind::ALL`], the list the server parses
+/// them with, so the two cannot drift apart.
+fn type_filter_patterns(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::schema::Schema;
+    use utoipa::openapi::RefOr;
+    let kinds = crate::domain::EntryKind::ALL.map(|k| k.as_str()).join("|");
+    let pattern = format!("^({kinds})(,({kinds}))*$");
+    for (path, item) in api.paths.paths.iter_mut() {
+        if !path.contains("/transactions") {
+            continue;
+        }
+        let Some(get) = item.get.as_mut() else { continue };
+        for p in get.parameters.iter_mut().flatten() {
+            let RefOr::T(p) = p else { continue };
+            if p.name == "type" && p.parameter_in == ParameterIn::Query {
+                if let Some(RefOr::T(Schema::Object(o))) = p.schema.as_mut() {
+                    o.pattern = Some(pattern.clone());
+                }
+            }
+        }
+    }
 }
 
 /// utoipa documents an optional body (`request_body = Option<T>`) as

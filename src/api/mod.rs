@@ -25,20 +25,13 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use crate::db::{DbConn, Pool};
-use crate::error::ApiError;
-use crate::services::idempotency::{self, IdempotentRequest, Outcome, RequestKey, StoredResponse};
+use crate::db::{DbConn, WriteTx};
+use crate::error::{ApiError, ErrorCode};
+use crate::services::idempotency::{IdempotentRequest, Outcome, RequestKey, StoredResponse};
 use crate::services::{Caller, Ctx, ServiceResult};
-use crate::stripe::StripeGateway;
 
-/// Shared by every handler.
-pub struct AppState {
-    pub pool: Pool,
-    pub ctx: Ctx,
-    /// The Stripe API client, when `STRIPE_SECRET_KEY` is set.
-    pub stripe: Option<StripeGateway>,
-    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
-}
+/// Shared by every handler: the flows' runtime.
+pub type AppState = crate::flows::Runtime;
 
 /// Registers every route (and so documents it).
 pub fn configure(cfg: &mut ServiceConfig) {
@@ -55,22 +48,23 @@ pub fn configure(cfg: &mut ServiceConfig) {
     admin::configure(cfg);
 }
 
-/// Runs a service on the blocking pool with a pooled connection, inside the
-/// request's tracing span.
+/// Runs database work that reads ([`AppState::read`]).
 pub async fn run<T, F>(state: &web::Data<AppState>, f: F) -> Result<T, ApiError>
 where
     F: FnOnce(&mut DbConn, &Ctx) -> ServiceResult<T> + Send + 'static,
     T: Send + 'static,
 {
-    let state = state.clone();
-    let span = tracing::Span::current();
-    let result = web::block(move || {
-        let _entered = span.enter();
-        let mut conn = state.pool.get()?;
-        f(&mut conn, &state.ctx)
-    })
-    .await?;
-    result.map_err(ApiError::from)
+    Ok(state.read(f).await?)
+}
+
+/// Runs database work that writes ([`AppState::write`]: on SQLite, the
+/// turn at the write gate comes before the pooled connection).
+pub async fn run_write<T, F>(state: &web::Data<AppState>, f: F) -> Result<T, ApiError>
+where
+    F: FnOnce(&mut DbConn, &Ctx) -> ServiceResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    Ok(state.write(f).await?)
 }
 
 /// Runs a money-moving service under the request's `Idempotency-Key`
@@ -84,74 +78,12 @@ pub async fn run_idempotent<T, F>(
     work: F,
 ) -> Result<HttpResponse, ApiError>
 where
-    F: FnOnce(&mut DbConn, &Ctx, &RequestKey) -> ServiceResult<Outcome<T>> + Send + 'static,
+    F: FnOnce(&mut WriteTx<'_>, &Ctx, &RequestKey) -> ServiceResult<Outcome<T>> + Send + 'static,
     T: serde::Serialize + 'static,
 {
     let request = idempotency_request(state, req, caller, body)?;
-    let stored = run(state, move |conn, ctx| {
-        idempotency::execute(conn, &request, status.as_u16(), |tx, key| work(tx, ctx, key))
-    })
-    .await?;
+    let stored = crate::flows::idempotent(state, request, status.as_u16(), work).await?;
     Ok(stored_response(stored))
-}
-
-/// A request whose `Idempotency-Key` this process holds, for handlers that
-/// call Stripe between two transactions: claim the key, do the first
-/// transaction and the call, then `complete` (the last transaction stores
-/// the response) or `release` on failure, so that a retry may run it again.
-pub struct Claimed {
-    request: IdempotentRequest,
-    token: String,
-}
-
-impl Claimed {
-    /// Claims the request's key: `Err(response)` when it already ran (the
-    /// stored response, to replay); a request in flight is a 409.
-    pub async fn claim(
-        state: &web::Data<AppState>,
-        request: IdempotentRequest,
-    ) -> Result<Result<Claimed, HttpResponse>, ApiError> {
-        let r = request.clone();
-        Ok(match run(state, move |conn, _| idempotency::claim(conn, &r)).await? {
-            idempotency::Claim::Replay(stored) => Err(stored_response(stored)),
-            idempotency::Claim::Fresh(token) => Ok(Claimed { request, token }),
-        })
-    }
-
-    /// The key that the request's ledger entries and rows carry.
-    pub fn request_key(&self) -> RequestKey {
-        idempotency::request_key(&self.request)
-    }
-
-    /// Gives the key back after a failure and returns the failure.
-    pub async fn release(self, state: &web::Data<AppState>, error: ApiError) -> ApiError {
-        let Claimed { request, token } = self;
-        let _ = run(state, move |conn, _| {
-            idempotency::release(conn, &request, &token);
-            Ok(())
-        })
-        .await;
-        error
-    }
-
-    /// The last transaction: `work`, the response stored and the key done.
-    pub async fn complete<T, F>(
-        self,
-        state: &web::Data<AppState>,
-        status: StatusCode,
-        work: F,
-    ) -> Result<HttpResponse, ApiError>
-    where
-        F: FnOnce(&mut DbConn, &Ctx) -> ServiceResult<Outcome<T>> + Send + 'static,
-        T: serde::Serialize + 'static,
-    {
-        let Claimed { request, token } = self;
-        let stored = run(state, move |conn, ctx| {
-            idempotency::complete(conn, &request, &token, status.as_u16(), |tx, _| work(tx, ctx))
-        })
-        .await?;
-        Ok(stored_response(stored))
-    }
 }
 
 /// The request under its `Idempotency-Key` header (required).
@@ -166,7 +98,7 @@ pub fn idempotency_request(
         .get("Idempotency-Key")
         .ok_or_else(|| {
             ApiError::bad_request(
-                "idempotency_key_required",
+                ErrorCode::IdempotencyKeyRequired,
                 "this request moves money: send an Idempotency-Key header (e.g. a UUID)",
             )
         })?
@@ -210,9 +142,10 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let bytes = web::Bytes::from_request(req, payload);
         Box::pin(async move {
-            let bytes = bytes.await.map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+            let bytes =
+                bytes.await.map_err(|e| ApiError::bad_request(ErrorCode::InvalidRequest, e.to_string()))?;
             if bytes.len() > MAX_BODY {
-                return Err(ApiError::bad_request("invalid_request", "request body is too large"));
+                return Err(ApiError::bad_request(ErrorCode::InvalidRequest, "request body is too large"));
             }
             // An empty body reads as `{}`: a request whose fields are all
             // optional needs none. Anything else must be an object (serde
@@ -220,9 +153,9 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             let raw: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
                 serde_json::Value::Object(Default::default())
             } else {
-                match serde_json::from_slice(&bytes)
-                    .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")))?
-                {
+                match serde_json::from_slice(&bytes).map_err(|e| {
+                    ApiError::bad_request(ErrorCode::InvalidJson, format!("malformed JSON: {e}"))
+                })? {
                     v @ serde_json::Value::Object(_) => v,
                     _ => return Err(ApiError::validation("the request body must be a JSON object")),
                 }
@@ -310,7 +243,7 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     if let Some(methods) = allowed.filter(|m| !m.is_empty()) {
         let body = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            ErrorCode::MethodNotAllowed,
             format!("{} is not allowed on {}; use {}", req.method(), req.path(), methods.join(", ")),
         );
         let mut res = actix_web::ResponseError::error_response(&body);

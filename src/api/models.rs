@@ -5,7 +5,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{run, AppState, JsonBody};
+use super::{run, run_write, AppState, JsonBody};
 use crate::auth::Operator;
 use crate::domain::Credits;
 use crate::error::{ApiError, ErrorResponse};
@@ -64,7 +64,7 @@ pub async fn put_model(
     let id = path.into_inner();
     let req = body.value;
     let model =
-        run(&state, move |conn, _| models::put_model(conn, &id, req.runtime_infra, &req.provider_cost))
+        run_write(&state, move |conn, _| models::put_model(conn, &id, req.runtime_infra, &req.provider_cost))
             .await?;
     Ok(HttpResponse::Ok().json(model))
 }

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{double_option, run, AppState, JsonBody};
+use super::{double_option, run, run_write, AppState, JsonBody};
 use crate::auth::AuthUser;
 use crate::domain::{Credits, OrgRole};
 use crate::error::{ApiError, ErrorResponse};
@@ -80,7 +80,7 @@ pub async fn create_org(
 ) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
     let name = body.value.name;
-    let org = run(&state, move |conn, ctx| orgs::create_org(conn, ctx, &caller, &name)).await?;
+    let org = run_write(&state, move |conn, ctx| orgs::create_org(conn, ctx, &caller, &name)).await?;
     Ok(HttpResponse::Created().json(org))
 }
 
@@ -163,7 +163,7 @@ pub async fn add_member(
     let org_id = path.into_inner();
     let req = body.value;
     let role = req.role.map(OrgRole::from).unwrap_or(OrgRole::Member);
-    let member = run(&state, move |conn, _| {
+    let member = run_write(&state, move |conn, _| {
         orgs::add_member(conn, &caller, &org_id, &req.user_id, role, req.daily_limit)
     })
     .await?;
@@ -203,7 +203,8 @@ pub async fn update_member(
     let (org_id, user_id) = path.into_inner();
     let patch = MemberPatch { role: body.value.role.map(OrgRole::from), daily_limit: body.value.daily_limit };
     let member =
-        run(&state, move |conn, _| orgs::update_member(conn, &caller, &org_id, &user_id, patch)).await?;
+        run_write(&state, move |conn, _| orgs::update_member(conn, &caller, &org_id, &user_id, patch))
+            .await?;
     Ok(HttpResponse::Ok().json(member))
 }
 
@@ -233,6 +234,6 @@ pub async fn remove_member(
 ) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
     let (org_id, user_id) = path.into_inner();
-    run(&state, move |conn, _| orgs::remove_member(conn, &caller, &org_id, &user_id)).await?;
+    run_write(&state, move |conn, _| orgs::remove_member(conn, &caller, &org_id, &user_id)).await?;
     Ok(HttpResponse::NoContent().finish())
 }

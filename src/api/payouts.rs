@@ -1,18 +1,17 @@
-//! Creator payouts: the Connect account, payout requests, and the sending
-//! of transfers (by the request, and by recovery for payouts left unsent).
+//! Creator payouts: the Connect account and payout requests (their Stripe
+//! calls are in `crate::flows::payouts`).
 
-use actix_web::http::StatusCode;
 use actix_web::{get, post, put, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{idempotency_request, run, AppState, Claimed, JsonBody};
+use super::{idempotency_request, run, stored_response, AppState, JsonBody};
 use crate::auth::AuthUser;
 use crate::domain::Credits;
 use crate::error::{ApiError, ErrorResponse};
-use crate::services::payouts::{self, Payout, PayoutAccount, PayoutList, PayoutRow, SendResult};
-use crate::stripe::StripeCallError;
+use crate::flows;
+use crate::services::payouts::{self, Payout, PayoutAccount, PayoutList};
 
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(connect_payout_account)
@@ -29,15 +28,6 @@ pub struct CreatePayoutRequest {
     /// Credits to pay out; all available earnings when absent.
     #[schema(value_type = Option<String>, example = "150", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
     pub amount: Option<Credits>,
-}
-
-fn stripe_unavailable(e: StripeCallError) -> ApiError {
-    tracing::error!(error = %e, "Stripe call failed");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "payment_provider_unavailable",
-        "the payment provider could not be reached; retry shortly",
-    )
 }
 
 /// Connect a payout account
@@ -63,39 +53,8 @@ pub async fn connect_payout_account(
     user: AuthUser,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = user.caller();
-    let org_id = path.into_inner();
-    let (c, o) = (caller.clone(), org_id.clone());
-    let existing = run(&state, move |conn, _| {
-        payouts::require_owner(conn, &o, &c.id)?;
-        payouts::find_account(conn, &o)
-    })
-    .await?;
-    let Some(gateway) = state.stripe.clone() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "payouts_unavailable",
-            "payouts need Stripe (STRIPE_SECRET_KEY), which is not configured",
-        ));
-    };
-    let row = match existing {
-        Some(row) => row,
-        None => {
-            let account = gateway.create_express_account(&org_id).await.map_err(stripe_unavailable)?;
-            let o = org_id.clone();
-            run(&state, move |conn, _| payouts::save_account(conn, &o, &account)).await?
-        }
-    };
-    let settings = &state.ctx.settings;
-    let url = gateway
-        .create_onboarding_link(
-            &row.stripe_account_id,
-            &settings.connect_refresh_url,
-            &settings.connect_return_url,
-        )
-        .await
-        .map_err(stripe_unavailable)?;
-    Ok(HttpResponse::Ok().json(payouts::account_with_link(row, url)))
+    let account = flows::payouts::connect_payout_account(&state, user.caller(), path.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(account))
 }
 
 /// Get the payout account
@@ -123,45 +82,6 @@ pub async fn get_payout_account(
     let org_id = path.into_inner();
     let account = run(&state, move |conn, _| payouts::get_payout_account(conn, &caller, &org_id)).await?;
     Ok(HttpResponse::Ok().json(account))
-}
-
-/// Sends a claimed payout's transfer and records the outcome; `complete`
-/// stores the request's response in the same transaction when given.
-async fn send(state: &web::Data<AppState>, row: &PayoutRow) -> SendResult {
-    let Some(gateway) = &state.stripe else {
-        return SendResult::Unknown("Stripe is not configured".into());
-    };
-    let (result, status) = match gateway.create_transfer(&row.id, &row.stripe_account_id, row.usd_cents).await
-    {
-        Ok(transfer_id) => (SendResult::Created(transfer_id), "in_transit"),
-        Err(StripeCallError::Refused { message, .. }) => (SendResult::Refused(message), "failed"),
-        Err(StripeCallError::Unavailable(m)) => (SendResult::Unknown(m), "pending"),
-    };
-    state.metrics.payouts.with_label_values(&[status]).inc();
-    result
-}
-
-/// Sends every payout left recorded but unsent (a crash between the commit
-/// and the Stripe call, or Stripe unreachable): run at start and
-/// periodically on every instance. The send lease keeps two instances from
-/// sending one payout at once; Stripe's idempotency key (the payout id)
-/// makes a repeated send the same transfer.
-pub async fn recover_unsent(state: &web::Data<AppState>) -> Result<usize, ApiError> {
-    if state.stripe.is_none() {
-        return Ok(0);
-    }
-    let claimed = run(state, |conn, _| payouts::claim_unsent(conn, 50)).await?;
-    let n = claimed.len();
-    for row in claimed {
-        let result = send(state, &row).await;
-        tracing::info!(payout_id = %row.id, outcome = ?result, "recovered payout sent");
-        let id = row.id.clone();
-        run(state, move |conn, ctx| {
-            crate::db::write_tx(conn, |tx| payouts::record_send(tx, ctx, &id, &result).map(|_| ()))
-        })
-        .await?;
-    }
-    Ok(n)
 }
 
 /// Request a payout
@@ -198,35 +118,11 @@ pub async fn create_payout(
     body: JsonBody<CreatePayoutRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
-    let org_id = path.into_inner();
     let JsonBody { value, raw } = body;
     let request = idempotency_request(&state, &req, &caller, &raw)?;
-    let claimed = match Claimed::claim(&state, request).await? {
-        Ok(claimed) => claimed,
-        Err(replay) => return Ok(replay),
-    };
-    let key = claimed.request_key();
-    let c = caller.clone();
-    let recorded = run(&state, move |conn, ctx| {
-        let (row, fresh) = payouts::record_payout(conn, ctx, &c, &org_id, value.amount, &key)?;
-        // A retried request finds its payout again; it sends it only if no
-        // one else holds the send lease.
-        let ours = fresh || payouts::claim_send(conn, &row.id)?;
-        Ok((row, ours))
-    })
-    .await;
-    let (row, ours) = match recorded {
-        Ok(r) => r,
-        Err(e) => return Err(claimed.release(&state, e).await),
-    };
-    let result = if ours { Some(send(&state, &row).await) } else { None };
-    let id = row.id.clone();
-    claimed
-        .complete(&state, StatusCode::CREATED, move |tx, ctx| match &result {
-            Some(result) => payouts::record_send(tx, ctx, &id, result),
-            None => payouts::view_of(tx, &id),
-        })
-        .await
+    let stored =
+        flows::payouts::create_payout(&state, request, caller, path.into_inner(), value.amount).await?;
+    Ok(stored_response(stored))
 }
 
 /// List payouts

@@ -1,15 +1,15 @@
 //! Plans, entitlements, Pro subscriptions and operator grants.
 
-use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpResponse};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{run, AppState, JsonBody};
+use super::{run, run_write, AppState, JsonBody};
 use crate::auth::{AuthUser, Operator};
 use crate::domain::plans::Decision;
 use crate::error::{ApiError, ErrorResponse};
+use crate::flows::{self, subscriptions::SubscriptionCheckout};
 use crate::services::plans::{self, Entitlements, PlanGrant, PlanList, Subject};
 
 pub fn configure(cfg: &mut ServiceConfig) {
@@ -81,18 +81,6 @@ pub struct CreateSubscriptionRequest {
     pub plan: PurchasablePlan,
     /// Upgrade this organization (owners only) instead of the caller.
     pub org_id: Option<String>,
-}
-
-/// Where to pay for the upgrade.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SubscriptionCheckout {
-    pub plan: String,
-    /// `person` or `org`.
-    pub subject_type: String,
-    pub subject_id: String,
-    /// Stripe Checkout (subscription mode).
-    pub checkout_url: Option<String>,
-    pub checkout_session_id: String,
 }
 
 /// An operator's grant of a plan.
@@ -226,44 +214,9 @@ pub async fn create_subscription(
     user: AuthUser,
     body: JsonBody<CreateSubscriptionRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = user.caller();
-    let r = body.value;
-    let org = r.org_id.clone();
-    let subject =
-        run(&state, move |conn, _| plans::subscription_subject(conn, &caller, org.as_deref())).await?;
-    let (Some(gateway), Some(price)) = (state.stripe.clone(), state.ctx.settings.pro_price_id.clone()) else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "subscriptions_unavailable",
-            "subscriptions need Stripe and TALLY_PRO_PRICE_ID, which are not configured",
-        ));
-    };
-    let settings = &state.ctx.settings;
-    let session = gateway
-        .create_subscription_session(
-            &price,
-            subject.kind(),
-            subject.id(),
-            crate::domain::plans::PRO,
-            &settings.checkout_success_url,
-            &settings.checkout_cancel_url,
-        )
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "subscription Checkout not created");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "payment_provider_unavailable",
-                "the payment provider could not be reached; retry shortly",
-            )
-        })?;
-    Ok(HttpResponse::Created().json(SubscriptionCheckout {
-        plan: crate::domain::plans::PRO.into(),
-        subject_type: subject.kind().into(),
-        subject_id: subject.id().into(),
-        checkout_url: session.url,
-        checkout_session_id: session.id,
-    }))
+    let checkout =
+        flows::subscriptions::create_subscription(&state, user.caller(), body.value.org_id).await?;
+    Ok(HttpResponse::Created().json(checkout))
 }
 
 /// Grant a plan
@@ -297,7 +250,7 @@ pub async fn create_plan_grant(
     };
     let until = super::parse_time("until", &r.until)?;
     let grant =
-        run(&state, move |conn, ctx| plans::create_grant(conn, ctx, &caller, subject, &r.plan, until))
+        run_write(&state, move |conn, ctx| plans::create_grant(conn, ctx, &caller, subject, &r.plan, until))
             .await?;
     Ok(HttpResponse::Created().json(grant))
 }

@@ -6,11 +6,12 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{idempotency_request, run, run_idempotent, AppState, Claimed, JsonBody};
+use super::{idempotency_request, run, run_idempotent, stored_response, AppState, JsonBody};
 use crate::auth::{AuthUser, Operator};
 use crate::error::{ApiError, ErrorResponse};
+use crate::flows;
+use crate::services::stripe_events::EventOutcome;
 use crate::services::topups::{self, CreditPackList, TopUp, TopUpMethod};
-use crate::stripe::webhook;
 
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(list_credit_packs)
@@ -38,8 +39,8 @@ pub struct CreateTopUpRequest {
 pub struct WebhookAck {
     /// Always true once verified.
     pub received: bool,
-    /// What tally did with the event (`credited`, `duplicate`, `ignored`, ...).
-    pub outcome: String,
+    /// What tally did with the event.
+    pub outcome: EventOutcome,
 }
 
 /// List credit packs
@@ -87,52 +88,12 @@ pub async fn create_top_up(
     body: JsonBody<CreateTopUpRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
-    let wallet_id = path.into_inner();
     let JsonBody { value, raw } = body;
     let request = idempotency_request(&state, &req, &caller, &raw)?;
-    let method = value.method;
-    // 1. Claim the key.
-    let claimed = match Claimed::claim(&state, request).await? {
-        Ok(claimed) => claimed,
-        Err(replay) => return Ok(replay),
-    };
-    // 2. The order (found again if this request ran before and died).
-    let key = claimed.request_key();
-    let (c, w, p) = (caller.clone(), wallet_id.clone(), value.pack_id.clone());
-    let order =
-        match run(&state, move |conn, ctx| topups::prepare_top_up(conn, ctx, &c, &w, &p, method, &key)).await
-        {
-            Ok(order) => order,
-            Err(e) => return Err(claimed.release(&state, e).await),
-        };
-    // 3. The Checkout Session, outside any transaction; the top-up id is
-    // Stripe's idempotency key, so a retry gets the same session.
-    let session = match (&state.stripe, order.method == TopUpMethod::Stripe.as_str()) {
-        (Some(gateway), true) if order.checkout_session_id.is_none() => {
-            let pack_name = topups::find_pack(&state.ctx, &order.pack_id)
-                .map(|p| p.name.clone())
-                .unwrap_or_else(|_| order.pack_id.clone());
-            match gateway.create_top_up_session(&order.checkout(&state.ctx, &pack_name)).await {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::error!(top_up_id = %order.id, error = %e, "Checkout Session not created");
-                    let error = ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "payment_provider_unavailable",
-                        "the payment provider could not be reached; retry with the same Idempotency-Key",
-                    );
-                    return Err(claimed.release(&state, error).await);
-                }
-            }
-        }
-        _ => None,
-    };
-    // 4. Keep the session on the order and store the response, together.
-    claimed
-        .complete(&state, StatusCode::CREATED, move |tx, _| {
-            topups::attach_session(tx, &order.id, session.as_ref())
-        })
-        .await
+    let stored =
+        flows::topups::create_top_up(&state, request, caller, path.into_inner(), value.pack_id, value.method)
+            .await?;
+    Ok(stored_response(stored))
 }
 
 /// Get a top-up
@@ -221,25 +182,7 @@ pub async fn stripe_webhook(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(secret) = state.ctx.settings.stripe_webhook_secret.clone() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "webhooks_not_configured",
-            "STRIPE_WEBHOOK_SECRET is not set",
-        ));
-    };
-    let header = req.headers().get("Stripe-Signature").and_then(|v| v.to_str().ok());
-    let now = chrono::Utc::now().timestamp();
-    if let Err(e) = webhook::verify(&body, header, &secret, now) {
-        state.metrics.webhook_events.with_label_values(&["unverified", "invalid_signature"]).inc();
-        tracing::warn!(reason = %e, "webhook refused");
-        return Err(ApiError::bad_request("invalid_signature", format!("webhook refused: {e}")));
-    }
-    let event: webhook::Event = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_event", format!("not a Stripe event: {e}")))?;
-    let (id, kind) = (event.id.clone(), event.kind.clone());
-    let outcome = run(&state, move |conn, ctx| topups::handle_event(conn, ctx, &event)).await?;
-    state.metrics.webhook_events.with_label_values(&[kind.as_str(), outcome]).inc();
-    tracing::info!(event_id = %id, event_type = %kind, outcome, "webhook processed");
-    Ok(HttpResponse::Ok().json(WebhookAck { received: true, outcome: outcome.to_string() }))
+    let signature = req.headers().get("Stripe-Signature").and_then(|v| v.to_str().ok());
+    let received = flows::stripe_events::receive(&state, &body, signature).await?;
+    Ok(HttpResponse::Ok().json(WebhookAck { received: true, outcome: received.outcome }))
 }

@@ -50,7 +50,7 @@ pub fn load(pool: &Pool, plan: &Plan, entries: u64) -> Result<Loaded> {
     let wallet_public = plan.history_wallet.as_deref().ok_or_else(|| anyhow!("no history wallet"))?;
     let mut conn = pool.get()?;
     let wallet = wallet_account(&mut conn, wallet_public)?;
-    let counter = PlatformAccounts::ensure(&mut conn)?.adjustments.id;
+    let counter = db::write_tx(&mut conn, PlatformAccounts::ensure)?.adjustments.id;
     let mut done = 0u64;
     let mut last_report = Instant::now();
     while done < entries {

@@ -10,7 +10,7 @@
 //!
 //! PostgreSQL locks rows, not the database: it has no gate.
 
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 /// A fair (FIFO) lock: tickets are served in the order they were taken.
 #[derive(Debug, Default)]
@@ -38,6 +38,20 @@ impl WriteGate {
         GateGuard { gate: self }
     }
 
+    /// Like [`WriteGate::enter`], for a turn that outlives the borrow of the
+    /// gate (a request's turn, taken before it checks out a connection).
+    pub fn enter_owned(self: &Arc<Self>) -> OwnedTurn {
+        std::mem::forget(self.enter());
+        OwnedTurn { gate: self.clone() }
+    }
+
+    fn leave(&self) {
+        let mut line = self.lock();
+        line.now_serving += 1;
+        drop(line);
+        self.turn.notify_all();
+    }
+
     /// How many callers hold or wait for a turn.
     pub fn queued(&self) -> u64 {
         let line = self.lock();
@@ -58,10 +72,20 @@ pub struct GateGuard<'a> {
 
 impl Drop for GateGuard<'_> {
     fn drop(&mut self) {
-        let mut line = self.gate.lock();
-        line.now_serving += 1;
-        drop(line);
-        self.gate.turn.notify_all();
+        self.gate.leave();
+    }
+}
+
+/// A turn at the gate that owns a handle to it; the next ticket is served
+/// when it drops.
+#[derive(Debug)]
+pub struct OwnedTurn {
+    gate: Arc<WriteGate>,
+}
+
+impl Drop for OwnedTurn {
+    fn drop(&mut self) {
+        self.gate.leave();
     }
 }
 

@@ -3,6 +3,7 @@
 //! and write transactions. The only module that knows one backend from the
 //! other.
 
+pub mod accounts;
 pub mod counters;
 pub mod gate;
 pub mod history;
@@ -10,6 +11,7 @@ pub mod models;
 pub mod prepared;
 pub mod schema;
 
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ use diesel::r2d2::{self, ManageConnection};
 use diesel::{PgConnection, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use gate::WriteGate;
+use gate::{OwnedTurn, WriteGate};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -172,6 +174,7 @@ impl ManageConnection for Manager {
                 conn.set_instrumentation(ConnectionHealth {
                     lost: false,
                     write_gate: self.write_gate.clone(),
+                    turn_held: false,
                 });
                 Ok(DbConn::Sqlite(conn))
             }
@@ -212,6 +215,9 @@ impl ManageConnection for Manager {
 pub struct ConnectionHealth {
     lost: bool,
     write_gate: Option<Arc<WriteGate>>,
+    /// The connection was checked out by [`checkout_writer`], which holds
+    /// the gate's turn for it: its transactions do not wait again.
+    turn_held: bool,
 }
 
 impl Instrumentation for ConnectionHealth {
@@ -313,22 +319,102 @@ pub fn with_database(url: &str, name: &str) -> String {
     }
 }
 
-/// Runs `f` in a write transaction. On SQLite it begins with `BEGIN
-/// IMMEDIATE`, taking the write lock up front: a plain `BEGIN` that reads and
-/// then writes fails with "database is locked" when another writer got in
-/// between; and it waits for its turn at the pool's [`WriteGate`] first, so
-/// that this process's writers get the lock in arrival order. Transactions
-/// opened inside `f` become savepoints.
-pub fn write_tx<T, E, F>(conn: &mut DbConn, f: F) -> Result<T, E>
+/// A write transaction in progress. Only [`write_tx`] (and
+/// [`WriteTx::savepoint`] inside one) makes one, so a function that takes a
+/// `&mut WriteTx` can only run inside a write transaction. It dereferences
+/// to the connection for reads and helpers that take `&mut DbConn`; diesel's
+/// generic `execute`/`load` take [`WriteTx::conn`].
+pub struct WriteTx<'c> {
+    conn: &'c mut DbConn,
+}
+
+impl WriteTx<'_> {
+    /// The connection, inside this transaction.
+    pub fn conn(&mut self) -> &mut DbConn {
+        self.conn
+    }
+
+    /// Runs `f` in a savepoint: on error only its own writes roll back and
+    /// the transaction goes on (both backends).
+    pub fn savepoint<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut WriteTx<'_>) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        self.conn.transaction(|conn| f(&mut WriteTx { conn }))
+    }
+}
+
+impl Deref for WriteTx<'_> {
+    type Target = DbConn;
+    fn deref(&self) -> &DbConn {
+        self.conn
+    }
+}
+
+impl DerefMut for WriteTx<'_> {
+    fn deref_mut(&mut self) -> &mut DbConn {
+        self.conn
+    }
+}
+
+/// A read transaction: one snapshot of the database for every read made
+/// through it (PostgreSQL `REPEATABLE READ, READ ONLY`; SQLite's deferred
+/// transaction keeps its WAL snapshot from the first read). Only
+/// [`read_tx`] makes one.
+pub struct ReadTx<'c> {
+    conn: &'c mut DbConn,
+}
+
+impl ReadTx<'_> {
+    /// The connection, inside this snapshot.
+    pub fn conn(&mut self) -> &mut DbConn {
+        self.conn
+    }
+}
+
+impl Deref for ReadTx<'_> {
+    type Target = DbConn;
+    fn deref(&self) -> &DbConn {
+        self.conn
+    }
+}
+
+impl DerefMut for ReadTx<'_> {
+    fn deref_mut(&mut self) -> &mut DbConn {
+        self.conn
+    }
+}
+
+fn in_transaction(conn: &mut DbConn) -> bool {
+    let depth = match conn {
+        DbConn::Sqlite(c) => {
+            <AnsiTransactionManager as TransactionManager<SqliteConnection>>::transaction_manager_status_mut(
+                c,
+            )
+            .transaction_depth()
+        }
+        DbConn::Pg(c) => {
+            <AnsiTransactionManager as TransactionManager<PgConnection>>::transaction_manager_status_mut(c)
+                .transaction_depth()
+        }
+    };
+    !matches!(depth, Ok(None))
+}
+
+/// Runs `begin` (the backend's opening statement), then `f`, then commits,
+/// or rolls back on error.
+fn run_transaction<T, E>(
+    conn: &mut DbConn,
+    begin: (&str, &str),
+    f: impl FnOnce(&mut DbConn) -> Result<T, E>,
+) -> Result<T, E>
 where
-    F: FnOnce(&mut DbConn) -> Result<T, E>,
     E: From<diesel::result::Error>,
 {
-    let gate = sqlite_write_gate(conn);
-    let _turn = gate.as_deref().map(WriteGate::enter);
     match conn {
-        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
-        DbConn::Pg(c) => AnsiTransactionManager::begin_transaction(c)?,
+        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, begin.0)?,
+        DbConn::Pg(c) => AnsiTransactionManager::begin_transaction_sql(c, begin.1)?,
     }
     type Tm = <DbConn as Connection>::TransactionManager;
     match f(&mut *conn) {
@@ -343,6 +429,26 @@ where
     }
 }
 
+/// Runs `f` in a write transaction. On SQLite it begins with `BEGIN
+/// IMMEDIATE`, taking the write lock up front: a plain `BEGIN` that reads and
+/// then writes fails with "database is locked" when another writer got in
+/// between; and it waits for its turn at the pool's [`WriteGate`] first
+/// (unless the connection came from [`checkout_writer`], which waited
+/// before taking it), so that this process's writers get the lock in arrival
+/// order. Inside a transaction it is a savepoint, on both backends.
+pub fn write_tx<T, E, F>(conn: &mut DbConn, f: F) -> Result<T, E>
+where
+    F: FnOnce(&mut WriteTx<'_>) -> Result<T, E>,
+    E: From<diesel::result::Error>,
+{
+    if in_transaction(conn) {
+        return conn.transaction(|conn| f(&mut WriteTx { conn }));
+    }
+    let gate = sqlite_write_gate(conn);
+    let _turn = gate.as_deref().map(WriteGate::enter);
+    run_transaction(conn, ("BEGIN IMMEDIATE", "BEGIN"), |conn| f(&mut WriteTx { conn }))
+}
+
 /// Runs one write statement outside a transaction (it commits alone) at its
 /// turn at the SQLite write gate; on PostgreSQL it just runs.
 pub fn write_statement<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> T) -> T {
@@ -353,30 +459,85 @@ pub fn write_statement<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> T) -
 
 /// The SQLite write gate of a connection outside any transaction. Inside one
 /// (a nested call) the caller already has its turn, or holds SQLite's write
-/// lock, and waiting again would deadlock.
+/// lock, and waiting again would deadlock; a connection checked out by
+/// [`checkout_writer`] has its turn already.
 fn sqlite_write_gate(conn: &mut DbConn) -> Option<Arc<WriteGate>> {
-    let DbConn::Sqlite(c) = conn else {
-        return None;
-    };
-    let outside = matches!(
-        <AnsiTransactionManager as TransactionManager<SqliteConnection>>::transaction_manager_status_mut(c)
-            .transaction_depth(),
-        Ok(None)
-    );
-    if !outside {
+    if !matches!(conn, DbConn::Sqlite(_)) || in_transaction(conn) {
         return None;
     }
-    conn.instrumentation().downcast_ref::<ConnectionHealth>().and_then(|h| h.write_gate.clone())
+    conn.instrumentation()
+        .downcast_ref::<ConnectionHealth>()
+        .filter(|h| !h.turn_held)
+        .and_then(|h| h.write_gate.clone())
 }
 
-/// Runs `f` in a read-only transaction, so that several reads see one
-/// snapshot on PostgreSQL.
+/// A pooled connection for a request that writes, taken *after* its turn at
+/// the SQLite write gate: writers queue without holding a connection, so a
+/// line of writers can never take every connection from the readers. On
+/// PostgreSQL it is a plain checkout.
+pub struct WriterConn {
+    conn: PooledConn,
+    _turn: Option<OwnedTurn>,
+}
+
+/// The write gate of a pool's connections (SQLite), read once from one of
+/// them (r2d2 does not hand out its manager).
+pub fn pool_write_gate(pool: &Pool) -> Result<Option<Arc<WriteGate>>, r2d2::PoolError> {
+    let mut conn = pool.get()?;
+    Ok(conn.instrumentation().downcast_ref::<ConnectionHealth>().and_then(|h| h.write_gate.clone()))
+}
+
+/// Waits for the turn at the pool's write gate (SQLite; see
+/// [`pool_write_gate`]), then checks out a connection that holds it until
+/// dropped.
+pub fn checkout_writer(pool: &Pool, gate: Option<&Arc<WriteGate>>) -> Result<WriterConn, r2d2::PoolError> {
+    let turn = gate.map(WriteGate::enter_owned);
+    let mut conn = pool.get()?;
+    if turn.is_some() {
+        set_turn_held(&mut conn, true);
+    }
+    Ok(WriterConn { conn, _turn: turn })
+}
+
+fn set_turn_held(conn: &mut DbConn, held: bool) {
+    if let Some(h) = conn.instrumentation().downcast_mut::<ConnectionHealth>() {
+        h.turn_held = held;
+    }
+}
+
+impl Drop for WriterConn {
+    fn drop(&mut self) {
+        // The connection goes back to the pool (after this) without the turn.
+        set_turn_held(&mut self.conn, false);
+    }
+}
+
+impl Deref for WriterConn {
+    type Target = DbConn;
+    fn deref(&self) -> &DbConn {
+        &self.conn
+    }
+}
+
+impl DerefMut for WriterConn {
+    fn deref_mut(&mut self) -> &mut DbConn {
+        &mut self.conn
+    }
+}
+
+/// Runs `f` in a read transaction: one consistent snapshot for all its
+/// reads (see [`ReadTx`]). Inside a transaction it is a savepoint of it.
 pub fn read_tx<T, E, F>(conn: &mut DbConn, f: F) -> Result<T, E>
 where
-    F: FnOnce(&mut DbConn) -> Result<T, E>,
+    F: FnOnce(&mut ReadTx<'_>) -> Result<T, E>,
     E: From<diesel::result::Error>,
 {
-    conn.transaction(f)
+    if in_transaction(conn) {
+        return conn.transaction(|conn| f(&mut ReadTx { conn }));
+    }
+    run_transaction(conn, ("BEGIN", "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"), |conn| {
+        f(&mut ReadTx { conn })
+    })
 }
 
 pub fn is_sqlite(conn: &DbConn) -> bool {

@@ -15,7 +15,7 @@ use diesel::sql_types::{BigInt, Nullable, Timestamp};
 use crate::db::models::{NewAccount, NewEntryRow};
 use crate::db::prepared::Prepared;
 use crate::db::schema::{accounts, journal_entries, postings};
-use crate::db::{self, DbConn};
+use crate::db::{self, DbConn, WriteTx};
 use crate::domain::entry::{check_balanced, EntryError, Leg};
 use crate::domain::{AccountKind, Credits, EntryKind, OwnerType};
 
@@ -101,8 +101,8 @@ pub enum LedgerError {
 ///
 /// Cached balances are updated in ascending account id order, so two entries
 /// touching the same accounts cannot deadlock on PostgreSQL.
-pub fn post(conn: &mut DbConn, entry: NewEntry<'_>) -> Result<PostedEntry, LedgerError> {
-    open(conn, entry)?.post(conn)
+pub fn post(tx: &mut WriteTx<'_>, entry: NewEntry<'_>) -> Result<PostedEntry, LedgerError> {
+    open(tx, entry)?.post(tx)
 }
 
 /// Writes the journal row of a balanced entry and returns it open: its
@@ -112,7 +112,7 @@ pub fn post(conn: &mut DbConn, entry: NewEntry<'_>) -> Result<PostedEntry, Ledge
 /// cached balances, so that those locks are held for as short a time as
 /// possible. An entry left open makes the transaction fail `ledger verify`
 /// (an entry without postings), so every success path must post it.
-pub fn open(conn: &mut DbConn, entry: NewEntry<'_>) -> Result<OpenEntry, LedgerError> {
+pub fn open(tx: &mut WriteTx<'_>, entry: NewEntry<'_>) -> Result<OpenEntry, LedgerError> {
     check_balanced(&entry.legs)?;
     let now = db::now();
     let metadata = entry.metadata.to_string();
@@ -127,7 +127,7 @@ pub fn open(conn: &mut DbConn, entry: NewEntry<'_>) -> Result<OpenEntry, LedgerE
             created_at: now,
         })
         .returning(journal_entries::id)
-        .get_result(conn)?;
+        .get_result(tx.conn())?;
     Ok(OpenEntry { entry_id, created_at: now, legs: entry.legs, overdraft: entry.overdraft })
 }
 
@@ -152,7 +152,8 @@ impl OpenEntry {
 
     /// Applies the legs to the cached balances (guarded), then writes all
     /// postings in one statement.
-    pub fn post(self, conn: &mut DbConn) -> Result<PostedEntry, LedgerError> {
+    pub fn post(self, tx: &mut WriteTx<'_>) -> Result<PostedEntry, LedgerError> {
+        let conn = tx.conn();
         let OpenEntry { entry_id, created_at, legs, overdraft } = self;
         let mut cached: Vec<&Leg> = legs.iter().filter(|l| l.kind.keeps_cached_balance()).collect();
         cached.sort_by_key(|l| l.account_id);
@@ -310,8 +311,8 @@ pub struct PlatformAccounts {
 }
 
 impl PlatformAccounts {
-    pub fn ensure(conn: &mut DbConn) -> QueryResult<Self> {
-        let mut get = |kind| ensure_account(conn, OwnerType::Platform, "", kind, None);
+    pub fn ensure(tx: &mut WriteTx<'_>) -> QueryResult<Self> {
+        let mut get = |kind| ensure_account(tx, OwnerType::Platform, "", kind, None);
         Ok(PlatformAccounts {
             cash: get(AccountKind::Cash)?,
             infra_revenue: get(AccountKind::InfraRevenue)?,
@@ -327,25 +328,19 @@ impl PlatformAccounts {
 /// Finds the account of `owner` and `kind`, creating it if missing. Safe
 /// under concurrency: a losing concurrent insert (in a savepoint) re-reads.
 pub fn ensure_account(
-    conn: &mut DbConn,
+    tx: &mut WriteTx<'_>,
     owner_type: OwnerType,
     owner_id: &str,
     kind: AccountKind,
     public_id: Option<&str>,
 ) -> QueryResult<AccountRef> {
     let find = |conn: &mut DbConn| {
-        accounts::table
-            .filter(accounts::owner_type.eq(owner_type.as_str()))
-            .filter(accounts::owner_id.eq(owner_id))
-            .filter(accounts::kind.eq(kind.as_str()))
-            .select(accounts::id)
-            .first::<i64>(conn)
-            .optional()
+        db::accounts::account_of(conn, owner_type, owner_id, kind).map(|row| row.map(|a| a.id))
     };
-    if let Some(id) = find(conn)? {
+    if let Some(id) = find(tx)? {
         return Ok(AccountRef { id, kind });
     }
-    let inserted = conn.transaction(|c| {
+    let inserted = tx.savepoint(|sp| {
         diesel::insert_into(accounts::table)
             .values(NewAccount {
                 kind: kind.as_str(),
@@ -357,12 +352,12 @@ pub fn ensure_account(
                 created_at: db::now(),
             })
             .returning(accounts::id)
-            .get_result::<i64>(c)
+            .get_result::<i64>(sp.conn())
     });
     match inserted {
         Ok(id) => Ok(AccountRef { id, kind }),
         Err(e) if db::is_unique_violation(&e) => {
-            find(conn)?.map(|id| AccountRef { id, kind }).ok_or(diesel::result::Error::NotFound)
+            find(tx)?.map(|id| AccountRef { id, kind }).ok_or(diesel::result::Error::NotFound)
         }
         Err(e) => Err(e),
     }

@@ -9,7 +9,7 @@ use super::history::TransactionReferences;
 use super::idempotency::RequestKey;
 use super::wallets::find_by_public_id;
 use super::{Caller, Ctx, ServiceError, ServiceResult};
-use crate::db::DbConn;
+use crate::db::WriteTx;
 use crate::domain::ids::{entry_id, new_id, transaction_id};
 use crate::domain::text::checked_text;
 use crate::domain::{AccountKind, Credits, EntryKind};
@@ -39,7 +39,7 @@ pub struct Adjustment {
 /// Creates an adjustment; runs inside the idempotent request's transaction.
 /// A debit below zero is refused (402 `insufficient_funds`).
 pub fn create_adjustment(
-    tx: &mut DbConn,
+    tx: &mut WriteTx<'_>,
     ctx: &Ctx,
     operator: &Caller,
     wallet_id: &str,

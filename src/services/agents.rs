@@ -226,7 +226,7 @@ pub fn create_agent(
                 agents::created_at.eq(now),
                 agents::updated_at.eq(now),
             ))
-            .execute(tx)?;
+            .execute(tx.conn())?;
         let (row, infra) = load(tx, &id)?;
         Ok(view(row, infra))
     })
@@ -270,21 +270,21 @@ pub fn update_agent(
             require_model(tx, model)?;
         }
         let target = agents::table.find(agent_id);
-        diesel::update(target).set(agents::updated_at.eq(db::now())).execute(tx)?;
+        diesel::update(target).set(agents::updated_at.eq(db::now())).execute(tx.conn())?;
         if let Some(n) = name {
-            diesel::update(target).set(agents::name.eq(n)).execute(tx)?;
+            diesel::update(target).set(agents::name.eq(n)).execute(tx.conn())?;
         }
         if let Some(m) = &patch.model {
-            diesel::update(target).set(agents::model_id.eq(m)).execute(tx)?;
+            diesel::update(target).set(agents::model_id.eq(m)).execute(tx.conn())?;
         }
         if let Some(v) = patch.visibility {
-            diesel::update(target).set(agents::visibility.eq(v.as_str())).execute(tx)?;
+            diesel::update(target).set(agents::visibility.eq(v.as_str())).execute(tx.conn())?;
         }
         if let Some(a) = patch.publisher_addon {
-            diesel::update(target).set(agents::publisher_addon.eq(a.micros())).execute(tx)?;
+            diesel::update(target).set(agents::publisher_addon.eq(a.micros())).execute(tx.conn())?;
         }
         if let Some(f) = patch.free_messages {
-            diesel::update(target).set(agents::free_messages.eq(f)).execute(tx)?;
+            diesel::update(target).set(agents::free_messages.eq(f)).execute(tx.conn())?;
         }
         let (row, infra) = load(tx, agent_id)?;
         Ok(view(row, infra))

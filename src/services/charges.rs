@@ -37,7 +37,7 @@ use super::people;
 use super::{Caller, Ctx, ServiceError, ServiceResult};
 use crate::db::models::{AccountRow, MemberRow};
 use crate::db::schema::{accounts, charges, earnings_accruals, models as models_table, org_members};
-use crate::db::{self, counters, DbConn};
+use crate::db::{self, counters, DbConn, WriteTx};
 use crate::domain::ids::{new_id, transaction_id};
 use crate::domain::limits::Period;
 use crate::domain::pricing::{price_message, MessagePrice};
@@ -131,23 +131,13 @@ fn load_priced(conn: &mut DbConn, agent_id: &str) -> ServiceResult<(AgentRow, Mo
 }
 
 fn org_wallet(conn: &mut DbConn, org_id: &str) -> ServiceResult<AccountRow> {
-    accounts::table
-        .filter(accounts::owner_type.eq(OwnerType::Org.as_str()))
-        .filter(accounts::owner_id.eq(org_id))
-        .filter(accounts::kind.eq(AccountKind::Wallet.as_str()))
-        .select(AccountRow::as_select())
-        .first(conn)
-        .optional()?
+    db::accounts::account_of(conn, OwnerType::Org, org_id, AccountKind::Wallet)?
         .ok_or(ServiceError::NotFound("organization"))
 }
 
-/// The payer; `in_tx` when already inside a write transaction.
-fn resolve_payer(
-    conn: &mut DbConn,
-    user_id: &str,
-    org_id: Option<&str>,
-    in_tx: bool,
-) -> ServiceResult<Payer> {
+/// The payer (a person's wallet is made on first sight: inside a charge's
+/// transaction, in a savepoint of it).
+fn resolve_payer(conn: &mut DbConn, user_id: &str, org_id: Option<&str>) -> ServiceResult<Payer> {
     match org_id {
         Some(org_id) => {
             role_in(conn, org_id, user_id)?;
@@ -160,11 +150,7 @@ fn resolve_payer(
             })
         }
         None => {
-            let wallet = if in_tx {
-                people::ensure_person_in_tx(conn, user_id)?
-            } else {
-                people::ensure_person(conn, user_id)?
-            };
+            let wallet = people::personal_wallet(conn, user_id)?;
             Ok(Payer { wallet, org_id: None, member_daily_limit: None })
         }
     }
@@ -210,7 +196,7 @@ pub fn quote(
 ) -> ServiceResult<Quote> {
     let (agent, model, _) = load_priced(conn, agent_id)?;
     agents::check_visible(conn, &agent, Some(user_id))?;
-    let payer = resolve_payer(conn, user_id, org_id, false)?;
+    let payer = resolve_payer(conn, user_id, org_id)?;
     let price = price_for(ctx, &agent, &model, &payer)?;
     let used = counters::free_messages_used(conn, &agent.id, user_id)?;
     let free_left = (agent.free_messages as i64 - used).max(0);
@@ -233,7 +219,7 @@ pub fn quote(
 }
 
 /// Refuses the charge when a spend limit would be passed.
-fn count_spend(tx: &mut DbConn, payer: &Payer, user_id: &str, amount: Credits) -> ServiceResult<()> {
+fn count_spend(tx: &mut WriteTx<'_>, payer: &Payer, user_id: &str, amount: Credits) -> ServiceResult<()> {
     let now = db::now();
     let wallet = &payer.wallet;
     let checks: [(Period, &str, Option<i64>, &str); 3] = [
@@ -257,9 +243,10 @@ fn count_spend(tx: &mut DbConn, payer: &Payer, user_id: &str, amount: Credits) -
 }
 
 /// `POST /v1/agents/{id}/charges`; runs inside the idempotent request's
-/// write transaction.
+/// write transaction: load -> resolve the payer -> price -> split -> post
+/// -> respond.
 pub fn create_charge(
-    tx: &mut DbConn,
+    tx: &mut WriteTx<'_>,
     ctx: &Ctx,
     user_id: &str,
     agent_id: &str,
@@ -268,69 +255,23 @@ pub fn create_charge(
 ) -> ServiceResult<Outcome<Charge>> {
     let (agent, model, pending_id) = load_priced(tx, agent_id)?;
     agents::check_visible(tx, &agent, Some(user_id))?;
-    let payer = resolve_payer(tx, user_id, org_id, true)?;
+    let payer = resolve_payer(tx, user_id, org_id)?;
     let wallet_id = payer.wallet.public_id.clone().unwrap_or_default();
     if payer.wallet.frozen {
         return Err(ServiceError::WalletFrozen { wallet_id });
     }
     let price = price_for(ctx, &agent, &model, &payer)?;
-    let wallet = AccountRef { id: payer.wallet.id, kind: AccountKind::Wallet };
-    let platform = ctx.platform;
-    let charge_id = new_id("chg");
-    let infra = price.runtime_infra;
     let free_used = counters::use_free_message(tx, &agent.id, user_id, agent.free_messages)?;
     let free = free_used.is_some();
-    let mut references = TransactionReferences {
+    let split = split_charge(tx, ctx, &agent, &price, &payer, pending_id, free)?;
+    let charge_id = new_id("chg");
+    let references = TransactionReferences {
         agent_id: Some(agent.id.clone()),
         model: Some(model.id.clone()),
         charge_id: Some(charge_id.clone()),
-        runtime_infra: Some(infra.to_string()),
+        runtime_infra: Some(price.runtime_infra.to_string()),
+        publisher_addon: Some(split.addon.to_string()),
         ..Default::default()
-    };
-
-    let split = if free {
-        references.publisher_addon = Some("0".into());
-        Split {
-            kind: EntryKind::FreeMessage,
-            legs: vec![
-                wallet.leg(Credits::ZERO),
-                platform.subsidy_expense.leg(neg(infra)?),
-                platform.infra_revenue.leg(infra),
-            ],
-            total: Credits::ZERO,
-            addon: Credits::ZERO,
-            share: Credits::ZERO,
-            creator: Credits::ZERO,
-            forgone: price.publisher_addon,
-        }
-    } else {
-        references.publisher_addon = Some(price.publisher_addon.to_string());
-        let mut legs = vec![wallet.leg(neg(price.total)?), platform.infra_revenue.leg(infra)];
-        if !price.platform_share.is_zero() {
-            legs.push(platform.marketplace_revenue.leg(price.platform_share));
-        }
-        if !price.creator_earnings.is_zero() {
-            let pending = match pending_id {
-                Some(id) => AccountRef { id, kind: AccountKind::EarningsPending },
-                None => ledger::ensure_account(
-                    tx,
-                    OwnerType::Org,
-                    &agent.org_id,
-                    AccountKind::EarningsPending,
-                    None,
-                )?,
-            };
-            legs.push(pending.leg(price.creator_earnings));
-        }
-        Split {
-            kind: EntryKind::Charge,
-            legs,
-            total: price.total,
-            addon: price.publisher_addon,
-            share: price.platform_share,
-            creator: price.creator_earnings,
-            forgone: Credits::ZERO,
-        }
     };
     let Split { kind, legs, total, addon, share, creator, forgone } = split;
 
@@ -353,50 +294,31 @@ pub fn create_charge(
     )
     .map_err(|e| ServiceError::from_ledger(e, &wallet_id))?;
     let created_at = entry.created_at();
-
-    diesel::insert_into(charges::table)
-        .values((
-            charges::id.eq(&charge_id),
-            charges::agent_id.eq(&agent.id),
-            charges::model_id.eq(&model.id),
-            charges::creator_org_id.eq(&agent.org_id),
-            charges::user_id.eq(user_id),
-            charges::payer_account_id.eq(wallet.id),
-            charges::payer_org_id.eq(payer.org_id.as_deref()),
-            charges::free.eq(free),
-            charges::runtime_infra.eq(infra.micros()),
-            charges::publisher_addon.eq(addon.micros()),
-            charges::addon_forgone.eq(forgone.micros()),
-            charges::platform_share.eq(share.micros()),
-            charges::creator_earnings.eq(creator.micros()),
-            charges::total.eq(total.micros()),
-            charges::provider_cost_micro_usd.eq(model.provider_cost_micro_usd),
-            charges::entry_id.eq(entry.entry_id()),
-            charges::created_at.eq(created_at),
-        ))
-        .execute(tx)?;
-    if !creator.is_zero() {
-        let hold = chrono::Duration::from_std(ctx.settings.earnings_hold)
-            .map_err(|e| ServiceError::Internal(format!("earnings hold: {e}")))?;
-        diesel::insert_into(earnings_accruals::table)
-            .values((
-                earnings_accruals::org_id.eq(&agent.org_id),
-                earnings_accruals::charge_id.eq(&charge_id),
-                earnings_accruals::amount.eq(creator.micros()),
-                earnings_accruals::available_at.eq(created_at + hold),
-                earnings_accruals::created_at.eq(created_at),
-            ))
-            .execute(tx)?;
-    }
-
+    let row = ChargeRow {
+        id: &charge_id,
+        agent: &agent,
+        model: &model,
+        user_id,
+        payer: &payer,
+        free,
+        infra: price.runtime_infra,
+        addon,
+        forgone,
+        share,
+        creator,
+        total,
+        entry_id: entry.entry_id(),
+        created_at,
+    };
+    record_charge(tx, ctx, &row)?;
     if !free && !total.is_zero() {
         count_spend(tx, &payer, user_id, total)?;
     }
     let posted = entry.post(tx).map_err(|e| ServiceError::from_ledger(e, &wallet_id))?;
-    let leg =
-        posted.leg_of(wallet.id).ok_or_else(|| ServiceError::Internal("payer posting missing".into()))?;
+    let leg = posted
+        .leg_of(payer.wallet.id)
+        .ok_or_else(|| ServiceError::Internal("payer posting missing".into()))?;
     let balance_after = leg.balance_after.unwrap_or_default();
-
     let used_now = match free_used {
         Some(n) => n,
         // No free messages on the agent: none left, whatever was used.
@@ -410,7 +332,7 @@ pub fn create_charge(
         user_id: user_id.to_string(),
         org_id: payer.org_id,
         free,
-        runtime_infra: infra,
+        runtime_infra: price.runtime_infra,
         publisher_addon: addon,
         total,
         wallet_id,
@@ -424,6 +346,119 @@ pub fn create_charge(
         ("X-Request-Cost".to_string(), total.to_string()),
     ];
     Ok(Outcome { body: charge, headers })
+}
+
+/// Where a message's price goes: a free message moves nothing from the
+/// wallet (the platform subsidizes the runtime infra and the add-on is
+/// forgone); a paid one takes the total from the wallet and splits it
+/// between infra revenue, the marketplace share and the creator's pending
+/// earnings.
+fn split_charge(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    agent: &AgentRow,
+    price: &MessagePrice,
+    payer: &Payer,
+    pending_id: Option<i64>,
+    free: bool,
+) -> ServiceResult<Split> {
+    let wallet = AccountRef { id: payer.wallet.id, kind: AccountKind::Wallet };
+    let platform = ctx.platform;
+    let infra = price.runtime_infra;
+    if free {
+        return Ok(Split {
+            kind: EntryKind::FreeMessage,
+            legs: vec![
+                wallet.leg(Credits::ZERO),
+                platform.subsidy_expense.leg(neg(infra)?),
+                platform.infra_revenue.leg(infra),
+            ],
+            total: Credits::ZERO,
+            addon: Credits::ZERO,
+            share: Credits::ZERO,
+            creator: Credits::ZERO,
+            forgone: price.publisher_addon,
+        });
+    }
+    let mut legs = vec![wallet.leg(neg(price.total)?), platform.infra_revenue.leg(infra)];
+    if !price.platform_share.is_zero() {
+        legs.push(platform.marketplace_revenue.leg(price.platform_share));
+    }
+    if !price.creator_earnings.is_zero() {
+        let pending = match pending_id {
+            Some(id) => AccountRef { id, kind: AccountKind::EarningsPending },
+            None => {
+                ledger::ensure_account(tx, OwnerType::Org, &agent.org_id, AccountKind::EarningsPending, None)?
+            }
+        };
+        legs.push(pending.leg(price.creator_earnings));
+    }
+    Ok(Split {
+        kind: EntryKind::Charge,
+        legs,
+        total: price.total,
+        addon: price.publisher_addon,
+        share: price.platform_share,
+        creator: price.creator_earnings,
+        forgone: Credits::ZERO,
+    })
+}
+
+/// What the charge row records.
+struct ChargeRow<'a> {
+    id: &'a str,
+    agent: &'a AgentRow,
+    model: &'a ModelRow,
+    user_id: &'a str,
+    payer: &'a Payer,
+    free: bool,
+    infra: Credits,
+    addon: Credits,
+    forgone: Credits,
+    share: Credits,
+    creator: Credits,
+    total: Credits,
+    entry_id: i64,
+    created_at: chrono::NaiveDateTime,
+}
+
+/// The charge row, and the creator's accrual that settles after the hold.
+fn record_charge(tx: &mut WriteTx<'_>, ctx: &Ctx, c: &ChargeRow<'_>) -> ServiceResult<()> {
+    diesel::insert_into(charges::table)
+        .values((
+            charges::id.eq(c.id),
+            charges::agent_id.eq(&c.agent.id),
+            charges::model_id.eq(&c.model.id),
+            charges::creator_org_id.eq(&c.agent.org_id),
+            charges::user_id.eq(c.user_id),
+            charges::payer_account_id.eq(c.payer.wallet.id),
+            charges::payer_org_id.eq(c.payer.org_id.as_deref()),
+            charges::free.eq(c.free),
+            charges::runtime_infra.eq(c.infra.micros()),
+            charges::publisher_addon.eq(c.addon.micros()),
+            charges::addon_forgone.eq(c.forgone.micros()),
+            charges::platform_share.eq(c.share.micros()),
+            charges::creator_earnings.eq(c.creator.micros()),
+            charges::total.eq(c.total.micros()),
+            charges::provider_cost_micro_usd.eq(c.model.provider_cost_micro_usd),
+            charges::entry_id.eq(c.entry_id),
+            charges::created_at.eq(c.created_at),
+        ))
+        .execute(tx.conn())?;
+    if !c.creator.is_zero() {
+        let hold = chrono::Duration::from_std(ctx.settings.earnings_hold)
+            .map_err(|e| ServiceError::Internal(format!("earnings hold: {e}")))?;
+        diesel::insert_into(earnings_accruals::table)
+            .values((
+                earnings_accruals::org_id.eq(&c.agent.org_id),
+                earnings_accruals::charge_id.eq(c.id),
+                earnings_accruals::amount.eq(c.creator.micros()),
+                earnings_accruals::available_at.eq(c.created_at + hold),
+                earnings_accruals::created_at.eq(c.created_at),
+            ))
+            .execute(tx.conn())?;
+    }
+    Ok(())
 }
 
 /// The entry of a charge and the amounts the charge row records.

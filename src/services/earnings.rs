@@ -20,7 +20,7 @@ use super::history::{self, HistoryQuery, TransactionList};
 use super::orgs::require_admin;
 use super::{Caller, Ctx, ServiceResult};
 use crate::db::schema::{accounts, charges, earnings_accruals as ea};
-use crate::db::{self, DbConn};
+use crate::db::{self, DbConn, WriteTx};
 use crate::domain::{AccountKind, Credits, EntryKind, OwnerType};
 use crate::ledger::{self, AccountRef, NewEntry, Overdraft};
 
@@ -66,7 +66,7 @@ pub fn settle_due(conn: &mut DbConn, org_id: Option<&str>) -> ServiceResult<usiz
 }
 
 /// Settles up to one batch; returns (selected as due, claimed and settled).
-fn settle_batch(tx: &mut DbConn, org_id: Option<&str>) -> ServiceResult<(usize, usize)> {
+fn settle_batch(tx: &mut WriteTx<'_>, org_id: Option<&str>) -> ServiceResult<(usize, usize)> {
     let now = db::now();
     let mut due = ea::table
         .filter(ea::settled_at.is_null())
@@ -78,7 +78,7 @@ fn settle_batch(tx: &mut DbConn, org_id: Option<&str>) -> ServiceResult<(usize, 
     if let Some(org) = org_id {
         due = due.filter(ea::org_id.eq(org));
     }
-    let ids: Vec<i64> = due.load(tx)?;
+    let ids: Vec<i64> = due.load(tx.conn())?;
     if ids.is_empty() {
         return Ok((0, 0));
     }
@@ -86,7 +86,7 @@ fn settle_batch(tx: &mut DbConn, org_id: Option<&str>) -> ServiceResult<(usize, 
         diesel::update(ea::table.filter(ea::id.eq_any(&ids)).filter(ea::settled_at.is_null()))
             .set(ea::settled_at.eq(now))
             .returning((ea::id, ea::org_id, ea::amount))
-            .get_results(tx)?;
+            .get_results(tx.conn())?;
     let count = claimed.len();
     let mut by_org: BTreeMap<String, (i64, Vec<i64>)> = BTreeMap::new();
     for (id, org, amount) in claimed {
@@ -114,7 +114,7 @@ fn settle_batch(tx: &mut DbConn, org_id: Option<&str>) -> ServiceResult<(usize, 
         )?;
         diesel::update(ea::table.filter(ea::id.eq_any(&accrual_ids)))
             .set(ea::settled_entry_id.eq(posted.entry_id))
-            .execute(tx)?;
+            .execute(tx.conn())?;
         tracing::info!(org_id = %org, %amount, accruals = accrual_ids.len(), "earnings settled");
     }
     // Claimed by this transaction; fewer than selected when a concurrent
@@ -123,14 +123,8 @@ fn settle_batch(tx: &mut DbConn, org_id: Option<&str>) -> ServiceResult<(usize, 
 }
 
 fn cached_balance(conn: &mut DbConn, org_id: &str, kind: AccountKind) -> ServiceResult<Credits> {
-    let b: Option<Option<i64>> = accounts::table
-        .filter(accounts::owner_type.eq(OwnerType::Org.as_str()))
-        .filter(accounts::owner_id.eq(org_id))
-        .filter(accounts::kind.eq(kind.as_str()))
-        .select(accounts::balance)
-        .first(conn)
-        .optional()?;
-    Ok(Credits::from_micros(b.flatten().unwrap_or(0)))
+    let row = db::accounts::account_of(conn, OwnerType::Org, org_id, kind)?;
+    Ok(Credits::from_micros(row.and_then(|a| a.balance).unwrap_or(0)))
 }
 
 /// `GET /v1/orgs/{id}/earnings`: org admins; settles what is due first.
@@ -145,14 +139,14 @@ pub fn get_earnings(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, org_id: &str)
                 sql::<Nullable<BigInt>>("CAST(SUM(amount) AS BIGINT)"),
                 diesel::dsl::min(ea::available_at),
             ))
-            .first(c)?;
+            .first(c.conn())?;
         let (gross, share): (Option<i64>, Option<i64>) = charges::table
             .filter(charges::creator_org_id.eq(org_id))
             .select((
                 sql::<Nullable<BigInt>>("CAST(SUM(publisher_addon) AS BIGINT)"),
                 sql::<Nullable<BigInt>>("CAST(SUM(platform_share) AS BIGINT)"),
             ))
-            .first(c)?;
+            .first(c.conn())?;
         Ok(Earnings {
             org_id: org_id.to_string(),
             available: cached_balance(c, org_id, AccountKind::EarningsAvailable)?,

@@ -2,6 +2,117 @@
 
 use crate::ledger::LedgerError;
 
+/// Every error `type` the API answers with: a closed set, so that clients
+/// (and the SDKs generated from the OpenAPI document, where it is an enum)
+/// can branch on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request's values are not acceptable (422).
+    ValidationError,
+    /// The body is not JSON (400).
+    InvalidJson,
+    /// The request cannot be read (400).
+    InvalidRequest,
+    /// A money-moving request without `Idempotency-Key` (400).
+    IdempotencyKeyRequired,
+    /// Missing, invalid or expired credentials (401).
+    Unauthorized,
+    /// The caller may not do this (403).
+    Forbidden,
+    /// No such thing, or not visible to the caller (404).
+    NotFound,
+    /// The path exists, not with this method (405, with `Allow`).
+    MethodNotAllowed,
+    /// The plan in force does not allow it (403).
+    PlanRequired,
+    /// The wallet does not hold enough credits (402; names the wallet).
+    InsufficientFunds,
+    /// The wallet is frozen (403; names the wallet).
+    WalletFrozen,
+    /// A daily, weekly or member limit is reached (429, with `Retry-After`).
+    SpendLimitExceeded,
+    /// The key was used with another request (422).
+    IdempotencyKeyReused,
+    /// A request with this key is still running (409, with `Retry-After`).
+    IdempotencyRequestInFlight,
+    /// The person is already a member (409).
+    AlreadyMember,
+    /// The organization would have no owner left (409).
+    LastOwner,
+    /// A payout below the minimum (422).
+    BelowMinimumWithdrawal,
+    /// More than the available earnings (422).
+    InsufficientEarnings,
+    /// The payout account's onboarding is unfinished (409).
+    PayoutsNotEnabled,
+    /// Method `stripe` without Stripe configured (422).
+    CheckoutUnavailable,
+    /// Only manual top-ups are settled by an operator (409).
+    NotManual,
+    /// The top-up is no longer pending (409).
+    TopUpNotPending,
+    /// A webhook whose signature does not verify (400).
+    InvalidSignature,
+    /// A signed webhook body that is not an event (400).
+    InvalidEvent,
+    /// No webhook secret is configured (503).
+    WebhooksNotConfigured,
+    /// Payouts need Stripe, which is not configured (503).
+    PayoutsUnavailable,
+    /// Subscriptions need Stripe and a Pro price, not configured (503).
+    SubscriptionsUnavailable,
+    /// Stripe could not be reached; retry (503).
+    PaymentProviderUnavailable,
+    /// The database is busy or unreachable; retry (503, with `Retry-After`).
+    ServiceUnavailable,
+    /// A fault of tally's, logged with the request id (500).
+    InternalError,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::ValidationError => "validation_error",
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::IdempotencyKeyRequired => "idempotency_key_required",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::PlanRequired => "plan_required",
+            ErrorCode::InsufficientFunds => "insufficient_funds",
+            ErrorCode::WalletFrozen => "wallet_frozen",
+            ErrorCode::SpendLimitExceeded => "spend_limit_exceeded",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::IdempotencyRequestInFlight => "idempotency_request_in_flight",
+            ErrorCode::AlreadyMember => "already_member",
+            ErrorCode::LastOwner => "last_owner",
+            ErrorCode::BelowMinimumWithdrawal => "below_minimum_withdrawal",
+            ErrorCode::InsufficientEarnings => "insufficient_earnings",
+            ErrorCode::PayoutsNotEnabled => "payouts_not_enabled",
+            ErrorCode::CheckoutUnavailable => "checkout_unavailable",
+            ErrorCode::NotManual => "not_manual",
+            ErrorCode::TopUpNotPending => "top_up_not_pending",
+            ErrorCode::InvalidSignature => "invalid_signature",
+            ErrorCode::InvalidEvent => "invalid_event",
+            ErrorCode::WebhooksNotConfigured => "webhooks_not_configured",
+            ErrorCode::PayoutsUnavailable => "payouts_unavailable",
+            ErrorCode::SubscriptionsUnavailable => "subscriptions_unavailable",
+            ErrorCode::PaymentProviderUnavailable => "payment_provider_unavailable",
+            ErrorCode::ServiceUnavailable => "service_unavailable",
+            ErrorCode::InternalError => "internal_error",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// The thing does not exist, or the caller may not know that it does.
@@ -14,7 +125,7 @@ pub enum ServiceError {
     Validation(String),
     /// A refusal with its own error type (422), e.g. `below_minimum_withdrawal`.
     #[error("{message}")]
-    Refused { kind: &'static str, message: String },
+    Refused { kind: ErrorCode, message: String },
     /// The plan in force does not allow it (403 `plan_required`).
     #[error("{message}")]
     PlanRequired { message: String },
@@ -29,7 +140,14 @@ pub enum ServiceError {
     #[error("a request with this Idempotency-Key is still in progress")]
     IdempotencyInFlight,
     #[error("{message}")]
-    Conflict { kind: &'static str, message: String },
+    Conflict { kind: ErrorCode, message: String },
+    /// A provider or part that is not configured or not reachable (503).
+    #[error("{message}")]
+    Unavailable { kind: ErrorCode, message: String },
+    /// A request that cannot be read (400), e.g. a webhook whose signature
+    /// does not verify.
+    #[error("{message}")]
+    BadRequest { kind: ErrorCode, message: String },
     #[error("database error: {0}")]
     Database(#[from] diesel::result::Error),
     #[error("database unavailable: {0}")]

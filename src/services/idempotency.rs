@@ -23,7 +23,7 @@ use super::{ServiceError, ServiceResult};
 use crate::db::models::{IdempotencyRow, NewIdempotencyClaim};
 use crate::db::prepared::Prepared;
 use crate::db::schema::idempotency_keys as ik;
-use crate::db::{self, DbConn};
+use crate::db::{self, DbConn, WriteTx};
 
 /// How long a claim holds before another request may take it over, unless
 /// set (`TALLY_IDEMPOTENCY_LEASE`).
@@ -172,7 +172,7 @@ pub fn execute<T, F>(
 ) -> ServiceResult<StoredResponse>
 where
     T: Serialize,
-    F: FnOnce(&mut DbConn, &RequestKey) -> ServiceResult<Outcome<T>>,
+    F: FnOnce(&mut WriteTx<'_>, &RequestKey) -> ServiceResult<Outcome<T>>,
 {
     match claim(conn, req)? {
         Claim::Replay(stored) => Ok(stored),
@@ -198,7 +198,7 @@ pub fn complete<T, F>(
 ) -> ServiceResult<StoredResponse>
 where
     T: Serialize,
-    F: FnOnce(&mut DbConn, &RequestKey) -> ServiceResult<Outcome<T>>,
+    F: FnOnce(&mut WriteTx<'_>, &RequestKey) -> ServiceResult<Outcome<T>>,
 {
     let request_key = req.request_key();
     let result = db::write_tx(conn, |tx| -> ServiceResult<StoredResponse> {
@@ -222,7 +222,7 @@ where
             ))
             .returning(ik::state),
         )
-        .get_result::<String>(tx)
+        .get_result::<String>(tx.conn())
         .optional()?;
         if marked.is_none() {
             // Our lease ran out and another request took the key over.

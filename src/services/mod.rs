@@ -15,12 +15,13 @@ pub mod payouts;
 pub mod people;
 pub mod plans;
 pub mod reports;
+pub mod stripe_events;
 pub mod topups;
 pub mod wallets;
 
 use std::sync::Arc;
 
-pub use error::{ServiceError, ServiceResult};
+pub use error::{ErrorCode, ServiceError, ServiceResult};
 
 use crate::config::Settings;
 use crate::ledger::PlatformAccounts;

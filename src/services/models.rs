@@ -103,7 +103,7 @@ pub fn put_model(
                 models::provider_cost_micro_usd.eq(cost.micros()),
                 models::updated_at.eq(now),
             ))
-            .execute(tx)?;
+            .execute(tx.conn())?;
         if updated == 0 {
             diesel::insert_into(models::table)
                 .values((
@@ -113,9 +113,9 @@ pub fn put_model(
                     models::created_at.eq(now),
                     models::updated_at.eq(now),
                 ))
-                .execute(tx)?;
+                .execute(tx.conn())?;
         }
         tracing::info!(model = id, %runtime_infra, provider_cost = %cost, "price book updated");
-        Ok(view(models::table.find(id).select(ModelRow::as_select()).first(tx)?))
+        Ok(view(models::table.find(id).select(ModelRow::as_select()).first(tx.conn())?))
     })
 }

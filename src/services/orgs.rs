@@ -6,10 +6,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::people::insert_person_if_missing;
-use super::{Caller, Ctx, ServiceError, ServiceResult};
+use super::{Caller, Ctx, ErrorCode, ServiceError, ServiceResult};
 use crate::db::models::{MemberRow, NewMember, NewOrg, OrgRow};
-use crate::db::schema::{accounts, org_members, orgs};
-use crate::db::{self, DbConn};
+use crate::db::schema::{org_members, orgs};
+use crate::db::{self, DbConn, WriteTx};
 use crate::domain::ids::new_id;
 use crate::domain::text::{checked_id, checked_text};
 use crate::domain::{AccountKind, Credits, OrgRole, OwnerType};
@@ -77,12 +77,9 @@ pub fn require_admin(conn: &mut DbConn, org_id: &str, user_id: &str) -> ServiceR
 }
 
 fn org_view(conn: &mut DbConn, ctx: &Ctx, row: OrgRow, role: OrgRole) -> ServiceResult<Org> {
-    let wallet_id: Option<String> = accounts::table
-        .filter(accounts::owner_type.eq(OwnerType::Org.as_str()))
-        .filter(accounts::owner_id.eq(&row.id))
-        .filter(accounts::kind.eq(AccountKind::Wallet.as_str()))
-        .select(accounts::public_id)
-        .first::<Option<String>>(conn)?;
+    let wallet_id = db::accounts::account_of(conn, OwnerType::Org, &row.id, AccountKind::Wallet)?
+        .ok_or(ServiceError::NotFound("organization wallet"))?
+        .public_id;
     let plan = super::plans::plan_of(conn, ctx, &super::plans::Subject::Org(row.id.clone()))?;
     Ok(Org {
         id: row.id,
@@ -107,7 +104,7 @@ pub fn create_org(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, name: &str) -> 
         let now = db::now();
         diesel::insert_into(orgs::table)
             .values(NewOrg { id: &org_id, name, created_by: &caller.id, created_at: now })
-            .execute(tx)?;
+            .execute(tx.conn())?;
         diesel::insert_into(org_members::table)
             .values(NewMember {
                 org_id: &org_id,
@@ -116,10 +113,10 @@ pub fn create_org(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, name: &str) -> 
                 daily_limit: None,
                 created_at: now,
             })
-            .execute(tx)?;
+            .execute(tx.conn())?;
         let wallet_id = new_id("wal");
         ledger::ensure_account(tx, OwnerType::Org, &org_id, AccountKind::Wallet, Some(&wallet_id))?;
-        Ok(orgs::table.find(&org_id).select(OrgRow::as_select()).first(tx)?)
+        Ok(orgs::table.find(&org_id).select(OrgRow::as_select()).first(tx.conn())?)
     })?;
     org_view(conn, ctx, row, OrgRole::Owner)
 }
@@ -188,10 +185,10 @@ pub fn add_member(
         let actor = require_admin(tx, org_id, &caller.id)?;
         check_role_change(actor, None, role)?;
         insert_person_if_missing(tx, user_id)?;
-        let exists = org_members::table.find((org_id, user_id)).count().get_result::<i64>(tx)?;
+        let exists = org_members::table.find((org_id, user_id)).count().get_result::<i64>(tx.conn())?;
         if exists > 0 {
             return Err(ServiceError::Conflict {
-                kind: "already_member",
+                kind: ErrorCode::AlreadyMember,
                 message: format!("{user_id} is already a member"),
             });
         }
@@ -203,18 +200,19 @@ pub fn add_member(
                 daily_limit: limit,
                 created_at: db::now(),
             })
-            .execute(tx)?;
-        let row = org_members::table.find((org_id, user_id)).select(MemberRow::as_select()).first(tx)?;
+            .execute(tx.conn())?;
+        let row =
+            org_members::table.find((org_id, user_id)).select(MemberRow::as_select()).first(tx.conn())?;
         Ok(member_view(row))
     })
 }
 
-fn owner_count(tx: &mut DbConn, org_id: &str) -> QueryResult<i64> {
+fn owner_count(tx: &mut WriteTx<'_>, org_id: &str) -> QueryResult<i64> {
     org_members::table
         .filter(org_members::org_id.eq(org_id))
         .filter(org_members::role.eq(OrgRole::Owner.as_str()))
         .count()
-        .get_result(tx)
+        .get_result(tx.conn())
 }
 
 /// `PATCH /v1/orgs/{id}/members/{user_id}`: org admins.
@@ -234,21 +232,22 @@ pub fn update_member(
                 check_role_change(actor, Some(current), role)?;
                 if current == OrgRole::Owner && owner_count(tx, org_id)? <= 1 {
                     return Err(ServiceError::Conflict {
-                        kind: "last_owner",
+                        kind: ErrorCode::LastOwner,
                         message: "an organization needs at least one owner".into(),
                     });
                 }
                 diesel::update(org_members::table.find((org_id, user_id)))
                     .set(org_members::role.eq(role.as_str()))
-                    .execute(tx)?;
+                    .execute(tx.conn())?;
             }
         }
         if let Some(limit) = limit {
             diesel::update(org_members::table.find((org_id, user_id)))
                 .set(org_members::daily_limit.eq(limit))
-                .execute(tx)?;
+                .execute(tx.conn())?;
         }
-        let row = org_members::table.find((org_id, user_id)).select(MemberRow::as_select()).first(tx)?;
+        let row =
+            org_members::table.find((org_id, user_id)).select(MemberRow::as_select()).first(tx.conn())?;
         Ok(member_view(row))
     })
 }
@@ -262,12 +261,12 @@ pub fn remove_member(conn: &mut DbConn, caller: &Caller, org_id: &str, user_id: 
             check_role_change(actor, Some(current), OrgRole::Member)?;
             if owner_count(tx, org_id)? <= 1 {
                 return Err(ServiceError::Conflict {
-                    kind: "last_owner",
+                    kind: ErrorCode::LastOwner,
                     message: "an organization needs at least one owner".into(),
                 });
             }
         }
-        diesel::delete(org_members::table.find((org_id, user_id))).execute(tx)?;
+        diesel::delete(org_members::table.find((org_id, user_id))).execute(tx.conn())?;
         Ok(())
     })
 }

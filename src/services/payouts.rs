@@ -25,9 +25,10 @@ use super::earnings::settle_due;
 use super::history::TransactionReferences;
 use super::idempotency::{Outcome, RequestKey};
 use super::orgs::role_in;
-use super::{Caller, Ctx, ServiceError, ServiceResult};
+use super::stripe_events::EventOutcome;
+use super::{Caller, Ctx, ErrorCode, ServiceError, ServiceResult};
 use crate::db::schema::{payout_accounts, payouts};
-use crate::db::{self, DbConn};
+use crate::db::{self, DbConn, WriteTx};
 use crate::domain::ids::new_id;
 use crate::domain::{AccountKind, Credits, EntryKind, OrgRole, OwnerType, UsdCents};
 use crate::ledger::{self, AccountRef, LedgerError, NewEntry, Overdraft};
@@ -189,7 +190,7 @@ pub fn save_account(
                     payout_accounts::created_at.eq(now),
                     payout_accounts::updated_at.eq(now),
                 ))
-                .execute(tx)?;
+                .execute(tx.conn())?;
         }
         find_account(tx, org_id)?.ok_or(ServiceError::NotFound("payout account"))
     })
@@ -201,22 +202,22 @@ pub fn account_with_link(row: PayoutAccountRow, url: String) -> PayoutAccount {
 
 /// `account.updated`: keeps `payouts_enabled` and `details_submitted` current.
 pub fn account_updated(
-    tx: &mut DbConn,
+    tx: &mut WriteTx<'_>,
     account_id: &str,
     payouts_enabled: bool,
     details_submitted: bool,
-) -> ServiceResult<&'static str> {
+) -> ServiceResult<EventOutcome> {
     let n = diesel::update(payout_accounts::table.filter(payout_accounts::stripe_account_id.eq(account_id)))
         .set((
             payout_accounts::payouts_enabled.eq(payouts_enabled),
             payout_accounts::details_submitted.eq(details_submitted),
             payout_accounts::updated_at.eq(db::now()),
         ))
-        .execute(tx)?;
-    Ok(if n == 1 { "account_updated" } else { "unknown_account" })
+        .execute(tx.conn())?;
+    Ok(if n == 1 { EventOutcome::AccountUpdated } else { EventOutcome::UnknownAccount })
 }
 
-fn org_account(tx: &mut DbConn, org_id: &str, kind: AccountKind) -> ServiceResult<AccountRef> {
+fn org_account(tx: &mut WriteTx<'_>, org_id: &str, kind: AccountKind) -> ServiceResult<AccountRef> {
     Ok(ledger::ensure_account(tx, OwnerType::Org, org_id, kind, None)?)
 }
 
@@ -262,42 +263,20 @@ pub fn record_payout(
         let existing: Option<PayoutRow> = payouts::table
             .filter(payouts::request_key.eq(request.as_str()))
             .select(PayoutRow::as_select())
-            .first(tx)
+            .first(tx.conn())
             .optional()?;
         if let Some(row) = existing {
             return Ok((row, false));
         }
         let account = find_account(tx, org_id)?.filter(|a| a.payouts_enabled).ok_or_else(|| {
             ServiceError::Conflict {
-                kind: "payouts_not_enabled",
+                kind: ErrorCode::PayoutsNotEnabled,
                 message: "connect a Stripe account and finish onboarding before requesting payouts".into(),
             }
         })?;
         let available_ref = org_account(tx, org_id, AccountKind::EarningsAvailable)?;
         let available = ledger::balance_of(tx, available_ref)?;
-        let amount = amount.unwrap_or(available);
-        if amount.is_negative() {
-            return Err(ServiceError::Validation("amount must be positive".into()));
-        }
-        if amount < ctx.settings.min_withdrawal || amount.is_zero() {
-            return Err(ServiceError::Refused {
-                kind: "below_minimum_withdrawal",
-                message: format!("the minimum payout is {} credits", ctx.settings.min_withdrawal),
-            });
-        }
-        if amount > available {
-            return Err(ServiceError::Refused {
-                kind: "insufficient_earnings",
-                message: format!("{amount} credits requested but {available} available"),
-            });
-        }
-        let (cents, moved) = to_cents(amount, ctx.settings.credit_rate.usd_per_credit());
-        if cents <= 0 {
-            return Err(ServiceError::Refused {
-                kind: "below_minimum_withdrawal",
-                message: "the amount is worth less than one cent".into(),
-            });
-        }
+        let (cents, moved) = payable(ctx, amount.unwrap_or(available), available)?;
         let id = new_id("pay");
         let in_payout = org_account(tx, org_id, AccountKind::EarningsInPayout)?;
         ledger::post(
@@ -315,7 +294,7 @@ pub fn record_payout(
         )
         .map_err(|e| match e {
             LedgerError::Insufficient { .. } => ServiceError::Refused {
-                kind: "insufficient_earnings",
+                kind: ErrorCode::InsufficientEarnings,
                 message: "the available earnings changed; not enough left".into(),
             },
             other => other.into(),
@@ -336,10 +315,39 @@ pub fn record_payout(
                 payouts::created_at.eq(now),
                 payouts::updated_at.eq(now),
             ))
-            .execute(tx)?;
+            .execute(tx.conn())?;
         tracing::info!(payout_id = %id, org_id, %moved, cents, "payout recorded");
         Ok((load(tx, &id)?, true))
     })
+}
+
+/// The amount a payout request may move, and its USD cents (rounded down
+/// to the cent; the sub-cent rest stays available): at least the minimum
+/// withdrawal and one cent, at most what is available.
+fn payable(ctx: &Ctx, amount: Credits, available: Credits) -> ServiceResult<(i64, Credits)> {
+    if amount.is_negative() {
+        return Err(ServiceError::Validation("amount must be positive".into()));
+    }
+    if amount < ctx.settings.min_withdrawal || amount.is_zero() {
+        return Err(ServiceError::Refused {
+            kind: ErrorCode::BelowMinimumWithdrawal,
+            message: format!("the minimum payout is {} credits", ctx.settings.min_withdrawal),
+        });
+    }
+    if amount > available {
+        return Err(ServiceError::Refused {
+            kind: ErrorCode::InsufficientEarnings,
+            message: format!("{amount} credits requested but {available} available"),
+        });
+    }
+    let (cents, moved) = to_cents(amount, ctx.settings.credit_rate.usd_per_credit());
+    if cents <= 0 {
+        return Err(ServiceError::Refused {
+            kind: ErrorCode::BelowMinimumWithdrawal,
+            message: "the amount is worth less than one cent".into(),
+        });
+    }
+    Ok((cents, moved))
 }
 
 fn references(payout_id: &str) -> serde_json::Value {
@@ -401,7 +409,7 @@ pub enum SendResult {
 
 /// Records a transfer attempt's outcome; runs in a write transaction.
 pub fn record_send(
-    tx: &mut DbConn,
+    tx: &mut WriteTx<'_>,
     ctx: &Ctx,
     id: &str,
     result: &SendResult,
@@ -416,7 +424,7 @@ pub fn record_send(
                     payouts::send_lease_until.eq(None::<NaiveDateTime>),
                     payouts::updated_at.eq(now),
                 ))
-                .execute(tx)?;
+                .execute(tx.conn())?;
         }
         SendResult::Refused(reason) => {
             fail(tx, ctx, id, &[PENDING], reason)?;
@@ -427,7 +435,7 @@ pub fn record_send(
             tracing::warn!(payout_id = id, reason = %reason, "transfer outcome unknown; recovery will retry");
             diesel::update(payouts::table.find(id).filter(payouts::status.eq(PENDING)))
                 .set((payouts::failure_reason.eq(reason), payouts::updated_at.eq(now)))
-                .execute(tx)?;
+                .execute(tx.conn())?;
         }
     }
     Ok(view(load(tx, id)?).into())
@@ -437,8 +445,8 @@ pub fn record_send(
 /// available earnings, once. Each status change is a guarded `UPDATE`, so
 /// the source of the money (in-payout, or the platform's payouts account
 /// once paid) is the one the payout really was in.
-fn fail(tx: &mut DbConn, ctx: &Ctx, id: &str, from: &[&str], reason: &str) -> ServiceResult<bool> {
-    let mark = |tx: &mut DbConn, statuses: Vec<&str>| -> ServiceResult<bool> {
+fn fail(tx: &mut WriteTx<'_>, ctx: &Ctx, id: &str, from: &[&str], reason: &str) -> ServiceResult<bool> {
+    let mark = |tx: &mut WriteTx<'_>, statuses: Vec<&str>| -> ServiceResult<bool> {
         let n = diesel::update(payouts::table.find(id).filter(payouts::status.eq_any(statuses)))
             .set((
                 payouts::status.eq(FAILED),
@@ -446,7 +454,7 @@ fn fail(tx: &mut DbConn, ctx: &Ctx, id: &str, from: &[&str], reason: &str) -> Se
                 payouts::send_lease_until.eq(None::<NaiveDateTime>),
                 payouts::updated_at.eq(db::now()),
             ))
-            .execute(tx)?;
+            .execute(tx.conn())?;
         Ok(n == 1)
     };
     let row = load(tx, id)?;
@@ -477,17 +485,17 @@ fn fail(tx: &mut DbConn, ctx: &Ctx, id: &str, from: &[&str], reason: &str) -> Se
 }
 
 /// `transfer.reversed`.
-pub fn transfer_reversed(tx: &mut DbConn, ctx: &Ctx, transfer_id: &str) -> ServiceResult<&'static str> {
+pub fn transfer_reversed(tx: &mut WriteTx<'_>, ctx: &Ctx, transfer_id: &str) -> ServiceResult<EventOutcome> {
     let id: Option<String> = payouts::table
         .filter(payouts::transfer_id.eq(transfer_id))
         .select(payouts::id)
-        .first(tx)
+        .first(tx.conn())
         .optional()?;
-    let Some(id) = id else { return Ok("unknown_transfer") };
+    let Some(id) = id else { return Ok(EventOutcome::UnknownTransfer) };
     Ok(if fail(tx, ctx, &id, &[PENDING, IN_TRANSIT, PAID], "transfer reversed")? {
-        "payout_failed"
+        EventOutcome::PayoutFailed
     } else {
-        "already_failed"
+        EventOutcome::AlreadyFailed
     })
 }
 
@@ -496,16 +504,16 @@ pub fn transfer_reversed(tx: &mut DbConn, ctx: &Ctx, transfer_id: &str) -> Servi
 /// whole balance at a time, so a bank payout carries every transfer that
 /// arrived before it.)
 pub fn bank_payout_paid(
-    tx: &mut DbConn,
+    tx: &mut WriteTx<'_>,
     ctx: &Ctx,
     account_id: &str,
     stripe_payout_id: &str,
-) -> ServiceResult<&'static str> {
+) -> ServiceResult<EventOutcome> {
     let rows: Vec<PayoutRow> = payouts::table
         .filter(payouts::stripe_account_id.eq(account_id))
         .filter(payouts::status.eq(IN_TRANSIT))
         .select(PayoutRow::as_select())
-        .load(tx)?;
+        .load(tx.conn())?;
     let mut paid = 0;
     for row in rows {
         let n = diesel::update(payouts::table.find(&row.id).filter(payouts::status.eq(IN_TRANSIT)))
@@ -514,7 +522,7 @@ pub fn bank_payout_paid(
                 payouts::stripe_payout_id.eq(stripe_payout_id),
                 payouts::updated_at.eq(db::now()),
             ))
-            .execute(tx)?;
+            .execute(tx.conn())?;
         if n == 0 {
             continue;
         }
@@ -535,28 +543,28 @@ pub fn bank_payout_paid(
         )?;
         paid += 1;
     }
-    Ok(if paid > 0 { "payouts_paid" } else { "no_payout_in_transit" })
+    Ok(if paid > 0 { EventOutcome::PayoutsPaid } else { EventOutcome::NoPayoutInTransit })
 }
 
 /// `payout.failed` on a connected account: payouts it had paid, or that
 /// were in transit to it, fail and return their amount once.
 pub fn bank_payout_failed(
-    tx: &mut DbConn,
+    tx: &mut WriteTx<'_>,
     ctx: &Ctx,
     account_id: &str,
     stripe_payout_id: &str,
-) -> ServiceResult<&'static str> {
+) -> ServiceResult<EventOutcome> {
     let mut ids: Vec<String> = payouts::table
         .filter(payouts::stripe_payout_id.eq(stripe_payout_id))
         .filter(payouts::status.eq(PAID))
         .select(payouts::id)
-        .load(tx)?;
+        .load(tx.conn())?;
     if ids.is_empty() {
         ids = payouts::table
             .filter(payouts::stripe_account_id.eq(account_id))
             .filter(payouts::status.eq(IN_TRANSIT))
             .select(payouts::id)
-            .load(tx)?;
+            .load(tx.conn())?;
     }
     let mut failed = 0;
     for id in ids {
@@ -564,7 +572,7 @@ pub fn bank_payout_failed(
             failed += 1;
         }
     }
-    Ok(if failed > 0 { "payouts_failed" } else { "no_payout_to_fail" })
+    Ok(if failed > 0 { EventOutcome::PayoutsFailed } else { EventOutcome::NoPayoutToFail })
 }
 
 /// `GET /v1/payouts/{id}`: owners of its organization.
@@ -592,7 +600,7 @@ pub fn list_payouts(conn: &mut DbConn, caller: &Caller, org_id: &str) -> Service
 
 /// The payout a request recorded, as its response (nothing sent: Stripe is
 /// not configured, so recovery cannot send it either).
-pub fn view_of(tx: &mut DbConn, id: &str) -> ServiceResult<Outcome<Payout>> {
+pub fn view_of(tx: &mut WriteTx<'_>, id: &str) -> ServiceResult<Outcome<Payout>> {
     Ok(view(load(tx, id)?).into())
 }
 

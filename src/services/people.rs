@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 use super::{Caller, ServiceResult};
 use crate::db::models::AccountRow;
 use crate::db::schema::{accounts, org_members, orgs, people};
-use crate::db::{self, DbConn};
+use crate::db::{self, DbConn, WriteTx};
 use crate::domain::ids::new_id;
 use crate::domain::{AccountKind, OwnerType};
 use crate::ledger;
@@ -39,22 +39,17 @@ pub struct MyOrg {
 }
 
 /// The person's personal wallet row, creating the person and the wallet on
-/// first use.
-pub fn ensure_person(conn: &mut DbConn, person_id: &str) -> ServiceResult<AccountRow> {
+/// first sight (in a write transaction of its own, or a savepoint of the
+/// caller's).
+pub fn personal_wallet(conn: &mut DbConn, person_id: &str) -> ServiceResult<AccountRow> {
     if let Some(wallet) = find_personal_wallet(conn, person_id)? {
         return Ok(wallet);
     }
-    db::write_tx(conn, |tx| -> QueryResult<()> {
-        insert_person_if_missing(tx, person_id)?;
-        let wallet_id = new_id("wal");
-        ledger::ensure_account(tx, OwnerType::Person, person_id, AccountKind::Wallet, Some(&wallet_id))?;
-        Ok(())
-    })?;
-    find_personal_wallet(conn, person_id)?.ok_or(super::ServiceError::NotFound("wallet"))
+    db::write_tx(conn, |tx| ensure_person(tx, person_id))
 }
 
-/// Like [`ensure_person`], inside the caller's write transaction.
-pub fn ensure_person_in_tx(tx: &mut DbConn, person_id: &str) -> ServiceResult<AccountRow> {
+/// The person and their wallet, made unless they exist.
+pub fn ensure_person(tx: &mut WriteTx<'_>, person_id: &str) -> ServiceResult<AccountRow> {
     if let Some(wallet) = find_personal_wallet(tx, person_id)? {
         return Ok(wallet);
     }
@@ -64,16 +59,17 @@ pub fn ensure_person_in_tx(tx: &mut DbConn, person_id: &str) -> ServiceResult<Ac
     find_personal_wallet(tx, person_id)?.ok_or(super::ServiceError::NotFound("wallet"))
 }
 
-/// Inserts the person row unless it exists; must run in a transaction.
-pub fn insert_person_if_missing(tx: &mut DbConn, person_id: &str) -> QueryResult<()> {
-    let exists: Option<String> = people::table.find(person_id).select(people::id).first(tx).optional()?;
+/// Inserts the person row unless it exists.
+pub fn insert_person_if_missing(tx: &mut WriteTx<'_>, person_id: &str) -> QueryResult<()> {
+    let exists: Option<String> =
+        people::table.find(person_id).select(people::id).first(tx.conn()).optional()?;
     if exists.is_some() {
         return Ok(());
     }
-    let inserted = tx.transaction(|c| {
+    let inserted = tx.savepoint(|sp| {
         diesel::insert_into(people::table)
             .values((people::id.eq(person_id), people::created_at.eq(db::now())))
-            .execute(c)
+            .execute(sp.conn())
     });
     match inserted {
         Ok(_) => Ok(()),
@@ -83,18 +79,12 @@ pub fn insert_person_if_missing(tx: &mut DbConn, person_id: &str) -> QueryResult
 }
 
 fn find_personal_wallet(conn: &mut DbConn, person_id: &str) -> QueryResult<Option<AccountRow>> {
-    accounts::table
-        .filter(accounts::owner_type.eq(OwnerType::Person.as_str()))
-        .filter(accounts::owner_id.eq(person_id))
-        .filter(accounts::kind.eq(AccountKind::Wallet.as_str()))
-        .select(AccountRow::as_select())
-        .first(conn)
-        .optional()
+    db::accounts::account_of(conn, OwnerType::Person, person_id, AccountKind::Wallet)
 }
 
 /// `GET /v1/me`.
 pub fn get_me(conn: &mut DbConn, ctx: &super::Ctx, caller: &Caller, roles: Vec<String>) -> ServiceResult<Me> {
-    let wallet = ensure_person(conn, &caller.id)?;
+    let wallet = personal_wallet(conn, &caller.id)?;
     let plan = super::plans::plan_of(conn, ctx, &super::plans::Subject::Person(caller.id.clone()))?;
     let rows: Vec<(String, String, String, Option<String>)> = org_members::table
         .inner_join(orgs::table)

@@ -11,9 +11,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::orgs::role_in;
+use super::stripe_events::EventOutcome;
 use super::{Caller, Ctx, ServiceError, ServiceResult};
 use crate::db::schema::{orgs, plan_grants, subscriptions};
-use crate::db::{self, DbConn};
+use crate::db::{self, DbConn, WriteTx};
 use crate::domain::ids::new_id;
 use crate::domain::plans::{self, Decision, Plan, FREE};
 use crate::domain::text::checked_id;
@@ -239,7 +240,7 @@ pub fn create_grant(
                 super::people::insert_person_if_missing(tx, id)?;
             }
             Subject::Org(id) => {
-                let exists: i64 = orgs::table.find(id).count().get_result(tx)?;
+                let exists: i64 = orgs::table.find(id).count().get_result(tx.conn())?;
                 if exists == 0 {
                     return Err(ServiceError::NotFound("organization"));
                 }
@@ -257,7 +258,7 @@ pub fn create_grant(
                 plan_grants::granted_by.eq(&operator.id),
                 plan_grants::created_at.eq(now),
             ))
-            .execute(tx)?;
+            .execute(tx.conn())?;
         tracing::info!(grant = %id, subject = %subject.id(), plan, operator = %operator.id, "plan granted");
         Ok(PlanGrant {
             id,
@@ -293,31 +294,31 @@ const ENDED: [&str; 2] = ["canceled", "incomplete_expired"];
 /// last state. An older event than the one applied, or any event after the
 /// subscription ended, changes nothing.
 pub fn subscription_event(
-    tx: &mut DbConn,
+    tx: &mut WriteTx<'_>,
     event_created: i64,
     sub: &Subscription,
     deleted: bool,
-) -> ServiceResult<&'static str> {
+) -> ServiceResult<EventOutcome> {
     let meta = sub.metadata.clone().unwrap_or_default();
     let status = if deleted { "canceled".to_string() } else { sub.status.clone() };
     let now = db::now();
     let existing: Option<(String, i64, Option<NaiveDateTime>)> = subscriptions::table
         .find(&sub.id)
         .select((subscriptions::status, subscriptions::last_event_at, subscriptions::past_due_since))
-        .first(tx)
+        .first(tx.conn())
         .optional()?;
     match existing {
         None => {
             let (Some(kind), Some(subject), Some(plan)) =
                 (meta.get("subject_type"), meta.get("subject_id"), meta.get("plan"))
             else {
-                return Ok("unknown_subscription");
+                return Ok(EventOutcome::UnknownSubscription);
             };
             if kind != "person" && kind != "org" {
-                return Ok("unknown_subscription");
+                return Ok(EventOutcome::UnknownSubscription);
             }
             let past_due_since = (status == "past_due").then_some(now);
-            let inserted = tx.transaction(|c| {
+            let inserted = tx.savepoint(|sp| {
                 diesel::insert_into(subscriptions::table)
                     .values((
                         subscriptions::id.eq(&sub.id),
@@ -330,16 +331,18 @@ pub fn subscription_event(
                         subscriptions::created_at.eq(now),
                         subscriptions::updated_at.eq(now),
                     ))
-                    .execute(c)
+                    .execute(sp.conn())
             });
             match inserted {
-                Ok(_) => Ok("subscription_recorded"),
+                Ok(_) => Ok(EventOutcome::SubscriptionRecorded),
                 Err(e) if db::is_unique_violation(&e) => subscription_event(tx, event_created, sub, deleted),
                 Err(e) => Err(e.into()),
             }
         }
-        Some((current, _, _)) if ENDED.contains(&current.as_str()) => Ok("subscription_already_ended"),
-        Some((_, last, _)) if event_created < last => Ok("stale_event"),
+        Some((current, _, _)) if ENDED.contains(&current.as_str()) => {
+            Ok(EventOutcome::SubscriptionAlreadyEnded)
+        }
+        Some((_, last, _)) if event_created < last => Ok(EventOutcome::StaleEvent),
         Some((_, _, past_due_since)) => {
             let past_due_since = match (status.as_str(), past_due_since) {
                 ("past_due", Some(since)) => Some(since),
@@ -353,16 +356,16 @@ pub fn subscription_event(
                     subscriptions::last_event_at.eq(event_created),
                     subscriptions::updated_at.eq(now),
                 ))
-                .execute(tx)?;
-            Ok("subscription_updated")
+                .execute(tx.conn())?;
+            Ok(EventOutcome::SubscriptionUpdated)
         }
     }
 }
 
 /// `invoice.payment_failed`: the subscription is past due from now on
 /// (unless it already was, or has ended).
-pub fn invoice_payment_failed(tx: &mut DbConn, invoice: &Invoice) -> ServiceResult<&'static str> {
-    let Some(sub) = invoice.subscription_id() else { return Ok("not_a_subscription_invoice") };
+pub fn invoice_payment_failed(tx: &mut WriteTx<'_>, invoice: &Invoice) -> ServiceResult<EventOutcome> {
+    let Some(sub) = invoice.subscription_id() else { return Ok(EventOutcome::NotASubscriptionInvoice) };
     let n = diesel::update(
         subscriptions::table
             .find(sub)
@@ -374,6 +377,6 @@ pub fn invoice_payment_failed(tx: &mut DbConn, invoice: &Invoice) -> ServiceResu
         subscriptions::past_due_since.eq(db::now()),
         subscriptions::updated_at.eq(db::now()),
     ))
-    .execute(tx)?;
-    Ok(if n == 1 { "subscription_past_due" } else { "no_change" })
+    .execute(tx.conn())?;
+    Ok(if n == 1 { EventOutcome::SubscriptionPastDue } else { EventOutcome::NoChange })
 }

@@ -1,6 +1,7 @@
-//! Top-ups (SPEC 5), and the dispatch of every Stripe event: payment orders for credit packs, paid through Stripe
+//! Top-ups (SPEC 5): payment orders for credit packs, paid through Stripe
 //! Checkout or settled by an operator; refunds and disputes taken back by
-//! reversing entries; gap-free receipt numbers.
+//! reversing entries; gap-free receipt numbers. The Stripe events that
+//! reach these functions are routed by `crate::flows::stripe_events`.
 //!
 //! A wallet is credited only when the payment is confirmed: by a signed
 //! `checkout.session.completed` (paid) or `async_payment_succeeded` event, or
@@ -16,19 +17,16 @@ use utoipa::ToSchema;
 
 use super::history::TransactionReferences;
 use super::idempotency::{Outcome, RequestKey};
+use super::stripe_events::EventOutcome;
 use super::wallets::{load_for, Access};
-use super::{payouts, plans};
-use super::{Caller, Ctx, ServiceError, ServiceResult};
+use super::{Caller, Ctx, ErrorCode, ServiceError, ServiceResult};
 use crate::config::CreditPack;
-use crate::db::schema::{accounts, receipt_counter, stripe_events, top_ups};
-use crate::db::{self, DbConn};
+use crate::db::schema::{accounts, receipt_counter, top_ups};
+use crate::db::{self, DbConn, WriteTx};
 use crate::domain::ids::new_id;
 use crate::domain::{AccountKind, Credits, EntryKind, UsdCents};
 use crate::ledger::{self, AccountRef, NewEntry, Overdraft};
-use crate::stripe::webhook::{
-    Account, BankPayout, Charge as StripeCharge, CheckoutSession, Dispute, Event, Invoice, Subscription,
-    Transfer,
-};
+use crate::stripe::webhook::{Charge as StripeCharge, CheckoutSession, Dispute};
 use crate::stripe::{SessionRef, TopUpCheckout};
 
 /// A credit pack on sale.
@@ -237,7 +235,7 @@ pub fn prepare_top_up(
         let method = match (method, ctx.settings.stripe.is_some()) {
             (Some(TopUpMethod::Stripe), false) => {
                 return Err(ServiceError::Refused {
-                    kind: "checkout_unavailable",
+                    kind: ErrorCode::CheckoutUnavailable,
                     message: "method 'stripe' needs Stripe (STRIPE_SECRET_KEY), which is not configured; \
                               use 'manual'"
                         .into(),
@@ -250,7 +248,7 @@ pub fn prepare_top_up(
         let existing: Option<TopUpRow> = top_ups::table
             .filter(top_ups::request_key.eq(request.as_str()))
             .select(TopUpRow::as_select())
-            .first(tx)
+            .first(tx.conn())
             .optional()?;
         if let Some(row) = existing {
             return Ok(row);
@@ -274,7 +272,7 @@ pub fn prepare_top_up(
                 top_ups::created_at.eq(now),
                 top_ups::updated_at.eq(now),
             ))
-            .execute(tx)?;
+            .execute(tx.conn())?;
         load(tx, &id)
     })
 }
@@ -282,7 +280,7 @@ pub fn prepare_top_up(
 /// Last step of `POST /v1/wallets/{id}/top-ups`: keeps the Checkout Session
 /// (if any) on the order; runs in the request's completing transaction.
 pub fn attach_session(
-    tx: &mut DbConn,
+    tx: &mut WriteTx<'_>,
     top_up_id: &str,
     session: Option<&SessionRef>,
 ) -> ServiceResult<Outcome<TopUp>> {
@@ -294,7 +292,7 @@ pub fn attach_session(
                 top_ups::payment_intent_id.eq(&s.payment_intent),
                 top_ups::updated_at.eq(db::now()),
             ))
-            .execute(tx)?;
+            .execute(tx.conn())?;
     }
     Ok(view(load(tx, top_up_id)?).into())
 }
@@ -310,7 +308,7 @@ pub fn get_top_up(conn: &mut DbConn, caller: &Caller, id: &str) -> ServiceResult
 /// number, and the entry wallet +(credits + bonus) / cash −credits /
 /// bonus_expense −bonus. Returns false when the order was not pending.
 fn credit(
-    tx: &mut DbConn,
+    tx: &mut WriteTx<'_>,
     ctx: &Ctx,
     row: &TopUpRow,
     actor: &str,
@@ -319,14 +317,14 @@ fn credit(
     let now = db::now();
     let claimed = diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(PENDING)))
         .set((top_ups::status.eq(PAID), top_ups::updated_at.eq(now), top_ups::paid_at.eq(now)))
-        .execute(tx)?;
+        .execute(tx.conn())?;
     if claimed == 0 {
         return Ok(false);
     }
     let receipt: i64 = diesel::update(receipt_counter::table.find(1))
         .set(receipt_counter::last_number.eq(receipt_counter::last_number + 1))
         .returning(receipt_counter::last_number)
-        .get_result(tx)?;
+        .get_result(tx.conn())?;
     let credits = Credits::from_micros(row.credits);
     let bonus = Credits::from_micros(row.bonus_credits);
     let total =
@@ -355,7 +353,7 @@ fn credit(
     )?;
     diesel::update(top_ups::table.find(&row.id))
         .set((top_ups::receipt_number.eq(receipt), top_ups::credited_entry_id.eq(posted.entry_id)))
-        .execute(tx)?;
+        .execute(tx.conn())?;
     tracing::info!(top_up_id = %row.id, %total, receipt, "top-up credited");
     Ok(true)
 }
@@ -363,7 +361,7 @@ fn credit(
 /// `POST /v1/admin/top-ups/{id}/settle`: an operator confirms the payment of
 /// a manual order. Runs inside the idempotent request's transaction.
 pub fn settle_manual(
-    tx: &mut DbConn,
+    tx: &mut WriteTx<'_>,
     ctx: &Ctx,
     operator: &Caller,
     id: &str,
@@ -372,17 +370,17 @@ pub fn settle_manual(
     let row = load(tx, id)?;
     if row.method != TopUpMethod::Manual.as_str() {
         return Err(ServiceError::Conflict {
-            kind: "not_manual",
+            kind: ErrorCode::NotManual,
             message: "this top-up is paid through Stripe Checkout and settles by its webhook".into(),
         });
     }
     if !credit(tx, ctx, &row, &operator.id, Some(request.as_str()))? {
         return Err(ServiceError::Conflict {
-            kind: "top_up_not_pending",
+            kind: ErrorCode::TopUpNotPending,
             message: format!("top-up {id} is {}, not pending", row.status),
         });
     }
-    diesel::update(top_ups::table.find(id)).set(top_ups::settled_by.eq(&operator.id)).execute(tx)?;
+    diesel::update(top_ups::table.find(id)).set(top_ups::settled_by.eq(&operator.id)).execute(tx.conn())?;
     Ok(view(load(tx, id)?).into())
 }
 
@@ -390,153 +388,70 @@ fn neg(c: Credits) -> ServiceResult<Credits> {
     c.checked_neg().ok_or_else(|| ServiceError::Internal("amount out of range".into()))
 }
 
-/// What became of a webhook event (recorded, and logged).
-pub type EventOutcome = &'static str;
-
-/// Processes one verified Stripe event exactly once. Unknown types are
-/// acknowledged and ignored.
-pub fn handle_event(conn: &mut DbConn, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
-    db::write_tx(conn, |tx| {
-        // Record the event first: a second delivery (even a concurrent one,
-        // which waits on the first's row) stops here.
-        let inserted = tx.transaction(|c| {
-            diesel::insert_into(stripe_events::table)
-                .values((
-                    stripe_events::id.eq(&event.id),
-                    stripe_events::event_type.eq(&event.kind),
-                    stripe_events::outcome.eq("processing"),
-                    stripe_events::received_at.eq(db::now()),
-                ))
-                .execute(c)
-        });
-        match inserted {
-            Ok(_) => {}
-            Err(e) if db::is_unique_violation(&e) => return Ok("duplicate"),
-            Err(e) => return Err(e.into()),
-        }
-        let outcome = dispatch(tx, ctx, event)?;
-        diesel::update(stripe_events::table.find(&event.id))
-            .set(stripe_events::outcome.eq(outcome))
-            .execute(tx)?;
-        Ok(outcome)
-    })
-}
-
-fn parse<T: serde::de::DeserializeOwned>(event: &Event) -> ServiceResult<T> {
-    serde_json::from_value(event.data.object.clone()).map_err(|e| {
-        ServiceError::Validation(format!("event {} ({}): unreadable object: {e}", event.id, event.kind))
-    })
-}
-
-fn dispatch(tx: &mut DbConn, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
-    match event.kind.as_str() {
-        "checkout.session.completed" => {
-            let s: CheckoutSession = parse(event)?;
-            if s.mode.as_deref() == Some("subscription") {
-                return Ok("ignored");
-            }
-            match s.payment_status.as_str() {
-                "paid" => session_paid(tx, ctx, &s, &event.id),
-                _ => session_seen(tx, &s),
-            }
-        }
-        "checkout.session.async_payment_succeeded" => {
-            let s: CheckoutSession = parse(event)?;
-            session_paid(tx, ctx, &s, &event.id)
-        }
-        "checkout.session.async_payment_failed" => {
-            let s: CheckoutSession = parse(event)?;
-            let Some(row) = order_of_session(tx, &s)? else { return Ok("unknown_top_up") };
-            let n = diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(PENDING)))
-                .set((top_ups::status.eq(FAILED), top_ups::updated_at.eq(db::now())))
-                .execute(tx)?;
-            Ok(if n == 1 { "failed" } else { "not_pending" })
-        }
-        "charge.refunded" => {
-            let c: StripeCharge = parse(event)?;
-            refund(tx, ctx, &c, &event.id)
-        }
-        "charge.dispute.created" => {
-            let d: Dispute = parse(event)?;
-            dispute_created(tx, ctx, &d, &event.id)
-        }
-        "charge.dispute.closed" => {
-            let d: Dispute = parse(event)?;
-            dispute_closed(tx, ctx, &d, &event.id)
-        }
-        "account.updated" => {
-            let a: Account = parse(event)?;
-            payouts::account_updated(
-                tx,
-                &a.id,
-                a.payouts_enabled.unwrap_or(false),
-                a.details_submitted.unwrap_or(false),
-            )
-        }
-        "customer.subscription.created"
-        | "customer.subscription.updated"
-        | "customer.subscription.deleted" => {
-            let sub: Subscription = parse(event)?;
-            plans::subscription_event(tx, event.created, &sub, event.kind == "customer.subscription.deleted")
-        }
-        "invoice.payment_failed" => {
-            let invoice: Invoice = parse(event)?;
-            plans::invoice_payment_failed(tx, &invoice)
-        }
-        "transfer.reversed" => {
-            let t: Transfer = parse(event)?;
-            payouts::transfer_reversed(tx, ctx, &t.id)
-        }
-        "payout.paid" | "payout.failed" => {
-            let p: BankPayout = parse(event)?;
-            let Some(account) = event.account.as_deref() else { return Ok("not_a_connected_account") };
-            if event.kind == "payout.paid" {
-                payouts::bank_payout_paid(tx, ctx, account, &p.id)
-            } else {
-                payouts::bank_payout_failed(tx, ctx, account, &p.id)
-            }
-        }
-        _ => Ok("ignored"),
+/// `checkout.session.completed`: a paid top-up Checkout credits the wallet;
+/// an unpaid one (a delayed payment method) is remembered until its payment
+/// settles. Subscription Checkouts are left to the subscription events.
+pub fn checkout_completed(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    s: &CheckoutSession,
+    event_id: &str,
+) -> ServiceResult<EventOutcome> {
+    if s.mode.as_deref() == Some("subscription") {
+        return Ok(EventOutcome::Ignored);
+    }
+    match s.payment_status.as_str() {
+        "paid" => session_paid(tx, ctx, s, event_id),
+        _ => session_seen(tx, s),
     }
 }
 
+/// `checkout.session.async_payment_failed`: the order fails.
+pub fn async_payment_failed(tx: &mut WriteTx<'_>, s: &CheckoutSession) -> ServiceResult<EventOutcome> {
+    let Some(row) = order_of_session(tx, s)? else { return Ok(EventOutcome::UnknownTopUp) };
+    let n = diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(PENDING)))
+        .set((top_ups::status.eq(FAILED), top_ups::updated_at.eq(db::now())))
+        .execute(tx.conn())?;
+    Ok(if n == 1 { EventOutcome::Failed } else { EventOutcome::NotPending })
+}
+
 /// The order a Checkout Session pays for: by metadata, then client reference.
-fn order_of_session(tx: &mut DbConn, s: &CheckoutSession) -> ServiceResult<Option<TopUpRow>> {
+fn order_of_session(tx: &mut WriteTx<'_>, s: &CheckoutSession) -> ServiceResult<Option<TopUpRow>> {
     let id = s
         .metadata
         .as_ref()
         .and_then(|m| m.get("top_up_id").cloned())
         .or_else(|| s.client_reference_id.clone());
     let Some(id) = id else { return Ok(None) };
-    Ok(top_ups::table.find(&id).select(TopUpRow::as_select()).first(tx).optional()?)
+    Ok(top_ups::table.find(&id).select(TopUpRow::as_select()).first(tx.conn()).optional()?)
 }
 
 /// Keeps the session's payment intent (an `unpaid` completion: the payment
 /// settles later).
-fn session_seen(tx: &mut DbConn, s: &CheckoutSession) -> ServiceResult<EventOutcome> {
-    let Some(row) = order_of_session(tx, s)? else { return Ok("unknown_top_up") };
+fn session_seen(tx: &mut WriteTx<'_>, s: &CheckoutSession) -> ServiceResult<EventOutcome> {
+    let Some(row) = order_of_session(tx, s)? else { return Ok(EventOutcome::UnknownTopUp) };
     remember_payment_intent(tx, &row, s)?;
-    Ok("awaiting_payment")
+    Ok(EventOutcome::AwaitingPayment)
 }
 
-fn remember_payment_intent(tx: &mut DbConn, row: &TopUpRow, s: &CheckoutSession) -> ServiceResult<()> {
+fn remember_payment_intent(tx: &mut WriteTx<'_>, row: &TopUpRow, s: &CheckoutSession) -> ServiceResult<()> {
     if let Some(pi) = &s.payment_intent {
         diesel::update(top_ups::table.find(&row.id))
             .set(top_ups::payment_intent_id.eq(pi.id()))
-            .execute(tx)?;
+            .execute(tx.conn())?;
     }
     Ok(())
 }
 
-fn session_paid(
-    tx: &mut DbConn,
+pub fn session_paid(
+    tx: &mut WriteTx<'_>,
     ctx: &Ctx,
     s: &CheckoutSession,
     event_id: &str,
 ) -> ServiceResult<EventOutcome> {
     let Some(row) = order_of_session(tx, s)? else {
         tracing::warn!(session = %s.id, "paid Checkout Session for no known top-up");
-        return Ok("unknown_top_up");
+        return Ok(EventOutcome::UnknownTopUp);
     };
     let currency_ok = s.currency.as_deref().is_none_or(|c| c.eq_ignore_ascii_case(&row.currency));
     if s.amount_total != Some(row.amount_cents) || !currency_ok {
@@ -547,19 +462,19 @@ fn session_paid(
             currency = ?s.currency,
             "amount mismatch: the payment does not match the order; not credited"
         );
-        return Ok("amount_mismatch");
+        return Ok(EventOutcome::AmountMismatch);
     }
     remember_payment_intent(tx, &row, s)?;
     let credited = credit(tx, ctx, &row, &format!("stripe:{event_id}"), None)?;
-    Ok(if credited { "credited" } else { "already_credited" })
+    Ok(if credited { EventOutcome::Credited } else { EventOutcome::AlreadyCredited })
 }
 
-fn order_of_payment(tx: &mut DbConn, payment_intent: Option<&str>) -> ServiceResult<Option<TopUpRow>> {
+fn order_of_payment(tx: &mut WriteTx<'_>, payment_intent: Option<&str>) -> ServiceResult<Option<TopUpRow>> {
     let Some(pi) = payment_intent else { return Ok(None) };
     Ok(top_ups::table
         .filter(top_ups::payment_intent_id.eq(pi))
         .select(TopUpRow::as_select())
-        .first(tx)
+        .first(tx.conn())
         .optional()?)
 }
 
@@ -575,7 +490,7 @@ fn share_of(amount: i64, part: i64, whole: i64) -> i64 {
 /// Posts a reversal of `credits` + `bonus` from the wallet (which may go
 /// below zero; it is then frozen).
 fn reverse(
-    tx: &mut DbConn,
+    tx: &mut WriteTx<'_>,
     ctx: &Ctx,
     row: &TopUpRow,
     kind: EntryKind,
@@ -614,24 +529,29 @@ fn reverse(
     Ok(())
 }
 
-fn freeze(tx: &mut DbConn, account_id: i64) -> ServiceResult<()> {
-    diesel::update(accounts::table.find(account_id)).set(accounts::frozen.eq(true)).execute(tx)?;
+fn freeze(tx: &mut WriteTx<'_>, account_id: i64) -> ServiceResult<()> {
+    diesel::update(accounts::table.find(account_id)).set(accounts::frozen.eq(true)).execute(tx.conn())?;
     Ok(())
 }
 
 /// `charge.refunded`: takes back the refunded share of what was credited
 /// (Stripe sends the cumulative `amount_refunded`, so a repeated or late
 /// event takes back nothing twice).
-fn refund(tx: &mut DbConn, ctx: &Ctx, c: &StripeCharge, event_id: &str) -> ServiceResult<EventOutcome> {
+pub fn refund(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    c: &StripeCharge,
+    event_id: &str,
+) -> ServiceResult<EventOutcome> {
     let Some(row) = order_of_payment(tx, c.payment_intent.as_ref().map(|p| p.id()))? else {
-        return Ok("unknown_top_up");
+        return Ok(EventOutcome::UnknownTopUp);
     };
     if row.credited_entry_id.is_none() {
-        return Ok("not_credited");
+        return Ok(EventOutcome::NotCredited);
     }
     let refunded = c.amount_refunded.min(row.amount_cents);
     if refunded <= row.refunded_cents {
-        return Ok("already_refunded");
+        return Ok(EventOutcome::AlreadyRefunded);
     }
     let target_credits = share_of(row.credits, refunded, row.amount_cents);
     let target_bonus = share_of(row.bonus_credits, refunded, row.amount_cents);
@@ -650,21 +570,26 @@ fn refund(tx: &mut DbConn, ctx: &Ctx, c: &StripeCharge, event_id: &str) -> Servi
             top_ups::status.eq(status),
             top_ups::updated_at.eq(db::now()),
         ))
-        .execute(tx)?;
-    Ok(if full { "refunded" } else { "partially_refunded" })
+        .execute(tx.conn())?;
+    Ok(if full { EventOutcome::Refunded } else { EventOutcome::PartiallyRefunded })
 }
 
 /// `charge.dispute.created`: takes back all that is still credited and
 /// freezes the wallet.
-fn dispute_created(tx: &mut DbConn, ctx: &Ctx, d: &Dispute, event_id: &str) -> ServiceResult<EventOutcome> {
+pub fn dispute_created(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    d: &Dispute,
+    event_id: &str,
+) -> ServiceResult<EventOutcome> {
     let Some(row) = order_of_payment(tx, d.payment_intent.as_ref().map(|p| p.id()))? else {
-        return Ok("unknown_top_up");
+        return Ok(EventOutcome::UnknownTopUp);
     };
     if row.credited_entry_id.is_none() {
-        return Ok("not_credited");
+        return Ok(EventOutcome::NotCredited);
     }
     if row.dispute_id.is_some() {
-        return Ok("already_disputed");
+        return Ok(EventOutcome::AlreadyDisputed);
     }
     let credits = row.credits - row.reversed_credits;
     let bonus = row.bonus_credits - row.reversed_bonus;
@@ -682,22 +607,27 @@ fn dispute_created(tx: &mut DbConn, ctx: &Ctx, d: &Dispute, event_id: &str) -> S
             top_ups::reversed_bonus.eq(row.bonus_credits),
             top_ups::updated_at.eq(db::now()),
         ))
-        .execute(tx)?;
+        .execute(tx.conn())?;
     tracing::warn!(top_up_id = %row.id, wallet_id = %row.wallet_id, "dispute opened: credits taken back, wallet frozen");
-    Ok("disputed")
+    Ok(EventOutcome::Disputed)
 }
 
 /// `charge.dispute.closed`: when won, gives back what the dispute took. The
 /// wallet stays frozen until an operator unfreezes it.
-fn dispute_closed(tx: &mut DbConn, ctx: &Ctx, d: &Dispute, event_id: &str) -> ServiceResult<EventOutcome> {
+pub fn dispute_closed(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    d: &Dispute,
+    event_id: &str,
+) -> ServiceResult<EventOutcome> {
     let Some(row) = order_of_payment(tx, d.payment_intent.as_ref().map(|p| p.id()))? else {
-        return Ok("unknown_top_up");
+        return Ok(EventOutcome::UnknownTopUp);
     };
     if row.dispute_id.as_deref() != Some(d.id.as_str()) || row.status != DISPUTED {
-        return Ok("not_disputed");
+        return Ok(EventOutcome::NotDisputed);
     }
     if d.status != "won" {
-        return Ok("dispute_lost");
+        return Ok(EventOutcome::DisputeLost);
     }
     let (credits, bonus) = (row.disputed_credits, row.disputed_bonus);
     let claimed = diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(DISPUTED)))
@@ -709,7 +639,7 @@ fn dispute_closed(tx: &mut DbConn, ctx: &Ctx, d: &Dispute, event_id: &str) -> Se
             top_ups::reversed_bonus.eq(row.reversed_bonus - bonus),
             top_ups::updated_at.eq(db::now()),
         ))
-        .execute(tx)?;
+        .execute(tx.conn())?;
     if claimed == 1 && credits + bonus > 0 {
         let total = Credits::from_micros(credits + bonus);
         let mut legs =
@@ -736,7 +666,7 @@ fn dispute_closed(tx: &mut DbConn, ctx: &Ctx, d: &Dispute, event_id: &str) -> Se
             },
         )?;
     }
-    Ok("dispute_won")
+    Ok(EventOutcome::DisputeWon)
 }
 
 #[cfg(test)]

@@ -154,12 +154,16 @@ pub fn update_limits(
     db::write_tx(conn, |tx| {
         let row = load_for(tx, caller, wallet_id, Access::Manage)?;
         if let Some(d) = daily {
-            diesel::update(accounts::table.find(row.id)).set(accounts::daily_limit.eq(d)).execute(tx)?;
+            diesel::update(accounts::table.find(row.id))
+                .set(accounts::daily_limit.eq(d))
+                .execute(tx.conn())?;
         }
         if let Some(w) = weekly {
-            diesel::update(accounts::table.find(row.id)).set(accounts::weekly_limit.eq(w)).execute(tx)?;
+            diesel::update(accounts::table.find(row.id))
+                .set(accounts::weekly_limit.eq(w))
+                .execute(tx.conn())?;
         }
-        let row = accounts::table.find(row.id).select(AccountRow::as_select()).first(tx)?;
+        let row = accounts::table.find(row.id).select(AccountRow::as_select()).first(tx.conn())?;
         view(tx, ctx, &row)
     })
 }
@@ -190,8 +194,8 @@ pub fn export_transactions(
 pub fn set_frozen(conn: &mut DbConn, ctx: &Ctx, wallet_id: &str, frozen: bool) -> ServiceResult<Wallet> {
     db::write_tx(conn, |tx| {
         let row = find_by_public_id(tx, wallet_id)?;
-        diesel::update(accounts::table.find(row.id)).set(accounts::frozen.eq(frozen)).execute(tx)?;
-        let row = accounts::table.find(row.id).select(AccountRow::as_select()).first(tx)?;
+        diesel::update(accounts::table.find(row.id)).set(accounts::frozen.eq(frozen)).execute(tx.conn())?;
+        let row = accounts::table.find(row.id).select(AccountRow::as_select()).first(tx.conn())?;
         tracing::info!(wallet_id, frozen, "wallet freeze state set by operator");
         view(tx, ctx, &row)
     })

@@ -76,7 +76,7 @@ pub async fn charge(
 }
 
 fn platform(app: &TestApp) -> PlatformAccounts {
-    PlatformAccounts::ensure(&mut app.conn()).unwrap()
+    tally::db::write_tx(&mut app.conn(), PlatformAccounts::ensure).unwrap()
 }
 
 fn balance(app: &TestApp, account: AccountRef) -> String {
@@ -84,7 +84,8 @@ fn balance(app: &TestApp, account: AccountRef) -> String {
 }
 
 fn org_account(app: &TestApp, org: &str, kind: AccountKind) -> AccountRef {
-    ledger::ensure_account(&mut app.conn(), OwnerType::Org, org, kind, None).unwrap()
+    tally::db::write_tx(&mut app.conn(), |tx| ledger::ensure_account(tx, OwnerType::Org, org, kind, None))
+        .unwrap()
 }
 
 async fn a_paid_message_splits_exactly(app: TestApp) {

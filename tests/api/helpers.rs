@@ -239,15 +239,12 @@ impl TestApp {
     /// (e.g. payout recovery) from a test.
     pub fn state(&self) -> actix_web::web::Data<tally::api::AppState> {
         let settings = Settings::from_values(&self.settings).expect("settings");
-        let stripe =
-            settings.stripe.as_ref().map(|s| tally::stripe::StripeGateway::new(s).expect("stripe client"));
-        let platform = tally::ledger::PlatformAccounts::ensure(&mut self.conn()).expect("platform accounts");
-        actix_web::web::Data::new(tally::api::AppState {
-            pool: self.pool.clone(),
-            ctx: tally::services::Ctx { settings: std::sync::Arc::new(settings), platform },
-            stripe,
-            metrics: std::sync::Arc::new(tally::metrics::Metrics::new().expect("metrics")),
-        })
+        let platform = tally::db::write_tx(&mut self.conn(), tally::ledger::PlatformAccounts::ensure)
+            .expect("platform accounts");
+        let metrics = std::sync::Arc::new(tally::metrics::Metrics::new().expect("metrics"));
+        let runtime =
+            tally::startup::runtime(settings, self.pool.clone(), platform, metrics).expect("runtime");
+        actix_web::web::Data::new(runtime)
     }
 
     pub fn conn(&self) -> tally::db::PooledConn {

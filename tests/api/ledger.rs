@@ -25,7 +25,7 @@ both!(
 async fn unbalanced_entry_is_refused(app: TestApp) {
     let wallet_id = app.wallet_of("alice").await;
     let mut conn = app.conn();
-    let platform = PlatformAccounts::ensure(&mut conn).unwrap();
+    let platform = tally::db::write_tx(&mut conn, PlatformAccounts::ensure).unwrap();
     let wallet = tally::services::wallets::find_by_public_id(&mut conn, &wallet_id).unwrap();
     let wallet = AccountRef { id: wallet.id, kind: AccountKind::Wallet };
     let result = tally::db::write_tx(&mut conn, |tx| {
@@ -112,7 +112,7 @@ async fn random_adjustments_keep_every_invariant(app: TestApp) {
     assert_eq!(app.count("postings"), credited * 2);
     // The platform's adjustments account mirrors the wallets exactly.
     let mut conn = app.conn();
-    let platform = PlatformAccounts::ensure(&mut conn).unwrap();
+    let platform = tally::db::write_tx(&mut conn, PlatformAccounts::ensure).unwrap();
     let total: i64 = expected.values().sum();
     assert_eq!(ledger::sum_of_postings(&mut conn, platform.adjustments.id).unwrap().micros(), -total);
     drop(conn);

@@ -7,6 +7,7 @@ mod auth;
 mod charges;
 mod cli;
 mod fake_stripe;
+mod gate;
 mod idempotency;
 mod input;
 mod ledger;

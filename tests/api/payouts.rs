@@ -282,8 +282,8 @@ async fn recovery_sends_an_unsent_payout_once(app: TestApp, stripe: FakeStripe) 
     assert!(stripe.requests_to("/v1/transfers").is_empty());
     // Two recoveries at once (as two instances would run them): one send.
     let (a, b) = tokio::join!(
-        tally::api::payouts::recover_unsent(&state),
-        tally::api::payouts::recover_unsent(&state)
+        tally::flows::payouts::recover_unsent(&state),
+        tally::flows::payouts::recover_unsent(&state)
     );
     assert_eq!(a.unwrap() + b.unwrap(), 1);
     let transfers = stripe.requests_to("/v1/transfers");
@@ -293,7 +293,7 @@ async fn recovery_sends_an_unsent_payout_once(app: TestApp, stripe: FakeStripe) 
     let (_, p) = app.get(&format!("/v1/payouts/{}", row.id), &app.token("creator")).await;
     assert_eq!(p["status"], "in_transit");
     // Nothing left to recover.
-    assert_eq!(tally::api::payouts::recover_unsent(&state).await.unwrap(), 0);
+    assert_eq!(tally::flows::payouts::recover_unsent(&state).await.unwrap(), 0);
     // Stripe unreachable: the payout stays pending, and recovery sends it
     // with the same key once Stripe answers.
     app.fund(&app.wallet_of("alice").await, "30.9").await;
@@ -313,7 +313,7 @@ async fn recovery_sends_an_unsent_payout_once(app: TestApp, stripe: FakeStripe) 
             .execute(&mut *app.conn())
             .unwrap();
     }
-    assert_eq!(tally::api::payouts::recover_unsent(&state).await.unwrap(), 1);
+    assert_eq!(tally::flows::payouts::recover_unsent(&state).await.unwrap(), 1);
     let (_, p2) = app.get(&format!("/v1/payouts/{}", p["id"].as_str().unwrap()), &app.token("creator")).await;
     assert_eq!(p2["status"], "in_transit");
     assert_eq!(

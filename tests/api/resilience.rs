@@ -335,7 +335,8 @@ async fn three_instances_share_one_postgres() {
     .unwrap();
     let ctx = tally::services::Ctx {
         settings: std::sync::Arc::new(settings),
-        platform: tally::ledger::PlatformAccounts::ensure(&mut pool.get().unwrap()).unwrap(),
+        platform: tally::db::write_tx(&mut pool.get().unwrap(), tally::ledger::PlatformAccounts::ensure)
+            .unwrap(),
     };
     let caller = tally::services::Caller { id: "creator".into(), operator: false, service: false };
     let request =

@@ -140,7 +140,7 @@ async fn checkout_then_webhook_credits_pack_and_bonus(app: TestApp, stripe: Fake
     let t = top_up_of(&app, &alice, top_up_id).await;
     assert_eq!((t["status"].as_str(), t["receipt_number"].as_i64()), (Some("paid"), Some(1)));
     assert!(t["paid_at"].is_string());
-    let p = PlatformAccounts::ensure(&mut app.conn()).unwrap();
+    let p = tally::db::write_tx(&mut app.conn(), PlatformAccounts::ensure).unwrap();
     assert_eq!(ledger::balance_of(&mut app.conn(), p.cash).unwrap(), Credits::whole(-150));
     assert_eq!(ledger::balance_of(&mut app.conn(), p.bonus_expense).unwrap(), Credits::whole(-15));
     let (_, page) = app.get(&format!("/v1/wallets/{wallet}/transactions"), &alice).await;
@@ -336,7 +336,7 @@ async fn partial_refunds_and_disputes(app: TestApp, _stripe: FakeStripe) {
     let (_, w) = app.get(&format!("/v1/wallets/{wallet}"), &alice).await;
     assert_eq!((w["balance"].as_str(), w["frozen"].as_bool()), (Some("121"), Some(true)));
     assert_eq!(top_up_of(&app, &alice, t["id"].as_str().unwrap()).await["status"], "paid");
-    let p = PlatformAccounts::ensure(&mut app.conn()).unwrap();
+    let p = tally::db::write_tx(&mut app.conn(), PlatformAccounts::ensure).unwrap();
     assert_eq!(ledger::balance_of(&mut app.conn(), p.cash).unwrap(), Credits::whole(-110));
     assert_eq!(ledger::balance_of(&mut app.conn(), p.bonus_expense).unwrap(), Credits::whole(-11));
     app.assert_ledger_ok();

@@ -1,0 +1,108 @@
+//! The payment provider as the flows see it: the calls tally makes to
+//! Stripe, behind a trait so a flow does not depend on the HTTP client
+//! (the tests point the Stripe client at a local fake Stripe instead).
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
+use crate::stripe::{ConnectedAccount, SessionRef, StripeCallError, StripeGateway, TopUpCheckout};
+
+/// A subscription Checkout to open.
+#[derive(Clone, Debug)]
+pub struct SubscriptionOrder<'a> {
+    pub price_id: &'a str,
+    pub subject_type: &'a str,
+    pub subject_id: &'a str,
+    pub plan: &'a str,
+    pub success_url: &'a str,
+    pub cancel_url: &'a str,
+}
+
+/// The calls to the payment provider. Each one is idempotent on the
+/// provider's side when retried with the same tally id.
+pub trait PaymentGateway: Send + Sync {
+    /// A Checkout Session for a top-up (the top-up id is the idempotency key).
+    fn create_top_up_session<'a>(
+        &'a self,
+        order: &'a TopUpCheckout,
+    ) -> BoxFuture<'a, Result<SessionRef, StripeCallError>>;
+
+    /// The organization's Express account (once per organization).
+    fn create_express_account<'a>(
+        &'a self,
+        org_id: &'a str,
+    ) -> BoxFuture<'a, Result<ConnectedAccount, StripeCallError>>;
+
+    /// A fresh onboarding link for a connected account.
+    fn create_onboarding_link<'a>(
+        &'a self,
+        account_id: &'a str,
+        refresh_url: &'a str,
+        return_url: &'a str,
+    ) -> BoxFuture<'a, Result<String, StripeCallError>>;
+
+    /// A Transfer of a payout to the connected account (the payout id is
+    /// the idempotency key); returns the transfer's id.
+    fn create_transfer<'a>(
+        &'a self,
+        payout_id: &'a str,
+        account_id: &'a str,
+        cents: i64,
+    ) -> BoxFuture<'a, Result<String, StripeCallError>>;
+
+    /// A Checkout Session in subscription mode.
+    fn create_subscription_session<'a>(
+        &'a self,
+        order: SubscriptionOrder<'a>,
+    ) -> BoxFuture<'a, Result<SessionRef, StripeCallError>>;
+}
+
+impl PaymentGateway for StripeGateway {
+    fn create_top_up_session<'a>(
+        &'a self,
+        order: &'a TopUpCheckout,
+    ) -> BoxFuture<'a, Result<SessionRef, StripeCallError>> {
+        StripeGateway::create_top_up_session(self, order).boxed()
+    }
+
+    fn create_express_account<'a>(
+        &'a self,
+        org_id: &'a str,
+    ) -> BoxFuture<'a, Result<ConnectedAccount, StripeCallError>> {
+        StripeGateway::create_express_account(self, org_id).boxed()
+    }
+
+    fn create_onboarding_link<'a>(
+        &'a self,
+        account_id: &'a str,
+        refresh_url: &'a str,
+        return_url: &'a str,
+    ) -> BoxFuture<'a, Result<String, StripeCallError>> {
+        StripeGateway::create_onboarding_link(self, account_id, refresh_url, return_url).boxed()
+    }
+
+    fn create_transfer<'a>(
+        &'a self,
+        payout_id: &'a str,
+        account_id: &'a str,
+        cents: i64,
+    ) -> BoxFuture<'a, Result<String, StripeCallError>> {
+        StripeGateway::create_transfer(self, payout_id, account_id, cents).boxed()
+    }
+
+    fn create_subscription_session<'a>(
+        &'a self,
+        o: SubscriptionOrder<'a>,
+    ) -> BoxFuture<'a, Result<SessionRef, StripeCallError>> {
+        StripeGateway::create_subscription_session(
+            self,
+            o.price_id,
+            o.subject_type,
+            o.subject_id,
+            o.plan,
+            o.success_url,
+            o.cancel_url,
+        )
+        .boxed()
+    }
+}

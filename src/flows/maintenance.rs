@@ -1,0 +1,49 @@
+//! The background work every instance runs, at once and then every
+//! `TALLY_SETTLEMENT_SWEEP`: recovery of payouts left unsent, the earnings
+//! settlement sweep, and the purge of expired idempotency keys. All of it is
+//! safe to run on several instances at the same time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Runtime;
+use crate::services::{earnings, idempotency};
+
+/// How often expired idempotency keys are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// Runs until the task is aborted.
+pub async fn run(rt: Arc<Runtime>) {
+    let mut tick = tokio::time::interval(rt.ctx.settings.settlement_sweep);
+    let mut last_purge = Instant::now();
+    loop {
+        tick.tick().await;
+        let purge = last_purge.elapsed() >= PURGE_EVERY;
+        if purge {
+            last_purge = Instant::now();
+        }
+        sweep(&rt, purge).await;
+    }
+}
+
+/// One round of the background work.
+pub async fn sweep(rt: &Arc<Runtime>, purge: bool) {
+    match super::payouts::recover_unsent(rt).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(payouts = n, "unsent payouts sent by recovery"),
+        Err(e) => tracing::warn!(error = %e, "payout recovery failed"),
+    }
+    let done = rt
+        .write(move |conn, ctx| {
+            let settled = earnings::settle_due(conn, None)?;
+            let purged =
+                if purge { idempotency::purge_older_than(conn, ctx.settings.idempotency_ttl)? } else { 0 };
+            Ok((settled, purged))
+        })
+        .await;
+    match done {
+        Ok((settled, purged)) if settled + purged > 0 => tracing::info!(settled, purged, "maintenance sweep"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "maintenance sweep failed"),
+    }
+}

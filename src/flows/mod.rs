@@ -1,0 +1,184 @@
+//! Flows: every sequence that calls the payment provider around database
+//! transactions (claim the request's key -> record -> call Stripe ->
+//! complete or release), the routing of Stripe's events, and the
+//! background work every instance runs. A flow reads top to bottom in one
+//! file; it calls services for the database work and [`PaymentGateway`]
+//! for Stripe, and knows nothing of HTTP.
+
+pub mod gateway;
+pub mod maintenance;
+pub mod payouts;
+pub mod stripe_events;
+pub mod subscriptions;
+pub mod topups;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use gateway::PaymentGateway;
+
+use crate::db::gate::WriteGate;
+use crate::db::{self, DbConn, Pool};
+use crate::metrics::Metrics;
+use crate::services::idempotency::{self, IdempotentRequest, Outcome, RequestKey, StoredResponse};
+use crate::services::{Ctx, ServiceError, ServiceResult};
+
+/// What flows and handlers share: the pool, the settings, the payment
+/// provider (when configured) and the metrics.
+pub struct Runtime {
+    pub pool: Pool,
+    pub ctx: Ctx,
+    /// The payment provider, when `STRIPE_SECRET_KEY` is set.
+    pub gateway: Option<Arc<dyn PaymentGateway>>,
+    pub metrics: Arc<Metrics>,
+    /// SQLite: the pool's write gate, where writers wait before they take a
+    /// connection.
+    pub write_gate: Option<Arc<WriteGate>>,
+}
+
+impl Runtime {
+    /// Runs database work that only reads (or writes rarely, e.g. a
+    /// person's wallet made on first sight) on the blocking pool, with a
+    /// pooled connection, inside the caller's tracing span.
+    pub async fn read<T, F>(self: &Arc<Self>, f: F) -> ServiceResult<T>
+    where
+        F: FnOnce(&mut DbConn, &Ctx) -> ServiceResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.blocking(move |rt| {
+            let mut conn = rt.pool.get()?;
+            f(&mut conn, &rt.ctx)
+        })
+        .await
+    }
+
+    /// Runs database work that writes: on SQLite it first waits for its
+    /// turn at the write gate and only then takes a pooled connection
+    /// ([`db::checkout_writer`]), so waiting writers never hold the
+    /// connections readers need.
+    pub async fn write<T, F>(self: &Arc<Self>, f: F) -> ServiceResult<T>
+    where
+        F: FnOnce(&mut DbConn, &Ctx) -> ServiceResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.blocking(move |rt| {
+            let mut conn = db::checkout_writer(&rt.pool, rt.write_gate.as_ref())?;
+            f(&mut conn, &rt.ctx)
+        })
+        .await
+    }
+
+    async fn blocking<T, F>(self: &Arc<Self>, f: F) -> ServiceResult<T>
+    where
+        F: FnOnce(&Runtime) -> ServiceResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let rt = self.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            f(&rt)
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("blocking task failed: {e}")))?
+    }
+
+    /// The payment provider, or `Unavailable` with `kind` and `message`.
+    pub fn gateway(
+        &self,
+        kind: crate::services::ErrorCode,
+        message: &str,
+    ) -> ServiceResult<Arc<dyn PaymentGateway>> {
+        self.gateway.clone().ok_or_else(|| ServiceError::Unavailable { kind, message: message.to_string() })
+    }
+}
+
+/// Runs a money-moving request that touches only the database at most
+/// once under its `Idempotency-Key`: the stored response of an earlier run,
+/// or `work`'s.
+pub async fn idempotent<T, F>(
+    rt: &Arc<Runtime>,
+    request: IdempotentRequest,
+    status: u16,
+    work: F,
+) -> ServiceResult<StoredResponse>
+where
+    F: FnOnce(&mut db::WriteTx<'_>, &Ctx, &RequestKey) -> ServiceResult<Outcome<T>> + Send + 'static,
+    T: Serialize + 'static,
+{
+    rt.write(move |conn, ctx| idempotency::execute(conn, &request, status, |tx, key| work(tx, ctx, key)))
+        .await
+}
+
+/// A request whose `Idempotency-Key` this process holds, for flows that
+/// call Stripe between two transactions: claim the key, do the first
+/// transaction and the call, then `complete` (the last transaction stores
+/// the response) or `release` on failure, so that a retry may run it again.
+pub struct Claimed {
+    request: IdempotentRequest,
+    token: String,
+}
+
+impl Claimed {
+    /// Claims the request's key: `Err(stored)` when it already ran (the
+    /// stored response, to replay); a request in flight is refused.
+    pub async fn claim(
+        rt: &Arc<Runtime>,
+        request: IdempotentRequest,
+    ) -> ServiceResult<Result<Claimed, StoredResponse>> {
+        let r = request.clone();
+        Ok(match rt.write(move |conn, _| idempotency::claim(conn, &r)).await? {
+            idempotency::Claim::Replay(stored) => Err(stored),
+            idempotency::Claim::Fresh(token) => Ok(Claimed { request, token }),
+        })
+    }
+
+    /// The key that the request's ledger entries and rows carry.
+    pub fn request_key(&self) -> RequestKey {
+        idempotency::request_key(&self.request)
+    }
+
+    /// Gives the key back after a failure and returns the failure.
+    pub async fn release(self, rt: &Arc<Runtime>, error: ServiceError) -> ServiceError {
+        let Claimed { request, token } = self;
+        let _ = rt
+            .write(move |conn, _| {
+                idempotency::release(conn, &request, &token);
+                Ok(())
+            })
+            .await;
+        error
+    }
+
+    /// The last transaction: `work`, the response stored and the key done.
+    pub async fn complete<T, F>(
+        self,
+        rt: &Arc<Runtime>,
+        status: u16,
+        work: F,
+    ) -> ServiceResult<StoredResponse>
+    where
+        F: FnOnce(&mut db::WriteTx<'_>, &Ctx) -> ServiceResult<Outcome<T>> + Send + 'static,
+        T: Serialize + 'static,
+    {
+        let Claimed { request, token } = self;
+        rt.write(move |conn, ctx| {
+            idempotency::complete(conn, &request, &token, status, |tx, _| work(tx, ctx))
+        })
+        .await
+    }
+}
+
+/// Runs the step of a claimed request that records it, releasing the key
+/// if it fails.
+pub async fn or_release<T>(
+    claimed: Claimed,
+    rt: &Arc<Runtime>,
+    result: ServiceResult<T>,
+) -> ServiceResult<(Claimed, T)> {
+    match result {
+        Ok(value) => Ok((claimed, value)),
+        Err(e) => Err(claimed.release(rt, e).await),
+    }
+}

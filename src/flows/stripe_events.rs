@@ -1,0 +1,165 @@
+//! Stripe's events, routed in one place: the signature is verified over the
+//! raw body, the event is recorded once, and one handler per event type
+//! (the table [`HANDLERS`]) applies it in the same transaction and says what
+//! it did. Types not in the table are acknowledged and ignored.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use super::Runtime;
+use crate::db::{self, WriteTx};
+use crate::services::stripe_events::{self as record, EventOutcome};
+use crate::services::{payouts, plans, topups, Ctx, ErrorCode, ServiceError, ServiceResult};
+use crate::stripe::webhook::{
+    self, Account, BankPayout, Charge, CheckoutSession, Dispute, Event, Invoice, Subscription, Transfer,
+};
+
+/// A handler of one event type, inside the event's transaction.
+type Handler = fn(&mut WriteTx<'_>, &Ctx, &Event) -> ServiceResult<EventOutcome>;
+
+/// Event type -> handler.
+const HANDLERS: &[(&str, Handler)] = &[
+    ("checkout.session.completed", checkout_completed),
+    ("checkout.session.async_payment_succeeded", async_payment_succeeded),
+    ("checkout.session.async_payment_failed", async_payment_failed),
+    ("charge.refunded", charge_refunded),
+    ("charge.dispute.created", dispute_created),
+    ("charge.dispute.closed", dispute_closed),
+    ("account.updated", account_updated),
+    ("customer.subscription.created", subscription_changed),
+    ("customer.subscription.updated", subscription_changed),
+    ("customer.subscription.deleted", subscription_changed),
+    ("invoice.payment_failed", invoice_payment_failed),
+    ("transfer.reversed", transfer_reversed),
+    ("payout.paid", bank_payout_paid),
+    ("payout.failed", bank_payout_failed),
+];
+
+/// A verified event and what was done with it.
+pub struct Received {
+    pub event_id: String,
+    pub event_type: String,
+    pub outcome: EventOutcome,
+}
+
+/// `POST /v1/webhooks/stripe`: verifies, records once and applies an event.
+pub async fn receive(rt: &Arc<Runtime>, body: &[u8], signature: Option<&str>) -> ServiceResult<Received> {
+    let Some(secret) = rt.ctx.settings.stripe_webhook_secret.clone() else {
+        return Err(ServiceError::Unavailable {
+            kind: ErrorCode::WebhooksNotConfigured,
+            message: "STRIPE_WEBHOOK_SECRET is not set".into(),
+        });
+    };
+    let now = chrono::Utc::now().timestamp();
+    if let Err(e) = webhook::verify(body, signature, &secret, now) {
+        rt.metrics.webhook_events.with_label_values(&["unverified", "invalid_signature"]).inc();
+        tracing::warn!(reason = %e, "webhook refused");
+        return Err(ServiceError::BadRequest {
+            kind: ErrorCode::InvalidSignature,
+            message: format!("webhook refused: {e}"),
+        });
+    }
+    let event: Event = serde_json::from_slice(body).map_err(|e| ServiceError::BadRequest {
+        kind: ErrorCode::InvalidEvent,
+        message: format!("not a Stripe event: {e}"),
+    })?;
+    let (event_id, event_type) = (event.id.clone(), event.kind.clone());
+    let outcome = rt.write(move |conn, ctx| db::write_tx(conn, |tx| apply_once(tx, ctx, &event))).await?;
+    rt.metrics.webhook_events.with_label_values(&[event_type.as_str(), outcome.as_str()]).inc();
+    tracing::info!(event_id = %event_id, event_type = %event_type, outcome = outcome.as_str(), "webhook processed");
+    Ok(Received { event_id, event_type, outcome })
+}
+
+/// Records the event, then applies it: a second delivery changes nothing.
+fn apply_once(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+    if !record::record_once(tx, &event.id, &event.kind)? {
+        return Ok(EventOutcome::Duplicate);
+    }
+    let outcome = match HANDLERS.iter().find(|(kind, _)| *kind == event.kind) {
+        Some((_, handler)) => handler(tx, ctx, event)?,
+        None => EventOutcome::Ignored,
+    };
+    record::record_outcome(tx, &event.id, outcome)?;
+    Ok(outcome)
+}
+
+/// The event's object, read as the fields tally needs.
+fn object<T: DeserializeOwned>(event: &Event) -> ServiceResult<T> {
+    serde_json::from_value(event.data.object.clone()).map_err(|e| {
+        ServiceError::Validation(format!("event {} ({}): unreadable object: {e}", event.id, event.kind))
+    })
+}
+
+fn checkout_completed(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+    topups::checkout_completed(tx, ctx, &object::<CheckoutSession>(event)?, &event.id)
+}
+
+fn async_payment_succeeded(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+    topups::session_paid(tx, ctx, &object::<CheckoutSession>(event)?, &event.id)
+}
+
+fn async_payment_failed(tx: &mut WriteTx<'_>, _: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+    topups::async_payment_failed(tx, &object::<CheckoutSession>(event)?)
+}
+
+fn charge_refunded(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+    topups::refund(tx, ctx, &object::<Charge>(event)?, &event.id)
+}
+
+fn dispute_created(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+    topups::dispute_created(tx, ctx, &object::<Dispute>(event)?, &event.id)
+}
+
+fn dispute_closed(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+    topups::dispute_closed(tx, ctx, &object::<Dispute>(event)?, &event.id)
+}
+
+fn account_updated(tx: &mut WriteTx<'_>, _: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+    let a: Account = object(event)?;
+    payouts::account_updated(
+        tx,
+        &a.id,
+        a.payouts_enabled.unwrap_or(false),
+        a.details_submitted.unwrap_or(false),
+    )
+}
+
+fn subscription_changed(tx: &mut WriteTx<'_>, _: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+    let sub: Subscription = object(event)?;
+    plans::subscription_event(tx, event.created, &sub, event.kind == "customer.subscription.deleted")
+}
+
+fn invoice_payment_failed(tx: &mut WriteTx<'_>, _: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+    plans::invoice_payment_failed(tx, &object::<Invoice>(event)?)
+}
+
+fn transfer_reversed(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+    payouts::transfer_reversed(tx, ctx, &object::<Transfer>(event)?.id)
+}
+
+fn bank_payout_paid(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+    let p: BankPayout = object(event)?;
+    let Some(account) = event.account.as_deref() else { return Ok(EventOutcome::NotAConnectedAccount) };
+    payouts::bank_payout_paid(tx, ctx, account, &p.id)
+}
+
+fn bank_payout_failed(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+    let p: BankPayout = object(event)?;
+    let Some(account) = event.account.as_deref() else { return Ok(EventOutcome::NotAConnectedAccount) };
+    payouts::bank_payout_failed(tx, ctx, account, &p.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_event_type_has_one_handler() {
+        let mut kinds: Vec<&str> = HANDLERS.iter().map(|(k, _)| *k).collect();
+        let n = kinds.len();
+        kinds.sort_unstable();
+        kinds.dedup();
+        assert_eq!(kinds.len(), n, "an event type is routed twice");
+    }
+}

@@ -1,0 +1,110 @@
+//! What tally did with a Stripe event, and the record that makes each event
+//! count once. The dispatch from event type to handler is in
+//! `crate::flows::stripe_events`.
+
+use diesel::prelude::*;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::ServiceResult;
+use crate::db::schema::stripe_events;
+use crate::db::{self, WriteTx};
+
+macro_rules! outcomes {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
+        /// What tally did with a verified Stripe event (also stored on the
+        /// event's record and counted in `/metrics`).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum EventOutcome {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl EventOutcome {
+            pub const ALL: &'static [EventOutcome] = &[$(EventOutcome::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(EventOutcome::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+outcomes! {
+    /// A top-up was credited.
+    Credited = "credited",
+    AlreadyCredited = "already_credited",
+    /// A Checkout completed unpaid: the payment settles later.
+    AwaitingPayment = "awaiting_payment",
+    /// The amount or currency paid differs from the order's: not credited.
+    AmountMismatch = "amount_mismatch",
+    UnknownTopUp = "unknown_top_up",
+    /// An asynchronous payment failed.
+    Failed = "failed",
+    NotPending = "not_pending",
+    Refunded = "refunded",
+    PartiallyRefunded = "partially_refunded",
+    AlreadyRefunded = "already_refunded",
+    NotCredited = "not_credited",
+    Disputed = "disputed",
+    AlreadyDisputed = "already_disputed",
+    DisputeWon = "dispute_won",
+    DisputeLost = "dispute_lost",
+    NotDisputed = "not_disputed",
+    AccountUpdated = "account_updated",
+    UnknownAccount = "unknown_account",
+    SubscriptionRecorded = "subscription_recorded",
+    SubscriptionUpdated = "subscription_updated",
+    SubscriptionAlreadyEnded = "subscription_already_ended",
+    SubscriptionPastDue = "subscription_past_due",
+    UnknownSubscription = "unknown_subscription",
+    NotASubscriptionInvoice = "not_a_subscription_invoice",
+    /// An event older than what is recorded (delivered out of order).
+    StaleEvent = "stale_event",
+    NoChange = "no_change",
+    TransferReversed = "transfer_reversed",
+    /// A transfer came back: its payout failed and the earnings returned.
+    PayoutFailed = "payout_failed",
+    AlreadyFailed = "already_failed",
+    UnknownTransfer = "unknown_transfer",
+    PayoutsPaid = "payouts_paid",
+    NoPayoutInTransit = "no_payout_in_transit",
+    PayoutsFailed = "payouts_failed",
+    NoPayoutToFail = "no_payout_to_fail",
+    NotAConnectedAccount = "not_a_connected_account",
+    /// A type tally does not handle: acknowledged.
+    Ignored = "ignored",
+    /// Delivered before: nothing changed.
+    Duplicate = "duplicate",
+}
+
+/// Records the event's id first in its transaction: a second delivery (even
+/// a concurrent one, which waits on the first's row) finds it and returns
+/// false.
+pub fn record_once(tx: &mut WriteTx<'_>, event_id: &str, event_type: &str) -> ServiceResult<bool> {
+    let inserted = tx.savepoint(|sp| {
+        diesel::insert_into(stripe_events::table)
+            .values((
+                stripe_events::id.eq(event_id),
+                stripe_events::event_type.eq(event_type),
+                stripe_events::outcome.eq("processing"),
+                stripe_events::received_at.eq(db::now()),
+            ))
+            .execute(sp.conn())
+    });
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(e) if db::is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Stores what was done with the event.
+pub fn record_outcome(tx: &mut WriteTx<'_>, event_id: &str, outcome: EventOutcome) -> ServiceResult<()> {
+    diesel::update(stripe_events::table.find(event_id))
+        .set(stripe_events::outcome.eq(outcome.as_str()))
+        .execute(tx.conn())?;
+    Ok(())
+}
