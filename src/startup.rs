@@ -30,7 +30,17 @@ const PURGE_EVERY: Duration = Duration::from_secs(600);
 /// accounts exist.
 pub fn open_database(settings: &Settings) -> Result<(Pool, PlatformAccounts), String> {
     let manager = Manager::new(settings.database.clone(), settings.sqlite_synchronous_full);
-    let pool = db::build_pool(manager, settings.pool_size)?;
+    prepare_database(settings, db::build_pool(manager, settings.pool_size)?)
+}
+
+/// [`open_database`] for a one-shot command: a pool of one connection that
+/// opens nothing in the background, so the process can exit at any moment.
+pub fn open_database_once(settings: &Settings) -> Result<(Pool, PlatformAccounts), String> {
+    let manager = Manager::new(settings.database.clone(), settings.sqlite_synchronous_full);
+    prepare_database(settings, db::build_one_shot_pool(manager)?)
+}
+
+fn prepare_database(settings: &Settings, pool: Pool) -> Result<(Pool, PlatformAccounts), String> {
     let mut conn = pool.get().map_err(|e| format!("cannot get a database connection: {e}"))?;
     let applied = db::run_migrations(&mut conn)
         .map_err(|e| format!("migrations failed on {}: {e}", settings.database.display()))?;
