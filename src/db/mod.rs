@@ -6,6 +6,7 @@
 pub mod counters;
 pub mod gate;
 pub mod history;
+pub mod locks;
 pub mod models;
 pub mod prepared;
 pub mod schema;
