@@ -526,3 +526,72 @@ async fn manual_top_ups_settle_with_gap_free_receipts(app: TestApp) {
     assert_eq!(app.count("journal_entries"), 20);
     app.assert_ledger_ok();
 }
+
+/// The process's resident memory, in bytes (Linux).
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kb * 1024
+}
+
+/// Sixteen gzip bombs (about 240 MB of zeros each, under 256 KB
+/// compressed) sent at once to the unauthenticated webhook endpoint: each
+/// gets a 4xx, and the server (in this process) does not inflate them.
+/// Memory does not depend on the database, so one backend suffices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compressed_bodies_are_not_inflated() {
+    use std::io::Write;
+    let app = TestApp::spawn_with(Backend::Sqlite, |v| {
+        v.insert("STRIPE_WEBHOOK_SECRET".into(), WEBHOOK_SECRET.into());
+    })
+    .await
+    .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..240 {
+        gz.write_all(&zeros).unwrap();
+    }
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 256 * 1024, "{} bytes", bomb.len());
+    drop(zeros);
+    let before = resident_bytes();
+    // Sample the peak while the requests run: freed buffers leave the
+    // resident set again, so a reading afterwards alone would miss them.
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let running = running.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(resident_bytes());
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            peak
+        })
+    };
+    let url = format!("{}/v1/webhooks/stripe", app.address);
+    let sends = (0..16).map(|_| {
+        let req = app
+            .client
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .header("Content-Encoding", "gzip")
+            .header("Stripe-Signature", fake::signature("{}", WEBHOOK_SECRET, 0))
+            .body(bomb.clone());
+        async move { req.send().await.map(|r| r.status().as_u16()) }
+    });
+    let statuses = join_all(sends).await;
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let after = sampler.join().unwrap().max(resident_bytes());
+    for status in &statuses {
+        let status = *status.as_ref().expect("answered, not dropped");
+        assert!((400..500).contains(&status), "{statuses:?}");
+    }
+    let grown = after.saturating_sub(before);
+    assert!(grown < 150 * 1024 * 1024, "resident memory peaked {} MB above its start", grown / (1024 * 1024));
+    assert_eq!(app.count("stripe_events"), 0);
+}
