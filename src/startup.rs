@@ -211,8 +211,19 @@ pub fn build_app(
             );
             let started = Instant::now();
             // A control character in a path id can name nothing (and
-            // PostgreSQL refuses NUL in text): answer 404 before routing.
-            let call = if has_encoded_control(req.path()) { Err(req) } else { Ok(srv.call(req)) };
+            // PostgreSQL refuses NUL in text): answer 404 before routing. A
+            // NUL in the query string is a 422, whichever field carries it.
+            let refusal = if has_encoded_control(req.path()) {
+                Some(crate::error::ApiError::not_found("not found"))
+            } else if crate::domain::text::query_has_nul(req.query_string()) {
+                Some(crate::error::ApiError::validation("the query string must not contain NUL (%00)"))
+            } else {
+                None
+            };
+            let call = match refusal {
+                Some(error) => Err((req, error)),
+                None => Ok(srv.call(req)),
+            };
             let id = request_id.clone();
             REQUEST_ID
                 .scope(
@@ -220,10 +231,8 @@ pub fn build_app(
                     async move {
                         let mut res = match call {
                             Ok(fut) => fut.await?.map_into_left_body(),
-                            Err(req) => req
-                                .into_response(actix_web::ResponseError::error_response(
-                                    &crate::error::ApiError::not_found("not found"),
-                                ))
+                            Err((req, error)) => req
+                                .into_response(actix_web::ResponseError::error_response(&error))
                                 .map_into_right_body(),
                         };
                         let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());

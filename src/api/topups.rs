@@ -235,7 +235,7 @@ pub async fn stripe_webhook(
         tracing::warn!(reason = %e, "webhook refused");
         return Err(ApiError::bad_request("invalid_signature", format!("webhook refused: {e}")));
     }
-    let event: webhook::Event = serde_json::from_slice(&body)
+    let event = webhook::parse_event(&body)
         .map_err(|e| ApiError::bad_request("invalid_event", format!("not a Stripe event: {e}")))?;
     let (id, kind) = (event.id.clone(), event.kind.clone());
     let outcome = run(&state, move |conn, ctx| topups::handle_event(conn, ctx, &event)).await?;

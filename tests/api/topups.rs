@@ -50,6 +50,7 @@ both_with_stripe!(
     partial_refunds_and_disputes,
     stripe_errors_and_mismatches,
     manual_orders_beside_stripe,
+    signed_events_carrying_nul_are_refused,
 );
 
 crate::both!(manual_top_ups_settle_with_gap_free_receipts, packs_are_listed);
@@ -524,6 +525,29 @@ async fn manual_top_ups_settle_with_gap_free_receipts(app: TestApp) {
     assert_error(s, &b, 422, "checkout_unavailable");
     assert_eq!(app.count("top_ups"), 20);
     assert_eq!(app.count("journal_entries"), 20);
+    app.assert_ledger_ok();
+}
+
+/// A signed event whose id (or any text in it) carries a NUL is refused
+/// with 400 `invalid_event` (PostgreSQL cannot store it), not 500, and
+/// credits nothing; the clean event then credits once.
+async fn signed_events_carrying_nul_are_refused(app: TestApp, _stripe: FakeStripe) {
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    let (_, t) = start_top_up(&app, &alice, &wallet, "starter", "b1").await;
+    let good = paid_event("evt_ok", &t, "cs_test_fake1", "pi_fake1", "checkout.session.completed", "paid");
+    let nul_id = good.replace("\"evt_ok\"", "\"evt_\\u0000x\"");
+    let nul_deep = good.replace("\"pi_fake1\"", "\"pi_\\u0000\"");
+    assert!(nul_id != good && nul_deep != good);
+    for payload in [&nul_id, &nul_deep] {
+        let (s, b) = deliver_signed(&app, payload).await;
+        assert_error(s, &b, 400, "invalid_event");
+    }
+    assert_eq!(app.count("stripe_events"), 0);
+    assert_eq!(app.balance(&wallet, &alice).await, "0");
+    let (s, ack) = deliver_signed(&app, &good).await;
+    assert_eq!((s.as_u16(), ack["outcome"].as_str()), (200, Some("credited")), "{ack}");
+    assert_eq!(app.balance(&wallet, &alice).await, "50");
     app.assert_ledger_ok();
 }
 
