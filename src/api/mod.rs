@@ -27,7 +27,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::db::{DbConn, Pool};
 use crate::error::ApiError;
-use crate::services::idempotency::{self, IdempotentRequest, Outcome, RequestKey, StoredResponse};
+use crate::services::idempotency::{self, IdempotentRequest, Lease, Outcome, RequestKey, StoredResponse};
 use crate::services::{Caller, Ctx, ServiceResult};
 use crate::stripe::StripeGateway;
 
@@ -101,7 +101,7 @@ where
 /// the response) or `release` on failure, so that a retry may run it again.
 pub struct Claimed {
     request: IdempotentRequest,
-    token: String,
+    lease: Lease,
 }
 
 impl Claimed {
@@ -114,20 +114,21 @@ impl Claimed {
         let r = request.clone();
         Ok(match run(state, move |conn, _| idempotency::claim(conn, &r)).await? {
             idempotency::Claim::Replay(stored) => Err(stored_response(stored)),
-            idempotency::Claim::Fresh(token) => Ok(Claimed { request, token }),
+            idempotency::Claim::Fresh(lease) => Ok(Claimed { request, lease }),
         })
     }
 
     /// The key that the request's ledger entries and rows carry.
     pub fn request_key(&self) -> RequestKey {
-        idempotency::request_key(&self.request)
+        self.lease.request_key.clone()
     }
 
-    /// Gives the key back after a failure and returns the failure.
+    /// Gives the key back after a failure (keeping its generation, so a
+    /// retry finds what the earlier steps wrote) and returns the failure.
     pub async fn release(self, state: &web::Data<AppState>, error: ApiError) -> ApiError {
-        let Claimed { request, token } = self;
+        let Claimed { request, lease } = self;
         let _ = run(state, move |conn, _| {
-            idempotency::release(conn, &request, &token);
+            idempotency::give_back(conn, &request, &lease);
             Ok(())
         })
         .await;
@@ -145,9 +146,9 @@ impl Claimed {
         F: FnOnce(&mut DbConn, &Ctx) -> ServiceResult<Outcome<T>> + Send + 'static,
         T: serde::Serialize + 'static,
     {
-        let Claimed { request, token } = self;
+        let Claimed { request, lease } = self;
         let stored = run(state, move |conn, ctx| {
-            idempotency::complete(conn, &request, &token, status.as_u16(), |tx, _| work(tx, ctx))
+            idempotency::complete(conn, &request, &lease, status.as_u16(), |tx, _| work(tx, ctx))
         })
         .await?;
         Ok(stored_response(stored))
