@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Settings;
-use crate::startup::{open_database, Application};
+use crate::startup::{open_database_once, Application};
 
 #[derive(Parser)]
 #[command(name = "tally", version, about = "The money side of an AI-agent marketplace")]
@@ -83,7 +83,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Openapi | Command::Bench(_) => ExitCode::SUCCESS,
         Command::Serve => serve(settings),
-        Command::Migrate => match open_database(&settings) {
+        Command::Migrate => match open_database_once(&settings) {
             Ok(_) => {
                 println!("migrations applied to {}", settings.database.display());
                 ExitCode::SUCCESS
@@ -140,7 +140,7 @@ fn serve(settings: Settings) -> ExitCode {
 }
 
 fn verify(settings: Settings) -> ExitCode {
-    let (pool, _) = match open_database(&settings) {
+    let (pool, _) = match open_database_once(&settings) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };

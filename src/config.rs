@@ -25,6 +25,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("TALLY_DB_POOL_SIZE", Some("16")),
     ("TALLY_SQLITE_SYNCHRONOUS", Some("FULL")),
     ("TALLY_IDEMPOTENCY_TTL", Some("24h")),
+    ("TALLY_TEST_IDEMPOTENCY_TTL", None),
     ("TALLY_SETTLEMENT_SWEEP", Some("5s")),
     ("TALLY_IDEMPOTENCY_LEASE", Some("30s")),
     ("TALLY_WORKERS", None),
@@ -144,6 +145,8 @@ pub struct Settings {
     pub min_withdrawal: Credits,
     pub pool_size: u32,
     pub sqlite_synchronous_full: bool,
+    /// How long idempotency keys are kept: at least 24 h, unless set by
+    /// `TALLY_TEST_IDEMPOTENCY_TTL` (tests only).
     pub idempotency_ttl: Duration,
     /// How long a request holds its idempotency key before a retry may take
     /// it over (after a crash).
@@ -239,6 +242,11 @@ impl Settings {
         if idempotency_ttl < Duration::from_secs(24 * 3600) {
             return Err(bad("TALLY_IDEMPOTENCY_TTL", "must be at least 24h".into()));
         }
+        // Tests only: any TTL, so that a test can watch a key expire.
+        let idempotency_ttl = match get("TALLY_TEST_IDEMPOTENCY_TTL") {
+            Some(text) => parse_duration("TALLY_TEST_IDEMPOTENCY_TTL", &Some(text))?,
+            None => idempotency_ttl,
+        };
         let idempotency_lease = parse_duration("TALLY_IDEMPOTENCY_LEASE", &get("TALLY_IDEMPOTENCY_LEASE"))?
             .max(Duration::from_secs(1));
         let settlement_sweep = parse_duration("TALLY_SETTLEMENT_SWEEP", &get("TALLY_SETTLEMENT_SWEEP"))?
@@ -379,6 +387,15 @@ mod tests {
         assert_eq!(s.marketplace_share.to_string(), "0.30");
         assert!(s.stripe.is_none());
         assert!(s.require_jwt().unwrap_err().0.contains("TALLY_JWT_SECRET"));
+    }
+
+    #[test]
+    fn a_short_idempotency_ttl_needs_the_test_setting() {
+        let err = Settings::from_values(&values(&[("TALLY_IDEMPOTENCY_TTL", "1h")])).unwrap_err();
+        assert!(err.0.contains("TALLY_IDEMPOTENCY_TTL"), "{}", err.0);
+        let s = Settings::from_values(&values(&[("TALLY_TEST_IDEMPOTENCY_TTL", "1s")])).unwrap();
+        assert_eq!(s.idempotency_ttl, Duration::from_secs(1));
+        assert_eq!(Settings::from_values(&values(&[])).unwrap().idempotency_ttl, Duration::from_secs(86_400));
     }
 
     #[test]

@@ -27,7 +27,17 @@ use crate::stripe::StripeGateway;
 /// accounts exist.
 pub fn open_database(settings: &Settings) -> Result<(Pool, PlatformAccounts), String> {
     let manager = Manager::new(settings.database.clone(), settings.sqlite_synchronous_full);
-    let pool = db::build_pool(manager, settings.pool_size)?;
+    prepare_database(settings, db::build_pool(manager, settings.pool_size)?)
+}
+
+/// [`open_database`] for a one-shot command: a pool of one connection that
+/// opens nothing in the background, so the process can exit at any moment.
+pub fn open_database_once(settings: &Settings) -> Result<(Pool, PlatformAccounts), String> {
+    let manager = Manager::new(settings.database.clone(), settings.sqlite_synchronous_full);
+    prepare_database(settings, db::build_one_shot_pool(manager)?)
+}
+
+fn prepare_database(settings: &Settings, pool: Pool) -> Result<(Pool, PlatformAccounts), String> {
     let mut conn = pool.get().map_err(|e| format!("cannot get a database connection: {e}"))?;
     let applied = db::run_migrations(&mut conn)
         .map_err(|e| format!("migrations failed on {}: {e}", settings.database.display()))?;
@@ -169,8 +179,19 @@ pub fn build_app(
             );
             let started = Instant::now();
             // A control character in a path id can name nothing (and
-            // PostgreSQL refuses NUL in text): answer 404 before routing.
-            let call = if has_encoded_control(req.path()) { Err(req) } else { Ok(srv.call(req)) };
+            // PostgreSQL refuses NUL in text): answer 404 before routing. A
+            // NUL in the query string is a 422, whichever field carries it.
+            let refusal = if has_encoded_control(req.path()) {
+                Some(crate::error::ApiError::not_found("not found"))
+            } else if crate::domain::text::query_has_nul(req.query_string()) {
+                Some(crate::error::ApiError::validation("the query string must not contain NUL (%00)"))
+            } else {
+                None
+            };
+            let call = match refusal {
+                Some(error) => Err((req, error)),
+                None => Ok(srv.call(req)),
+            };
             let id = request_id.clone();
             REQUEST_ID
                 .scope(
@@ -178,10 +199,8 @@ pub fn build_app(
                     async move {
                         let mut res = match call {
                             Ok(fut) => fut.await?.map_into_left_body(),
-                            Err(req) => req
-                                .into_response(actix_web::ResponseError::error_response(
-                                    &crate::error::ApiError::not_found("not found"),
-                                ))
+                            Err((req, error)) => req
+                                .into_response(actix_web::ResponseError::error_response(&error))
                                 .map_into_right_body(),
                         };
                         let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());

@@ -124,9 +124,10 @@ pub fn stored_response(stored: StoredResponse) -> HttpResponse {
 
 /// A JSON request body: malformed JSON is a 400 `invalid_json`; JSON of the
 /// wrong shape (unknown fields, a number where an amount string belongs, ...)
-/// is a 422 `validation_error`. Keeps the parsed JSON for idempotency. The
-/// body is read as JSON whatever the Content-Type says (curl's `-d` sends
-/// form encoding by default).
+/// or with a NUL in any string (PostgreSQL cannot store one) is a 422
+/// `validation_error`. Keeps the parsed JSON for idempotency. The body is
+/// read as JSON whatever the Content-Type says (curl's `-d` sends form
+/// encoding by default).
 pub struct JsonBody<T> {
     pub value: T,
     pub raw: serde_json::Value,
@@ -160,6 +161,9 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                     _ => return Err(ApiError::validation("the request body must be a JSON object")),
                 }
             };
+            if crate::domain::text::json_has_nul(&raw) {
+                return Err(ApiError::validation("text in the request body must not contain NUL (\\u0000)"));
+            }
             let value = T::deserialize(&raw)
                 .map_err(|e| ApiError::validation(format!("invalid request body: {e}")))?;
             Ok(JsonBody { value, raw })

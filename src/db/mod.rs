@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod counters;
 pub mod gate;
 pub mod history;
+pub mod locks;
 pub mod models;
 pub mod prepared;
 pub mod schema;
@@ -245,11 +246,24 @@ impl Instrumentation for ConnectionHealth {
 /// first statement, that request gets the error, and the connection is
 /// discarded on its way back to the pool ([`Manager::has_broken`]).
 pub fn build_pool(manager: Manager, max_size: u32) -> Result<Pool, String> {
+    build_pool_keeping(manager, max_size, 1)
+}
+
+/// A pool for a one-shot command (`migrate`, `ledger verify`): one
+/// connection, opened when asked for and never in the background. A pool
+/// that keeps a minimum of idle connections opens a replacement on its own
+/// thread as soon as one is checked out; a process that exits while that
+/// thread is inside libpq (and OpenSSL) can crash after it has done its work.
+pub fn build_one_shot_pool(manager: Manager) -> Result<Pool, String> {
+    build_pool_keeping(manager, 1, 0)
+}
+
+fn build_pool_keeping(manager: Manager, max_size: u32, min_idle: u32) -> Result<Pool, String> {
     manager.connect().map_err(|e| e.to_string())?;
     r2d2::Pool::builder()
         .max_size(max_size)
         .test_on_check_out(false)
-        .min_idle(Some(1))
+        .min_idle(Some(min_idle))
         .connection_timeout(Duration::from_secs(10))
         .build(manager)
         .map_err(|e| format!("cannot build the connection pool: {e}"))

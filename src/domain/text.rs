@@ -1,5 +1,6 @@
 //! Free text from callers (names, reasons, ids): bounded, and free of control
-//! characters (PostgreSQL refuses NUL in text; none belong in a name).
+//! characters (PostgreSQL refuses NUL in text; none belong in a name); and
+//! the request-wide NUL checks that every body and query string passes.
 
 /// Requires at most `max` characters, at least one that is not white
 /// space, and no control characters (newlines and tabs allowed when
@@ -23,6 +24,25 @@ pub fn checked_id<'a>(field: &str, value: &'a str) -> Result<&'a str, String> {
     Ok(value)
 }
 
+/// Whether any string in the JSON, an object's keys included, carries a
+/// NUL. PostgreSQL cannot store one in text, so a request carrying one is
+/// refused whole, before any field reaches a query: one check for every
+/// field, none forgotten.
+pub fn json_has_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(json_has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+/// Whether a raw (percent-encoded) query string decodes to text with a NUL.
+pub fn query_has_nul(query: &str) -> bool {
+    query.contains("%00") || query.contains('\0')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,5 +58,16 @@ mod tests {
         assert!(checked_id("user_id", "").is_err());
         assert!(checked_id("user_id", "a\u{7f}").is_err());
         assert_eq!(checked_id("user_id", "auth0|123"), Ok("auth0|123"));
+    }
+
+    #[test]
+    fn nul_is_found_anywhere_in_json_and_queries() {
+        let clean = serde_json::json!({"a": ["x", {"b": "y\n"}], "n": 1, "z": null});
+        assert!(!json_has_nul(&clean));
+        assert!(json_has_nul(&serde_json::json!({"a": ["x", {"b": "y\u{0}"}]})));
+        assert!(json_has_nul(&serde_json::json!({"k\u{0}": 1})));
+        assert!(json_has_nul(&serde_json::json!("\u{0}")));
+        assert!(query_has_nul("org_id=a%00b") && query_has_nul("%00"));
+        assert!(!query_has_nul("org_id=a%2500b&limit=10"));
     }
 }

@@ -21,7 +21,7 @@ pub use gateway::PaymentGateway;
 use crate::db::gate::WriteGate;
 use crate::db::{self, DbConn, Pool};
 use crate::metrics::Metrics;
-use crate::services::idempotency::{self, IdempotentRequest, Outcome, RequestKey, StoredResponse};
+use crate::services::idempotency::{self, IdempotentRequest, Lease, Outcome, RequestKey, StoredResponse};
 use crate::services::{Ctx, ServiceError, ServiceResult};
 
 /// What flows and handlers share: the pool, the settings, the payment
@@ -117,7 +117,7 @@ where
 /// the response) or `release` on failure, so that a retry may run it again.
 pub struct Claimed {
     request: IdempotentRequest,
-    token: String,
+    lease: Lease,
 }
 
 impl Claimed {
@@ -130,21 +130,22 @@ impl Claimed {
         let r = request.clone();
         Ok(match rt.write(move |conn, _| idempotency::claim(conn, &r)).await? {
             idempotency::Claim::Replay(stored) => Err(stored),
-            idempotency::Claim::Fresh(token) => Ok(Claimed { request, token }),
+            idempotency::Claim::Fresh(lease) => Ok(Claimed { request, lease }),
         })
     }
 
     /// The key that the request's ledger entries and rows carry.
     pub fn request_key(&self) -> RequestKey {
-        idempotency::request_key(&self.request)
+        self.lease.request_key.clone()
     }
 
-    /// Gives the key back after a failure and returns the failure.
+    /// Gives the key back after a failure (keeping its generation, so a
+    /// retry finds what the earlier steps wrote) and returns the failure.
     pub async fn release(self, rt: &Arc<Runtime>, error: ServiceError) -> ServiceError {
-        let Claimed { request, token } = self;
+        let Claimed { request, lease } = self;
         let _ = rt
             .write(move |conn, _| {
-                idempotency::release(conn, &request, &token);
+                idempotency::give_back(conn, &request, &lease);
                 Ok(())
             })
             .await;
@@ -162,9 +163,9 @@ impl Claimed {
         F: FnOnce(&mut db::WriteTx<'_>, &Ctx) -> ServiceResult<Outcome<T>> + Send + 'static,
         T: Serialize + 'static,
     {
-        let Claimed { request, token } = self;
+        let Claimed { request, lease } = self;
         rt.write(move |conn, ctx| {
-            idempotency::complete(conn, &request, &token, status, |tx, _| work(tx, ctx))
+            idempotency::complete(conn, &request, &lease, status, |tx, _| work(tx, ctx))
         })
         .await
     }

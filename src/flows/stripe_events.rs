@@ -60,7 +60,7 @@ pub async fn receive(rt: &Arc<Runtime>, body: &[u8], signature: Option<&str>) ->
             message: format!("webhook refused: {e}"),
         });
     }
-    let event: Event = serde_json::from_slice(body).map_err(|e| ServiceError::BadRequest {
+    let event: Event = webhook::parse_event(body).map_err(|e| ServiceError::BadRequest {
         kind: ErrorCode::InvalidEvent,
         message: format!("not a Stripe event: {e}"),
     })?;

@@ -12,6 +12,15 @@
 //! A request whose process died leaves a claim whose lease runs out; a retry
 //! then takes it over, and the lease token makes sure that only one of two
 //! racing holders can commit.
+//!
+//! Keys are kept for a TTL (at least 24 h) and then purged; the same key
+//! after that is a new request, as Stripe treats it. The rows a request
+//! writes carry its [`RequestKey`], which the database keeps unique forever,
+//! so the request key names one *generation* of a key: the caller, the key
+//! and when the key was first claimed. A retry within the key's lifetime
+//! (a replay, a takeover after a crash, a retry after a failed multi-step
+//! request) keeps the generation and finds what the first attempt wrote; a
+//! reuse after the purge starts a new one.
 
 use std::time::Duration;
 
@@ -30,9 +39,13 @@ use crate::db::{self, DbConn, WriteTx};
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 const IN_FLIGHT: &str = "in_flight";
 const DONE: &str = "done";
+/// The lease token of a claim given back by a failed multi-step request
+/// ([`give_back`]): the next request with the key takes it at once.
+const GIVEN_BACK: &str = "";
 
-/// The key of one request, unique per caller: stored on the journal entry it
-/// writes, so the database itself refuses a second entry for one request.
+/// The key of one request, unique per caller and per generation of its
+/// idempotency key: stored on the journal entry it writes, so the database
+/// itself refuses a second entry for one request.
 #[derive(Clone, Debug)]
 pub struct RequestKey(String);
 
@@ -88,9 +101,27 @@ impl IdempotentRequest {
         self
     }
 
-    fn request_key(&self) -> RequestKey {
-        RequestKey(format!("{}:{}", self.scope, self.key))
+    /// The request key of this request in the generation of its key first
+    /// claimed at `claimed_at`. Unambiguous: the time has a fixed width and
+    /// no `:`, and the scope's length says where it ends (`op:a` + `b:c`
+    /// and `op:a:b` + `c` differ).
+    fn request_key(&self, claimed_at: chrono::NaiveDateTime) -> RequestKey {
+        RequestKey(format!(
+            "{}:{}:{}:{}",
+            claimed_at.format("%Y%m%dT%H%M%S%.6f"),
+            self.scope.len(),
+            self.scope,
+            self.key
+        ))
     }
+}
+
+/// A claim this request holds: the token proves it when completing, and the
+/// request key is what its rows carry.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    pub token: String,
+    pub request_key: RequestKey,
 }
 
 /// JSON with object keys sorted, so that key order and whitespace do not
@@ -145,8 +176,8 @@ pub struct StoredResponse {
 
 /// The outcome of claiming a key.
 pub enum Claim {
-    /// The request runs; the token proves the claim when completing it.
-    Fresh(String),
+    /// The request runs under this lease.
+    Fresh(Lease),
     /// The request already ran: answer with its response.
     Replay(StoredResponse),
 }
@@ -176,14 +207,8 @@ where
 {
     match claim(conn, req)? {
         Claim::Replay(stored) => Ok(stored),
-        Claim::Fresh(token) => complete(conn, req, &token, status, work),
+        Claim::Fresh(lease) => complete(conn, req, &lease, status, work),
     }
-}
-
-/// The request key under which a claimed request writes (for requests that
-/// work in several steps before completing).
-pub fn request_key(req: &IdempotentRequest) -> RequestKey {
-    req.request_key()
 }
 
 /// Runs the final write transaction of a claimed request: `work`, then the
@@ -192,7 +217,7 @@ pub fn request_key(req: &IdempotentRequest) -> RequestKey {
 pub fn complete<T, F>(
     conn: &mut DbConn,
     req: &IdempotentRequest,
-    token: &str,
+    lease: &Lease,
     status: u16,
     work: F,
 ) -> ServiceResult<StoredResponse>
@@ -200,9 +225,9 @@ where
     T: Serialize,
     F: FnOnce(&mut WriteTx<'_>, &RequestKey) -> ServiceResult<Outcome<T>>,
 {
-    let request_key = req.request_key();
+    let (token, request_key) = (lease.token.as_str(), &lease.request_key);
     let result = db::write_tx(conn, |tx| -> ServiceResult<StoredResponse> {
-        let outcome = work(tx, &request_key)?;
+        let outcome = work(tx, request_key)?;
         let body = serde_json::to_string(&outcome.body)
             .map_err(|e| ServiceError::Internal(format!("cannot serialize response: {e}")))?;
         let headers = serde_json::to_string(&outcome.headers)
@@ -231,7 +256,7 @@ where
         Ok(StoredResponse { status, body, headers: outcome.headers, replayed: false })
     });
     if result.is_err() {
-        release(conn, req, token);
+        release(conn, req, lease);
     }
     result
 }
@@ -255,7 +280,7 @@ pub fn claim(conn: &mut DbConn, req: &IdempotentRequest) -> ServiceResult<Claim>
                 .execute(conn)
         });
         match inserted {
-            Ok(_) => return Ok(Claim::Fresh(token)),
+            Ok(_) => return Ok(Claim::Fresh(Lease { token, request_key: req.request_key(now) })),
             Err(e) if db::is_unique_violation(&e) => {}
             Err(e) => return Err(e.into()),
         }
@@ -267,6 +292,26 @@ pub fn claim(conn: &mut DbConn, req: &IdempotentRequest) -> ServiceResult<Claim>
         else {
             continue; // released meanwhile: claim again
         };
+        if row.state == IN_FLIGHT && row.lease_token == GIVEN_BACK {
+            // A failed request gave the key back: this one runs (whatever
+            // its body, as if the key were new) in the same generation.
+            let taken = diesel::update(
+                ik::table
+                    .find((&req.scope, &req.key))
+                    .filter(ik::lease_token.eq(GIVEN_BACK))
+                    .filter(ik::state.eq(IN_FLIGHT)),
+            )
+            .set((
+                ik::lease_token.eq(&token),
+                ik::locked_until.eq(now + req.lease),
+                ik::request_hash.eq(&req.fingerprint),
+            ))
+            .execute(conn)?;
+            if taken == 1 {
+                return Ok(Claim::Fresh(Lease { token, request_key: req.request_key(row.created_at) }));
+            }
+            continue; // another request took it first: look again
+        }
         if row.request_hash != req.fingerprint {
             return Err(ServiceError::IdempotencyKeyReused);
         }
@@ -295,17 +340,22 @@ pub fn claim(conn: &mut DbConn, req: &IdempotentRequest) -> ServiceResult<Claim>
         )
         .set((ik::lease_token.eq(&token), ik::locked_until.eq(now + req.lease)))
         .execute(conn)?;
-        return if taken == 1 { Ok(Claim::Fresh(token)) } else { Err(ServiceError::IdempotencyInFlight) };
+        return if taken == 1 {
+            Ok(Claim::Fresh(Lease { token, request_key: req.request_key(row.created_at) }))
+        } else {
+            Err(ServiceError::IdempotencyInFlight)
+        };
     }
     Err(ServiceError::IdempotencyInFlight)
 }
 
-/// Releases a claim after a failed request. If this fails the lease runs out.
-pub fn release(conn: &mut DbConn, req: &IdempotentRequest, token: &str) {
+/// Releases a claim after a failed request that wrote nothing under its
+/// request key: the key is forgotten. If this fails the lease runs out.
+pub fn release(conn: &mut DbConn, req: &IdempotentRequest, lease: &Lease) {
     let deleted = diesel::delete(
         ik::table
             .find((&req.scope, &req.key))
-            .filter(ik::lease_token.eq(token))
+            .filter(ik::lease_token.eq(&lease.token))
             .filter(ik::state.eq(IN_FLIGHT)),
     )
     .execute(conn);
@@ -314,7 +364,26 @@ pub fn release(conn: &mut DbConn, req: &IdempotentRequest, token: &str) {
     }
 }
 
-/// Forgets keys older than `ttl` (at least 24 h); returns how many.
+/// Gives a claim back after a failed step of a multi-step request, whose
+/// earlier steps may have written rows under its request key (a top-up
+/// order, a payout): the key stays, with its generation, so that a retry
+/// runs at once and finds those rows. If this fails the lease runs out.
+pub fn give_back(conn: &mut DbConn, req: &IdempotentRequest, lease: &Lease) {
+    let given = diesel::update(
+        ik::table
+            .find((&req.scope, &req.key))
+            .filter(ik::lease_token.eq(&lease.token))
+            .filter(ik::state.eq(IN_FLIGHT)),
+    )
+    .set((ik::lease_token.eq(GIVEN_BACK), ik::locked_until.eq(db::now())))
+    .execute(conn);
+    if let Err(e) = given {
+        tracing::warn!(error = %e, "could not give an idempotency key back; its lease will run out");
+    }
+}
+
+/// Forgets keys older than `ttl` (at least 24 h outside tests) whose lease
+/// has run out; returns how many. The same key is then a new request.
 pub fn purge_older_than(conn: &mut DbConn, ttl: Duration) -> QueryResult<usize> {
     let cutoff = db::now() - ttl;
     diesel::delete(ik::table.filter(ik::created_at.lt(cutoff)).filter(ik::locked_until.lt(db::now())))
@@ -344,5 +413,17 @@ mod tests {
         assert_ne!(a.fingerprint, c.fingerprint);
         assert!(IdempotentRequest::new("u", "", "POST", "/x", &body).is_err());
         assert!(IdempotentRequest::new("u", "has space", "POST", "/x", &body).is_err());
+    }
+
+    #[test]
+    fn request_keys_tell_scopes_keys_and_generations_apart() {
+        let body = serde_json::json!({});
+        let at = |s: &str| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").unwrap();
+        let t = at("2026-11-27 03:04:05.000006");
+        let a = IdempotentRequest::new("op:a", "b:c", "POST", "/x", &body).unwrap();
+        let b = IdempotentRequest::new("op:a:b", "c", "POST", "/x", &body).unwrap();
+        assert_eq!(a.request_key(t).as_str(), "20261127T030405.000006:4:op:a:b:c");
+        assert_eq!(b.request_key(t).as_str(), "20261127T030405.000006:6:op:a:b:c");
+        assert_ne!(a.request_key(t).as_str(), a.request_key(at("2026-11-28 03:04:05")).as_str());
     }
 }

@@ -182,6 +182,7 @@ pub fn add_member(
     check_user_id(user_id)?;
     let limit = check_limit(daily_limit)?;
     db::write_tx(conn, |tx| {
+        db::locks::lock_org(tx, org_id)?;
         let actor = require_admin(tx, org_id, &caller.id)?;
         check_role_change(actor, None, role)?;
         insert_person_if_missing(tx, user_id)?;
@@ -207,6 +208,10 @@ pub fn add_member(
     })
 }
 
+/// The org's owners. Callers that act on the count hold the org's lock
+/// ([`db::locks::lock_org`], taken first in their transaction): without it,
+/// two owners demoting or removing each other at once on PostgreSQL each
+/// count two owners, and the org is left with none.
 fn owner_count(tx: &mut WriteTx<'_>, org_id: &str) -> QueryResult<i64> {
     org_members::table
         .filter(org_members::org_id.eq(org_id))
@@ -225,6 +230,7 @@ pub fn update_member(
 ) -> ServiceResult<Member> {
     let limit = patch.daily_limit.map(check_limit).transpose()?;
     db::write_tx(conn, |tx| {
+        db::locks::lock_org(tx, org_id)?;
         let actor = require_admin(tx, org_id, &caller.id)?;
         let current = role_in(tx, org_id, user_id).map_err(|_| ServiceError::NotFound("member"))?;
         if let Some(role) = patch.role {
@@ -255,6 +261,7 @@ pub fn update_member(
 /// `DELETE /v1/orgs/{id}/members/{user_id}`: org admins; never the last owner.
 pub fn remove_member(conn: &mut DbConn, caller: &Caller, org_id: &str, user_id: &str) -> ServiceResult<()> {
     db::write_tx(conn, |tx| {
+        db::locks::lock_org(tx, org_id)?;
         let actor = require_admin(tx, org_id, &caller.id)?;
         let current = role_in(tx, org_id, user_id).map_err(|_| ServiceError::NotFound("member"))?;
         if current == OrgRole::Owner {

@@ -70,6 +70,17 @@ pub fn sign(payload: &[u8], secret: &str, timestamp: i64) -> String {
     format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// Reads a verified payload as an event. Text with a NUL anywhere in it is
+/// refused: no field of it could be stored (PostgreSQL refuses NUL in text),
+/// and Stripe sends none.
+pub fn parse_event(payload: &[u8]) -> Result<Event, String> {
+    let value: serde_json::Value = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+    if crate::domain::text::json_has_nul(&value) {
+        return Err("text in the event must not contain NUL (\\u0000)".into());
+    }
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
 /// An event's envelope.
 #[derive(Debug, Deserialize)]
 pub struct Event {

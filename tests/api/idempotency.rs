@@ -15,7 +15,35 @@ both!(
     a_request_in_flight_is_a_conflict,
     a_missing_key_is_refused,
     keys_are_per_caller,
+    callers_whose_ids_contain_colons_do_not_share_keys,
 );
+
+/// Runs each `async fn(TestApp)` on both databases with a one-second
+/// idempotency TTL (a setting meant for tests only) and lease.
+macro_rules! both_short_ttl {
+    ($($name:ident),* $(,)?) => { $(
+        mod $name {
+            use crate::helpers::{Backend, TestApp};
+            async fn go(backend: Backend) {
+                let Some(app) = TestApp::spawn_with(backend, |v| {
+                    v.insert("TALLY_TEST_IDEMPOTENCY_TTL".into(), "1s".into());
+                    // A key is purged only once its lease has run out too.
+                    v.insert("TALLY_IDEMPOTENCY_LEASE".into(), "1s".into());
+                }).await else {
+                    eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
+                    return;
+                };
+                super::$name(app).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() { go(Backend::Sqlite).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() { go(Backend::Postgres).await }
+        }
+    )* };
+}
+
+both_short_ttl!(a_key_reused_after_it_expired_is_a_new_request);
 
 async fn raw_adjust(app: &TestApp, wallet: &str, body: serde_json::Value, key: &str) -> (u16, String, bool) {
     let res = app
@@ -176,5 +204,87 @@ async fn keys_are_per_caller(app: TestApp) {
         assert_eq!(v["operator_id"], op);
     }
     assert_eq!(app.balance(&wallet, &app.token("alice")).await, "2");
+    app.assert_ledger_ok();
+}
+
+/// Runs the purge of expired keys as the maintenance loop does, with the
+/// server's own TTL; how many keys went.
+fn purge_expired(app: &TestApp) -> usize {
+    let ttl = app.state().ctx.settings.idempotency_ttl;
+    assert_eq!(ttl, std::time::Duration::from_secs(1), "the test TTL is in force");
+    tally::services::idempotency::purge_older_than(&mut app.conn(), ttl).unwrap()
+}
+
+/// Once a key has expired and been purged, the same key is a new request
+/// (as Stripe treats it): it runs again and moves money again, never a 500;
+/// within its new lifetime it replays again. Top-ups (several steps under
+/// one key) start a new order.
+async fn a_key_reused_after_it_expired_is_a_new_request(app: TestApp) {
+    let wallet = app.wallet_of("alice").await;
+    let alice = app.token("alice");
+    let body = json!({"amount": "5", "reason": "promo"});
+    let (status, first, _) = raw_adjust(&app, &wallet, body.clone(), "reused-key").await;
+    assert_eq!(status, 201, "{first}");
+    let (status, again, replayed) = raw_adjust(&app, &wallet, body.clone(), "reused-key").await;
+    assert_eq!((status, replayed, &again), (201, true, &first));
+    let top_up = |key: &'static str| {
+        let (app, alice, wallet) = (&app, alice.clone(), wallet.clone());
+        async move {
+            let (s, _, t) = app
+                .send(
+                    Method::POST,
+                    &format!("/v1/wallets/{wallet}/top-ups"),
+                    Some(&alice),
+                    Some(json!({"pack_id": "starter"})),
+                    Some(key),
+                )
+                .await;
+            assert_eq!(s, 201, "{t}");
+            t["id"].as_str().unwrap().to_string()
+        }
+    };
+    let first_order = top_up("order-key").await;
+    assert_eq!(top_up("order-key").await, first_order, "a retry within the TTL finds its order");
+
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(purge_expired(&app), 2);
+    assert_eq!(app.count("idempotency_keys"), 0);
+
+    let (status, second, replayed) = raw_adjust(&app, &wallet, body.clone(), "reused-key").await;
+    assert_eq!((status, replayed), (201, false), "{second}");
+    let (a, b): (serde_json::Value, serde_json::Value) =
+        (serde_json::from_str(&first).unwrap(), serde_json::from_str(&second).unwrap());
+    assert_ne!(a["id"], b["id"], "a new adjustment");
+    assert_eq!(app.balance(&wallet, &alice).await, "10");
+    let (status, again, replayed) = raw_adjust(&app, &wallet, body, "reused-key").await;
+    assert_eq!((status, replayed, &again), (201, true, &second));
+    assert_eq!(app.count("journal_entries"), 2);
+
+    let second_order = top_up("order-key").await;
+    assert_ne!(second_order, first_order, "a new order");
+    assert_eq!(app.count("top_ups"), 2);
+    app.assert_ledger_ok();
+}
+
+/// Keys are scoped by caller; a caller id may contain `:`, and the scope
+/// must still tell `op:a` + key `b:c` from `op:a:b` + key `c`.
+async fn callers_whose_ids_contain_colons_do_not_share_keys(app: TestApp) {
+    let wallet = app.wallet_of("alice").await;
+    let body = json!({"amount": "1", "reason": "x"});
+    for (op, key) in [("op:a", "b:c"), ("op:a:b", "c")] {
+        let (status, _, v) = app
+            .send(
+                Method::POST,
+                &format!("/v1/admin/wallets/{wallet}/adjustments"),
+                Some(&app.token_with(op, &["admin"])),
+                Some(body.clone()),
+                Some(key),
+            )
+            .await;
+        assert_eq!(status, 201, "{op} {key}: {v}");
+        assert_eq!(v["operator_id"], op);
+    }
+    assert_eq!(app.balance(&wallet, &app.token("alice")).await, "2");
+    assert_eq!(app.count("journal_entries"), 2);
     app.assert_ledger_ok();
 }

@@ -6,7 +6,12 @@ use serde_json::json;
 use crate::both;
 use crate::helpers::{assert_error, TestApp};
 
-both!(bad_bodies_are_refused_and_change_nothing, bad_queries_and_paths, unknown_routes_use_the_envelope);
+both!(
+    bad_bodies_are_refused_and_change_nothing,
+    bad_queries_and_paths,
+    unknown_routes_use_the_envelope,
+    a_nul_in_any_body_or_query_field_is_refused
+);
 
 async fn raw_post(
     app: &TestApp,
@@ -158,4 +163,56 @@ async fn unknown_routes_use_the_envelope(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(res.headers()["x-request-id"], "trace-123");
+}
+
+/// PostgreSQL refuses NUL in text ("invalid byte sequence"): a NUL in any
+/// body or query field, whichever field it is, is a 422 before any query
+/// runs, on both databases, and changes nothing.
+async fn a_nul_in_any_body_or_query_field_is_refused(app: TestApp) {
+    let (org, agent) = crate::charges::market(&app, "0.3", "1", 0, "public").await;
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    app.fund(&wallet, "10").await;
+    let creator = app.token("creator");
+    let op = app.operator_token();
+    let entries = app.count("journal_entries");
+    let (agents, grants) = (app.count("agents"), app.count("plan_grants"));
+
+    let (s, _, b) =
+        crate::charges::charge(&app, &alice, &agent, json!({"org_id": "org_\u{0}x"}), "nul-charge").await;
+    assert_error(s, &b, 422, "validation_error");
+    let (s, _, b) = crate::charges::charge(&app, &alice, &agent, json!({"org\u{0}": "x"}), "nul-key").await;
+    assert_error(s, &b, 422, "validation_error");
+    let (s, _, b) =
+        crate::charges::charge(&app, &alice, &agent, json!({"org_id": ["a\u{0}"]}), "nul-deep").await;
+    assert_error(s, &b, 422, "validation_error");
+    for query in ["org_id=org_%00x", "org_id=%00"] {
+        let (s, b) = app.get(&format!("/v1/agents/{agent}/quote?{query}"), &alice).await;
+        assert_error(s, &b, 422, "validation_error");
+    }
+    let (s, b) = app.get("/v1/marketplace/agents?starting_after=agt_%00", &alice).await;
+    assert_error(s, &b, 422, "validation_error");
+    let (s, b) = app.post("/v1/admin/plan-grants", &op, json!({"org_id": "org_\u{0}x", "plan": "pro"})).await;
+    assert_error(s, &b, 422, "validation_error");
+    let (s, b) =
+        app.post("/v1/admin/plan-grants", &op, json!({"user_id": "al\u{0}ice", "plan": "pro"})).await;
+    assert_error(s, &b, 422, "validation_error");
+    let (s, b) = app
+        .post("/v1/entitlements/check", &alice, json!({"feature": "web_search", "org_id": "org_\u{0}x"}))
+        .await;
+    assert_error(s, &b, 422, "validation_error");
+    let (s, b) = app
+        .post(&format!("/v1/orgs/{org}/agents"), &creator, json!({"name": "N", "model": "model-\u{0}a"}))
+        .await;
+    assert_error(s, &b, 422, "validation_error");
+    let (s, b) = app.patch(&format!("/v1/agents/{agent}"), &creator, json!({"model": "model-a\u{0}"})).await;
+    assert_error(s, &b, 422, "validation_error");
+
+    // Nothing moved or was written; the agent keeps its model.
+    assert_eq!(app.count("journal_entries"), entries);
+    assert_eq!((app.count("agents"), app.count("plan_grants")), (agents, grants));
+    assert_eq!(app.balance(&wallet, &alice).await, "10");
+    let (_, a) = app.get(&format!("/v1/agents/{agent}"), &creator).await;
+    assert_eq!(a["model"], "model-a");
+    app.assert_ledger_ok();
 }

@@ -6,7 +6,13 @@ use serde_json::json;
 use crate::both;
 use crate::helpers::{assert_error, TestApp};
 
-both!(create_an_org_with_its_wallet, manage_members_and_roles);
+both!(
+    create_an_org_with_its_wallet,
+    manage_members_and_roles,
+    two_owners_demoting_each_other_leave_one_owner,
+    two_owners_removing_each_other_leave_one_owner,
+    two_owners_demoting_themselves_leave_one_owner
+);
 
 async fn create_an_org_with_its_wallet(app: TestApp) {
     let alice = app.token("alice");
@@ -83,4 +89,71 @@ async fn manage_members_and_roles(app: TestApp) {
     let ids: Vec<&str> =
         list["data"].as_array().unwrap().iter().map(|m| m["user_id"].as_str().unwrap()).collect();
     assert_eq!(ids, vec!["bob", "carol"]);
+}
+
+/// A new org of alice with bob as a second owner; its id.
+async fn org_with_two_owners(app: &TestApp, round: usize) -> String {
+    let alice = app.token("alice");
+    let (s, org) = app.post("/v1/orgs", &alice, json!({"name": format!("Race {round}")})).await;
+    assert_eq!(s, 201, "{org}");
+    let org = org["id"].as_str().unwrap().to_string();
+    let (s, m) = app
+        .post(&format!("/v1/orgs/{org}/members"), &alice, json!({"user_id": "bob", "role": "owner"}))
+        .await;
+    assert_eq!(s, 201, "{m}");
+    org
+}
+
+/// The org's members and their roles, read from the database.
+fn roles_of(app: &TestApp, org: &str) -> Vec<(String, String)> {
+    use diesel::prelude::*;
+    use tally::db::schema::org_members;
+    let conn: &mut tally::db::DbConn = &mut app.conn();
+    org_members::table
+        .filter(org_members::org_id.eq(org))
+        .order(org_members::user_id.asc())
+        .select((org_members::user_id, org_members::role))
+        .load(conn)
+        .unwrap()
+}
+
+/// Twenty rounds of two requests at once by alice and bob, both owners of
+/// one org; `request(app, org, actor, other)` is what each sends. Exactly
+/// one wins, the other gets `loser` (a 4xx), and one owner remains.
+async fn owner_race(app: &TestApp, request: Method, target_other: bool, body: Option<serde_json::Value>) {
+    for round in 0..20 {
+        let org = org_with_two_owners(app, round).await;
+        let send = |actor: &'static str, other: &'static str| {
+            let target = if target_other { other } else { actor };
+            let path = format!("/v1/orgs/{org}/members/{target}");
+            let token = app.token(actor);
+            let (method, body) = (request.clone(), body.clone());
+            async move { app.send(method, &path, Some(&token), body, None).await }
+        };
+        let (a, b) = tokio::join!(send("alice", "bob"), send("bob", "alice"));
+        let statuses = [a.0.as_u16(), b.0.as_u16()];
+        let wins = statuses.iter().filter(|s| **s < 300).count();
+        assert_eq!(wins, 1, "round {round}: exactly one change wins: {a:?} {b:?}");
+        let loser = if a.0.as_u16() < 300 { &b } else { &a };
+        assert!(
+            [403, 404, 409].contains(&loser.0.as_u16()) && loser.2["error"]["type"].is_string(),
+            "round {round}: the other is refused: {loser:?}"
+        );
+        let roles = roles_of(app, &org);
+        let owners = roles.iter().filter(|(_, r)| r == "owner").count();
+        assert_eq!(owners, 1, "round {round}: one owner remains: {roles:?}");
+    }
+    app.assert_ledger_ok();
+}
+
+async fn two_owners_demoting_each_other_leave_one_owner(app: TestApp) {
+    owner_race(&app, Method::PATCH, true, Some(json!({"role": "admin"}))).await;
+}
+
+async fn two_owners_removing_each_other_leave_one_owner(app: TestApp) {
+    owner_race(&app, Method::DELETE, true, None).await;
+}
+
+async fn two_owners_demoting_themselves_leave_one_owner(app: TestApp) {
+    owner_race(&app, Method::PATCH, false, Some(json!({"role": "member"}))).await;
 }

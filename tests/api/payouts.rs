@@ -268,7 +268,12 @@ async fn recovery_sends_an_unsent_payout_once(app: TestApp, stripe: FakeStripe) 
     let request =
         tally::services::idempotency::IdempotentRequest::new("creator", "crash", "POST", "/x", &json!({}))
             .unwrap();
-    let key = tally::services::idempotency::request_key(&request);
+    let tally::services::idempotency::Claim::Fresh(lease) =
+        tally::services::idempotency::claim(&mut app.conn(), &request).unwrap()
+    else {
+        panic!("a new key is claimed")
+    };
+    let key = lease.request_key;
     let (row, _) =
         tally::services::payouts::record_payout(&mut app.conn(), &state.ctx, &creator, &org, None, &key)
             .unwrap();

@@ -342,13 +342,18 @@ async fn three_instances_share_one_postgres() {
     let request =
         tally::services::idempotency::IdempotentRequest::new("creator", "crashed", "POST", "/x", &json!({}))
             .unwrap();
+    let tally::services::idempotency::Claim::Fresh(lease) =
+        tally::services::idempotency::claim(&mut pool.get().unwrap(), &request).unwrap()
+    else {
+        panic!("a new key is claimed")
+    };
     let (payout, _) = tally::services::payouts::record_payout(
         &mut pool.get().unwrap(),
         &ctx,
         &caller,
         &org_id,
         None,
-        &tally::services::idempotency::request_key(&request),
+        &lease.request_key,
     )
     .unwrap();
     {

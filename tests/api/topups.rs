@@ -50,6 +50,7 @@ both_with_stripe!(
     partial_refunds_and_disputes,
     stripe_errors_and_mismatches,
     manual_orders_beside_stripe,
+    signed_events_carrying_nul_are_refused,
 );
 
 crate::both!(manual_top_ups_settle_with_gap_free_receipts, packs_are_listed);
@@ -525,4 +526,96 @@ async fn manual_top_ups_settle_with_gap_free_receipts(app: TestApp) {
     assert_eq!(app.count("top_ups"), 20);
     assert_eq!(app.count("journal_entries"), 20);
     app.assert_ledger_ok();
+}
+
+/// A signed event whose id (or any text in it) carries a NUL is refused
+/// with 400 `invalid_event` (PostgreSQL cannot store it), not 500, and
+/// credits nothing; the clean event then credits once.
+async fn signed_events_carrying_nul_are_refused(app: TestApp, _stripe: FakeStripe) {
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    let (_, t) = start_top_up(&app, &alice, &wallet, "starter", "b1").await;
+    let good = paid_event("evt_ok", &t, "cs_test_fake1", "pi_fake1", "checkout.session.completed", "paid");
+    let nul_id = good.replace("\"evt_ok\"", "\"evt_\\u0000x\"");
+    let nul_deep = good.replace("\"pi_fake1\"", "\"pi_\\u0000\"");
+    assert!(nul_id != good && nul_deep != good);
+    for payload in [&nul_id, &nul_deep] {
+        let (s, b) = deliver_signed(&app, payload).await;
+        assert_error(s, &b, 400, "invalid_event");
+    }
+    assert_eq!(app.count("stripe_events"), 0);
+    assert_eq!(app.balance(&wallet, &alice).await, "0");
+    let (s, ack) = deliver_signed(&app, &good).await;
+    assert_eq!((s.as_u16(), ack["outcome"].as_str()), (200, Some("credited")), "{ack}");
+    assert_eq!(app.balance(&wallet, &alice).await, "50");
+    app.assert_ledger_ok();
+}
+
+/// The process's resident memory, in bytes (Linux).
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kb * 1024
+}
+
+/// Sixteen gzip bombs (about 240 MB of zeros each, under 256 KB
+/// compressed) sent at once to the unauthenticated webhook endpoint: each
+/// gets a 4xx, and the server (in this process) does not inflate them.
+/// Memory does not depend on the database, so one backend suffices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compressed_bodies_are_not_inflated() {
+    use std::io::Write;
+    let app = TestApp::spawn_with(Backend::Sqlite, |v| {
+        v.insert("STRIPE_WEBHOOK_SECRET".into(), WEBHOOK_SECRET.into());
+    })
+    .await
+    .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..240 {
+        gz.write_all(&zeros).unwrap();
+    }
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 256 * 1024, "{} bytes", bomb.len());
+    drop(zeros);
+    let before = resident_bytes();
+    // Sample the peak while the requests run: freed buffers leave the
+    // resident set again, so a reading afterwards alone would miss them.
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let running = running.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(resident_bytes());
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            peak
+        })
+    };
+    let url = format!("{}/v1/webhooks/stripe", app.address);
+    let sends = (0..16).map(|_| {
+        let req = app
+            .client
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .header("Content-Encoding", "gzip")
+            .header("Stripe-Signature", fake::signature("{}", WEBHOOK_SECRET, 0))
+            .body(bomb.clone());
+        async move { req.send().await.map(|r| r.status().as_u16()) }
+    });
+    let statuses = join_all(sends).await;
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let after = sampler.join().unwrap().max(resident_bytes());
+    for status in &statuses {
+        let status = *status.as_ref().expect("answered, not dropped");
+        assert!((400..500).contains(&status), "{statuses:?}");
+    }
+    let grown = after.saturating_sub(before);
+    assert!(grown < 150 * 1024 * 1024, "resident memory peaked {} MB above its start", grown / (1024 * 1024));
+    assert_eq!(app.count("stripe_events"), 0);
 }
