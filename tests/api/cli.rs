@@ -1,5 +1,6 @@
 //! The binary as a newcomer meets it: `serve` with only a JWT secret,
-//! `token`, clear one-line configuration errors, `ledger verify`, `openapi`.
+//! `token`, clear one-line configuration errors, `ledger verify`, `openapi`,
+//! `bench` in a build without it.
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -137,4 +138,14 @@ fn openapi_command_prints_the_document() {
     let out = tally(dir.path(), &[]).arg("openapi").output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8(out.stdout).unwrap(), tally::api::docs::openapi_json());
+}
+
+/// Without the `bench` feature (the default build), `tally bench` is one
+/// line saying how to get it, whatever its flags.
+#[cfg(not(feature = "bench"))]
+#[test]
+fn bench_without_its_feature_says_how_to_build_it() {
+    let build = "cargo build --release --features bench";
+    one_line_failure(&[], &["bench"], build);
+    one_line_failure(&[], &["bench", "--db", "postgres", "--mode", "all", "--help"], build);
 }
