@@ -1,4 +1,4 @@
-//! The test suite's fake Stripe as a process of its own, for the generated
+//! The test suite's fake Stripe (`tally::stripe::fake`) as a process of its own, for the generated
 //! SDKs' scenarios (`scripts/sdk.sh`): it answers the Stripe API calls tally
 //! makes with Stripe's example objects, completes Connect onboarding by
 //! sending tally a signed `account.updated`, and lists what it received at
@@ -12,11 +12,9 @@
 //! stdout, then serves until killed. tally must use its keys:
 //! `STRIPE_SECRET_KEY=sk_test_fake`, `STRIPE_WEBHOOK_SECRET=whsec_test_0123456789abcdef`.
 
-#[allow(dead_code)]
-#[path = "../tests/api/fake_stripe.rs"]
-mod fake_stripe;
-
 use std::io::Write;
+
+use tally::stripe::fake as fake_stripe;
 
 #[tokio::main]
 async fn main() {

@@ -41,7 +41,15 @@ enum Command {
         command: LedgerCommand,
     },
     /// Benchmark charges over HTTP against their database floor (see README, Benchmark).
+    #[cfg(feature = "bench")]
     Bench(crate::bench::BenchArgs),
+    /// Not in this build: says how to get it.
+    #[cfg(not(feature = "bench"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -72,7 +80,12 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         // The bench starts its own server with its own settings.
+        #[cfg(feature = "bench")]
         Command::Bench(args) => return bench(args),
+        #[cfg(not(feature = "bench"))]
+        Command::Bench { .. } => return fail(
+            "bench: this binary was built without it; build with `cargo build --release --features bench`",
+        ),
         command => Cli { command },
     };
     let settings = match Settings::load() {
@@ -81,7 +94,7 @@ pub fn main() -> ExitCode {
     };
     crate::telemetry::init(settings.log_json);
     match cli.command {
-        Command::Openapi | Command::Bench(_) => ExitCode::SUCCESS,
+        Command::Openapi | Command::Bench { .. } => ExitCode::SUCCESS,
         Command::Serve => serve(settings),
         Command::Migrate => match open_database_once(&settings) {
             Ok(_) => {
@@ -114,6 +127,7 @@ pub fn main() -> ExitCode {
     }
 }
 
+#[cfg(feature = "bench")]
 fn bench(args: crate::bench::BenchArgs) -> ExitCode {
     match crate::bench::run(args) {
         Ok(true) => ExitCode::SUCCESS,

@@ -193,117 +193,25 @@ impl Settings {
         Self::from_values(&values)
     }
 
-    /// Builds settings from key/value pairs (defaults fill the rest).
+    /// Builds settings from key/value pairs (defaults fill the rest), one
+    /// group at a time; the first bad value stops it, named by its key.
     pub fn from_values(values: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
-        if let Some(unknown) = values.keys().find(|k| !KEYS.iter().any(|(name, _)| name == k)) {
-            return Err(ConfigError(format!("unknown setting '{unknown}'")));
-        }
-        let get = |key: &str| -> Option<String> {
-            values
-                .get(key)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-                .or_else(|| KEYS.iter().find(|(k, _)| *k == key).and_then(|(_, d)| d.map(str::to_string)))
-        };
-        let bad = |key: &str, why: String| ConfigError(format!("{key}: {why}"));
-
-        let database = DbTarget::parse(&get("DATABASE_URL").unwrap_or_default()).map_err(ConfigError)?;
-        let bind = get("TALLY_BIND").unwrap_or_default();
-        if bind.parse::<std::net::SocketAddr>().is_err() && !bind.contains(':') {
-            return Err(bad("TALLY_BIND", format!("'{bind}' is not HOST:PORT")));
-        }
-
-        let public_key_pem = match get("TALLY_JWT_PUBLIC_KEY") {
-            Some(path) => Some(
-                std::fs::read_to_string(&path)
-                    .map_err(|e| bad("TALLY_JWT_PUBLIC_KEY", format!("cannot read '{path}': {e}")))?,
-            ),
-            None => None,
-        };
-        let jwt = JwtSettings {
-            secret: get("TALLY_JWT_SECRET"),
-            public_key_pem,
-            issuer: get("TALLY_JWT_ISSUER"),
-            audience: get("TALLY_JWT_AUDIENCE"),
-        };
-
-        let credit_rate = CreditRate::parse(&get("TALLY_CREDIT_USD").unwrap_or_default())
-            .map_err(|e| bad("TALLY_CREDIT_USD", e))?;
-        let share_text = get("TALLY_MARKETPLACE_SHARE").unwrap_or_default();
-        let marketplace_share: Decimal = share_text
-            .parse()
-            .ok()
-            .filter(|d: &Decimal| *d >= Decimal::ZERO && *d <= Decimal::ONE)
-            .ok_or_else(|| {
-                bad("TALLY_MARKETPLACE_SHARE", format!("'{share_text}' is not between 0 and 1"))
-            })?;
-        let earnings_hold = parse_duration("TALLY_EARNINGS_HOLD", &get("TALLY_EARNINGS_HOLD"))?;
-        let idempotency_ttl = parse_duration("TALLY_IDEMPOTENCY_TTL", &get("TALLY_IDEMPOTENCY_TTL"))?;
-        if idempotency_ttl < Duration::from_secs(24 * 3600) {
-            return Err(bad("TALLY_IDEMPOTENCY_TTL", "must be at least 24h".into()));
-        }
-        // Tests only: any TTL, so that a test can watch a key expire.
-        let idempotency_ttl = match get("TALLY_TEST_IDEMPOTENCY_TTL") {
-            Some(text) => parse_duration("TALLY_TEST_IDEMPOTENCY_TTL", &Some(text))?,
-            None => idempotency_ttl,
-        };
-        let idempotency_lease = parse_duration("TALLY_IDEMPOTENCY_LEASE", &get("TALLY_IDEMPOTENCY_LEASE"))?
-            .max(Duration::from_secs(1));
-        let settlement_sweep = parse_duration("TALLY_SETTLEMENT_SWEEP", &get("TALLY_SETTLEMENT_SWEEP"))?
-            .max(Duration::from_millis(100));
-        let min_text = get("TALLY_MIN_WITHDRAWAL").unwrap_or_default();
-        let min_withdrawal = Credits::parse(&min_text)
-            .ok()
-            .filter(|c| !c.is_negative())
-            .ok_or_else(|| bad("TALLY_MIN_WITHDRAWAL", format!("'{min_text}' is not credits")))?;
-        let pool_text = get("TALLY_DB_POOL_SIZE").unwrap_or_default();
-        let pool_size = pool_text
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=512).contains(n))
-            .ok_or_else(|| bad("TALLY_DB_POOL_SIZE", format!("'{pool_text}' is not 1 to 512")))?;
-        let sqlite_synchronous_full =
-            match get("TALLY_SQLITE_SYNCHRONOUS").unwrap_or_default().to_ascii_uppercase().as_str() {
-                "FULL" => true,
-                "NORMAL" => false,
-                other => {
-                    return Err(bad("TALLY_SQLITE_SYNCHRONOUS", format!("'{other}' is not FULL or NORMAL")))
-                }
-            };
-        let workers = match get("TALLY_WORKERS") {
-            Some(w) => Some(
-                w.parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| bad("TALLY_WORKERS", format!("'{w}' is not a positive number")))?,
-            ),
-            None => None,
-        };
-        let log_json = match get("TALLY_LOG_FORMAT").unwrap_or_default().as_str() {
-            "text" => false,
-            "json" => true,
-            other => return Err(bad("TALLY_LOG_FORMAT", format!("'{other}' is not text or json"))),
-        };
-        let stripe = get("STRIPE_SECRET_KEY").map(|secret_key| StripeSettings {
-            secret_key,
-            webhook_secret: get("STRIPE_WEBHOOK_SECRET"),
-            api_base: get("STRIPE_API_BASE"),
-        });
-        let stripe_webhook_secret = get("STRIPE_WEBHOOK_SECRET");
-        let credit_packs = match get("TALLY_CREDIT_PACKS") {
-            Some(text) => parse_packs(&text).map_err(|e| bad("TALLY_CREDIT_PACKS", e))?,
-            None => default_packs(),
-        };
-        let checkout_success_url = get("TALLY_CHECKOUT_SUCCESS_URL").unwrap_or_default();
-        let checkout_cancel_url = get("TALLY_CHECKOUT_CANCEL_URL").unwrap_or_default();
-        let connect_return_url = get("TALLY_CONNECT_RETURN_URL").unwrap_or_default();
-        let plans = match get("TALLY_PLANS") {
-            Some(text) => crate::domain::plans::parse_plans(&text).map_err(|e| bad("TALLY_PLANS", e))?,
-            None => crate::domain::plans::default_plans(),
-        };
-        let pro_price_id = get("TALLY_PRO_PRICE_ID");
-        let past_due_grace = parse_duration("TALLY_PAST_DUE_GRACE", &get("TALLY_PAST_DUE_GRACE"))?;
-        let connect_refresh_url = get("TALLY_CONNECT_REFRESH_URL").unwrap_or_default();
+        let raw = Raw::new(values)?;
+        let Database { database, pool_size, sqlite_synchronous_full } = raw.database()?;
+        let Server { bind, workers, log_json } = raw.server()?;
+        let jwt = raw.jwt()?;
+        let Money { credit_rate, marketplace_share, earnings_hold, min_withdrawal, credit_packs } =
+            raw.money()?;
+        let Timings { idempotency_ttl, idempotency_lease, settlement_sweep } = raw.timings()?;
+        let Stripe {
+            stripe,
+            stripe_webhook_secret,
+            checkout_success_url,
+            checkout_cancel_url,
+            connect_return_url,
+            connect_refresh_url,
+        } = raw.stripe();
+        let Plans { plans, pro_price_id, past_due_grace } = raw.plans()?;
 
         Ok(Settings {
             database,
@@ -344,10 +252,211 @@ impl Settings {
     }
 }
 
-fn parse_duration(key: &str, value: &Option<String>) -> Result<Duration, ConfigError> {
-    let text = value.clone().unwrap_or_default();
-    humantime::parse_duration(&text)
-        .map_err(|e| ConfigError(format!("{key}: '{text}' is not a duration like 24h or 0s ({e})")))
+/// The settings read so far, by key: trimmed, empty as unset, defaults from
+/// [`KEYS`] filled in.
+struct Raw<'a>(&'a BTreeMap<String, String>);
+
+/// `TALLY_BIND`, `TALLY_WORKERS`, `TALLY_LOG_FORMAT`.
+struct Server {
+    bind: String,
+    workers: Option<usize>,
+    log_json: bool,
+}
+
+/// `DATABASE_URL`, `TALLY_DB_POOL_SIZE`, `TALLY_SQLITE_SYNCHRONOUS`.
+struct Database {
+    database: DbTarget,
+    pool_size: u32,
+    sqlite_synchronous_full: bool,
+}
+
+/// The credit's price, the marketplace's share, earnings and packs.
+struct Money {
+    credit_rate: CreditRate,
+    marketplace_share: Decimal,
+    earnings_hold: Duration,
+    min_withdrawal: Credits,
+    credit_packs: Vec<CreditPack>,
+}
+
+/// Idempotency keys' lifetime and lease, the settlement sweep's period.
+struct Timings {
+    idempotency_ttl: Duration,
+    idempotency_lease: Duration,
+    settlement_sweep: Duration,
+}
+
+/// The Stripe keys and the URLs Stripe sends people back to.
+struct Stripe {
+    stripe: Option<StripeSettings>,
+    stripe_webhook_secret: Option<String>,
+    checkout_success_url: String,
+    checkout_cancel_url: String,
+    connect_return_url: String,
+    connect_refresh_url: String,
+}
+
+/// The plans and the subscription that grants Pro.
+struct Plans {
+    plans: Vec<crate::domain::plans::Plan>,
+    pro_price_id: Option<String>,
+    past_due_grace: Duration,
+}
+
+fn bad(key: &str, why: String) -> ConfigError {
+    ConfigError(format!("{key}: {why}"))
+}
+
+impl<'a> Raw<'a> {
+    /// Refuses a key tally does not know (a typo would otherwise be ignored).
+    fn new(values: &'a BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        if let Some(unknown) = values.keys().find(|k| !KEYS.iter().any(|(name, _)| name == k)) {
+            return Err(ConfigError(format!("unknown setting '{unknown}'")));
+        }
+        Ok(Raw(values))
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        self.0
+            .get(key)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .or_else(|| KEYS.iter().find(|(k, _)| *k == key).and_then(|(_, d)| d.map(str::to_string)))
+    }
+
+    /// The value, or "" when unset without a default.
+    fn text(&self, key: &str) -> String {
+        self.get(key).unwrap_or_default()
+    }
+
+    fn duration(&self, key: &str) -> Result<Duration, ConfigError> {
+        let text = self.text(key);
+        humantime::parse_duration(&text)
+            .map_err(|e| ConfigError(format!("{key}: '{text}' is not a duration like 24h or 0s ({e})")))
+    }
+
+    fn server(&self) -> Result<Server, ConfigError> {
+        let bind = self.text("TALLY_BIND");
+        if bind.parse::<std::net::SocketAddr>().is_err() && !bind.contains(':') {
+            return Err(bad("TALLY_BIND", format!("'{bind}' is not HOST:PORT")));
+        }
+        let workers = match self.get("TALLY_WORKERS") {
+            Some(w) => Some(
+                w.parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad("TALLY_WORKERS", format!("'{w}' is not a positive number")))?,
+            ),
+            None => None,
+        };
+        let log_json = match self.text("TALLY_LOG_FORMAT").as_str() {
+            "text" => false,
+            "json" => true,
+            other => return Err(bad("TALLY_LOG_FORMAT", format!("'{other}' is not text or json"))),
+        };
+        Ok(Server { bind, workers, log_json })
+    }
+
+    fn database(&self) -> Result<Database, ConfigError> {
+        let database = DbTarget::parse(&self.text("DATABASE_URL")).map_err(ConfigError)?;
+        let pool_text = self.text("TALLY_DB_POOL_SIZE");
+        let pool_size = pool_text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=512).contains(n))
+            .ok_or_else(|| bad("TALLY_DB_POOL_SIZE", format!("'{pool_text}' is not 1 to 512")))?;
+        let sqlite_synchronous_full =
+            match self.text("TALLY_SQLITE_SYNCHRONOUS").to_ascii_uppercase().as_str() {
+                "FULL" => true,
+                "NORMAL" => false,
+                other => {
+                    return Err(bad("TALLY_SQLITE_SYNCHRONOUS", format!("'{other}' is not FULL or NORMAL")))
+                }
+            };
+        Ok(Database { database, pool_size, sqlite_synchronous_full })
+    }
+
+    fn jwt(&self) -> Result<JwtSettings, ConfigError> {
+        let public_key_pem = match self.get("TALLY_JWT_PUBLIC_KEY") {
+            Some(path) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| bad("TALLY_JWT_PUBLIC_KEY", format!("cannot read '{path}': {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(JwtSettings {
+            secret: self.get("TALLY_JWT_SECRET"),
+            public_key_pem,
+            issuer: self.get("TALLY_JWT_ISSUER"),
+            audience: self.get("TALLY_JWT_AUDIENCE"),
+        })
+    }
+
+    fn money(&self) -> Result<Money, ConfigError> {
+        let credit_rate =
+            CreditRate::parse(&self.text("TALLY_CREDIT_USD")).map_err(|e| bad("TALLY_CREDIT_USD", e))?;
+        let share_text = self.text("TALLY_MARKETPLACE_SHARE");
+        let marketplace_share: Decimal = share_text
+            .parse()
+            .ok()
+            .filter(|d: &Decimal| *d >= Decimal::ZERO && *d <= Decimal::ONE)
+            .ok_or_else(|| {
+                bad("TALLY_MARKETPLACE_SHARE", format!("'{share_text}' is not between 0 and 1"))
+            })?;
+        let earnings_hold = self.duration("TALLY_EARNINGS_HOLD")?;
+        let min_text = self.text("TALLY_MIN_WITHDRAWAL");
+        let min_withdrawal = Credits::parse(&min_text)
+            .ok()
+            .filter(|c| !c.is_negative())
+            .ok_or_else(|| bad("TALLY_MIN_WITHDRAWAL", format!("'{min_text}' is not credits")))?;
+        let credit_packs = match self.get("TALLY_CREDIT_PACKS") {
+            Some(text) => parse_packs(&text).map_err(|e| bad("TALLY_CREDIT_PACKS", e))?,
+            None => default_packs(),
+        };
+        Ok(Money { credit_rate, marketplace_share, earnings_hold, min_withdrawal, credit_packs })
+    }
+
+    fn timings(&self) -> Result<Timings, ConfigError> {
+        let idempotency_ttl = self.duration("TALLY_IDEMPOTENCY_TTL")?;
+        if idempotency_ttl < Duration::from_secs(24 * 3600) {
+            return Err(bad("TALLY_IDEMPOTENCY_TTL", "must be at least 24h".into()));
+        }
+        // Tests only: any TTL, so that a test can watch a key expire.
+        let idempotency_ttl = match self.get("TALLY_TEST_IDEMPOTENCY_TTL") {
+            Some(_) => self.duration("TALLY_TEST_IDEMPOTENCY_TTL")?,
+            None => idempotency_ttl,
+        };
+        let idempotency_lease = self.duration("TALLY_IDEMPOTENCY_LEASE")?.max(Duration::from_secs(1));
+        let settlement_sweep = self.duration("TALLY_SETTLEMENT_SWEEP")?.max(Duration::from_millis(100));
+        Ok(Timings { idempotency_ttl, idempotency_lease, settlement_sweep })
+    }
+
+    fn stripe(&self) -> Stripe {
+        Stripe {
+            stripe: self.get("STRIPE_SECRET_KEY").map(|secret_key| StripeSettings {
+                secret_key,
+                webhook_secret: self.get("STRIPE_WEBHOOK_SECRET"),
+                api_base: self.get("STRIPE_API_BASE"),
+            }),
+            stripe_webhook_secret: self.get("STRIPE_WEBHOOK_SECRET"),
+            checkout_success_url: self.text("TALLY_CHECKOUT_SUCCESS_URL"),
+            checkout_cancel_url: self.text("TALLY_CHECKOUT_CANCEL_URL"),
+            connect_return_url: self.text("TALLY_CONNECT_RETURN_URL"),
+            connect_refresh_url: self.text("TALLY_CONNECT_REFRESH_URL"),
+        }
+    }
+
+    fn plans(&self) -> Result<Plans, ConfigError> {
+        let plans = match self.get("TALLY_PLANS") {
+            Some(text) => crate::domain::plans::parse_plans(&text).map_err(|e| bad("TALLY_PLANS", e))?,
+            None => crate::domain::plans::default_plans(),
+        };
+        Ok(Plans {
+            plans,
+            pro_price_id: self.get("TALLY_PRO_PRICE_ID"),
+            past_due_grace: self.duration("TALLY_PAST_DUE_GRACE")?,
+        })
+    }
 }
 
 fn read_toml(path: &str) -> Result<BTreeMap<String, String>, ConfigError> {
@@ -412,6 +521,74 @@ mod tests {
         assert!(parse_packs(r#"[{"id": "x", "name": "X", "credits": "0", "price_usd": "1"}]"#).is_err());
         assert!(parse_packs(r#"[{"id": "x", "name": "X", "credits": "1", "price_usd": "1.001"}]"#).is_err());
         assert!(parse_packs("[]").is_err());
+    }
+
+    #[test]
+    fn every_key_reaches_its_setting() {
+        let key = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(key.path(), "PEM TEXT").unwrap();
+        let key_path = key.path().to_str().unwrap();
+        let s = Settings::from_values(&values(&[
+            ("DATABASE_URL", "postgres://u:p@db/tally"),
+            ("TALLY_BIND", "0.0.0.0:9000"),
+            ("TALLY_JWT_SECRET", " s3cret "),
+            ("TALLY_JWT_PUBLIC_KEY", key_path),
+            ("TALLY_JWT_ISSUER", "iss"),
+            ("TALLY_JWT_AUDIENCE", "aud"),
+            ("TALLY_CREDIT_USD", "0.25"),
+            ("TALLY_MARKETPLACE_SHARE", "0.2"),
+            ("TALLY_EARNINGS_HOLD", "2h"),
+            ("TALLY_MIN_WITHDRAWAL", "7.5"),
+            ("TALLY_DB_POOL_SIZE", "3"),
+            ("TALLY_SQLITE_SYNCHRONOUS", "normal"),
+            ("TALLY_IDEMPOTENCY_TTL", "48h"),
+            ("TALLY_SETTLEMENT_SWEEP", "10ms"),
+            ("TALLY_IDEMPOTENCY_LEASE", "0s"),
+            ("TALLY_WORKERS", "2"),
+            ("TALLY_LOG_FORMAT", "json"),
+            ("TALLY_CREDIT_PACKS", r#"[{"id": "one", "name": "One", "credits": "10", "price_usd": "1.5"}]"#),
+            ("TALLY_CHECKOUT_SUCCESS_URL", "https://s"),
+            ("TALLY_CHECKOUT_CANCEL_URL", "https://c"),
+            ("TALLY_CONNECT_RETURN_URL", "https://r"),
+            ("TALLY_CONNECT_REFRESH_URL", "https://f"),
+            ("TALLY_PRO_PRICE_ID", "price_1"),
+            ("TALLY_PAST_DUE_GRACE", "3d"),
+            ("STRIPE_SECRET_KEY", "sk_test_1"),
+            ("STRIPE_WEBHOOK_SECRET", "whsec_1"),
+            ("STRIPE_API_BASE", "http://127.0.0.1:1"),
+        ]))
+        .unwrap();
+        assert_eq!(s.database, DbTarget::parse("postgres://u:p@db/tally").unwrap());
+        assert_eq!(s.bind, "0.0.0.0:9000");
+        assert_eq!(s.jwt.secret.as_deref(), Some("s3cret"));
+        assert_eq!(s.jwt.public_key_pem.as_deref(), Some("PEM TEXT"));
+        assert_eq!(s.jwt.issuer.as_deref(), Some("iss"));
+        assert_eq!(s.jwt.audience.as_deref(), Some("aud"));
+        assert_eq!(s.credit_rate.usd_per_credit().to_string(), "0.25");
+        assert_eq!(s.marketplace_share.to_string(), "0.2");
+        assert_eq!(s.earnings_hold, Duration::from_secs(7200));
+        assert_eq!(s.min_withdrawal, Credits::parse("7.5").unwrap());
+        assert_eq!(s.pool_size, 3);
+        assert!(!s.sqlite_synchronous_full);
+        assert_eq!(s.idempotency_ttl, Duration::from_secs(48 * 3600));
+        assert_eq!(s.settlement_sweep, Duration::from_millis(100), "at least 100ms");
+        assert_eq!(s.idempotency_lease, Duration::from_secs(1), "at least 1s");
+        assert_eq!(s.workers, Some(2));
+        assert!(s.log_json);
+        assert_eq!(s.credit_packs.len(), 1);
+        assert_eq!(s.credit_packs[0].price.cents(), 150);
+        assert_eq!(s.checkout_success_url, "https://s");
+        assert_eq!(s.checkout_cancel_url, "https://c");
+        assert_eq!(s.connect_return_url, "https://r");
+        assert_eq!(s.connect_refresh_url, "https://f");
+        assert_eq!(s.plans, crate::domain::plans::default_plans());
+        assert_eq!(s.pro_price_id.as_deref(), Some("price_1"));
+        assert_eq!(s.past_due_grace, Duration::from_secs(3 * 86_400));
+        let stripe = s.stripe.unwrap();
+        assert_eq!(stripe.secret_key, "sk_test_1");
+        assert_eq!(stripe.webhook_secret.as_deref(), Some("whsec_1"));
+        assert_eq!(stripe.api_base.as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(s.stripe_webhook_secret.as_deref(), Some("whsec_1"));
     }
 
     #[test]

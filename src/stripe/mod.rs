@@ -2,6 +2,8 @@
 //! configurable so tests can point it at a local fake) and webhook
 //! verification.
 
+#[cfg(feature = "fake-stripe")]
+pub mod fake;
 pub mod webhook;
 
 use std::collections::HashMap;

@@ -1,5 +1,6 @@
 //! The binary as a newcomer meets it: `serve` with only a JWT secret,
-//! `token`, clear one-line configuration errors, `ledger verify`, `openapi`.
+//! `token`, clear one-line configuration errors, `ledger verify`, `openapi`,
+//! `bench` in a build without it.
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -169,4 +170,14 @@ fn one_shot_commands_exit_cleanly_on_postgres() {
         conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
     }
     assert!(failures.is_empty(), "{} of 100 runs failed: {failures:#?}", failures.len());
+}
+
+/// Without the `bench` feature (the default build), `tally bench` is one
+/// line saying how to get it, whatever its flags.
+#[cfg(not(feature = "bench"))]
+#[test]
+fn bench_without_its_feature_says_how_to_build_it() {
+    let build = "cargo build --release --features bench";
+    one_line_failure(&[], &["bench"], build);
+    one_line_failure(&[], &["bench", "--db", "postgres", "--mode", "all", "--help"], build);
 }

@@ -173,7 +173,7 @@ impl TestApp {
     /// Posts a Stripe event to the webhook endpoint with this signature header.
     pub async fn post_event(&self, payload: &str, signature: Option<&str>) -> (StatusCode, Value) {
         let url = format!("{}/v1/webhooks/stripe", self.address);
-        let (status, body) = crate::fake_stripe::post_event(&self.client, &url, payload, signature)
+        let (status, body) = tally::stripe::fake::post_event(&self.client, &url, payload, signature)
             .await
             .expect("webhook endpoint reachable");
         (StatusCode::from_u16(status).unwrap(), body)
@@ -181,7 +181,7 @@ impl TestApp {
 
     /// Delivers a correctly signed Stripe event, which must be answered 200; the answer.
     pub async fn deliver(&self, payload: &str) -> Value {
-        let sig = crate::fake_stripe::signature(payload, crate::fake_stripe::WEBHOOK_SECRET, 0);
+        let sig = tally::stripe::fake::signature(payload, tally::stripe::fake::WEBHOOK_SECRET, 0);
         let (status, ack) = self.post_event(payload, Some(&sig)).await;
         assert_eq!(status, 200, "{ack}");
         ack

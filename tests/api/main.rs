@@ -6,7 +6,6 @@ mod helpers;
 mod auth;
 mod charges;
 mod cli;
-mod fake_stripe;
 mod gate;
 mod idempotency;
 mod input;

@@ -3,8 +3,8 @@
 use serde_json::json;
 
 use crate::charges::{charge, market};
-use crate::fake_stripe::{self as fake, FakeStripe, WEBHOOK_SECRET};
 use crate::helpers::{Backend, TestApp};
+use tally::stripe::fake::{self as fake, FakeStripe, WEBHOOK_SECRET};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_count_requests_charges_and_webhooks() {

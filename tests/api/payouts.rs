@@ -6,8 +6,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::charges::{charge, market};
-use crate::fake_stripe::{self as fake, FakeStripe};
 use crate::helpers::{assert_error, Backend, TestApp};
+use tally::stripe::fake::{self as fake, FakeStripe};
 
 /// Runs each `async fn(TestApp, FakeStripe)` on both databases: Stripe on
 /// the fake, no earnings hold, a 10-credit minimum payout, no background

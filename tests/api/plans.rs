@@ -3,8 +3,8 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::fake_stripe::{self as fake, FakeStripe};
 use crate::helpers::{assert_error, Backend, TestApp};
+use tally::stripe::fake::{self as fake, FakeStripe};
 
 crate::both!(free_limits_and_grants, publishing_needs_pro);
 

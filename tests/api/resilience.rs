@@ -11,8 +11,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tally::db::{DbTarget, Manager};
 
-use crate::fake_stripe::{self as fake, FakeStripe, WEBHOOK_SECRET};
 use crate::helpers::{fresh_database, mint, Backend, SECRET};
+use tally::stripe::fake::{self as fake, FakeStripe, WEBHOOK_SECRET};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tally");
 

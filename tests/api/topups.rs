@@ -8,8 +8,8 @@ use tally::domain::Credits;
 use tally::ledger::{self, PlatformAccounts};
 
 use crate::charges::{charge, market};
-use crate::fake_stripe::{self as fake, FakeStripe, WEBHOOK_SECRET};
 use crate::helpers::{assert_error, Backend, TestApp};
+use tally::stripe::fake::{self as fake, FakeStripe, WEBHOOK_SECRET};
 
 const PACKS: &str = r#"[
   {"id": "starter", "name": "Starter", "credits": "50", "price_usd": "5.00"},

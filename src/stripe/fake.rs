@@ -10,6 +10,10 @@
 //! `Options::webhook_url`, each account link is followed by a signed
 //! `account.updated` (payouts enabled) sent to tally, as if the creator had
 //! finished onboarding. `GET /_fake/requests` lists what it received.
+//!
+//! Only built with the `fake-stripe` feature, which `tests/api` and
+//! `examples/` get through the crate's dev-dependency on itself: the server
+//! build never contains it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -381,5 +385,5 @@ pub fn event(id: &str, kind: &str, object: Value) -> String {
 
 /// The `Stripe-Signature` header for `payload`, signed `age_secs` ago.
 pub fn signature(payload: &str, secret: &str, age_secs: i64) -> String {
-    tally::stripe::webhook::sign(payload.as_bytes(), secret, chrono::Utc::now().timestamp() - age_secs)
+    super::webhook::sign(payload.as_bytes(), secret, chrono::Utc::now().timestamp() - age_secs)
 }
