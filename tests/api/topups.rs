@@ -854,7 +854,7 @@ async fn mismatched_payments_wait_for_an_operator(app: TestApp, _stripe: FakeStr
     );
 
     // Operators list them, keyset-paginated.
-    let mut expected = vec![ids[0].clone(), ids[1].clone()];
+    let mut expected = [ids[0].clone(), ids[1].clone()];
     expected.sort();
     let (s, page) =
         admin_send(&app, Method::GET, "/v1/admin/top-ups?status=amount_mismatch&limit=1", None).await;
