@@ -13,6 +13,7 @@ use crate::error::{ApiError, ErrorResponse};
 use crate::ledger::verify::{self, VerifyReport};
 use crate::services::adjustments::{self, Adjustment};
 use crate::services::reports::{self, RevenueReport};
+use crate::services::topups::{self, TopUp, TopUpList};
 use crate::services::wallets::{self, Wallet};
 
 pub fn configure(cfg: &mut ServiceConfig) {
@@ -20,7 +21,9 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(freeze_wallet)
         .service(unfreeze_wallet)
         .service(verify_ledger)
-        .service(revenue_report);
+        .service(revenue_report)
+        .service(list_top_ups)
+        .service(reject_top_up);
 }
 
 /// The time range of a report.
@@ -191,4 +194,87 @@ pub async fn verify_ledger(
 ) -> Result<HttpResponse, ApiError> {
     let report = run(&state, |conn, _| Ok(verify::verify(conn)?)).await?;
     Ok(HttpResponse::Ok().json(report))
+}
+
+/// Which top-ups to list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TopUpQuery {
+    /// Only top-ups of this status (e.g. `amount_mismatch`).
+    #[param(value_type = Option<crate::services::names::TopUpStatus>)]
+    pub status: Option<String>,
+    /// Page size, 1 to 100 (default 25).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// The last top-up id of the previous page.
+    pub starting_after: Option<String>,
+}
+
+/// List top-ups
+///
+/// Top-ups in id order, keyset-paginated; with `status=amount_mismatch`,
+/// the payments that did not match their order and wait for an operator
+/// to settle them at the paid amount (`POST /v1/admin/top-ups/{id}/settle`)
+/// or reject them (`POST /v1/admin/top-ups/{id}/reject`).
+#[utoipa::path(
+    tag = "admin",
+    params(TopUpQuery),
+    responses(
+        (status = 200, description = "A page of top-ups", body = TopUpList),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 403, description = "Not an operator", body = ErrorResponse),
+        (status = 422, description = "Unknown status, invalid limit or cursor", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/top-ups")]
+pub async fn list_top_ups(
+    state: web::Data<AppState>,
+    _operator: Operator,
+    query: web::Query<TopUpQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    let list = run(&state, move |conn, _| {
+        topups::list_top_ups(conn, q.status.as_deref(), q.limit.unwrap_or(25), q.starting_after.as_deref())
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+/// Reject a mismatched top-up
+///
+/// An operator refuses a payment that did not match its order
+/// (`amount_mismatch`): the top-up becomes `rejected` and nothing is
+/// credited (refund the payment in Stripe). Requires `Idempotency-Key`.
+#[utoipa::path(
+    tag = "admin",
+    params(
+        ("top_up_id" = String, Path, description = "The top-up's `top_` id"),
+        ("Idempotency-Key" = String, Header, pattern = r"^[!-~]{1,255}$", description = "A retry with the same key replays the first response"),
+    ),
+    responses(
+        (status = 200, description = "The rejected top-up", body = TopUp),
+        (status = 400, description = "Missing Idempotency-Key", body = ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 403, description = "Not an operator", body = ErrorResponse),
+        (status = 404, description = "No such top-up", body = ErrorResponse),
+        (status = 409, description = "Not `amount_mismatch`, or a request with this key is in flight", body = ErrorResponse),
+        (status = 422, description = "The key was used with another request", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/admin/top-ups/{top_up_id}/reject")]
+pub async fn reject_top_up(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    operator: Operator,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = operator.0.caller();
+    let id = path.into_inner();
+    let op = caller.clone();
+    run_idempotent(&state, &req, &caller, &serde_json::Value::Null, StatusCode::OK, move |tx, _, key| {
+        topups::reject_mismatch(tx, &op, &id, key)
+    })
+    .await
 }

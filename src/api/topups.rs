@@ -124,8 +124,11 @@ pub async fn get_top_up(
 /// Settle a manual top-up
 ///
 /// An operator confirms that a manual order was paid (e.g. an invoice paid
-/// by bank transfer): the wallet is credited and the receipt numbered.
-/// Requires `Idempotency-Key`.
+/// by bank transfer): the wallet is credited and the receipt numbered. A
+/// Stripe order in `amount_mismatch` is settled at the amount Stripe says
+/// was paid: credits and bonus in proportion, rounded down, and the order's
+/// amount becomes the paid one (409 `currency_mismatch` when paid in another
+/// currency: reject it instead). Requires `Idempotency-Key`.
 #[utoipa::path(
     tag = "admin",
     params(
@@ -138,7 +141,7 @@ pub async fn get_top_up(
         (status = 401, description = "Missing or invalid token", body = ErrorResponse),
         (status = 403, description = "Not an operator", body = ErrorResponse),
         (status = 404, description = "No such top-up", body = ErrorResponse),
-        (status = 409, description = "Not pending, paid through Stripe, or a request with this key is in flight", body = ErrorResponse),
+        (status = 409, description = "Not pending, paid through Stripe (and not `amount_mismatch`), `currency_mismatch`, or a request with this key is in flight", body = ErrorResponse),
         (status = 422, description = "The key was used with another request", body = ErrorResponse),
     ),
     security(("bearer" = []))

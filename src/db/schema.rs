@@ -186,6 +186,8 @@ diesel::table! {
         created_at -> Timestamp,
         updated_at -> Timestamp,
         paid_at -> Nullable<Timestamp>,
+        paid_cents -> Nullable<BigInt>,
+        paid_currency -> Nullable<Text>,
     }
 }
 

@@ -21,6 +21,7 @@ type Handler = fn(&mut WriteTx<'_>, &Ctx, &Event) -> ServiceResult<EventOutcome>
 /// Event type -> handler.
 const HANDLERS: &[(&str, Handler)] = &[
     ("checkout.session.completed", checkout_completed),
+    ("checkout.session.expired", checkout_expired),
     ("checkout.session.async_payment_succeeded", async_payment_succeeded),
     ("checkout.session.async_payment_failed", async_payment_failed),
     ("charge.refunded", charge_refunded),
@@ -93,6 +94,10 @@ fn object<T: DeserializeOwned>(event: &Event) -> ServiceResult<T> {
 
 fn checkout_completed(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
     topups::checkout_completed(tx, ctx, &object::<CheckoutSession>(event)?, &event.id)
+}
+
+fn checkout_expired(tx: &mut WriteTx<'_>, _: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+    topups::checkout_expired(tx, &object::<CheckoutSession>(event)?)
 }
 
 fn async_payment_succeeded(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {

@@ -83,6 +83,16 @@ struct NegativeAccount {
 }
 
 #[derive(QueryableByName)]
+struct TakenBack {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = BigInt)]
+    credited: i64,
+    #[diesel(sql_type = BigInt)]
+    net: i64,
+}
+
+#[derive(QueryableByName)]
 struct DuplicateKey {
     #[diesel(sql_type = Text)]
     request_key: String,
@@ -264,6 +274,41 @@ pub fn verify(conn: &mut DbConn) -> QueryResult<VerifyReport> {
                     a.kind,
                     if a.frozen { ", frozen" } else { "" },
                     Credits::from_micros(a.actual)
+                ),
+            });
+        }
+
+        // 3. A top-up is never taken back beyond what it credited (credits +
+        // bonus), nor given back beyond what was taken: the wallet postings
+        // of the entries reversing its credit (refunds, disputes) and of
+        // those reversing a reversal (a dispute won) sum to between
+        // -credited and 0.
+        let over_reversed: Vec<TakenBack> = diesel::sql_query(format!(
+            "SELECT id, credited, net FROM ( \
+               SELECT t.id, \
+                      (SELECT CAST(COALESCE(SUM(c.amount), 0) AS BIGINT) FROM postings c \
+                       WHERE c.entry_id = t.credited_entry_id AND c.account_id = t.wallet_account_id) \
+                        AS credited, \
+                      (SELECT CAST(COALESCE(SUM(p.amount), 0) AS BIGINT) \
+                       FROM postings p JOIN journal_entries e ON e.id = p.entry_id \
+                       WHERE p.account_id = t.wallet_account_id \
+                         AND (e.reverses_entry_id = t.credited_entry_id \
+                              OR e.reverses_entry_id IN (SELECT r.id FROM journal_entries r \
+                                                         WHERE r.reverses_entry_id = t.credited_entry_id))) \
+                        AS net \
+               FROM top_ups t WHERE t.credited_entry_id IS NOT NULL) x \
+             WHERE net < -credited OR net > 0 ORDER BY id LIMIT {MAX_LISTED}"
+        ))
+        .load(conn)?;
+        for t in over_reversed {
+            breaches.push(Breach {
+                invariant: 3,
+                check: "top_up_over_reversed".into(),
+                detail: format!(
+                    "top-up {} credited {} credits but {} were taken back",
+                    t.id,
+                    Credits::from_micros(t.credited),
+                    Credits::from_micros(-t.net)
                 ),
             });
         }

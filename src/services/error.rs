@@ -52,6 +52,12 @@ pub enum ErrorCode {
     NotManual,
     /// The top-up is no longer pending (409).
     TopUpNotPending,
+    /// A mismatched top-up was paid in another currency: it cannot be settled (409).
+    CurrencyMismatch,
+    /// A mismatched top-up's paid amount buys no credits (422).
+    PaidAmountTooSmall,
+    /// Only a top-up in `amount_mismatch` can be rejected (409).
+    TopUpNotMismatched,
     /// A webhook whose signature does not verify (400).
     InvalidSignature,
     /// A signed webhook body that is not an event (400).
@@ -95,6 +101,9 @@ impl ErrorCode {
             ErrorCode::CheckoutUnavailable => "checkout_unavailable",
             ErrorCode::NotManual => "not_manual",
             ErrorCode::TopUpNotPending => "top_up_not_pending",
+            ErrorCode::CurrencyMismatch => "currency_mismatch",
+            ErrorCode::PaidAmountTooSmall => "paid_amount_too_small",
+            ErrorCode::TopUpNotMismatched => "top_up_not_mismatched",
             ErrorCode::InvalidSignature => "invalid_signature",
             ErrorCode::InvalidEvent => "invalid_event",
             ErrorCode::WebhooksNotConfigured => "webhooks_not_configured",

@@ -38,6 +38,9 @@ pub enum TopUpStatus {
     Failed,
     Refunded,
     Disputed,
+    AmountMismatch,
+    Rejected,
+    Expired,
 }
 
 /// Where a payout stands.

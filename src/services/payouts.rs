@@ -27,7 +27,7 @@ use super::idempotency::{Outcome, RequestKey};
 use super::orgs::role_in;
 use super::stripe_events::EventOutcome;
 use super::{Caller, Ctx, ErrorCode, ServiceError, ServiceResult};
-use crate::db::schema::{payout_accounts, payouts};
+use crate::db::schema::{accounts, payout_accounts, payouts};
 use crate::db::{self, DbConn, WriteTx};
 use crate::domain::ids::new_id;
 use crate::domain::{AccountKind, Credits, EntryKind, OrgRole, OwnerType, UsdCents};
@@ -362,6 +362,70 @@ fn neg(c: Credits) -> ServiceResult<Credits> {
     c.checked_neg().ok_or_else(|| ServiceError::Internal("amount out of range".into()))
 }
 
+/// Moves `amount` of a payout out of `from` (in-payout earnings, which may
+/// not go below zero) into `to`, or what `from` holds when that is less:
+/// a webhook or the recovery sweep must not answer a ledger refusal with a
+/// 500 that Stripe (or the next tick) retries for days. Returns the
+/// shortfall (zero when all of it moved); a shortfall means the books
+/// drifted, and is logged and recorded on the payout by the caller.
+fn move_at_most(
+    tx: &mut WriteTx<'_>,
+    from: AccountRef,
+    to: AccountRef,
+    amount: Credits,
+    kind: EntryKind,
+    memo: Option<&str>,
+    payout_id: &str,
+) -> ServiceResult<Credits> {
+    let entry = |moved: Credits| -> ServiceResult<NewEntry<'_>> {
+        Ok(NewEntry {
+            kind,
+            legs: vec![from.leg(neg(moved)?), to.leg(moved)],
+            overdraft: Overdraft::Refuse,
+            reverses: None,
+            request_key: None,
+            actor: None,
+            memo,
+            metadata: references(payout_id),
+        })
+    };
+    // In a savepoint: a refused entry leaves no journal row behind.
+    let first = entry(amount)?;
+    match tx.savepoint(|sp| ledger::post(sp, first)) {
+        Ok(_) => return Ok(Credits::ZERO),
+        Err(LedgerError::Insufficient { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // Lock the balance and take what it holds.
+    let held: Option<i64> = diesel::update(accounts::table.find(from.id))
+        .set(accounts::balance.eq(accounts::balance))
+        .returning(accounts::balance)
+        .get_result(tx.conn())?;
+    let moved = Credits::from_micros(held.unwrap_or(0).clamp(0, amount.micros()));
+    if !moved.is_zero() {
+        ledger::post(tx, entry(moved)?)?;
+    }
+    let short = Credits::from_micros(amount.micros() - moved.micros());
+    tracing::error!(
+        payout_id,
+        %amount,
+        %moved,
+        %short,
+        "in-payout earnings hold less than the payout: moved what is there, shortfall recorded"
+    );
+    Ok(short)
+}
+
+/// Notes a shortfall on the payout (kept in `failure_reason`, shown to the
+/// owners and to operators).
+fn record_shortfall(tx: &mut WriteTx<'_>, id: &str, what: &str, short: Credits) -> ServiceResult<()> {
+    let note = format!("{what}; {short} credits short in in-payout earnings (not moved)");
+    diesel::update(payouts::table.find(id))
+        .set((payouts::failure_reason.eq(note), payouts::updated_at.eq(db::now())))
+        .execute(tx.conn())?;
+    Ok(())
+}
+
 /// Payouts recorded but not sent whose lease has run out (their sender died
 /// or gave up), each claimed for sending by this caller.
 pub fn claim_unsent(conn: &mut DbConn, limit: i64) -> ServiceResult<Vec<PayoutRow>> {
@@ -444,8 +508,16 @@ pub fn record_send(
 /// Marks a payout failed (from one of `from`) and returns its amount to
 /// available earnings, once. Each status change is a guarded `UPDATE`, so
 /// the source of the money (in-payout, or the platform's payouts account
-/// once paid) is the one the payout really was in.
-fn fail(tx: &mut WriteTx<'_>, ctx: &Ctx, id: &str, from: &[&str], reason: &str) -> ServiceResult<bool> {
+/// once paid) is the one the payout really was in. None when it was not in
+/// one of `from`; else the shortfall (zero unless in-payout earnings held
+/// less than the payout: what is there is returned, the rest recorded).
+fn fail(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    id: &str,
+    from: &[&str],
+    reason: &str,
+) -> ServiceResult<Option<Credits>> {
     let mark = |tx: &mut WriteTx<'_>, statuses: Vec<&str>| -> ServiceResult<bool> {
         let n = diesel::update(payouts::table.find(id).filter(payouts::status.eq_any(statuses)))
             .set((
@@ -463,25 +535,26 @@ fn fail(tx: &mut WriteTx<'_>, ctx: &Ctx, id: &str, from: &[&str], reason: &str) 
     } else if mark(tx, from.iter().copied().filter(|s| *s != PAID).collect())? {
         org_account(tx, &row.org_id, AccountKind::EarningsInPayout)?
     } else {
-        return Ok(false);
+        return Ok(None);
     };
     let amount = Credits::from_micros(row.amount);
     let available = org_account(tx, &row.org_id, AccountKind::EarningsAvailable)?;
-    ledger::post(
-        tx,
-        NewEntry {
-            kind: EntryKind::PayoutReversal,
-            legs: vec![source.leg(neg(amount)?), available.leg(amount)],
-            overdraft: Overdraft::Refuse,
-            reverses: None,
-            request_key: None,
-            actor: None,
-            memo: Some(reason),
-            metadata: references(id),
-        },
-    )?;
+    let short = move_at_most(tx, source, available, amount, EntryKind::PayoutReversal, Some(reason), id)?;
+    if !short.is_zero() {
+        record_shortfall(tx, id, reason, short)?;
+    }
     tracing::warn!(payout_id = id, %amount, reason, "payout failed; amount returned to available earnings");
-    Ok(true)
+    Ok(Some(short))
+}
+
+/// The outcome of a failure: `done`, or `done_shortfall` when less than the
+/// payout was there to return.
+fn failed_outcome(short: Credits, done: EventOutcome, done_shortfall: EventOutcome) -> EventOutcome {
+    if short.is_zero() {
+        done
+    } else {
+        done_shortfall
+    }
 }
 
 /// `transfer.reversed`.
@@ -492,10 +565,9 @@ pub fn transfer_reversed(tx: &mut WriteTx<'_>, ctx: &Ctx, transfer_id: &str) -> 
         .first(tx.conn())
         .optional()?;
     let Some(id) = id else { return Ok(EventOutcome::UnknownTransfer) };
-    Ok(if fail(tx, ctx, &id, &[PENDING, IN_TRANSIT, PAID], "transfer reversed")? {
-        EventOutcome::PayoutFailed
-    } else {
-        EventOutcome::AlreadyFailed
+    Ok(match fail(tx, ctx, &id, &[PENDING, IN_TRANSIT, PAID], "transfer reversed")? {
+        Some(short) => failed_outcome(short, EventOutcome::PayoutFailed, EventOutcome::PayoutFailedShortfall),
+        None => EventOutcome::AlreadyFailed,
     })
 }
 
@@ -514,7 +586,7 @@ pub fn bank_payout_paid(
         .filter(payouts::status.eq(IN_TRANSIT))
         .select(PayoutRow::as_select())
         .load(tx.conn())?;
-    let mut paid = 0;
+    let (mut paid, mut shortfall) = (0, false);
     for row in rows {
         let n = diesel::update(payouts::table.find(&row.id).filter(payouts::status.eq(IN_TRANSIT)))
             .set((
@@ -528,22 +600,19 @@ pub fn bank_payout_paid(
         }
         let amount = Credits::from_micros(row.amount);
         let in_payout = org_account(tx, &row.org_id, AccountKind::EarningsInPayout)?;
-        ledger::post(
-            tx,
-            NewEntry {
-                kind: EntryKind::PayoutPaid,
-                legs: vec![in_payout.leg(neg(amount)?), ctx.platform.payouts.leg(amount)],
-                overdraft: Overdraft::Refuse,
-                reverses: None,
-                request_key: None,
-                actor: None,
-                memo: None,
-                metadata: references(&row.id),
-            },
-        )?;
+        let short =
+            move_at_most(tx, in_payout, ctx.platform.payouts, amount, EntryKind::PayoutPaid, None, &row.id)?;
+        if !short.is_zero() {
+            record_shortfall(tx, &row.id, "bank payout paid", short)?;
+            shortfall = true;
+        }
         paid += 1;
     }
-    Ok(if paid > 0 { EventOutcome::PayoutsPaid } else { EventOutcome::NoPayoutInTransit })
+    Ok(match (paid, shortfall) {
+        (0, _) => EventOutcome::NoPayoutInTransit,
+        (_, false) => EventOutcome::PayoutsPaid,
+        (_, true) => EventOutcome::PayoutsPaidShortfall,
+    })
 }
 
 /// `payout.failed` on a connected account: payouts it had paid, or that
@@ -566,13 +635,18 @@ pub fn bank_payout_failed(
             .select(payouts::id)
             .load(tx.conn())?;
     }
-    let mut failed = 0;
+    let (mut failed, mut shortfall) = (0, false);
     for id in ids {
-        if fail(tx, ctx, &id, &[IN_TRANSIT, PAID], "bank payout failed")? {
+        if let Some(short) = fail(tx, ctx, &id, &[IN_TRANSIT, PAID], "bank payout failed")? {
             failed += 1;
+            shortfall |= !short.is_zero();
         }
     }
-    Ok(if failed > 0 { EventOutcome::PayoutsFailed } else { EventOutcome::NoPayoutToFail })
+    Ok(match (failed, shortfall) {
+        (0, _) => EventOutcome::NoPayoutToFail,
+        (_, false) => EventOutcome::PayoutsFailed,
+        (_, true) => EventOutcome::PayoutsFailedShortfall,
+    })
 }
 
 /// `GET /v1/payouts/{id}`: owners of its organization.

@@ -44,6 +44,8 @@ outcomes! {
     /// An asynchronous payment failed.
     Failed = "failed",
     NotPending = "not_pending",
+    /// An abandoned Checkout ended its order.
+    Expired = "expired",
     Refunded = "refunded",
     PartiallyRefunded = "partially_refunded",
     AlreadyRefunded = "already_refunded",
@@ -67,11 +69,18 @@ outcomes! {
     TransferReversed = "transfer_reversed",
     /// A transfer came back: its payout failed and the earnings returned.
     PayoutFailed = "payout_failed",
+    /// As `payout_failed`, but in-payout earnings held less than the payout:
+    /// what was there is returned and the shortfall recorded on the payout.
+    PayoutFailedShortfall = "payout_failed_shortfall",
     AlreadyFailed = "already_failed",
     UnknownTransfer = "unknown_transfer",
     PayoutsPaid = "payouts_paid",
+    /// Paid, with a shortfall recorded (see `payout_failed_shortfall`).
+    PayoutsPaidShortfall = "payouts_paid_shortfall",
     NoPayoutInTransit = "no_payout_in_transit",
     PayoutsFailed = "payouts_failed",
+    /// Failed, with a shortfall recorded (see `payout_failed_shortfall`).
+    PayoutsFailedShortfall = "payouts_failed_shortfall",
     NoPayoutToFail = "no_payout_to_fail",
     NotAConnectedAccount = "not_a_connected_account",
     /// A type tally does not handle: acknowledged.

@@ -21,7 +21,7 @@ use super::stripe_events::EventOutcome;
 use super::wallets::{load_for, Access};
 use super::{Caller, Ctx, ErrorCode, ServiceError, ServiceResult};
 use crate::config::CreditPack;
-use crate::db::schema::{accounts, receipt_counter, top_ups};
+use crate::db::schema::{accounts, journal_entries, receipt_counter, top_ups};
 use crate::db::{self, DbConn, WriteTx};
 use crate::domain::ids::new_id;
 use crate::domain::{AccountKind, Credits, EntryKind, UsdCents};
@@ -59,7 +59,10 @@ pub struct TopUp {
     pub id: String,
     pub wallet_id: String,
     pub pack_id: String,
-    /// `pending`, `paid`, `failed`, `refunded` or `disputed`.
+    /// `pending`, `paid`, `failed`, `refunded`, `disputed`, `amount_mismatch`
+    /// (paid, but not the order's amount or currency: an operator settles it
+    /// at the paid amount or rejects it), `rejected` or `expired` (the
+    /// Checkout Session expired unpaid).
     #[schema(value_type = super::names::TopUpStatus)]
     pub status: String,
     /// Credits the wallet receives when paid (pack credits + bonus).
@@ -80,6 +83,12 @@ pub struct TopUp {
     /// USD refunded so far.
     #[schema(value_type = String, example = "0.00")]
     pub refunded_usd: UsdCents,
+    /// What Stripe says was paid, when it did not match the order
+    /// (`amount_mismatch`); null otherwise.
+    #[schema(value_type = Option<String>, example = "4.99")]
+    pub paid_amount: Option<UsdCents>,
+    /// The currency of `paid_amount`.
+    pub paid_currency: Option<String>,
     pub created_at: DateTime<Utc>,
     pub paid_at: Option<DateTime<Utc>>,
 }
@@ -114,6 +123,8 @@ pub struct TopUpRow {
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
     pub paid_at: Option<NaiveDateTime>,
+    pub paid_cents: Option<i64>,
+    pub paid_currency: Option<String>,
 }
 
 impl TopUpRow {
@@ -139,6 +150,13 @@ const PAID: &str = "paid";
 const FAILED: &str = "failed";
 const REFUNDED: &str = "refunded";
 const DISPUTED: &str = "disputed";
+const AMOUNT_MISMATCH: &str = "amount_mismatch";
+const REJECTED: &str = "rejected";
+const EXPIRED: &str = "expired";
+
+/// Every status, as the CHECK constraint allows them.
+pub const STATUSES: [&str; 8] =
+    [PENDING, PAID, FAILED, REFUNDED, DISPUTED, AMOUNT_MISMATCH, REJECTED, EXPIRED];
 
 fn view(row: TopUpRow) -> TopUp {
     TopUp {
@@ -146,6 +164,8 @@ fn view(row: TopUpRow) -> TopUp {
         bonus_credits: Credits::from_micros(row.bonus_credits),
         amount_usd: UsdCents::new(row.amount_cents),
         refunded_usd: UsdCents::new(row.refunded_cents),
+        paid_amount: row.paid_cents.map(UsdCents::new),
+        paid_currency: row.paid_currency,
         id: row.id,
         wallet_id: row.wallet_id,
         pack_id: row.pack_id,
@@ -304,18 +324,20 @@ pub fn get_top_up(conn: &mut DbConn, caller: &Caller, id: &str) -> ServiceResult
     Ok(view(row))
 }
 
-/// Credits a pending order once: a guarded status change, the next receipt
-/// number, and the entry wallet +(credits + bonus) / cash −credits /
-/// bonus_expense −bonus. Returns false when the order was not pending.
+/// Credits an order once: a guarded status change (from one of `from`), the
+/// next receipt number, and the entry wallet +(credits + bonus) / cash
+/// −credits / bonus_expense −bonus. Returns false when the order was not in
+/// one of `from`.
 fn credit(
     tx: &mut WriteTx<'_>,
     ctx: &Ctx,
     row: &TopUpRow,
+    from: &[&str],
     actor: &str,
     request_key: Option<&str>,
 ) -> ServiceResult<bool> {
     let now = db::now();
-    let claimed = diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(PENDING)))
+    let claimed = diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq_any(from)))
         .set((top_ups::status.eq(PAID), top_ups::updated_at.eq(now), top_ups::paid_at.eq(now)))
         .execute(tx.conn())?;
     if claimed == 0 {
@@ -367,14 +389,17 @@ pub fn settle_manual(
     id: &str,
     request: &RequestKey,
 ) -> ServiceResult<Outcome<TopUp>> {
-    let row = load(tx, id)?;
-    if row.method != TopUpMethod::Manual.as_str() {
+    let row = lock(tx, id)?;
+    if row.status == AMOUNT_MISMATCH {
+        return settle_at_paid_amount(tx, ctx, operator, row, request);
+    }
+    if row.method != TopUpMethod::Manual.as_str() && row.paid_cents.is_none() {
         return Err(ServiceError::Conflict {
             kind: ErrorCode::NotManual,
             message: "this top-up is paid through Stripe Checkout and settles by its webhook".into(),
         });
     }
-    if !credit(tx, ctx, &row, &operator.id, Some(request.as_str()))? {
+    if !credit(tx, ctx, &row, &[PENDING], &operator.id, Some(request.as_str()))? {
         return Err(ServiceError::Conflict {
             kind: ErrorCode::TopUpNotPending,
             message: format!("top-up {id} is {}, not pending", row.status),
@@ -382,6 +407,123 @@ pub fn settle_manual(
     }
     diesel::update(top_ups::table.find(id)).set(top_ups::settled_by.eq(&operator.id)).execute(tx.conn())?;
     Ok(view(load(tx, id)?).into())
+}
+
+/// Settles an `amount_mismatch` order at what was paid: credits and bonus
+/// in proportion to the paid amount (rounded down), and the order's amount
+/// becomes the paid one (so a later refund takes back its share of that).
+/// A payment in another currency cannot be valued: 409, reject it instead.
+fn settle_at_paid_amount(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    operator: &Caller,
+    row: TopUpRow,
+    request: &RequestKey,
+) -> ServiceResult<Outcome<TopUp>> {
+    let paid = row.paid_cents.unwrap_or(0);
+    if !row.paid_currency.as_deref().is_some_and(|c| c.eq_ignore_ascii_case(&row.currency)) {
+        return Err(ServiceError::Conflict {
+            kind: ErrorCode::CurrencyMismatch,
+            message: format!(
+                "top-up {} was paid in {}, not {}: it cannot be settled at the paid amount; reject it \
+                 (and refund the payment in Stripe)",
+                row.id,
+                row.paid_currency.as_deref().unwrap_or("an unknown currency"),
+                row.currency
+            ),
+        });
+    }
+    let credits = pro_rata(row.credits, paid, row.amount_cents);
+    let bonus = pro_rata(row.bonus_credits, paid, row.amount_cents);
+    if paid <= 0 || credits <= 0 {
+        return Err(ServiceError::Conflict {
+            kind: ErrorCode::PaidAmountTooSmall,
+            message: format!("top-up {}: the paid amount buys no credits; reject it", row.id),
+        });
+    }
+    diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(AMOUNT_MISMATCH)))
+        .set((
+            top_ups::amount_cents.eq(paid),
+            top_ups::credits.eq(credits),
+            top_ups::bonus_credits.eq(bonus),
+            top_ups::settled_by.eq(&operator.id),
+        ))
+        .execute(tx.conn())?;
+    let settled = load(tx, &row.id)?;
+    if !credit(tx, ctx, &settled, &[AMOUNT_MISMATCH], &operator.id, Some(request.as_str()))? {
+        return Err(ServiceError::Internal(format!("top-up {} could not be settled", row.id)));
+    }
+    tracing::warn!(top_up_id = %row.id, paid_cents = paid, operator = %operator.id, "amount mismatch settled at the paid amount");
+    Ok(view(load(tx, &row.id)?).into())
+}
+
+/// `POST /v1/admin/top-ups/{id}/reject`: an operator refuses an
+/// `amount_mismatch` order; nothing is credited (the payment is refunded in
+/// Stripe, whose `charge.refunded` then finds nothing credited).
+pub fn reject_mismatch(
+    tx: &mut WriteTx<'_>,
+    operator: &Caller,
+    id: &str,
+    _request: &RequestKey,
+) -> ServiceResult<Outcome<TopUp>> {
+    let row = lock(tx, id)?;
+    let n = diesel::update(top_ups::table.find(id).filter(top_ups::status.eq(AMOUNT_MISMATCH)))
+        .set((
+            top_ups::status.eq(REJECTED),
+            top_ups::settled_by.eq(&operator.id),
+            top_ups::updated_at.eq(db::now()),
+        ))
+        .execute(tx.conn())?;
+    if n == 0 {
+        return Err(ServiceError::Conflict {
+            kind: ErrorCode::TopUpNotMismatched,
+            message: format!("top-up {id} is {}, not amount_mismatch", row.status),
+        });
+    }
+    tracing::warn!(top_up_id = id, operator = %operator.id, "amount mismatch rejected");
+    Ok(view(load(tx, id)?).into())
+}
+
+/// A page of top-ups for operators.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopUpList {
+    pub data: Vec<TopUp>,
+    /// More follow: ask with `starting_after` = the last id.
+    pub has_more: bool,
+}
+
+/// `GET /v1/admin/top-ups`: top-ups (of one status, if given) in id order,
+/// keyset-paginated.
+pub fn list_top_ups(
+    conn: &mut DbConn,
+    status: Option<&str>,
+    limit: i64,
+    starting_after: Option<&str>,
+) -> ServiceResult<TopUpList> {
+    if !(1..=100).contains(&limit) {
+        return Err(ServiceError::Validation("limit must be 1 to 100".into()));
+    }
+    let mut query = top_ups::table.select(TopUpRow::as_select()).into_boxed();
+    if let Some(status) = status {
+        if !STATUSES.contains(&status) {
+            return Err(ServiceError::Validation(format!(
+                "status '{status}' is not one of {}",
+                STATUSES.join(", ")
+            )));
+        }
+        query = query.filter(top_ups::status.eq(status.to_string()));
+    }
+    if let Some(cursor) = starting_after {
+        let known: Option<String> = top_ups::table.find(cursor).select(top_ups::id).first(conn).optional()?;
+        if known.is_none() {
+            return Err(ServiceError::Validation(format!("starting_after '{cursor}' is not a top-up")));
+        }
+        query = query.filter(top_ups::id.gt(cursor.to_string()));
+    }
+    let mut rows: Vec<TopUpRow> = query.order(top_ups::id.asc()).limit(limit + 1).load(conn)?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    Ok(TopUpList { data: rows.into_iter().map(view).collect(), has_more })
 }
 
 fn neg(c: Credits) -> ServiceResult<Credits> {
@@ -404,6 +546,15 @@ pub fn checkout_completed(
         "paid" => session_paid(tx, ctx, s, event_id),
         _ => session_seen(tx, s),
     }
+}
+
+/// `checkout.session.expired`: an abandoned top-up Checkout ends its order
+/// (subscription Checkouts are left to the subscription events).
+pub fn checkout_expired(tx: &mut WriteTx<'_>, s: &CheckoutSession) -> ServiceResult<EventOutcome> {
+    if s.mode.as_deref() == Some("subscription") {
+        return Ok(EventOutcome::Ignored);
+    }
+    session_expired(tx, s)
 }
 
 /// `checkout.session.async_payment_failed`: the order fails.
@@ -453,6 +604,11 @@ pub fn session_paid(
         tracing::warn!(session = %s.id, "paid Checkout Session for no known top-up");
         return Ok(EventOutcome::UnknownTopUp);
     };
+    let row = lock(tx, &row.id)?;
+    if row.status == AMOUNT_MISMATCH || row.status == REJECTED {
+        // An operator decides (or decided) what this payment is worth.
+        return Ok(EventOutcome::AmountMismatch);
+    }
     let currency_ok = s.currency.as_deref().is_none_or(|c| c.eq_ignore_ascii_case(&row.currency));
     if s.amount_total != Some(row.amount_cents) || !currency_ok {
         tracing::error!(
@@ -460,22 +616,71 @@ pub fn session_paid(
             expected_cents = row.amount_cents,
             paid_cents = ?s.amount_total,
             currency = ?s.currency,
-            "amount mismatch: the payment does not match the order; not credited"
+            "amount mismatch: the payment does not match the order; held for an operator"
         );
+        remember_payment_intent(tx, &row, s)?;
+        diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq_any([PENDING, EXPIRED])))
+            .set((
+                top_ups::status.eq(AMOUNT_MISMATCH),
+                top_ups::paid_cents.eq(s.amount_total.unwrap_or(0)),
+                top_ups::paid_currency.eq(s.currency.as_deref().unwrap_or("unknown").to_ascii_lowercase()),
+                top_ups::updated_at.eq(db::now()),
+            ))
+            .execute(tx.conn())?;
         return Ok(EventOutcome::AmountMismatch);
     }
     remember_payment_intent(tx, &row, s)?;
-    let credited = credit(tx, ctx, &row, &format!("stripe:{event_id}"), None)?;
+    // An expired order paid late is still credited: the money was taken.
+    let credited = credit(tx, ctx, &row, &[PENDING, EXPIRED], &format!("stripe:{event_id}"), None)?;
     Ok(if credited { EventOutcome::Credited } else { EventOutcome::AlreadyCredited })
 }
 
-fn order_of_payment(tx: &mut WriteTx<'_>, payment_intent: Option<&str>) -> ServiceResult<Option<TopUpRow>> {
+/// `checkout.session.expired`: the person abandoned Checkout; a pending
+/// order ends `expired` (a late payment still credits it).
+fn session_expired(tx: &mut WriteTx<'_>, s: &CheckoutSession) -> ServiceResult<EventOutcome> {
+    let Some(row) = order_of_session(tx, s)? else { return Ok(EventOutcome::UnknownTopUp) };
+    let n = diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(PENDING)))
+        .set((top_ups::status.eq(EXPIRED), top_ups::updated_at.eq(db::now())))
+        .execute(tx.conn())?;
+    Ok(if n == 1 { EventOutcome::Expired } else { EventOutcome::NotPending })
+}
+
+/// The order this payment paid for, locked until the transaction ends and
+/// read after the lock: refund and dispute events for one payment run one
+/// after the other, each seeing what the previous one took back. A no-op
+/// `UPDATE` takes the row lock on PostgreSQL (diesel's `FOR UPDATE` does not
+/// go through the multi-backend connection); on SQLite the write
+/// transaction (`BEGIN IMMEDIATE`) already runs alone.
+fn locked_order_of_payment(
+    tx: &mut WriteTx<'_>,
+    payment_intent: Option<&str>,
+) -> ServiceResult<Option<TopUpRow>> {
     let Some(pi) = payment_intent else { return Ok(None) };
-    Ok(top_ups::table
+    let id: Option<String> = top_ups::table
         .filter(top_ups::payment_intent_id.eq(pi))
-        .select(TopUpRow::as_select())
+        .select(top_ups::id)
+        .order(top_ups::created_at.asc())
         .first(tx.conn())
-        .optional()?)
+        .optional()?;
+    let Some(id) = id else { return Ok(None) };
+    lock(tx, &id).map(Some)
+}
+
+/// Locks a top-up row for the rest of the transaction and reads it.
+fn lock(tx: &mut WriteTx<'_>, id: &str) -> ServiceResult<TopUpRow> {
+    diesel::update(top_ups::table.find(id))
+        .set(top_ups::updated_at.eq(top_ups::updated_at))
+        .execute(tx.conn())?;
+    load(tx, id)
+}
+
+/// `amount` x `part / whole`, rounded down (more than `amount` when `part`
+/// exceeds `whole`).
+fn pro_rata(amount: i64, part: i64, whole: i64) -> i64 {
+    if whole <= 0 {
+        return 0;
+    }
+    i64::try_from((amount as i128 * part.max(0) as i128) / whole as i128).unwrap_or(i64::MAX)
 }
 
 /// The share `part / whole` of `amount`, rounded down; all of it when
@@ -543,7 +748,7 @@ pub fn refund(
     c: &StripeCharge,
     event_id: &str,
 ) -> ServiceResult<EventOutcome> {
-    let Some(row) = order_of_payment(tx, c.payment_intent.as_ref().map(|p| p.id()))? else {
+    let Some(row) = locked_order_of_payment(tx, c.payment_intent.as_ref().map(|p| p.id()))? else {
         return Ok(EventOutcome::UnknownTopUp);
     };
     if row.credited_entry_id.is_none() {
@@ -582,7 +787,7 @@ pub fn dispute_created(
     d: &Dispute,
     event_id: &str,
 ) -> ServiceResult<EventOutcome> {
-    let Some(row) = order_of_payment(tx, d.payment_intent.as_ref().map(|p| p.id()))? else {
+    let Some(row) = locked_order_of_payment(tx, d.payment_intent.as_ref().map(|p| p.id()))? else {
         return Ok(EventOutcome::UnknownTopUp);
     };
     if row.credited_entry_id.is_none() {
@@ -612,35 +817,56 @@ pub fn dispute_created(
     Ok(EventOutcome::Disputed)
 }
 
-/// `charge.dispute.closed`: when won, gives back what the dispute took. The
-/// wallet stays frozen until an operator unfreezes it.
+/// `charge.dispute.closed`: when won (or an inquiry closed without a
+/// chargeback, `warning_closed`), gives back what the dispute still holds:
+/// what it took, less what refunds made since then keep. The top-up is
+/// then `refunded` if refunded in full, else `paid`. Lost: the dispute keeps
+/// it and the top-up stays `disputed`. The wallet stays frozen until an
+/// operator unfreezes it.
 pub fn dispute_closed(
     tx: &mut WriteTx<'_>,
     ctx: &Ctx,
     d: &Dispute,
     event_id: &str,
 ) -> ServiceResult<EventOutcome> {
-    let Some(row) = order_of_payment(tx, d.payment_intent.as_ref().map(|p| p.id()))? else {
+    let Some(row) = locked_order_of_payment(tx, d.payment_intent.as_ref().map(|p| p.id()))? else {
         return Ok(EventOutcome::UnknownTopUp);
     };
     if row.dispute_id.as_deref() != Some(d.id.as_str()) || row.status != DISPUTED {
         return Ok(EventOutcome::NotDisputed);
     }
-    if d.status != "won" {
+    if d.status != "won" && d.status != "warning_closed" {
         return Ok(EventOutcome::DisputeLost);
     }
-    let (credits, bonus) = (row.disputed_credits, row.disputed_bonus);
+    // What stays taken back: the refunded share, or what was taken before
+    // the dispute, whichever is more.
+    let refunded_credits = share_of(row.credits, row.refunded_cents, row.amount_cents);
+    let refunded_bonus = share_of(row.bonus_credits, row.refunded_cents, row.amount_cents);
+    let kept_credits =
+        refunded_credits.max(row.reversed_credits - row.disputed_credits).min(row.reversed_credits);
+    let kept_bonus = refunded_bonus.max(row.reversed_bonus - row.disputed_bonus).min(row.reversed_bonus);
+    let (credits, bonus) = (row.reversed_credits - kept_credits, row.reversed_bonus - kept_bonus);
+    let status = if row.refunded_cents >= row.amount_cents { REFUNDED } else { PAID };
     let claimed = diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(DISPUTED)))
         .set((
-            top_ups::status.eq(PAID),
+            top_ups::status.eq(status),
             top_ups::disputed_credits.eq(0),
             top_ups::disputed_bonus.eq(0),
-            top_ups::reversed_credits.eq(row.reversed_credits - credits),
-            top_ups::reversed_bonus.eq(row.reversed_bonus - bonus),
+            top_ups::reversed_credits.eq(kept_credits),
+            top_ups::reversed_bonus.eq(kept_bonus),
             top_ups::updated_at.eq(db::now()),
         ))
         .execute(tx.conn())?;
     if claimed == 1 && credits + bonus > 0 {
+        // It reverses the dispute's reversal (ledger verify follows the
+        // chain to check what the top-up has lost in all).
+        let dispute_entry: Option<i64> = journal_entries::table
+            .filter(journal_entries::reverses_entry_id.eq(row.credited_entry_id))
+            .filter(journal_entries::kind.eq(EntryKind::Dispute.as_str()))
+            .select(journal_entries::id)
+            .order(journal_entries::id.desc())
+            .first(tx.conn())
+            .optional()?;
         let total = Credits::from_micros(credits + bonus);
         let mut legs =
             vec![row.wallet().leg(total), ctx.platform.cash.leg(neg(Credits::from_micros(credits))?)];
@@ -653,7 +879,7 @@ pub fn dispute_closed(
                 kind: EntryKind::DisputeWon,
                 legs,
                 overdraft: Overdraft::Refuse,
-                reverses: None,
+                reverses: dispute_entry,
                 request_key: None,
                 actor: Some(&format!("stripe:{event_id}")),
                 memo: Some("dispute won"),

@@ -77,7 +77,7 @@ fn named_enums_are_what_the_database_stores() {
     };
     let kinds: Vec<String> = tally::domain::EntryKind::ALL.iter().map(|k| k.as_str().to_string()).collect();
     assert_eq!(values("TransactionType"), kinds);
-    assert_eq!(values("TopUpStatus"), allowed("000003_top_ups", "status"));
+    assert_eq!(values("TopUpStatus"), allowed("_topup_safety", "status"));
     assert_eq!(values("TopUpMethod"), allowed("000003_top_ups", "method"));
     assert_eq!(values("PayoutStatus"), allowed("000004_payouts", "status"));
     assert_eq!(values("Role"), allowed("000001_foundation", "role"));

@@ -43,6 +43,9 @@ both_payouts!(
     stripe_refusal_and_reversal_restore_earnings,
     recovery_sends_an_unsent_payout_once,
     concurrent_requests_for_the_whole_balance,
+    reversal_with_in_payout_short_returns_what_is_there,
+    bank_payout_paid_with_in_payout_short_is_acknowledged,
+    recovery_refused_with_in_payout_short_does_not_fail_the_sweep,
 );
 
 /// The creator org earns `messages` x 7 credits (add-on 10 at 30 %),
@@ -349,5 +352,115 @@ async fn concurrent_requests_for_the_whole_balance(app: TestApp, stripe: FakeStr
     assert_eq!(stripe.requests_to("/v1/transfers").len(), 1);
     let e = earnings(&app, &org).await;
     assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("0"), Some("42")));
+    app.assert_ledger_ok();
+}
+
+/// Books that drifted: `amount` leaves the org's in-payout earnings without
+/// a payout (an entry straight back to available), so a payout in it finds
+/// less than its amount there.
+fn drain_in_payout(app: &TestApp, org: &str, amount: i64) {
+    use tally::domain::{AccountKind, Credits, EntryKind, OwnerType};
+    use tally::ledger::{self, NewEntry, Overdraft};
+    let mut conn = app.conn();
+    tally::db::write_tx(&mut conn, |tx| -> Result<(), ledger::LedgerError> {
+        let account = |tx: &mut tally::db::WriteTx<'_>, kind| {
+            ledger::ensure_account(tx, OwnerType::Org, org, kind, None)
+        };
+        let in_payout = account(tx, AccountKind::EarningsInPayout)?;
+        let available = account(tx, AccountKind::EarningsAvailable)?;
+        ledger::post(
+            tx,
+            NewEntry {
+                kind: EntryKind::Adjustment,
+                legs: vec![in_payout.leg(Credits::whole(-amount)), available.leg(Credits::whole(amount))],
+                overdraft: Overdraft::Refuse,
+                reverses: None,
+                request_key: None,
+                actor: Some("test"),
+                memo: Some("drift"),
+                metadata: json!({}),
+            },
+        )?;
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// `transfer.reversed` for a payout whose in-payout earnings fell short:
+/// a 2xx with a recorded outcome, what is there returned, the shortfall on
+/// the payout.
+async fn reversal_with_in_payout_short_returns_what_is_there(app: TestApp, _stripe: FakeStripe) {
+    let org = earn(&app, 5).await; // 35 credits
+    onboard(&app, &org).await;
+    let creator = app.token("creator");
+    let (_, p) = pay_out(&app, &org, &creator, json!({}), "s1").await;
+    assert_eq!((p["status"].as_str(), p["amount"].as_str()), (Some("in_transit"), Some("35")));
+    drain_in_payout(&app, &org, 15);
+    let transfer = p["transfer_id"].as_str().unwrap();
+    let ack =
+        app.deliver(&fake::event("evt_trs", "transfer.reversed", fake::transfer_object(transfer))).await;
+    assert_eq!(ack["outcome"], "payout_failed_shortfall");
+    let (_, p) = app.get(&format!("/v1/payouts/{}", p["id"].as_str().unwrap()), &creator).await;
+    assert_eq!(p["status"], "failed");
+    assert!(p["failure_reason"].as_str().unwrap().contains("15 credits short"), "{p}");
+    let e = earnings(&app, &org).await;
+    assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("35"), Some("0")));
+    assert_eq!(app.count("stripe_events"), 2, "account.updated and transfer.reversed recorded");
+    app.assert_ledger_ok();
+}
+
+/// `payout.paid` for a payout whose in-payout earnings fell short: a 2xx,
+/// what is there paid out, the shortfall on the payout.
+async fn bank_payout_paid_with_in_payout_short_is_acknowledged(app: TestApp, _stripe: FakeStripe) {
+    let org = earn(&app, 5).await;
+    let account = onboard(&app, &org).await;
+    let creator = app.token("creator");
+    let (_, p) = pay_out(&app, &org, &creator, json!({}), "s2").await;
+    drain_in_payout(&app, &org, 5);
+    let paid =
+        fake::connect_event("evt_pps", "payout.paid", &account, fake::bank_payout_object("po_s", "paid"));
+    assert_eq!(app.deliver(&paid).await["outcome"], "payouts_paid_shortfall");
+    let (_, p) = app.get(&format!("/v1/payouts/{}", p["id"].as_str().unwrap()), &creator).await;
+    assert_eq!(p["status"], "paid");
+    assert!(p["failure_reason"].as_str().unwrap().contains("5 credits short"), "{p}");
+    let e = earnings(&app, &org).await;
+    assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("5"), Some("0")));
+    app.assert_ledger_ok();
+}
+
+/// The recovery sweep meets a Stripe refusal for a payout whose in-payout
+/// earnings fell short: it fails the payout with what is there and goes on.
+async fn recovery_refused_with_in_payout_short_does_not_fail_the_sweep(app: TestApp, stripe: FakeStripe) {
+    let org = earn(&app, 4).await; // 28 credits
+    onboard(&app, &org).await;
+    let state = app.state();
+    let creator = tally::services::Caller { id: "creator".into(), operator: false, service: false };
+    let request =
+        tally::services::idempotency::IdempotentRequest::new("creator", "short", "POST", "/x", &json!({}))
+            .unwrap();
+    let tally::services::idempotency::Claim::Fresh(lease) =
+        tally::services::idempotency::claim(&mut app.conn(), &request).unwrap()
+    else {
+        panic!("a fresh key");
+    };
+    let key = lease.request_key;
+    let (row, _) =
+        tally::services::payouts::record_payout(&mut app.conn(), &state.ctx, &creator, &org, None, &key)
+            .unwrap();
+    {
+        use tally::db::schema::payouts as p;
+        diesel::update(p::table.find(&row.id))
+            .set(p::send_lease_until.eq(tally::db::now() - chrono::Duration::seconds(1)))
+            .execute(&mut *app.conn())
+            .unwrap();
+    }
+    drain_in_payout(&app, &org, 8);
+    stripe.fail_next_with(1, 400);
+    tally::flows::payouts::recover_unsent(&state).await.expect("the sweep goes on");
+    let (_, p) = app.get(&format!("/v1/payouts/{}", row.id), &app.token("creator")).await;
+    assert_eq!(p["status"], "failed");
+    assert!(p["failure_reason"].as_str().unwrap().contains("8 credits short"), "{p}");
+    let e = earnings(&app, &org).await;
+    assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("28"), Some("0")));
     app.assert_ledger_ok();
 }
