@@ -99,7 +99,7 @@ pub struct CreateAdjustmentRequest {
         (status = 403, description = "Not an operator", body = ErrorResponse),
         (status = 404, description = "No such wallet", body = ErrorResponse),
         (status = 409, description = "A request with this key is in flight", body = ErrorResponse),
-        (status = 422, description = "Invalid amount or reason, or the key was used with another body", body = ErrorResponse),
+        (status = 422, description = "Invalid amount or reason, `amount_out_of_range` (the balance would pass the largest amount), or the key was used with another body", body = ErrorResponse),
     ),
     security(("bearer" = []))
 )]

@@ -298,7 +298,7 @@ pub async fn get_quote(
         (status = 403, description = "The paying wallet is frozen, or user_id without a service token", body = ErrorResponse),
         (status = 404, description = "No such agent or organization (or not visible to the caller)", body = ErrorResponse),
         (status = 409, description = "A request with this key is in flight", body = ErrorResponse),
-        (status = 422, description = "Invalid body, or the key was used with another body", body = ErrorResponse),
+        (status = 422, description = "Invalid body, `amount_out_of_range` (a spend counter would pass the largest amount), or the key was used with another body", body = ErrorResponse),
         (status = 429, description = "A spend limit would be passed; see Retry-After", body = ErrorResponse,
             headers(("Retry-After" = String, description = "Seconds until the limit's period ends"))),
     ),

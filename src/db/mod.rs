@@ -9,6 +9,7 @@ pub mod history;
 pub mod models;
 pub mod prepared;
 pub mod schema;
+pub mod sums;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -22,6 +22,7 @@
 //! charges of different payers never queue on a shared row however popular
 //! an agent is. The creator's available balance (a cached, checked row) is
 //! only touched by settlement, in batches, never by a charge.
+#![deny(clippy::arithmetic_side_effects)]
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -213,7 +214,7 @@ pub fn quote(
     let payer = resolve_payer(conn, user_id, org_id, false)?;
     let price = price_for(ctx, &agent, &model, &payer)?;
     let used = counters::free_messages_used(conn, &agent.id, user_id)?;
-    let free_left = (agent.free_messages as i64 - used).max(0);
+    let free_left = i64::from(agent.free_messages).saturating_sub(used).max(0);
     let free = free_left > 0;
     let total = if free { Credits::ZERO } else { price.total };
     let balance = Credits::from_micros(payer.wallet.balance.unwrap_or(0));
@@ -246,7 +247,10 @@ fn count_spend(tx: &mut DbConn, payer: &Payer, user_id: &str, amount: Credits) -
             continue; // member limits apply to org wallets only
         }
         if counters::add_spend(tx, wallet.id, who, &period.key(now), amount.micros(), limit)?.is_none() {
-            let limit = Credits::from_micros(limit.unwrap_or(0));
+            let Some(limit) = limit else {
+                return Err(ServiceError::out_of_range());
+            };
+            let limit = Credits::from_micros(limit);
             return Err(ServiceError::SpendLimitExceeded {
                 message: format!("this charge of {amount} credits would pass {what} of {limit} credits"),
                 retry_after_secs: period.seconds_left(now),
@@ -378,12 +382,15 @@ pub fn create_charge(
     if !creator.is_zero() {
         let hold = chrono::Duration::from_std(ctx.settings.earnings_hold)
             .map_err(|e| ServiceError::Internal(format!("earnings hold: {e}")))?;
+        let available_at = created_at
+            .checked_add_signed(hold)
+            .ok_or_else(|| ServiceError::Internal("earnings hold passes the calendar".into()))?;
         diesel::insert_into(earnings_accruals::table)
             .values((
                 earnings_accruals::org_id.eq(&agent.org_id),
                 earnings_accruals::charge_id.eq(&charge_id),
                 earnings_accruals::amount.eq(creator.micros()),
-                earnings_accruals::available_at.eq(created_at + hold),
+                earnings_accruals::available_at.eq(available_at),
                 earnings_accruals::created_at.eq(created_at),
             ))
             .execute(tx)?;
@@ -415,7 +422,7 @@ pub fn create_charge(
         total,
         wallet_id,
         balance_after,
-        free_messages_left: (agent.free_messages as i64 - used_now).max(0),
+        free_messages_left: i64::from(agent.free_messages).saturating_sub(used_now).max(0),
         transaction_id: transaction_id(leg.posting_id),
         created_at: posted.created_at.and_utc(),
     };

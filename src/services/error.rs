@@ -41,6 +41,16 @@ pub enum ServiceError {
 pub type ServiceResult<T> = Result<T, ServiceError>;
 
 impl ServiceError {
+    /// A movement that would take a balance or counter past the range of an
+    /// amount (422 `amount_out_of_range`); nothing was changed.
+    pub fn out_of_range() -> Self {
+        ServiceError::Refused {
+            kind: "amount_out_of_range",
+            message: "this movement would take a balance or total beyond the largest amount tally can hold"
+                .into(),
+        }
+    }
+
     /// Maps a ledger refusal on a wallet to the API's words for it.
     pub fn from_ledger(e: LedgerError, wallet_id: &str) -> Self {
         match e {
@@ -48,6 +58,7 @@ impl ServiceError {
                 ServiceError::InsufficientFunds { wallet_id: wallet_id.to_string() }
             }
             LedgerError::Frozen { .. } => ServiceError::WalletFrozen { wallet_id: wallet_id.to_string() },
+            LedgerError::OutOfRange { .. } => ServiceError::out_of_range(),
             LedgerError::Database(e) => ServiceError::Database(e),
             LedgerError::Invalid(e) => ServiceError::Internal(format!("refused entry: {e}")),
         }
@@ -58,6 +69,7 @@ impl From<LedgerError> for ServiceError {
     fn from(e: LedgerError) -> Self {
         match e {
             LedgerError::Database(e) => ServiceError::Database(e),
+            LedgerError::OutOfRange { .. } => ServiceError::out_of_range(),
             other => ServiceError::Internal(other.to_string()),
         }
     }
