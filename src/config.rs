@@ -22,6 +22,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("TALLY_MARKETPLACE_SHARE", Some("0.30")),
     ("TALLY_EARNINGS_HOLD", Some("24h")),
     ("TALLY_MIN_WITHDRAWAL", Some("100")),
+    ("TALLY_MAX_FREE_MESSAGES", Some("100")),
     ("TALLY_DB_POOL_SIZE", Some("16")),
     ("TALLY_SQLITE_SYNCHRONOUS", Some("FULL")),
     ("TALLY_IDEMPOTENCY_TTL", Some("24h")),
@@ -142,6 +143,8 @@ pub struct Settings {
     pub marketplace_share: Decimal,
     pub earnings_hold: Duration,
     pub min_withdrawal: Credits,
+    /// The most free messages per person an agent may give (on public agents only).
+    pub max_free_messages: i32,
     pub pool_size: u32,
     pub sqlite_synchronous_full: bool,
     pub idempotency_ttl: Duration,
@@ -248,6 +251,17 @@ impl Settings {
             .ok()
             .filter(|c| !c.is_negative())
             .ok_or_else(|| bad("TALLY_MIN_WITHDRAWAL", format!("'{min_text}' is not credits")))?;
+        let free_text = get("TALLY_MAX_FREE_MESSAGES").unwrap_or_default();
+        let max_free_messages = free_text
+            .parse::<i32>()
+            .ok()
+            .filter(|n| (0..=crate::services::agents::MAX_FREE_MESSAGES).contains(n))
+            .ok_or_else(|| {
+                bad(
+                    "TALLY_MAX_FREE_MESSAGES",
+                    format!("'{free_text}' is not 0 to {}", crate::services::agents::MAX_FREE_MESSAGES),
+                )
+            })?;
         let pool_text = get("TALLY_DB_POOL_SIZE").unwrap_or_default();
         let pool_size = pool_text
             .parse::<u32>()
@@ -305,6 +319,7 @@ impl Settings {
             marketplace_share,
             earnings_hold,
             min_withdrawal,
+            max_free_messages,
             pool_size,
             sqlite_synchronous_full,
             idempotency_ttl,
@@ -376,6 +391,7 @@ mod tests {
         assert_eq!(s.bind, "127.0.0.1:8080");
         assert_eq!(s.earnings_hold, Duration::from_secs(86_400));
         assert_eq!(s.min_withdrawal, Credits::whole(100));
+        assert_eq!(s.max_free_messages, 100);
         assert_eq!(s.marketplace_share.to_string(), "0.30");
         assert!(s.stripe.is_none());
         assert!(s.require_jwt().unwrap_err().0.contains("TALLY_JWT_SECRET"));
@@ -407,6 +423,8 @@ mod tests {
         assert!(err.to_string().contains("TALLY_EARNINGS_HOLD"), "{err}");
         let err = Settings::from_values(&values(&[("TALLY_JWT_SECRETS", "x")])).unwrap_err();
         assert!(err.to_string().contains("unknown setting"), "{err}");
+        let err = Settings::from_values(&values(&[("TALLY_MAX_FREE_MESSAGES", "1000001")])).unwrap_err();
+        assert!(err.to_string().contains("TALLY_MAX_FREE_MESSAGES"), "{err}");
         let ok = Settings::from_values(&values(&[("TALLY_EARNINGS_HOLD", "0s")])).unwrap();
         assert_eq!(ok.earnings_hold, Duration::ZERO);
     }

@@ -59,7 +59,9 @@ pub struct CreateAgentRequest {
     /// Credits per message for the creator, charged only while public (default "0").
     #[schema(value_type = Option<String>, example = "1", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
     pub publisher_addon: Option<Credits>,
-    /// Free messages each person gets (default 0).
+    /// Free messages each person gets while the agent is public (default 0;
+    /// at most `TALLY_MAX_FREE_MESSAGES`, 100 by default: more is a 422).
+    /// Members of a private agent's organization pay from the first message.
     #[schema(minimum = 0, maximum = 1000000)]
     pub free_messages: Option<i32>,
 }
@@ -78,6 +80,8 @@ pub struct UpdateAgentRequest {
     pub visibility: Option<AgentVisibility>,
     #[schema(value_type = Option<String>, example = "1", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
     pub publisher_addon: Option<Credits>,
+    /// Free messages each person gets while the agent is public (at most
+    /// `TALLY_MAX_FREE_MESSAGES`, 100 by default: more is a 422).
     #[schema(minimum = 0, maximum = 1000000)]
     pub free_messages: Option<i32>,
 }

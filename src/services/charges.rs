@@ -6,6 +6,9 @@
 //!    charge names an organization the person belongs to;
 //! 3. uses a free message if the person has one left on the agent (one
 //!    upsert guarded by `used < free_messages`), recording a subsidy entry;
+//!    only public agents give free messages (at most
+//!    `TALLY_MAX_FREE_MESSAGES`): the platform subsidizes the marketplace,
+//!    not an organization's private agents;
 //! 4. otherwise posts one entry: payer −total, infra revenue +infra,
 //!    marketplace revenue +share, the creator organization's pending
 //!    earnings +rest; records an accrual that settlement makes available
@@ -214,7 +217,8 @@ pub fn quote(
     let payer = resolve_payer(conn, user_id, org_id, false)?;
     let price = price_for(ctx, &agent, &model, &payer)?;
     let used = counters::free_messages_used(conn, &agent.id, user_id)?;
-    let free_left = i64::from(agent.free_messages).saturating_sub(used).max(0);
+    let free_messages = agent.effective_free_messages(ctx.settings.max_free_messages);
+    let free_left = i64::from(free_messages).saturating_sub(used).max(0);
     let free = free_left > 0;
     let total = if free { Credits::ZERO } else { price.total };
     let balance = Credits::from_micros(payer.wallet.balance.unwrap_or(0));
@@ -282,7 +286,8 @@ pub fn create_charge(
     let platform = ctx.platform;
     let charge_id = new_id("chg");
     let infra = price.runtime_infra;
-    let free_used = counters::use_free_message(tx, &agent.id, user_id, agent.free_messages)?;
+    let free_messages = agent.effective_free_messages(ctx.settings.max_free_messages);
+    let free_used = counters::use_free_message(tx, &agent.id, user_id, free_messages)?;
     let free = free_used.is_some();
     let mut references = TransactionReferences {
         agent_id: Some(agent.id.clone()),
@@ -407,7 +412,7 @@ pub fn create_charge(
     let used_now = match free_used {
         Some(n) => n,
         // No free messages on the agent: none left, whatever was used.
-        None if agent.free_messages <= 0 => 0,
+        None if free_messages <= 0 => 0,
         None => counters::free_messages_used(tx, &agent.id, user_id)?,
     };
     let charge = Charge {
@@ -422,7 +427,7 @@ pub fn create_charge(
         total,
         wallet_id,
         balance_after,
-        free_messages_left: i64::from(agent.free_messages).saturating_sub(used_now).max(0),
+        free_messages_left: i64::from(free_messages).saturating_sub(used_now).max(0),
         transaction_id: transaction_id(leg.posting_id),
         created_at: posted.created_at.and_utc(),
     };
