@@ -6,7 +6,12 @@ use serde_json::json;
 use crate::both;
 use crate::helpers::{assert_error, TestApp};
 
-both!(bad_bodies_are_refused_and_change_nothing, bad_queries_and_paths, unknown_routes_use_the_envelope);
+both!(
+    bad_bodies_are_refused_and_change_nothing,
+    bad_queries_and_paths,
+    unknown_routes_use_the_envelope,
+    duplicate_keys_are_refused,
+);
 
 async fn raw_post(
     app: &TestApp,
@@ -158,4 +163,35 @@ async fn unknown_routes_use_the_envelope(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(res.headers()["x-request-id"], "trace-123");
+}
+
+async fn duplicate_keys_are_refused(app: TestApp) {
+    let wallet = app.wallet_of("alice").await;
+    app.fund(&wallet, "10").await;
+    let op = app.operator_token();
+    let path = format!("/v1/admin/wallets/{wallet}/adjustments");
+    let entries = app.count("journal_entries");
+    // The last "amount" would win in a plain parse; either reading is a guess.
+    for (i, body) in [
+        r#"{"amount": "1", "amount": "1000", "reason": "x"}"#,
+        r#"{"amount": "1", "reason": "x", "reason": "y"}"#,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (s, b) = raw_post(&app, &path, &op, body, &format!("dup-{i}")).await;
+        assert_error(s, &b, 422, "validation_error");
+        assert!(b["error"]["message"].as_str().unwrap().contains("duplicate key"), "{b}");
+    }
+    // In a nested object too, before any other check of the body.
+    let (s, b) =
+        raw_post(&app, &path, &op, r#"{"amount": "1", "reason": "x", "m": {"a": 1, "a": 2}}"#, "dup-n").await;
+    assert_error(s, &b, 422, "validation_error");
+    assert!(b["error"]["message"].as_str().unwrap().contains("duplicate key"), "{b}");
+    assert_eq!(app.count("journal_entries"), entries);
+    assert_eq!(app.balance(&wallet, &app.token("alice")).await, "10");
+    // The same keys once each still work.
+    let (s, b) = raw_post(&app, &path, &op, r#"{"amount": "1", "reason": "x"}"#, "dup-ok").await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(app.balance(&wallet, &app.token("alice")).await, "11");
 }
