@@ -237,15 +237,23 @@ impl Settings {
             .ok_or_else(|| {
                 bad("TALLY_MARKETPLACE_SHARE", format!("'{share_text}' is not between 0 and 1"))
             })?;
-        let earnings_hold = parse_duration("TALLY_EARNINGS_HOLD", &get("TALLY_EARNINGS_HOLD"))?;
-        let idempotency_ttl = parse_duration("TALLY_IDEMPOTENCY_TTL", &get("TALLY_IDEMPOTENCY_TTL"))?;
+        let earnings_hold = parse_duration("TALLY_EARNINGS_HOLD", &get("TALLY_EARNINGS_HOLD"), YEAR)?;
+        let idempotency_ttl = parse_duration("TALLY_IDEMPOTENCY_TTL", &get("TALLY_IDEMPOTENCY_TTL"), YEAR)?;
         if idempotency_ttl < Duration::from_secs(24 * 3600) {
             return Err(bad("TALLY_IDEMPOTENCY_TTL", "must be at least 24h".into()));
         }
-        let idempotency_lease = parse_duration("TALLY_IDEMPOTENCY_LEASE", &get("TALLY_IDEMPOTENCY_LEASE"))?
-            .max(Duration::from_secs(1));
-        let settlement_sweep = parse_duration("TALLY_SETTLEMENT_SWEEP", &get("TALLY_SETTLEMENT_SWEEP"))?
-            .max(Duration::from_millis(100));
+        let idempotency_lease = parse_duration(
+            "TALLY_IDEMPOTENCY_LEASE",
+            &get("TALLY_IDEMPOTENCY_LEASE"),
+            Duration::from_secs(3600),
+        )?
+        .max(Duration::from_secs(1));
+        let settlement_sweep = parse_duration(
+            "TALLY_SETTLEMENT_SWEEP",
+            &get("TALLY_SETTLEMENT_SWEEP"),
+            Duration::from_secs(86_400),
+        )?
+        .max(Duration::from_millis(100));
         let min_text = get("TALLY_MIN_WITHDRAWAL").unwrap_or_default();
         let min_withdrawal = Credits::parse(&min_text)
             .ok()
@@ -308,7 +316,7 @@ impl Settings {
             None => crate::domain::plans::default_plans(),
         };
         let pro_price_id = get("TALLY_PRO_PRICE_ID");
-        let past_due_grace = parse_duration("TALLY_PAST_DUE_GRACE", &get("TALLY_PAST_DUE_GRACE"))?;
+        let past_due_grace = parse_duration("TALLY_PAST_DUE_GRACE", &get("TALLY_PAST_DUE_GRACE"), YEAR)?;
         let connect_refresh_url = get("TALLY_CONNECT_REFRESH_URL").unwrap_or_default();
 
         Ok(Settings {
@@ -351,10 +359,23 @@ impl Settings {
     }
 }
 
-fn parse_duration(key: &str, value: &Option<String>) -> Result<Duration, ConfigError> {
+/// The longest a hold, a key's life or a grace period may be: a longer one
+/// is a typo, and one of centuries would pass the calendar (every paid
+/// charge would fail computing when its earnings settle).
+const YEAR: Duration = Duration::from_secs(365 * 86_400);
+
+/// Reads a duration (`24h`, `0s`, `7d`) of at most `max`.
+fn parse_duration(key: &str, value: &Option<String>, max: Duration) -> Result<Duration, ConfigError> {
     let text = value.clone().unwrap_or_default();
-    humantime::parse_duration(&text)
-        .map_err(|e| ConfigError(format!("{key}: '{text}' is not a duration like 24h or 0s ({e})")))
+    let d = humantime::parse_duration(&text)
+        .map_err(|e| ConfigError(format!("{key}: '{text}' is not a duration like 24h or 0s ({e})")))?;
+    if d > max {
+        return Err(ConfigError(format!(
+            "{key}: '{text}' is too long (at most {})",
+            humantime::format_duration(max)
+        )));
+    }
+    Ok(d)
 }
 
 fn read_toml(path: &str) -> Result<BTreeMap<String, String>, ConfigError> {
@@ -411,6 +432,23 @@ mod tests {
         assert!(parse_packs(r#"[{"id": "x", "name": "X", "credits": "0", "price_usd": "1"}]"#).is_err());
         assert!(parse_packs(r#"[{"id": "x", "name": "X", "credits": "1", "price_usd": "1.001"}]"#).is_err());
         assert!(parse_packs("[]").is_err());
+    }
+
+    #[test]
+    fn durations_have_upper_bounds() {
+        // A hold of centuries would make every paid charge fail on its date.
+        for (key, too_long, longest) in [
+            ("TALLY_EARNINGS_HOLD", "1000000years", "365d"),
+            ("TALLY_EARNINGS_HOLD", "366d", "365d"),
+            ("TALLY_IDEMPOTENCY_TTL", "366d", "365d"),
+            ("TALLY_IDEMPOTENCY_LEASE", "2h", "1h"),
+            ("TALLY_SETTLEMENT_SWEEP", "2d", "1d"),
+            ("TALLY_PAST_DUE_GRACE", "366d", "365d"),
+        ] {
+            let err = Settings::from_values(&values(&[(key, too_long)])).unwrap_err();
+            assert!(err.to_string().contains(key) && err.to_string().contains("at most"), "{err}");
+            assert!(Settings::from_values(&values(&[(key, longest)])).is_ok(), "{key}={longest}");
+        }
     }
 
     #[test]
