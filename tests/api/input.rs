@@ -11,6 +11,7 @@ both!(
     bad_queries_and_paths,
     unknown_routes_use_the_envelope,
     duplicate_keys_are_refused,
+    invisible_names_are_refused,
 );
 
 async fn raw_post(
@@ -194,4 +195,16 @@ async fn duplicate_keys_are_refused(app: TestApp) {
     let (s, b) = raw_post(&app, &path, &op, r#"{"amount": "1", "reason": "x"}"#, "dup-ok").await;
     assert_eq!(s, 201, "{b}");
     assert_eq!(app.balance(&wallet, &app.token("alice")).await, "11");
+}
+
+async fn invisible_names_are_refused(app: TestApp) {
+    let alice = app.token("alice");
+    let orgs = app.count("orgs");
+    for name in ["\u{200b}", "\u{200b}\u{200c}\u{200d}", " \u{feff}\u{2060} "] {
+        let (s, b) = app.post("/v1/orgs", &alice, json!({"name": name})).await;
+        assert_error(s, &b, 422, "validation_error");
+    }
+    assert_eq!(app.count("orgs"), orgs);
+    let (s, b) = app.post("/v1/orgs", &alice, json!({"name": "A\u{200d}B"})).await;
+    assert_eq!((s.as_u16(), b["name"].as_str()), (201, Some("A\u{200d}B")), "{b}");
 }
