@@ -22,6 +22,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("TALLY_MARKETPLACE_SHARE", Some("0.30")),
     ("TALLY_EARNINGS_HOLD", Some("24h")),
     ("TALLY_MIN_WITHDRAWAL", Some("100")),
+    ("TALLY_MAX_FREE_MESSAGES", Some("100")),
     ("TALLY_DB_POOL_SIZE", Some("16")),
     ("TALLY_SQLITE_SYNCHRONOUS", Some("FULL")),
     ("TALLY_IDEMPOTENCY_TTL", Some("24h")),
@@ -143,6 +144,8 @@ pub struct Settings {
     pub marketplace_share: Decimal,
     pub earnings_hold: Duration,
     pub min_withdrawal: Credits,
+    /// The most free messages per person an agent may give (on public agents only).
+    pub max_free_messages: i32,
     pub pool_size: u32,
     pub sqlite_synchronous_full: bool,
     /// How long idempotency keys are kept: at least 24 h, unless set by
@@ -200,8 +203,14 @@ impl Settings {
         let Database { database, pool_size, sqlite_synchronous_full } = raw.database()?;
         let Server { bind, workers, log_json } = raw.server()?;
         let jwt = raw.jwt()?;
-        let Money { credit_rate, marketplace_share, earnings_hold, min_withdrawal, credit_packs } =
-            raw.money()?;
+        let Money {
+            credit_rate,
+            marketplace_share,
+            earnings_hold,
+            min_withdrawal,
+            credit_packs,
+            max_free_messages,
+        } = raw.money()?;
         let Timings { idempotency_ttl, idempotency_lease, settlement_sweep } = raw.timings()?;
         let Stripe {
             stripe,
@@ -221,6 +230,7 @@ impl Settings {
             marketplace_share,
             earnings_hold,
             min_withdrawal,
+            max_free_messages,
             pool_size,
             sqlite_synchronous_full,
             idempotency_ttl,
@@ -252,6 +262,11 @@ impl Settings {
     }
 }
 
+/// The longest a hold, a key's life or a grace period may be: a longer one
+/// is a typo, and one of centuries would pass the calendar (every paid
+/// charge would fail computing when its earnings settle).
+const YEAR: Duration = Duration::from_secs(365 * 86_400);
+
 /// The settings read so far, by key: trimmed, empty as unset, defaults from
 /// [`KEYS`] filled in.
 struct Raw<'a>(&'a BTreeMap<String, String>);
@@ -272,6 +287,7 @@ struct Database {
 
 /// The credit's price, the marketplace's share, earnings and packs.
 struct Money {
+    max_free_messages: i32,
     credit_rate: CreditRate,
     marketplace_share: Decimal,
     earnings_hold: Duration,
@@ -329,10 +345,18 @@ impl<'a> Raw<'a> {
         self.get(key).unwrap_or_default()
     }
 
-    fn duration(&self, key: &str) -> Result<Duration, ConfigError> {
+    /// A duration (`24h`, `0s`, `7d`) of at most `max`.
+    fn duration(&self, key: &str, max: Duration) -> Result<Duration, ConfigError> {
         let text = self.text(key);
-        humantime::parse_duration(&text)
-            .map_err(|e| ConfigError(format!("{key}: '{text}' is not a duration like 24h or 0s ({e})")))
+        let d = humantime::parse_duration(&text)
+            .map_err(|e| ConfigError(format!("{key}: '{text}' is not a duration like 24h or 0s ({e})")))?;
+        if d > max {
+            return Err(ConfigError(format!(
+                "{key}: '{text}' is too long (at most {})",
+                humantime::format_duration(max)
+            )));
+        }
+        Ok(d)
     }
 
     fn server(&self) -> Result<Server, ConfigError> {
@@ -403,7 +427,7 @@ impl<'a> Raw<'a> {
             .ok_or_else(|| {
                 bad("TALLY_MARKETPLACE_SHARE", format!("'{share_text}' is not between 0 and 1"))
             })?;
-        let earnings_hold = self.duration("TALLY_EARNINGS_HOLD")?;
+        let earnings_hold = self.duration("TALLY_EARNINGS_HOLD", YEAR)?;
         let min_text = self.text("TALLY_MIN_WITHDRAWAL");
         let min_withdrawal = Credits::parse(&min_text)
             .ok()
@@ -413,21 +437,42 @@ impl<'a> Raw<'a> {
             Some(text) => parse_packs(&text).map_err(|e| bad("TALLY_CREDIT_PACKS", e))?,
             None => default_packs(),
         };
-        Ok(Money { credit_rate, marketplace_share, earnings_hold, min_withdrawal, credit_packs })
+        let free_text = self.text("TALLY_MAX_FREE_MESSAGES");
+        let max_free_messages = free_text
+            .parse::<i32>()
+            .ok()
+            .filter(|n| (0..=crate::services::agents::MAX_FREE_MESSAGES).contains(n))
+            .ok_or_else(|| {
+                bad(
+                    "TALLY_MAX_FREE_MESSAGES",
+                    format!("'{free_text}' is not 0 to {}", crate::services::agents::MAX_FREE_MESSAGES),
+                )
+            })?;
+        Ok(Money {
+            credit_rate,
+            marketplace_share,
+            earnings_hold,
+            min_withdrawal,
+            credit_packs,
+            max_free_messages,
+        })
     }
 
     fn timings(&self) -> Result<Timings, ConfigError> {
-        let idempotency_ttl = self.duration("TALLY_IDEMPOTENCY_TTL")?;
+        let idempotency_ttl = self.duration("TALLY_IDEMPOTENCY_TTL", YEAR)?;
         if idempotency_ttl < Duration::from_secs(24 * 3600) {
             return Err(bad("TALLY_IDEMPOTENCY_TTL", "must be at least 24h".into()));
         }
         // Tests only: any TTL, so that a test can watch a key expire.
         let idempotency_ttl = match self.get("TALLY_TEST_IDEMPOTENCY_TTL") {
-            Some(_) => self.duration("TALLY_TEST_IDEMPOTENCY_TTL")?,
+            Some(_) => self.duration("TALLY_TEST_IDEMPOTENCY_TTL", YEAR)?,
             None => idempotency_ttl,
         };
-        let idempotency_lease = self.duration("TALLY_IDEMPOTENCY_LEASE")?.max(Duration::from_secs(1));
-        let settlement_sweep = self.duration("TALLY_SETTLEMENT_SWEEP")?.max(Duration::from_millis(100));
+        let idempotency_lease =
+            self.duration("TALLY_IDEMPOTENCY_LEASE", Duration::from_secs(3600))?.max(Duration::from_secs(1));
+        let settlement_sweep = self
+            .duration("TALLY_SETTLEMENT_SWEEP", Duration::from_secs(86_400))?
+            .max(Duration::from_millis(100));
         Ok(Timings { idempotency_ttl, idempotency_lease, settlement_sweep })
     }
 
@@ -454,7 +499,7 @@ impl<'a> Raw<'a> {
         Ok(Plans {
             plans,
             pro_price_id: self.get("TALLY_PRO_PRICE_ID"),
-            past_due_grace: self.duration("TALLY_PAST_DUE_GRACE")?,
+            past_due_grace: self.duration("TALLY_PAST_DUE_GRACE", YEAR)?,
         })
     }
 }
@@ -493,6 +538,7 @@ mod tests {
         assert_eq!(s.bind, "127.0.0.1:8080");
         assert_eq!(s.earnings_hold, Duration::from_secs(86_400));
         assert_eq!(s.min_withdrawal, Credits::whole(100));
+        assert_eq!(s.max_free_messages, 100);
         assert_eq!(s.marketplace_share.to_string(), "0.30");
         assert!(s.stripe.is_none());
         assert!(s.require_jwt().unwrap_err().0.contains("TALLY_JWT_SECRET"));
@@ -601,6 +647,8 @@ mod tests {
         assert!(err.to_string().contains("TALLY_EARNINGS_HOLD"), "{err}");
         let err = Settings::from_values(&values(&[("TALLY_JWT_SECRETS", "x")])).unwrap_err();
         assert!(err.to_string().contains("unknown setting"), "{err}");
+        let err = Settings::from_values(&values(&[("TALLY_MAX_FREE_MESSAGES", "1000001")])).unwrap_err();
+        assert!(err.to_string().contains("TALLY_MAX_FREE_MESSAGES"), "{err}");
         let ok = Settings::from_values(&values(&[("TALLY_EARNINGS_HOLD", "0s")])).unwrap();
         assert_eq!(ok.earnings_hold, Duration::ZERO);
     }

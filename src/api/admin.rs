@@ -77,7 +77,7 @@ pub struct CreateAdjustmentRequest {
     /// Why (1 to 500 characters); kept with the entry.
     #[schema(
         max_length = 500,
-        pattern = r"^[^\u0000-\u0008\u000b-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u0008\u000b-\u001f\u007f-\u009f]*$"
+        pattern = r"^[^\u0000-\u0008\u000b-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f\u00ad\u034f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff][^\u0000-\u0008\u000b-\u001f\u007f-\u009f]*$"
     )]
     pub reason: String,
 }
@@ -102,7 +102,7 @@ pub struct CreateAdjustmentRequest {
         (status = 403, description = "Not an operator", body = ErrorResponse),
         (status = 404, description = "No such wallet", body = ErrorResponse),
         (status = 409, description = "A request with this key is in flight", body = ErrorResponse),
-        (status = 422, description = "Invalid amount or reason, or the key was used with another body", body = ErrorResponse),
+        (status = 422, description = "Invalid amount or reason, `amount_out_of_range` (the balance would pass the largest amount), or the key was used with another body", body = ErrorResponse),
     ),
     security(("bearer" = []))
 )]

@@ -48,7 +48,7 @@ pub struct CreateAgentRequest {
     /// 1 to 200 characters.
     #[schema(
         max_length = 200,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f\u00ad\u034f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff][^\u0000-\u001f\u007f-\u009f]*$"
     )]
     pub name: String,
     /// A model id from the price book.
@@ -59,7 +59,9 @@ pub struct CreateAgentRequest {
     /// Credits per message for the creator, charged only while public (default "0").
     #[schema(value_type = Option<String>, example = "1", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
     pub publisher_addon: Option<Credits>,
-    /// Free messages each person gets (default 0).
+    /// Free messages each person gets while the agent is public (default 0;
+    /// at most `TALLY_MAX_FREE_MESSAGES`, 100 by default: more is a 422).
+    /// Members of a private agent's organization pay from the first message.
     #[schema(minimum = 0, maximum = 1000000)]
     pub free_messages: Option<i32>,
 }
@@ -70,7 +72,7 @@ pub struct CreateAgentRequest {
 pub struct UpdateAgentRequest {
     #[schema(
         max_length = 200,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f\u00ad\u034f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff][^\u0000-\u001f\u007f-\u009f]*$"
     )]
     pub name: Option<String>,
     #[schema(pattern = r"^[A-Za-z0-9._:-]{1,100}$")]
@@ -78,6 +80,8 @@ pub struct UpdateAgentRequest {
     pub visibility: Option<AgentVisibility>,
     #[schema(value_type = Option<String>, example = "1", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
     pub publisher_addon: Option<Credits>,
+    /// Free messages each person gets while the agent is public (at most
+    /// `TALLY_MAX_FREE_MESSAGES`, 100 by default: more is a 422).
     #[schema(minimum = 0, maximum = 1000000)]
     pub free_messages: Option<i32>,
 }
@@ -299,7 +303,7 @@ pub async fn get_quote(
         (status = 403, description = "The paying wallet is frozen, or user_id without a service token", body = ErrorResponse),
         (status = 404, description = "No such agent or organization (or not visible to the caller)", body = ErrorResponse),
         (status = 409, description = "A request with this key is in flight", body = ErrorResponse),
-        (status = 422, description = "Invalid body, or the key was used with another body", body = ErrorResponse),
+        (status = 422, description = "Invalid body, `amount_out_of_range` (a spend counter would pass the largest amount), or the key was used with another body", body = ErrorResponse),
         (status = 429, description = "A spend limit would be passed; see Retry-After", body = ErrorResponse,
             headers(("Retry-After" = String, description = "Seconds until the limit's period ends"))),
     ),

@@ -7,6 +7,7 @@ pub mod agents;
 pub mod docs;
 pub mod earnings;
 pub mod health;
+mod json_keys;
 pub mod me;
 pub mod models;
 pub mod orgs;
@@ -164,6 +165,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             if crate::domain::text::json_has_nul(&raw) {
                 return Err(ApiError::validation("text in the request body must not contain NUL (\\u0000)"));
             }
+            json_keys::check_unique_keys(&bytes).map_err(ApiError::validation)?;
             let value = T::deserialize(&raw)
                 .map_err(|e| ApiError::validation(format!("invalid request body: {e}")))?;
             Ok(JsonBody { value, raw })

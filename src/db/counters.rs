@@ -4,6 +4,7 @@
 //! RETURNING`, SQLite 3.35+); placeholders are written `$n` in order of first
 //! use, which SQLite binds by position as PostgreSQL does. Each text is
 //! fixed, so each statement is kept prepared ([`Prepared`]).
+#![deny(clippy::arithmetic_side_effects)]
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
@@ -51,8 +52,11 @@ pub fn free_messages_used(conn: &mut DbConn, agent_id: &str, user_id: &str) -> Q
     Ok(used.unwrap_or(0) as i64)
 }
 
-/// Adds `amount` to a spend counter unless that would pass `limit` (no limit
-/// when `None`); returns the new total, or `None` when the limit refuses it.
+/// Adds `amount` (positive) to a spend counter unless that would pass
+/// `limit` (no limit when `None`) or the `i64` range; returns the new total,
+/// or `None` when refused. With a limit, a refusal means the limit (the
+/// range is above any limit); without one, it means the range. Neither
+/// guard forms `spent + amount` before it is known to fit.
 pub fn add_spend(
     conn: &mut DbConn,
     account_id: i64,
@@ -61,14 +65,15 @@ pub fn add_spend(
     amount: i64,
     limit: Option<i64>,
 ) -> QueryResult<Option<i64>> {
-    if limit.is_some_and(|l| amount > l) {
+    if amount < 0 || limit.is_some_and(|l| amount > l) {
         return Ok(None);
     }
     Prepared(
         diesel::sql_query(
             "INSERT INTO spend_counters (account_id, user_id, period, spent) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (account_id, user_id, period) DO UPDATE SET spent = spend_counters.spent + $4 \
-         WHERE $5 IS NULL OR spend_counters.spent + $4 <= $5 \
+         WHERE spend_counters.spent <= 9223372036854775807 - $4 \
+           AND ($5 IS NULL OR spend_counters.spent <= $5 - $4) \
          RETURNING spent AS value",
         )
         .bind::<BigInt, _>(account_id)

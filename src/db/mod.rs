@@ -11,6 +11,7 @@ pub mod locks;
 pub mod models;
 pub mod prepared;
 pub mod schema;
+pub mod sums;
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;

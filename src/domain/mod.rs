@@ -12,4 +12,4 @@ pub mod text;
 
 pub use entry::{EntryError, Leg};
 pub use kinds::{AccountKind, EntryKind, OrgRole, OwnerType};
-pub use money::{AmountError, CreditRate, Credits, UsdCents};
+pub use money::{AmountError, CreditRate, CreditTotal, Credits, UsdCents};

@@ -1,5 +1,6 @@
 //! Money: credits as `i64` micro-credits, USD as whole cents, and their one
 //! conversion to and from the decimal strings the API shows.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::fmt;
 use std::str::FromStr;
@@ -44,7 +45,7 @@ impl Credits {
 
     /// Whole credits, for tests and defaults.
     pub const fn whole(credits: i64) -> Self {
-        Credits(credits * MICROS_PER_CREDIT)
+        Credits(credits.saturating_mul(MICROS_PER_CREDIT))
     }
 
     pub const fn micros(self) -> i64 {
@@ -126,10 +127,16 @@ impl Credits {
     /// (towards negative infinity, so a negative balance is never shown as
     /// smaller than it is).
     pub fn to_usd_floor(self, rate: CreditRate) -> UsdCents {
-        let usd = self.to_decimal() * rate.usd_per_credit();
-        let cents =
-            (usd * Decimal::ONE_HUNDRED).round_dp_with_strategy(0, RoundingStrategy::ToNegativeInfinity);
-        UsdCents(cents.to_i64().unwrap_or(if cents.is_sign_negative() { i64::MIN } else { i64::MAX }))
+        let saturated = UsdCents(if self.is_negative() { i64::MIN } else { i64::MAX });
+        let Some(cents) = self
+            .to_decimal()
+            .checked_mul(rate.usd_per_credit())
+            .and_then(|usd| usd.checked_mul(Decimal::ONE_HUNDRED))
+        else {
+            return saturated;
+        };
+        let cents = cents.round_dp_with_strategy(0, RoundingStrategy::ToNegativeInfinity);
+        cents.to_i64().map(UsdCents).unwrap_or(saturated)
     }
 }
 
@@ -163,6 +170,59 @@ impl<'de> Deserialize<'de> for Credits {
     }
 }
 
+/// A total of many credit amounts, which may pass the range of one amount
+/// (`i128` micro-credits): pending earnings, lifetime gross, report sums.
+/// Shown exactly like [`Credits`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CreditTotal(i128);
+
+impl CreditTotal {
+    pub const ZERO: CreditTotal = CreditTotal(0);
+
+    pub const fn from_micros(micros: i128) -> Self {
+        CreditTotal(micros)
+    }
+
+    pub const fn micros(self) -> i128 {
+        self.0
+    }
+
+    pub fn checked_add(self, other: CreditTotal) -> Option<CreditTotal> {
+        self.0.checked_add(other.0).map(CreditTotal)
+    }
+
+    /// The exact decimal value; `None` beyond rust_decimal's 96 bits.
+    pub fn to_decimal(self) -> Option<Decimal> {
+        Decimal::try_from_i128_with_scale(self.0, CREDIT_SCALE).ok().map(|d| d.normalize())
+    }
+}
+
+impl From<Credits> for CreditTotal {
+    fn from(c: Credits) -> Self {
+        CreditTotal(i128::from(c.0))
+    }
+}
+
+impl fmt::Display for CreditTotal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let micros = self.0.unsigned_abs();
+        let per = MICROS_PER_CREDIT.unsigned_abs() as u128;
+        let (whole, frac) = (micros.checked_div(per).unwrap_or(0), micros.checked_rem(per).unwrap_or(0));
+        let sign = if self.0 < 0 { "-" } else { "" };
+        if frac == 0 {
+            return write!(f, "{sign}{whole}");
+        }
+        let frac = format!("{frac:06}");
+        write!(f, "{sign}{whole}.{}", frac.trim_end_matches('0'))
+    }
+}
+
+impl Serialize for CreditTotal {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// USD as whole cents; shown as `"5.00"`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UsdCents(i64);
@@ -181,8 +241,9 @@ impl UsdCents {
         if value <= Decimal::ZERO {
             return Err(AmountError::NotPositive(text.to_string()));
         }
-        (value * Decimal::ONE_HUNDRED)
-            .to_i64()
+        value
+            .checked_mul(Decimal::ONE_HUNDRED)
+            .and_then(|c| c.to_i64())
             .map(UsdCents)
             .ok_or_else(|| AmountError::OutOfRange(text.to_string()))
     }
@@ -272,6 +333,19 @@ mod tests {
         assert_eq!(Credits::parse("0.19").unwrap().to_usd_floor(rate).to_string(), "0.01");
         assert_eq!(Credits::parse("-0.19").unwrap().to_usd_floor(rate).to_string(), "-0.02");
         assert_eq!(Credits::parse("50").unwrap().to_usd_floor(rate).to_string(), "5.00");
+    }
+
+    #[test]
+    fn totals_print_like_credits_beyond_the_range() {
+        for micros in [0i64, 125, -1_300_000, 12_500_000, i64::MAX, i64::MIN] {
+            assert_eq!(
+                CreditTotal::from(Credits::from_micros(micros)).to_string(),
+                Credits::from_micros(micros).to_string()
+            );
+        }
+        let big = CreditTotal::from_micros(16 * 999_999_999_999_999_999);
+        assert_eq!(big.to_string(), "15999999999999.999984");
+        assert_eq!(big.to_decimal().unwrap().to_string(), "15999999999999.999984");
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! The price of one message and the split of the publisher add-on.
+#![deny(clippy::arithmetic_side_effects)]
 
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
@@ -23,10 +24,15 @@ pub struct MessagePrice {
 /// Splits `addon` so that the creator gets `(1 - share) * addon` rounded
 /// down and the platform the rest; the two parts always sum to `addon`.
 pub fn split_addon(addon: Credits, share: Decimal) -> (Credits, Credits) {
-    let creator_fraction = Decimal::ONE - share;
-    let creator = (Decimal::from(addon.micros()) * creator_fraction).floor().to_i64().unwrap_or(0);
-    let creator = creator.clamp(0, addon.micros());
-    (Credits::from_micros(addon.micros() - creator), Credits::from_micros(creator))
+    let creator = Decimal::ONE
+        .checked_sub(share)
+        .and_then(|fraction| Decimal::from(addon.micros()).checked_mul(fraction))
+        .and_then(|c| c.floor().to_i64())
+        .unwrap_or(0)
+        .clamp(0, addon.micros().max(0));
+    // 0 <= creator <= addon: the platform's part cannot overflow.
+    let platform = addon.micros().checked_sub(creator).unwrap_or(0);
+    (Credits::from_micros(platform), Credits::from_micros(creator))
 }
 
 /// The price of a paid message.

@@ -3,6 +3,7 @@
 //! database refuses updates and deletes). Balances that a movement must check
 //! are cached on the account row and changed by a guarded `UPDATE` in the same
 //! transaction; the others are the sum of their postings.
+#![deny(clippy::arithmetic_side_effects)]
 
 pub mod verify;
 
@@ -91,6 +92,9 @@ pub enum LedgerError {
     Insufficient { account_id: i64 },
     #[error("account {account_id} is frozen")]
     Frozen { account_id: i64 },
+    /// The movement would take a cached balance past the `i64` micro-credit range.
+    #[error("account {account_id} would pass the range of an amount")]
+    OutOfRange { account_id: i64 },
     #[error(transparent)]
     Database(#[from] diesel::result::Error),
 }
@@ -248,29 +252,47 @@ impl QueryFragment<Backend> for InsertPostings<'_> {
 impl RunQueryDsl<DbConn> for InsertPostings<'_> {}
 
 /// Adds the leg to the account's cached balance in one guarded statement and
-/// returns the new balance. No row back means the guard refused.
+/// returns the new balance. No row back means a guard refused: a debit below
+/// zero (where refused), a frozen account, or a result beyond the `i64`
+/// range (`balance <= MAX - amount` for a credit, `balance >= MIN - amount`
+/// for a debit), which SQLite would otherwise turn into a float and
+/// PostgreSQL into an error.
 fn apply_to_cached_balance(conn: &mut DbConn, leg: &Leg, overdraft: Overdraft) -> Result<i64, LedgerError> {
     let amount = leg.amount.micros();
     let guarded = amount < 0 && leg.kind.must_stay_non_negative();
+    // SQL, not Rust: evaluated only on a row the guards below let through.
+    #[allow(clippy::arithmetic_side_effects)]
     let new_balance = accounts::balance + amount;
     let row = accounts::table.filter(accounts::id.eq(leg.account_id));
     let updated: Option<Option<i64>> = match (guarded, overdraft) {
-        (false, _) | (true, Overdraft::AllowForReversal) => {
-            Prepared(diesel::update(row).set(accounts::balance.eq(new_balance)).returning(accounts::balance))
-                .get_result(conn)
-                .optional()?
-        }
+        (false, _) | (true, Overdraft::AllowForReversal) if amount >= 0 => Prepared(
+            diesel::update(row.filter(accounts::balance.le(i64::MAX.saturating_sub(amount))))
+                .set(accounts::balance.eq(new_balance))
+                .returning(accounts::balance),
+        )
+        .get_result(conn)
+        .optional()?,
+        (false, _) | (true, Overdraft::AllowForReversal) => Prepared(
+            diesel::update(row.filter(accounts::balance.ge(i64::MIN.saturating_sub(amount))))
+                .set(accounts::balance.eq(new_balance))
+                .returning(accounts::balance),
+        )
+        .get_result(conn)
+        .optional()?,
+        // A guarded debit leaves a balance between 0 and the one it had.
         (true, Overdraft::Refuse) => Prepared(
-            diesel::update(row.filter(accounts::balance.ge(-amount)))
+            diesel::update(row.filter(accounts::balance.ge(amount.saturating_neg())))
                 .set(accounts::balance.eq(new_balance))
                 .returning(accounts::balance),
         )
         .get_result(conn)
         .optional()?,
         (true, Overdraft::RefuseFrozen) => Prepared(
-            diesel::update(row.filter(accounts::balance.ge(-amount)).filter(accounts::frozen.eq(false)))
-                .set(accounts::balance.eq(new_balance))
-                .returning(accounts::balance),
+            diesel::update(
+                row.filter(accounts::balance.ge(amount.saturating_neg())).filter(accounts::frozen.eq(false)),
+            )
+            .set(accounts::balance.eq(new_balance))
+            .returning(accounts::balance),
         )
         .get_result(conn)
         .optional()?,
@@ -287,11 +309,14 @@ fn apply_to_cached_balance(conn: &mut DbConn, leg: &Leg, overdraft: Overdraft) -
                 .first(conn)
                 .optional()?;
             match frozen {
+                None => Err(LedgerError::Database(diesel::result::Error::NotFound)),
+                Some(_) if !guarded || overdraft == Overdraft::AllowForReversal => {
+                    Err(LedgerError::OutOfRange { account_id: leg.account_id })
+                }
                 Some(true) if overdraft == Overdraft::RefuseFrozen => {
                     Err(LedgerError::Frozen { account_id: leg.account_id })
                 }
                 Some(_) => Err(LedgerError::Insufficient { account_id: leg.account_id }),
-                None => Err(LedgerError::Database(diesel::result::Error::NotFound)),
             }
         }
     }
@@ -363,7 +388,9 @@ pub fn ensure_account(
     }
 }
 
-/// The balance of an account: its cached balance, or the sum of its postings.
+/// The balance of an account: its cached balance, or the sum of its postings
+/// (an error if that sum is beyond the range of an amount: see
+/// [`sum_of_postings_exact`]).
 pub fn balance_of(conn: &mut DbConn, account: AccountRef) -> QueryResult<Credits> {
     if account.kind.keeps_cached_balance() {
         let b: Option<i64> =
@@ -373,13 +400,23 @@ pub fn balance_of(conn: &mut DbConn, account: AccountRef) -> QueryResult<Credits
     sum_of_postings(conn, account.id)
 }
 
-/// The sum of an account's postings.
+/// The sum of an account's postings, which must be in the range of an amount.
 pub fn sum_of_postings(conn: &mut DbConn, account_id: i64) -> QueryResult<Credits> {
+    let sum = sum_of_postings_exact(conn, account_id)?;
+    i64::try_from(sum).map(Credits::from_micros).map_err(|_| {
+        diesel::result::Error::QueryBuilderError(
+            format!("the postings of account {account_id} sum beyond the range of an amount").into(),
+        )
+    })
+}
+
+/// The exact sum of an account's postings, in micro-credits: uncached
+/// accounts (platform revenue, pending earnings) may pass the `i64` range.
+pub fn sum_of_postings_exact(conn: &mut DbConn, account_id: i64) -> QueryResult<i128> {
     use diesel::dsl::sql;
-    use diesel::sql_types::{BigInt, Nullable};
-    let sum: Option<i64> = postings::table
+    let (hi, lo): (i64, i64) = postings::table
         .filter(postings::account_id.eq(account_id))
-        .select(sql::<Nullable<BigInt>>("CAST(SUM(amount) AS BIGINT)"))
+        .select((sql::<BigInt>(&db::sums::hi("amount")), sql::<BigInt>(&db::sums::lo("amount"))))
         .first(conn)?;
-    Ok(Credits::from_micros(sum.unwrap_or(0)))
+    Ok(db::sums::join(hi, lo))
 }

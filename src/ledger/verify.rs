@@ -1,13 +1,16 @@
 //! `ledger verify`: checks every invariant of the ledger (SPEC 2) with plain
-//! SQL that both backends run as written, and lists each breach.
+//! SQL that both backends run as written, and lists each breach. Sums are
+//! exact whatever their size (see `db::sums`): an account that is not
+//! cached (platform revenue, pending earnings) may hold more than an `i64`.
+#![deny(clippy::arithmetic_side_effects)]
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::db::DbConn;
-use crate::domain::Credits;
+use crate::db::{sums, DbConn};
+use crate::domain::{CreditTotal, Credits};
 
 /// At most this many breaches of one check are listed.
 const MAX_LISTED: i64 = 100;
@@ -51,9 +54,19 @@ struct EntrySum {
     #[diesel(sql_type = BigInt)]
     entry_id: i64,
     #[diesel(sql_type = BigInt)]
-    total: i64,
+    total_hi: i64,
+    #[diesel(sql_type = BigInt)]
+    total_lo: i64,
     #[diesel(sql_type = BigInt)]
     n: i64,
+}
+
+#[derive(QueryableByName)]
+struct Sum {
+    #[diesel(sql_type = BigInt)]
+    total_hi: i64,
+    #[diesel(sql_type = BigInt)]
+    total_lo: i64,
 }
 
 #[derive(QueryableByName)]
@@ -69,6 +82,41 @@ struct AccountCheck {
 }
 
 #[derive(QueryableByName)]
+struct AccountSum {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    kind: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    cached: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    actual_hi: i64,
+    #[diesel(sql_type = BigInt)]
+    actual_lo: i64,
+}
+
+#[derive(QueryableByName)]
+struct PendingSums {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    kind: String,
+    #[diesel(sql_type = BigInt)]
+    accrued_hi: i64,
+    #[diesel(sql_type = BigInt)]
+    accrued_lo: i64,
+    #[diesel(sql_type = BigInt)]
+    actual_hi: i64,
+    #[diesel(sql_type = BigInt)]
+    actual_lo: i64,
+}
+
+/// Micro-credits, exact at any size, as credits.
+fn credits(micros: i128) -> CreditTotal {
+    CreditTotal::from_micros(micros)
+}
+
+#[derive(QueryableByName)]
 struct NegativeAccount {
     #[diesel(sql_type = BigInt)]
     id: i64,
@@ -79,7 +127,9 @@ struct NegativeAccount {
     #[diesel(sql_type = Bool)]
     reversed: bool,
     #[diesel(sql_type = BigInt)]
-    actual: i64,
+    actual_hi: i64,
+    #[diesel(sql_type = BigInt)]
+    actual_lo: i64,
 }
 
 #[derive(QueryableByName)]
@@ -117,9 +167,11 @@ pub fn verify(conn: &mut DbConn) -> QueryResult<VerifyReport> {
 
         // 1. Every entry balances, has two or more postings; the whole ledger sums to zero.
         let unbalanced: Vec<EntrySum> = diesel::sql_query(format!(
-            "SELECT entry_id, CAST(SUM(amount) AS BIGINT) AS total, COUNT(*) AS n \
-             FROM postings GROUP BY entry_id HAVING SUM(amount) <> 0 OR COUNT(*) < 2 \
-             ORDER BY entry_id LIMIT {MAX_LISTED}"
+            "SELECT entry_id, {}, COUNT(*) AS n \
+             FROM postings GROUP BY entry_id HAVING NOT {} OR COUNT(*) < 2 \
+             ORDER BY entry_id LIMIT {MAX_LISTED}",
+            sums::select("amount", "total"),
+            sums::is_zero("amount"),
         ))
         .load(conn)?;
         for e in unbalanced {
@@ -130,7 +182,7 @@ pub fn verify(conn: &mut DbConn) -> QueryResult<VerifyReport> {
                     "entry {} has {} posting(s) summing to {} credits",
                     e.entry_id,
                     e.n,
-                    Credits::from_micros(e.total)
+                    credits(sums::join(e.total_hi, e.total_lo))
                 ),
             });
         }
@@ -146,28 +198,29 @@ pub fn verify(conn: &mut DbConn) -> QueryResult<VerifyReport> {
                 detail: format!("{empty} entries have no postings"),
             });
         }
-        let ledger_sum: i64 =
-            diesel::sql_query("SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS n FROM postings")
-                .get_result::<Count>(conn)?
-                .n;
+        let total: Sum =
+            diesel::sql_query(format!("SELECT {} FROM postings", sums::select("amount", "total")))
+                .get_result(conn)?;
+        let ledger_sum = sums::join(total.total_hi, total.total_lo);
         if ledger_sum != 0 {
             breaches.push(Breach {
                 invariant: 1,
                 check: "ledger_not_zero".into(),
-                detail: format!("the ledger sums to {} credits", Credits::from_micros(ledger_sum)),
+                detail: format!("the ledger sums to {} credits", credits(ledger_sum)),
             });
         }
 
         // 2. Cached balances equal the sum of postings, and the last posting's
         // balance_after equals the cached balance.
-        let drifted: Vec<AccountCheck> = diesel::sql_query(format!(
-            "SELECT a.id, a.kind, a.balance AS cached, \
-                    CAST(COALESCE(SUM(p.amount), 0) AS BIGINT) AS actual \
+        let drifted: Vec<AccountSum> = diesel::sql_query(format!(
+            "SELECT a.id, a.kind, a.balance AS cached, {} \
              FROM accounts a LEFT JOIN postings p ON p.account_id = a.id \
              WHERE a.balance IS NOT NULL \
              GROUP BY a.id, a.kind, a.balance \
-             HAVING a.balance <> COALESCE(SUM(p.amount), 0) \
-             ORDER BY a.id LIMIT {MAX_LISTED}"
+             HAVING NOT {} \
+             ORDER BY a.id LIMIT {MAX_LISTED}",
+            sums::select("p.amount", "actual"),
+            sums::equals("p.amount", "a.balance"),
         ))
         .load(conn)?;
         for a in drifted {
@@ -179,7 +232,7 @@ pub fn verify(conn: &mut DbConn) -> QueryResult<VerifyReport> {
                     a.id,
                     a.kind,
                     Credits::from_micros(a.cached.unwrap_or(0)),
-                    Credits::from_micros(a.actual)
+                    credits(sums::join(a.actual_hi, a.actual_lo))
                 ),
             });
         }
@@ -222,18 +275,27 @@ pub fn verify(conn: &mut DbConn) -> QueryResult<VerifyReport> {
         }
 
         // 2. Pending earnings equal the accruals not yet settled.
-        let pending_drift: Vec<AccountCheck> = diesel::sql_query(format!(
-            "SELECT id, kind, cached, actual FROM ( \
-               SELECT a.id, a.kind, \
-                      (SELECT CAST(COALESCE(SUM(x.amount), 0) AS BIGINT) FROM earnings_accruals x \
-                       WHERE x.org_id = a.owner_id AND x.settled_at IS NULL) AS cached, \
-                      (SELECT CAST(COALESCE(SUM(p.amount), 0) AS BIGINT) FROM postings p \
-                       WHERE p.account_id = a.id) AS actual \
-               FROM accounts a WHERE a.kind = 'earnings_pending') t \
-             WHERE cached <> actual ORDER BY id LIMIT {MAX_LISTED}"
+        // Compared here rather than in SQL: one row per creator organization.
+        let pending: Vec<PendingSums> = diesel::sql_query(format!(
+            "SELECT a.id, a.kind, \
+                    (SELECT {} FROM earnings_accruals x \
+                     WHERE x.org_id = a.owner_id AND x.settled_at IS NULL) AS accrued_hi, \
+                    (SELECT {} FROM earnings_accruals x \
+                     WHERE x.org_id = a.owner_id AND x.settled_at IS NULL) AS accrued_lo, \
+                    (SELECT {} FROM postings p WHERE p.account_id = a.id) AS actual_hi, \
+                    (SELECT {} FROM postings p WHERE p.account_id = a.id) AS actual_lo \
+             FROM accounts a WHERE a.kind = 'earnings_pending' ORDER BY a.id",
+            sums::hi("x.amount"),
+            sums::lo("x.amount"),
+            sums::hi("p.amount"),
+            sums::lo("p.amount"),
         ))
         .load(conn)?;
-        for a in pending_drift {
+        for a in pending
+            .into_iter()
+            .filter(|a| sums::join(a.accrued_hi, a.accrued_lo) != sums::join(a.actual_hi, a.actual_lo))
+            .take(MAX_LISTED.unsigned_abs() as usize)
+        {
             breaches.push(Breach {
                 invariant: 2,
                 check: "pending_earnings_drift".into(),
@@ -241,8 +303,8 @@ pub fn verify(conn: &mut DbConn) -> QueryResult<VerifyReport> {
                     "account {} ({}) holds {} credits but unsettled accruals sum to {}",
                     a.id,
                     a.kind,
-                    Credits::from_micros(a.actual),
-                    Credits::from_micros(a.cached.unwrap_or(0))
+                    credits(sums::join(a.actual_hi, a.actual_lo)),
+                    credits(sums::join(a.accrued_hi, a.accrued_lo))
                 ),
             });
         }
@@ -253,12 +315,14 @@ pub fn verify(conn: &mut DbConn) -> QueryResult<VerifyReport> {
             "SELECT a.id, a.kind, a.frozen, \
                     EXISTS (SELECT 1 FROM postings p2 JOIN journal_entries e ON e.id = p2.entry_id \
                             WHERE p2.account_id = a.id AND e.kind IN ('refund', 'dispute')) AS reversed, \
-                    CAST(SUM(p.amount) AS BIGINT) AS actual \
+                    {} \
              FROM accounts a JOIN postings p ON p.account_id = a.id \
              WHERE a.kind IN {NON_NEGATIVE_KINDS} \
              GROUP BY a.id, a.kind, a.frozen \
-             HAVING SUM(p.amount) < 0 \
-             ORDER BY a.id LIMIT {MAX_LISTED}"
+             HAVING {} \
+             ORDER BY a.id LIMIT {MAX_LISTED}",
+            sums::select("p.amount", "actual"),
+            sums::is_negative("p.amount"),
         ))
         .load(conn)?;
         for a in negative {
@@ -273,7 +337,7 @@ pub fn verify(conn: &mut DbConn) -> QueryResult<VerifyReport> {
                     a.id,
                     a.kind,
                     if a.frozen { ", frozen" } else { "" },
-                    Credits::from_micros(a.actual)
+                    credits(sums::join(a.actual_hi, a.actual_lo))
                 ),
             });
         }
@@ -333,7 +397,7 @@ pub fn verify(conn: &mut DbConn) -> QueryResult<VerifyReport> {
             entries,
             postings,
             accounts,
-            ledger_sum: Credits::from_micros(ledger_sum).to_string(),
+            ledger_sum: credits(ledger_sum).to_string(),
             breaches,
         })
     })

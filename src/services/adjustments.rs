@@ -1,5 +1,6 @@
 //! Operator adjustments: an audited credit or debit of a wallet against the
 //! platform's `adjustments` account, with a reason and the operator's id.
+#![deny(clippy::arithmetic_side_effects)]
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -15,6 +15,7 @@ use crate::domain::ids::new_id;
 use crate::domain::text::checked_text;
 use crate::domain::Credits;
 
+/// The highest `TALLY_MAX_FREE_MESSAGES` may be set to.
 pub const MAX_FREE_MESSAGES: i32 = 1_000_000;
 
 /// An agent.
@@ -32,7 +33,9 @@ pub struct Agent {
     /// Credits per message for the creator, charged only while public.
     #[schema(value_type = String, example = "1")]
     pub publisher_addon: Credits,
-    /// Free messages each person gets on this agent.
+    /// Free messages each person gets on this agent while it is public (at
+    /// most `TALLY_MAX_FREE_MESSAGES`); a private agent's members pay from
+    /// the first message.
     pub free_messages: i32,
     /// The model's current runtime infra price per message.
     #[schema(value_type = String, example = "0.3")]
@@ -123,6 +126,18 @@ impl AgentRow {
         self.visibility == Visibility::Public.as_str()
     }
 
+    /// The free messages each person gets now: only on a public agent (the
+    /// platform subsidizes marketplace agents, not an organization's own),
+    /// and never more than `cap` (`TALLY_MAX_FREE_MESSAGES`), whatever was
+    /// stored before the cap.
+    pub fn effective_free_messages(&self, cap: i32) -> i32 {
+        if self.is_public() {
+            self.free_messages.clamp(0, cap.max(0))
+        } else {
+            0
+        }
+    }
+
     /// The add-on a payer outside the organization is charged now.
     pub fn effective_addon(&self) -> Credits {
         if self.is_public() {
@@ -157,9 +172,12 @@ fn check_addon(addon: Credits) -> ServiceResult<()> {
     Ok(())
 }
 
-fn check_free(n: i32) -> ServiceResult<()> {
-    if !(0..=MAX_FREE_MESSAGES).contains(&n) {
-        return Err(ServiceError::Validation(format!("free_messages must be 0 to {MAX_FREE_MESSAGES}")));
+fn check_free(ctx: &Ctx, n: i32) -> ServiceResult<()> {
+    let max = ctx.settings.max_free_messages;
+    if !(0..=max).contains(&n) {
+        return Err(ServiceError::Validation(format!(
+            "free_messages must be 0 to {max} (TALLY_MAX_FREE_MESSAGES)"
+        )));
     }
     Ok(())
 }
@@ -205,7 +223,7 @@ pub fn create_agent(
 ) -> ServiceResult<Agent> {
     let name = checked_text("name", &input.name, 200, false).map_err(ServiceError::Validation)?.to_string();
     check_addon(input.publisher_addon)?;
-    check_free(input.free_messages)?;
+    check_free(ctx, input.free_messages)?;
     db::write_tx(conn, |tx| {
         require_admin(tx, org_id, &caller.id)?;
         if input.visibility == Visibility::Public {
@@ -255,7 +273,7 @@ pub fn update_agent(
         check_addon(a)?;
     }
     if let Some(f) = patch.free_messages {
-        check_free(f)?;
+        check_free(ctx, f)?;
     }
     db::write_tx(conn, |tx| {
         let (row, _) = load(tx, agent_id)?;

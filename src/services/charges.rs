@@ -6,6 +6,9 @@
 //!    charge names an organization the person belongs to;
 //! 3. uses a free message if the person has one left on the agent (one
 //!    upsert guarded by `used < free_messages`), recording a subsidy entry;
+//!    only public agents give free messages (at most
+//!    `TALLY_MAX_FREE_MESSAGES`): the platform subsidizes the marketplace,
+//!    not an organization's private agents;
 //! 4. otherwise posts one entry: payer −total, infra revenue +infra,
 //!    marketplace revenue +share, the creator organization's pending
 //!    earnings +rest; records an accrual that settlement makes available
@@ -22,6 +25,7 @@
 //! charges of different payers never queue on a shared row however popular
 //! an agent is. The creator's available balance (a cached, checked row) is
 //! only touched by settlement, in batches, never by a charge.
+#![deny(clippy::arithmetic_side_effects)]
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -199,7 +203,8 @@ pub fn quote(
     let payer = resolve_payer(conn, user_id, org_id)?;
     let price = price_for(ctx, &agent, &model, &payer)?;
     let used = counters::free_messages_used(conn, &agent.id, user_id)?;
-    let free_left = (agent.free_messages as i64 - used).max(0);
+    let free_messages = agent.effective_free_messages(ctx.settings.max_free_messages);
+    let free_left = i64::from(free_messages).saturating_sub(used).max(0);
     let free = free_left > 0;
     let total = if free { Credits::ZERO } else { price.total };
     let balance = Credits::from_micros(payer.wallet.balance.unwrap_or(0));
@@ -232,7 +237,10 @@ fn count_spend(tx: &mut WriteTx<'_>, payer: &Payer, user_id: &str, amount: Credi
             continue; // member limits apply to org wallets only
         }
         if counters::add_spend(tx, wallet.id, who, &period.key(now), amount.micros(), limit)?.is_none() {
-            let limit = Credits::from_micros(limit.unwrap_or(0));
+            let Some(limit) = limit else {
+                return Err(ServiceError::out_of_range());
+            };
+            let limit = Credits::from_micros(limit);
             return Err(ServiceError::SpendLimitExceeded {
                 message: format!("this charge of {amount} credits would pass {what} of {limit} credits"),
                 retry_after_secs: period.seconds_left(now),
@@ -261,7 +269,8 @@ pub fn create_charge(
         return Err(ServiceError::WalletFrozen { wallet_id });
     }
     let price = price_for(ctx, &agent, &model, &payer)?;
-    let free_used = counters::use_free_message(tx, &agent.id, user_id, agent.free_messages)?;
+    let free_messages = agent.effective_free_messages(ctx.settings.max_free_messages);
+    let free_used = counters::use_free_message(tx, &agent.id, user_id, free_messages)?;
     let free = free_used.is_some();
     let split = split_charge(tx, ctx, &agent, &price, &payer, pending_id, free)?;
     let charge_id = new_id("chg");
@@ -322,7 +331,7 @@ pub fn create_charge(
     let used_now = match free_used {
         Some(n) => n,
         // No free messages on the agent: none left, whatever was used.
-        None if agent.free_messages <= 0 => 0,
+        None if free_messages <= 0 => 0,
         None => counters::free_messages_used(tx, &agent.id, user_id)?,
     };
     let charge = Charge {
@@ -337,7 +346,7 @@ pub fn create_charge(
         total,
         wallet_id,
         balance_after,
-        free_messages_left: (agent.free_messages as i64 - used_now).max(0),
+        free_messages_left: i64::from(free_messages).saturating_sub(used_now).max(0),
         transaction_id: transaction_id(leg.posting_id),
         created_at: posted.created_at.and_utc(),
     };
@@ -448,12 +457,16 @@ fn record_charge(tx: &mut WriteTx<'_>, ctx: &Ctx, c: &ChargeRow<'_>) -> ServiceR
     if !c.creator.is_zero() {
         let hold = chrono::Duration::from_std(ctx.settings.earnings_hold)
             .map_err(|e| ServiceError::Internal(format!("earnings hold: {e}")))?;
+        let available_at = c
+            .created_at
+            .checked_add_signed(hold)
+            .ok_or_else(|| ServiceError::Internal("earnings hold passes the calendar".into()))?;
         diesel::insert_into(earnings_accruals::table)
             .values((
                 earnings_accruals::org_id.eq(&c.agent.org_id),
                 earnings_accruals::charge_id.eq(c.id),
                 earnings_accruals::amount.eq(c.creator.micros()),
-                earnings_accruals::available_at.eq(c.created_at + hold),
+                earnings_accruals::available_at.eq(available_at),
                 earnings_accruals::created_at.eq(c.created_at),
             ))
             .execute(tx.conn())?;

@@ -6,22 +6,23 @@
 //! is claimed by one guarded `UPDATE ... WHERE settled_at IS NULL
 //! RETURNING`, so however many settlements run at once (on one instance or
 //! several), each accrual is settled exactly once.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::dsl::sql;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable};
+use diesel::sql_types::BigInt;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::history::{self, HistoryQuery, TransactionList};
 use super::orgs::require_admin;
-use super::{Caller, Ctx, ServiceResult};
+use super::{Caller, Ctx, ServiceError, ServiceResult};
 use crate::db::schema::{accounts, charges, earnings_accruals as ea};
-use crate::db::{self, DbConn, WriteTx};
-use crate::domain::{AccountKind, Credits, EntryKind, OwnerType};
+use crate::db::{self, sums, DbConn, WriteTx};
+use crate::domain::{AccountKind, CreditTotal, Credits, EntryKind, OwnerType};
 use crate::ledger::{self, AccountRef, NewEntry, Overdraft};
 
 /// Accruals settled per transaction.
@@ -36,7 +37,7 @@ pub struct Earnings {
     pub available: Credits,
     /// Credits still in the hold period.
     #[schema(value_type = String, example = "0.7")]
-    pub pending: Credits,
+    pub pending: CreditTotal,
     /// When the oldest pending credits become available (null when none pending).
     pub next_available_at: Option<DateTime<Utc>>,
     /// Credits on their way to the bank in payouts not yet final.
@@ -44,82 +45,158 @@ pub struct Earnings {
     pub in_payout: Credits,
     /// All add-ons ever charged for this organization's agents (before the platform's share).
     #[schema(value_type = String, example = "101")]
-    pub lifetime_gross: Credits,
+    pub lifetime_gross: CreditTotal,
     /// The platform's marketplace share of that gross.
     #[schema(value_type = String, example = "30.3")]
-    pub platform_share: Credits,
+    pub platform_share: CreditTotal,
     /// The marketplace share rate now in force, e.g. "0.30".
     pub marketplace_share_rate: String,
 }
 
 /// Settles every accrual whose hold has passed (of one organization, or
 /// all); returns how many were settled.
+///
+/// Each batch walks forward by accrual id, so accruals that cannot settle
+/// now (their organization's available balance would pass the range of an
+/// amount) are left pending without stopping the walk, and each
+/// organization settles in a savepoint of its own: one organization that
+/// cannot settle never stops the others.
 pub fn settle_due(conn: &mut DbConn, org_id: Option<&str>) -> ServiceResult<usize> {
-    let mut settled = 0;
+    let mut settled: usize = 0;
+    let mut after: i64 = 0;
     loop {
-        let (selected, claimed) = db::write_tx(conn, |tx| settle_batch(tx, org_id))?;
-        settled += claimed;
-        if (selected as i64) < BATCH {
-            return Ok(settled);
+        let (selected, claimed, last) = db::write_tx(conn, |tx| settle_batch(tx, org_id, after))?;
+        settled = settled.saturating_add(claimed);
+        match last {
+            Some(last) if selected >= BATCH => after = last,
+            _ => return Ok(settled),
         }
     }
 }
 
-/// Settles up to one batch; returns (selected as due, claimed and settled).
-fn settle_batch(tx: &mut WriteTx<'_>, org_id: Option<&str>) -> ServiceResult<(usize, usize)> {
+/// Settles up to one batch of due accruals with ids above `after`; returns
+/// (selected as due, claimed and settled, the last id selected).
+fn settle_batch(
+    tx: &mut WriteTx<'_>,
+    org_id: Option<&str>,
+    after: i64,
+) -> ServiceResult<(i64, usize, Option<i64>)> {
     let now = db::now();
     let mut due = ea::table
         .filter(ea::settled_at.is_null())
         .filter(ea::available_at.le(now))
-        .select(ea::id)
+        .filter(ea::id.gt(after))
+        .select((ea::id, ea::org_id, ea::amount))
         .order(ea::id.asc())
         .limit(BATCH)
         .into_boxed();
     if let Some(org) = org_id {
         due = due.filter(ea::org_id.eq(org));
     }
-    let ids: Vec<i64> = due.load(tx.conn())?;
-    if ids.is_empty() {
-        return Ok((0, 0));
+    let rows: Vec<(i64, String, i64)> = due.load(tx.conn())?;
+    let selected = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+    let last = rows.last().map(|(id, _, _)| *id);
+    let mut by_org: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+    for (id, org, amount) in rows {
+        by_org.entry(org).or_default().push((id, amount));
     }
-    let claimed: Vec<(i64, String, i64)> =
-        diesel::update(ea::table.filter(ea::id.eq_any(&ids)).filter(ea::settled_at.is_null()))
+    let mut claimed: usize = 0;
+    for (org, accruals) in by_org {
+        // A savepoint per organization: a failure rolls back only its own
+        // settlement, and the sweep goes on with the others.
+        match tx.savepoint(|sp| settle_org(sp, &org, &accruals, now)) {
+            Ok(n) => claimed = claimed.saturating_add(n),
+            Err(e @ ServiceError::Refused { .. }) => {
+                tracing::warn!(org_id = %org, error = %e, "earnings left pending: they do not fit now");
+            }
+            Err(e) if stops_the_sweep(&e) => return Err(e),
+            Err(e) => {
+                tracing::error!(org_id = %org, error = %e, "earnings settlement of one organization failed")
+            }
+        }
+    }
+    Ok((selected, claimed, last))
+}
+
+/// Errors of the connection or the transaction as a whole (worth a retry of
+/// the whole sweep), as opposed to one organization's settlement failing.
+fn stops_the_sweep(e: &ServiceError) -> bool {
+    use diesel::result::{DatabaseErrorKind as K, Error as E};
+    match e {
+        ServiceError::Pool(_) => true,
+        ServiceError::Database(E::DatabaseError(K::SerializationFailure | K::ClosedConnection, _)) => true,
+        ServiceError::Database(E::DatabaseError(_, info)) => info.message().contains("database is locked"),
+        ServiceError::Database(E::BrokenTransactionManager) => true,
+        _ => false,
+    }
+}
+
+/// Settles the due `accruals` (id, amount; in id order) of one organization:
+/// as many as fit in its available balance, claimed by one guarded update
+/// (so a concurrent settlement never settles one twice) and moved by one
+/// entry. Returns how many were settled.
+fn settle_org(
+    tx: &mut WriteTx<'_>,
+    org: &str,
+    accruals: &[(i64, i64)],
+    now: NaiveDateTime,
+) -> ServiceResult<usize> {
+    let pending = ledger::ensure_account(tx, OwnerType::Org, org, AccountKind::EarningsPending, None)?;
+    let available = ledger::ensure_account(tx, OwnerType::Org, org, AccountKind::EarningsAvailable, None)?;
+    let balance = ledger::balance_of(tx, available)?;
+    let mut room = Credits::from_micros(i64::MAX).checked_sub(balance).unwrap_or_default();
+    let mut fitting: Vec<i64> = Vec::with_capacity(accruals.len());
+    for &(id, amount) in accruals {
+        match room.checked_sub(Credits::from_micros(amount)) {
+            Some(left) if !left.is_negative() => {
+                room = left;
+                fitting.push(id);
+            }
+            _ => break,
+        }
+    }
+    if fitting.len() < accruals.len() {
+        tracing::warn!(
+            org_id = %org,
+            left_pending = accruals.len().saturating_sub(fitting.len()),
+            "earnings left pending: the available balance would pass the range of an amount"
+        );
+    }
+    if fitting.is_empty() {
+        return Ok(0);
+    }
+    let claimed: Vec<(i64, i64)> =
+        diesel::update(ea::table.filter(ea::id.eq_any(&fitting)).filter(ea::settled_at.is_null()))
             .set(ea::settled_at.eq(now))
-            .returning((ea::id, ea::org_id, ea::amount))
+            .returning((ea::id, ea::amount))
             .get_results(tx.conn())?;
-    let count = claimed.len();
-    let mut by_org: BTreeMap<String, (i64, Vec<i64>)> = BTreeMap::new();
-    for (id, org, amount) in claimed {
-        let e = by_org.entry(org).or_default();
-        e.0 += amount;
-        e.1.push(id);
+    if claimed.is_empty() {
+        return Ok(0);
     }
-    for (org, (amount, accrual_ids)) in by_org {
-        let pending = ledger::ensure_account(tx, OwnerType::Org, &org, AccountKind::EarningsPending, None)?;
-        let available =
-            ledger::ensure_account(tx, OwnerType::Org, &org, AccountKind::EarningsAvailable, None)?;
-        let amount = Credits::from_micros(amount);
-        let posted = ledger::post(
-            tx,
-            NewEntry {
-                kind: EntryKind::EarningsSettlement,
-                legs: vec![pending.leg(amount.checked_neg().unwrap_or_default()), available.leg(amount)],
-                overdraft: Overdraft::Refuse,
-                reverses: None,
-                request_key: None,
-                actor: None,
-                memo: Some("earnings hold passed"),
-                metadata: serde_json::json!({}),
-            },
-        )?;
-        diesel::update(ea::table.filter(ea::id.eq_any(&accrual_ids)))
-            .set(ea::settled_entry_id.eq(posted.entry_id))
-            .execute(tx.conn())?;
-        tracing::info!(org_id = %org, %amount, accruals = accrual_ids.len(), "earnings settled");
+    let mut amount = Credits::ZERO;
+    for (_, a) in &claimed {
+        amount = amount.checked_add(Credits::from_micros(*a)).ok_or_else(ServiceError::out_of_range)?;
     }
-    // Claimed by this transaction; fewer than selected when a concurrent
-    // settlement got some first.
-    Ok((ids.len(), count))
+    let outflow = amount.checked_neg().ok_or_else(ServiceError::out_of_range)?;
+    let posted = ledger::post(
+        tx,
+        NewEntry {
+            kind: EntryKind::EarningsSettlement,
+            legs: vec![pending.leg(outflow), available.leg(amount)],
+            overdraft: Overdraft::Refuse,
+            reverses: None,
+            request_key: None,
+            actor: None,
+            memo: Some("earnings hold passed"),
+            metadata: serde_json::json!({}),
+        },
+    )?;
+    let ids: Vec<i64> = claimed.iter().map(|(id, _)| *id).collect();
+    diesel::update(ea::table.filter(ea::id.eq_any(&ids)))
+        .set(ea::settled_entry_id.eq(posted.entry_id))
+        .execute(tx.conn())?;
+    tracing::info!(org_id = %org, %amount, accruals = ids.len(), "earnings settled");
+    Ok(ids.len())
 }
 
 fn cached_balance(conn: &mut DbConn, org_id: &str, kind: AccountKind) -> ServiceResult<Credits> {
@@ -132,29 +209,32 @@ pub fn get_earnings(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, org_id: &str)
     require_admin(conn, org_id, &caller.id)?;
     settle_due(conn, Some(org_id))?;
     db::read_tx(conn, |c| {
-        let (pending, next): (Option<i64>, Option<NaiveDateTime>) = ea::table
+        let (pending_hi, pending_lo, next): (i64, i64, Option<NaiveDateTime>) = ea::table
             .filter(ea::org_id.eq(org_id))
             .filter(ea::settled_at.is_null())
             .select((
-                sql::<Nullable<BigInt>>("CAST(SUM(amount) AS BIGINT)"),
+                sql::<BigInt>(&sums::hi("amount")),
+                sql::<BigInt>(&sums::lo("amount")),
                 diesel::dsl::min(ea::available_at),
             ))
             .first(c.conn())?;
-        let (gross, share): (Option<i64>, Option<i64>) = charges::table
+        let (gross_hi, gross_lo, share_hi, share_lo): (i64, i64, i64, i64) = charges::table
             .filter(charges::creator_org_id.eq(org_id))
             .select((
-                sql::<Nullable<BigInt>>("CAST(SUM(publisher_addon) AS BIGINT)"),
-                sql::<Nullable<BigInt>>("CAST(SUM(platform_share) AS BIGINT)"),
+                sql::<BigInt>(&sums::hi("publisher_addon")),
+                sql::<BigInt>(&sums::lo("publisher_addon")),
+                sql::<BigInt>(&sums::hi("platform_share")),
+                sql::<BigInt>(&sums::lo("platform_share")),
             ))
             .first(c.conn())?;
         Ok(Earnings {
             org_id: org_id.to_string(),
             available: cached_balance(c, org_id, AccountKind::EarningsAvailable)?,
-            pending: Credits::from_micros(pending.unwrap_or(0)),
+            pending: CreditTotal::from_micros(sums::join(pending_hi, pending_lo)),
             next_available_at: next.map(|t| t.and_utc()),
             in_payout: cached_balance(c, org_id, AccountKind::EarningsInPayout)?,
-            lifetime_gross: Credits::from_micros(gross.unwrap_or(0)),
-            platform_share: Credits::from_micros(share.unwrap_or(0)),
+            lifetime_gross: CreditTotal::from_micros(sums::join(gross_hi, gross_lo)),
+            platform_share: CreditTotal::from_micros(sums::join(share_hi, share_lo)),
             marketplace_share_rate: ctx.settings.marketplace_share.to_string(),
         })
     })

@@ -52,6 +52,9 @@ pub enum ErrorCode {
     NotManual,
     /// The top-up is no longer pending (409).
     TopUpNotPending,
+    /// The movement would take a balance, counter or total past the range
+    /// tally can hold; nothing changed (422).
+    AmountOutOfRange,
     /// A mismatched top-up was paid in another currency: it cannot be settled (409).
     CurrencyMismatch,
     /// A mismatched top-up's paid amount buys no credits (422).
@@ -101,6 +104,7 @@ impl ErrorCode {
             ErrorCode::CheckoutUnavailable => "checkout_unavailable",
             ErrorCode::NotManual => "not_manual",
             ErrorCode::TopUpNotPending => "top_up_not_pending",
+            ErrorCode::AmountOutOfRange => "amount_out_of_range",
             ErrorCode::CurrencyMismatch => "currency_mismatch",
             ErrorCode::PaidAmountTooSmall => "paid_amount_too_small",
             ErrorCode::TopUpNotMismatched => "top_up_not_mismatched",
@@ -168,6 +172,16 @@ pub enum ServiceError {
 pub type ServiceResult<T> = Result<T, ServiceError>;
 
 impl ServiceError {
+    /// A movement that would take a balance or counter past the range of an
+    /// amount (422 `amount_out_of_range`); nothing was changed.
+    pub fn out_of_range() -> Self {
+        ServiceError::Refused {
+            kind: ErrorCode::AmountOutOfRange,
+            message: "this movement would take a balance or total beyond the largest amount tally can hold"
+                .into(),
+        }
+    }
+
     /// Maps a ledger refusal on a wallet to the API's words for it.
     pub fn from_ledger(e: LedgerError, wallet_id: &str) -> Self {
         match e {
@@ -175,6 +189,7 @@ impl ServiceError {
                 ServiceError::InsufficientFunds { wallet_id: wallet_id.to_string() }
             }
             LedgerError::Frozen { .. } => ServiceError::WalletFrozen { wallet_id: wallet_id.to_string() },
+            LedgerError::OutOfRange { .. } => ServiceError::out_of_range(),
             LedgerError::Database(e) => ServiceError::Database(e),
             LedgerError::Invalid(e) => ServiceError::Internal(format!("refused entry: {e}")),
         }
@@ -185,6 +200,7 @@ impl From<LedgerError> for ServiceError {
     fn from(e: LedgerError) -> Self {
         match e {
             LedgerError::Database(e) => ServiceError::Database(e),
+            LedgerError::OutOfRange { .. } => ServiceError::out_of_range(),
             other => ServiceError::Internal(other.to_string()),
         }
     }

@@ -1,5 +1,7 @@
 //! Operator reports: revenue by model over a time range, from the charges
-//! (each of which recorded the prices it used).
+//! (each of which recorded the prices it used). Sums are exact whatever
+//! their size (see `db::sums`).
+#![deny(clippy::arithmetic_side_effects)]
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
@@ -9,8 +11,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{Ctx, ServiceError, ServiceResult};
-use crate::db::DbConn;
-use crate::domain::Credits;
+use crate::db::{sums, DbConn};
+use crate::domain::CreditTotal;
 
 /// Revenue over `[from, to)`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -34,19 +36,19 @@ pub struct RevenueLine {
     pub free_messages: i64,
     /// Runtime infra charged to payers, in credits.
     #[schema(value_type = String)]
-    pub infra_revenue: Credits,
+    pub infra_revenue: CreditTotal,
     /// The platform's share of add-ons, in credits.
     #[schema(value_type = String)]
-    pub marketplace_share: Credits,
+    pub marketplace_share: CreditTotal,
     /// Runtime infra of free messages, borne by the platform, in credits.
     #[schema(value_type = String)]
-    pub subsidies: Credits,
+    pub subsidies: CreditTotal,
     /// Add-ons creators forwent on free messages, in credits.
     #[schema(value_type = String)]
-    pub addon_forgone: Credits,
+    pub addon_forgone: CreditTotal,
     /// Creators' part of add-ons, in credits.
     #[schema(value_type = String)]
-    pub creator_earnings: Credits,
+    pub creator_earnings: CreditTotal,
     /// (infra revenue + marketplace share) in USD.
     pub revenue_usd: String,
     /// What the providers cost for every message, free ones included, in USD.
@@ -64,49 +66,63 @@ struct Row {
     #[diesel(sql_type = BigInt)]
     n: i64,
     #[diesel(sql_type = BigInt)]
-    infra: i64,
+    infra_hi: i64,
     #[diesel(sql_type = BigInt)]
-    share: i64,
+    infra_lo: i64,
     #[diesel(sql_type = BigInt)]
-    forgone: i64,
+    share_hi: i64,
     #[diesel(sql_type = BigInt)]
-    creator: i64,
+    share_lo: i64,
     #[diesel(sql_type = BigInt)]
-    cost: i64,
+    forgone_hi: i64,
+    #[diesel(sql_type = BigInt)]
+    forgone_lo: i64,
+    #[diesel(sql_type = BigInt)]
+    creator_hi: i64,
+    #[diesel(sql_type = BigInt)]
+    creator_lo: i64,
+    #[diesel(sql_type = BigInt)]
+    cost_hi: i64,
+    #[diesel(sql_type = BigInt)]
+    cost_lo: i64,
 }
 
-fn micros(m: i64) -> Decimal {
-    Decimal::new(m, 6)
+/// Micro-units (credits or USD) as an exact decimal.
+fn micros(m: i128) -> Option<Decimal> {
+    Decimal::try_from_i128_with_scale(m, 6).ok()
 }
 
 impl RevenueLine {
     fn add(&mut self, r: &Row) -> Option<()> {
-        self.messages += r.n;
-        let add = |a: &mut Credits, m: i64| -> Option<()> {
-            *a = a.checked_add(Credits::from_micros(m))?;
+        self.messages = self.messages.checked_add(r.n)?;
+        let add = |a: &mut CreditTotal, hi: i64, lo: i64| -> Option<()> {
+            *a = a.checked_add(CreditTotal::from_micros(sums::join(hi, lo)))?;
             Some(())
         };
         if r.free {
-            self.free_messages += r.n;
-            add(&mut self.subsidies, r.infra)?;
+            self.free_messages = self.free_messages.checked_add(r.n)?;
+            add(&mut self.subsidies, r.infra_hi, r.infra_lo)?;
         } else {
-            self.paid_messages += r.n;
-            add(&mut self.infra_revenue, r.infra)?;
+            self.paid_messages = self.paid_messages.checked_add(r.n)?;
+            add(&mut self.infra_revenue, r.infra_hi, r.infra_lo)?;
         }
-        add(&mut self.marketplace_share, r.share)?;
-        add(&mut self.addon_forgone, r.forgone)?;
-        add(&mut self.creator_earnings, r.creator)?;
-        let cost: Decimal = self.provider_cost_usd.parse().unwrap_or_default();
-        self.provider_cost_usd = (cost + micros(r.cost)).normalize().to_string();
+        add(&mut self.marketplace_share, r.share_hi, r.share_lo)?;
+        add(&mut self.addon_forgone, r.forgone_hi, r.forgone_lo)?;
+        add(&mut self.creator_earnings, r.creator_hi, r.creator_lo)?;
+        let cost: Decimal = self.provider_cost_usd.parse().ok()?;
+        self.provider_cost_usd =
+            cost.checked_add(micros(sums::join(r.cost_hi, r.cost_lo))?)?.normalize().to_string();
         Some(())
     }
 
-    fn finish(&mut self, rate: Decimal) {
-        let revenue = (self.infra_revenue.to_decimal() + self.marketplace_share.to_decimal()) * rate;
-        let cost: Decimal = self.provider_cost_usd.parse().unwrap_or_default();
+    fn finish(&mut self, rate: Decimal) -> Option<()> {
+        let credits = self.infra_revenue.checked_add(self.marketplace_share)?.to_decimal()?;
+        let revenue = credits.checked_mul(rate)?;
+        let cost: Decimal = self.provider_cost_usd.parse().ok()?;
         self.revenue_usd = revenue.normalize().to_string();
         self.provider_cost_usd = cost.normalize().to_string();
-        self.margin_usd = (revenue - cost).normalize().to_string();
+        self.margin_usd = revenue.checked_sub(cost)?.normalize().to_string();
+        Some(())
     }
 }
 
@@ -120,14 +136,16 @@ pub fn revenue(
     if from >= to {
         return Err(ServiceError::Validation("from must be before to".into()));
     }
-    let rows: Vec<Row> = diesel::sql_query(
-        "SELECT model_id, free, COUNT(*) AS n, \
-                CAST(SUM(runtime_infra) AS BIGINT) AS infra, CAST(SUM(platform_share) AS BIGINT) AS share, \
-                CAST(SUM(addon_forgone) AS BIGINT) AS forgone, CAST(SUM(creator_earnings) AS BIGINT) AS creator, \
-                CAST(SUM(provider_cost_micro_usd) AS BIGINT) AS cost \
+    let rows: Vec<Row> = diesel::sql_query(format!(
+        "SELECT model_id, free, COUNT(*) AS n, {}, {}, {}, {}, {} \
          FROM charges WHERE created_at >= $1 AND created_at < $2 \
          GROUP BY model_id, free ORDER BY model_id",
-    )
+        sums::select("runtime_infra", "infra"),
+        sums::select("platform_share", "share"),
+        sums::select("addon_forgone", "forgone"),
+        sums::select("creator_earnings", "creator"),
+        sums::select("provider_cost_micro_usd", "cost"),
+    ))
     .bind::<Timestamp, _>(from)
     .bind::<Timestamp, _>(to)
     .load(conn)?;
@@ -146,9 +164,9 @@ pub fn revenue(
         by_model.last_mut().ok_or_else(overflow)?.add(r).ok_or_else(overflow)?;
         totals.add(r).ok_or_else(overflow)?;
     }
-    totals.finish(rate);
+    totals.finish(rate).ok_or_else(overflow)?;
     for line in &mut by_model {
-        line.finish(rate);
+        line.finish(rate).ok_or_else(overflow)?;
     }
     Ok(RevenueReport {
         from: from.and_utc(),

@@ -25,6 +25,7 @@ both!(
     quotes_move_nothing,
     marketplace_lists_public_agents,
     revenue_report_by_model,
+    free_messages_are_capped_and_only_on_public_agents,
 );
 
 /// The operator prices a model; a creator org publishes an agent on it.
@@ -673,4 +674,72 @@ mod settlement {
     async fn hold_then_concurrent_sweeps_postgres() {
         hold_then_concurrent_sweeps(Backend::Postgres).await
     }
+}
+
+async fn free_messages_are_capped_and_only_on_public_agents(app: TestApp) {
+    let (org, public) = market(&app, "0.3", "1", 100, "public").await;
+    let creator = app.token("creator");
+    let agents_before = app.count("agents");
+    // More than TALLY_MAX_FREE_MESSAGES (default 100): refused, nothing created or changed.
+    for visibility in ["private", "public"] {
+        let (s, b) = app
+            .post(
+                &format!("/v1/orgs/{org}/agents"),
+                &creator,
+                json!({"name": "Mint", "model": "model-a", "visibility": visibility, "free_messages": 1_000_000}),
+            )
+            .await;
+        assert_error(s, &b, 422, "validation_error");
+        assert!(b["error"]["message"].as_str().unwrap().contains("100"), "{b}");
+    }
+    assert_eq!(app.count("agents"), agents_before);
+    let (s, b) = app.patch(&format!("/v1/agents/{public}"), &creator, json!({"free_messages": 101})).await;
+    assert_error(s, &b, 422, "validation_error");
+    let (_, a) = app.get(&format!("/v1/agents/{public}"), &creator).await;
+    assert_eq!(a["free_messages"], 100);
+
+    // A private agent's members pay from the first message, whatever its free count.
+    let (s, private) = app
+        .post(
+            &format!("/v1/orgs/{org}/agents"),
+            &creator,
+            json!({"name": "Inside", "model": "model-a", "visibility": "private", "free_messages": 5}),
+        )
+        .await;
+    assert_eq!(s, 201, "{private}");
+    let private = private["id"].as_str().unwrap().to_string();
+    let wallet = app.wallet_of("creator").await;
+    app.fund(&wallet, "10").await;
+    let (_, q) = app.get(&format!("/v1/agents/{private}/quote"), &creator).await;
+    assert_eq!(
+        (q["free"].as_bool(), q["free_messages_left"].as_i64(), q["total"].as_str()),
+        (Some(false), Some(0), Some("0.3"))
+    );
+    let (s, _, c) = charge(&app, &creator, &private, json!({}), "p1").await;
+    assert_eq!(s, 201, "{c}");
+    assert_eq!(
+        (
+            c["free"].as_bool(),
+            c["total"].as_str(),
+            c["balance_after"].as_str(),
+            c["free_messages_left"].as_i64()
+        ),
+        (Some(false), Some("0.3"), Some("9.7"), Some(0))
+    );
+    let p = platform(&app);
+    assert_eq!(balance(&app, p.subsidy_expense), "0");
+    assert_eq!(balance(&app, p.infra_revenue), "0.3");
+
+    // An agent stored with more than the cap (before it existed) gives only the cap.
+    {
+        use diesel::prelude::*;
+        use tally::db::schema::agents as a;
+        diesel::update(a::table.find(&public))
+            .set(a::free_messages.eq(1_000_000))
+            .execute(&mut *app.conn())
+            .unwrap();
+    }
+    let (_, q) = app.get(&format!("/v1/agents/{public}/quote"), &app.token("alice")).await;
+    assert_eq!((q["free"].as_bool(), q["free_messages_left"].as_i64()), (Some(true), Some(100)));
+    app.assert_ledger_ok();
 }

@@ -10,7 +10,9 @@ both!(
     bad_bodies_are_refused_and_change_nothing,
     bad_queries_and_paths,
     unknown_routes_use_the_envelope,
-    a_nul_in_any_body_or_query_field_is_refused
+    a_nul_in_any_body_or_query_field_is_refused,
+    duplicate_keys_are_refused,
+    invisible_names_are_refused,
 );
 
 async fn raw_post(
@@ -215,4 +217,48 @@ async fn a_nul_in_any_body_or_query_field_is_refused(app: TestApp) {
     let (_, a) = app.get(&format!("/v1/agents/{agent}"), &creator).await;
     assert_eq!(a["model"], "model-a");
     app.assert_ledger_ok();
+}
+
+/// A JSON body whose object repeats a key is a 422, not "the last wins".
+async fn duplicate_keys_are_refused(app: TestApp) {
+    let wallet = app.wallet_of("alice").await;
+    app.fund(&wallet, "10").await;
+    let op = app.operator_token();
+    let path = format!("/v1/admin/wallets/{wallet}/adjustments");
+    let entries = app.count("journal_entries");
+    // The last "amount" would win in a plain parse; either reading is a guess.
+    for (i, body) in [
+        r#"{"amount": "1", "amount": "1000", "reason": "x"}"#,
+        r#"{"amount": "1", "reason": "x", "reason": "y"}"#,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (s, b) = raw_post(&app, &path, &op, body, &format!("dup-{i}")).await;
+        assert_error(s, &b, 422, "validation_error");
+        assert!(b["error"]["message"].as_str().unwrap().contains("duplicate key"), "{b}");
+    }
+    // In a nested object too, before any other check of the body.
+    let (s, b) =
+        raw_post(&app, &path, &op, r#"{"amount": "1", "reason": "x", "m": {"a": 1, "a": 2}}"#, "dup-n").await;
+    assert_error(s, &b, 422, "validation_error");
+    assert!(b["error"]["message"].as_str().unwrap().contains("duplicate key"), "{b}");
+    assert_eq!(app.count("journal_entries"), entries);
+    assert_eq!(app.balance(&wallet, &app.token("alice")).await, "10");
+    // The same keys once each still work.
+    let (s, b) = raw_post(&app, &path, &op, r#"{"amount": "1", "reason": "x"}"#, "dup-ok").await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(app.balance(&wallet, &app.token("alice")).await, "11");
+}
+
+async fn invisible_names_are_refused(app: TestApp) {
+    let alice = app.token("alice");
+    let orgs = app.count("orgs");
+    for name in ["\u{200b}", "\u{200b}\u{200c}\u{200d}", " \u{feff}\u{2060} "] {
+        let (s, b) = app.post("/v1/orgs", &alice, json!({"name": name})).await;
+        assert_error(s, &b, 422, "validation_error");
+    }
+    assert_eq!(app.count("orgs"), orgs);
+    let (s, b) = app.post("/v1/orgs", &alice, json!({"name": "A\u{200d}B"})).await;
+    assert_eq!((s.as_u16(), b["name"].as_str()), (201, Some("A\u{200d}B")), "{b}");
 }

@@ -14,6 +14,7 @@ mod metrics;
 mod migrations;
 mod openapi;
 mod orgs;
+mod overflow;
 mod payouts;
 mod plans;
 mod resilience;
