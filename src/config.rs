@@ -41,6 +41,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("TALLY_PAST_DUE_GRACE", Some("7d")),
     ("STRIPE_SECRET_KEY", None),
     ("STRIPE_WEBHOOK_SECRET", None),
+    ("STRIPE_CONNECT_WEBHOOK_SECRET", None),
     ("STRIPE_API_BASE", None),
 ];
 
@@ -174,6 +175,9 @@ pub struct Settings {
     pub stripe: Option<StripeSettings>,
     /// Checks webhook signatures; may be set without a secret key.
     pub stripe_webhook_secret: Option<String>,
+    /// `STRIPE_CONNECT_WEBHOOK_SECRET`: the signing secret of the Connect
+    /// endpoint (events about connected accounts).
+    pub stripe_connect_webhook_secret: Option<String>,
 }
 
 impl Settings {
@@ -215,6 +219,7 @@ impl Settings {
         let Stripe {
             stripe,
             stripe_webhook_secret,
+            stripe_connect_webhook_secret,
             checkout_success_url,
             checkout_cancel_url,
             connect_return_url,
@@ -248,7 +253,34 @@ impl Settings {
             past_due_grace,
             stripe,
             stripe_webhook_secret,
+            stripe_connect_webhook_secret,
         })
+    }
+
+    /// Every secret a Stripe event may be signed with: those of
+    /// `STRIPE_WEBHOOK_SECRET` (comma-separated, e.g. during a rotation)
+    /// and `STRIPE_CONNECT_WEBHOOK_SECRET` (the Connect endpoint's).
+    pub fn webhook_secrets(&self) -> Vec<&str> {
+        let listed = self.stripe_webhook_secret.iter().flat_map(|s| s.split(','));
+        listed
+            .chain(self.stripe_connect_webhook_secret.as_deref())
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// Whether the Stripe key is a live one (`sk_live_`/`rk_live_`) or a test
+    /// one (`sk_test_`/`rk_test_`); `None` when there is no key or it says
+    /// neither (events are then not checked against a mode).
+    pub fn stripe_livemode(&self) -> Option<bool> {
+        let key = &self.stripe.as_ref()?.secret_key;
+        if key.starts_with("sk_live_") || key.starts_with("rk_live_") {
+            Some(true)
+        } else if key.starts_with("sk_test_") || key.starts_with("rk_test_") {
+            Some(false)
+        } else {
+            None
+        }
     }
 
     /// The server verifies tokens, so it needs a secret or a public key.
@@ -306,6 +338,7 @@ struct Timings {
 struct Stripe {
     stripe: Option<StripeSettings>,
     stripe_webhook_secret: Option<String>,
+    stripe_connect_webhook_secret: Option<String>,
     checkout_success_url: String,
     checkout_cancel_url: String,
     connect_return_url: String,
@@ -484,6 +517,7 @@ impl<'a> Raw<'a> {
                 api_base: self.get("STRIPE_API_BASE"),
             }),
             stripe_webhook_secret: self.get("STRIPE_WEBHOOK_SECRET"),
+            stripe_connect_webhook_secret: self.get("STRIPE_CONNECT_WEBHOOK_SECRET"),
             checkout_success_url: self.text("TALLY_CHECKOUT_SUCCESS_URL"),
             checkout_cancel_url: self.text("TALLY_CHECKOUT_CANCEL_URL"),
             connect_return_url: self.text("TALLY_CONNECT_RETURN_URL"),

@@ -46,14 +46,16 @@ pub struct Received {
 
 /// `POST /v1/webhooks/stripe`: verifies, records once and applies an event.
 pub async fn receive(rt: &Arc<Runtime>, body: &[u8], signature: Option<&str>) -> ServiceResult<Received> {
-    let Some(secret) = rt.ctx.settings.stripe_webhook_secret.clone() else {
+    let settings = &rt.ctx.settings;
+    let secrets = settings.webhook_secrets();
+    if secrets.is_empty() {
         return Err(ServiceError::Unavailable {
             kind: ErrorCode::WebhooksNotConfigured,
             message: "STRIPE_WEBHOOK_SECRET is not set".into(),
         });
-    };
+    }
     let now = chrono::Utc::now().timestamp();
-    if let Err(e) = webhook::verify(body, signature, &secret, now) {
+    if let Err(e) = verify_any(body, signature, &secrets, now) {
         rt.metrics.webhook_events.with_label_values(&["unverified", "invalid_signature"]).inc();
         tracing::warn!(reason = %e, "webhook refused");
         return Err(ServiceError::BadRequest {
@@ -66,10 +68,45 @@ pub async fn receive(rt: &Arc<Runtime>, body: &[u8], signature: Option<&str>) ->
         message: format!("not a Stripe event: {e}"),
     })?;
     let (event_id, event_type) = (event.id.clone(), event.kind.clone());
+    if let (Some(ours), Some(theirs)) = (settings.stripe_livemode(), event.livemode) {
+        if ours != theirs {
+            // Another mode's endpoint points here (e.g. a live event at a
+            // test deployment): acknowledged so Stripe stops, never applied.
+            let outcome = EventOutcome::LivemodeMismatch;
+            rt.metrics.webhook_events.with_label_values(&[event_type.as_str(), outcome.as_str()]).inc();
+            tracing::warn!(event_id = %event_id, event_type = %event_type, livemode = theirs, "webhook of the other mode ignored");
+            return Ok(Received { event_id, event_type, outcome });
+        }
+    }
     let outcome = rt.write(move |conn, ctx| db::write_tx(conn, |tx| apply_once(tx, ctx, &event))).await?;
     rt.metrics.webhook_events.with_label_values(&[event_type.as_str(), outcome.as_str()]).inc();
     tracing::info!(event_id = %event_id, event_type = %event_type, outcome = outcome.as_str(), "webhook processed");
     Ok(Received { event_id, event_type, outcome })
+}
+
+/// Verifies the signature with each configured secret (the main endpoint's,
+/// a rotation's, the Connect endpoint's): any one that signs it will do.
+fn verify_any(
+    body: &[u8],
+    signature: Option<&str>,
+    secrets: &[&str],
+    now: i64,
+) -> Result<(), webhook::SignatureError> {
+    let mut last = webhook::SignatureError::Mismatch;
+    for secret in secrets {
+        match webhook::verify(body, signature, secret, now) {
+            Ok(()) => return Ok(()),
+            // A stale or malformed header stays so whatever the secret.
+            Err(e @ (webhook::SignatureError::Missing | webhook::SignatureError::Malformed)) => {
+                return Err(e)
+            }
+            // A secret that signs it, but too long ago, says more than one
+            // that does not sign it.
+            Err(e) if last != webhook::SignatureError::Stale => last = e,
+            Err(_) => {}
+        }
+    }
+    Err(last)
 }
 
 /// Records the event, then applies it: a second delivery changes nothing.

@@ -9,7 +9,7 @@ use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::db::{sums, DbConn};
+use crate::db::{self, sums, DbConn};
 use crate::domain::{CreditTotal, Credits};
 
 /// At most this many breaches of one check are listed.
@@ -157,248 +157,292 @@ fn count(conn: &mut DbConn, sql: &str) -> QueryResult<i64> {
 const CACHED_KINDS: &str = "('wallet', 'earnings_available', 'earnings_in_payout')";
 const NON_NEGATIVE_KINDS: &str = "('wallet', 'earnings_pending', 'earnings_available', 'earnings_in_payout')";
 
-/// Checks every invariant; read-only.
+/// One check of the ledger: adds what it finds to the report.
+type Check = fn(&mut DbConn, &mut VerifyReport) -> QueryResult<()>;
+
+/// Every check `verify` runs, by name, in order.
+pub const CHECKS: &[(&str, Check)] = &[
+    ("entries_balance", entries_balance),
+    ("ledger_sums_to_zero", ledger_sums_to_zero),
+    ("cached_balances", cached_balances),
+    ("pending_earnings_match_accruals", pending_earnings_match_accruals),
+    ("no_negative_balances", no_negative_balances),
+    ("top_ups_not_over_reversed", top_ups_not_over_reversed),
+    ("one_entry_per_request", one_entry_per_request),
+];
+
+/// Checks every invariant; read-only, on one snapshot of the database.
 pub fn verify(conn: &mut DbConn) -> QueryResult<VerifyReport> {
-    conn.transaction(|conn| {
-        let mut breaches = Vec::new();
-        let entries = count(conn, "SELECT COUNT(*) AS n FROM journal_entries")?;
-        let postings = count(conn, "SELECT COUNT(*) AS n FROM postings")?;
-        let accounts = count(conn, "SELECT COUNT(*) AS n FROM accounts")?;
-
-        // 1. Every entry balances, has two or more postings; the whole ledger sums to zero.
-        let unbalanced: Vec<EntrySum> = diesel::sql_query(format!(
-            "SELECT entry_id, {}, COUNT(*) AS n \
-             FROM postings GROUP BY entry_id HAVING NOT {} OR COUNT(*) < 2 \
-             ORDER BY entry_id LIMIT {MAX_LISTED}",
-            sums::select("amount", "total"),
-            sums::is_zero("amount"),
-        ))
-        .load(conn)?;
-        for e in unbalanced {
-            breaches.push(Breach {
-                invariant: 1,
-                check: "unbalanced_entry".into(),
-                detail: format!(
-                    "entry {} has {} posting(s) summing to {} credits",
-                    e.entry_id,
-                    e.n,
-                    credits(sums::join(e.total_hi, e.total_lo))
-                ),
-            });
+    db::read_tx(conn, |tx| {
+        let conn = tx.conn();
+        let mut report = VerifyReport {
+            ok: false,
+            entries: count(conn, "SELECT COUNT(*) AS n FROM journal_entries")?,
+            postings: count(conn, "SELECT COUNT(*) AS n FROM postings")?,
+            accounts: count(conn, "SELECT COUNT(*) AS n FROM accounts")?,
+            ledger_sum: "0".into(),
+            breaches: Vec::new(),
+        };
+        for (_, check) in CHECKS {
+            check(conn, &mut report)?;
         }
-        let empty = count(
-            conn,
-            "SELECT COUNT(*) AS n FROM journal_entries e \
-             WHERE NOT EXISTS (SELECT 1 FROM postings p WHERE p.entry_id = e.id)",
-        )?;
-        if empty > 0 {
-            breaches.push(Breach {
-                invariant: 1,
-                check: "entry_without_postings".into(),
-                detail: format!("{empty} entries have no postings"),
-            });
-        }
-        let total: Sum =
-            diesel::sql_query(format!("SELECT {} FROM postings", sums::select("amount", "total")))
-                .get_result(conn)?;
-        let ledger_sum = sums::join(total.total_hi, total.total_lo);
-        if ledger_sum != 0 {
-            breaches.push(Breach {
-                invariant: 1,
-                check: "ledger_not_zero".into(),
-                detail: format!("the ledger sums to {} credits", credits(ledger_sum)),
-            });
-        }
-
-        // 2. Cached balances equal the sum of postings, and the last posting's
-        // balance_after equals the cached balance.
-        let drifted: Vec<AccountSum> = diesel::sql_query(format!(
-            "SELECT a.id, a.kind, a.balance AS cached, {} \
-             FROM accounts a LEFT JOIN postings p ON p.account_id = a.id \
-             WHERE a.balance IS NOT NULL \
-             GROUP BY a.id, a.kind, a.balance \
-             HAVING NOT {} \
-             ORDER BY a.id LIMIT {MAX_LISTED}",
-            sums::select("p.amount", "actual"),
-            sums::equals("p.amount", "a.balance"),
-        ))
-        .load(conn)?;
-        for a in drifted {
-            breaches.push(Breach {
-                invariant: 2,
-                check: "cached_balance_drift".into(),
-                detail: format!(
-                    "account {} ({}) caches {} credits but its postings sum to {}",
-                    a.id,
-                    a.kind,
-                    Credits::from_micros(a.cached.unwrap_or(0)),
-                    credits(sums::join(a.actual_hi, a.actual_lo))
-                ),
-            });
-        }
-        let misconfigured = count(
-            conn,
-            &format!(
-                "SELECT COUNT(*) AS n FROM accounts WHERE \
-                 (balance IS NULL AND kind IN {CACHED_KINDS}) OR \
-                 (balance IS NOT NULL AND kind NOT IN {CACHED_KINDS})"
-            ),
-        )?;
-        if misconfigured > 0 {
-            breaches.push(Breach {
-                invariant: 2,
-                check: "cache_policy".into(),
-                detail: format!("{misconfigured} accounts keep or lack a cached balance wrongly"),
-            });
-        }
-        let stale_after: Vec<AccountCheck> = diesel::sql_query(format!(
-            "SELECT a.id, a.kind, a.balance AS cached, COALESCE(p.balance_after, 0) AS actual \
-             FROM accounts a JOIN postings p \
-               ON p.id = (SELECT MAX(p2.id) FROM postings p2 WHERE p2.account_id = a.id) \
-             WHERE a.balance IS NOT NULL \
-               AND (p.balance_after IS NULL OR p.balance_after <> a.balance) \
-             ORDER BY a.id LIMIT {MAX_LISTED}"
-        ))
-        .load(conn)?;
-        for a in stale_after {
-            breaches.push(Breach {
-                invariant: 2,
-                check: "balance_after_mismatch".into(),
-                detail: format!(
-                    "account {} ({}): last posting shows balance {} but the account has {}",
-                    a.id,
-                    a.kind,
-                    Credits::from_micros(a.actual),
-                    Credits::from_micros(a.cached.unwrap_or(0))
-                ),
-            });
-        }
-
-        // 2. Pending earnings equal the accruals not yet settled.
-        // Compared here rather than in SQL: one row per creator organization.
-        let pending: Vec<PendingSums> = diesel::sql_query(format!(
-            "SELECT a.id, a.kind, \
-                    (SELECT {} FROM earnings_accruals x \
-                     WHERE x.org_id = a.owner_id AND x.settled_at IS NULL) AS accrued_hi, \
-                    (SELECT {} FROM earnings_accruals x \
-                     WHERE x.org_id = a.owner_id AND x.settled_at IS NULL) AS accrued_lo, \
-                    (SELECT {} FROM postings p WHERE p.account_id = a.id) AS actual_hi, \
-                    (SELECT {} FROM postings p WHERE p.account_id = a.id) AS actual_lo \
-             FROM accounts a WHERE a.kind = 'earnings_pending' ORDER BY a.id",
-            sums::hi("x.amount"),
-            sums::lo("x.amount"),
-            sums::hi("p.amount"),
-            sums::lo("p.amount"),
-        ))
-        .load(conn)?;
-        for a in pending
-            .into_iter()
-            .filter(|a| sums::join(a.accrued_hi, a.accrued_lo) != sums::join(a.actual_hi, a.actual_lo))
-            .take(MAX_LISTED.unsigned_abs() as usize)
-        {
-            breaches.push(Breach {
-                invariant: 2,
-                check: "pending_earnings_drift".into(),
-                detail: format!(
-                    "account {} ({}) holds {} credits but unsettled accruals sum to {}",
-                    a.id,
-                    a.kind,
-                    credits(sums::join(a.actual_hi, a.actual_lo)),
-                    credits(sums::join(a.accrued_hi, a.accrued_lo))
-                ),
-            });
-        }
-
-        // 3. No wallet or earnings balance below zero, except a frozen wallet
-        // after a refund or dispute reversal.
-        let negative: Vec<NegativeAccount> = diesel::sql_query(format!(
-            "SELECT a.id, a.kind, a.frozen, \
-                    EXISTS (SELECT 1 FROM postings p2 JOIN journal_entries e ON e.id = p2.entry_id \
-                            WHERE p2.account_id = a.id AND e.kind IN ('refund', 'dispute')) AS reversed, \
-                    {} \
-             FROM accounts a JOIN postings p ON p.account_id = a.id \
-             WHERE a.kind IN {NON_NEGATIVE_KINDS} \
-             GROUP BY a.id, a.kind, a.frozen \
-             HAVING {} \
-             ORDER BY a.id LIMIT {MAX_LISTED}",
-            sums::select("p.amount", "actual"),
-            sums::is_negative("p.amount"),
-        ))
-        .load(conn)?;
-        for a in negative {
-            if a.kind == "wallet" && a.frozen && a.reversed {
-                continue;
-            }
-            breaches.push(Breach {
-                invariant: 3,
-                check: "negative_balance".into(),
-                detail: format!(
-                    "account {} ({}{}) is at {} credits",
-                    a.id,
-                    a.kind,
-                    if a.frozen { ", frozen" } else { "" },
-                    credits(sums::join(a.actual_hi, a.actual_lo))
-                ),
-            });
-        }
-
-        // 3. A top-up is never taken back beyond what it credited (credits +
-        // bonus), nor given back beyond what was taken: the wallet postings
-        // of the entries reversing its credit (refunds, disputes) and of
-        // those reversing a reversal (a dispute won) sum to between
-        // -credited and 0.
-        let over_reversed: Vec<TakenBack> = diesel::sql_query(format!(
-            "SELECT id, credited, net FROM ( \
-               SELECT t.id, \
-                      (SELECT CAST(COALESCE(SUM(c.amount), 0) AS BIGINT) FROM postings c \
-                       WHERE c.entry_id = t.credited_entry_id AND c.account_id = t.wallet_account_id) \
-                        AS credited, \
-                      (SELECT CAST(COALESCE(SUM(p.amount), 0) AS BIGINT) \
-                       FROM postings p JOIN journal_entries e ON e.id = p.entry_id \
-                       WHERE p.account_id = t.wallet_account_id \
-                         AND (e.reverses_entry_id = t.credited_entry_id \
-                              OR e.reverses_entry_id IN (SELECT r.id FROM journal_entries r \
-                                                         WHERE r.reverses_entry_id = t.credited_entry_id))) \
-                        AS net \
-               FROM top_ups t WHERE t.credited_entry_id IS NOT NULL) x \
-             WHERE net < -credited OR net > 0 ORDER BY id LIMIT {MAX_LISTED}"
-        ))
-        .load(conn)?;
-        for t in over_reversed {
-            breaches.push(Breach {
-                invariant: 3,
-                check: "top_up_over_reversed".into(),
-                detail: format!(
-                    "top-up {} credited {} credits but {} were taken back",
-                    t.id,
-                    Credits::from_micros(t.credited),
-                    Credits::from_micros(-t.net)
-                ),
-            });
-        }
-
-        // 4. One entry per request: no idempotency key names two entries.
-        let duplicates: Vec<DuplicateKey> = diesel::sql_query(format!(
-            "SELECT request_key, COUNT(*) AS n FROM journal_entries \
-             WHERE request_key IS NOT NULL GROUP BY request_key HAVING COUNT(*) > 1 \
-             LIMIT {MAX_LISTED}"
-        ))
-        .load(conn)?;
-        for d in duplicates {
-            breaches.push(Breach {
-                invariant: 4,
-                check: "duplicate_request".into(),
-                detail: format!("request {} wrote {} entries", d.request_key, d.n),
-            });
-        }
-
-        Ok(VerifyReport {
-            ok: breaches.is_empty(),
-            entries,
-            postings,
-            accounts,
-            ledger_sum: credits(ledger_sum).to_string(),
-            breaches,
-        })
+        report.ok = report.breaches.is_empty();
+        Ok(report)
     })
+}
+
+/// Invariant 1: every entry balances and has two or more postings.
+fn entries_balance(conn: &mut DbConn, report: &mut VerifyReport) -> QueryResult<()> {
+    // 1. Every entry balances, has two or more postings; the whole ledger sums to zero.
+    let unbalanced: Vec<EntrySum> = diesel::sql_query(format!(
+        "SELECT entry_id, {}, COUNT(*) AS n \
+         FROM postings GROUP BY entry_id HAVING NOT {} OR COUNT(*) < 2 \
+         ORDER BY entry_id LIMIT {MAX_LISTED}",
+        sums::select("amount", "total"),
+        sums::is_zero("amount"),
+    ))
+    .load(conn)?;
+    for e in unbalanced {
+        report.breaches.push(Breach {
+            invariant: 1,
+            check: "unbalanced_entry".into(),
+            detail: format!(
+                "entry {} has {} posting(s) summing to {} credits",
+                e.entry_id,
+                e.n,
+                credits(sums::join(e.total_hi, e.total_lo))
+            ),
+        });
+    }
+    let empty = count(
+        conn,
+        "SELECT COUNT(*) AS n FROM journal_entries e \
+         WHERE NOT EXISTS (SELECT 1 FROM postings p WHERE p.entry_id = e.id)",
+    )?;
+    if empty > 0 {
+        report.breaches.push(Breach {
+            invariant: 1,
+            check: "entry_without_postings".into(),
+            detail: format!("{empty} entries have no postings"),
+        });
+    }
+    Ok(())
+}
+
+/// Invariant 1: the whole ledger sums to zero (its sum is also the report's `ledger_sum`).
+fn ledger_sums_to_zero(conn: &mut DbConn, report: &mut VerifyReport) -> QueryResult<()> {
+    let total: Sum = diesel::sql_query(format!("SELECT {} FROM postings", sums::select("amount", "total")))
+        .get_result(conn)?;
+    let ledger_sum = sums::join(total.total_hi, total.total_lo);
+    if ledger_sum != 0 {
+        report.breaches.push(Breach {
+            invariant: 1,
+            check: "ledger_not_zero".into(),
+            detail: format!("the ledger sums to {} credits", credits(ledger_sum)),
+        });
+    }
+    report.ledger_sum = credits(ledger_sum).to_string();
+    Ok(())
+}
+
+/// Invariant 2: a cached balance equals the sum of its postings and its last `balance_after`.
+fn cached_balances(conn: &mut DbConn, report: &mut VerifyReport) -> QueryResult<()> {
+    // 2. Cached balances equal the sum of postings, and the last posting's
+    // balance_after equals the cached balance.
+    let drifted: Vec<AccountSum> = diesel::sql_query(format!(
+        "SELECT a.id, a.kind, a.balance AS cached, {} \
+         FROM accounts a LEFT JOIN postings p ON p.account_id = a.id \
+         WHERE a.balance IS NOT NULL \
+         GROUP BY a.id, a.kind, a.balance \
+         HAVING NOT {} \
+         ORDER BY a.id LIMIT {MAX_LISTED}",
+        sums::select("p.amount", "actual"),
+        sums::equals("p.amount", "a.balance"),
+    ))
+    .load(conn)?;
+    for a in drifted {
+        report.breaches.push(Breach {
+            invariant: 2,
+            check: "cached_balance_drift".into(),
+            detail: format!(
+                "account {} ({}) caches {} credits but its postings sum to {}",
+                a.id,
+                a.kind,
+                Credits::from_micros(a.cached.unwrap_or(0)),
+                credits(sums::join(a.actual_hi, a.actual_lo))
+            ),
+        });
+    }
+    let misconfigured = count(
+        conn,
+        &format!(
+            "SELECT COUNT(*) AS n FROM accounts WHERE \
+             (balance IS NULL AND kind IN {CACHED_KINDS}) OR \
+             (balance IS NOT NULL AND kind NOT IN {CACHED_KINDS})"
+        ),
+    )?;
+    if misconfigured > 0 {
+        report.breaches.push(Breach {
+            invariant: 2,
+            check: "cache_policy".into(),
+            detail: format!("{misconfigured} accounts keep or lack a cached balance wrongly"),
+        });
+    }
+    let stale_after: Vec<AccountCheck> = diesel::sql_query(format!(
+        "SELECT a.id, a.kind, a.balance AS cached, COALESCE(p.balance_after, 0) AS actual \
+         FROM accounts a JOIN postings p \
+           ON p.id = (SELECT MAX(p2.id) FROM postings p2 WHERE p2.account_id = a.id) \
+         WHERE a.balance IS NOT NULL \
+           AND (p.balance_after IS NULL OR p.balance_after <> a.balance) \
+         ORDER BY a.id LIMIT {MAX_LISTED}"
+    ))
+    .load(conn)?;
+    for a in stale_after {
+        report.breaches.push(Breach {
+            invariant: 2,
+            check: "balance_after_mismatch".into(),
+            detail: format!(
+                "account {} ({}): last posting shows balance {} but the account has {}",
+                a.id,
+                a.kind,
+                Credits::from_micros(a.actual),
+                Credits::from_micros(a.cached.unwrap_or(0))
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Invariant 2: pending earnings equal the accruals not yet settled.
+fn pending_earnings_match_accruals(conn: &mut DbConn, report: &mut VerifyReport) -> QueryResult<()> {
+    // 2. Pending earnings equal the accruals not yet settled.
+    // Compared here rather than in SQL: one row per creator organization.
+    let pending: Vec<PendingSums> = diesel::sql_query(format!(
+        "SELECT a.id, a.kind, \
+                (SELECT {} FROM earnings_accruals x \
+                 WHERE x.org_id = a.owner_id AND x.settled_at IS NULL) AS accrued_hi, \
+                (SELECT {} FROM earnings_accruals x \
+                 WHERE x.org_id = a.owner_id AND x.settled_at IS NULL) AS accrued_lo, \
+                (SELECT {} FROM postings p WHERE p.account_id = a.id) AS actual_hi, \
+                (SELECT {} FROM postings p WHERE p.account_id = a.id) AS actual_lo \
+         FROM accounts a WHERE a.kind = 'earnings_pending' ORDER BY a.id",
+        sums::hi("x.amount"),
+        sums::lo("x.amount"),
+        sums::hi("p.amount"),
+        sums::lo("p.amount"),
+    ))
+    .load(conn)?;
+    for a in pending
+        .into_iter()
+        .filter(|a| sums::join(a.accrued_hi, a.accrued_lo) != sums::join(a.actual_hi, a.actual_lo))
+        .take(MAX_LISTED.unsigned_abs() as usize)
+    {
+        report.breaches.push(Breach {
+            invariant: 2,
+            check: "pending_earnings_drift".into(),
+            detail: format!(
+                "account {} ({}) holds {} credits but unsettled accruals sum to {}",
+                a.id,
+                a.kind,
+                credits(sums::join(a.actual_hi, a.actual_lo)),
+                credits(sums::join(a.accrued_hi, a.accrued_lo))
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Invariant 3: no wallet or earnings balance below zero, except a frozen wallet after a refund or dispute.
+fn no_negative_balances(conn: &mut DbConn, report: &mut VerifyReport) -> QueryResult<()> {
+    // 3. No wallet or earnings balance below zero, except a frozen wallet
+    // after a refund or dispute reversal.
+    let negative: Vec<NegativeAccount> = diesel::sql_query(format!(
+        "SELECT a.id, a.kind, a.frozen, \
+                EXISTS (SELECT 1 FROM postings p2 JOIN journal_entries e ON e.id = p2.entry_id \
+                        WHERE p2.account_id = a.id AND e.kind IN ('refund', 'dispute')) AS reversed, \
+                {} \
+         FROM accounts a JOIN postings p ON p.account_id = a.id \
+         WHERE a.kind IN {NON_NEGATIVE_KINDS} \
+         GROUP BY a.id, a.kind, a.frozen \
+         HAVING {} \
+         ORDER BY a.id LIMIT {MAX_LISTED}",
+        sums::select("p.amount", "actual"),
+        sums::is_negative("p.amount"),
+    ))
+    .load(conn)?;
+    for a in negative {
+        if a.kind == "wallet" && a.frozen && a.reversed {
+            continue;
+        }
+        report.breaches.push(Breach {
+            invariant: 3,
+            check: "negative_balance".into(),
+            detail: format!(
+                "account {} ({}{}) is at {} credits",
+                a.id,
+                a.kind,
+                if a.frozen { ", frozen" } else { "" },
+                credits(sums::join(a.actual_hi, a.actual_lo))
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Invariant 3: a top-up is never taken back beyond what it credited.
+fn top_ups_not_over_reversed(conn: &mut DbConn, report: &mut VerifyReport) -> QueryResult<()> {
+    // 3. A top-up is never taken back beyond what it credited (credits +
+    // bonus), nor given back beyond what was taken: the wallet postings
+    // of the entries reversing its credit (refunds, disputes) and of
+    // those reversing a reversal (a dispute won) sum to between
+    // -credited and 0.
+    let over_reversed: Vec<TakenBack> = diesel::sql_query(format!(
+        "SELECT id, credited, net FROM ( \
+           SELECT t.id, \
+                  (SELECT CAST(COALESCE(SUM(c.amount), 0) AS BIGINT) FROM postings c \
+                   WHERE c.entry_id = t.credited_entry_id AND c.account_id = t.wallet_account_id) \
+                    AS credited, \
+                  (SELECT CAST(COALESCE(SUM(p.amount), 0) AS BIGINT) \
+                   FROM postings p JOIN journal_entries e ON e.id = p.entry_id \
+                   WHERE p.account_id = t.wallet_account_id \
+                     AND (e.reverses_entry_id = t.credited_entry_id \
+                          OR e.reverses_entry_id IN (SELECT r.id FROM journal_entries r \
+                                                     WHERE r.reverses_entry_id = t.credited_entry_id))) \
+                    AS net \
+           FROM top_ups t WHERE t.credited_entry_id IS NOT NULL) x \
+         WHERE net < -credited OR net > 0 ORDER BY id LIMIT {MAX_LISTED}"
+    ))
+    .load(conn)?;
+    for t in over_reversed {
+        report.breaches.push(Breach {
+            invariant: 3,
+            check: "top_up_over_reversed".into(),
+            detail: format!(
+                "top-up {} credited {} credits but {} were taken back",
+                t.id,
+                Credits::from_micros(t.credited),
+                Credits::from_micros(-t.net)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Invariant 4: no request (idempotency key) wrote two entries.
+fn one_entry_per_request(conn: &mut DbConn, report: &mut VerifyReport) -> QueryResult<()> {
+    // 4. One entry per request: no idempotency key names two entries.
+    let duplicates: Vec<DuplicateKey> = diesel::sql_query(format!(
+        "SELECT request_key, COUNT(*) AS n FROM journal_entries \
+         WHERE request_key IS NOT NULL GROUP BY request_key HAVING COUNT(*) > 1 \
+         LIMIT {MAX_LISTED}"
+    ))
+    .load(conn)?;
+    for d in duplicates {
+        report.breaches.push(Breach {
+            invariant: 4,
+            check: "duplicate_request".into(),
+            detail: format!("request {} wrote {} entries", d.request_key, d.n),
+        });
+    }
+    Ok(())
 }

@@ -83,6 +83,9 @@ outcomes! {
     PayoutsFailedShortfall = "payouts_failed_shortfall",
     NoPayoutToFail = "no_payout_to_fail",
     NotAConnectedAccount = "not_a_connected_account",
+    /// An event of the other mode (live vs test) than `STRIPE_SECRET_KEY`'s:
+    /// acknowledged, never applied.
+    LivemodeMismatch = "livemode_mismatch",
     /// A type tally does not handle: acknowledged.
     Ignored = "ignored",
     /// Delivered before: nothing changed.

@@ -92,6 +92,9 @@ pub struct Event {
     /// The connected account the event is about (Connect events).
     #[serde(default)]
     pub account: Option<String>,
+    /// Live or test mode: it must match the mode of `STRIPE_SECRET_KEY`.
+    #[serde(default)]
+    pub livemode: Option<bool>,
     pub data: EventData,
 }
 

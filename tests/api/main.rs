@@ -20,3 +20,4 @@ mod plans;
 mod resilience;
 mod topups;
 mod wallets;
+mod webhooks;
