@@ -421,7 +421,7 @@ fn top_ups_not_over_reversed(conn: &mut DbConn, report: &mut VerifyReport) -> Qu
                 "top-up {} credited {} credits but {} were taken back",
                 t.id,
                 Credits::from_micros(t.credited),
-                Credits::from_micros(-t.net)
+                Credits::from_micros(t.net.saturating_neg())
             ),
         });
     }
