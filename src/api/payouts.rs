@@ -3,7 +3,7 @@
 
 use actix_web::{get, post, put, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{idempotency_request, run, stored_response, AppState, JsonBody};
@@ -125,17 +125,31 @@ pub async fn create_payout(
     Ok(stored_response(stored))
 }
 
+/// Which page of payouts.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PayoutsQuery {
+    /// Page size, 1 to 100 (default 100).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// Return payouts older than this `pay_` id (the last id of the previous page).
+    #[param(pattern = r"^pay_[A-Za-z0-9]{1,64}$")]
+    pub starting_after: Option<String>,
+}
+
 /// List payouts
 ///
-/// The organization's payouts, newest first (the latest 100). Owners only.
+/// The organization's payouts, newest first, a page at a time (`limit`,
+/// `starting_after`; `has_more` says whether older ones remain). Owners only.
 #[utoipa::path(
     tag = "payouts",
-    params(("org_id" = String, Path, description = "The organization's `org_` id")),
+    params(("org_id" = String, Path, description = "The organization's `org_` id"), PayoutsQuery),
     responses(
         (status = 200, description = "The payouts", body = PayoutList),
         (status = 401, description = "Missing or invalid token", body = ErrorResponse),
         (status = 403, description = "Not an owner of the organization", body = ErrorResponse),
         (status = 404, description = "No such organization, or not a member", body = ErrorResponse),
+        (status = 422, description = "A limit out of range, or `starting_after` not a payout of the organization", body = ErrorResponse),
     ),
     security(("bearer" = []))
 )]
@@ -144,10 +158,15 @@ pub async fn list_payouts(
     state: web::Data<AppState>,
     user: AuthUser,
     path: web::Path<String>,
+    query: web::Query<PayoutsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
     let org_id = path.into_inner();
-    let list = run(&state, move |conn, _| payouts::list_payouts(conn, &caller, &org_id)).await?;
+    let q = query.into_inner();
+    let list = run(&state, move |conn, _| {
+        payouts::list_payouts(conn, &caller, &org_id, q.limit.unwrap_or(100), q.starting_after.as_deref())
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(list))
 }
 

@@ -660,15 +660,46 @@ pub fn get_payout(conn: &mut DbConn, caller: &Caller, id: &str) -> ServiceResult
 }
 
 /// `GET /v1/orgs/{id}/payouts`: owners; newest first.
-pub fn list_payouts(conn: &mut DbConn, caller: &Caller, org_id: &str) -> ServiceResult<PayoutList> {
+/// A page of payouts: newest first, `limit` (1 to 100) of them after the
+/// payout `starting_after` (the last id of the previous page). One more row
+/// than asked is read, so `has_more` is exact.
+pub fn list_payouts(
+    conn: &mut DbConn,
+    caller: &Caller,
+    org_id: &str,
+    limit: i64,
+    starting_after: Option<&str>,
+) -> ServiceResult<PayoutList> {
     require_owner(conn, org_id, &caller.id)?;
-    let rows = payouts::table
-        .filter(payouts::org_id.eq(org_id))
+    if !(1..=100).contains(&limit) {
+        return Err(ServiceError::Validation("limit must be 1 to 100".into()));
+    }
+    let mut query = payouts::table.filter(payouts::org_id.eq(org_id)).into_boxed();
+    if let Some(after) = starting_after {
+        let cursor: (NaiveDateTime, String) = payouts::table
+            .filter(payouts::org_id.eq(org_id))
+            .filter(payouts::id.eq(after))
+            .select((payouts::created_at, payouts::id))
+            .first(conn)
+            .optional()?
+            .ok_or_else(|| {
+                ServiceError::Validation(format!(
+                    "starting_after '{after}' is not a payout of this organization"
+                ))
+            })?;
+        query = query.filter(
+            payouts::created_at
+                .lt(cursor.0)
+                .or(payouts::created_at.eq(cursor.0).and(payouts::id.lt(cursor.1))),
+        );
+    }
+    let mut rows = query
         .order((payouts::created_at.desc(), payouts::id.desc()))
-        .limit(100)
+        .limit(limit.saturating_add(1))
         .select(PayoutRow::as_select())
         .load(conn)?;
-    let has_more = rows.len() == 100;
+    let has_more = rows.len() > limit.unsigned_abs() as usize;
+    rows.truncate(limit.unsigned_abs() as usize);
     Ok(PayoutList { data: rows.into_iter().map(view).collect(), has_more })
 }
 

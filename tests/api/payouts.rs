@@ -46,7 +46,50 @@ both_payouts!(
     reversal_with_in_payout_short_returns_what_is_there,
     bank_payout_paid_with_in_payout_short_is_acknowledged,
     recovery_refused_with_in_payout_short_does_not_fail_the_sweep,
+    payouts_are_listed_a_page_at_a_time,
 );
+
+/// Payouts come newest first, `limit` at a time after `starting_after`, and
+/// `has_more` is exact: a page that ends with the last payout says so.
+async fn payouts_are_listed_a_page_at_a_time(app: TestApp, _stripe: FakeStripe) {
+    let org = earn(&app, 20).await; // 140 credits
+    onboard(&app, &org).await;
+    let creator = app.token("creator");
+    let mut ids = Vec::new();
+    for key in ["po-a", "po-b", "po-c"] {
+        let (s, p) = pay_out(&app, &org, &creator, json!({"amount": "10"}), key).await;
+        assert_eq!(s, 201, "{p}");
+        ids.push(p["id"].as_str().unwrap().to_string());
+        // Distinct creation times, so "newest first" is one order.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let page = |query: String| {
+        let (app, creator, org) = (&app, creator.clone(), org.clone());
+        async move {
+            let (s, list) = app.get(&format!("/v1/orgs/{org}/payouts?{query}"), &creator).await;
+            assert_eq!(s, 200, "{list}");
+            let ids: Vec<String> = list["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["id"].as_str().unwrap().to_string())
+                .collect();
+            (ids, list["has_more"].as_bool().unwrap())
+        }
+    };
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(page(String::new()).await, (newest_first.clone(), false));
+    assert_eq!(page("limit=3".into()).await, (newest_first.clone(), false), "exactly a full page: no more");
+    assert_eq!(page("limit=2".into()).await, (newest_first[..2].to_vec(), true));
+    assert_eq!(
+        page(format!("limit=2&starting_after={}", newest_first[1])).await,
+        (vec![ids[0].clone()], false)
+    );
+    for bad in ["limit=0", "limit=101", "starting_after=pay_0123456789abcdef"] {
+        let (s, b) = app.get(&format!("/v1/orgs/{org}/payouts?{bad}"), &creator).await;
+        assert_eq!(s, 422, "{bad}: {b}");
+    }
+}
 
 /// The creator org earns `messages` x 7 credits (add-on 10 at 30 %),
 /// available at once; returns its id.
