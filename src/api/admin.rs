@@ -14,12 +14,13 @@ use crate::ledger::verify::{self, VerifyReport};
 use crate::services::adjustments::{self, Adjustment};
 use crate::services::reports::{self, RevenueReport};
 use crate::services::topups::{self, TopUp, TopUpList};
-use crate::services::wallets::{self, Wallet};
+use crate::services::wallets::{self, AuditLog, Wallet};
 
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(create_adjustment)
         .service(freeze_wallet)
         .service(unfreeze_wallet)
+        .service(get_audit_log)
         .service(verify_ledger)
         .service(revenue_report)
         .service(list_top_ups)
@@ -125,53 +126,120 @@ pub async fn create_adjustment(
     .await
 }
 
+/// Why an operator freezes or unfreezes a wallet.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeRequest {
+    /// Why (kept in the wallet's audit log with the operator's id).
+    #[schema(
+        max_length = 500,
+        pattern = r"^[^\u0000-\u0008\u000b-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f\u00ad\u034f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff][^\u0000-\u0008\u000b-\u001f\u007f-\u009f]*$"
+    )]
+    pub reason: String,
+}
+
 /// Freeze a wallet
 ///
-/// A frozen wallet cannot spend.
+/// A frozen wallet cannot spend. The reason and the operator are kept in
+/// the wallet's audit log (`GET /v1/admin/audit`).
 #[utoipa::path(
     tag = "admin",
     params(("wallet_id" = String, Path, description = "The wallet's `wal_` id")),
+    request_body = FreezeRequest,
     responses(
         (status = 200, description = "The wallet", body = Wallet),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
         (status = 401, description = "Missing or invalid token", body = ErrorResponse),
         (status = 403, description = "Not an operator", body = ErrorResponse),
         (status = 404, description = "No such wallet", body = ErrorResponse),
+        (status = 422, description = "No reason, or an invalid one", body = ErrorResponse),
     ),
     security(("bearer" = []))
 )]
 #[post("/v1/admin/wallets/{wallet_id}/freeze")]
 pub async fn freeze_wallet(
     state: web::Data<AppState>,
-    _operator: Operator,
+    operator: Operator,
     path: web::Path<String>,
+    body: JsonBody<FreezeRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let wallet_id = path.into_inner();
-    let wallet = run_write(&state, move |conn, ctx| wallets::set_frozen(conn, ctx, &wallet_id, true)).await?;
-    Ok(HttpResponse::Ok().json(wallet))
+    set_frozen(state, operator, path.into_inner(), true, body.value.reason).await
 }
 
 /// Unfreeze a wallet
+///
+/// The reason and the operator are kept in the wallet's audit log.
 #[utoipa::path(
     tag = "admin",
     params(("wallet_id" = String, Path, description = "The wallet's `wal_` id")),
+    request_body = FreezeRequest,
     responses(
         (status = 200, description = "The wallet", body = Wallet),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
         (status = 401, description = "Missing or invalid token", body = ErrorResponse),
         (status = 403, description = "Not an operator", body = ErrorResponse),
         (status = 404, description = "No such wallet", body = ErrorResponse),
+        (status = 422, description = "No reason, or an invalid one", body = ErrorResponse),
     ),
     security(("bearer" = []))
 )]
 #[post("/v1/admin/wallets/{wallet_id}/unfreeze")]
 pub async fn unfreeze_wallet(
     state: web::Data<AppState>,
-    _operator: Operator,
+    operator: Operator,
     path: web::Path<String>,
+    body: JsonBody<FreezeRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let wallet_id = path.into_inner();
+    set_frozen(state, operator, path.into_inner(), false, body.value.reason).await
+}
+
+async fn set_frozen(
+    state: web::Data<AppState>,
+    operator: Operator,
+    wallet_id: String,
+    frozen: bool,
+    reason: String,
+) -> Result<HttpResponse, ApiError> {
+    let op = operator.0.caller();
     let wallet =
-        run_write(&state, move |conn, ctx| wallets::set_frozen(conn, ctx, &wallet_id, false)).await?;
+        run_write(&state, move |conn, ctx| wallets::set_frozen(conn, ctx, &op, &wallet_id, frozen, &reason))
+            .await?;
     Ok(HttpResponse::Ok().json(wallet))
+}
+
+/// Whose audit log.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// The wallet's `wal_` id.
+    pub wallet_id: String,
+}
+
+/// A wallet's audit log
+///
+/// Every operator action on the wallet, newest first: adjustments (with
+/// their amount), freezes and unfreezes, each with the operator and reason.
+#[utoipa::path(
+    tag = "admin",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "The log", body = AuditLog),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 403, description = "Not an operator", body = ErrorResponse),
+        (status = 404, description = "No such wallet", body = ErrorResponse),
+        (status = 422, description = "No wallet_id", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/audit")]
+pub async fn get_audit_log(
+    state: web::Data<AppState>,
+    _operator: Operator,
+    query: web::Query<AuditQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let wallet_id = query.into_inner().wallet_id;
+    let log = run(&state, move |conn, _| wallets::audit_log(conn, &wallet_id)).await?;
+    Ok(HttpResponse::Ok().json(log))
 }
 
 /// Verify the ledger

@@ -264,6 +264,17 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    wallet_audit (id) {
+        id -> BigInt,
+        account_id -> BigInt,
+        action -> Text,
+        reason -> Text,
+        actor -> Text,
+        created_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(org_members -> orgs (org_id));
 diesel::joinable!(agents -> models (model_id));
 diesel::joinable!(postings -> journal_entries (entry_id));
@@ -290,4 +301,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     payouts,
     plan_grants,
     subscriptions,
+    wallet_audit,
 );

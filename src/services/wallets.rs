@@ -10,10 +10,11 @@ use super::history::{self, HistoryQuery, TransactionList};
 use super::orgs::role_in;
 use super::{Caller, Ctx, ServiceError, ServiceResult};
 use crate::db::models::AccountRow;
-use crate::db::schema::accounts;
+use crate::db::schema::{accounts, journal_entries, postings, wallet_audit};
 use crate::db::{self, counters, DbConn};
 use crate::domain::limits::Period;
-use crate::domain::{AccountKind, Credits, OwnerType, UsdCents};
+use crate::domain::text::checked_text;
+use crate::domain::{AccountKind, Credits, EntryKind, OwnerType, UsdCents};
 use crate::ledger::AccountRef;
 
 /// A wallet of prepaid credits.
@@ -191,12 +192,108 @@ pub fn export_transactions(
 }
 
 /// Operator: freeze or unfreeze any wallet.
-pub fn set_frozen(conn: &mut DbConn, ctx: &Ctx, wallet_id: &str, frozen: bool) -> ServiceResult<Wallet> {
+pub fn set_frozen(
+    conn: &mut DbConn,
+    ctx: &Ctx,
+    operator: &Caller,
+    wallet_id: &str,
+    frozen: bool,
+    reason: &str,
+) -> ServiceResult<Wallet> {
+    let reason = checked_text("reason", reason, 500, true).map_err(ServiceError::Validation)?;
     db::write_tx(conn, |tx| {
         let row = find_by_public_id(tx, wallet_id)?;
         diesel::update(accounts::table.find(row.id)).set(accounts::frozen.eq(frozen)).execute(tx.conn())?;
+        diesel::insert_into(wallet_audit::table)
+            .values((
+                wallet_audit::account_id.eq(row.id),
+                wallet_audit::action.eq(if frozen { "freeze" } else { "unfreeze" }),
+                wallet_audit::reason.eq(reason),
+                wallet_audit::actor.eq(&operator.id),
+                wallet_audit::created_at.eq(db::now()),
+            ))
+            .execute(tx.conn())?;
         let row = accounts::table.find(row.id).select(AccountRow::as_select()).first(tx.conn())?;
-        tracing::info!(wallet_id, frozen, "wallet freeze state set by operator");
+        tracing::info!(wallet_id, frozen, operator = %operator.id, reason, "wallet freeze state set by operator");
         view(tx, ctx, &row)
+    })
+}
+
+/// What an operator did to a wallet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditAction {
+    /// Credits added or taken (`amount` is signed).
+    Adjustment,
+    Freeze,
+    Unfreeze,
+}
+
+/// One operator action on a wallet.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEntry {
+    pub action: AuditAction,
+    /// The operator's id.
+    pub actor: String,
+    /// Why, as the operator wrote it.
+    pub reason: String,
+    /// Adjustments only: the credits added (positive) or taken (negative).
+    #[schema(value_type = Option<String>, example = "25")]
+    pub amount: Option<Credits>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A wallet's operator actions, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditLog {
+    pub wallet_id: String,
+    pub data: Vec<AuditEntry>,
+}
+
+/// `GET /v1/admin/audit?wallet_id=`: the wallet's adjustments (from their
+/// journal entries) and its freezes and unfreezes, newest first, on one
+/// snapshot.
+pub fn audit_log(conn: &mut DbConn, wallet_id: &str) -> ServiceResult<AuditLog> {
+    db::read_tx(conn, |tx| {
+        let row = find_by_public_id(tx, wallet_id)?;
+        let adjustments: Vec<(Option<String>, Option<String>, i64, chrono::NaiveDateTime)> = postings::table
+            .inner_join(journal_entries::table)
+            .filter(postings::account_id.eq(row.id))
+            .filter(journal_entries::kind.eq(EntryKind::Adjustment.as_str()))
+            .select((
+                journal_entries::actor,
+                journal_entries::memo,
+                postings::amount,
+                journal_entries::created_at,
+            ))
+            .load(tx.conn())?;
+        let states: Vec<(String, String, String, chrono::NaiveDateTime)> = wallet_audit::table
+            .filter(wallet_audit::account_id.eq(row.id))
+            .select((
+                wallet_audit::action,
+                wallet_audit::actor,
+                wallet_audit::reason,
+                wallet_audit::created_at,
+            ))
+            .load(tx.conn())?;
+        let mut data: Vec<AuditEntry> = adjustments
+            .into_iter()
+            .map(|(actor, memo, amount, at)| AuditEntry {
+                action: AuditAction::Adjustment,
+                actor: actor.unwrap_or_default(),
+                reason: memo.unwrap_or_default(),
+                amount: Some(Credits::from_micros(amount)),
+                created_at: at.and_utc(),
+            })
+            .chain(states.into_iter().map(|(action, actor, reason, at)| AuditEntry {
+                action: if action == "freeze" { AuditAction::Freeze } else { AuditAction::Unfreeze },
+                actor,
+                reason,
+                amount: None,
+                created_at: at.and_utc(),
+            }))
+            .collect();
+        data.sort_by_key(|e| std::cmp::Reverse(e.created_at));
+        Ok(AuditLog { wallet_id: wallet_id.to_string(), data })
     })
 }

@@ -322,7 +322,14 @@ async fn personal_limits_frozen_wallets_and_private_agents(app: TestApp) {
 
     // Frozen: 403 wallet_frozen, nothing charged.
     let op = app.operator_token();
-    app.send(Method::POST, &format!("/v1/admin/wallets/{wallet}/freeze"), Some(&op), None, None).await;
+    app.send(
+        Method::POST,
+        &format!("/v1/admin/wallets/{wallet}/freeze"),
+        Some(&op),
+        Some(json!({"reason": "x"})),
+        None,
+    )
+    .await;
     app.patch(&format!("/v1/wallets/{wallet}"), &alice, json!({"weekly_limit": null})).await;
     let (s, _, b) = charge(&app, &alice, &agent, json!({}), "a5").await;
     assert_error(s, &b, 403, "wallet_frozen");

@@ -6,7 +6,7 @@ use diesel::connection::SimpleConnection;
 use futures_util::future::join_all;
 use rand::{Rng, SeedableRng};
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 use tally::domain::{AccountKind, Credits, EntryKind};
 use tally::ledger::{self, AccountRef, LedgerError, NewEntry, Overdraft, PlatformAccounts};
 
@@ -161,24 +161,67 @@ async fn debit_below_zero_is_refused(app: TestApp) {
     app.assert_ledger_ok();
 }
 
+/// Freezing and unfreezing take a reason; both, with the operator, are in
+/// the wallet's audit log beside its adjustments, newest first. Without a
+/// reason nothing changes.
 async fn freeze_and_unfreeze(app: TestApp) {
     let wallet_id = app.wallet_of("alice").await;
     let op = app.operator_token();
+    let freeze = format!("/v1/admin/wallets/{wallet_id}/freeze");
+    let unfreeze = format!("/v1/admin/wallets/{wallet_id}/unfreeze");
+    for body in [None, Some(json!({})), Some(json!({"reason": "  "})), Some(json!({"reason": "\u{200b}"}))] {
+        let (s, _, b) = app.send(Method::POST, &freeze, Some(&op), body.clone(), None).await;
+        crate::helpers::assert_error(s, &b, 422, "validation_error");
+    }
+    let (_, w) = app.get(&format!("/v1/wallets/{wallet_id}"), &app.token("alice")).await;
+    assert_eq!(w["frozen"], false, "a refused freeze changes nothing");
     let (s, _, w) =
-        app.send(Method::POST, &format!("/v1/admin/wallets/{wallet_id}/freeze"), Some(&op), None, None).await;
+        app.send(Method::POST, &freeze, Some(&op), Some(json!({"reason": "chargeback review"})), None).await;
     assert_eq!(s, 200, "{w}");
     assert_eq!(w["frozen"], true);
     let (_, w) = app.get(&format!("/v1/wallets/{wallet_id}"), &app.token("alice")).await;
     assert_eq!(w["frozen"], true);
     // Operators may still adjust a frozen wallet.
     app.fund(&wallet_id, "1").await;
-    let (s, _, w) = app
-        .send(Method::POST, &format!("/v1/admin/wallets/{wallet_id}/unfreeze"), Some(&op), None, None)
-        .await;
+    let other_op = app.token_with("operator-2", &["admin"]);
+    let (s, _, w) =
+        app.send(Method::POST, &unfreeze, Some(&other_op), Some(json!({"reason": "cleared"})), None).await;
     assert_eq!(s, 200);
     assert_eq!(w["frozen"], false);
     assert_eq!(w["balance"], "1");
-    let (s, _, b) = app.send(Method::POST, "/v1/admin/wallets/wal_nope/freeze", Some(&op), None, None).await;
+    let (s, _, b) = app
+        .send(
+            Method::POST,
+            "/v1/admin/wallets/wal_nope/freeze",
+            Some(&op),
+            Some(json!({"reason": "x"})),
+            None,
+        )
+        .await;
+    crate::helpers::assert_error(s, &b, 404, "not_found");
+
+    let (s, log) = app.get(&format!("/v1/admin/audit?wallet_id={wallet_id}"), &op).await;
+    assert_eq!(s, 200, "{log}");
+    let entries: Vec<(String, String, String, Value)> = log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let text = |k: &str| e[k].as_str().unwrap().to_string();
+            (text("action"), text("actor"), text("reason"), e["amount"].clone())
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        vec![
+            ("unfreeze".into(), "operator-2".into(), "cleared".into(), Value::Null),
+            ("adjustment".into(), "operator-1".into(), "test".into(), json!("1")),
+            ("freeze".into(), "operator-1".into(), "chargeback review".into(), Value::Null),
+        ]
+    );
+    let (s, _) = app.get(&format!("/v1/admin/audit?wallet_id={wallet_id}"), &app.token("alice")).await;
+    assert_eq!(s, 403);
+    let (s, b) = app.get("/v1/admin/audit?wallet_id=wal_nope", &op).await;
     crate::helpers::assert_error(s, &b, 404, "not_found");
     app.assert_ledger_ok();
 }
