@@ -274,7 +274,8 @@ pub struct TopUpQuery {
     /// Page size, 1 to 100 (default 25).
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
-    /// The last top-up id of the previous page.
+    /// The last top-up id of the previous page (404 if no such top-up).
+    #[param(pattern = r"^top_[A-Za-z0-9]{1,64}$")]
     pub starting_after: Option<String>,
 }
 

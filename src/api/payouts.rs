@@ -132,7 +132,8 @@ pub struct PayoutsQuery {
     /// Page size, 1 to 100 (default 100).
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
-    /// Return payouts older than this `pay_` id (the last id of the previous page).
+    /// Return payouts older than this `pay_` id (the last id of the previous
+    /// page; 404 if it is no payout of the organization).
     #[param(pattern = r"^pay_[A-Za-z0-9]{1,64}$")]
     pub starting_after: Option<String>,
 }
@@ -148,8 +149,8 @@ pub struct PayoutsQuery {
         (status = 200, description = "The payouts", body = PayoutList),
         (status = 401, description = "Missing or invalid token", body = ErrorResponse),
         (status = 403, description = "Not an owner of the organization", body = ErrorResponse),
-        (status = 404, description = "No such organization, or not a member", body = ErrorResponse),
-        (status = 422, description = "A limit out of range, or `starting_after` not a payout of the organization", body = ErrorResponse),
+        (status = 404, description = "No such organization, not a member, or `starting_after` names no payout of it", body = ErrorResponse),
+        (status = 422, description = "A limit out of range", body = ErrorResponse),
     ),
     security(("bearer" = []))
 )]

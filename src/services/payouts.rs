@@ -682,11 +682,7 @@ pub fn list_payouts(
             .select((payouts::created_at, payouts::id))
             .first(conn)
             .optional()?
-            .ok_or_else(|| {
-                ServiceError::Validation(format!(
-                    "starting_after '{after}' is not a payout of this organization"
-                ))
-            })?;
+            .ok_or(ServiceError::NotFound("payout (starting_after)"))?;
         query = query.filter(
             payouts::created_at
                 .lt(cursor.0)

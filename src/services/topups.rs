@@ -516,7 +516,7 @@ pub fn list_top_ups(
     if let Some(cursor) = starting_after {
         let known: Option<String> = top_ups::table.find(cursor).select(top_ups::id).first(conn).optional()?;
         if known.is_none() {
-            return Err(ServiceError::Validation(format!("starting_after '{cursor}' is not a top-up")));
+            return Err(ServiceError::NotFound("top-up (starting_after)"));
         }
         query = query.filter(top_ups::id.gt(cursor.to_string()));
     }
