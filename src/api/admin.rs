@@ -292,7 +292,8 @@ pub struct TopUpQuery {
         (status = 200, description = "A page of top-ups", body = TopUpList),
         (status = 401, description = "Missing or invalid token", body = ErrorResponse),
         (status = 403, description = "Not an operator", body = ErrorResponse),
-        (status = 422, description = "Unknown status, invalid limit or cursor", body = ErrorResponse),
+        (status = 404, description = "`starting_after` names no top-up", body = ErrorResponse),
+        (status = 422, description = "Unknown status or invalid limit", body = ErrorResponse),
     ),
     security(("bearer" = []))
 )]
