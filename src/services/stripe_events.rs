@@ -21,8 +21,6 @@ macro_rules! outcomes {
         }
 
         impl EventOutcome {
-            pub const ALL: &'static [EventOutcome] = &[$(EventOutcome::$variant,)*];
-
             pub fn as_str(self) -> &'static str {
                 match self {
                     $(EventOutcome::$variant => $name,)*
