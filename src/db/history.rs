@@ -17,6 +17,7 @@ use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamp};
 use super::models::HistoryRow;
 use super::prepared::Prepared;
 use super::DbConn;
+use crate::domain::Credits;
 
 #[derive(QueryableByName)]
 struct Row {
@@ -104,20 +105,23 @@ pub fn page_per_account(
         query = query.bind::<Timestamp, _>(to);
     }
     let rows: Vec<Row> = Prepared(query.bind::<BigInt, _>(limit)).load(pg)?;
-    Ok(rows
-        .into_iter()
-        .map(|r| HistoryRow {
-            posting_id: r.posting_id,
-            account_id: r.account_id,
-            amount: r.amount,
-            balance_after: r.balance_after,
-            created_at: r.created_at,
-            entry_id: r.entry_id,
-            kind: r.kind,
-            reverses_entry_id: r.reverses_entry_id,
-            actor: r.actor,
-            memo: r.memo,
-            metadata: r.metadata,
+    rows.into_iter()
+        .map(|r| {
+            let kind =
+                r.kind.parse().map_err(|e: String| diesel::result::Error::DeserializationError(e.into()))?;
+            Ok(HistoryRow {
+                posting_id: r.posting_id,
+                account_id: r.account_id,
+                amount: Credits::from_micros(r.amount),
+                balance_after: r.balance_after.map(Credits::from_micros),
+                created_at: r.created_at,
+                entry_id: r.entry_id,
+                kind,
+                reverses_entry_id: r.reverses_entry_id,
+                actor: r.actor,
+                memo: r.memo,
+                metadata: r.metadata,
+            })
         })
-        .collect())
+        .collect()
 }

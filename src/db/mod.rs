@@ -12,6 +12,7 @@ pub mod models;
 pub mod prepared;
 pub mod schema;
 pub mod sums;
+pub mod types;
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;

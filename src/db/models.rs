@@ -4,6 +4,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::*;
+use crate::domain::{AccountKind, Credits, EntryKind, OrgRole, OwnerType, Visibility};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = people)]
@@ -35,8 +36,8 @@ pub struct NewOrg<'a> {
 pub struct MemberRow {
     pub org_id: String,
     pub user_id: String,
-    pub role: String,
-    pub daily_limit: Option<i64>,
+    pub role: OrgRole,
+    pub daily_limit: Option<Credits>,
     pub created_at: NaiveDateTime,
 }
 
@@ -45,8 +46,8 @@ pub struct MemberRow {
 pub struct NewMember<'a> {
     pub org_id: &'a str,
     pub user_id: &'a str,
-    pub role: &'a str,
-    pub daily_limit: Option<i64>,
+    pub role: OrgRole,
+    pub daily_limit: Option<Credits>,
     pub created_at: NaiveDateTime,
 }
 
@@ -54,14 +55,14 @@ pub struct NewMember<'a> {
 #[diesel(table_name = accounts)]
 pub struct AccountRow {
     pub id: i64,
-    pub kind: String,
-    pub owner_type: String,
+    pub kind: AccountKind,
+    pub owner_type: OwnerType,
     pub owner_id: String,
     pub public_id: Option<String>,
-    pub balance: Option<i64>,
+    pub balance: Option<Credits>,
     pub frozen: bool,
-    pub daily_limit: Option<i64>,
-    pub weekly_limit: Option<i64>,
+    pub daily_limit: Option<Credits>,
+    pub weekly_limit: Option<Credits>,
     pub created_at: NaiveDateTime,
 }
 
@@ -70,11 +71,11 @@ pub struct AccountRow {
 #[derive(Debug, Insertable)]
 #[diesel(table_name = accounts, treat_none_as_default_value = false)]
 pub struct NewAccount<'a> {
-    pub kind: &'a str,
-    pub owner_type: &'a str,
+    pub kind: AccountKind,
+    pub owner_type: OwnerType,
     pub owner_id: &'a str,
     pub public_id: Option<&'a str>,
-    pub balance: Option<i64>,
+    pub balance: Option<Credits>,
     pub frozen: bool,
     pub created_at: NaiveDateTime,
 }
@@ -84,7 +85,7 @@ pub struct NewAccount<'a> {
 #[derive(Debug, Insertable)]
 #[diesel(table_name = journal_entries, treat_none_as_default_value = false)]
 pub struct NewEntryRow<'a> {
-    pub kind: &'a str,
+    pub kind: EntryKind,
     pub reverses_entry_id: Option<i64>,
     pub request_key: Option<&'a str>,
     pub actor: Option<&'a str>,
@@ -93,16 +94,60 @@ pub struct NewEntryRow<'a> {
     pub created_at: NaiveDateTime,
 }
 
+/// An agent (read and inserted whole).
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = agents)]
+pub struct AgentRow {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub model_id: String,
+    pub visibility: Visibility,
+    pub publisher_addon: Credits,
+    pub free_messages: i32,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+/// A `PATCH` of an agent: one UPDATE; `None` leaves a column as it is.
+#[derive(Debug, AsChangeset)]
+#[diesel(table_name = agents)]
+pub struct AgentChanges {
+    pub name: Option<String>,
+    pub model_id: Option<String>,
+    pub visibility: Option<Visibility>,
+    pub publisher_addon: Option<Credits>,
+    pub free_messages: Option<i32>,
+    pub updated_at: NaiveDateTime,
+}
+
+/// A `PATCH` of a wallet's spend limits: one UPDATE; `None` leaves a limit
+/// as it is, `Some(None)` removes it.
+#[derive(Debug, AsChangeset)]
+#[diesel(table_name = accounts)]
+pub struct LimitChanges {
+    pub daily_limit: Option<Option<Credits>>,
+    pub weekly_limit: Option<Option<Credits>>,
+}
+
+/// A `PATCH` of a member: one UPDATE; `None` leaves a column as it is.
+#[derive(Debug, AsChangeset)]
+#[diesel(table_name = org_members)]
+pub struct MemberChanges {
+    pub role: Option<OrgRole>,
+    pub daily_limit: Option<Option<Credits>>,
+}
+
 /// A posting with its entry, as a wallet's history shows it.
 #[derive(Debug, Clone, Queryable)]
 pub struct HistoryRow {
     pub posting_id: i64,
     pub account_id: i64,
-    pub amount: i64,
-    pub balance_after: Option<i64>,
+    pub amount: Credits,
+    pub balance_after: Option<Credits>,
     pub created_at: NaiveDateTime,
     pub entry_id: i64,
-    pub kind: String,
+    pub kind: EntryKind,
     pub reverses_entry_id: Option<i64>,
     pub actor: Option<String>,
     pub memo: Option<String>,

@@ -1,10 +1,12 @@
-//! The closed sets of names the ledger and organizations use, stored as text.
+//! The closed sets of names the ledger and organizations use, stored as text
+//! (conversions in `db::types`).
 
 use std::fmt;
 use std::str::FromStr;
 
 /// Who owns an account.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, diesel::AsExpression, diesel::FromSqlRow)]
+#[diesel(sql_type = diesel::sql_types::Text)]
 pub enum OwnerType {
     Person,
     Org,
@@ -34,7 +36,10 @@ impl FromStr for OwnerType {
 }
 
 /// The accounts of SPEC 2.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, diesel::AsExpression, diesel::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::Text)]
 pub enum AccountKind {
     Wallet,
     EarningsPending,
@@ -124,7 +129,10 @@ impl fmt::Display for AccountKind {
 
 // Shown as a transaction's `type`; the OpenAPI document names it `TransactionType`.
 /// What a transaction records (its journal entry's kind).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, utoipa::ToSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, utoipa::ToSchema, diesel::AsExpression, diesel::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::Text)]
 #[schema(as = TransactionType, rename_all = "snake_case")]
 pub enum EntryKind {
     Adjustment,
@@ -182,8 +190,40 @@ impl FromStr for EntryKind {
     }
 }
 
+/// Who may see and use an agent: its organization's members only, or anyone
+/// on the marketplace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, diesel::AsExpression, diesel::FromSqlRow)]
+#[diesel(sql_type = diesel::sql_types::Text)]
+pub enum Visibility {
+    Private,
+    Public,
+}
+
+impl Visibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Private => "private",
+            Visibility::Public => "public",
+        }
+    }
+}
+
+impl FromStr for Visibility {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "private" => Ok(Visibility::Private),
+            "public" => Ok(Visibility::Public),
+            other => Err(format!("unknown visibility '{other}' (private or public)")),
+        }
+    }
+}
+
 /// A member's role in an organization.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, diesel::AsExpression, diesel::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::Text)]
 pub enum OrgRole {
     Member,
     Admin,

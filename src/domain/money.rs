@@ -33,7 +33,21 @@ pub enum AmountError {
 
 /// An amount of credits, held as micro-credits. Arithmetic is checked: an
 /// overflow is an error, never a wrap.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Stored as a BIGINT of micro-credits (conversions in `db::types`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    diesel::AsExpression,
+    diesel::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::BigInt)]
 pub struct Credits(i64);
 
 impl Credits {
@@ -50,6 +64,11 @@ impl Credits {
 
     pub const fn micros(self) -> i64 {
         self.0
+    }
+
+    /// The micro-credits by reference, as a database binding borrows them.
+    pub(crate) const fn micros_ref(&self) -> &i64 {
+        &self.0
     }
 
     /// Reads a decimal string in credits (`"12.5"`, `"-3"`, `"0.000001"`):

@@ -122,7 +122,7 @@ pub fn open(tx: &mut WriteTx<'_>, entry: NewEntry<'_>) -> Result<OpenEntry, Ledg
     let metadata = entry.metadata.to_string();
     let entry_id: i64 = diesel::insert_into(journal_entries::table)
         .values(NewEntryRow {
-            kind: entry.kind.as_str(),
+            kind: entry.kind,
             reverses_entry_id: entry.reverses,
             request_key: entry.request_key,
             actor: entry.actor,
@@ -368,11 +368,11 @@ pub fn ensure_account(
     let inserted = tx.savepoint(|sp| {
         diesel::insert_into(accounts::table)
             .values(NewAccount {
-                kind: kind.as_str(),
-                owner_type: owner_type.as_str(),
+                kind,
+                owner_type,
                 owner_id,
                 public_id,
-                balance: kind.keeps_cached_balance().then_some(0),
+                balance: kind.keeps_cached_balance().then_some(Credits::ZERO),
                 frozen: false,
                 created_at: db::now(),
             })
@@ -393,9 +393,9 @@ pub fn ensure_account(
 /// [`sum_of_postings_exact`]).
 pub fn balance_of(conn: &mut DbConn, account: AccountRef) -> QueryResult<Credits> {
     if account.kind.keeps_cached_balance() {
-        let b: Option<i64> =
+        let b: Option<Credits> =
             accounts::table.filter(accounts::id.eq(account.id)).select(accounts::balance).first(conn)?;
-        return Ok(Credits::from_micros(b.unwrap_or(0)));
+        return Ok(b.unwrap_or(Credits::ZERO));
     }
     sum_of_postings(conn, account.id)
 }

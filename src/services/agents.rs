@@ -2,18 +2,21 @@
 //! plus the creator's publisher add-on (charged only while public), with a
 //! number of free messages per person. Marketplace cards list public agents.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::orgs::{require_admin, role_in};
 use super::{models, plans, Caller, Ctx, ServiceError, ServiceResult};
+use crate::db::models::AgentChanges;
+pub use crate::db::models::AgentRow;
 use crate::db::schema::{agents, models as models_table};
 use crate::db::{self, DbConn};
 use crate::domain::ids::new_id;
 use crate::domain::text::checked_text;
 use crate::domain::Credits;
+pub use crate::domain::Visibility;
 
 /// The highest `TALLY_MAX_FREE_MESSAGES` may be set to.
 pub const MAX_FREE_MESSAGES: i32 = 1_000_000;
@@ -72,21 +75,6 @@ pub struct AgentCardList {
     pub has_more: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Visibility {
-    Private,
-    Public,
-}
-
-impl Visibility {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Visibility::Private => "private",
-            Visibility::Public => "public",
-        }
-    }
-}
-
 /// Fields of a new agent.
 #[derive(Debug)]
 pub struct NewAgentInput {
@@ -107,23 +95,9 @@ pub struct AgentPatch {
     pub free_messages: Option<i32>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = agents)]
-pub struct AgentRow {
-    pub id: String,
-    pub org_id: String,
-    pub name: String,
-    pub model_id: String,
-    pub visibility: String,
-    pub publisher_addon: i64,
-    pub free_messages: i32,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
-}
-
 impl AgentRow {
     pub fn is_public(&self) -> bool {
-        self.visibility == Visibility::Public.as_str()
+        self.visibility == Visibility::Public
     }
 
     /// The free messages each person gets now: only on a public agent (the
@@ -141,23 +115,22 @@ impl AgentRow {
     /// The add-on a payer outside the organization is charged now.
     pub fn effective_addon(&self) -> Credits {
         if self.is_public() {
-            Credits::from_micros(self.publisher_addon)
+            self.publisher_addon
         } else {
             Credits::ZERO
         }
     }
 }
 
-fn view(row: AgentRow, runtime_infra: i64) -> Agent {
-    let infra = Credits::from_micros(runtime_infra);
+fn view(row: AgentRow, infra: Credits) -> Agent {
     Agent {
         estimated_cost_per_message: infra.checked_add(row.effective_addon()).unwrap_or(infra),
         id: row.id,
         org_id: row.org_id,
         name: row.name,
         model: row.model_id,
-        visibility: row.visibility,
-        publisher_addon: Credits::from_micros(row.publisher_addon),
+        visibility: row.visibility.as_str().to_string(),
+        publisher_addon: row.publisher_addon,
         free_messages: row.free_messages,
         runtime_infra: infra,
         created_at: row.created_at.and_utc(),
@@ -188,7 +161,7 @@ fn require_model(conn: &mut DbConn, model: &str) -> ServiceResult<models::ModelR
 }
 
 /// Loads an agent with its model's current runtime infra price.
-pub fn load(conn: &mut DbConn, agent_id: &str) -> ServiceResult<(AgentRow, i64)> {
+pub fn load(conn: &mut DbConn, agent_id: &str) -> ServiceResult<(AgentRow, Credits)> {
     agents::table
         .inner_join(models_table::table)
         .filter(agents::id.eq(agent_id))
@@ -233,17 +206,17 @@ pub fn create_agent(
         let id = new_id("agt");
         let now = db::now();
         diesel::insert_into(agents::table)
-            .values((
-                agents::id.eq(&id),
-                agents::org_id.eq(org_id),
-                agents::name.eq(&name),
-                agents::model_id.eq(&model.id),
-                agents::visibility.eq(input.visibility.as_str()),
-                agents::publisher_addon.eq(input.publisher_addon.micros()),
-                agents::free_messages.eq(input.free_messages),
-                agents::created_at.eq(now),
-                agents::updated_at.eq(now),
-            ))
+            .values(AgentRow {
+                id: id.clone(),
+                org_id: org_id.to_string(),
+                name,
+                model_id: model.id,
+                visibility: input.visibility,
+                publisher_addon: input.publisher_addon,
+                free_messages: input.free_messages,
+                created_at: now,
+                updated_at: now,
+            })
             .execute(tx.conn())?;
         let (row, infra) = load(tx, &id)?;
         Ok(view(row, infra))
@@ -287,23 +260,16 @@ pub fn update_agent(
         if let Some(model) = &patch.model {
             require_model(tx, model)?;
         }
-        let target = agents::table.find(agent_id);
-        diesel::update(target).set(agents::updated_at.eq(db::now())).execute(tx.conn())?;
-        if let Some(n) = name {
-            diesel::update(target).set(agents::name.eq(n)).execute(tx.conn())?;
-        }
-        if let Some(m) = &patch.model {
-            diesel::update(target).set(agents::model_id.eq(m)).execute(tx.conn())?;
-        }
-        if let Some(v) = patch.visibility {
-            diesel::update(target).set(agents::visibility.eq(v.as_str())).execute(tx.conn())?;
-        }
-        if let Some(a) = patch.publisher_addon {
-            diesel::update(target).set(agents::publisher_addon.eq(a.micros())).execute(tx.conn())?;
-        }
-        if let Some(f) = patch.free_messages {
-            diesel::update(target).set(agents::free_messages.eq(f)).execute(tx.conn())?;
-        }
+        diesel::update(agents::table.find(agent_id))
+            .set(AgentChanges {
+                name,
+                model_id: patch.model,
+                visibility: patch.visibility,
+                publisher_addon: patch.publisher_addon,
+                free_messages: patch.free_messages,
+                updated_at: db::now(),
+            })
+            .execute(tx.conn())?;
         let (row, infra) = load(tx, agent_id)?;
         Ok(view(row, infra))
     })
@@ -320,7 +286,7 @@ pub fn list_marketplace(
     }
     let mut query = agents::table
         .inner_join(models_table::table)
-        .filter(agents::visibility.eq(Visibility::Public.as_str()))
+        .filter(agents::visibility.eq(Visibility::Public))
         .into_boxed();
     if let Some(cursor) = starting_after {
         let (after, _) = load(conn, cursor).ok().filter(|(a, _)| a.is_public()).ok_or_else(|| {
@@ -332,7 +298,7 @@ pub fn list_marketplace(
                 .or(agents::created_at.eq(after.created_at).and(agents::id.lt(after.id))),
         );
     }
-    let mut rows: Vec<(AgentRow, i64)> = query
+    let mut rows: Vec<(AgentRow, Credits)> = query
         .order((agents::created_at.desc(), agents::id.desc()))
         .limit(limit + 1)
         .select((AgentRow::as_select(), models_table::runtime_infra))
@@ -342,7 +308,6 @@ pub fn list_marketplace(
     let data = rows
         .into_iter()
         .map(|(row, infra)| {
-            let infra = Credits::from_micros(infra);
             let addon = row.effective_addon();
             AgentCard {
                 estimated_cost_per_message: infra.checked_add(addon).unwrap_or(infra),

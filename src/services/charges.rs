@@ -111,7 +111,7 @@ pub struct Quote {
 struct Payer {
     wallet: AccountRow,
     org_id: Option<String>,
-    member_daily_limit: Option<i64>,
+    member_daily_limit: Option<Credits>,
 }
 
 /// Loads an agent with its model row (prices now) and the id of the creator
@@ -207,7 +207,7 @@ pub fn quote(
     let free_left = i64::from(free_messages).saturating_sub(used).max(0);
     let free = free_left > 0;
     let total = if free { Credits::ZERO } else { price.total };
-    let balance = Credits::from_micros(payer.wallet.balance.unwrap_or(0));
+    let balance = payer.wallet.balance.unwrap_or(Credits::ZERO);
     Ok(Quote {
         agent_id: agent.id,
         model: model.id,
@@ -227,7 +227,7 @@ pub fn quote(
 fn count_spend(tx: &mut WriteTx<'_>, payer: &Payer, user_id: &str, amount: Credits) -> ServiceResult<()> {
     let now = db::now();
     let wallet = &payer.wallet;
-    let checks: [(Period, &str, Option<i64>, &str); 3] = [
+    let checks: [(Period, &str, Option<Credits>, &str); 3] = [
         (Period::Day, "", wallet.daily_limit, "the wallet's daily spend limit"),
         (Period::Week, "", wallet.weekly_limit, "the wallet's weekly spend limit"),
         (Period::Day, user_id, payer.member_daily_limit, "your daily spend limit in this organization"),
@@ -236,11 +236,19 @@ fn count_spend(tx: &mut WriteTx<'_>, payer: &Payer, user_id: &str, amount: Credi
         if !who.is_empty() && payer.org_id.is_none() {
             continue; // member limits apply to org wallets only
         }
-        if counters::add_spend(tx, wallet.id, who, &period.key(now), amount.micros(), limit)?.is_none() {
+        if counters::add_spend(
+            tx,
+            wallet.id,
+            who,
+            &period.key(now),
+            amount.micros(),
+            limit.map(Credits::micros),
+        )?
+        .is_none()
+        {
             let Some(limit) = limit else {
                 return Err(ServiceError::out_of_range());
             };
-            let limit = Credits::from_micros(limit);
             return Err(ServiceError::SpendLimitExceeded {
                 message: format!("this charge of {amount} credits would pass {what} of {limit} credits"),
                 retry_after_secs: period.seconds_left(now),

@@ -201,7 +201,7 @@ fn settle_org(
 
 fn cached_balance(conn: &mut DbConn, org_id: &str, kind: AccountKind) -> ServiceResult<Credits> {
     let row = db::accounts::account_of(conn, OwnerType::Org, org_id, kind)?;
-    Ok(Credits::from_micros(row.and_then(|a| a.balance).unwrap_or(0)))
+    Ok(row.and_then(|a| a.balance).unwrap_or(Credits::ZERO))
 }
 
 /// `GET /v1/orgs/{id}/earnings`: org admins; settles what is due first.

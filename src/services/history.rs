@@ -111,9 +111,9 @@ fn to_view(row: HistoryRow, accounts: &[AccountRef]) -> Transaction {
     references.reason = references.reason.or(row.memo);
     Transaction {
         id: transaction_id(row.posting_id),
-        kind: row.kind,
-        amount: Credits::from_micros(row.amount),
-        balance_after: row.balance_after.map(Credits::from_micros),
+        kind: row.kind.as_str().to_string(),
+        amount: row.amount,
+        balance_after: row.balance_after,
         created_at: row.created_at.and_utc(),
         entry_id: entry_id(row.entry_id),
         account: if accounts.len() > 1 {

@@ -6,8 +6,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::people::insert_person_if_missing;
+use super::wallets::check_limit;
 use super::{Caller, Ctx, ErrorCode, ServiceError, ServiceResult};
-use crate::db::models::{MemberRow, NewMember, NewOrg, OrgRow};
+use crate::db::models::{MemberChanges, MemberRow, NewMember, NewOrg, OrgRow};
 use crate::db::schema::{org_members, orgs};
 use crate::db::{self, DbConn, WriteTx};
 use crate::domain::ids::new_id;
@@ -109,7 +110,7 @@ pub fn create_org(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, name: &str) -> 
             .values(NewMember {
                 org_id: &org_id,
                 user_id: &caller.id,
-                role: OrgRole::Owner.as_str(),
+                role: OrgRole::Owner,
                 daily_limit: None,
                 created_at: now,
             })
@@ -131,8 +132,8 @@ pub fn get_org(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, org_id: &str) -> S
 fn member_view(row: MemberRow) -> Member {
     Member {
         user_id: row.user_id,
-        role: row.role,
-        daily_limit: row.daily_limit.map(Credits::from_micros),
+        role: row.role.as_str().to_string(),
+        daily_limit: row.daily_limit,
         created_at: row.created_at.and_utc(),
     }
 }
@@ -146,15 +147,6 @@ pub fn list_members(conn: &mut DbConn, caller: &Caller, org_id: &str) -> Service
         .select(MemberRow::as_select())
         .load(conn)?;
     Ok(MemberList { data: rows.into_iter().map(member_view).collect(), has_more: false })
-}
-
-fn check_limit(limit: Option<Credits>) -> ServiceResult<Option<i64>> {
-    match limit {
-        Some(c) if c.is_negative() => {
-            Err(ServiceError::Validation("daily_limit must not be negative".into()))
-        }
-        other => Ok(other.map(Credits::micros)),
-    }
 }
 
 /// Only an owner may make or unmake owners.
@@ -180,7 +172,7 @@ pub fn add_member(
     daily_limit: Option<Credits>,
 ) -> ServiceResult<Member> {
     check_user_id(user_id)?;
-    let limit = check_limit(daily_limit)?;
+    let limit = check_limit("daily_limit", daily_limit)?;
     db::write_tx(conn, |tx| {
         db::locks::lock_org(tx, org_id)?;
         let actor = require_admin(tx, org_id, &caller.id)?;
@@ -194,13 +186,7 @@ pub fn add_member(
             });
         }
         diesel::insert_into(org_members::table)
-            .values(NewMember {
-                org_id,
-                user_id,
-                role: role.as_str(),
-                daily_limit: limit,
-                created_at: db::now(),
-            })
+            .values(NewMember { org_id, user_id, role, daily_limit: limit, created_at: db::now() })
             .execute(tx.conn())?;
         let row =
             org_members::table.find((org_id, user_id)).select(MemberRow::as_select()).first(tx.conn())?;
@@ -228,28 +214,24 @@ pub fn update_member(
     user_id: &str,
     patch: MemberPatch,
 ) -> ServiceResult<Member> {
-    let limit = patch.daily_limit.map(check_limit).transpose()?;
+    let limit = patch.daily_limit.map(|l| check_limit("daily_limit", l)).transpose()?;
     db::write_tx(conn, |tx| {
         db::locks::lock_org(tx, org_id)?;
         let actor = require_admin(tx, org_id, &caller.id)?;
         let current = role_in(tx, org_id, user_id).map_err(|_| ServiceError::NotFound("member"))?;
-        if let Some(role) = patch.role {
-            if role != current {
-                check_role_change(actor, Some(current), role)?;
-                if current == OrgRole::Owner && owner_count(tx, org_id)? <= 1 {
-                    return Err(ServiceError::Conflict {
-                        kind: ErrorCode::LastOwner,
-                        message: "an organization needs at least one owner".into(),
-                    });
-                }
-                diesel::update(org_members::table.find((org_id, user_id)))
-                    .set(org_members::role.eq(role.as_str()))
-                    .execute(tx.conn())?;
+        let role = patch.role.filter(|role| *role != current);
+        if let Some(role) = role {
+            check_role_change(actor, Some(current), role)?;
+            if current == OrgRole::Owner && owner_count(tx, org_id)? <= 1 {
+                return Err(ServiceError::Conflict {
+                    kind: ErrorCode::LastOwner,
+                    message: "an organization needs at least one owner".into(),
+                });
             }
         }
-        if let Some(limit) = limit {
+        if role.is_some() || limit.is_some() {
             diesel::update(org_members::table.find((org_id, user_id)))
-                .set(org_members::daily_limit.eq(limit))
+                .set(MemberChanges { role, daily_limit: limit })
                 .execute(tx.conn())?;
         }
         let row =

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use super::history::{self, HistoryQuery, TransactionList};
 use super::orgs::role_in;
 use super::{Caller, Ctx, ServiceError, ServiceResult};
-use crate::db::models::AccountRow;
+use crate::db::models::{AccountRow, LimitChanges};
 use crate::db::schema::{accounts, journal_entries, postings, wallet_audit};
 use crate::db::{self, counters, DbConn};
 use crate::domain::limits::Period;
@@ -87,9 +87,9 @@ pub fn load_for(
     access: Access,
 ) -> ServiceResult<AccountRow> {
     let row = find_by_public_id(conn, wallet_id)?;
-    match row.owner_type.parse::<OwnerType>() {
-        Ok(OwnerType::Person) if row.owner_id == caller.id => Ok(row),
-        Ok(OwnerType::Org) => {
+    match row.owner_type {
+        OwnerType::Person if row.owner_id == caller.id => Ok(row),
+        OwnerType::Org => {
             let role =
                 role_in(conn, &row.owner_id, &caller.id).map_err(|_| ServiceError::NotFound("wallet"))?;
             if access == Access::Manage && !role.can_manage() {
@@ -105,25 +105,26 @@ pub fn load_for(
 
 /// The wallet as shown, with its spend-limit state.
 pub fn view(conn: &mut DbConn, ctx: &Ctx, row: &AccountRow) -> ServiceResult<Wallet> {
-    let balance = Credits::from_micros(row.balance.unwrap_or(0));
+    let balance = row.balance.unwrap_or(Credits::ZERO);
     let now = db::now();
     let spent_today = Credits::from_micros(counters::spent(conn, row.id, "", &Period::Day.key(now))?);
     let spent_this_week = Credits::from_micros(counters::spent(conn, row.id, "", &Period::Week.key(now))?);
-    let remaining =
-        |limit: Option<i64>, spent: Credits| limit.map(|l| Credits::from_micros((l - spent.micros()).max(0)));
+    let remaining = |limit: Option<Credits>, spent: Credits| {
+        limit.map(|l| l.checked_sub(spent).unwrap_or(Credits::ZERO).max(Credits::ZERO))
+    };
     Ok(Wallet {
         spent_today,
         spent_this_week,
         daily_remaining: remaining(row.daily_limit, spent_today),
         weekly_remaining: remaining(row.weekly_limit, spent_this_week),
         id: row.public_id.clone().unwrap_or_default(),
-        owner_type: row.owner_type.clone(),
+        owner_type: row.owner_type.as_str().to_string(),
         owner_id: row.owner_id.clone(),
         balance,
         usd_value: balance.to_usd_floor(ctx.settings.credit_rate),
         frozen: row.frozen,
-        daily_limit: row.daily_limit.map(Credits::from_micros),
-        weekly_limit: row.weekly_limit.map(Credits::from_micros),
+        daily_limit: row.daily_limit,
+        weekly_limit: row.weekly_limit,
         created_at: row.created_at.and_utc(),
     })
 }
@@ -134,10 +135,11 @@ pub fn get_wallet(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, wallet_id: &str
     view(conn, ctx, &row)
 }
 
-fn check_limit(name: &str, limit: Option<Credits>) -> ServiceResult<Option<i64>> {
+/// A spend limit as set: absent (none) or not negative.
+pub(crate) fn check_limit(name: &str, limit: Option<Credits>) -> ServiceResult<Option<Credits>> {
     match limit {
         Some(c) if c.is_negative() => Err(ServiceError::Validation(format!("{name} must not be negative"))),
-        other => Ok(other.map(Credits::micros)),
+        other => Ok(other),
     }
 }
 
@@ -154,14 +156,9 @@ pub fn update_limits(
     let weekly = weekly.map(|w| check_limit("weekly_limit", w)).transpose()?;
     db::write_tx(conn, |tx| {
         let row = load_for(tx, caller, wallet_id, Access::Manage)?;
-        if let Some(d) = daily {
+        if daily.is_some() || weekly.is_some() {
             diesel::update(accounts::table.find(row.id))
-                .set(accounts::daily_limit.eq(d))
-                .execute(tx.conn())?;
-        }
-        if let Some(w) = weekly {
-            diesel::update(accounts::table.find(row.id))
-                .set(accounts::weekly_limit.eq(w))
+                .set(LimitChanges { daily_limit: daily, weekly_limit: weekly })
                 .execute(tx.conn())?;
         }
         let row = accounts::table.find(row.id).select(AccountRow::as_select()).first(tx.conn())?;
