@@ -157,6 +157,26 @@ impl Credits {
         let cents = cents.round_dp_with_strategy(0, RoundingStrategy::ToNegativeInfinity);
         cents.to_i64().map(UsdCents).unwrap_or(saturated)
     }
+
+    /// What paying these credits out in USD moves: the whole cents they are
+    /// worth (rounded down, [`Credits::to_usd_floor`]) and the credits those
+    /// cents are worth (rounded up to the micro-credit, never more than
+    /// `self`), so the sub-cent rest stays where it was. Zero cents move
+    /// nothing.
+    pub fn to_whole_cents(self, rate: CreditRate) -> (UsdCents, Credits) {
+        let cents = self.to_usd_floor(rate);
+        if cents.0 <= 0 {
+            return (UsdCents(0), Credits::ZERO);
+        }
+        let worth = Decimal::from(cents.0)
+            .checked_mul(Decimal::from(MICROS_PER_CREDIT))
+            .and_then(|m| {
+                rate.usd_per_credit().checked_mul(Decimal::ONE_HUNDRED).and_then(|d| m.checked_div(d))
+            })
+            .and_then(|m| m.ceil().to_i64())
+            .unwrap_or(self.0);
+        (cents, Credits(worth.min(self.0)))
+    }
 }
 
 impl fmt::Display for Credits {
@@ -313,6 +333,23 @@ impl Default for CreditRate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_cents_round_down_and_the_rest_stays() {
+        let rate = CreditRate::parse("0.10").unwrap();
+        let cents = |c: &str, rate| {
+            let (cents, moved) = Credits::parse(c).unwrap().to_whole_cents(rate);
+            (cents.cents(), moved.to_string())
+        };
+        assert_eq!(cents("100.05", rate), (1000, "100".into()));
+        assert_eq!(cents("100.123456", rate), (1001, "100.1".into()));
+        assert_eq!(cents("0.09", rate), (0, "0".into()));
+        assert_eq!(cents("-5", rate), (0, "0".into()));
+        // A rate that does not divide a cent evenly: never more than asked.
+        let odd = CreditRate::parse("0.03").unwrap();
+        assert_eq!(cents("10", odd), (30, "10".into()));
+        assert_eq!(cents("10.5", odd), (31, "10.333334".into()));
+    }
 
     #[test]
     fn parses_and_prints_credit_strings() {

@@ -16,8 +16,6 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
-use rust_decimal::prelude::ToPrimitive;
-use rust_decimal::Decimal;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -221,21 +219,6 @@ fn org_account(tx: &mut WriteTx<'_>, org_id: &str, kind: AccountKind) -> Service
     Ok(ledger::ensure_account(tx, OwnerType::Org, org_id, kind, None)?)
 }
 
-/// The USD cents of `amount` credits (rounded down) and the credits those
-/// cents are worth (rounded up to the micro-credit, so never more than
-/// `amount`): the sub-cent rest stays available.
-pub fn to_cents(amount: Credits, usd_per_credit: Decimal) -> (i64, Credits) {
-    let cents = (amount.to_decimal() * usd_per_credit * Decimal::ONE_HUNDRED).floor().to_i64().unwrap_or(0);
-    if cents <= 0 {
-        return (0, Credits::ZERO);
-    }
-    let micros = (Decimal::from(cents) * Decimal::from(1_000_000) / (usd_per_credit * Decimal::ONE_HUNDRED))
-        .ceil()
-        .to_i64()
-        .unwrap_or(0);
-    (cents, Credits::from_micros(micros.min(amount.micros())))
-}
-
 fn load(conn: &mut DbConn, id: &str) -> ServiceResult<PayoutRow> {
     payouts::table
         .find(id)
@@ -340,7 +323,8 @@ fn payable(ctx: &Ctx, amount: Credits, available: Credits) -> ServiceResult<(i64
             message: format!("{amount} credits requested but {available} available"),
         });
     }
-    let (cents, moved) = to_cents(amount, ctx.settings.credit_rate.usd_per_credit());
+    let (cents, moved) = amount.to_whole_cents(ctx.settings.credit_rate);
+    let cents = cents.cents();
     if cents <= 0 {
         return Err(ServiceError::Refused {
             kind: ErrorCode::BelowMinimumWithdrawal,
@@ -703,27 +687,4 @@ pub fn list_payouts(
 /// not configured, so recovery cannot send it either).
 pub fn view_of(tx: &mut WriteTx<'_>, id: &str) -> ServiceResult<Outcome<Payout>> {
     Ok(view(load(tx, id)?).into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cents_round_down_and_the_rest_stays() {
-        let rate = Decimal::new(10, 2);
-        let (cents, moved) = to_cents(Credits::parse("100.05").unwrap(), rate);
-        assert_eq!((cents, moved.to_string().as_str()), (1000, "100"));
-        let (cents, moved) = to_cents(Credits::parse("100.123456").unwrap(), rate);
-        assert_eq!((cents, moved.to_string().as_str()), (1001, "100.1"));
-        assert_eq!(to_cents(Credits::parse("0.09").unwrap(), rate).0, 0);
-        // A rate that does not divide a cent evenly: never more than asked.
-        let odd = Decimal::new(3, 2);
-        let (cents, moved) = to_cents(Credits::parse("10").unwrap(), odd);
-        assert_eq!(cents, 30);
-        assert_eq!(moved, Credits::parse("10").unwrap());
-        let (cents, moved) = to_cents(Credits::parse("10.5").unwrap(), odd);
-        assert_eq!(cents, 31);
-        assert_eq!(moved.micros(), 10_333_334);
-    }
 }
