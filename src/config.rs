@@ -28,6 +28,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("TALLY_IDEMPOTENCY_TTL", Some("24h")),
     ("TALLY_TEST_IDEMPOTENCY_TTL", None),
     ("TALLY_SETTLEMENT_SWEEP", Some("5s")),
+    ("TALLY_HOLD_MAX", Some("24h")),
     ("TALLY_IDEMPOTENCY_LEASE", Some("30s")),
     ("TALLY_WORKERS", None),
     ("TALLY_LOG_FORMAT", Some("text")),
@@ -155,8 +156,11 @@ pub struct Settings {
     /// How long a request holds its idempotency key before a retry may take
     /// it over (after a crash).
     pub idempotency_lease: Duration,
-    /// How often each instance sweeps for earnings to settle.
+    /// How often each instance sweeps for earnings to settle (and for
+    /// expired holds to release).
     pub settlement_sweep: Duration,
+    /// The longest a hold may stay open (`expires_in` at most this).
+    pub hold_max: Duration,
     pub workers: Option<usize>,
     pub log_json: bool,
     pub credit_packs: Vec<CreditPack>,
@@ -215,7 +219,7 @@ impl Settings {
             credit_packs,
             max_free_messages,
         } = raw.money()?;
-        let Timings { idempotency_ttl, idempotency_lease, settlement_sweep } = raw.timings()?;
+        let Timings { idempotency_ttl, idempotency_lease, settlement_sweep, hold_max } = raw.timings()?;
         let Stripe {
             stripe,
             stripe_webhook_secret,
@@ -241,6 +245,7 @@ impl Settings {
             idempotency_ttl,
             idempotency_lease,
             settlement_sweep,
+            hold_max,
             workers,
             log_json,
             credit_packs,
@@ -332,6 +337,7 @@ struct Timings {
     idempotency_ttl: Duration,
     idempotency_lease: Duration,
     settlement_sweep: Duration,
+    hold_max: Duration,
 }
 
 /// The Stripe keys and the URLs Stripe sends people back to.
@@ -506,7 +512,9 @@ impl<'a> Raw<'a> {
         let settlement_sweep = self
             .duration("TALLY_SETTLEMENT_SWEEP", Duration::from_secs(86_400))?
             .max(Duration::from_millis(100));
-        Ok(Timings { idempotency_ttl, idempotency_lease, settlement_sweep })
+        let hold_max =
+            self.duration("TALLY_HOLD_MAX", Duration::from_secs(7 * 86_400))?.max(Duration::from_secs(1));
+        Ok(Timings { idempotency_ttl, idempotency_lease, settlement_sweep, hold_max })
     }
 
     fn stripe(&self) -> Stripe {

@@ -27,6 +27,7 @@ use crate::error::{ErrorBody, ErrorResponse};
         (name = "models", description = "The price book"),
         (name = "agents", description = "Agents and the marketplace"),
         (name = "charges", description = "Quotes and message charges"),
+        (name = "holds", description = "Credits reserved before a message's work, captured or released after it"),
         (name = "earnings", description = "Creator earnings"),
         (name = "top-ups", description = "Credit packs and top-ups"),
         (name = "payouts", description = "Creator payouts through Stripe Connect"),

@@ -7,6 +7,7 @@ pub mod agents;
 pub mod docs;
 pub mod earnings;
 pub mod health;
+pub mod holds;
 mod json_keys;
 pub mod me;
 pub mod models;
@@ -42,6 +43,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
     orgs::configure(cfg);
     models::configure(cfg);
     agents::configure(cfg);
+    holds::configure(cfg);
     earnings::configure(cfg);
     topups::configure(cfg);
     payouts::configure(cfg);

@@ -87,6 +87,42 @@ pub fn add_spend(
     .map(|r| r.map(|r| r.value))
 }
 
+/// Takes `amount` (not negative) back off a spend counter, never below
+/// zero: what a released or smaller-than-held capture had counted.
+pub fn give_back_spend(
+    conn: &mut DbConn,
+    account_id: i64,
+    user_id: &str,
+    period: &str,
+    amount: i64,
+) -> QueryResult<()> {
+    Prepared(
+        diesel::sql_query(
+            "UPDATE spend_counters SET spent = CASE WHEN spent > $1 THEN spent - $1 ELSE 0 END \
+         WHERE account_id = $2 AND user_id = $3 AND period = $4",
+        )
+        .bind::<BigInt, _>(amount.max(0))
+        .bind::<BigInt, _>(account_id)
+        .bind::<Text, _>(user_id)
+        .bind::<Text, _>(period),
+    )
+    .execute(conn)
+    .map(|_| ())
+}
+
+/// Gives back one free message a released hold had reserved.
+pub fn give_back_free_message(conn: &mut DbConn, agent_id: &str, user_id: &str) -> QueryResult<()> {
+    Prepared(
+        diesel::sql_query(
+            "UPDATE free_message_usage SET used = used - 1 WHERE agent_id = $1 AND user_id = $2 AND used > 0",
+        )
+        .bind::<Text, _>(agent_id)
+        .bind::<Text, _>(user_id),
+    )
+    .execute(conn)
+    .map(|_| ())
+}
+
 /// What a spend counter holds (0 when untouched).
 pub fn spent(conn: &mut DbConn, account_id: i64, user_id: &str, period: &str) -> QueryResult<i64> {
     use super::schema::spend_counters as s;

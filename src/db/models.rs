@@ -4,7 +4,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::*;
-use crate::domain::{AccountKind, Credits, EntryKind, OrgRole, OwnerType, Visibility};
+use crate::domain::{AccountKind, Credits, EntryKind, HoldStatus, OrgRole, OwnerType, Visibility};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = people)]
@@ -136,6 +136,29 @@ pub struct LimitChanges {
 pub struct MemberChanges {
     pub role: Option<OrgRole>,
     pub daily_limit: Option<Option<Credits>>,
+}
+
+/// A hold (read and inserted whole).
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = holds, treat_none_as_default_value = false)]
+pub struct HoldRow {
+    pub id: String,
+    pub agent_id: String,
+    pub user_id: String,
+    pub payer_account_id: i64,
+    pub held_account_id: i64,
+    pub payer_org_id: Option<String>,
+    pub amount: Credits,
+    pub free: bool,
+    pub estimate: String,
+    pub status: HoldStatus,
+    pub expires_at: NaiveDateTime,
+    pub day_key: String,
+    pub week_key: String,
+    pub request_key: Option<String>,
+    pub charge_id: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub finished_at: Option<NaiveDateTime>,
 }
 
 /// A posting with its entry, as a wallet's history shows it.

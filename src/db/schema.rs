@@ -141,6 +141,31 @@ diesel::table! {
         provider_cost_micro_usd -> BigInt,
         entry_id -> BigInt,
         created_at -> Timestamp,
+        hold_id -> Nullable<Text>,
+        held -> BigInt,
+        uncollected -> BigInt,
+    }
+}
+
+diesel::table! {
+    holds (id) {
+        id -> Text,
+        agent_id -> Text,
+        user_id -> Text,
+        payer_account_id -> BigInt,
+        held_account_id -> BigInt,
+        payer_org_id -> Nullable<Text>,
+        amount -> BigInt,
+        free -> Bool,
+        estimate -> Text,
+        status -> Text,
+        expires_at -> Timestamp,
+        day_key -> Text,
+        week_key -> Text,
+        request_key -> Nullable<Text>,
+        charge_id -> Nullable<Text>,
+        created_at -> Timestamp,
+        finished_at -> Nullable<Timestamp>,
     }
 }
 
@@ -302,4 +327,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     plan_grants,
     subscriptions,
     wallet_audit,
+    holds,
 );

@@ -14,7 +14,7 @@ use diesel::sql_types::{BigInt, Text};
 use diesel::sqlite::Sqlite;
 
 use super::MultiBackend;
-use crate::domain::{AccountKind, Credits, EntryKind, OrgRole, OwnerType, Visibility};
+use crate::domain::{AccountKind, Credits, EntryKind, HoldStatus, OrgRole, OwnerType, Visibility};
 
 type RawValue<'a> = <MultiBackend as Backend>::RawValue<'a>;
 
@@ -88,4 +88,4 @@ macro_rules! text_enum {
     };
 }
 
-text_enum!(OwnerType, AccountKind, EntryKind, OrgRole, Visibility);
+text_enum!(OwnerType, AccountKind, EntryKind, HoldStatus, OrgRole, Visibility);

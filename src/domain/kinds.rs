@@ -52,10 +52,14 @@ pub enum AccountKind {
     BonusExpense,
     Adjustments,
     Payouts,
+    /// A wallet's reserved credits: what its open holds took out of it.
+    Held,
+    /// What captured holds could not collect from their wallets.
+    UncollectedExpense,
 }
 
 impl AccountKind {
-    pub const ALL: [AccountKind; 11] = [
+    pub const ALL: [AccountKind; 13] = [
         AccountKind::Wallet,
         AccountKind::EarningsPending,
         AccountKind::EarningsAvailable,
@@ -67,6 +71,8 @@ impl AccountKind {
         AccountKind::BonusExpense,
         AccountKind::Adjustments,
         AccountKind::Payouts,
+        AccountKind::Held,
+        AccountKind::UncollectedExpense,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +88,8 @@ impl AccountKind {
             AccountKind::BonusExpense => "bonus_expense",
             AccountKind::Adjustments => "adjustments",
             AccountKind::Payouts => "payouts",
+            AccountKind::Held => "held",
+            AccountKind::UncollectedExpense => "uncollected_expense",
         }
     }
 
@@ -91,7 +99,13 @@ impl AccountKind {
     /// earnings credited by every charge of a popular agent) keep none: their
     /// balance is the sum of their postings, so no charge queues on them.
     pub fn keeps_cached_balance(self) -> bool {
-        matches!(self, AccountKind::Wallet | AccountKind::EarningsAvailable | AccountKind::EarningsInPayout)
+        matches!(
+            self,
+            AccountKind::Wallet
+                | AccountKind::Held
+                | AccountKind::EarningsAvailable
+                | AccountKind::EarningsInPayout
+        )
     }
 
     /// Accounts that may never be below zero (a wallet may only after a
@@ -100,6 +114,7 @@ impl AccountKind {
         matches!(
             self,
             AccountKind::Wallet
+                | AccountKind::Held
                 | AccountKind::EarningsPending
                 | AccountKind::EarningsAvailable
                 | AccountKind::EarningsInPayout
@@ -146,10 +161,12 @@ pub enum EntryKind {
     Payout,
     PayoutPaid,
     PayoutReversal,
+    Hold,
+    HoldRelease,
 }
 
 impl EntryKind {
-    pub const ALL: [EntryKind; 11] = [
+    pub const ALL: [EntryKind; 13] = [
         EntryKind::Adjustment,
         EntryKind::Charge,
         EntryKind::FreeMessage,
@@ -161,6 +178,8 @@ impl EntryKind {
         EntryKind::Payout,
         EntryKind::PayoutPaid,
         EntryKind::PayoutReversal,
+        EntryKind::Hold,
+        EntryKind::HoldRelease,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -176,6 +195,8 @@ impl EntryKind {
             EntryKind::Payout => "payout",
             EntryKind::PayoutPaid => "payout_paid",
             EntryKind::PayoutReversal => "payout_reversal",
+            EntryKind::Hold => "hold",
+            EntryKind::HoldRelease => "hold_release",
         }
     }
 }
@@ -187,6 +208,41 @@ impl FromStr for EntryKind {
             .into_iter()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| format!("unknown transaction type '{s}'"))
+    }
+}
+
+/// Where a hold is: `open` until exactly one of capture, release or expiry
+/// ends it.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, utoipa::ToSchema, diesel::AsExpression, diesel::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::Text)]
+#[schema(rename_all = "snake_case")]
+pub enum HoldStatus {
+    Open,
+    Captured,
+    Released,
+    Expired,
+}
+
+impl HoldStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldStatus::Open => "open",
+            HoldStatus::Captured => "captured",
+            HoldStatus::Released => "released",
+            HoldStatus::Expired => "expired",
+        }
+    }
+}
+
+impl FromStr for HoldStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [HoldStatus::Open, HoldStatus::Captured, HoldStatus::Released, HoldStatus::Expired]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown hold status '{s}'"))
     }
 }
 

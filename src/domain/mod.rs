@@ -11,5 +11,5 @@ pub mod pricing;
 pub mod text;
 
 pub use entry::{EntryError, Leg};
-pub use kinds::{AccountKind, EntryKind, OrgRole, OwnerType, Visibility};
+pub use kinds::{AccountKind, EntryKind, HoldStatus, OrgRole, OwnerType, Visibility};
 pub use money::{AmountError, CreditRate, CreditTotal, Credits, UsdCents};

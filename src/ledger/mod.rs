@@ -333,6 +333,7 @@ pub struct PlatformAccounts {
     pub bonus_expense: AccountRef,
     pub adjustments: AccountRef,
     pub payouts: AccountRef,
+    pub uncollected_expense: AccountRef,
 }
 
 impl PlatformAccounts {
@@ -346,6 +347,7 @@ impl PlatformAccounts {
             bonus_expense: get(AccountKind::BonusExpense)?,
             adjustments: get(AccountKind::Adjustments)?,
             payouts: get(AccountKind::Payouts)?,
+            uncollected_expense: get(AccountKind::UncollectedExpense)?,
         })
     }
 }

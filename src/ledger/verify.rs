@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::db::{self, sums, DbConn};
-use crate::domain::{CreditTotal, Credits};
+use crate::domain::{AccountKind, CreditTotal, Credits};
 
 /// At most this many breaches of one check are listed.
 const MAX_LISTED: i64 = 100;
@@ -154,8 +154,13 @@ fn count(conn: &mut DbConn, sql: &str) -> QueryResult<i64> {
     Ok(diesel::sql_query(sql).get_result::<Count>(conn)?.n)
 }
 
-const CACHED_KINDS: &str = "('wallet', 'earnings_available', 'earnings_in_payout')";
-const NON_NEGATIVE_KINDS: &str = "('wallet', 'earnings_pending', 'earnings_available', 'earnings_in_payout')";
+/// The SQL list of the account kinds `rule` picks, e.g. `('wallet', 'held')`:
+/// derived from the kinds, so a new kind cannot be forgotten here.
+fn kinds_where(rule: fn(AccountKind) -> bool) -> String {
+    let names: Vec<String> =
+        AccountKind::ALL.into_iter().filter(|k| rule(*k)).map(|k| format!("'{}'", k.as_str())).collect();
+    format!("({})", names.join(", "))
+}
 
 /// One check of the ledger: adds what it finds to the report.
 type Check = fn(&mut DbConn, &mut VerifyReport) -> QueryResult<()>;
@@ -169,6 +174,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("no_negative_balances", no_negative_balances),
     ("top_ups_not_over_reversed", top_ups_not_over_reversed),
     ("one_entry_per_request", one_entry_per_request),
+    ("held_matches_open_holds", held_matches_open_holds),
 ];
 
 /// Checks every invariant; read-only, on one snapshot of the database.
@@ -277,8 +283,9 @@ fn cached_balances(conn: &mut DbConn, report: &mut VerifyReport) -> QueryResult<
         conn,
         &format!(
             "SELECT COUNT(*) AS n FROM accounts WHERE \
-             (balance IS NULL AND kind IN {CACHED_KINDS}) OR \
-             (balance IS NOT NULL AND kind NOT IN {CACHED_KINDS})"
+             (balance IS NULL AND kind IN {cached}) OR \
+             (balance IS NOT NULL AND kind NOT IN {cached})",
+            cached = kinds_where(AccountKind::keeps_cached_balance)
         ),
     )?;
     if misconfigured > 0 {
@@ -362,12 +369,13 @@ fn no_negative_balances(conn: &mut DbConn, report: &mut VerifyReport) -> QueryRe
                         WHERE p2.account_id = a.id AND e.kind IN ('refund', 'dispute')) AS reversed, \
                 {} \
          FROM accounts a JOIN postings p ON p.account_id = a.id \
-         WHERE a.kind IN {NON_NEGATIVE_KINDS} \
+         WHERE a.kind IN {non_negative} \
          GROUP BY a.id, a.kind, a.frozen \
          HAVING {} \
          ORDER BY a.id LIMIT {MAX_LISTED}",
         sums::select("p.amount", "actual"),
         sums::is_negative("p.amount"),
+        non_negative = kinds_where(AccountKind::must_stay_non_negative),
     ))
     .load(conn)?;
     for a in negative {
@@ -442,6 +450,43 @@ fn one_entry_per_request(conn: &mut DbConn, report: &mut VerifyReport) -> QueryR
             invariant: 4,
             check: "duplicate_request".into(),
             detail: format!("request {} wrote {} entries", d.request_key, d.n),
+        });
+    }
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct HeldCheck {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = BigInt)]
+    cached: i64,
+    #[diesel(sql_type = BigInt)]
+    open: i64,
+}
+
+/// Invariant 2: each wallet's held account holds exactly what its open holds
+/// reserved.
+fn held_matches_open_holds(conn: &mut DbConn, report: &mut VerifyReport) -> QueryResult<()> {
+    let wrong: Vec<HeldCheck> = diesel::sql_query(format!(
+        "SELECT id, cached, open FROM ( \
+           SELECT a.id, COALESCE(a.balance, 0) AS cached, \
+                  (SELECT CAST(COALESCE(SUM(h.amount), 0) AS BIGINT) FROM holds h \
+                   WHERE h.held_account_id = a.id AND h.status = 'open') AS open \
+           FROM accounts a WHERE a.kind = 'held') x \
+         WHERE cached <> open ORDER BY id LIMIT {MAX_LISTED}"
+    ))
+    .load(conn)?;
+    for h in wrong {
+        report.breaches.push(Breach {
+            invariant: 2,
+            check: "held_not_open_holds".into(),
+            detail: format!(
+                "held account {} holds {} credits but its open holds reserve {}",
+                h.id,
+                Credits::from_micros(h.cached),
+                Credits::from_micros(h.open)
+            ),
         });
     }
     Ok(())

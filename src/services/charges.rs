@@ -108,16 +108,25 @@ pub struct Quote {
 }
 
 /// Who pays: the wallet row, the paying organization and the member's limit.
-struct Payer {
-    wallet: AccountRow,
-    org_id: Option<String>,
-    member_daily_limit: Option<Credits>,
+pub(super) struct Payer {
+    pub wallet: AccountRow,
+    pub org_id: Option<String>,
+    pub member_daily_limit: Option<Credits>,
+}
+
+impl Payer {
+    pub fn wallet_ref(&self) -> AccountRef {
+        AccountRef { id: self.wallet.id, kind: AccountKind::Wallet }
+    }
 }
 
 /// Loads an agent with its model row (prices now) and the id of the creator
 /// organization's pending earnings account if it exists yet: one query
 /// instead of two per charge.
-fn load_priced(conn: &mut DbConn, agent_id: &str) -> ServiceResult<(AgentRow, ModelRow, Option<i64>)> {
+pub(super) fn load_priced(
+    conn: &mut DbConn,
+    agent_id: &str,
+) -> ServiceResult<(AgentRow, ModelRow, Option<i64>)> {
     use crate::db::schema::agents as a;
     a::table
         .inner_join(models_table::table)
@@ -141,7 +150,7 @@ fn org_wallet(conn: &mut DbConn, org_id: &str) -> ServiceResult<AccountRow> {
 
 /// The payer (a person's wallet is made on first sight: inside a charge's
 /// transaction, in a savepoint of it).
-fn resolve_payer(conn: &mut DbConn, user_id: &str, org_id: Option<&str>) -> ServiceResult<Payer> {
+pub(super) fn resolve_payer(conn: &mut DbConn, user_id: &str, org_id: Option<&str>) -> ServiceResult<Payer> {
     match org_id {
         Some(org_id) => {
             role_in(conn, org_id, user_id)?;
@@ -224,8 +233,13 @@ pub fn quote(
 }
 
 /// Refuses the charge when a spend limit would be passed.
-fn count_spend(tx: &mut WriteTx<'_>, payer: &Payer, user_id: &str, amount: Credits) -> ServiceResult<()> {
-    let now = db::now();
+pub(super) fn count_spend(
+    tx: &mut WriteTx<'_>,
+    payer: &Payer,
+    user_id: &str,
+    amount: Credits,
+    now: chrono::NaiveDateTime,
+) -> ServiceResult<()> {
     let wallet = &payer.wallet;
     let checks: [(Period, &str, Option<Credits>, &str); 3] = [
         (Period::Day, "", wallet.daily_limit, "the wallet's daily spend limit"),
@@ -329,7 +343,7 @@ pub fn create_charge(
     };
     record_charge(tx, ctx, &row)?;
     if !free && !total.is_zero() {
-        count_spend(tx, &payer, user_id, total)?;
+        count_spend(tx, &payer, user_id, total, db::now())?;
     }
     let posted = entry.post(tx).map_err(|e| ServiceError::from_ledger(e, &wallet_id))?;
     let leg = posted

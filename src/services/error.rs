@@ -75,6 +75,8 @@ pub enum ErrorCode {
     PaymentProviderUnavailable,
     /// The database is busy or unreachable; retry (503, with `Retry-After`).
     ServiceUnavailable,
+    /// The hold was already captured, released or has expired (409).
+    HoldNotOpen,
     /// A fault of tally's, logged with the request id (500).
     InternalError,
 }
@@ -115,6 +117,7 @@ impl ErrorCode {
             ErrorCode::SubscriptionsUnavailable => "subscriptions_unavailable",
             ErrorCode::PaymentProviderUnavailable => "payment_provider_unavailable",
             ErrorCode::ServiceUnavailable => "service_unavailable",
+            ErrorCode::HoldNotOpen => "hold_not_open",
             ErrorCode::InternalError => "internal_error",
         }
     }

@@ -48,6 +48,10 @@ pub struct TransactionReferences {
     pub payout_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adjustment_id: Option<String>,
+    /// The hold that reserved (or released) the credits, or that a charge
+    /// captured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_id: Option<String>,
 }
 
 /// One movement on an account.

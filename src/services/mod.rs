@@ -7,6 +7,7 @@ pub mod charges;
 pub mod earnings;
 mod error;
 pub mod history;
+pub mod holds;
 pub mod idempotency;
 pub mod models;
 pub mod names;

@@ -27,9 +27,16 @@ pub struct Wallet {
     pub owner_type: String,
     /// The person's id or the organization's id.
     pub owner_id: String,
-    /// Credits held (may be negative only after a refund or dispute, when frozen).
+    /// All the wallet's credits: `available` plus `held` (may be negative
+    /// only after a refund or dispute, when frozen).
     #[schema(value_type = String, example = "48.7")]
     pub balance: Credits,
+    /// Credits reserved by open holds.
+    #[schema(value_type = String, example = "0")]
+    pub held: Credits,
+    /// What can be spent or held now: `balance` minus `held`.
+    #[schema(value_type = String, example = "48.7")]
+    pub available: Credits,
     /// The balance's value in USD, rounded down to the cent.
     #[schema(value_type = String, example = "4.87")]
     pub usd_value: UsdCents,
@@ -105,7 +112,11 @@ pub fn load_for(
 
 /// The wallet as shown, with its spend-limit state.
 pub fn view(conn: &mut DbConn, ctx: &Ctx, row: &AccountRow) -> ServiceResult<Wallet> {
-    let balance = row.balance.unwrap_or(Credits::ZERO);
+    let available = row.balance.unwrap_or(Credits::ZERO);
+    let held = db::accounts::account_of(conn, row.owner_type, &row.owner_id, AccountKind::Held)?
+        .and_then(|h| h.balance)
+        .unwrap_or(Credits::ZERO);
+    let balance = available.checked_add(held).ok_or_else(ServiceError::out_of_range)?;
     let now = db::now();
     let spent_today = Credits::from_micros(counters::spent(conn, row.id, "", &Period::Day.key(now))?);
     let spent_this_week = Credits::from_micros(counters::spent(conn, row.id, "", &Period::Week.key(now))?);
@@ -121,6 +132,8 @@ pub fn view(conn: &mut DbConn, ctx: &Ctx, row: &AccountRow) -> ServiceResult<Wal
         owner_type: row.owner_type.as_str().to_string(),
         owner_id: row.owner_id.clone(),
         balance,
+        held,
+        available,
         usd_value: balance.to_usd_floor(ctx.settings.credit_rate),
         frozen: row.frozen,
         daily_limit: row.daily_limit,

@@ -7,6 +7,7 @@ mod auth;
 mod charges;
 mod cli;
 mod gate;
+mod holds;
 mod idempotency;
 mod input;
 mod ledger;

@@ -1,0 +1,166 @@
+//! Holds: reserve credits before a message's work, capture or release after.
+
+use actix_web::http::StatusCode;
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_actix_web::service_config::ServiceConfig;
+
+use super::{run, run_idempotent, AppState, JsonBody};
+use crate::auth::AuthUser;
+use crate::domain::Credits;
+use crate::error::{ApiError, ErrorResponse};
+use crate::services::charges;
+use crate::services::holds::{self, Estimate, Hold, NewHold};
+
+pub fn configure(cfg: &mut ServiceConfig) {
+    cfg.service(create_hold).service(get_hold).service(release_hold);
+}
+
+/// What a hold reserves.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoldEstimate {
+    /// Reserve exactly this many credits (not negative).
+    #[schema(value_type = String, example = "2.5")]
+    pub amount: Credits,
+}
+
+/// A new hold.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateHoldRequest {
+    /// Reserve on this organization's wallet (the person must be a member).
+    pub org_id: Option<String>,
+    /// Service tokens only: the person the message is for.
+    #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]{1,255}$")]
+    pub user_id: Option<String>,
+    pub estimate: HoldEstimate,
+    /// Seconds until the hold expires and is released by itself: 1 to
+    /// `TALLY_HOLD_MAX` (24 h by default); 900 when absent.
+    #[schema(minimum = 1, maximum = 86400)]
+    pub expires_in: Option<u64>,
+}
+
+/// Reserve credits
+///
+/// Moves the estimate from the wallet's available balance to its held
+/// credits, counting it against the spend limits, and reserves one of the
+/// person's free messages on the agent if any is left. Capture it with the
+/// real usage after the work, or release it if the work failed; an open
+/// hold past `expires_at` is released by itself. Requires
+/// `Idempotency-Key`.
+#[utoipa::path(
+    tag = "holds",
+    params(
+        ("agent_id" = String, Path, description = "The agent's `agt_` id"),
+        ("Idempotency-Key" = String, Header, pattern = r"^[!-~]{1,255}$", description = "Unique per hold; a retry with the same key and body replays the first response"),
+    ),
+    request_body = CreateHoldRequest,
+    responses(
+        (status = 201, description = "The hold", body = Hold,
+            headers(("X-Balance-Remaining" = String, description = "The wallet's available balance after the hold"))),
+        (status = 400, description = "Malformed JSON or missing Idempotency-Key", body = ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 402, description = "The wallet's available balance does not cover the estimate (`wallet_id` names it)", body = ErrorResponse),
+        (status = 403, description = "The wallet is frozen, or user_id without a service token", body = ErrorResponse),
+        (status = 404, description = "No such agent or organization (or not visible to the caller)", body = ErrorResponse),
+        (status = 409, description = "A request with this key is in flight", body = ErrorResponse),
+        (status = 422, description = "Invalid body (a negative amount, expires_in out of range), or the key was used with another body", body = ErrorResponse),
+        (status = 429, description = "A spend limit would be passed; see Retry-After", body = ErrorResponse,
+            headers(("Retry-After" = String, description = "Seconds until the limit's period ends"))),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/agents/{agent_id}/holds")]
+pub async fn create_hold(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    user: AuthUser,
+    path: web::Path<String>,
+    body: JsonBody<CreateHoldRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = user.caller();
+    let JsonBody { value, raw } = body;
+    let input = NewHold {
+        agent_id: path.into_inner(),
+        user_id: charges::charged_person(&caller, value.user_id.as_deref())?,
+        org_id: value.org_id,
+        estimate: Estimate::Amount(value.estimate.amount),
+        expires_in: value.expires_in,
+    };
+    run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {
+        holds::create_hold(tx, ctx, &input, key)
+    })
+    .await
+}
+
+/// Get a hold
+///
+/// The person it is for, an owner or admin of the paying organization, a
+/// service token or an operator.
+#[utoipa::path(
+    tag = "holds",
+    params(("hold_id" = String, Path, description = "The hold's `hld_` id")),
+    responses(
+        (status = 200, description = "The hold", body = Hold),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 404, description = "No such hold, or not visible to the caller", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/holds/{hold_id}")]
+pub async fn get_hold(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = user.caller();
+    let id = path.into_inner();
+    let hold = run(&state, move |conn, _| holds::get_hold(conn, &caller, &id)).await?;
+    Ok(HttpResponse::Ok().json(hold))
+}
+
+/// Release a hold
+///
+/// Nothing is charged: the reserved credits go back to the wallet's
+/// available balance, the spend limits get back what the hold counted, and
+/// a reserved free message is given back. Requires `Idempotency-Key`.
+#[utoipa::path(
+    tag = "holds",
+    params(
+        ("hold_id" = String, Path, description = "The hold's `hld_` id"),
+        ("Idempotency-Key" = String, Header, pattern = r"^[!-~]{1,255}$", description = "A retry with the same key replays the first response"),
+    ),
+    responses(
+        (status = 200, description = "The released hold", body = Hold,
+            headers(("X-Balance-Remaining" = String, description = "The wallet's available balance after the release"))),
+        (status = 400, description = "Missing Idempotency-Key", body = ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 403, description = "Not the person the hold is for (nor a service token)", body = ErrorResponse),
+        (status = 404, description = "No such hold, or not visible to the caller", body = ErrorResponse),
+        (status = 409, description = "`hold_not_open`: already captured, released or expired; or a request with this key is in flight", body = ErrorResponse),
+        (status = 422, description = "The key was used with another request", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/holds/{hold_id}/release")]
+pub async fn release_hold(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    user: AuthUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = user.caller();
+    let id = path.into_inner();
+    let who = caller.clone();
+    run_idempotent(
+        &state,
+        &req,
+        &caller,
+        &serde_json::json!({ "release": id }),
+        StatusCode::OK,
+        move |tx, _, _| holds::release_hold(tx, &who, &id),
+    )
+    .await
+}
