@@ -24,6 +24,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("TALLY_MIN_WITHDRAWAL", Some("100")),
     ("TALLY_MAX_FREE_MESSAGES", Some("100")),
     ("TALLY_DB_POOL_SIZE", Some("16")),
+    ("TALLY_MAX_CONCURRENT_EXPORTS", Some("4")),
     ("TALLY_SQLITE_SYNCHRONOUS", Some("FULL")),
     ("TALLY_IDEMPOTENCY_TTL", Some("24h")),
     ("TALLY_TEST_IDEMPOTENCY_TTL", None),
@@ -149,6 +150,11 @@ pub struct Settings {
     /// The most free messages per person an agent may give (on public agents only).
     pub max_free_messages: i32,
     pub pool_size: u32,
+    /// The most CSV exports one instance streams at once (1 to
+    /// [`MAX_CONCURRENT_EXPORTS`]); each holds a pooled connection only
+    /// while it reads a page, so at most this many connections are busy
+    /// with exports at any moment.
+    pub max_concurrent_exports: usize,
     pub sqlite_synchronous_full: bool,
     /// How long idempotency keys are kept: at least 24 h, unless set by
     /// `TALLY_TEST_IDEMPOTENCY_TTL` (tests only).
@@ -209,7 +215,7 @@ impl Settings {
     pub fn from_values(values: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
         let raw = Raw::new(values)?;
         let Database { database, pool_size, sqlite_synchronous_full } = raw.database()?;
-        let Server { bind, workers, log_json } = raw.server()?;
+        let Server { bind, workers, log_json, max_concurrent_exports } = raw.server()?;
         let jwt = raw.jwt()?;
         let Money {
             credit_rate,
@@ -241,6 +247,7 @@ impl Settings {
             min_withdrawal,
             max_free_messages,
             pool_size,
+            max_concurrent_exports,
             sqlite_synchronous_full,
             idempotency_ttl,
             idempotency_lease,
@@ -304,15 +311,20 @@ impl Settings {
 /// charge would fail computing when its earnings settle).
 const YEAR: Duration = Duration::from_secs(365 * 86_400);
 
+/// The highest `TALLY_MAX_CONCURRENT_EXPORTS`: more exports at once than
+/// this would only share the same cores and connections more thinly.
+pub const MAX_CONCURRENT_EXPORTS: usize = 64;
+
 /// The settings read so far, by key: trimmed, empty as unset, defaults from
 /// [`KEYS`] filled in.
 struct Raw<'a>(&'a BTreeMap<String, String>);
 
-/// `TALLY_BIND`, `TALLY_WORKERS`, `TALLY_LOG_FORMAT`.
+/// `TALLY_BIND`, `TALLY_WORKERS`, `TALLY_LOG_FORMAT`, `TALLY_MAX_CONCURRENT_EXPORTS`.
 struct Server {
     bind: String,
     workers: Option<usize>,
     log_json: bool,
+    max_concurrent_exports: usize,
 }
 
 /// `DATABASE_URL`, `TALLY_DB_POOL_SIZE`, `TALLY_SQLITE_SYNCHRONOUS`.
@@ -417,7 +429,18 @@ impl<'a> Raw<'a> {
             "json" => true,
             other => return Err(bad("TALLY_LOG_FORMAT", format!("'{other}' is not text or json"))),
         };
-        Ok(Server { bind, workers, log_json })
+        let exports_text = self.text("TALLY_MAX_CONCURRENT_EXPORTS");
+        let max_concurrent_exports = exports_text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_CONCURRENT_EXPORTS).contains(n))
+            .ok_or_else(|| {
+                bad(
+                    "TALLY_MAX_CONCURRENT_EXPORTS",
+                    format!("'{exports_text}' is not 1 to {MAX_CONCURRENT_EXPORTS}"),
+                )
+            })?;
+        Ok(Server { bind, workers, log_json, max_concurrent_exports })
     }
 
     fn database(&self) -> Result<Database, ConfigError> {
@@ -581,6 +604,7 @@ mod tests {
         assert_eq!(s.earnings_hold, Duration::from_secs(86_400));
         assert_eq!(s.min_withdrawal, Credits::whole(100));
         assert_eq!(s.max_free_messages, 100);
+        assert_eq!(s.max_concurrent_exports, 4);
         assert_eq!(s.marketplace_share.to_string(), "0.30");
         assert!(s.stripe.is_none());
         assert!(s.require_jwt().unwrap_err().0.contains("TALLY_JWT_SECRET"));
@@ -628,6 +652,7 @@ mod tests {
             ("TALLY_EARNINGS_HOLD", "2h"),
             ("TALLY_MIN_WITHDRAWAL", "7.5"),
             ("TALLY_DB_POOL_SIZE", "3"),
+            ("TALLY_MAX_CONCURRENT_EXPORTS", "2"),
             ("TALLY_SQLITE_SYNCHRONOUS", "normal"),
             ("TALLY_IDEMPOTENCY_TTL", "48h"),
             ("TALLY_SETTLEMENT_SWEEP", "10ms"),
@@ -657,6 +682,7 @@ mod tests {
         assert_eq!(s.earnings_hold, Duration::from_secs(7200));
         assert_eq!(s.min_withdrawal, Credits::parse("7.5").unwrap());
         assert_eq!(s.pool_size, 3);
+        assert_eq!(s.max_concurrent_exports, 2);
         assert!(!s.sqlite_synchronous_full);
         assert_eq!(s.idempotency_ttl, Duration::from_secs(48 * 3600));
         assert_eq!(s.settlement_sweep, Duration::from_millis(100), "at least 100ms");
@@ -691,6 +717,13 @@ mod tests {
         assert!(err.to_string().contains("unknown setting"), "{err}");
         let err = Settings::from_values(&values(&[("TALLY_MAX_FREE_MESSAGES", "1000001")])).unwrap_err();
         assert!(err.to_string().contains("TALLY_MAX_FREE_MESSAGES"), "{err}");
+        for exports in ["0", "65", "-1", "many"] {
+            let err =
+                Settings::from_values(&values(&[("TALLY_MAX_CONCURRENT_EXPORTS", exports)])).unwrap_err();
+            assert!(err.to_string().contains("TALLY_MAX_CONCURRENT_EXPORTS"), "{err}");
+        }
+        let ok = Settings::from_values(&values(&[("TALLY_MAX_CONCURRENT_EXPORTS", "64")])).unwrap();
+        assert_eq!(ok.max_concurrent_exports, 64);
         let ok = Settings::from_values(&values(&[("TALLY_EARNINGS_HOLD", "0s")])).unwrap();
         assert_eq!(ok.earnings_hold, Duration::ZERO);
     }

@@ -63,7 +63,15 @@ pub fn runtime(
     };
     let write_gate =
         db::pool_write_gate(&pool).map_err(|e| format!("cannot get a database connection: {e}"))?;
-    Ok(AppState { pool, ctx: Ctx { settings: Arc::new(settings), platform }, gateway, metrics, write_gate })
+    let exports = crate::flows::exports::ExportSlots::new(settings.max_concurrent_exports);
+    Ok(AppState {
+        pool,
+        ctx: Ctx { settings: Arc::new(settings), platform },
+        gateway,
+        metrics,
+        write_gate,
+        exports,
+    })
 }
 
 pub struct Application {

@@ -2,6 +2,7 @@
 
 use actix_web::http::header;
 use actix_web::{get, patch, web, HttpResponse};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
@@ -196,8 +197,12 @@ pub async fn list_wallet_transactions(
 
 /// Export wallet transactions as CSV
 ///
-/// Every transaction matching the filters, newest first. The owner, or an
-/// owner or admin of the owning organization.
+/// Every transaction matching the filters, newest first, streamed a page
+/// at a time (not one snapshot: a movement made during the export appears
+/// at most once, never twice). Cells that a spreadsheet would run as a
+/// formula (text beginning with `=`, `+`, `-`, `@`, tab or CR) start with
+/// `'`. The owner, or an owner or admin of the owning organization. A few
+/// exports run at once per instance; beyond that, 429 with `Retry-After`.
 #[utoipa::path(
     tag = "wallets",
     params(("wallet_id" = String, Path, description = "The wallet's `wal_` id"), ExportQuery),
@@ -207,6 +212,9 @@ pub async fn list_wallet_transactions(
         (status = 403, description = "A plain member of the owning organization", body = ErrorResponse),
         (status = 404, description = "No such wallet, or not the caller's", body = ErrorResponse),
         (status = 422, description = "Invalid filter", body = ErrorResponse),
+        (status = 429, description = "As many exports as this instance allows are running (`too_many_exports`); retry after `Retry-After` seconds",
+            body = ErrorResponse,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
     security(("bearer" = []))
 )]
@@ -221,9 +229,9 @@ pub async fn export_wallet_transactions(
     let wallet_id = path.into_inner();
     let q = query.to_history()?;
     let filename = format!("attachment; filename=\"{wallet_id}-transactions.csv\"");
-    let csv = run(&state, move |conn, _| wallets::export_transactions(conn, &caller, &wallet_id, &q)).await?;
+    let csv = crate::flows::exports::wallet_history(&state, caller, wallet_id, q).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/csv; charset=utf-8"))
         .insert_header((header::CONTENT_DISPOSITION, filename))
-        .body(csv))
+        .streaming(csv.map(|chunk| chunk.map(web::Bytes::from))))
 }

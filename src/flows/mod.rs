@@ -5,6 +5,7 @@
 //! file; it calls services for the database work and [`PaymentGateway`]
 //! for Stripe, and knows nothing of HTTP.
 
+pub mod exports;
 pub mod gateway;
 pub mod maintenance;
 pub mod payouts;
@@ -35,6 +36,8 @@ pub struct Runtime {
     /// SQLite: the pool's write gate, where writers wait before they take a
     /// connection.
     pub write_gate: Option<Arc<WriteGate>>,
+    /// How many CSV exports may run at once, and whose page is read now.
+    pub exports: exports::ExportSlots,
 }
 
 impl Runtime {

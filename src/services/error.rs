@@ -36,6 +36,9 @@ pub enum ErrorCode {
     IdempotencyKeyReused,
     /// A request with this key is still running (409, with `Retry-After`).
     IdempotencyRequestInFlight,
+    /// As many CSV exports as the instance allows are running (429, with
+    /// `Retry-After`).
+    TooManyExports,
     /// The person is already a member (409).
     AlreadyMember,
     /// The organization would have no owner left (409).
@@ -98,6 +101,7 @@ impl ErrorCode {
             ErrorCode::SpendLimitExceeded => "spend_limit_exceeded",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::IdempotencyRequestInFlight => "idempotency_request_in_flight",
+            ErrorCode::TooManyExports => "too_many_exports",
             ErrorCode::AlreadyMember => "already_member",
             ErrorCode::LastOwner => "last_owner",
             ErrorCode::BelowMinimumWithdrawal => "below_minimum_withdrawal",
@@ -151,6 +155,9 @@ pub enum ServiceError {
     WalletFrozen { wallet_id: String },
     #[error("{message}")]
     SpendLimitExceeded { message: String, retry_after_secs: u64 },
+    /// Too much of one kind of work is running; retry after a while (429).
+    #[error("{message}")]
+    Busy { kind: ErrorCode, message: String, retry_after_secs: u64 },
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
     #[error("a request with this Idempotency-Key is still in progress")]

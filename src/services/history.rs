@@ -1,6 +1,6 @@
 //! Transaction history of an account: newest first, keyset pagination on the
 //! posting id (stable under concurrent inserts, as fast on page 10,000 as on
-//! page 1), filters by type and time, and CSV export.
+//! page 1), filters by type and time, and CSV export a page at a time.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
@@ -144,6 +144,11 @@ pub fn list_accounts(
     if !(1..=MAX_PAGE).contains(&q.limit) {
         return Err(ServiceError::Validation(format!("limit must be 1 to {MAX_PAGE}")));
     }
+    read_page(conn, accounts, q)
+}
+
+/// A page of `q.limit` rows, whatever its size.
+fn read_page(conn: &mut DbConn, accounts: &[AccountRef], q: &HistoryQuery) -> ServiceResult<TransactionList> {
     let cursor = match &q.starting_after {
         Some(cursor) => Some(parse_transaction_id(cursor).ok_or_else(|| {
             ServiceError::Validation(format!("starting_after '{cursor}' is not a transaction id"))
@@ -206,58 +211,121 @@ fn sqlite_page(
     Ok(rows)
 }
 
-/// The whole filtered history as CSV, read page by page.
-pub fn export_csv(conn: &mut DbConn, account: AccountRef, q: &HistoryQuery) -> ServiceResult<String> {
+/// Rows per page of a CSV export: one page is read with one pooled
+/// connection, then written out; the connection goes back to the pool
+/// between pages, and memory holds one page at a time.
+pub const EXPORT_PAGE: i64 = 500;
+
+/// The columns of a CSV export.
+const EXPORT_COLUMNS: [&str; 15] = [
+    "id",
+    "type",
+    "amount",
+    "balance_after",
+    "created_at",
+    "entry_id",
+    "reverses_entry_id",
+    "actor",
+    "reason",
+    "agent_id",
+    "model",
+    "charge_id",
+    "top_up_id",
+    "pack_id",
+    "payout_id",
+];
+
+/// One page of a CSV export: its rows, and the cursor of the next page
+/// (none when the history ends here).
+pub struct ExportPage {
+    pub csv: Vec<u8>,
+    pub next: Option<String>,
+}
+
+fn csv_error(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Internal(format!("csv: {e}"))
+}
+
+/// The header row of a CSV export.
+pub fn export_header() -> ServiceResult<Vec<u8>> {
     let mut out = csv::Writer::from_writer(Vec::new());
-    let csv_err = |e: csv::Error| ServiceError::Internal(format!("csv: {e}"));
-    out.write_record([
-        "id",
-        "type",
-        "amount",
-        "balance_after",
-        "created_at",
-        "entry_id",
-        "reverses_entry_id",
-        "actor",
-        "reason",
-        "agent_id",
-        "model",
-        "charge_id",
-        "top_up_id",
-        "pack_id",
-        "payout_id",
-    ])
-    .map_err(csv_err)?;
-    let mut page = HistoryQuery { limit: MAX_PAGE, ..q.clone() };
-    loop {
-        let list = list(conn, account, &page)?;
-        for t in &list.data {
-            let r = &t.references;
-            let opt = |v: &Option<String>| v.clone().unwrap_or_default();
-            out.write_record([
-                t.id.clone(),
-                t.kind.clone(),
-                t.amount.to_string(),
-                t.balance_after.map(|b| b.to_string()).unwrap_or_default(),
-                t.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                t.entry_id.clone(),
-                opt(&t.reverses_entry_id),
-                opt(&r.actor),
-                opt(&r.reason),
-                opt(&r.agent_id),
-                opt(&r.model),
-                opt(&r.charge_id),
-                opt(&r.top_up_id),
-                opt(&r.pack_id),
-                opt(&r.payout_id),
-            ])
-            .map_err(csv_err)?;
-        }
-        match (list.has_more, list.data.last()) {
-            (true, Some(last)) => page.starting_after = Some(last.id.clone()),
-            _ => break,
+    out.write_record(EXPORT_COLUMNS).map_err(csv_error)?;
+    out.into_inner().map_err(csv_error)
+}
+
+/// A text cell as a spreadsheet shows it rather than runs it: a cell that
+/// begins with `=`, `+`, `-`, `@`, tab or carriage return is read as a
+/// formula by Excel, LibreOffice and Google Sheets, so it gets a leading
+/// `'` (OWASP, "CSV Injection"). Ids, reasons, actors and models are text
+/// that callers chose; the amounts tally writes itself stay numbers.
+fn text_cell(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        std::borrow::Cow::Owned(format!("'{value}"))
+    } else {
+        std::borrow::Cow::Borrowed(value)
+    }
+}
+
+/// Up to [`EXPORT_PAGE`] rows of the filtered history below `cursor` (a
+/// `txn_` id, the `next` of the page before) as CSV, newest first. The
+/// keyset is the posting id, strictly decreasing, so the pages of one
+/// export never repeat a row, whatever is written between them.
+pub fn export_page(
+    conn: &mut DbConn,
+    account: AccountRef,
+    q: &HistoryQuery,
+    cursor: Option<String>,
+) -> ServiceResult<ExportPage> {
+    let page = HistoryQuery { limit: EXPORT_PAGE, starting_after: cursor, ..q.clone() };
+    let list = read_page(conn, &[account], &page)?;
+    let mut out = csv::Writer::from_writer(Vec::new());
+    for t in &list.data {
+        let r = &t.references;
+        let text = |v: &Option<String>| text_cell(v.as_deref().unwrap_or_default()).into_owned();
+        out.write_record([
+            text_cell(&t.id).into_owned(),
+            text_cell(&t.kind).into_owned(),
+            t.amount.to_string(),
+            t.balance_after.map(|b| b.to_string()).unwrap_or_default(),
+            t.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            text_cell(&t.entry_id).into_owned(),
+            text(&t.reverses_entry_id),
+            text(&r.actor),
+            text(&r.reason),
+            text(&r.agent_id),
+            text(&r.model),
+            text(&r.charge_id),
+            text(&r.top_up_id),
+            text(&r.pack_id),
+            text(&r.payout_id),
+        ])
+        .map_err(csv_error)?;
+    }
+    let next = match (list.has_more, list.data.last()) {
+        (true, Some(last)) => Some(last.id.clone()),
+        _ => None,
+    };
+    Ok(ExportPage { csv: out.into_inner().map_err(csv_error)?, next })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formula_cells_get_a_leading_quote() {
+        for (cell, shown) in [
+            ("=1+1", "'=1+1"),
+            ("+1", "'+1"),
+            ("-2", "'-2"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("\rx", "'\rx"),
+            ("plain", "plain"),
+            ("a=b", "a=b"),
+            ("", ""),
+        ] {
+            assert_eq!(text_cell(cell), shown, "{cell:?}");
         }
     }
-    let bytes = out.into_inner().map_err(|e| ServiceError::Internal(format!("csv: {e}")))?;
-    String::from_utf8(bytes).map_err(|e| ServiceError::Internal(format!("csv: {e}")))
 }

@@ -190,15 +190,11 @@ pub fn list_transactions(
     history::list(conn, AccountRef { id: row.id, kind: AccountKind::Wallet }, q)
 }
 
-/// `GET /v1/wallets/{id}/transactions/export`: owner or org admin.
-pub fn export_transactions(
-    conn: &mut DbConn,
-    caller: &Caller,
-    wallet_id: &str,
-    q: &HistoryQuery,
-) -> ServiceResult<String> {
+/// `GET /v1/wallets/{id}/transactions/export`: the wallet's account, if
+/// the caller may export its history (the owner or an org admin).
+pub fn export_account(conn: &mut DbConn, caller: &Caller, wallet_id: &str) -> ServiceResult<AccountRef> {
     let row = load_for(conn, caller, wallet_id, Access::Manage)?;
-    db::read_tx(conn, |c| history::export_csv(c, AccountRef { id: row.id, kind: AccountKind::Wallet }, q))
+    Ok(AccountRef { id: row.id, kind: AccountKind::Wallet })
 }
 
 /// Operator: freeze or unfreeze any wallet.

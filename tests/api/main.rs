@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod charges;
 mod cli;
+mod exports;
 mod gate;
 mod holds;
 mod idempotency;
