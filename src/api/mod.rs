@@ -13,6 +13,7 @@ pub mod models;
 pub mod orgs;
 pub mod payouts;
 pub mod plans;
+pub mod tools;
 pub mod topups;
 pub mod wallets;
 
@@ -41,6 +42,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
     wallets::configure(cfg);
     orgs::configure(cfg);
     models::configure(cfg);
+    tools::configure(cfg);
     agents::configure(cfg);
     earnings::configure(cfg);
     topups::configure(cfg);

@@ -32,9 +32,10 @@ pub enum UsageError {
     BadToolId(String),
 }
 
-/// A usage as a caller sends it. Counts are read as any JSON number so that
-/// a negative or fractional count gets its own clear refusal
-/// ([`Usage::parse`]) rather than a type error; absent counts are 0.
+// Counts are read as any JSON number so that a negative or fractional count
+// gets its own clear refusal (`Usage::parse`) rather than a type error.
+/// What a message used, as sent: absent counts are 0; a negative, fractional
+/// or too large count, or more than 32 tools, is a 422 `invalid_usage`.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UsageInput {
