@@ -163,7 +163,12 @@ impl MeteredPrice {
 /// `ceil(tokens x rate_micros / 10^6)`: the token cost in micro-credits,
 /// rounded up to the next micro-credit (never in the payer's favour, and
 /// never by a whole micro-credit or more against them).
-fn token_cost(tokens: u64, rate: Option<Credits>, what: &'static str, rate_name: &'static str) -> Result<i128, PricingError> {
+fn token_cost(
+    tokens: u64,
+    rate: Option<Credits>,
+    what: &'static str,
+    rate_name: &'static str,
+) -> Result<i128, PricingError> {
     let Some(rate) = rate else {
         return if tokens == 0 { Ok(0) } else { Err(PricingError::NotMetered(what, rate_name)) };
     };
@@ -171,7 +176,8 @@ fn token_cost(tokens: u64, rate: Option<Credits>, what: &'static str, rate_name:
         return Err(PricingError::OutOfRange);
     }
     let per = i128::from(MICROS_PER_CREDIT);
-    let product = i128::from(tokens).checked_mul(i128::from(rate.micros())).ok_or(PricingError::OutOfRange)?;
+    let product =
+        i128::from(tokens).checked_mul(i128::from(rate.micros())).ok_or(PricingError::OutOfRange)?;
     // product >= 0 and per > 0: ceil(a / b) = (a + b - 1) / b.
     product
         .checked_add(per.checked_sub(1).ok_or(PricingError::OutOfRange)?)
@@ -224,10 +230,17 @@ pub fn price_metered(
         None => return Err(PricingError::NotMetered("generations", "per_generation")),
     };
     let (platform_share, creator_earnings) = split_addon(addon, share);
-    let total = [input, output, tools, generations, i128::from(rates.runtime_infra.micros()), i128::from(addon.micros())]
-        .into_iter()
-        .try_fold(0i128, |sum, part| sum.checked_add(part))
-        .ok_or(PricingError::OutOfRange)?;
+    let total = [
+        input,
+        output,
+        tools,
+        generations,
+        i128::from(rates.runtime_infra.micros()),
+        i128::from(addon.micros()),
+    ]
+    .into_iter()
+    .try_fold(0i128, |sum, part| sum.checked_add(part))
+    .ok_or(PricingError::OutOfRange)?;
     Ok(MeteredPrice {
         runtime_infra: rates.runtime_infra,
         input_tokens: credits(input)?,
@@ -274,7 +287,10 @@ mod tests {
     }
 }
 
+// The tests' oracle computes in plain i128 on bounded inputs, where nothing
+// can overflow: it must not share the checked code it checks.
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod metered_tests {
     use super::*;
     use crate::domain::usage::{MAX_CALLS_PER_TOOL, MAX_GENERATIONS, MAX_TOKENS};
@@ -318,7 +334,10 @@ mod metered_tests {
         assert_eq!(p.infra_revenue().unwrap().to_string(), "0.070527");
         let free = p.as_free().unwrap();
         assert_eq!(free.price.total.to_string(), "0.060527");
-        assert_eq!((free.subsidy.to_string(), free.addon_forgone.to_string()), ("0.01".into(), "0.05".into()));
+        assert_eq!(
+            (free.subsidy.to_string(), free.addon_forgone.to_string()),
+            ("0.01".into(), "0.05".into())
+        );
     }
 
     #[test]
@@ -336,7 +355,10 @@ mod metered_tests {
         assert_eq!(err(&usage(1, 0, &[], 0)), PricingError::NotMetered("input tokens", "input_per_mtok"));
         assert_eq!(err(&usage(0, 1, &[], 0)), PricingError::NotMetered("output tokens", "output_per_mtok"));
         assert_eq!(err(&usage(0, 0, &[], 1)), PricingError::NotMetered("generations", "per_generation"));
-        assert_eq!(err(&usage(0, 0, &[("web_search", 1)], 0)), PricingError::UnknownTool("web_search".into()));
+        assert_eq!(
+            err(&usage(0, 0, &[("web_search", 1)], 0)),
+            PricingError::UnknownTool("web_search".into())
+        );
         // A rate of zero is a price: tokens are free on purpose.
         let zero = ModelRates { input_per_mtok: Some(Credits::ZERO), ..flat };
         assert_eq!(price_metered(&zero, &none, c("1"), share, &usage(5, 0, &[], 0)).unwrap().total, c("1.3"));
@@ -353,7 +375,10 @@ mod metered_tests {
         };
         let none = BTreeMap::new();
         let u = usage(MAX_TOKENS, 0, &[], 0);
-        assert_eq!(price_metered(&rates, &none, Credits::ZERO, Decimal::ZERO, &u), Err(PricingError::OutOfRange));
+        assert_eq!(
+            price_metered(&rates, &none, Credits::ZERO, Decimal::ZERO, &u),
+            Err(PricingError::OutOfRange)
+        );
         let one = usage(1, 0, &[], 0);
         // 1 token at i64::MAX micro-credits per million: ceil(9223372036854.775807) micro-credits.
         let p = price_metered(&rates, &none, Credits::ZERO, Decimal::ZERO, &one).unwrap();

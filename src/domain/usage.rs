@@ -83,7 +83,11 @@ fn count(field: &str, value: Option<&serde_json::Number>, max: u64) -> Result<u6
     };
     let text = n.to_string();
     if let Some(u) = n.as_u64() {
-        return if u > max { Err(UsageError::TooLarge { field: field.into(), value: text, max }) } else { Ok(u) };
+        return if u > max {
+            Err(UsageError::TooLarge { field: field.into(), value: text, max })
+        } else {
+            Ok(u)
+        };
     }
     if n.as_i64().is_some() {
         return Err(UsageError::Negative { field: field.into(), value: text });
@@ -112,7 +116,8 @@ impl Usage {
                 if !is_catalog_id(id) {
                     return Err(UsageError::BadToolId(id.chars().take(100).collect()));
                 }
-                tool_calls.insert(id.clone(), count(&format!("tool_calls.{id}"), Some(n), MAX_CALLS_PER_TOOL)?);
+                tool_calls
+                    .insert(id.clone(), count(&format!("tool_calls.{id}"), Some(n), MAX_CALLS_PER_TOOL)?);
             }
         }
         Ok(Usage {

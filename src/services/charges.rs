@@ -294,8 +294,13 @@ fn price_for(
     usage: &Usage,
 ) -> ServiceResult<(MeteredPrice, BTreeMap<String, Credits>)> {
     let tools = tool_prices(conn, usage)?;
-    let price =
-        metered_price(&model.rates(), &tools, addon_for(agent, payer), ctx.settings.marketplace_share, usage)?;
+    let price = metered_price(
+        &model.rates(),
+        &tools,
+        addon_for(agent, payer),
+        ctx.settings.marketplace_share,
+        usage,
+    )?;
     Ok((price, tools))
 }
 
@@ -444,7 +449,8 @@ fn spend_refusal(amount: Credits, what: &str, limit: Option<i64>, period: Period
 fn count_spend(tx: &mut WriteTx<'_>, payer: &Payer, user_id: &str, amount: Credits) -> ServiceResult<()> {
     let now = db::now();
     for (period, who, limit, what) in spend_checks(payer, user_id) {
-        if counters::add_spend(tx, payer.wallet.id, who, &period.key(now), amount.micros(), limit)?.is_none() {
+        if counters::add_spend(tx, payer.wallet.id, who, &period.key(now), amount.micros(), limit)?.is_none()
+        {
             return Err(spend_refusal(amount, what, limit, period));
         }
     }
@@ -701,9 +707,9 @@ fn record_charge(tx: &mut WriteTx<'_>, ctx: &Ctx, c: &ChargeRow<'_>) -> ServiceR
             charges::output_tokens.eq(m.map(|m| m.output_tokens)),
             charges::generations.eq(m.map(|m| m.generations)),
             charges::tool_calls.eq(m.map(|m| m.tool_calls.as_str())),
-            charges::input_per_mtok.eq(m.and_then(|_| c.model.input_per_mtok)),
-            charges::output_per_mtok.eq(m.and_then(|_| c.model.output_per_mtok)),
-            charges::per_generation.eq(m.and_then(|_| c.model.per_generation)),
+            charges::input_per_mtok.eq(m.and(c.model.input_per_mtok)),
+            charges::output_per_mtok.eq(m.and(c.model.output_per_mtok)),
+            charges::per_generation.eq(m.and(c.model.per_generation)),
             charges::tool_prices.eq(m.map(|m| m.tool_prices.as_str())),
             charges::input_tokens_cost.eq(m.map(|_| charged.input_tokens.micros())),
             charges::output_tokens_cost.eq(m.map(|_| charged.output_tokens.micros())),

@@ -121,7 +121,12 @@ pub fn find(conn: &mut DbConn, id: &str) -> ServiceResult<Option<ModelRow>> {
 
 /// `PUT /v1/admin/models/{id}`: creates or reprices a model. Every price is
 /// replaced: a metered rate left out is cleared (not metered).
-pub fn put_model(conn: &mut DbConn, id: &str, prices: ModelPrices, provider_cost: &str) -> ServiceResult<Model> {
+pub fn put_model(
+    conn: &mut DbConn,
+    id: &str,
+    prices: ModelPrices,
+    provider_cost: &str,
+) -> ServiceResult<Model> {
     check_model_id(id)?;
     let ModelPrices { runtime_infra, input_per_mtok, output_per_mtok, per_generation } = prices;
     let named = [

@@ -10,6 +10,7 @@ mod gate;
 mod idempotency;
 mod input;
 mod ledger;
+mod metered;
 mod metrics;
 mod migrations;
 mod openapi;
