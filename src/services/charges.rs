@@ -16,7 +16,7 @@
 //!    after the hold; and adds the cost to the spend counters (one guarded
 //!    upsert per limit: the wallet's day and week, the member's day). The
 //!    counters and the payer's balance are written last (see
-//!    `create_charge`).
+//!    `create_charge_with`).
 //!
 //! With a usage, the price is metered ([`metered_price`], the one function
 //! that prices a usage): a free message then covers the per-message runtime
