@@ -8,10 +8,12 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{run, run_idempotent, run_write, AppState, JsonBody};
 use crate::auth::AuthUser;
+use crate::domain::usage::{Usage, UsageInput};
 use crate::domain::Credits;
 use crate::error::{ApiError, ErrorResponse};
 use crate::services::agents::{self, Agent, AgentCardList, AgentPatch, NewAgentInput, Visibility};
-use crate::services::charges::{self, Charge, Quote};
+use crate::services::charges::{self, Charge, Quote, UsageQuote};
+use crate::services::ServiceError;
 
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(create_agent)
@@ -19,6 +21,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(get_agent)
         .service(update_agent)
         .service(get_quote)
+        .service(create_quote)
         .service(create_charge);
 }
 
@@ -95,6 +98,27 @@ pub struct CreateChargeRequest {
     /// Service tokens only: the person who sent the message.
     #[schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]{1,255}$")]
     pub user_id: Option<String>,
+    /// What the message used: priced by the model's token and generation
+    /// rates and the tools' prices on top of the per-message price (see
+    /// `POST /v1/agents/{id}/quote`). Absent: the flat price.
+    pub usage: Option<UsageInput>,
+}
+
+/// Quote a message with its (estimated) usage.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateQuoteRequest {
+    /// Quote for paying from this organization's wallet.
+    pub org_id: Option<String>,
+    /// The usage to price (e.g. a worst case with `max_tokens` as
+    /// `output_tokens`); absent: the flat price.
+    pub usage: Option<UsageInput>,
+}
+
+/// Reads a usage as sent: 422 `invalid_usage` when a count is negative, not
+/// whole or above its maximum.
+fn parse_usage(input: Option<&UsageInput>) -> Result<Option<Usage>, ApiError> {
+    Ok(input.map(Usage::parse).transpose().map_err(ServiceError::invalid_usage)?)
 }
 
 /// Marketplace pagination.
@@ -276,12 +300,52 @@ pub async fn get_quote(
     Ok(HttpResponse::Ok().json(quote))
 }
 
+/// Quote a message with its usage
+///
+/// What a message with this usage (tokens, tool calls, generations) would
+/// cost the caller, part by part, whether it would be free, which wallet
+/// would pay, and whether a charge of it would go through now (`allowed`;
+/// when not, `reason` is the error the charge would get: `wallet_frozen`,
+/// `spend_limit_exceeded`, `insufficient_funds`). Moves no money.
+#[utoipa::path(
+    tag = "charges",
+    params(("agent_id" = String, Path, description = "The agent's `agt_` id")),
+    request_body = Option<CreateQuoteRequest>,
+    responses(
+        (status = 200, description = "The quote", body = UsageQuote),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 404, description = "No such agent or organization (or not visible to the caller)", body = ErrorResponse),
+        (status = 422, description = "Invalid body; `invalid_usage`, `unknown_tool` or `model_not_metered`", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/agents/{agent_id}/quote")]
+pub async fn create_quote(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+    body: JsonBody<CreateQuoteRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let agent_id = path.into_inner();
+    let req = body.value;
+    let usage = parse_usage(req.usage.as_ref())?.unwrap_or_default();
+    let quote = run(&state, move |conn, ctx| {
+        charges::quote_usage(conn, ctx, &user.id, &agent_id, req.org_id.as_deref(), usage)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(quote))
+}
+
 /// Charge a message
 ///
 /// Charges one message to the agent: free while the person has free
 /// messages left on it, otherwise runtime infra + add-on from the person's
 /// wallet (or the org wallet when `org_id` names the person's
 /// organization). A `service` token charges the person named in `user_id`.
+/// With `usage`, the message is metered: its tokens, tool calls and
+/// generations are priced on top (a free message then covers the runtime
+/// infra only), and the charge shows `usage` and the `price` parts.
 /// Requires `Idempotency-Key`; the response headers `X-Balance-Remaining`
 /// and `X-Request-Cost` repeat the balance after and the cost.
 #[utoipa::path(
@@ -303,7 +367,7 @@ pub async fn get_quote(
         (status = 403, description = "The paying wallet is frozen, or user_id without a service token", body = ErrorResponse),
         (status = 404, description = "No such agent or organization (or not visible to the caller)", body = ErrorResponse),
         (status = 409, description = "A request with this key is in flight", body = ErrorResponse),
-        (status = 422, description = "Invalid body, `amount_out_of_range` (a spend counter would pass the largest amount), or the key was used with another body", body = ErrorResponse),
+        (status = 422, description = "Invalid body, `invalid_usage`, `unknown_tool`, `model_not_metered`, `amount_out_of_range` (a spend counter would pass the largest amount), or the key was used with another body", body = ErrorResponse),
         (status = 429, description = "A spend limit would be passed; see Retry-After", body = ErrorResponse,
             headers(("Retry-After" = String, description = "Seconds until the limit's period ends"))),
     ),
@@ -321,9 +385,10 @@ pub async fn create_charge(
     let agent_id = path.into_inner();
     let JsonBody { value, raw } = body;
     let person = charges::charged_person(&caller, value.user_id.as_deref())?;
+    let usage = parse_usage(value.usage.as_ref())?;
     let started = std::time::Instant::now();
     let result = run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {
-        charges::create_charge(tx, ctx, &person, &agent_id, value.org_id.as_deref(), key)
+        charges::create_charge_with(tx, ctx, &person, &agent_id, value.org_id.as_deref(), usage.as_ref(), key)
     })
     .await;
     let outcome = match &result {

@@ -14,6 +14,7 @@ pub mod models;
 pub mod orgs;
 pub mod payouts;
 pub mod plans;
+pub mod tools;
 pub mod topups;
 pub mod wallets;
 
@@ -42,6 +43,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
     wallets::configure(cfg);
     orgs::configure(cfg);
     models::configure(cfg);
+    tools::configure(cfg);
     agents::configure(cfg);
     holds::configure(cfg);
     earnings::configure(cfg);

@@ -9,7 +9,7 @@ use super::{run, run_write, AppState, JsonBody};
 use crate::auth::Operator;
 use crate::domain::Credits;
 use crate::error::{ApiError, ErrorResponse};
-use crate::services::models::{self, Model, ModelList};
+use crate::services::models::{self, Model, ModelList, ModelPrices};
 
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(list_models).service(put_model);
@@ -25,6 +25,16 @@ pub struct PutModelRequest {
     /// What the platform pays the provider per message, in USD (decimal string, ≥ 0, ≤ 6 places).
     #[schema(example = "0.0021", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
     pub provider_cost: String,
+    /// Credits per million input tokens (up to 6 decimals, ≥ 0); absent or
+    /// null: input tokens are not metered on this model.
+    #[schema(value_type = Option<String>, example = "0.15", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
+    pub input_per_mtok: Option<Credits>,
+    /// Credits per million output tokens; absent or null: not metered.
+    #[schema(value_type = Option<String>, example = "0.6", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
+    pub output_per_mtok: Option<Credits>,
+    /// Credits per generated asset (image, video); absent or null: not metered.
+    #[schema(value_type = Option<String>, example = "0.04", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
+    pub per_generation: Option<Credits>,
 }
 
 /// List the price book
@@ -40,7 +50,8 @@ pub async fn list_models(state: web::Data<AppState>) -> Result<HttpResponse, Api
 /// Set a model's prices
 ///
 /// Creates the model or changes its prices. A change applies to new charges
-/// only: each charge keeps the prices it used.
+/// only: each charge keeps the prices it used. Every price is replaced: a
+/// metered rate left out is cleared (the model no longer meters it).
 #[utoipa::path(
     tag = "admin",
     params(("model_id" = String, Path, pattern = r"^[A-Za-z0-9._:-]{1,100}$", description = "The model's id, e.g. `gpt-4o-mini`")),
@@ -63,8 +74,13 @@ pub async fn put_model(
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
     let req = body.value;
+    let prices = ModelPrices {
+        runtime_infra: req.runtime_infra,
+        input_per_mtok: req.input_per_mtok,
+        output_per_mtok: req.output_per_mtok,
+        per_generation: req.per_generation,
+    };
     let model =
-        run_write(&state, move |conn, _| models::put_model(conn, &id, req.runtime_infra, &req.provider_cost))
-            .await?;
+        run_write(&state, move |conn, _| models::put_model(conn, &id, prices, &req.provider_cost)).await?;
     Ok(HttpResponse::Ok().json(model))
 }

@@ -88,6 +88,18 @@ diesel::table! {
         provider_cost_micro_usd -> BigInt,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        input_per_mtok -> Nullable<BigInt>,
+        output_per_mtok -> Nullable<BigInt>,
+        per_generation -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    tools (id) {
+        id -> Text,
+        price -> BigInt,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
     }
 }
 
@@ -141,6 +153,18 @@ diesel::table! {
         provider_cost_micro_usd -> BigInt,
         entry_id -> BigInt,
         created_at -> Timestamp,
+        input_tokens -> Nullable<BigInt>,
+        output_tokens -> Nullable<BigInt>,
+        generations -> Nullable<BigInt>,
+        tool_calls -> Nullable<Text>,
+        input_per_mtok -> Nullable<BigInt>,
+        output_per_mtok -> Nullable<BigInt>,
+        per_generation -> Nullable<BigInt>,
+        tool_prices -> Nullable<Text>,
+        input_tokens_cost -> Nullable<BigInt>,
+        output_tokens_cost -> Nullable<BigInt>,
+        tools_cost -> Nullable<BigInt>,
+        generations_cost -> Nullable<BigInt>,
         hold_id -> Nullable<Text>,
         held -> BigInt,
         uncollected -> BigInt,
@@ -314,6 +338,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     postings,
     idempotency_keys,
     models,
+    tools,
     agents,
     free_message_usage,
     spend_counters,

@@ -9,6 +9,7 @@ pub mod money;
 pub mod plans;
 pub mod pricing;
 pub mod text;
+pub mod usage;
 
 pub use entry::{EntryError, Leg};
 pub use kinds::{AccountKind, EntryKind, HoldStatus, OrgRole, OwnerType, Visibility};

@@ -9,13 +9,18 @@
 //!    only public agents give free messages (at most
 //!    `TALLY_MAX_FREE_MESSAGES`): the platform subsidizes the marketplace,
 //!    not an organization's private agents;
-//! 4. otherwise posts one entry: payer −total, infra revenue +infra,
+//! 4. otherwise posts one entry: payer −total, infra revenue +infra (and the
+//!    metered parts of a usage: tokens, tools, generations),
 //!    marketplace revenue +share, the creator organization's pending
 //!    earnings +rest; records an accrual that settlement makes available
 //!    after the hold; and adds the cost to the spend counters (one guarded
 //!    upsert per limit: the wallet's day and week, the member's day). The
 //!    counters and the payer's balance are written last (see
-//!    `create_charge`).
+//!    `create_charge_with`).
+//!
+//! With a usage, the price is metered ([`metered_price`], the one function
+//! that prices a usage): a free message then covers the per-message runtime
+//! infra only, and the payer still pays the metered parts.
 //!
 //! Hot rows: a charge locks only what it must check: the payer's wallet row
 //! (the guarded debit), the person's free-message row for this agent, and
@@ -27,8 +32,11 @@
 //! only touched by settlement, in batches, never by a charge.
 #![deny(clippy::arithmetic_side_effects)]
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use rust_decimal::Decimal;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -38,13 +46,14 @@ use super::idempotency::{Outcome, RequestKey};
 use super::models::ModelRow;
 use super::orgs::role_in;
 use super::people;
-use super::{Caller, Ctx, ServiceError, ServiceResult};
+use super::{Caller, Ctx, ErrorCode, ServiceError, ServiceResult};
 use crate::db::models::{AccountRow, MemberRow};
 use crate::db::schema::{accounts, charges, earnings_accruals, models as models_table, org_members};
 use crate::db::{self, counters, DbConn, WriteTx};
 use crate::domain::ids::{new_id, transaction_id};
 use crate::domain::limits::Period;
-use crate::domain::pricing::{price_message, MessagePrice};
+use crate::domain::pricing::{price_metered, MeteredPrice, ModelRates};
+use crate::domain::usage::Usage;
 use crate::domain::{AccountKind, Credits, EntryKind, OwnerType};
 use crate::ledger::{self, AccountRef, NewEntry, Overdraft};
 
@@ -81,6 +90,69 @@ pub struct Charge {
     /// The wallet transaction it created.
     pub transaction_id: String,
     pub created_at: DateTime<Utc>,
+    /// The usage the message was priced by (only on a charge sent with one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// The parts of `total` (only on a charge sent with a usage).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price: Option<PriceParts>,
+}
+
+/// What the wallet paid for a metered message, part by part. The seven
+/// parts (`runtime_infra`, `input_tokens`, `output_tokens`, `tools`,
+/// `generations`, `platform_share`, `creator_earnings`) add up exactly to
+/// `total`. On a free message the platform pays the runtime infra
+/// (`subsidy`) and the creator forgoes the add-on (`addon_forgone`): both
+/// parts are then 0 here, and the wallet pays the metered parts.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PriceParts {
+    /// Runtime infra paid by the wallet (per message).
+    #[schema(value_type = String, example = "0.01")]
+    pub runtime_infra: Credits,
+    /// Input tokens x `input_per_mtok` / 10^6, rounded up to the micro-credit.
+    #[schema(value_type = String, example = "0.000186")]
+    pub input_tokens: Credits,
+    /// Output tokens x `output_per_mtok` / 10^6, rounded up to the micro-credit.
+    #[schema(value_type = String, example = "0.000341")]
+    pub output_tokens: Credits,
+    /// Tool calls x their prices.
+    #[schema(value_type = String, example = "0.02")]
+    pub tools: Credits,
+    /// Generations x `per_generation`.
+    #[schema(value_type = String, example = "0.04")]
+    pub generations: Credits,
+    /// The platform's part of the add-on.
+    #[schema(value_type = String, example = "0.015")]
+    pub platform_share: Credits,
+    /// The creator's part of the add-on (pending earnings).
+    #[schema(value_type = String, example = "0.035")]
+    pub creator_earnings: Credits,
+    /// What the wallet paid: the sum of the parts above.
+    #[schema(value_type = String, example = "0.120527")]
+    pub total: Credits,
+    /// The runtime infra a free message's subsidy paid (0 otherwise).
+    #[schema(value_type = String, example = "0")]
+    pub subsidy: Credits,
+    /// The add-on a free message's creator forwent (0 otherwise).
+    #[schema(value_type = String, example = "0")]
+    pub addon_forgone: Credits,
+}
+
+impl PriceParts {
+    fn new(charged: &MeteredPrice, subsidy: Credits, addon_forgone: Credits) -> Self {
+        PriceParts {
+            runtime_infra: charged.runtime_infra,
+            input_tokens: charged.input_tokens,
+            output_tokens: charged.output_tokens,
+            tools: charged.tools,
+            generations: charged.generations,
+            platform_share: charged.platform_share,
+            creator_earnings: charged.creator_earnings,
+            total: charged.total,
+            subsidy,
+            addon_forgone,
+        }
+    }
 }
 
 /// What the next message would cost and who would pay; moves nothing.
@@ -105,6 +177,27 @@ pub struct Quote {
     /// Whether the balance covers the total (false when frozen).
     pub sufficient: bool,
     pub frozen: bool,
+}
+
+/// What a message with this usage would cost, and whether it would be
+/// charged now; moves nothing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageQuote {
+    #[serde(flatten)]
+    pub quote: Quote,
+    /// The usage quoted (all zeros when none was sent).
+    pub usage: Usage,
+    /// The parts of `total`.
+    pub price: PriceParts,
+    /// Whether a charge of `total` would go through now: the wallet is not
+    /// frozen, no spend limit would be passed and the balance covers it.
+    pub allowed: bool,
+    /// Why not, when not allowed: `wallet_frozen`, `spend_limit_exceeded`,
+    /// `insufficient_funds` or `amount_out_of_range` (the error the charge
+    /// would get).
+    pub reason: Option<ErrorCode>,
+    /// The reason in words.
+    pub message: Option<String>,
 }
 
 /// Who pays: the wallet row, the paying organization and the member's limit.
@@ -169,16 +262,55 @@ pub(super) fn resolve_payer(conn: &mut DbConn, user_id: &str, org_id: Option<&st
     }
 }
 
-/// The price of a paid message for this payer: no add-on when the paying
-/// organization owns the agent.
-fn price_for(ctx: &Ctx, agent: &AgentRow, model: &ModelRow, payer: &Payer) -> ServiceResult<MessagePrice> {
-    let addon = if payer.org_id.as_deref() == Some(agent.org_id.as_str()) {
+/// The add-on this payer pays: none when the paying organization owns the agent.
+fn addon_for(agent: &AgentRow, payer: &Payer) -> Credits {
+    if payer.org_id.as_deref() == Some(agent.org_id.as_str()) {
         Credits::ZERO
     } else {
         agent.effective_addon()
-    };
-    price_message(Credits::from_micros(model.runtime_infra), addon, ctx.settings.marketplace_share)
-        .ok_or_else(|| ServiceError::Internal("message price overflows".into()))
+    }
+}
+
+/// The price of one message: `runtime_infra + ceil(input_tokens x
+/// input_per_mtok / 10^6) + ceil(output_tokens x output_per_mtok / 10^6) +
+/// sum(tool price x calls) + per_generation x generations + addon`, the
+/// add-on split by `share` (see [`price_metered`]). An all-zero usage is
+/// the flat price. Refusals are 422s: `unknown_tool` (a tool missing from
+/// `tool_prices`), `model_not_metered` (tokens or generations the model has
+/// no rate for), `amount_out_of_range`.
+pub fn metered_price(
+    rates: &ModelRates,
+    tool_prices: &BTreeMap<String, Credits>,
+    addon: Credits,
+    share: Decimal,
+    usage: &Usage,
+) -> ServiceResult<MeteredPrice> {
+    price_metered(rates, tool_prices, addon, share, usage).map_err(ServiceError::from_pricing)
+}
+
+/// The current prices of the tools a usage names (unknown ones are absent).
+pub fn tool_prices(conn: &mut DbConn, usage: &Usage) -> ServiceResult<BTreeMap<String, Credits>> {
+    super::tools::prices_of(conn, usage.tool_calls.keys())
+}
+
+/// The price of a message for this payer, at the current prices.
+fn price_for(
+    conn: &mut DbConn,
+    ctx: &Ctx,
+    agent: &AgentRow,
+    model: &ModelRow,
+    payer: &Payer,
+    usage: &Usage,
+) -> ServiceResult<(MeteredPrice, BTreeMap<String, Credits>)> {
+    let tools = tool_prices(conn, usage)?;
+    let price = metered_price(
+        &model.rates(),
+        &tools,
+        addon_for(agent, payer),
+        ctx.settings.marketplace_share,
+        usage,
+    )?;
+    Ok((price, tools))
 }
 
 /// The person charged: the caller, or for a `service` token the named person.
@@ -199,6 +331,48 @@ pub fn charged_person(caller: &Caller, user_id: Option<&str>) -> ServiceResult<S
     }
 }
 
+/// A quote and what it was computed from.
+struct Quoted {
+    quote: Quote,
+    price: PriceParts,
+    payer: Payer,
+}
+
+/// The quote of the next message with `usage` (all zeros: the flat price).
+fn quote_parts(
+    conn: &mut DbConn,
+    ctx: &Ctx,
+    user_id: &str,
+    agent_id: &str,
+    org_id: Option<&str>,
+    usage: &Usage,
+) -> ServiceResult<Quoted> {
+    let (agent, model, _) = load_priced(conn, agent_id)?;
+    agents::check_visible(conn, &agent, Some(user_id))?;
+    let payer = resolve_payer(conn, user_id, org_id)?;
+    let (price, _) = price_for(conn, ctx, &agent, &model, &payer, usage)?;
+    let used = counters::free_messages_used(conn, &agent.id, user_id)?;
+    let free_messages = agent.effective_free_messages(ctx.settings.max_free_messages);
+    let free_left = i64::from(free_messages).saturating_sub(used).max(0);
+    let free = free_left > 0;
+    let (charged, subsidy, forgone) = charged_part(&price, free)?;
+    let balance = payer.wallet.balance.unwrap_or(Credits::ZERO);
+    let quote = Quote {
+        agent_id: agent.id,
+        model: model.id,
+        free,
+        runtime_infra: price.runtime_infra,
+        publisher_addon: charged.publisher_addon,
+        total: charged.total,
+        free_messages_left: free_left,
+        wallet_id: payer.wallet.public_id.clone().unwrap_or_default(),
+        balance,
+        sufficient: !payer.wallet.frozen && balance >= charged.total,
+        frozen: payer.wallet.frozen,
+    };
+    Ok(Quoted { quote, price: PriceParts::new(&charged, subsidy, forgone), payer })
+}
+
 /// `GET /v1/agents/{id}/quote`.
 pub fn quote(
     conn: &mut DbConn,
@@ -207,32 +381,80 @@ pub fn quote(
     agent_id: &str,
     org_id: Option<&str>,
 ) -> ServiceResult<Quote> {
-    let (agent, model, _) = load_priced(conn, agent_id)?;
-    agents::check_visible(conn, &agent, Some(user_id))?;
-    let payer = resolve_payer(conn, user_id, org_id)?;
-    let price = price_for(ctx, &agent, &model, &payer)?;
-    let used = counters::free_messages_used(conn, &agent.id, user_id)?;
-    let free_messages = agent.effective_free_messages(ctx.settings.max_free_messages);
-    let free_left = i64::from(free_messages).saturating_sub(used).max(0);
-    let free = free_left > 0;
-    let total = if free { Credits::ZERO } else { price.total };
-    let balance = payer.wallet.balance.unwrap_or(Credits::ZERO);
-    Ok(Quote {
-        agent_id: agent.id,
-        model: model.id,
-        free,
-        runtime_infra: price.runtime_infra,
-        publisher_addon: if free { Credits::ZERO } else { price.publisher_addon },
-        total,
-        free_messages_left: free_left,
-        wallet_id: payer.wallet.public_id.clone().unwrap_or_default(),
-        balance,
-        sufficient: !payer.wallet.frozen && balance >= total,
-        frozen: payer.wallet.frozen,
-    })
+    Ok(quote_parts(conn, ctx, user_id, agent_id, org_id, &Usage::default())?.quote)
 }
 
-/// Refuses the charge when a spend limit would be passed.
+/// `POST /v1/agents/{id}/quote`: the quote of a message with `usage`, and
+/// whether a charge of it would go through now (frozen wallet, spend limits
+/// and balance, checked in the order a charge checks them).
+pub fn quote_usage(
+    conn: &mut DbConn,
+    ctx: &Ctx,
+    user_id: &str,
+    agent_id: &str,
+    org_id: Option<&str>,
+    usage: Usage,
+) -> ServiceResult<UsageQuote> {
+    let Quoted { quote, price, payer } = quote_parts(conn, ctx, user_id, agent_id, org_id, &usage)?;
+    let total = quote.total;
+    let refusal = if payer.wallet.frozen {
+        Some(ServiceError::WalletFrozen { wallet_id: quote.wallet_id.clone() })
+    } else if total.is_zero() {
+        None
+    } else if let Some(refused) = check_spend(conn, &payer, user_id, total)? {
+        Some(refused)
+    } else if quote.balance < total {
+        Some(ServiceError::InsufficientFunds { wallet_id: quote.wallet_id.clone() })
+    } else {
+        None
+    };
+    let (reason, message) = match refusal {
+        None => (None, None),
+        Some(e) => {
+            let kind = match &e {
+                ServiceError::WalletFrozen { .. } => ErrorCode::WalletFrozen,
+                ServiceError::SpendLimitExceeded { .. } => ErrorCode::SpendLimitExceeded,
+                ServiceError::InsufficientFunds { .. } => ErrorCode::InsufficientFunds,
+                ServiceError::Refused { kind, .. } => *kind,
+                _ => ErrorCode::InternalError,
+            };
+            (Some(kind), Some(e.to_string()))
+        }
+    };
+    Ok(UsageQuote { quote, usage, price, allowed: reason.is_none(), reason, message })
+}
+
+/// The spend limits a charge from this payer counts against: the wallet's
+/// day and week, and in an organization the member's day.
+fn spend_checks<'a>(
+    payer: &'a Payer,
+    user_id: &'a str,
+) -> impl Iterator<Item = (Period, &'a str, Option<Credits>, &'static str)> + 'a {
+    let wallet = &payer.wallet;
+    [
+        (Period::Day, "", wallet.daily_limit, "the wallet's daily spend limit"),
+        (Period::Week, "", wallet.weekly_limit, "the wallet's weekly spend limit"),
+        (Period::Day, user_id, payer.member_daily_limit, "your daily spend limit in this organization"),
+    ]
+    .into_iter()
+    // Member limits apply to org wallets only.
+    .filter(|(_, who, _, _)| who.is_empty() || payer.org_id.is_some())
+}
+
+/// The refusal of a charge of `amount` by a spend counter: the limit's 429,
+/// or past the range of an amount when there is no limit.
+fn spend_refusal(amount: Credits, what: &str, limit: Option<Credits>, period: Period) -> ServiceError {
+    let Some(limit) = limit else {
+        return ServiceError::out_of_range();
+    };
+    ServiceError::SpendLimitExceeded {
+        message: format!("this charge of {amount} credits would pass {what} of {limit} credits"),
+        retry_after_secs: period.seconds_left(db::now()),
+    }
+}
+
+/// Refuses the charge (or hold) when a spend limit would be passed; counts
+/// `amount` in the periods of `now`.
 pub(super) fn count_spend(
     tx: &mut WriteTx<'_>,
     payer: &Payer,
@@ -240,47 +462,67 @@ pub(super) fn count_spend(
     amount: Credits,
     now: chrono::NaiveDateTime,
 ) -> ServiceResult<()> {
-    let wallet = &payer.wallet;
-    let checks: [(Period, &str, Option<Credits>, &str); 3] = [
-        (Period::Day, "", wallet.daily_limit, "the wallet's daily spend limit"),
-        (Period::Week, "", wallet.weekly_limit, "the wallet's weekly spend limit"),
-        (Period::Day, user_id, payer.member_daily_limit, "your daily spend limit in this organization"),
-    ];
-    for (period, who, limit, what) in checks {
-        if !who.is_empty() && payer.org_id.is_none() {
-            continue; // member limits apply to org wallets only
-        }
-        if counters::add_spend(
+    for (period, who, limit, what) in spend_checks(payer, user_id) {
+        let counted = counters::add_spend(
             tx,
-            wallet.id,
+            payer.wallet.id,
             who,
             &period.key(now),
             amount.micros(),
             limit.map(Credits::micros),
-        )?
-        .is_none()
-        {
-            let Some(limit) = limit else {
-                return Err(ServiceError::out_of_range());
-            };
-            return Err(ServiceError::SpendLimitExceeded {
-                message: format!("this charge of {amount} credits would pass {what} of {limit} credits"),
-                retry_after_secs: period.seconds_left(now),
-            });
+        )?;
+        if counted.is_none() {
+            return Err(spend_refusal(amount, what, limit, period));
         }
     }
     Ok(())
 }
 
-/// `POST /v1/agents/{id}/charges`; runs inside the idempotent request's
-/// write transaction: load -> resolve the payer -> price -> split -> post
-/// -> respond.
+/// What [`count_spend`] would refuse now, without counting (for a quote).
+fn check_spend(
+    conn: &mut DbConn,
+    payer: &Payer,
+    user_id: &str,
+    amount: Credits,
+) -> ServiceResult<Option<ServiceError>> {
+    let now = db::now();
+    for (period, who, limit, what) in spend_checks(payer, user_id) {
+        let spent = counters::spent(conn, payer.wallet.id, who, &period.key(now))?;
+        let refused = match (spent.checked_add(amount.micros()), limit) {
+            (None, _) => true,
+            (Some(after), Some(limit)) => after > limit.micros(),
+            (Some(_), None) => false,
+        };
+        if refused {
+            return Ok(Some(spend_refusal(amount, what, limit, period)));
+        }
+    }
+    Ok(None)
+}
+
+/// `POST /v1/agents/{id}/charges` without a usage (the flat price).
 pub fn create_charge(
     tx: &mut WriteTx<'_>,
     ctx: &Ctx,
     user_id: &str,
     agent_id: &str,
     org_id: Option<&str>,
+    request: &RequestKey,
+) -> ServiceResult<Outcome<Charge>> {
+    create_charge_with(tx, ctx, user_id, agent_id, org_id, None, request)
+}
+
+/// `POST /v1/agents/{id}/charges`; runs inside the idempotent request's
+/// write transaction: load -> resolve the payer -> price -> split -> post
+/// -> respond. With a usage the price is metered ([`metered_price`]) and the
+/// charge records the usage, the rates it used and the price parts.
+pub fn create_charge_with(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    user_id: &str,
+    agent_id: &str,
+    org_id: Option<&str>,
+    usage: Option<&Usage>,
     request: &RequestKey,
 ) -> ServiceResult<Outcome<Charge>> {
     let (agent, model, pending_id) = load_priced(tx, agent_id)?;
@@ -290,7 +532,8 @@ pub fn create_charge(
     if payer.wallet.frozen {
         return Err(ServiceError::WalletFrozen { wallet_id });
     }
-    let price = price_for(ctx, &agent, &model, &payer)?;
+    let zero = Usage::default();
+    let (price, tools) = price_for(tx, ctx, &agent, &model, &payer, usage.unwrap_or(&zero))?;
     let free_messages = agent.effective_free_messages(ctx.settings.max_free_messages);
     let free_used = counters::use_free_message(tx, &agent.id, user_id, free_messages)?;
     let free = free_used.is_some();
@@ -301,10 +544,11 @@ pub fn create_charge(
         model: Some(model.id.clone()),
         charge_id: Some(charge_id.clone()),
         runtime_infra: Some(price.runtime_infra.to_string()),
-        publisher_addon: Some(split.addon.to_string()),
+        publisher_addon: Some(split.charged.publisher_addon.to_string()),
         ..Default::default()
     };
-    let Split { kind, legs, total, addon, share, creator, forgone } = split;
+    let Split { kind, legs, charged, subsidy, forgone } = split;
+    let total = charged.total;
 
     // The rows no other charge waits on come first (the journal row, the
     // charge, the accrual); the rows a busy shared wallet's charges queue on
@@ -333,16 +577,14 @@ pub fn create_charge(
         payer: &payer,
         free,
         infra: price.runtime_infra,
-        addon,
+        charged: &charged,
         forgone,
-        share,
-        creator,
-        total,
+        metered: usage.map(|u| (u, &tools)),
         entry_id: entry.entry_id(),
         created_at,
     };
     record_charge(tx, ctx, &row)?;
-    if !free && !total.is_zero() {
+    if !total.is_zero() {
         count_spend(tx, &payer, user_id, total, db::now())?;
     }
     let posted = entry.post(tx).map_err(|e| ServiceError::from_ledger(e, &wallet_id))?;
@@ -364,13 +606,15 @@ pub fn create_charge(
         org_id: payer.org_id,
         free,
         runtime_infra: price.runtime_infra,
-        publisher_addon: addon,
+        publisher_addon: charged.publisher_addon,
         total,
         wallet_id,
         balance_after,
         free_messages_left: i64::from(free_messages).saturating_sub(used_now).max(0),
         transaction_id: transaction_id(leg.posting_id),
         created_at: posted.created_at.and_utc(),
+        usage: usage.cloned(),
+        price: usage.map(|_| PriceParts::new(&charged, subsidy, forgone)),
     };
     let headers = vec![
         ("X-Balance-Remaining".to_string(), balance_after.to_string()),
@@ -379,36 +623,45 @@ pub fn create_charge(
     Ok(Outcome { body: charge, headers })
 }
 
-/// Where a message's price goes: a free message moves nothing from the
-/// wallet (the platform subsidizes the runtime infra and the add-on is
-/// forgone); a paid one takes the total from the wallet and splits it
-/// between infra revenue, the marketplace share and the creator's pending
-/// earnings.
+/// What the payer pays of `price`: all of it, or for a free message the
+/// metered parts only (with the subsidy and the add-on forgone).
+fn charged_part(price: &MeteredPrice, free: bool) -> ServiceResult<(MeteredPrice, Credits, Credits)> {
+    if !free {
+        return Ok((*price, Credits::ZERO, Credits::ZERO));
+    }
+    let f = price.as_free().ok_or_else(ServiceError::out_of_range)?;
+    Ok((f.price, f.subsidy, f.addon_forgone))
+}
+
+/// Where a message's price goes: a free message takes only the metered
+/// parts from the wallet (the platform subsidizes the runtime infra and the
+/// add-on is forgone); a paid one takes the total from the wallet. Infra
+/// revenue receives the runtime infra and the metered parts; the add-on is
+/// split between the marketplace share and the creator's pending earnings.
 fn split_charge(
     tx: &mut WriteTx<'_>,
     ctx: &Ctx,
     agent: &AgentRow,
-    price: &MessagePrice,
+    price: &MeteredPrice,
     payer: &Payer,
     pending_id: Option<i64>,
     free: bool,
 ) -> ServiceResult<Split> {
     let wallet = AccountRef { id: payer.wallet.id, kind: AccountKind::Wallet };
     let platform = ctx.platform;
-    let infra = price.runtime_infra;
+    let infra = price.infra_revenue().ok_or_else(ServiceError::out_of_range)?;
+    let (charged, subsidy, forgone) = charged_part(price, free)?;
     if free {
         return Ok(Split {
             kind: EntryKind::FreeMessage,
             legs: vec![
-                wallet.leg(Credits::ZERO),
-                platform.subsidy_expense.leg(neg(infra)?),
+                wallet.leg(neg(charged.total)?),
+                platform.subsidy_expense.leg(neg(subsidy)?),
                 platform.infra_revenue.leg(infra),
             ],
-            total: Credits::ZERO,
-            addon: Credits::ZERO,
-            share: Credits::ZERO,
-            creator: Credits::ZERO,
-            forgone: price.publisher_addon,
+            charged,
+            subsidy,
+            forgone,
         });
     }
     let mut legs = vec![wallet.leg(neg(price.total)?), platform.infra_revenue.leg(infra)];
@@ -424,15 +677,7 @@ fn split_charge(
         };
         legs.push(pending.leg(price.creator_earnings));
     }
-    Ok(Split {
-        kind: EntryKind::Charge,
-        legs,
-        total: price.total,
-        addon: price.publisher_addon,
-        share: price.platform_share,
-        creator: price.creator_earnings,
-        forgone: Credits::ZERO,
-    })
+    Ok(Split { kind: EntryKind::Charge, legs, charged, subsidy, forgone })
 }
 
 /// What the charge row records.
@@ -443,18 +688,23 @@ struct ChargeRow<'a> {
     user_id: &'a str,
     payer: &'a Payer,
     free: bool,
+    /// The runtime infra price used (a free message's subsidy).
     infra: Credits,
-    addon: Credits,
+    /// What the payer paid, part by part.
+    charged: &'a MeteredPrice,
     forgone: Credits,
-    share: Credits,
-    creator: Credits,
-    total: Credits,
+    /// The usage and the tool prices it was priced with, for a metered charge.
+    metered: Option<(&'a Usage, &'a BTreeMap<String, Credits>)>,
     entry_id: i64,
     created_at: chrono::NaiveDateTime,
 }
 
 /// The charge row, and the creator's accrual that settles after the hold.
 fn record_charge(tx: &mut WriteTx<'_>, ctx: &Ctx, c: &ChargeRow<'_>) -> ServiceResult<()> {
+    let charged = c.charged;
+    let creator = charged.creator_earnings;
+    let metered = c.metered.map(|(usage, tools)| MeteredColumns::new(usage, tools)).transpose()?;
+    let m = metered.as_ref();
     diesel::insert_into(charges::table)
         .values((
             charges::id.eq(c.id),
@@ -466,17 +716,29 @@ fn record_charge(tx: &mut WriteTx<'_>, ctx: &Ctx, c: &ChargeRow<'_>) -> ServiceR
             charges::payer_org_id.eq(c.payer.org_id.as_deref()),
             charges::free.eq(c.free),
             charges::runtime_infra.eq(c.infra.micros()),
-            charges::publisher_addon.eq(c.addon.micros()),
+            charges::publisher_addon.eq(charged.publisher_addon.micros()),
             charges::addon_forgone.eq(c.forgone.micros()),
-            charges::platform_share.eq(c.share.micros()),
-            charges::creator_earnings.eq(c.creator.micros()),
-            charges::total.eq(c.total.micros()),
+            charges::platform_share.eq(charged.platform_share.micros()),
+            charges::creator_earnings.eq(creator.micros()),
+            charges::total.eq(charged.total.micros()),
             charges::provider_cost_micro_usd.eq(c.model.provider_cost_micro_usd),
             charges::entry_id.eq(c.entry_id),
             charges::created_at.eq(c.created_at),
+            charges::input_tokens.eq(m.map(|m| m.input_tokens)),
+            charges::output_tokens.eq(m.map(|m| m.output_tokens)),
+            charges::generations.eq(m.map(|m| m.generations)),
+            charges::tool_calls.eq(m.map(|m| m.tool_calls.as_str())),
+            charges::input_per_mtok.eq(m.and(c.model.input_per_mtok)),
+            charges::output_per_mtok.eq(m.and(c.model.output_per_mtok)),
+            charges::per_generation.eq(m.and(c.model.per_generation)),
+            charges::tool_prices.eq(m.map(|m| m.tool_prices.as_str())),
+            charges::input_tokens_cost.eq(m.map(|_| charged.input_tokens.micros())),
+            charges::output_tokens_cost.eq(m.map(|_| charged.output_tokens.micros())),
+            charges::tools_cost.eq(m.map(|_| charged.tools.micros())),
+            charges::generations_cost.eq(m.map(|_| charged.generations.micros())),
         ))
         .execute(tx.conn())?;
-    if !c.creator.is_zero() {
+    if !creator.is_zero() {
         let hold = chrono::Duration::from_std(ctx.settings.earnings_hold)
             .map_err(|e| ServiceError::Internal(format!("earnings hold: {e}")))?;
         let available_at = c
@@ -487,7 +749,7 @@ fn record_charge(tx: &mut WriteTx<'_>, ctx: &Ctx, c: &ChargeRow<'_>) -> ServiceR
             .values((
                 earnings_accruals::org_id.eq(&c.agent.org_id),
                 earnings_accruals::charge_id.eq(c.id),
-                earnings_accruals::amount.eq(c.creator.micros()),
+                earnings_accruals::amount.eq(creator.micros()),
                 earnings_accruals::available_at.eq(available_at),
                 earnings_accruals::created_at.eq(c.created_at),
             ))
@@ -496,14 +758,39 @@ fn record_charge(tx: &mut WriteTx<'_>, ctx: &Ctx, c: &ChargeRow<'_>) -> ServiceR
     Ok(())
 }
 
-/// The entry of a charge and the amounts the charge row records.
+/// A metered charge's usage and the tool prices it used, as its row keeps
+/// them (the rates and parts are copied from the model and the price).
+struct MeteredColumns {
+    input_tokens: i64,
+    output_tokens: i64,
+    generations: i64,
+    /// `{"tool_id": calls}`.
+    tool_calls: String,
+    /// `{"tool_id": "price per call"}`.
+    tool_prices: String,
+}
+
+impl MeteredColumns {
+    fn new(usage: &Usage, tools: &BTreeMap<String, Credits>) -> ServiceResult<Self> {
+        let count = |n: u64| i64::try_from(n).map_err(|_| ServiceError::out_of_range());
+        Ok(MeteredColumns {
+            input_tokens: count(usage.input_tokens)?,
+            output_tokens: count(usage.output_tokens)?,
+            generations: count(usage.generations)?,
+            tool_calls: usage.tool_calls_json(),
+            tool_prices: serde_json::to_string(tools).map_err(|e| ServiceError::Internal(e.to_string()))?,
+        })
+    }
+}
+
+/// The entry of a charge and what the payer paid.
 struct Split {
     kind: EntryKind,
     legs: Vec<crate::domain::Leg>,
-    total: Credits,
-    addon: Credits,
-    share: Credits,
-    creator: Credits,
+    /// What the payer pays, part by part (a free message: the metered parts).
+    charged: MeteredPrice,
+    /// The runtime infra a free message's subsidy pays.
+    subsidy: Credits,
     /// The add-on a free message did not charge (for reporting).
     forgone: Credits,
 }

@@ -58,6 +58,13 @@ pub enum ErrorCode {
     /// The movement would take a balance, counter or total past the range
     /// tally can hold; nothing changed (422).
     AmountOutOfRange,
+    /// A usage count that is negative, not a whole number or above its
+    /// maximum, or too many tools (422).
+    InvalidUsage,
+    /// A usage names a tool that is not in the price list (422).
+    UnknownTool,
+    /// A usage has tokens or generations the model has no rate for (422).
+    ModelNotMetered,
     /// A mismatched top-up was paid in another currency: it cannot be settled (409).
     CurrencyMismatch,
     /// A mismatched top-up's paid amount buys no credits (422).
@@ -111,6 +118,9 @@ impl ErrorCode {
             ErrorCode::NotManual => "not_manual",
             ErrorCode::TopUpNotPending => "top_up_not_pending",
             ErrorCode::AmountOutOfRange => "amount_out_of_range",
+            ErrorCode::InvalidUsage => "invalid_usage",
+            ErrorCode::UnknownTool => "unknown_tool",
+            ErrorCode::ModelNotMetered => "model_not_metered",
             ErrorCode::CurrencyMismatch => "currency_mismatch",
             ErrorCode::PaidAmountTooSmall => "paid_amount_too_small",
             ErrorCode::TopUpNotMismatched => "top_up_not_mismatched",
@@ -189,6 +199,32 @@ impl ServiceError {
             kind: ErrorCode::AmountOutOfRange,
             message: "this movement would take a balance or total beyond the largest amount tally can hold"
                 .into(),
+        }
+    }
+
+    /// A usage that cannot be read (422 `invalid_usage`).
+    pub fn invalid_usage(e: crate::domain::usage::UsageError) -> Self {
+        ServiceError::Refused { kind: ErrorCode::InvalidUsage, message: format!("usage: {e}") }
+    }
+
+    /// A usage that cannot be priced: an unknown tool (422 `unknown_tool`),
+    /// a part the model does not meter (422 `model_not_metered`), or a price
+    /// past the range of an amount (422 `amount_out_of_range`).
+    pub fn from_pricing(e: crate::domain::pricing::PricingError) -> Self {
+        use crate::domain::pricing::PricingError as P;
+        match e {
+            P::NotMetered(what, rate) => ServiceError::Refused {
+                kind: ErrorCode::ModelNotMetered,
+                message: format!(
+                    "the agent's model does not price {what} (it has no {rate} in the price book): \
+                     a usage with them cannot be charged"
+                ),
+            },
+            P::UnknownTool(id) => ServiceError::Refused {
+                kind: ErrorCode::UnknownTool,
+                message: format!("usage: tool '{id}' is not in the price list (GET /v1/tools)"),
+            },
+            P::OutOfRange => ServiceError::out_of_range(),
         }
     }
 

@@ -17,6 +17,7 @@ pub mod people;
 pub mod plans;
 pub mod reports;
 pub mod stripe_events;
+pub mod tools;
 pub mod topups;
 pub mod wallets;
 

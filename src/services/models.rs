@@ -1,6 +1,8 @@
-//! The price book: per model, the runtime infra price in credits per message
-//! and, for margin reports, the provider's cost in USD per message. A change
-//! applies to new charges only: each charge copies the prices it used.
+//! The price book: per model, the runtime infra price in credits per message,
+//! the optional metered rates (credits per million input and output tokens,
+//! per generated asset) and, for margin reports, the provider's cost in USD
+//! per message. A change applies to new charges only: each charge copies the
+//! prices it used.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -10,6 +12,7 @@ use utoipa::ToSchema;
 use super::{ServiceError, ServiceResult};
 use crate::db::schema::models;
 use crate::db::{self, DbConn};
+use crate::domain::pricing::ModelRates;
 use crate::domain::Credits;
 
 /// A model in the price book.
@@ -23,7 +26,26 @@ pub struct Model {
     /// What the platform pays the provider per message, in USD.
     #[schema(example = "0.0021")]
     pub provider_cost: String,
+    /// Credits per million input tokens; null: input tokens are not metered
+    /// (a usage with input tokens is a 422 `model_not_metered`).
+    #[schema(value_type = Option<String>, example = "0.15")]
+    pub input_per_mtok: Option<Credits>,
+    /// Credits per million output tokens; null: not metered.
+    #[schema(value_type = Option<String>, example = "0.6")]
+    pub output_per_mtok: Option<Credits>,
+    /// Credits per generated asset (image, video); null: not metered.
+    #[schema(value_type = Option<String>, example = "0.04")]
+    pub per_generation: Option<Credits>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A model's prices as set by an operator.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ModelPrices {
+    pub runtime_infra: Credits,
+    pub input_per_mtok: Option<Credits>,
+    pub output_per_mtok: Option<Credits>,
+    pub per_generation: Option<Credits>,
 }
 
 /// The whole price book.
@@ -41,6 +63,21 @@ pub struct ModelRow {
     pub provider_cost_micro_usd: i64,
     pub created_at: chrono::NaiveDateTime,
     pub updated_at: chrono::NaiveDateTime,
+    pub input_per_mtok: Option<i64>,
+    pub output_per_mtok: Option<i64>,
+    pub per_generation: Option<i64>,
+}
+
+impl ModelRow {
+    /// The prices a charge on this model uses.
+    pub fn rates(&self) -> ModelRates {
+        ModelRates {
+            runtime_infra: Credits::from_micros(self.runtime_infra),
+            input_per_mtok: self.input_per_mtok.map(Credits::from_micros),
+            output_per_mtok: self.output_per_mtok.map(Credits::from_micros),
+            per_generation: self.per_generation.map(Credits::from_micros),
+        }
+    }
 }
 
 /// Micro-USD share the 6-decimal format of credits, so they print alike.
@@ -53,6 +90,9 @@ fn view(row: ModelRow) -> Model {
         id: row.id,
         runtime_infra: Credits::from_micros(row.runtime_infra),
         provider_cost: usd_micros_to_string(row.provider_cost_micro_usd),
+        input_per_mtok: row.input_per_mtok.map(Credits::from_micros),
+        output_per_mtok: row.output_per_mtok.map(Credits::from_micros),
+        per_generation: row.per_generation.map(Credits::from_micros),
         updated_at: row.updated_at.and_utc(),
     }
 }
@@ -79,17 +119,26 @@ pub fn find(conn: &mut DbConn, id: &str) -> ServiceResult<Option<ModelRow>> {
     Ok(models::table.find(id).select(ModelRow::as_select()).first(conn).optional()?)
 }
 
-/// `PUT /v1/admin/models/{id}`: creates or reprices a model.
+/// `PUT /v1/admin/models/{id}`: creates or reprices a model. Every price is
+/// replaced: a metered rate left out is cleared (not metered).
 pub fn put_model(
     conn: &mut DbConn,
     id: &str,
-    runtime_infra: Credits,
+    prices: ModelPrices,
     provider_cost: &str,
 ) -> ServiceResult<Model> {
     check_model_id(id)?;
-    if runtime_infra.is_negative() {
-        return Err(ServiceError::Validation("runtime_infra must not be negative".into()));
+    let ModelPrices { runtime_infra, input_per_mtok, output_per_mtok, per_generation } = prices;
+    let named = [
+        ("runtime_infra", Some(runtime_infra)),
+        ("input_per_mtok", input_per_mtok),
+        ("output_per_mtok", output_per_mtok),
+        ("per_generation", per_generation),
+    ];
+    if let Some((name, _)) = named.iter().find(|(_, p)| p.is_some_and(Credits::is_negative)) {
+        return Err(ServiceError::Validation(format!("{name} must not be negative")));
     }
+    let micros = |p: Option<Credits>| p.map(Credits::micros);
     let cost =
         Credits::parse(provider_cost).map_err(|e| ServiceError::Validation(format!("provider_cost: {e}")))?;
     if cost.is_negative() {
@@ -101,6 +150,9 @@ pub fn put_model(
             .set((
                 models::runtime_infra.eq(runtime_infra.micros()),
                 models::provider_cost_micro_usd.eq(cost.micros()),
+                models::input_per_mtok.eq(micros(input_per_mtok)),
+                models::output_per_mtok.eq(micros(output_per_mtok)),
+                models::per_generation.eq(micros(per_generation)),
                 models::updated_at.eq(now),
             ))
             .execute(tx.conn())?;
@@ -110,6 +162,9 @@ pub fn put_model(
                     models::id.eq(id),
                     models::runtime_infra.eq(runtime_infra.micros()),
                     models::provider_cost_micro_usd.eq(cost.micros()),
+                    models::input_per_mtok.eq(micros(input_per_mtok)),
+                    models::output_per_mtok.eq(micros(output_per_mtok)),
+                    models::per_generation.eq(micros(per_generation)),
                     models::created_at.eq(now),
                     models::updated_at.eq(now),
                 ))

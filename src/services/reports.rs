@@ -34,7 +34,8 @@ pub struct RevenueLine {
     pub messages: i64,
     pub paid_messages: i64,
     pub free_messages: i64,
-    /// Runtime infra charged to payers, in credits.
+    /// Runtime infra and metered usage (tokens, tools, generations) charged
+    /// to payers, in credits.
     #[schema(value_type = String)]
     pub infra_revenue: CreditTotal,
     /// The platform's share of add-ons, in credits.
@@ -82,6 +83,10 @@ struct Row {
     #[diesel(sql_type = BigInt)]
     creator_lo: i64,
     #[diesel(sql_type = BigInt)]
+    metered_hi: i64,
+    #[diesel(sql_type = BigInt)]
+    metered_lo: i64,
+    #[diesel(sql_type = BigInt)]
     cost_hi: i64,
     #[diesel(sql_type = BigInt)]
     cost_lo: i64,
@@ -106,6 +111,9 @@ impl RevenueLine {
             self.paid_messages = self.paid_messages.checked_add(r.n)?;
             add(&mut self.infra_revenue, r.infra_hi, r.infra_lo)?;
         }
+        // Metered parts are paid by the wallet, free message or not (their
+        // sum is at most the charge's total, so it fits in a BIGINT).
+        add(&mut self.infra_revenue, r.metered_hi, r.metered_lo)?;
         add(&mut self.marketplace_share, r.share_hi, r.share_lo)?;
         add(&mut self.addon_forgone, r.forgone_hi, r.forgone_lo)?;
         add(&mut self.creator_earnings, r.creator_hi, r.creator_lo)?;
@@ -137,13 +145,18 @@ pub fn revenue(
         return Err(ServiceError::Validation("from must be before to".into()));
     }
     let rows: Vec<Row> = diesel::sql_query(format!(
-        "SELECT model_id, free, COUNT(*) AS n, {}, {}, {}, {}, {} \
+        "SELECT model_id, free, COUNT(*) AS n, {}, {}, {}, {}, {}, {} \
          FROM charges WHERE created_at >= $1 AND created_at < $2 \
          GROUP BY model_id, free ORDER BY model_id",
         sums::select("runtime_infra", "infra"),
         sums::select("platform_share", "share"),
         sums::select("addon_forgone", "forgone"),
         sums::select("creator_earnings", "creator"),
+        sums::select(
+            "COALESCE(input_tokens_cost, 0) + COALESCE(output_tokens_cost, 0) \
+             + COALESCE(tools_cost, 0) + COALESCE(generations_cost, 0)",
+            "metered"
+        ),
         sums::select("provider_cost_micro_usd", "cost"),
     ))
     .bind::<Timestamp, _>(from)

@@ -12,6 +12,7 @@ mod holds;
 mod idempotency;
 mod input;
 mod ledger;
+mod metered;
 mod metrics;
 mod migrations;
 mod openapi;
