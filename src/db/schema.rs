@@ -215,6 +215,10 @@ diesel::table! {
         details_submitted -> Bool,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        bank_payout_failed_at -> Nullable<Timestamp>,
+        bank_payout_failure_code -> Nullable<Text>,
+        bank_payout_failure_message -> Nullable<Text>,
+        failed_bank_payout_id -> Nullable<Text>,
     }
 }
 
@@ -235,6 +239,10 @@ diesel::table! {
         send_lease_until -> Nullable<Timestamp>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        destination_payment -> Nullable<Text>,
+        bank_failed_at -> Nullable<Timestamp>,
+        bank_failure_code -> Nullable<Text>,
+        bank_failure_message -> Nullable<Text>,
     }
 }
 
