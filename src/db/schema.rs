@@ -273,6 +273,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    subscription_checkouts (id) {
+        id -> Text,
+        subject_type -> Text,
+        subject_id -> Text,
+        plan -> Text,
+        status -> Text,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     wallet_audit (id) {
         id -> BigInt,
         account_id -> BigInt,
@@ -310,4 +322,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     plan_grants,
     subscriptions,
     wallet_audit,
+    subscription_checkouts,
 );

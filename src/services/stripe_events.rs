@@ -60,6 +60,11 @@ outcomes! {
     SubscriptionAlreadyEnded = "subscription_already_ended",
     SubscriptionPastDue = "subscription_past_due",
     UnknownSubscription = "unknown_subscription",
+    /// A subscription Checkout was paid (the subscription events then set
+    /// the plan).
+    SubscriptionCheckoutCompleted = "subscription_checkout_completed",
+    /// A Checkout Session tally has no record of.
+    UnknownCheckout = "unknown_checkout",
     NotASubscriptionInvoice = "not_a_subscription_invoice",
     /// An event older than what is recorded (delivered out of order).
     StaleEvent = "stale_event",

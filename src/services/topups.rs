@@ -532,7 +532,8 @@ fn neg(c: Credits) -> ServiceResult<Credits> {
 
 /// `checkout.session.completed`: a paid top-up Checkout credits the wallet;
 /// an unpaid one (a delayed payment method) is remembered until its payment
-/// settles. Subscription Checkouts are left to the subscription events.
+/// settles. A subscription Checkout is only marked `complete` (the
+/// subscription events set the plan).
 pub fn checkout_completed(
     tx: &mut WriteTx<'_>,
     ctx: &Ctx,
@@ -540,7 +541,7 @@ pub fn checkout_completed(
     event_id: &str,
 ) -> ServiceResult<EventOutcome> {
     if s.mode.as_deref() == Some("subscription") {
-        return Ok(EventOutcome::Ignored);
+        return super::plans::subscription_checkout_ended(tx, s, true);
     }
     match s.payment_status.as_str() {
         "paid" => session_paid(tx, ctx, s, event_id),
@@ -548,11 +549,11 @@ pub fn checkout_completed(
     }
 }
 
-/// `checkout.session.expired`: an abandoned top-up Checkout ends its order
-/// (subscription Checkouts are left to the subscription events).
+/// `checkout.session.expired`: an abandoned top-up Checkout ends its order;
+/// an abandoned subscription Checkout ends `expired`.
 pub fn checkout_expired(tx: &mut WriteTx<'_>, s: &CheckoutSession) -> ServiceResult<EventOutcome> {
     if s.mode.as_deref() == Some("subscription") {
-        return Ok(EventOutcome::Ignored);
+        return super::plans::subscription_checkout_ended(tx, s, false);
     }
     session_expired(tx, s)
 }
