@@ -786,7 +786,7 @@ pub fn bank_payout_failed(
                 .filter(payouts::status.eq(PAID))
                 .filter(payouts::stripe_payout_id.eq(e.payout_id)),
         )
-        .set(set.clone())
+        .set(set)
         .execute(tx.conn())?;
         if unpaid == 1 {
             // Not paid after all: back in in-payout earnings.

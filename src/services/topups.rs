@@ -693,6 +693,20 @@ fn share_of(amount: i64, part: i64, whole: i64) -> i64 {
     ((amount as i128 * part.max(0) as i128) / whole as i128) as i64
 }
 
+/// Who takes credits back, and what their entry carries.
+#[derive(Clone, Copy)]
+struct TakenBy<'a> {
+    actor: &'a str,
+    memo: Option<&'a str>,
+    request_key: Option<&'a str>,
+}
+
+impl<'a> TakenBy<'a> {
+    fn stripe(actor: &'a str) -> Self {
+        TakenBy { actor, memo: None, request_key: None }
+    }
+}
+
 /// Posts a reversal of `credits` + `bonus` from the wallet (which may go
 /// below zero; it is then frozen).
 fn reverse(
@@ -702,10 +716,9 @@ fn reverse(
     kind: EntryKind,
     credits: i64,
     bonus: i64,
-    actor: &str,
-    memo: Option<&str>,
-    request_key: Option<&str>,
+    by: TakenBy<'_>,
 ) -> ServiceResult<()> {
+    let TakenBy { actor, memo, request_key } = by;
     let total = Credits::from_micros(credits + bonus);
     let mut legs = vec![row.wallet().leg(neg(total)?), ctx.platform.cash.leg(Credits::from_micros(credits))];
     if bonus != 0 {
@@ -761,7 +774,8 @@ pub fn refund(
     if refunded <= row.refunded_cents {
         return Ok(EventOutcome::AlreadyRefunded);
     }
-    let full = take_back_to(tx, ctx, &row, refunded, &format!("stripe:{event_id}"), None, None)?;
+    let actor = format!("stripe:{event_id}");
+    let full = take_back_to(tx, ctx, &row, refunded, TakenBy::stripe(&actor))?;
     Ok(if full { EventOutcome::Refunded } else { EventOutcome::PartiallyRefunded })
 }
 
@@ -785,9 +799,7 @@ fn take_back_to(
     ctx: &Ctx,
     row: &TopUpRow,
     refunded: i64,
-    actor: &str,
-    memo: Option<&str>,
-    request_key: Option<&str>,
+    by: TakenBy<'_>,
 ) -> ServiceResult<bool> {
     let refunded = refunded.min(row.amount_cents);
     if refunded <= row.refunded_cents {
@@ -795,7 +807,7 @@ fn take_back_to(
     }
     let (credits, bonus) = take_back_for(row, refunded);
     if credits + bonus > 0 {
-        reverse(tx, ctx, row, EntryKind::Refund, credits, bonus, actor, memo, request_key)?;
+        reverse(tx, ctx, row, EntryKind::Refund, credits, bonus, by)?;
     }
     let full = refunded >= row.amount_cents;
     let status = if full && row.status != DISPUTED { REFUNDED } else { row.status.as_str() };
@@ -926,7 +938,8 @@ pub fn complete_refund(
         Some(r) => format!("refund {}: {reason}", r.id),
         None => format!("refund (manual top-up): {reason}"),
     };
-    take_back_to(tx, ctx, &row, refunded, &operator.id, Some(&memo), Some(request.as_str()))?;
+    let by = TakenBy { actor: &operator.id, memo: Some(&memo), request_key: Some(request.as_str()) };
+    take_back_to(tx, ctx, &row, refunded, by)?;
     tracing::warn!(top_up_id = %row.id, cents = plan.cents, operator = %operator.id, "top-up refunded by an operator");
     Ok(TopUpRefund {
         refund_id: stripe_refund.map(|r| r.id.clone()),
@@ -957,17 +970,8 @@ pub fn dispute_created(
     let credits = row.credits - row.reversed_credits;
     let bonus = row.bonus_credits - row.reversed_bonus;
     if credits + bonus > 0 {
-        reverse(
-            tx,
-            ctx,
-            &row,
-            EntryKind::Dispute,
-            credits,
-            bonus,
-            &format!("stripe:{event_id}"),
-            None,
-            None,
-        )?;
+        let actor = format!("stripe:{event_id}");
+        reverse(tx, ctx, &row, EntryKind::Dispute, credits, bonus, TakenBy::stripe(&actor))?;
     }
     freeze(tx, row.wallet_account_id)?;
     diesel::update(top_ups::table.find(&row.id))
