@@ -6,14 +6,17 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{parse_time, run, run_idempotent, run_write, AppState, JsonBody};
+use super::{
+    idempotency_request, parse_time, run, run_idempotent, run_write, stored_response, AppState, JsonBody,
+};
 use crate::auth::Operator;
-use crate::domain::Credits;
+use crate::domain::text::checked_text;
+use crate::domain::{Credits, UsdCents};
 use crate::error::{ApiError, ErrorResponse};
 use crate::ledger::verify::{self, VerifyReport};
 use crate::services::adjustments::{self, Adjustment};
 use crate::services::reports::{self, RevenueReport};
-use crate::services::topups::{self, TopUp, TopUpList};
+use crate::services::topups::{self, TopUp, TopUpList, TopUpRefund};
 use crate::services::wallets::{self, AuditLog, Wallet};
 
 pub fn configure(cfg: &mut ServiceConfig) {
@@ -24,7 +27,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(verify_ledger)
         .service(revenue_report)
         .service(list_top_ups)
-        .service(reject_top_up);
+        .service(reject_top_up)
+        .service(refund_top_up);
 }
 
 /// The time range of a report.
@@ -347,4 +351,74 @@ pub async fn reject_top_up(
         topups::reject_mismatch(tx, &op, &id, key)
     })
     .await
+}
+
+/// A refund of a top-up's unspent credits.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundTopUpRequest {
+    /// USD to return to the payer, at most 2 decimal places; all that is
+    /// refundable when absent. The wallet gives back that share of what
+    /// the top-up credited (credits and bonus, each rounded down).
+    #[schema(value_type = Option<String>, example = "5.00", pattern = r"^[0-9]{1,10}(\.[0-9]{1,2})?$")]
+    pub amount: Option<String>,
+    /// Why (1 to 500 characters); kept with the refund's entry.
+    #[schema(
+        max_length = 500,
+        pattern = r"^[^\u0000-\u0008\u000b-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f\u00ad\u034f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff][^\u0000-\u0008\u000b-\u001f\u007f-\u009f]*$"
+    )]
+    pub reason: String,
+}
+
+/// Refund a top-up's unspent credits
+///
+/// Refunds part or all of a paid top-up's payment through Stripe (a manual
+/// top-up: recorded only, no Stripe call) and takes the credits back from
+/// the wallet at once, as the `charge.refunded` event that follows would
+/// (that event then changes nothing). At most what is unspent: the refund
+/// may take back no more than what the top-up credited less what was
+/// already taken back, and no more than the wallet holds (422
+/// `refund_exceeds_unspent`). If Stripe cannot be reached nothing is taken
+/// back (503; retry with the same key). Requires `Idempotency-Key`.
+#[utoipa::path(
+    tag = "admin",
+    params(
+        ("top_up_id" = String, Path, description = "The top-up's `top_` id"),
+        ("Idempotency-Key" = String, Header, pattern = r"^[!-~]{1,255}$", description = "A retry with the same key and body replays the first response"),
+    ),
+    request_body = RefundTopUpRequest,
+    responses(
+        (status = 200, description = "The refund and the top-up after it", body = TopUpRefund),
+        (status = 400, description = "Malformed JSON or missing Idempotency-Key", body = ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 403, description = "Not an operator", body = ErrorResponse),
+        (status = 404, description = "No such top-up", body = ErrorResponse),
+        (status = 409, description = "`top_up_not_paid`, `refund_refused` (by Stripe), or a request with this key is in flight", body = ErrorResponse),
+        (status = 422, description = "`refund_exceeds_unspent`, an invalid amount or reason, or the key was used with another body", body = ErrorResponse),
+        (status = 503, description = "Stripe could not be reached (nothing refunded) or is not configured", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/admin/top-ups/{top_up_id}/refund")]
+pub async fn refund_top_up(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    operator: Operator,
+    path: web::Path<String>,
+    body: JsonBody<RefundTopUpRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = operator.0.caller();
+    let JsonBody { value, raw } = body;
+    let amount = value
+        .amount
+        .as_deref()
+        .map(UsdCents::parse_positive)
+        .transpose()
+        .map_err(|e| ApiError::validation(format!("amount: {e}")))?;
+    let reason = checked_text("reason", &value.reason, 500, true).map_err(ApiError::validation)?.to_string();
+    let request = idempotency_request(&state, &req, &caller, &raw)?;
+    let stored =
+        crate::flows::topups::refund_top_up(&state, request, caller, path.into_inner(), amount, reason)
+            .await?;
+    Ok(stored_response(stored))
 }

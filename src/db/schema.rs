@@ -264,6 +264,10 @@ diesel::table! {
         details_submitted -> Bool,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        bank_payout_failed_at -> Nullable<Timestamp>,
+        bank_payout_failure_code -> Nullable<Text>,
+        bank_payout_failure_message -> Nullable<Text>,
+        failed_bank_payout_id -> Nullable<Text>,
     }
 }
 
@@ -284,6 +288,10 @@ diesel::table! {
         send_lease_until -> Nullable<Timestamp>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        destination_payment -> Nullable<Text>,
+        bank_failed_at -> Nullable<Timestamp>,
+        bank_failure_code -> Nullable<Text>,
+        bank_failure_message -> Nullable<Text>,
     }
 }
 
@@ -308,6 +316,18 @@ diesel::table! {
         status -> Text,
         past_due_since -> Nullable<Timestamp>,
         last_event_at -> BigInt,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    subscription_checkouts (id) {
+        id -> Text,
+        subject_type -> Text,
+        subject_id -> Text,
+        plan -> Text,
+        status -> Text,
         created_at -> Timestamp,
         updated_at -> Timestamp,
     }
@@ -353,4 +373,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     subscriptions,
     wallet_audit,
     holds,
+    subscription_checkouts,
 );

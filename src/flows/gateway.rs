@@ -5,7 +5,10 @@
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use crate::stripe::{ConnectedAccount, SessionRef, StripeCallError, StripeGateway, TopUpCheckout};
+use crate::stripe::{
+    ConnectedAccount, PayoutTransaction, RefundOrder, RefundRef, SessionRef, StripeCallError, StripeGateway,
+    TopUpCheckout, TransferRef,
+};
 
 /// A subscription Checkout to open.
 #[derive(Clone, Debug)]
@@ -42,13 +45,24 @@ pub trait PaymentGateway: Send + Sync {
     ) -> BoxFuture<'a, Result<String, StripeCallError>>;
 
     /// A Transfer of a payout to the connected account (the payout id is
-    /// the idempotency key); returns the transfer's id.
+    /// the idempotency key); returns the transfer and the payment it made on
+    /// the connected account.
     fn create_transfer<'a>(
         &'a self,
         payout_id: &'a str,
         account_id: &'a str,
         cents: i64,
-    ) -> BoxFuture<'a, Result<String, StripeCallError>>;
+    ) -> BoxFuture<'a, Result<TransferRef, StripeCallError>>;
+
+    /// The balance transactions a connected account's bank payout carried.
+    fn list_payout_transactions<'a>(
+        &'a self,
+        account_id: &'a str,
+        payout_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PayoutTransaction>, StripeCallError>>;
+
+    /// A refund of part or all of a top-up's payment.
+    fn refund<'a>(&'a self, order: &'a RefundOrder) -> BoxFuture<'a, Result<RefundRef, StripeCallError>>;
 
     /// A Checkout Session in subscription mode.
     fn create_subscription_session<'a>(
@@ -86,8 +100,20 @@ impl PaymentGateway for StripeGateway {
         payout_id: &'a str,
         account_id: &'a str,
         cents: i64,
-    ) -> BoxFuture<'a, Result<String, StripeCallError>> {
+    ) -> BoxFuture<'a, Result<TransferRef, StripeCallError>> {
         StripeGateway::create_transfer(self, payout_id, account_id, cents).boxed()
+    }
+
+    fn list_payout_transactions<'a>(
+        &'a self,
+        account_id: &'a str,
+        payout_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PayoutTransaction>, StripeCallError>> {
+        StripeGateway::list_payout_transactions(self, account_id, payout_id).boxed()
+    }
+
+    fn refund<'a>(&'a self, order: &'a RefundOrder) -> BoxFuture<'a, Result<RefundRef, StripeCallError>> {
+        StripeGateway::create_refund(self, order).boxed()
     }
 
     fn create_subscription_session<'a>(

@@ -98,7 +98,7 @@ async fn send(rt: &Runtime, row: &PayoutRow) -> SendResult {
     };
     let (result, status) = match gateway.create_transfer(&row.id, &row.stripe_account_id, row.usd_cents).await
     {
-        Ok(transfer_id) => (SendResult::Created(transfer_id), "in_transit"),
+        Ok(transfer) => (SendResult::Created(transfer), "in_transit"),
         Err(StripeCallError::Refused { message, .. }) => (SendResult::Refused(message), "failed"),
         Err(StripeCallError::Unavailable(m)) => (SendResult::Unknown(m), "pending"),
     };

@@ -14,9 +14,40 @@ use crate::services::{payouts, plans, topups, Ctx, ErrorCode, ServiceError, Serv
 use crate::stripe::webhook::{
     self, Account, BankPayout, Charge, CheckoutSession, Dispute, Event, Invoice, Subscription, Transfer,
 };
+use crate::stripe::PayoutTransaction;
 
 /// A handler of one event type, inside the event's transaction.
-type Handler = fn(&mut WriteTx<'_>, &Ctx, &Event) -> ServiceResult<EventOutcome>;
+type Handler = fn(&mut WriteTx<'_>, &Ctx, &Event, &Fetched) -> ServiceResult<EventOutcome>;
+
+/// What a handler needs from Stripe besides the event, asked for before the
+/// event's transaction (no transaction waits on Stripe).
+#[derive(Default)]
+pub struct Fetched {
+    /// `payout.*` of a connected account: the balance transactions the bank
+    /// payout carried; None when Stripe could not list them.
+    payout_transactions: Option<Vec<PayoutTransaction>>,
+}
+
+/// Asks Stripe what an event's handler needs: for a connected account's
+/// `payout.paid` / `payout.failed`, the bank payout's balance transactions.
+async fn fetch(rt: &Arc<Runtime>, event: &Event) -> ServiceResult<Fetched> {
+    let (Some(account), true) = (&event.account, event.kind.starts_with("payout.")) else {
+        return Ok(Fetched::default());
+    };
+    let Ok(payout) = object::<BankPayout>(event) else { return Ok(Fetched::default()) };
+    let id = event.id.clone();
+    if rt.read(move |conn, _| record::was_applied(conn, &id)).await? {
+        return Ok(Fetched::default());
+    }
+    let Some(gateway) = &rt.gateway else { return Ok(Fetched::default()) };
+    match gateway.list_payout_transactions(account, &payout.id).await {
+        Ok(txns) => Ok(Fetched { payout_transactions: Some(txns) }),
+        Err(e) => {
+            tracing::error!(event_id = %event.id, bank_payout = %payout.id, error = %e, "bank payout's transactions not listed");
+            Ok(Fetched::default())
+        }
+    }
+}
 
 /// Event type -> handler.
 const HANDLERS: &[(&str, Handler)] = &[
@@ -78,7 +109,9 @@ pub async fn receive(rt: &Arc<Runtime>, body: &[u8], signature: Option<&str>) ->
             return Ok(Received { event_id, event_type, outcome });
         }
     }
-    let outcome = rt.write(move |conn, ctx| db::write_tx(conn, |tx| apply_once(tx, ctx, &event))).await?;
+    let fetched = fetch(rt, &event).await?;
+    let outcome =
+        rt.write(move |conn, ctx| db::write_tx(conn, |tx| apply_once(tx, ctx, &event, &fetched))).await?;
     rt.metrics.webhook_events.with_label_values(&[event_type.as_str(), outcome.as_str()]).inc();
     tracing::info!(event_id = %event_id, event_type = %event_type, outcome = outcome.as_str(), "webhook processed");
     Ok(Received { event_id, event_type, outcome })
@@ -110,12 +143,17 @@ fn verify_any(
 }
 
 /// Records the event, then applies it: a second delivery changes nothing.
-fn apply_once(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+fn apply_once(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    event: &Event,
+    fetched: &Fetched,
+) -> ServiceResult<EventOutcome> {
     if !record::record_once(tx, &event.id, &event.kind)? {
         return Ok(EventOutcome::Duplicate);
     }
     let outcome = match HANDLERS.iter().find(|(kind, _)| *kind == event.kind) {
-        Some((_, handler)) => handler(tx, ctx, event)?,
+        Some((_, handler)) => handler(tx, ctx, event, fetched)?,
         None => EventOutcome::Ignored,
     };
     record::record_outcome(tx, &event.id, outcome)?;
@@ -129,35 +167,70 @@ fn object<T: DeserializeOwned>(event: &Event) -> ServiceResult<T> {
     })
 }
 
-fn checkout_completed(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+fn checkout_completed(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    event: &Event,
+    _: &Fetched,
+) -> ServiceResult<EventOutcome> {
     topups::checkout_completed(tx, ctx, &object::<CheckoutSession>(event)?, &event.id)
 }
 
-fn checkout_expired(tx: &mut WriteTx<'_>, _: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+fn checkout_expired(
+    tx: &mut WriteTx<'_>,
+    _: &Ctx,
+    event: &Event,
+    _: &Fetched,
+) -> ServiceResult<EventOutcome> {
     topups::checkout_expired(tx, &object::<CheckoutSession>(event)?)
 }
 
-fn async_payment_succeeded(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+fn async_payment_succeeded(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    event: &Event,
+    _: &Fetched,
+) -> ServiceResult<EventOutcome> {
     topups::session_paid(tx, ctx, &object::<CheckoutSession>(event)?, &event.id)
 }
 
-fn async_payment_failed(tx: &mut WriteTx<'_>, _: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+fn async_payment_failed(
+    tx: &mut WriteTx<'_>,
+    _: &Ctx,
+    event: &Event,
+    _: &Fetched,
+) -> ServiceResult<EventOutcome> {
     topups::async_payment_failed(tx, &object::<CheckoutSession>(event)?)
 }
 
-fn charge_refunded(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+fn charge_refunded(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    event: &Event,
+    _: &Fetched,
+) -> ServiceResult<EventOutcome> {
     topups::refund(tx, ctx, &object::<Charge>(event)?, &event.id)
 }
 
-fn dispute_created(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+fn dispute_created(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    event: &Event,
+    _: &Fetched,
+) -> ServiceResult<EventOutcome> {
     topups::dispute_created(tx, ctx, &object::<Dispute>(event)?, &event.id)
 }
 
-fn dispute_closed(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+fn dispute_closed(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    event: &Event,
+    _: &Fetched,
+) -> ServiceResult<EventOutcome> {
     topups::dispute_closed(tx, ctx, &object::<Dispute>(event)?, &event.id)
 }
 
-fn account_updated(tx: &mut WriteTx<'_>, _: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+fn account_updated(tx: &mut WriteTx<'_>, _: &Ctx, event: &Event, _: &Fetched) -> ServiceResult<EventOutcome> {
     let a: Account = object(event)?;
     payouts::account_updated(
         tx,
@@ -167,29 +240,70 @@ fn account_updated(tx: &mut WriteTx<'_>, _: &Ctx, event: &Event) -> ServiceResul
     )
 }
 
-fn subscription_changed(tx: &mut WriteTx<'_>, _: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+fn subscription_changed(
+    tx: &mut WriteTx<'_>,
+    _: &Ctx,
+    event: &Event,
+    _: &Fetched,
+) -> ServiceResult<EventOutcome> {
     let sub: Subscription = object(event)?;
     plans::subscription_event(tx, event.created, &sub, event.kind == "customer.subscription.deleted")
 }
 
-fn invoice_payment_failed(tx: &mut WriteTx<'_>, _: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+fn invoice_payment_failed(
+    tx: &mut WriteTx<'_>,
+    _: &Ctx,
+    event: &Event,
+    _: &Fetched,
+) -> ServiceResult<EventOutcome> {
     plans::invoice_payment_failed(tx, &object::<Invoice>(event)?)
 }
 
-fn transfer_reversed(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+fn transfer_reversed(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    event: &Event,
+    _: &Fetched,
+) -> ServiceResult<EventOutcome> {
     payouts::transfer_reversed(tx, ctx, &object::<Transfer>(event)?.id)
 }
 
-fn bank_payout_paid(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+fn bank_payout_paid(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    event: &Event,
+    f: &Fetched,
+) -> ServiceResult<EventOutcome> {
     let p: BankPayout = object(event)?;
     let Some(account) = event.account.as_deref() else { return Ok(EventOutcome::NotAConnectedAccount) };
-    payouts::bank_payout_paid(tx, ctx, account, &p.id)
+    payouts::bank_payout_paid(tx, ctx, &bank_payout_event(event, account, &p, f))
 }
 
-fn bank_payout_failed(tx: &mut WriteTx<'_>, ctx: &Ctx, event: &Event) -> ServiceResult<EventOutcome> {
+fn bank_payout_failed(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    event: &Event,
+    f: &Fetched,
+) -> ServiceResult<EventOutcome> {
     let p: BankPayout = object(event)?;
     let Some(account) = event.account.as_deref() else { return Ok(EventOutcome::NotAConnectedAccount) };
-    payouts::bank_payout_failed(tx, ctx, account, &p.id)
+    payouts::bank_payout_failed(tx, ctx, &bank_payout_event(event, account, &p, f))
+}
+
+fn bank_payout_event<'a>(
+    event: &'a Event,
+    account_id: &'a str,
+    p: &'a BankPayout,
+    f: &'a Fetched,
+) -> payouts::BankPayoutEvent<'a> {
+    payouts::BankPayoutEvent {
+        account_id,
+        payout_id: &p.id,
+        failure_code: p.failure_code.as_deref(),
+        failure_message: p.failure_message.as_deref(),
+        created: event.created,
+        transactions: f.payout_transactions.as_deref(),
+    }
 }
 
 #[cfg(test)]

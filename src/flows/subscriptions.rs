@@ -1,6 +1,7 @@
 //! Starting a Pro subscription: who subscribes is checked in the database,
-//! then Stripe opens the Checkout; the subscription webhooks keep the plan
-//! current afterwards.
+//! then Stripe opens the Checkout, which is recorded (`open`, until its
+//! `checkout.session.completed` or `.expired`); the subscription webhooks
+//! keep the plan current afterwards.
 
 use std::sync::Arc;
 
@@ -54,6 +55,9 @@ pub async fn create_subscription(
             message: "the payment provider could not be reached; retry shortly".into(),
         }
     })?;
+    let (id, kept) = (session.id.clone(), subject.clone());
+    rt.write(move |conn, _| plans::record_subscription_checkout(conn, &id, &kept, crate::domain::plans::PRO))
+        .await?;
     Ok(SubscriptionCheckout {
         plan: crate::domain::plans::PRO.into(),
         subject_type: subject.kind().into(),

@@ -71,6 +71,13 @@ pub enum ErrorCode {
     PaidAmountTooSmall,
     /// Only a top-up in `amount_mismatch` can be rejected (409).
     TopUpNotMismatched,
+    /// Only a paid top-up can be refunded (409).
+    TopUpNotPaid,
+    /// A refund beyond what the top-up credited and is still unspent in
+    /// the wallet (422).
+    RefundExceedsUnspent,
+    /// Stripe refused the refund (409; its message says why).
+    RefundRefused,
     /// A webhook whose signature does not verify (400).
     InvalidSignature,
     /// A signed webhook body that is not an event (400).
@@ -124,6 +131,9 @@ impl ErrorCode {
             ErrorCode::CurrencyMismatch => "currency_mismatch",
             ErrorCode::PaidAmountTooSmall => "paid_amount_too_small",
             ErrorCode::TopUpNotMismatched => "top_up_not_mismatched",
+            ErrorCode::TopUpNotPaid => "top_up_not_paid",
+            ErrorCode::RefundExceedsUnspent => "refund_exceeds_unspent",
+            ErrorCode::RefundRefused => "refund_refused",
             ErrorCode::InvalidSignature => "invalid_signature",
             ErrorCode::InvalidEvent => "invalid_event",
             ErrorCode::WebhooksNotConfigured => "webhooks_not_configured",

@@ -8,11 +8,17 @@
 //! any instance) calls Stripe; a payout left `pending` by a crash is sent
 //! again by recovery, and Stripe's idempotency makes that the same transfer.
 //!
-//! Outcomes: transfer created -> `in_transit`; Stripe refuses -> `failed`
-//! and the amount returns to available by a reversing entry; `transfer.
-//! reversed` -> the same; `payout.paid` on the connected account -> `paid`
-//! (in-payout -> the platform's `payouts` account); `payout.failed`
-//! afterwards -> `failed`, the money returned once.
+//! Outcomes: transfer created -> `in_transit` (the transfer's payment on
+//! the connected account, `py_...`, kept); Stripe refuses -> `failed` and
+//! the amount returns to available by a reversing entry; `transfer.
+//! reversed` (the money is back on the platform) -> the same, once.
+//! The connected account's own bank payouts: `payout.paid` -> `paid`
+//! (in-payout -> the platform's `payouts` account) for exactly the
+//! transfers that bank payout carried, as its balance transactions name
+//! them; `payout.failed` -> the payouts it carried and the payout account
+//! are flagged `bank_payout_failed` and nothing returns to available: the
+//! funds stay on the connected account, and Stripe pays them out again
+//! once the creator fixes their bank details.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
@@ -30,7 +36,7 @@ use crate::db::{self, DbConn, WriteTx};
 use crate::domain::ids::new_id;
 use crate::domain::{AccountKind, Credits, EntryKind, OrgRole, OwnerType, UsdCents};
 use crate::ledger::{self, AccountRef, LedgerError, NewEntry, Overdraft};
-use crate::stripe::ConnectedAccount;
+use crate::stripe::{ConnectedAccount, PayoutTransaction, TransferRef};
 
 /// How long a sender holds a payout before another may send it.
 const SEND_LEASE_SECS: i64 = 60;
@@ -49,6 +55,25 @@ pub struct PayoutAccount {
     pub details_submitted: bool,
     /// A fresh onboarding link (only in the answer to `PUT`).
     pub onboarding_url: Option<String>,
+    /// The last bank payout of the connected account failed (e.g. a closed
+    /// bank account): the creator should fix their bank details in Stripe.
+    /// Cleared by a later `payout.paid` of the account.
+    pub bank_payout_failed: bool,
+    /// Why, when `bank_payout_failed`.
+    pub bank_payout_failure: Option<BankPayoutFailure>,
+}
+
+/// A bank payout of the connected account that the bank refused.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BankPayoutFailure {
+    /// Stripe's bank payout (`po_...`).
+    pub payout_id: Option<String>,
+    /// Stripe's failure code, e.g. `account_closed`.
+    pub code: Option<String>,
+    /// Stripe's failure message.
+    pub message: Option<String>,
+    /// When Stripe reported it.
+    pub failed_at: DateTime<Utc>,
 }
 
 /// A payout of creator earnings.
@@ -68,6 +93,12 @@ pub struct Payout {
     pub usd: UsdCents,
     pub transfer_id: Option<String>,
     pub failure_reason: Option<String>,
+    /// The connected account's bank payout that carried this transfer
+    /// failed: the money is on the creator's Stripe balance (not back in
+    /// available earnings) and goes out with their next bank payout.
+    pub bank_payout_failed: bool,
+    /// Why, when `bank_payout_failed`.
+    pub bank_payout_failure: Option<BankPayoutFailure>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -97,6 +128,10 @@ pub struct PayoutRow {
     pub send_lease_until: Option<NaiveDateTime>,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    pub destination_payment: Option<String>,
+    pub bank_failed_at: Option<NaiveDateTime>,
+    pub bank_failure_code: Option<String>,
+    pub bank_failure_message: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -108,6 +143,10 @@ pub struct PayoutAccountRow {
     pub details_submitted: bool,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    pub bank_payout_failed_at: Option<NaiveDateTime>,
+    pub bank_payout_failure_code: Option<String>,
+    pub bank_payout_failure_message: Option<String>,
+    pub failed_bank_payout_id: Option<String>,
 }
 
 const PENDING: &str = "pending";
@@ -124,6 +163,13 @@ pub fn view(row: PayoutRow) -> Payout {
         usd: UsdCents::new(row.usd_cents),
         transfer_id: row.transfer_id,
         failure_reason: row.failure_reason,
+        bank_payout_failed: row.bank_failed_at.is_some(),
+        bank_payout_failure: row.bank_failed_at.map(|at| BankPayoutFailure {
+            payout_id: row.stripe_payout_id,
+            code: row.bank_failure_code,
+            message: row.bank_failure_message,
+            failed_at: at.and_utc(),
+        }),
         created_at: row.created_at.and_utc(),
         updated_at: row.updated_at.and_utc(),
     }
@@ -150,6 +196,13 @@ fn account_view(row: PayoutAccountRow, onboarding_url: Option<String>) -> Payout
         payouts_enabled: row.payouts_enabled,
         details_submitted: row.details_submitted,
         onboarding_url,
+        bank_payout_failed: row.bank_payout_failed_at.is_some(),
+        bank_payout_failure: row.bank_payout_failed_at.map(|at| BankPayoutFailure {
+            payout_id: row.failed_bank_payout_id,
+            code: row.bank_payout_failure_code,
+            message: row.bank_payout_failure_message,
+            failed_at: at.and_utc(),
+        }),
     }
 }
 
@@ -165,6 +218,8 @@ pub fn get_payout_account(conn: &mut DbConn, caller: &Caller, org_id: &str) -> S
             payouts_enabled: false,
             details_submitted: false,
             onboarding_url: None,
+            bank_payout_failed: false,
+            bank_payout_failure: None,
         },
     })
 }
@@ -450,7 +505,7 @@ pub fn claim_send(conn: &mut DbConn, id: &str) -> ServiceResult<bool> {
 /// What became of a transfer attempt.
 #[derive(Debug, Clone)]
 pub enum SendResult {
-    Created(String),
+    Created(TransferRef),
     Refused(String),
     Unknown(String),
 }
@@ -464,11 +519,12 @@ pub fn record_send(
 ) -> ServiceResult<Outcome<Payout>> {
     let now = db::now();
     match result {
-        SendResult::Created(transfer_id) => {
+        SendResult::Created(transfer) => {
             diesel::update(payouts::table.find(id).filter(payouts::status.eq(PENDING)))
                 .set((
                     payouts::status.eq(IN_TRANSIT),
-                    payouts::transfer_id.eq(transfer_id),
+                    payouts::transfer_id.eq(&transfer.id),
+                    payouts::destination_payment.eq(&transfer.destination_payment),
                     payouts::send_lease_until.eq(None::<NaiveDateTime>),
                     payouts::updated_at.eq(now),
                 ))
@@ -555,27 +611,87 @@ pub fn transfer_reversed(tx: &mut WriteTx<'_>, ctx: &Ctx, transfer_id: &str) -> 
     })
 }
 
-/// `payout.paid` on a connected account: the transfers in transit to that
-/// account are paid. (Connected accounts are paid out automatically, the
-/// whole balance at a time, so a bank payout carries every transfer that
-/// arrived before it.)
+/// A bank payout of a connected account, as its event and its balance
+/// transactions tell it.
+pub struct BankPayoutEvent<'a> {
+    /// The connected account (`acct_...`, the event's `account`).
+    pub account_id: &'a str,
+    /// The bank payout (`po_...`).
+    pub payout_id: &'a str,
+    pub failure_code: Option<&'a str>,
+    pub failure_message: Option<&'a str>,
+    /// When Stripe created the event (Unix seconds).
+    pub created: i64,
+    /// The balance transactions it carried; None when Stripe could not list
+    /// them.
+    pub transactions: Option<&'a [PayoutTransaction]>,
+}
+
+impl BankPayoutEvent<'_> {
+    fn at(&self) -> NaiveDateTime {
+        DateTime::from_timestamp(self.created, 0).map(|t| t.naive_utc()).unwrap_or_else(db::now)
+    }
+
+    /// tally's payouts of this account that the bank payout carried: those
+    /// whose transfer's payment (`py_...`) it lists, and those an earlier
+    /// failed bank payout carried whose funds (`payout_failure`, source
+    /// `po_...`) it lists.
+    fn carried(&self, tx: &mut WriteTx<'_>, txns: &[PayoutTransaction]) -> ServiceResult<Vec<PayoutRow>> {
+        let payments: Vec<&str> =
+            txns.iter().filter(|t| t.kind == "payment").map(|t| t.source.as_str()).collect();
+        let failed: Vec<&str> = txns
+            .iter()
+            .filter(|t| t.kind == "payout_failure" && t.source != self.payout_id)
+            .map(|t| t.source.as_str())
+            .collect();
+        Ok(payouts::table
+            .filter(payouts::stripe_account_id.eq(self.account_id))
+            .filter(
+                payouts::destination_payment
+                    .eq_any(payments)
+                    .or(payouts::stripe_payout_id.eq_any(failed).and(payouts::bank_failed_at.is_not_null())),
+            )
+            .order(payouts::created_at.asc())
+            .select(PayoutRow::as_select())
+            .load(tx.conn())?)
+    }
+}
+
+/// `payout.paid` on a connected account: the payouts in transit that this
+/// bank payout carried (and only those) are paid: in-payout -> the
+/// platform's `payouts` account. A later-paid bank payout also clears the
+/// payout account's `bank_payout_failed` flag (the bank takes payouts
+/// again). When Stripe could not list the bank payout's transactions,
+/// nothing is paid and the outcome says so.
 pub fn bank_payout_paid(
     tx: &mut WriteTx<'_>,
     ctx: &Ctx,
-    account_id: &str,
-    stripe_payout_id: &str,
+    e: &BankPayoutEvent<'_>,
 ) -> ServiceResult<EventOutcome> {
-    let rows: Vec<PayoutRow> = payouts::table
-        .filter(payouts::stripe_account_id.eq(account_id))
-        .filter(payouts::status.eq(IN_TRANSIT))
-        .select(PayoutRow::as_select())
-        .load(tx.conn())?;
+    let Some(txns) = e.transactions else { return Ok(EventOutcome::BankPayoutUnlisted) };
+    let at = e.at();
+    diesel::update(
+        payout_accounts::table
+            .filter(payout_accounts::stripe_account_id.eq(e.account_id))
+            .filter(payout_accounts::bank_payout_failed_at.le(at)),
+    )
+    .set((
+        payout_accounts::bank_payout_failed_at.eq(None::<NaiveDateTime>),
+        payout_accounts::bank_payout_failure_code.eq(None::<String>),
+        payout_accounts::bank_payout_failure_message.eq(None::<String>),
+        payout_accounts::failed_bank_payout_id.eq(None::<String>),
+        payout_accounts::updated_at.eq(db::now()),
+    ))
+    .execute(tx.conn())?;
     let (mut paid, mut shortfall) = (0, false);
-    for row in rows {
+    for row in e.carried(tx, txns)? {
         let n = diesel::update(payouts::table.find(&row.id).filter(payouts::status.eq(IN_TRANSIT)))
             .set((
                 payouts::status.eq(PAID),
-                payouts::stripe_payout_id.eq(stripe_payout_id),
+                payouts::stripe_payout_id.eq(e.payout_id),
+                payouts::bank_failed_at.eq(None::<NaiveDateTime>),
+                payouts::bank_failure_code.eq(None::<String>),
+                payouts::bank_failure_message.eq(None::<String>),
                 payouts::updated_at.eq(db::now()),
             ))
             .execute(tx.conn())?;
@@ -599,37 +715,103 @@ pub fn bank_payout_paid(
     })
 }
 
-/// `payout.failed` on a connected account: payouts it had paid, or that
-/// were in transit to it, fail and return their amount once.
+/// `payout.failed` on a connected account: the bank refused the account's
+/// own payout, and Stripe keeps the funds on the connected account (its
+/// next bank payout carries them again). Nothing returns to available
+/// earnings (that would let the creator be paid twice): the payout account
+/// is flagged `bank_payout_failed` with Stripe's reason, and so are the
+/// payouts the bank payout carried (a payout already marked paid by it goes
+/// back to `in_transit`, its amount back to in-payout earnings).
 pub fn bank_payout_failed(
     tx: &mut WriteTx<'_>,
     ctx: &Ctx,
-    account_id: &str,
-    stripe_payout_id: &str,
+    e: &BankPayoutEvent<'_>,
 ) -> ServiceResult<EventOutcome> {
-    let mut ids: Vec<String> = payouts::table
-        .filter(payouts::stripe_payout_id.eq(stripe_payout_id))
-        .filter(payouts::status.eq(PAID))
-        .select(payouts::id)
-        .load(tx.conn())?;
-    if ids.is_empty() {
-        ids = payouts::table
-            .filter(payouts::stripe_account_id.eq(account_id))
-            .filter(payouts::status.eq(IN_TRANSIT))
-            .select(payouts::id)
-            .load(tx.conn())?;
-    }
-    let (mut failed, mut shortfall) = (0, false);
-    for id in ids {
-        if let Some(short) = fail(tx, ctx, &id, &[IN_TRANSIT, PAID], "bank payout failed")? {
-            failed += 1;
-            shortfall |= !short.is_zero();
+    let at = e.at();
+    let flagged = diesel::update(
+        payout_accounts::table.filter(payout_accounts::stripe_account_id.eq(e.account_id)).filter(
+            payout_accounts::bank_payout_failed_at
+                .is_null()
+                .or(payout_accounts::bank_payout_failed_at.le(at)),
+        ),
+    )
+    .set((
+        payout_accounts::bank_payout_failed_at.eq(at),
+        payout_accounts::bank_payout_failure_code.eq(e.failure_code),
+        payout_accounts::bank_payout_failure_message.eq(e.failure_message),
+        payout_accounts::failed_bank_payout_id.eq(e.payout_id),
+        payout_accounts::updated_at.eq(db::now()),
+    ))
+    .execute(tx.conn())?;
+    let Some(txns) = e.transactions else { return Ok(EventOutcome::BankPayoutUnlisted) };
+    let mut rows = e.carried(tx, txns)?;
+    // Paid by this very bank payout before it failed.
+    rows.extend(
+        payouts::table
+            .filter(payouts::stripe_account_id.eq(e.account_id))
+            .filter(payouts::stripe_payout_id.eq(e.payout_id))
+            .filter(payouts::status.eq(PAID))
+            .select(PayoutRow::as_select())
+            .load(tx.conn())?,
+    );
+    let mut marked = 0;
+    for row in rows {
+        let set = (
+            payouts::status.eq(IN_TRANSIT),
+            payouts::stripe_payout_id.eq(e.payout_id),
+            payouts::bank_failed_at.eq(at),
+            payouts::bank_failure_code.eq(e.failure_code),
+            payouts::bank_failure_message.eq(e.failure_message),
+            payouts::updated_at.eq(db::now()),
+        );
+        let unpaid = diesel::update(
+            payouts::table
+                .find(&row.id)
+                .filter(payouts::status.eq(PAID))
+                .filter(payouts::stripe_payout_id.eq(e.payout_id)),
+        )
+        .set(set)
+        .execute(tx.conn())?;
+        if unpaid == 1 {
+            // Not paid after all: back in in-payout earnings.
+            let in_payout = org_account(tx, &row.org_id, AccountKind::EarningsInPayout)?;
+            let amount = Credits::from_micros(row.amount);
+            let short = move_at_most(
+                tx,
+                ctx.platform.payouts,
+                in_payout,
+                amount,
+                EntryKind::PayoutPaid,
+                Some("bank payout failed after paid"),
+                &row.id,
+            )?;
+            if !short.is_zero() {
+                record_shortfall(tx, &row.id, "bank payout failed after paid", short)?;
+            }
+            marked += 1;
+            continue;
         }
+        // In transit: flagged once per bank payout (a replay changes nothing).
+        let n = diesel::update(
+            payouts::table
+                .find(&row.id)
+                .filter(payouts::status.eq(IN_TRANSIT))
+                .filter(payouts::bank_failed_at.is_null().or(payouts::stripe_payout_id.ne(e.payout_id))),
+        )
+        .set(set)
+        .execute(tx.conn())?;
+        marked += n;
     }
-    Ok(match (failed, shortfall) {
-        (0, _) => EventOutcome::NoPayoutToFail,
-        (_, false) => EventOutcome::PayoutsFailed,
-        (_, true) => EventOutcome::PayoutsFailedShortfall,
+    tracing::warn!(
+        account = e.account_id,
+        bank_payout = e.payout_id,
+        code = ?e.failure_code,
+        payouts = marked,
+        "bank payout failed: payout account and carried payouts flagged; earnings unchanged"
+    );
+    Ok(match (marked, flagged) {
+        (0, 0) => EventOutcome::NoPayoutToFail,
+        _ => EventOutcome::BankPayoutFailed,
     })
 }
 

@@ -13,13 +13,13 @@ use utoipa::ToSchema;
 use super::orgs::role_in;
 use super::stripe_events::EventOutcome;
 use super::{Caller, Ctx, ServiceError, ServiceResult};
-use crate::db::schema::{orgs, plan_grants, subscriptions};
+use crate::db::schema::{orgs, plan_grants, subscription_checkouts, subscriptions};
 use crate::db::{self, DbConn, WriteTx};
 use crate::domain::ids::new_id;
 use crate::domain::plans::{self, Decision, Plan, FREE};
 use crate::domain::text::checked_id;
 use crate::domain::OrgRole;
-use crate::stripe::webhook::{Invoice, Subscription};
+use crate::stripe::webhook::{CheckoutSession, Invoice, Subscription};
 
 /// Whose plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -286,6 +286,57 @@ pub fn subscription_subject(
         },
         None => Ok(Subject::Person(caller.id.clone())),
     }
+}
+
+/// Records a subscription Checkout tally opened (`open` until Stripe says
+/// it completed or expired).
+pub fn record_subscription_checkout(
+    conn: &mut DbConn,
+    session_id: &str,
+    subject: &Subject,
+    plan: &str,
+) -> ServiceResult<()> {
+    let now = db::now();
+    diesel::insert_into(subscription_checkouts::table)
+        .values((
+            subscription_checkouts::id.eq(session_id),
+            subscription_checkouts::subject_type.eq(subject.kind()),
+            subscription_checkouts::subject_id.eq(subject.id()),
+            subscription_checkouts::plan.eq(plan),
+            subscription_checkouts::status.eq("open"),
+            subscription_checkouts::created_at.eq(now),
+            subscription_checkouts::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// `checkout.session.completed` / `checkout.session.expired` of a
+/// subscription Checkout: an open one ends `complete` / `expired`.
+pub fn subscription_checkout_ended(
+    tx: &mut WriteTx<'_>,
+    s: &CheckoutSession,
+    completed: bool,
+) -> ServiceResult<EventOutcome> {
+    let status = if completed { "complete" } else { "expired" };
+    let n = diesel::update(
+        subscription_checkouts::table.find(&s.id).filter(subscription_checkouts::status.eq("open")),
+    )
+    .set((subscription_checkouts::status.eq(status), subscription_checkouts::updated_at.eq(db::now())))
+    .execute(tx.conn())?;
+    if n == 1 {
+        return Ok(if completed {
+            EventOutcome::SubscriptionCheckoutCompleted
+        } else {
+            EventOutcome::Expired
+        });
+    }
+    let known: Option<String> = subscription_checkouts::table
+        .find(&s.id)
+        .select(subscription_checkouts::id)
+        .first(tx.conn())
+        .optional()?;
+    Ok(if known.is_some() { EventOutcome::NotPending } else { EventOutcome::UnknownCheckout })
 }
 
 const ENDED: [&str; 2] = ["canceled", "incomplete_expired"];

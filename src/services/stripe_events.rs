@@ -60,6 +60,11 @@ outcomes! {
     SubscriptionAlreadyEnded = "subscription_already_ended",
     SubscriptionPastDue = "subscription_past_due",
     UnknownSubscription = "unknown_subscription",
+    /// A subscription Checkout was paid (the subscription events then set
+    /// the plan).
+    SubscriptionCheckoutCompleted = "subscription_checkout_completed",
+    /// A Checkout Session tally has no record of.
+    UnknownCheckout = "unknown_checkout",
     NotASubscriptionInvoice = "not_a_subscription_invoice",
     /// An event older than what is recorded (delivered out of order).
     StaleEvent = "stale_event",
@@ -76,10 +81,15 @@ outcomes! {
     /// Paid, with a shortfall recorded (see `payout_failed_shortfall`).
     PayoutsPaidShortfall = "payouts_paid_shortfall",
     NoPayoutInTransit = "no_payout_in_transit",
-    PayoutsFailed = "payouts_failed",
-    /// Failed, with a shortfall recorded (see `payout_failed_shortfall`).
-    PayoutsFailedShortfall = "payouts_failed_shortfall",
+    /// A connected account's bank payout failed: the payout account and
+    /// the payouts it carried are flagged; earnings unchanged.
+    BankPayoutFailed = "bank_payout_failed",
     NoPayoutToFail = "no_payout_to_fail",
+    /// Stripe could not list what a bank payout carried (unreachable, or
+    /// an unknown payout): nothing paid or flagged but the payout account
+    /// (on `payout.failed`). A later delivery of the same event (Stripe's
+    /// resend) is applied again.
+    BankPayoutUnlisted = "bank_payout_unlisted",
     NotAConnectedAccount = "not_a_connected_account",
     /// An event of the other mode (live vs test) than `STRIPE_SECRET_KEY`'s:
     /// acknowledged, never applied.
@@ -106,9 +116,28 @@ pub fn record_once(tx: &mut WriteTx<'_>, event_id: &str, event_type: &str) -> Se
     });
     match inserted {
         Ok(_) => Ok(true),
-        Err(e) if db::is_unique_violation(&e) => Ok(false),
+        Err(e) if db::is_unique_violation(&e) => {
+            // An event that could not be applied for want of Stripe's answer
+            // is applied by its next delivery.
+            let retry = diesel::update(
+                stripe_events::table
+                    .find(event_id)
+                    .filter(stripe_events::outcome.eq(EventOutcome::BankPayoutUnlisted.as_str())),
+            )
+            .set(stripe_events::outcome.eq("processing"))
+            .execute(tx.conn())?;
+            Ok(retry == 1)
+        }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Whether an event was applied already (so a delivery need not ask
+/// Stripe for anything before it is found a duplicate).
+pub fn was_applied(conn: &mut crate::db::DbConn, event_id: &str) -> ServiceResult<bool> {
+    let outcome: Option<String> =
+        stripe_events::table.find(event_id).select(stripe_events::outcome).first(conn).optional()?;
+    Ok(outcome.is_some_and(|o| o != EventOutcome::BankPayoutUnlisted.as_str()))
 }
 
 /// Stores what was done with the event.

@@ -27,7 +27,7 @@ use crate::domain::ids::new_id;
 use crate::domain::{AccountKind, Credits, EntryKind, UsdCents};
 use crate::ledger::{self, AccountRef, NewEntry, Overdraft};
 use crate::stripe::webhook::{Charge as StripeCharge, CheckoutSession, Dispute};
-use crate::stripe::{SessionRef, TopUpCheckout};
+use crate::stripe::{RefundRef, SessionRef, TopUpCheckout};
 
 /// A credit pack on sale.
 #[derive(Debug, Serialize, ToSchema)]
@@ -532,7 +532,8 @@ fn neg(c: Credits) -> ServiceResult<Credits> {
 
 /// `checkout.session.completed`: a paid top-up Checkout credits the wallet;
 /// an unpaid one (a delayed payment method) is remembered until its payment
-/// settles. Subscription Checkouts are left to the subscription events.
+/// settles. A subscription Checkout is only marked `complete` (the
+/// subscription events set the plan).
 pub fn checkout_completed(
     tx: &mut WriteTx<'_>,
     ctx: &Ctx,
@@ -540,7 +541,7 @@ pub fn checkout_completed(
     event_id: &str,
 ) -> ServiceResult<EventOutcome> {
     if s.mode.as_deref() == Some("subscription") {
-        return Ok(EventOutcome::Ignored);
+        return super::plans::subscription_checkout_ended(tx, s, true);
     }
     match s.payment_status.as_str() {
         "paid" => session_paid(tx, ctx, s, event_id),
@@ -548,11 +549,11 @@ pub fn checkout_completed(
     }
 }
 
-/// `checkout.session.expired`: an abandoned top-up Checkout ends its order
-/// (subscription Checkouts are left to the subscription events).
+/// `checkout.session.expired`: an abandoned top-up Checkout ends its order;
+/// an abandoned subscription Checkout ends `expired`.
 pub fn checkout_expired(tx: &mut WriteTx<'_>, s: &CheckoutSession) -> ServiceResult<EventOutcome> {
     if s.mode.as_deref() == Some("subscription") {
-        return Ok(EventOutcome::Ignored);
+        return super::plans::subscription_checkout_ended(tx, s, false);
     }
     session_expired(tx, s)
 }
@@ -692,6 +693,20 @@ fn share_of(amount: i64, part: i64, whole: i64) -> i64 {
     ((amount as i128 * part.max(0) as i128) / whole as i128) as i64
 }
 
+/// Who takes credits back, and what their entry carries.
+#[derive(Clone, Copy)]
+struct TakenBy<'a> {
+    actor: &'a str,
+    memo: Option<&'a str>,
+    request_key: Option<&'a str>,
+}
+
+impl<'a> TakenBy<'a> {
+    fn stripe(actor: &'a str) -> Self {
+        TakenBy { actor, memo: None, request_key: None }
+    }
+}
+
 /// Posts a reversal of `credits` + `bonus` from the wallet (which may go
 /// below zero; it is then frozen).
 fn reverse(
@@ -701,8 +716,9 @@ fn reverse(
     kind: EntryKind,
     credits: i64,
     bonus: i64,
-    actor: &str,
+    by: TakenBy<'_>,
 ) -> ServiceResult<()> {
+    let TakenBy { actor, memo, request_key } = by;
     let total = Credits::from_micros(credits + bonus);
     let mut legs = vec![row.wallet().leg(neg(total)?), ctx.platform.cash.leg(Credits::from_micros(credits))];
     if bonus != 0 {
@@ -720,9 +736,9 @@ fn reverse(
             legs,
             overdraft: Overdraft::AllowForReversal,
             reverses: row.credited_entry_id,
-            request_key: None,
+            request_key,
             actor: Some(actor),
-            memo: None,
+            memo,
             metadata: serde_json::to_value(&references).unwrap_or_default(),
         },
     )?;
@@ -758,12 +774,40 @@ pub fn refund(
     if refunded <= row.refunded_cents {
         return Ok(EventOutcome::AlreadyRefunded);
     }
-    let target_credits = share_of(row.credits, refunded, row.amount_cents);
-    let target_bonus = share_of(row.bonus_credits, refunded, row.amount_cents);
-    let credits = (target_credits - row.reversed_credits).max(0);
-    let bonus = (target_bonus - row.reversed_bonus).max(0);
+    let actor = format!("stripe:{event_id}");
+    let full = take_back_to(tx, ctx, &row, refunded, TakenBy::stripe(&actor))?;
+    Ok(if full { EventOutcome::Refunded } else { EventOutcome::PartiallyRefunded })
+}
+
+/// What the wallet gives back once `refunded` cents of the payment are
+/// refunded in all: the refunded share of the credits and of the bonus
+/// (each rounded down), less what was taken back already.
+fn take_back_for(row: &TopUpRow, refunded: i64) -> (i64, i64) {
+    let refunded = refunded.min(row.amount_cents);
+    let credits = share_of(row.credits, refunded, row.amount_cents) - row.reversed_credits;
+    let bonus = share_of(row.bonus_credits, refunded, row.amount_cents) - row.reversed_bonus;
+    (credits.max(0), bonus.max(0))
+}
+
+/// Brings a locked top-up to `refunded` cents refunded in all (the
+/// movement of `charge.refunded`, and of an operator's refund): takes back
+/// [`take_back_for`] from the wallet, which may go below zero (then it is
+/// frozen), and records the amounts. Nothing when `refunded` is not more
+/// than what is recorded. Returns whether the payment is refunded in full.
+fn take_back_to(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    row: &TopUpRow,
+    refunded: i64,
+    by: TakenBy<'_>,
+) -> ServiceResult<bool> {
+    let refunded = refunded.min(row.amount_cents);
+    if refunded <= row.refunded_cents {
+        return Ok(row.refunded_cents >= row.amount_cents);
+    }
+    let (credits, bonus) = take_back_for(row, refunded);
     if credits + bonus > 0 {
-        reverse(tx, ctx, &row, EntryKind::Refund, credits, bonus, &format!("stripe:{event_id}"))?;
+        reverse(tx, ctx, row, EntryKind::Refund, credits, bonus, by)?;
     }
     let full = refunded >= row.amount_cents;
     let status = if full && row.status != DISPUTED { REFUNDED } else { row.status.as_str() };
@@ -776,7 +820,134 @@ pub fn refund(
             top_ups::updated_at.eq(db::now()),
         ))
         .execute(tx.conn())?;
-    Ok(if full { EventOutcome::Refunded } else { EventOutcome::PartiallyRefunded })
+    Ok(full)
+}
+
+/// An operator's refund of a top-up, decided under the top-up's lock.
+#[derive(Clone, Debug)]
+pub struct RefundPlan {
+    pub top_up_id: String,
+    /// The payment to refund at Stripe; None for a manual top-up (the
+    /// refund is recorded only).
+    pub payment_intent: Option<String>,
+    pub cents: i64,
+    /// Cents refunded in all once this refund is made.
+    pub refunded_after: i64,
+    /// Micro-credits (credits + bonus) this refund takes back.
+    pub takes: i64,
+}
+
+/// What an operator's refund did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopUpRefund {
+    /// Stripe's refund (`re_...`); null for a manual top-up (recorded only).
+    pub refund_id: Option<String>,
+    /// USD returned to the payer.
+    #[schema(value_type = String, example = "5.00")]
+    pub amount_usd: UsdCents,
+    /// Credits (bonus included) taken back from the wallet.
+    #[schema(value_type = String, example = "55")]
+    pub credits_taken_back: Credits,
+    pub top_up: TopUp,
+}
+
+/// The most cents of the top-up's payment that can still be refunded
+/// without taking back more than the wallet holds: the largest `c` (at most
+/// what is not refunded yet) whose [`take_back_for`] fits in `balance`.
+fn refundable_cents(row: &TopUpRow, balance: i64) -> i64 {
+    let fits = |c: i64| {
+        let (credits, bonus) = take_back_for(row, row.refunded_cents + c);
+        credits.saturating_add(bonus) <= balance
+    };
+    let (mut lo, mut hi) = (0, (row.amount_cents - row.refunded_cents).max(0));
+    if !fits(lo) {
+        return 0;
+    }
+    // The taken-back amount grows with `c`: the largest `c` that fits.
+    while lo < hi {
+        let mid = lo + (hi - lo + 1) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
+}
+
+/// First step of `POST /v1/admin/top-ups/{id}/refund`: checks under the
+/// top-up's lock that it is paid and that `amount` (all that is refundable
+/// when absent) takes back no more than is unspent: at most what the
+/// top-up credited less what was taken back, and at most the wallet's
+/// balance.
+pub fn plan_refund(conn: &mut DbConn, id: &str, amount: Option<UsdCents>) -> ServiceResult<RefundPlan> {
+    db::write_tx(conn, |tx| {
+        let row = lock(tx, id)?;
+        let stripe = row.method == TopUpMethod::Stripe.as_str();
+        if row.status != PAID
+            || row.credited_entry_id.is_none()
+            || (stripe && row.payment_intent_id.is_none())
+        {
+            return Err(ServiceError::Conflict {
+                kind: ErrorCode::TopUpNotPaid,
+                message: format!("top-up {id} is {}, not paid: there is nothing to refund", row.status),
+            });
+        }
+        let balance = ledger::balance_of(tx, row.wallet())?.micros();
+        let most = refundable_cents(&row, balance);
+        let cents = amount.map(UsdCents::cents).unwrap_or(most);
+        if cents > most || cents <= 0 {
+            return Err(ServiceError::Refused {
+                kind: ErrorCode::RefundExceedsUnspent,
+                message: format!(
+                    "at most {} USD of top-up {id} can be refunded: its credits still unspent in the wallet",
+                    UsdCents::new(most)
+                ),
+            });
+        }
+        let (credits, bonus) = take_back_for(&row, row.refunded_cents + cents);
+        Ok(RefundPlan {
+            top_up_id: row.id.clone(),
+            payment_intent: if stripe { row.payment_intent_id.clone() } else { None },
+            cents,
+            refunded_after: row.refunded_cents + cents,
+            takes: credits + bonus,
+        })
+    })
+}
+
+/// Last step of `POST /v1/admin/top-ups/{id}/refund`: takes the credits
+/// back as `charge.refunded` would for the refunded total Stripe reports
+/// (so that event, when it comes, finds nothing more to do); recorded with
+/// the operator, the reason and Stripe's refund id.
+pub fn complete_refund(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    operator: &Caller,
+    plan: &RefundPlan,
+    stripe_refund: Option<&RefundRef>,
+    reason: &str,
+    request: &RequestKey,
+) -> ServiceResult<Outcome<TopUpRefund>> {
+    let row = lock(tx, &plan.top_up_id)?;
+    let refunded = stripe_refund
+        .and_then(|r| r.charge_amount_refunded)
+        .unwrap_or(plan.refunded_after)
+        .max(plan.refunded_after);
+    let memo = match stripe_refund {
+        Some(r) => format!("refund {}: {reason}", r.id),
+        None => format!("refund (manual top-up): {reason}"),
+    };
+    let by = TakenBy { actor: &operator.id, memo: Some(&memo), request_key: Some(request.as_str()) };
+    take_back_to(tx, ctx, &row, refunded, by)?;
+    tracing::warn!(top_up_id = %row.id, cents = plan.cents, operator = %operator.id, "top-up refunded by an operator");
+    Ok(TopUpRefund {
+        refund_id: stripe_refund.map(|r| r.id.clone()),
+        amount_usd: UsdCents::new(plan.cents),
+        credits_taken_back: Credits::from_micros(plan.takes),
+        top_up: view(load(tx, &row.id)?),
+    }
+    .into())
 }
 
 /// `charge.dispute.created`: takes back all that is still credited and
@@ -799,7 +970,8 @@ pub fn dispute_created(
     let credits = row.credits - row.reversed_credits;
     let bonus = row.bonus_credits - row.reversed_bonus;
     if credits + bonus > 0 {
-        reverse(tx, ctx, &row, EntryKind::Dispute, credits, bonus, &format!("stripe:{event_id}"))?;
+        let actor = format!("stripe:{event_id}");
+        reverse(tx, ctx, &row, EntryKind::Dispute, credits, bonus, TakenBy::stripe(&actor))?;
     }
     freeze(tx, row.wallet_account_id)?;
     diesel::update(top_ups::table.find(&row.id))

@@ -36,7 +36,10 @@ pub fn fixture(name: &str) -> Value {
 pub struct Recorded {
     pub path: String,
     pub idempotency_key: Option<String>,
+    /// The form of a POST, or the query of a GET.
     pub form: Vec<(String, String)>,
+    /// The `Stripe-Account` header (a call made on a connected account).
+    pub stripe_account: Option<String>,
 }
 
 impl Recorded {
@@ -70,6 +73,12 @@ struct State {
     fail_next: AtomicUsize,
     fail_status: std::sync::atomic::AtomicU16,
     counter: AtomicUsize,
+    /// Bank payouts of connected accounts: payout id -> the balance
+    /// transactions it carried, as (type, source).
+    bank_payouts: Mutex<HashMap<String, Vec<(String, String)>>>,
+    /// Refunded so far per payment intent (cents), as Stripe's Charge
+    /// carries it in `amount_refunded`.
+    refunded: Mutex<HashMap<String, i64>>,
 }
 
 pub struct FakeStripe {
@@ -119,6 +128,19 @@ impl FakeStripe {
         self.state.fail_next.store(n, Ordering::SeqCst);
     }
 
+    /// Makes `payout_id` a bank payout that carried these transfers (their
+    /// payments `py_...` on the connected account, as the fake's transfers
+    /// name them: see [`destination_payment_of`]) and these earlier failed
+    /// bank payouts (`po_...`, as `payout_failure` transactions).
+    pub fn bank_payout_carries(&self, payout_id: &str, transfer_ids: &[&str], failed_payouts: &[&str]) {
+        let mut txns: Vec<(String, String)> =
+            transfer_ids.iter().map(|t| ("payment".to_string(), destination_payment_of(t))).collect();
+        txns.extend(failed_payouts.iter().map(|p| ("payout_failure".to_string(), p.to_string())));
+        // Stripe lists the payout's own transaction too.
+        txns.push(("payout".to_string(), payout_id.to_string()));
+        self.state.bank_payouts.lock().unwrap().insert(payout_id.to_string(), txns);
+    }
+
     /// Distinct idempotency keys the fake saw on `path`.
     pub fn idempotency_keys(&self, path: &str) -> std::collections::HashSet<String> {
         self.requests_to(path).into_iter().filter_map(|r| r.idempotency_key).collect()
@@ -153,12 +175,19 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
             .collect();
         return HttpResponse::Ok().json(seen);
     }
-    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let form: Vec<(String, String)> = if req.method() == actix_web::http::Method::GET {
+        serde_urlencoded::from_str(req.query_string()).unwrap_or_default()
+    } else {
+        serde_urlencoded::from_bytes(&body).unwrap_or_default()
+    };
     let key = req.headers().get("Idempotency-Key").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let stripe_account =
+        req.headers().get("Stripe-Account").and_then(|v| v.to_str().ok()).map(str::to_string);
     state.requests.lock().unwrap().push(Recorded {
         path: req.path().to_string(),
         idempotency_key: key.clone(),
         form: form.clone(),
+        stripe_account,
     });
     if state.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
         let status = actix_web::http::StatusCode::from_u16(state.fail_status.load(Ordering::SeqCst))
@@ -201,9 +230,56 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
             t["amount"] = json!(param(&form, "amount").and_then(|a| a.parse::<i64>().ok()).unwrap_or(0));
             t["currency"] = json!(param(&form, "currency").unwrap_or("usd"));
             t["destination"] = json!(param(&form, "destination"));
+            t["destination_payment"] = json!(destination_payment_of(&format!("tr_fake{n}")));
             t["transfer_group"] = json!(param(&form, "transfer_group"));
             t["metadata"] = Value::Object(form_map(&form, "metadata"));
             t
+        }
+        ("GET", "/v1/balance_transactions") => {
+            let payout = param(&form, "payout").unwrap_or_default().to_string();
+            let Some(txns) = state.bank_payouts.lock().unwrap().get(&payout).cloned() else {
+                return HttpResponse::NotFound().json(json!({
+                    "error": {"type": "invalid_request_error", "message": format!("No such payout: '{payout}'")}
+                }));
+            };
+            let data: Vec<Value> = txns
+                .iter()
+                .enumerate()
+                .map(|(i, (kind, source))| {
+                    let mut t = fixture("balance_transaction");
+                    t["id"] = json!(format!("txn_fake{n}_{i}"));
+                    t["type"] = json!(kind);
+                    t["reporting_category"] = json!(kind);
+                    t["source"] = json!(source);
+                    t
+                })
+                .collect();
+            json!({"object": "list", "data": data, "has_more": false, "url": "/v1/balance_transactions"})
+        }
+        ("POST", "/v1/refunds") => {
+            let pi = param(&form, "payment_intent").unwrap_or("pi_unknown").to_string();
+            let amount: i64 = param(&form, "amount").and_then(|a| a.parse().ok()).unwrap_or(0);
+            let cumulative = {
+                let mut refunded = state.refunded.lock().unwrap();
+                let total = refunded.entry(pi.clone()).or_insert(0);
+                *total += amount;
+                *total
+            };
+            let mut r = fixture("refund");
+            r["id"] = json!(format!("re_fake{n}"));
+            r["amount"] = json!(amount);
+            r["payment_intent"] = json!(pi);
+            r["reason"] = json!(param(&form, "reason"));
+            r["metadata"] = Value::Object(form_map(&form, "metadata"));
+            let expand_charge = form.iter().any(|(k, v)| k.starts_with("expand") && v == "charge");
+            r["charge"] = if expand_charge {
+                let mut c = charge_object(&pi, cumulative.max(1), cumulative);
+                c["refunded"] = json!(false);
+                c
+            } else {
+                json!(format!("ch_for_{pi}"))
+            };
+            r
         }
         _ => {
             return HttpResponse::NotFound().json(json!({
@@ -363,7 +439,17 @@ pub fn bank_payout_object(id: &str, status: &str) -> Value {
     let mut p = fixture("payout");
     p["id"] = json!(id);
     p["status"] = json!(status);
+    if status == "failed" {
+        p["failure_code"] = json!("account_closed");
+        p["failure_message"] = json!("The bank account has been closed.");
+    }
     p
+}
+
+/// The payment (`py_...`) that the fake's transfer `transfer_id` made on
+/// the connected account (the Transfer's `destination_payment`).
+pub fn destination_payment_of(transfer_id: &str) -> String {
+    format!("py_for_{transfer_id}")
 }
 
 /// An event about a connected account.

@@ -74,6 +74,68 @@ pub struct ConnectedAccount {
     pub details_submitted: bool,
 }
 
+/// A Transfer made to a connected account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferRef {
+    /// `tr_...`
+    pub id: String,
+    /// The payment the transfer made on the connected account (`py_...`):
+    /// what that account's balance transactions (and so its bank payouts)
+    /// name as their source.
+    pub destination_payment: Option<String>,
+}
+
+/// One balance transaction a connected account's bank payout carried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PayoutTransaction {
+    /// Stripe's type: `payment` (a transfer's payment, source `py_...`),
+    /// `payout_failure` (the funds of an earlier failed bank payout, source
+    /// `po_...`), `payout`, ...
+    pub kind: String,
+    /// The source's id.
+    pub source: String,
+}
+
+/// A refund to make of a top-up's payment.
+#[derive(Clone, Debug)]
+pub struct RefundOrder {
+    pub payment_intent: String,
+    pub cents: i64,
+    /// Stripe's idempotency key: a retry makes the same refund.
+    pub idempotency_key: String,
+    pub top_up_id: String,
+}
+
+/// A refund Stripe made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundRef {
+    /// `re_...`
+    pub id: String,
+    /// What the charge has had refunded in all once this refund was made
+    /// (the charge's `amount_refunded`, which `charge.refunded` carries
+    /// too), when Stripe said so.
+    pub charge_amount_refunded: Option<i64>,
+}
+
+/// `GET /v1/balance_transactions` of one bank payout.
+#[derive(serde::Serialize)]
+struct ListPayoutTransactions<'a> {
+    payout: &'a str,
+    limit: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    starting_after: Option<&'a str>,
+}
+
+/// `POST /v1/refunds`.
+#[derive(serde::Serialize)]
+struct CreateRefund<'a> {
+    payment_intent: &'a str,
+    amount: i64,
+    reason: &'a str,
+    metadata: std::collections::BTreeMap<&'a str, &'a str>,
+    expand: Vec<&'a str>,
+}
+
 /// The Stripe API client.
 #[derive(Clone)]
 pub struct StripeGateway {
@@ -174,7 +236,7 @@ impl StripeGateway {
         payout_id: &str,
         account_id: &str,
         cents: i64,
-    ) -> Result<String, StripeCallError> {
+    ) -> Result<TransferRef, StripeCallError> {
         use stripe_connect::transfer::CreateTransfer;
         let metadata: HashMap<String, String> =
             [("payout_id".to_string(), payout_id.to_string())].into_iter().collect();
@@ -186,7 +248,66 @@ impl StripeGateway {
             .request_strategy(::stripe::RequestStrategy::Idempotent(idempotency_key(payout_id)?))
             .send(&self.client)
             .await?;
-        Ok(transfer.id.to_string())
+        Ok(TransferRef {
+            id: transfer.id.to_string(),
+            destination_payment: transfer.destination_payment.map(|p| p.id().to_string()),
+        })
+    }
+
+    /// The balance transactions a connected account's bank payout carried
+    /// (`GET /v1/balance_transactions?payout=po_...` with the
+    /// `Stripe-Account` header), every page.
+    pub async fn list_payout_transactions(
+        &self,
+        account_id: &str,
+        payout_id: &str,
+    ) -> Result<Vec<PayoutTransaction>, StripeCallError> {
+        use stripe_client_core::{RequestBuilder, StripeMethod};
+        let mut found = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let query =
+                ListPayoutTransactions { payout: payout_id, limit: 100, starting_after: after.as_deref() };
+            let page: stripe_types::List<stripe_shared::BalanceTransaction> =
+                RequestBuilder::new(StripeMethod::Get, "/balance_transactions")
+                    .query(&query)
+                    .customize()
+                    .account_id(::stripe::AccountId::from(account_id))
+                    .send(&self.client)
+                    .await?;
+            after = page.data.last().map(|t| t.id.to_string());
+            found.extend(page.data.into_iter().filter_map(|t| {
+                t.source.map(|s| PayoutTransaction {
+                    kind: t.type_.as_str().to_string(),
+                    source: s.id().to_string(),
+                })
+            }));
+            if !page.has_more || after.is_none() {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// Refunds `cents` of a top-up's payment (`POST /v1/refunds`, the
+    /// charge expanded so its cumulative `amount_refunded` comes back).
+    pub async fn create_refund(&self, order: &RefundOrder) -> Result<RefundRef, StripeCallError> {
+        use stripe_client_core::{RequestBuilder, StripeMethod};
+        let form = CreateRefund {
+            payment_intent: &order.payment_intent,
+            amount: order.cents,
+            reason: "requested_by_customer",
+            metadata: [("top_up_id", order.top_up_id.as_str())].into_iter().collect(),
+            expand: vec!["charge"],
+        };
+        let refund: stripe_shared::Refund = RequestBuilder::new(StripeMethod::Post, "/refunds")
+            .form(&form)
+            .customize()
+            .request_strategy(::stripe::RequestStrategy::Idempotent(idempotency_key(&order.idempotency_key)?))
+            .send(&self.client)
+            .await?;
+        let charge_amount_refunded =
+            refund.charge.as_ref().and_then(|c| c.as_object()).map(|c| c.amount_refunded);
+        Ok(RefundRef { id: refund.id.to_string(), charge_amount_refunded })
     }
 
     /// A Checkout Session in subscription mode for `price_id`; the subject

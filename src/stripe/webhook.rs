@@ -165,6 +165,11 @@ pub struct Transfer {
 #[derive(Debug, Deserialize)]
 pub struct BankPayout {
     pub id: String,
+    /// Why the bank refused it (`payout.failed`), e.g. `account_closed`.
+    #[serde(default)]
+    pub failure_code: Option<String>,
+    #[serde(default)]
+    pub failure_message: Option<String>,
 }
 
 /// The fields of a Subscription tally reads.

@@ -47,6 +47,10 @@ both_payouts!(
     bank_payout_paid_with_in_payout_short_is_acknowledged,
     recovery_refused_with_in_payout_short_does_not_fail_the_sweep,
     payouts_are_listed_a_page_at_a_time,
+    failed_bank_payout_does_not_return_earnings,
+    bank_payout_pays_only_the_transfers_it_carried,
+    unlisted_bank_payout_is_acknowledged_and_applied_on_resend,
+    failure_after_paid_keeps_earnings_in_payout,
 );
 
 /// Payouts come newest first, `limit` at a time after `starting_after`, and
@@ -187,6 +191,7 @@ async fn earn_settle_and_pay_out(app: TestApp, stripe: FakeStripe) {
     app.assert_ledger_ok();
 
     // The bank payout of the connected account completes it...
+    stripe.bank_payout_carries("po_bank1", &[p["transfer_id"].as_str().unwrap()], &[]);
     let ack = app
         .deliver(&fake::connect_event(
             "evt_pp",
@@ -200,21 +205,18 @@ async fn earn_settle_and_pay_out(app: TestApp, stripe: FakeStripe) {
     assert_eq!(p["status"], "paid");
     let e = earnings(&app, &org).await;
     assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("40"), Some("0")));
-    // ...and a failure after paid returns the money, once.
-    let failed = fake::connect_event(
-        "evt_pf",
-        "payout.failed",
-        &account,
-        fake::bank_payout_object("po_bank1", "failed"),
+    // The list asked Stripe was the connected account's.
+    let listed = stripe.requests_to("/v1/balance_transactions");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].param("payout"), listed[0].stripe_account.as_deref()),
+        (Some("po_bank1"), Some(account.as_str()))
     );
-    assert_eq!(app.deliver(&failed).await["outcome"], "payouts_failed");
-    let failed2 = fake::connect_event(
-        "evt_pf2",
-        "payout.failed",
-        &account,
-        fake::bank_payout_object("po_bank1", "failed"),
-    );
-    assert_eq!(app.deliver(&failed2).await["outcome"], "no_payout_to_fail");
+    // The reversal of the paid transfer returns it, once.
+    let transfer = p["transfer_id"].as_str().unwrap();
+    let reversed = fake::event("evt_rev", "transfer.reversed", fake::transfer_object(transfer));
+    assert_eq!(app.deliver(&reversed).await["outcome"], "payout_failed");
+    assert_eq!(app.deliver(&reversed).await["outcome"], "duplicate");
     let (_, p) = app.get(&format!("/v1/payouts/{payout_id}"), &creator).await;
     assert_eq!(p["status"], "failed");
     let e = earnings(&app, &org).await;
@@ -301,6 +303,9 @@ async fn stripe_refusal_and_reversal_restore_earnings(app: TestApp, stripe: Fake
     let ack =
         app.deliver(&fake::event("evt_tr2", "transfer.reversed", fake::transfer_object(transfer))).await;
     assert_eq!(ack["outcome"], "already_failed");
+    // The same event again (Stripe retries): nothing more.
+    let ack = app.deliver(&fake::event("evt_tr", "transfer.reversed", fake::transfer_object(transfer))).await;
+    assert_eq!(ack["outcome"], "duplicate");
     let e = earnings(&app, &org).await;
     assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("35"), Some("0")));
     app.assert_ledger_ok();
@@ -457,11 +462,12 @@ async fn reversal_with_in_payout_short_returns_what_is_there(app: TestApp, _stri
 
 /// `payout.paid` for a payout whose in-payout earnings fell short: a 2xx,
 /// what is there paid out, the shortfall on the payout.
-async fn bank_payout_paid_with_in_payout_short_is_acknowledged(app: TestApp, _stripe: FakeStripe) {
+async fn bank_payout_paid_with_in_payout_short_is_acknowledged(app: TestApp, stripe: FakeStripe) {
     let org = earn(&app, 5).await;
     let account = onboard(&app, &org).await;
     let creator = app.token("creator");
     let (_, p) = pay_out(&app, &org, &creator, json!({}), "s2").await;
+    stripe.bank_payout_carries("po_s", &[p["transfer_id"].as_str().unwrap()], &[]);
     drain_in_payout(&app, &org, 5);
     let paid =
         fake::connect_event("evt_pps", "payout.paid", &account, fake::bank_payout_object("po_s", "paid"));
@@ -508,5 +514,158 @@ async fn recovery_refused_with_in_payout_short_does_not_fail_the_sweep(app: Test
     assert!(p["failure_reason"].as_str().unwrap().contains("8 credits short"), "{p}");
     let e = earnings(&app, &org).await;
     assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("28"), Some("0")));
+    app.assert_ledger_ok();
+}
+
+/// `payout.failed` on the connected account: the bank refused the account's
+/// own payout and Stripe keeps the funds there. Available earnings do not
+/// change (the money is not back on the platform), so the same money cannot
+/// be requested twice; the payout and the payout account say what failed.
+/// A later bank payout that carries the failed one's funds pays the payout
+/// and clears the account's flag.
+async fn failed_bank_payout_does_not_return_earnings(app: TestApp, stripe: FakeStripe) {
+    let org = earn(&app, 20).await; // 140 credits
+    let account = onboard(&app, &org).await;
+    let creator = app.token("creator");
+    let (s, p) = pay_out(&app, &org, &creator, json!({"amount": "100"}), "bf-1").await;
+    assert_eq!((s.as_u16(), p["status"].as_str()), (201, Some("in_transit")), "{p}");
+    let payout_id = p["id"].as_str().unwrap().to_string();
+    stripe.bank_payout_carries("po_fail", &[p["transfer_id"].as_str().unwrap()], &[]);
+    let failed = fake::connect_event(
+        "evt_bf",
+        "payout.failed",
+        &account,
+        fake::bank_payout_object("po_fail", "failed"),
+    );
+    assert_eq!(app.deliver(&failed).await["outcome"], "bank_payout_failed");
+    let e = earnings(&app, &org).await;
+    assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("40"), Some("100")));
+    let (_, p) = app.get(&format!("/v1/payouts/{payout_id}"), &creator).await;
+    assert_eq!(
+        (p["status"].as_str(), p["bank_payout_failed"].as_bool()),
+        (Some("in_transit"), Some(true)),
+        "{p}"
+    );
+    assert_eq!(
+        (p["bank_payout_failure"]["payout_id"].as_str(), p["bank_payout_failure"]["code"].as_str()),
+        (Some("po_fail"), Some("account_closed"))
+    );
+    let (_, a) = app.get(&format!("/v1/orgs/{org}/payout-account"), &creator).await;
+    assert_eq!(a["bank_payout_failed"], true, "{a}");
+    assert_eq!(
+        (
+            a["bank_payout_failure"]["payout_id"].as_str(),
+            a["bank_payout_failure"]["code"].as_str(),
+            a["bank_payout_failure"]["message"].as_str()
+        ),
+        (Some("po_fail"), Some("account_closed"), Some("The bank account has been closed."))
+    );
+    assert!(a["bank_payout_failure"]["failed_at"].is_string());
+    // The same money asked for again: refused, nothing sent.
+    let (s, b) = pay_out(&app, &org, &creator, json!({"amount": "100"}), "bf-2").await;
+    assert_error(s, &b, 422, "insufficient_earnings");
+    assert_eq!(stripe.requests_to("/v1/transfers").len(), 1);
+    // A replay changes nothing.
+    assert_eq!(app.deliver(&failed).await["outcome"], "duplicate");
+    let e = earnings(&app, &org).await;
+    assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("40"), Some("100")));
+    app.assert_ledger_ok();
+    // Bank details fixed: Stripe's next bank payout carries the failed one's funds.
+    stripe.bank_payout_carries("po_retry", &[], &["po_fail"]);
+    let paid =
+        fake::connect_event("evt_bp", "payout.paid", &account, fake::bank_payout_object("po_retry", "paid"));
+    assert_eq!(app.deliver(&paid).await["outcome"], "payouts_paid");
+    let (_, p) = app.get(&format!("/v1/payouts/{payout_id}"), &creator).await;
+    assert_eq!((p["status"].as_str(), p["bank_payout_failed"].as_bool()), (Some("paid"), Some(false)), "{p}");
+    let (_, a) = app.get(&format!("/v1/orgs/{org}/payout-account"), &creator).await;
+    assert_eq!((a["bank_payout_failed"].as_bool(), a["bank_payout_failure"].is_null()), (Some(false), true));
+    let e = earnings(&app, &org).await;
+    assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("40"), Some("0")));
+    app.assert_ledger_ok();
+}
+
+/// Two transfers in transit to one account and a bank payout that carried
+/// only the first: only the first is paid.
+async fn bank_payout_pays_only_the_transfers_it_carried(app: TestApp, stripe: FakeStripe) {
+    let org = earn(&app, 20).await; // 140 credits
+    let account = onboard(&app, &org).await;
+    let creator = app.token("creator");
+    let (_, first) = pay_out(&app, &org, &creator, json!({"amount": "60"}), "two-1").await;
+    let (_, second) = pay_out(&app, &org, &creator, json!({"amount": "50"}), "two-2").await;
+    assert_eq!(
+        (first["status"].as_str(), second["status"].as_str()),
+        (Some("in_transit"), Some("in_transit"))
+    );
+    stripe.bank_payout_carries("po_first", &[first["transfer_id"].as_str().unwrap()], &[]);
+    let paid =
+        fake::connect_event("evt_p1", "payout.paid", &account, fake::bank_payout_object("po_first", "paid"));
+    assert_eq!(app.deliver(&paid).await["outcome"], "payouts_paid");
+    let status = |p: Value| {
+        let app = &app;
+        let creator = creator.clone();
+        async move {
+            let (_, p) = app.get(&format!("/v1/payouts/{}", p["id"].as_str().unwrap()), &creator).await;
+            p["status"].as_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(status(first.clone()).await, "paid");
+    assert_eq!(status(second.clone()).await, "in_transit");
+    let e = earnings(&app, &org).await;
+    assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("30"), Some("50")));
+    // The next bank payout carries the second.
+    stripe.bank_payout_carries("po_second", &[second["transfer_id"].as_str().unwrap()], &[]);
+    let paid =
+        fake::connect_event("evt_p2", "payout.paid", &account, fake::bank_payout_object("po_second", "paid"));
+    assert_eq!(app.deliver(&paid).await["outcome"], "payouts_paid");
+    assert_eq!(status(second).await, "paid");
+    let e = earnings(&app, &org).await;
+    assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("30"), Some("0")));
+    app.assert_ledger_ok();
+}
+
+/// A bank payout Stripe cannot list (unknown to it, or Stripe unreachable):
+/// a 2xx with a recorded outcome, nothing paid; the same event delivered
+/// again once Stripe can list it is applied.
+async fn unlisted_bank_payout_is_acknowledged_and_applied_on_resend(app: TestApp, stripe: FakeStripe) {
+    let org = earn(&app, 5).await; // 35 credits
+    let account = onboard(&app, &org).await;
+    let creator = app.token("creator");
+    let (_, p) = pay_out(&app, &org, &creator, json!({}), "ul-1").await;
+    let paid =
+        fake::connect_event("evt_ul", "payout.paid", &account, fake::bank_payout_object("po_later", "paid"));
+    assert_eq!(app.deliver(&paid).await["outcome"], "bank_payout_unlisted");
+    stripe.fail_next(1);
+    assert_eq!(app.deliver(&paid).await["outcome"], "bank_payout_unlisted");
+    let e = earnings(&app, &org).await;
+    assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("0"), Some("35")));
+    stripe.bank_payout_carries("po_later", &[p["transfer_id"].as_str().unwrap()], &[]);
+    assert_eq!(app.deliver(&paid).await["outcome"], "payouts_paid");
+    assert_eq!(app.deliver(&paid).await["outcome"], "duplicate");
+    let e = earnings(&app, &org).await;
+    assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("0"), Some("0")));
+    app.assert_ledger_ok();
+}
+
+/// A bank payout marked paid, then failed (Stripe can report a failure
+/// days later): the payout goes back to in transit, flagged, its amount
+/// back in in-payout earnings; available unchanged.
+async fn failure_after_paid_keeps_earnings_in_payout(app: TestApp, stripe: FakeStripe) {
+    let org = earn(&app, 5).await; // 35 credits
+    let account = onboard(&app, &org).await;
+    let creator = app.token("creator");
+    let (_, p) = pay_out(&app, &org, &creator, json!({}), "fap-1").await;
+    stripe.bank_payout_carries("po_x", &[p["transfer_id"].as_str().unwrap()], &[]);
+    let paid =
+        fake::connect_event("evt_x1", "payout.paid", &account, fake::bank_payout_object("po_x", "paid"));
+    assert_eq!(app.deliver(&paid).await["outcome"], "payouts_paid");
+    let failed =
+        fake::connect_event("evt_x2", "payout.failed", &account, fake::bank_payout_object("po_x", "failed"));
+    assert_eq!(app.deliver(&failed).await["outcome"], "bank_payout_failed");
+    let (_, p) = app.get(&format!("/v1/payouts/{}", p["id"].as_str().unwrap()), &creator).await;
+    assert_eq!((p["status"].as_str(), p["bank_payout_failed"].as_bool()), (Some("in_transit"), Some(true)));
+    let e = earnings(&app, &org).await;
+    assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("0"), Some("35")));
+    let (s, b) = pay_out(&app, &org, &creator, json!({"amount": "35"}), "fap-2").await;
+    assert_error(s, &b, 422, "insufficient_earnings");
     app.assert_ledger_ok();
 }

@@ -32,7 +32,7 @@ macro_rules! both_with_stripe {
     )* };
 }
 
-both_with_stripe!(subscriptions_keep_the_plan_current);
+both_with_stripe!(subscriptions_keep_the_plan_current, abandoned_subscription_checkout_expires);
 
 async fn check(app: &TestApp, token: &str, body: Value) -> Value {
     let (s, d) = app.post("/v1/entitlements/check", token, body).await;
@@ -329,4 +329,66 @@ async fn subscriptions_keep_the_plan_current(app: TestApp, stripe: FakeStripe) {
         .await;
     assert_eq!(ack["outcome"], "stale_event");
     assert_eq!(plan_of(&app, &org_id, &creator).await, "pro");
+}
+
+/// A subscription Checkout as its `checkout.session.*` events carry it.
+fn subscription_session(id: &str, status: &str, subject: (&str, &str)) -> Value {
+    let mut s = fake::fixture("checkout_session");
+    s["id"] = json!(id);
+    s["mode"] = json!("subscription");
+    s["status"] = json!(status);
+    s["payment_status"] = json!(if status == "complete" { "paid" } else { "unpaid" });
+    s["client_reference_id"] = json!(format!("{}:{}", subject.0, subject.1));
+    s["metadata"] = json!({"subject_type": subject.0, "subject_id": subject.1, "plan": "pro"});
+    s
+}
+
+/// `checkout.session.expired` of a subscription-mode Checkout: the
+/// subscription checkout tally recorded ends `expired` (once); a completed
+/// one ends `complete`; an unknown session is acknowledged.
+async fn abandoned_subscription_checkout_expires(app: TestApp, _stripe: FakeStripe) {
+    let carol = app.token("carol");
+    let (s, co) = app.post("/v1/subscriptions", &carol, json!({"plan": "pro"})).await;
+    assert_eq!(s, 201, "{co}");
+    let session = co["checkout_session_id"].as_str().unwrap().to_string();
+    let status_is = |status: &str| {
+        app.count(&format!(
+            "subscription_checkouts WHERE id = '{session}' AND status = '{status}' AND subject_type = 'person' \
+             AND subject_id = 'carol' AND plan = 'pro'"
+        ))
+    };
+    assert_eq!(status_is("open"), 1);
+    let expired = fake::event(
+        "evt_sub_exp",
+        "checkout.session.expired",
+        subscription_session(&session, "expired", ("person", "carol")),
+    );
+    assert_eq!(app.deliver(&expired).await["outcome"], "expired");
+    assert_eq!(status_is("expired"), 1);
+    let again = fake::event(
+        "evt_sub_exp2",
+        "checkout.session.expired",
+        subscription_session(&session, "expired", ("person", "carol")),
+    );
+    assert_eq!(app.deliver(&again).await["outcome"], "not_pending");
+    assert_eq!(status_is("expired"), 1);
+    // Another checkout, completed.
+    let (_, co) = app.post("/v1/subscriptions", &carol, json!({"plan": "pro"})).await;
+    let done = co["checkout_session_id"].as_str().unwrap().to_string();
+    let completed = fake::event(
+        "evt_sub_done",
+        "checkout.session.completed",
+        subscription_session(&done, "complete", ("person", "carol")),
+    );
+    assert_eq!(app.deliver(&completed).await["outcome"], "subscription_checkout_completed");
+    assert_eq!(app.count(&format!("subscription_checkouts WHERE id = '{done}' AND status = 'complete'")), 1);
+    // A session tally never opened.
+    let unknown = fake::event(
+        "evt_sub_unknown",
+        "checkout.session.expired",
+        subscription_session("cs_test_elsewhere", "expired", ("person", "carol")),
+    );
+    assert_eq!(app.deliver(&unknown).await["outcome"], "unknown_checkout");
+    assert_eq!(app.count("subscription_checkouts"), 2);
+    app.assert_ledger_ok();
 }

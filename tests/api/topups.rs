@@ -57,9 +57,14 @@ both_with_stripe!(
     dispute_won_after_a_refund_gives_back_only_what_the_dispute_took,
     mismatched_payments_wait_for_an_operator,
     expired_checkout_ends_and_a_late_payment_is_still_credited,
+    operator_refunds_unspent_credits_through_stripe,
 );
 
-crate::both!(manual_top_ups_settle_with_gap_free_receipts, packs_are_listed);
+crate::both!(
+    manual_top_ups_settle_with_gap_free_receipts,
+    packs_are_listed,
+    manual_top_up_refund_is_recorded_only
+);
 
 async fn start_top_up(
     app: &TestApp,
@@ -975,5 +980,143 @@ async fn expired_checkout_ends_and_a_late_payment_is_still_credited(app: TestApp
         "unknown_top_up"
     );
     assert_eq!(app.balance(&wallet, &alice).await, "50");
+    app.assert_ledger_ok();
+}
+
+async fn refund_top_up(app: &TestApp, id: &str, body: Value, key: Option<&str>) -> (StatusCode, Value) {
+    let (s, _, b) = app
+        .send(
+            Method::POST,
+            &format!("/v1/admin/top-ups/{id}/refund"),
+            Some(&app.operator_token()),
+            Some(body),
+            key,
+        )
+        .await;
+    (s, b)
+}
+
+/// `POST /v1/admin/top-ups/{id}/refund`: a Stripe refund of at most what
+/// the top-up credited and the wallet still holds, the credits taken back
+/// at once as `charge.refunded` would (which then changes nothing); 422
+/// beyond it, and a Stripe failure takes nothing back.
+async fn operator_refunds_unspent_credits_through_stripe(app: TestApp, stripe: FakeStripe) {
+    // 150 + 15 bonus credits for $15.00; 65 spent (an operator debit here).
+    let (tok, wallet, id) = paid_standard(&app, "rhea", "pi_rhea").await;
+    let (s, adj) = app.adjust(&wallet, "-65", "spend-65").await;
+    assert_eq!(s, 201, "{adj}");
+    assert_eq!(wallet_state(&app, &tok, &wallet).await, ("100".into(), false));
+    // Refusals: nothing taken back, Stripe not called.
+    let (s, b) =
+        refund_top_up(&app, &id, json!({"amount": "15.00", "reason": "unused"}), Some("r-too-much")).await;
+    assert_error(s, &b, 422, "refund_exceeds_unspent");
+    let (s, b) = refund_top_up(&app, &id, json!({"amount": "5.00"}), Some("r-no-reason")).await;
+    assert_eq!(s, 422, "{b}");
+    let (s, b) = refund_top_up(&app, &id, json!({"amount": "5.001", "reason": "x"}), Some("r-subcent")).await;
+    assert_eq!(s, 422, "{b}");
+    let (s, b) = refund_top_up(&app, &id, json!({"amount": "5.00", "reason": "unused"}), None).await;
+    assert_error(s, &b, 400, "idempotency_key_required");
+    let (s, b) =
+        refund_top_up(&app, "top_0123456789abcdef", json!({"reason": "unused"}), Some("r-unknown")).await;
+    assert_error(s, &b, 404, "not_found");
+    let (s, _, b) = app
+        .send(
+            Method::POST,
+            &format!("/v1/admin/top-ups/{id}/refund"),
+            Some(&tok),
+            Some(json!({"reason": "mine"})),
+            Some("r-self"),
+        )
+        .await;
+    assert_error(s, &b, 403, "forbidden");
+    assert!(stripe.requests_to("/v1/refunds").is_empty());
+    // Stripe unreachable: nothing taken back; the same key retried later works, once.
+    stripe.fail_next(1);
+    let body = json!({"amount": "5.00", "reason": "customer asked"});
+    let (s, b) = refund_top_up(&app, &id, body.clone(), Some("r-1")).await;
+    assert_error(s, &b, 503, "payment_provider_unavailable");
+    assert_eq!(wallet_state(&app, &tok, &wallet).await, ("100".into(), false));
+    assert_eq!(status_and_refunded(&app, &tok, &id).await, ("paid".into(), "0.00".into()));
+    let (s, r) = refund_top_up(&app, &id, body.clone(), Some("r-1")).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        (r["amount_usd"].as_str(), r["credits_taken_back"].as_str(), r["top_up"]["refunded_usd"].as_str()),
+        (Some("5.00"), Some("55"), Some("5.00")),
+        "a third of 150 + 15: 50 + 5"
+    );
+    assert!(r["refund_id"].as_str().unwrap().starts_with("re_"), "{r}");
+    let (s, again) = refund_top_up(&app, &id, body, Some("r-1")).await;
+    assert_eq!((s.as_u16(), &again), (200, &r), "replayed");
+    let calls = stripe.requests_to("/v1/refunds");
+    let keys: std::collections::HashSet<_> = calls.iter().filter_map(|c| c.idempotency_key.clone()).collect();
+    assert_eq!(keys.len(), 1, "one refund at Stripe, retried under one key");
+    let last = calls.last().unwrap();
+    assert_eq!((last.param("payment_intent"), last.param("amount")), (Some("pi_rhea"), Some("500")));
+    assert_eq!(wallet_state(&app, &tok, &wallet).await, ("45".into(), false));
+    // Stripe's charge.refunded for it (cumulative 500): nothing more.
+    let refunded = fake::event("evt_rhea_r1", "charge.refunded", fake::charge_object("pi_rhea", 1500, 500));
+    assert_eq!(outcome_of(&app, &refunded).await, "already_refunded");
+    assert_eq!(wallet_state(&app, &tok, &wallet).await, ("45".into(), false));
+    // No amount: all that is refundable. 110,000 micro-credits a cent:
+    // 409 cents take 44.99 of the 45 left.
+    let (s, r) = refund_top_up(&app, &id, json!({"reason": "the rest"}), Some("r-2")).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        (r["amount_usd"].as_str(), r["credits_taken_back"].as_str(), r["top_up"]["refunded_usd"].as_str()),
+        (Some("4.09"), Some("44.99"), Some("9.09"))
+    );
+    assert_eq!(wallet_state(&app, &tok, &wallet).await, ("0.01".into(), false));
+    let refunded = fake::event("evt_rhea_r2", "charge.refunded", fake::charge_object("pi_rhea", 1500, 909));
+    assert_eq!(outcome_of(&app, &refunded).await, "already_refunded");
+    let (s, b) = refund_top_up(&app, &id, json!({"amount": "0.01", "reason": "more"}), Some("r-3")).await;
+    assert_error(s, &b, 422, "refund_exceeds_unspent");
+    let (s, b) = refund_top_up(&app, &id, json!({"reason": "more"}), Some("r-4")).await;
+    assert_error(s, &b, 422, "refund_exceeds_unspent");
+    assert_eq!(amounts_of(&app, &tok, &wallet, "refund").await, vec!["-44.99", "-55"]);
+    assert_eq!(wallet_state(&app, &tok, &wallet).await, ("0.01".into(), false));
+    assert_eq!(status_and_refunded(&app, &tok, &id).await, ("paid".into(), "9.09".into()));
+    // A pending top-up is not refundable.
+    let (_, pending) = start_top_up(&app, &tok, &wallet, "starter", "rhea-2").await;
+    let (s, b) =
+        refund_top_up(&app, pending["id"].as_str().unwrap(), json!({"reason": "x"}), Some("r-pending")).await;
+    assert_error(s, &b, 409, "top_up_not_paid");
+    app.assert_ledger_ok();
+}
+
+/// A manual top-up (no Stripe payment) is refunded without Stripe: the
+/// credits are taken back and the refund recorded.
+async fn manual_top_up_refund_is_recorded_only(app: TestApp) {
+    let tok = app.token("mona");
+    let wallet = app.wallet_of("mona").await;
+    let (_, t) = start_top_up(&app, &tok, &wallet, "starter", "mona-buy").await;
+    let id = t["id"].as_str().unwrap().to_string();
+    let (s, b) = refund_top_up(&app, &id, json!({"reason": "x"}), Some("m-pending")).await;
+    assert_error(s, &b, 409, "top_up_not_paid");
+    let (s, _, b) = app
+        .send(
+            Method::POST,
+            &format!("/v1/admin/top-ups/{id}/settle"),
+            Some(&app.operator_token()),
+            None,
+            Some("m-settle"),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(wallet_state(&app, &tok, &wallet).await, ("50".into(), false));
+    let (s, r) =
+        refund_top_up(&app, &id, json!({"amount": "2.00", "reason": "invoice credited"}), Some("m-1")).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        (r["refund_id"].is_null(), r["amount_usd"].as_str(), r["credits_taken_back"].as_str()),
+        (true, Some("2.00"), Some("20"))
+    );
+    assert_eq!(wallet_state(&app, &tok, &wallet).await, ("30".into(), false));
+    let (s, r) = refund_top_up(&app, &id, json!({"reason": "all of it"}), Some("m-2")).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!((r["amount_usd"].as_str(), r["top_up"]["status"].as_str()), (Some("3.00"), Some("refunded")));
+    assert_eq!(wallet_state(&app, &tok, &wallet).await, ("0".into(), false));
+    let (s, b) = refund_top_up(&app, &id, json!({"reason": "again"}), Some("m-3")).await;
+    assert_error(s, &b, 409, "top_up_not_paid");
+    assert_eq!(amounts_of(&app, &tok, &wallet, "refund").await, vec!["-30", "-20"]);
     app.assert_ledger_ok();
 }

@@ -1,0 +1,10 @@
+ALTER TABLE payout_accounts DROP COLUMN failed_bank_payout_id;
+ALTER TABLE payout_accounts DROP COLUMN bank_payout_failure_message;
+ALTER TABLE payout_accounts DROP COLUMN bank_payout_failure_code;
+ALTER TABLE payout_accounts DROP COLUMN bank_payout_failed_at;
+DROP INDEX payouts_by_stripe_payout;
+DROP INDEX payouts_by_destination_payment;
+ALTER TABLE payouts DROP COLUMN bank_failure_message;
+ALTER TABLE payouts DROP COLUMN bank_failure_code;
+ALTER TABLE payouts DROP COLUMN bank_failed_at;
+ALTER TABLE payouts DROP COLUMN destination_payment;
