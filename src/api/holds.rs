@@ -8,22 +8,48 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{run, run_idempotent, AppState, JsonBody};
 use crate::auth::AuthUser;
+use crate::domain::usage::{Usage, UsageInput};
 use crate::domain::Credits;
 use crate::error::{ApiError, ErrorResponse};
-use crate::services::charges;
+use crate::services::charges::{self, Charge};
 use crate::services::holds::{self, Estimate, Hold, NewHold};
+use crate::services::ServiceError;
 
 pub fn configure(cfg: &mut ServiceConfig) {
-    cfg.service(create_hold).service(get_hold).service(release_hold);
+    cfg.service(create_hold).service(get_hold).service(capture_hold).service(release_hold);
 }
 
-/// What a hold reserves.
+/// What a hold reserves: exactly one of `amount` and `usage`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HoldEstimate {
     /// Reserve exactly this many credits (not negative).
-    #[schema(value_type = String, example = "2.5")]
-    pub amount: Credits,
+    #[schema(value_type = Option<String>, example = "2.5")]
+    pub amount: Option<Credits>,
+    /// Reserve what a message with this usage would cost now (send
+    /// `max_tokens` as `output_tokens` for a worst case).
+    pub usage: Option<UsageInput>,
+}
+
+impl HoldEstimate {
+    fn read(&self) -> Result<Estimate, ApiError> {
+        match (&self.amount, &self.usage) {
+            (Some(a), None) => Ok(Estimate::Amount(*a)),
+            (None, Some(u)) => Ok(Estimate::Usage(Usage::parse(u).map_err(ServiceError::invalid_usage)?)),
+            _ => {
+                Err(ServiceError::Validation("estimate needs exactly one of amount and usage".into()).into())
+            }
+        }
+    }
+}
+
+/// The work's final usage.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureHoldRequest {
+    /// What the message used; absent: the flat price (runtime infra and
+    /// add-on) only.
+    pub usage: Option<UsageInput>,
 }
 
 /// A new hold.
@@ -86,7 +112,7 @@ pub async fn create_hold(
         agent_id: path.into_inner(),
         user_id: charges::charged_person(&caller, value.user_id.as_deref())?,
         org_id: value.org_id,
-        estimate: Estimate::Amount(value.estimate.amount),
+        estimate: value.estimate.read()?,
         expires_in: value.expires_in,
     };
     run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {
@@ -119,6 +145,57 @@ pub async fn get_hold(
     let id = path.into_inner();
     let hold = run(&state, move |conn, _| holds::get_hold(conn, &caller, &id)).await?;
     Ok(HttpResponse::Ok().json(hold))
+}
+
+/// Capture a hold
+///
+/// Charges the message at its final usage, from the hold, in one
+/// transaction: the split (runtime infra and metered parts, marketplace
+/// share, creator's pending earnings) is that of a one-step charge of the
+/// final cost. What the hold reserved beyond the cost goes back to the
+/// wallet; a cost above the hold takes the rest from the wallet's available
+/// balance as far as it goes, and what it cannot is `uncollected` (borne by
+/// the platform; the wallet never goes below zero). Requires
+/// `Idempotency-Key`.
+#[utoipa::path(
+    tag = "holds",
+    params(
+        ("hold_id" = String, Path, description = "The hold's `hld_` id"),
+        ("Idempotency-Key" = String, Header, pattern = r"^[!-~]{1,255}$", description = "A retry with the same key and body replays the first response"),
+    ),
+    request_body = Option<CaptureHoldRequest>,
+    responses(
+        (status = 201, description = "The charge (with `hold_id`, `held` and `uncollected`)", body = Charge,
+            headers(
+                ("X-Balance-Remaining" = String, description = "The wallet's available balance after the charge"),
+                ("X-Request-Cost" = String, description = "The final cost"),
+            )),
+        (status = 400, description = "Malformed JSON or missing Idempotency-Key", body = ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 403, description = "Not the person the hold is for (nor a service token)", body = ErrorResponse),
+        (status = 404, description = "No such hold, or not visible to the caller", body = ErrorResponse),
+        (status = 409, description = "`hold_not_open`: already captured, released or expired; or a request with this key is in flight", body = ErrorResponse),
+        (status = 422, description = "`invalid_usage`, `unknown_tool`, `model_not_metered`, or the key was used with another body", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/holds/{hold_id}/capture")]
+pub async fn capture_hold(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    user: AuthUser,
+    path: web::Path<String>,
+    body: JsonBody<CaptureHoldRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = user.caller();
+    let id = path.into_inner();
+    let JsonBody { value, raw } = body;
+    let usage = value.usage.as_ref().map(Usage::parse).transpose().map_err(ServiceError::invalid_usage)?;
+    let who = caller.clone();
+    run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {
+        holds::capture_hold(tx, ctx, &who, &id, usage.as_ref(), key)
+    })
+    .await
 }
 
 /// Release a hold

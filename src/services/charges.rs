@@ -47,7 +47,7 @@ use super::models::ModelRow;
 use super::orgs::role_in;
 use super::people;
 use super::{Caller, Ctx, ErrorCode, ServiceError, ServiceResult};
-use crate::db::models::{AccountRow, MemberRow};
+use crate::db::models::{AccountRow, HoldRow, MemberRow};
 use crate::db::schema::{accounts, charges, earnings_accruals, models as models_table, org_members};
 use crate::db::{self, counters, DbConn, WriteTx};
 use crate::domain::ids::{new_id, transaction_id};
@@ -96,6 +96,19 @@ pub struct Charge {
     /// The parts of `total` (only on a charge sent with a usage).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub price: Option<PriceParts>,
+    /// The hold this charge captured (only on a capture).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_id: Option<String>,
+    /// What that hold had reserved (only on a capture).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "2.5")]
+    pub held: Option<Credits>,
+    /// The part of `total` the wallet could not pay when the final cost
+    /// passed the hold and the available balance; the platform bears it
+    /// (only on a capture).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "0")]
+    pub uncollected: Option<Credits>,
 }
 
 /// What the wallet paid for a metered message, part by part. The seven
@@ -294,7 +307,7 @@ pub fn tool_prices(conn: &mut DbConn, usage: &Usage) -> ServiceResult<BTreeMap<S
 }
 
 /// The price of a message for this payer, at the current prices.
-fn price_for(
+pub(super) fn price_for(
     conn: &mut DbConn,
     ctx: &Ctx,
     agent: &AgentRow,
@@ -525,18 +538,116 @@ pub fn create_charge_with(
     usage: Option<&Usage>,
     request: &RequestKey,
 ) -> ServiceResult<Outcome<Charge>> {
+    let message = Message { user_id, agent_id, org_id, usage, hold: None };
+    charge_message(tx, ctx, &message, request)
+}
+
+/// One message to charge: in one step, or by capturing the hold that
+/// reserved it.
+pub(super) struct Message<'a> {
+    pub user_id: &'a str,
+    pub agent_id: &'a str,
+    pub org_id: Option<&'a str>,
+    pub usage: Option<&'a Usage>,
+    /// The open hold this charge captures (already moved out of `open` in
+    /// this transaction); `None` for a one-step charge.
+    pub hold: Option<&'a HoldRow>,
+}
+
+/// Where a capture's money comes from: the whole hold leaves the held
+/// account; what the final cost leaves of it goes back to the wallet, or
+/// what it passes is taken from the wallet's available balance as far as
+/// that goes, the rest `uncollected`.
+struct FromHold {
+    legs: Vec<crate::domain::Leg>,
+    held: Credits,
+    /// What the wallet paid in all (from the hold and beyond it).
+    wallet_paid: Credits,
+    uncollected: Credits,
+}
+
+fn from_hold(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    hold: &HoldRow,
+    payer: &Payer,
+    total: Credits,
+) -> ServiceResult<FromHold> {
+    let held = hold.amount;
+    let wallet = payer.wallet_ref();
+    let (wallet_paid, uncollected) = if total <= held {
+        (total, Credits::ZERO)
+    } else {
+        let excess = total.checked_sub(held).ok_or_else(ServiceError::out_of_range)?;
+        // The excess is taken only from what the wallet has now (its row
+        // locked until the commit) and never from a frozen wallet.
+        let available = db::locks::lock_balance(tx, wallet.id)?.max(Credits::ZERO);
+        let taken = if payer.wallet.frozen { Credits::ZERO } else { excess.min(available) };
+        let paid = held.checked_add(taken).ok_or_else(ServiceError::out_of_range)?;
+        (paid, excess.checked_sub(taken).ok_or_else(ServiceError::out_of_range)?)
+    };
+    let mut legs = Vec::with_capacity(3);
+    if !held.is_zero() {
+        legs.push(AccountRef { id: hold.held_account_id, kind: AccountKind::Held }.leg(neg(held)?));
+    }
+    let back = held.checked_sub(wallet_paid).ok_or_else(ServiceError::out_of_range)?;
+    if !back.is_zero() || legs.is_empty() {
+        legs.push(wallet.leg(back));
+    }
+    if !uncollected.is_zero() {
+        legs.push(ctx.platform.uncollected_expense.leg(neg(uncollected)?));
+    }
+    Ok(FromHold { legs, held, wallet_paid, uncollected })
+}
+
+/// Counts a capture against the spend limits: the hold counted its amount
+/// when it was made; the difference is given back, or the excess the
+/// wallet paid beyond it is counted (never refused: the work is done), in
+/// the hold's periods.
+fn settle_hold_spend(tx: &mut WriteTx<'_>, hold: &HoldRow, paid: Credits) -> ServiceResult<()> {
+    if paid <= hold.amount {
+        let back = hold.amount.checked_sub(paid).ok_or_else(ServiceError::out_of_range)?;
+        return super::holds::give_back_spend(tx, hold, back);
+    }
+    let more = paid.checked_sub(hold.amount).ok_or_else(ServiceError::out_of_range)?.micros();
+    let wallet = hold.payer_account_id;
+    counters::add_spend(tx, wallet, "", &hold.day_key, more, None)?;
+    counters::add_spend(tx, wallet, "", &hold.week_key, more, None)?;
+    if hold.payer_org_id.is_some() {
+        counters::add_spend(tx, wallet, &hold.user_id, &hold.day_key, more, None)?;
+    }
+    Ok(())
+}
+
+/// A charge, in one step or from a hold: load -> resolve the payer ->
+/// price -> split -> post -> respond.
+pub(super) fn charge_message(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    message: &Message<'_>,
+    request: &RequestKey,
+) -> ServiceResult<Outcome<Charge>> {
+    let Message { user_id, agent_id, org_id, usage, hold } = *message;
     let (agent, model, pending_id) = load_priced(tx, agent_id)?;
     agents::check_visible(tx, &agent, Some(user_id))?;
     let payer = resolve_payer(tx, user_id, org_id)?;
     let wallet_id = payer.wallet.public_id.clone().unwrap_or_default();
-    if payer.wallet.frozen {
+    // A hold was made before any freeze: capturing it charges what it
+    // reserved (and takes nothing more from a frozen wallet).
+    if payer.wallet.frozen && hold.is_none() {
         return Err(ServiceError::WalletFrozen { wallet_id });
     }
     let zero = Usage::default();
     let (price, tools) = price_for(tx, ctx, &agent, &model, &payer, usage.unwrap_or(&zero))?;
     let free_messages = agent.effective_free_messages(ctx.settings.max_free_messages);
-    let free_used = counters::use_free_message(tx, &agent.id, user_id, free_messages)?;
-    let free = free_used.is_some();
+    let (free, free_used) = match hold {
+        // The hold reserved the free message (or found none left).
+        Some(h) => (h.free, None),
+        None => {
+            let used = counters::use_free_message(tx, &agent.id, user_id, free_messages)?;
+            (used.is_some(), used)
+        }
+    };
     let split = split_charge(tx, ctx, &agent, &price, &payer, pending_id, free)?;
     let charge_id = new_id("chg");
     let references = TransactionReferences {
@@ -545,10 +656,21 @@ pub fn create_charge_with(
         charge_id: Some(charge_id.clone()),
         runtime_infra: Some(price.runtime_infra.to_string()),
         publisher_addon: Some(split.charged.publisher_addon.to_string()),
+        hold_id: hold.map(|h| h.id.clone()),
         ..Default::default()
     };
-    let Split { kind, legs, charged, subsidy, forgone } = split;
+    let Split { kind, mut legs, charged, subsidy, forgone } = split;
     let total = charged.total;
+    let captured = match hold {
+        Some(h) => {
+            let from = from_hold(tx, ctx, h, &payer, total)?;
+            // The split's first leg is the wallet's debit of the total:
+            // a capture takes it from the hold instead.
+            legs.splice(0..1, from.legs.iter().copied());
+            Some(from)
+        }
+        None => None,
+    };
 
     // The rows no other charge waits on come first (the journal row, the
     // charge, the accrual); the rows a busy shared wallet's charges queue on
@@ -559,7 +681,7 @@ pub fn create_charge_with(
         NewEntry {
             kind,
             legs,
-            overdraft: Overdraft::RefuseFrozen,
+            overdraft: if hold.is_some() { Overdraft::Refuse } else { Overdraft::RefuseFrozen },
             reverses: None,
             request_key: Some(request.as_str()),
             actor: Some(user_id),
@@ -580,18 +702,26 @@ pub fn create_charge_with(
         charged: &charged,
         forgone,
         metered: usage.map(|u| (u, &tools)),
+        hold: hold.zip(captured.as_ref()).map(|(h, c)| (h.id.as_str(), c.held, c.uncollected)),
         entry_id: entry.entry_id(),
         created_at,
     };
     record_charge(tx, ctx, &row)?;
-    if !total.is_zero() {
-        count_spend(tx, &payer, user_id, total, db::now())?;
+    match (hold, &captured) {
+        (Some(h), Some(c)) => settle_hold_spend(tx, h, c.wallet_paid)?,
+        _ if !total.is_zero() => count_spend(tx, &payer, user_id, total, db::now())?,
+        _ => {}
     }
     let posted = entry.post(tx).map_err(|e| ServiceError::from_ledger(e, &wallet_id))?;
-    let leg = posted
+    let balance_after = match posted.leg_of(payer.wallet.id) {
+        Some(leg) => leg.balance_after.unwrap_or_default(),
+        // A capture that took exactly the hold does not touch the wallet.
+        None => ledger::balance_of(tx, payer.wallet_ref())?,
+    };
+    let transaction = posted
         .leg_of(payer.wallet.id)
-        .ok_or_else(|| ServiceError::Internal("payer posting missing".into()))?;
-    let balance_after = leg.balance_after.unwrap_or_default();
+        .or_else(|| posted.legs.first())
+        .ok_or_else(|| ServiceError::Internal("charge posting missing".into()))?;
     let used_now = match free_used {
         Some(n) => n,
         // No free messages on the agent: none left, whatever was used.
@@ -611,10 +741,13 @@ pub fn create_charge_with(
         wallet_id,
         balance_after,
         free_messages_left: i64::from(free_messages).saturating_sub(used_now).max(0),
-        transaction_id: transaction_id(leg.posting_id),
+        transaction_id: transaction_id(transaction.posting_id),
         created_at: posted.created_at.and_utc(),
         usage: usage.cloned(),
         price: usage.map(|_| PriceParts::new(&charged, subsidy, forgone)),
+        hold_id: hold.map(|h| h.id.clone()),
+        held: captured.as_ref().map(|c| c.held),
+        uncollected: captured.as_ref().map(|c| c.uncollected),
     };
     let headers = vec![
         ("X-Balance-Remaining".to_string(), balance_after.to_string()),
@@ -625,7 +758,10 @@ pub fn create_charge_with(
 
 /// What the payer pays of `price`: all of it, or for a free message the
 /// metered parts only (with the subsidy and the add-on forgone).
-fn charged_part(price: &MeteredPrice, free: bool) -> ServiceResult<(MeteredPrice, Credits, Credits)> {
+pub(super) fn charged_part(
+    price: &MeteredPrice,
+    free: bool,
+) -> ServiceResult<(MeteredPrice, Credits, Credits)> {
     if !free {
         return Ok((*price, Credits::ZERO, Credits::ZERO));
     }
@@ -695,6 +831,8 @@ struct ChargeRow<'a> {
     forgone: Credits,
     /// The usage and the tool prices it was priced with, for a metered charge.
     metered: Option<(&'a Usage, &'a BTreeMap<String, Credits>)>,
+    /// The hold it captured, what that held and what went uncollected.
+    hold: Option<(&'a str, Credits, Credits)>,
     entry_id: i64,
     created_at: chrono::NaiveDateTime,
 }
@@ -736,6 +874,9 @@ fn record_charge(tx: &mut WriteTx<'_>, ctx: &Ctx, c: &ChargeRow<'_>) -> ServiceR
             charges::output_tokens_cost.eq(m.map(|_| charged.output_tokens.micros())),
             charges::tools_cost.eq(m.map(|_| charged.tools.micros())),
             charges::generations_cost.eq(m.map(|_| charged.generations.micros())),
+            charges::hold_id.eq(c.hold.map(|(id, _, _)| id)),
+            charges::held.eq(c.hold.map_or(Credits::ZERO, |(_, held, _)| held)),
+            charges::uncollected.eq(c.hold.map_or(Credits::ZERO, |(_, _, u)| u)),
         ))
         .execute(tx.conn())?;
     if !creator.is_zero() {

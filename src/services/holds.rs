@@ -30,6 +30,7 @@ use crate::db::schema::holds;
 use crate::db::{self, counters, DbConn, WriteTx};
 use crate::domain::ids::new_id;
 use crate::domain::limits::Period;
+use crate::domain::usage::Usage;
 use crate::domain::{AccountKind, Credits, EntryKind, HoldStatus, OrgRole};
 use crate::ledger::{self, AccountRef, NewEntry, Overdraft};
 
@@ -75,12 +76,16 @@ pub struct Hold {
 pub enum Estimate {
     /// An amount of credits, as given.
     Amount(Credits),
+    /// The cost of this usage at the current prices, as a charge of it
+    /// would be priced (a worst case: `max_tokens` as output tokens).
+    Usage(Usage),
 }
 
 impl Estimate {
     fn to_json(&self) -> serde_json::Value {
         match self {
             Estimate::Amount(a) => serde_json::json!({ "amount": a.to_string() }),
+            Estimate::Usage(u) => serde_json::json!({ "usage": u }),
         }
     }
 }
@@ -142,13 +147,12 @@ pub fn create_hold(
     request: &RequestKey,
 ) -> ServiceResult<Outcome<Hold>> {
     let expires_in = expires_in(ctx, input.expires_in)?;
-    let amount = match &input.estimate {
-        Estimate::Amount(a) if a.is_negative() => {
-            return Err(ServiceError::Validation("estimate.amount must not be negative".into()))
+    if let Estimate::Amount(a) = &input.estimate {
+        if a.is_negative() {
+            return Err(ServiceError::Validation("estimate.amount must not be negative".into()));
         }
-        Estimate::Amount(a) => *a,
-    };
-    let (agent, _, _) = charges::load_priced(tx, &input.agent_id)?;
+    }
+    let (agent, model, _) = charges::load_priced(tx, &input.agent_id)?;
     agents::check_visible(tx, &agent, Some(&input.user_id))?;
     let payer = charges::resolve_payer(tx, &input.user_id, input.org_id.as_deref())?;
     let wallet_id = payer.wallet.public_id.clone().unwrap_or_default();
@@ -157,6 +161,15 @@ pub fn create_hold(
     }
     let free_messages = agent.effective_free_messages(ctx.settings.max_free_messages);
     let free = counters::use_free_message(tx, &agent.id, &input.user_id, free_messages)?.is_some();
+    let amount = match &input.estimate {
+        Estimate::Amount(a) => *a,
+        // What a charge of this usage would take from the wallet now (with
+        // the free message this hold reserves, if any).
+        Estimate::Usage(usage) => {
+            let (price, _) = charges::price_for(tx, ctx, &agent, &model, &payer, usage)?;
+            charges::charged_part(&price, free)?.0.total
+        }
+    };
     let now = db::now();
     let held = held_account(tx, &payer)?;
     let id = new_id("hld");
@@ -343,6 +356,33 @@ pub fn release_hold(tx: &mut WriteTx<'_>, caller: &Caller, hold_id: &str) -> Ser
         ledger::balance_of(tx, AccountRef { id: row.payer_account_id, kind: AccountKind::Wallet })?;
     let headers = vec![("X-Balance-Remaining".to_string(), remaining.to_string())];
     Ok(Outcome { body: view(row, wallet_id), headers })
+}
+
+/// `POST /v1/holds/{id}/capture`: the charge of the final usage, made from
+/// the hold in this one transaction (see `charges::charge_message`): the
+/// hold ends `captured` and records the charge.
+pub fn capture_hold(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    caller: &Caller,
+    hold_id: &str,
+    usage: Option<&Usage>,
+    request: &RequestKey,
+) -> ServiceResult<Outcome<charges::Charge>> {
+    let row = load_for_finish(tx, caller, hold_id)?;
+    finish(tx, hold_id, HoldStatus::Captured, db::now())?;
+    let message = charges::Message {
+        user_id: &row.user_id,
+        agent_id: &row.agent_id,
+        org_id: row.payer_org_id.as_deref(),
+        usage,
+        hold: Some(&row),
+    };
+    let outcome = charges::charge_message(tx, ctx, &message, request)?;
+    diesel::update(holds::table.find(hold_id))
+        .set(holds::charge_id.eq(&outcome.body.id))
+        .execute(tx.conn())?;
+    Ok(outcome)
 }
 
 /// Releases open holds past their expiry, each in its own transaction:

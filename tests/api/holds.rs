@@ -9,8 +9,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::both;
-use crate::charges::market;
+use crate::charges::{charge, market};
 use crate::helpers::{assert_error, TestApp};
+use crate::metered::{balance, metered_market, parts, pending, platform, usage};
 
 both!(
     a_hold_reserves_and_a_release_gives_everything_back,
@@ -20,6 +21,10 @@ both!(
     expired_holds_are_released_once_by_every_instance,
     a_release_racing_the_expiry_sweep_has_one_outcome,
     bad_holds_change_nothing,
+    a_capture_charges_exactly_as_a_one_step_charge_of_the_final_usage,
+    captures_below_at_and_above_the_estimate_split_exactly,
+    a_capture_racing_a_release_has_one_winner,
+    a_capture_racing_the_expiry_sweep_has_one_outcome,
 );
 
 pub async fn hold(app: &TestApp, token: &str, agent: &str, body: Value, key: &str) -> (StatusCode, Value) {
@@ -357,5 +362,218 @@ async fn bad_holds_change_nothing(app: TestApp) {
     assert_error(s, &b, 403, "wallet_frozen");
     assert_eq!(app.count("holds"), 0);
     assert_eq!(wallet_state(&app, &wallet, &alice).await, st("10", "0", "10"));
+    app.assert_ledger_ok();
+}
+
+pub async fn capture(
+    app: &TestApp,
+    token: &str,
+    hold_id: &str,
+    body: Value,
+    key: &str,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    app.send(Method::POST, &format!("/v1/holds/{hold_id}/capture"), Some(token), Some(body), Some(key)).await
+}
+
+async fn a_capture_charges_exactly_as_a_one_step_charge_of_the_final_usage(app: TestApp) {
+    let (org, agent) = metered_market(&app, "0.05", 0).await;
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    app.fund(&wallet, "1").await;
+    // A worst case: 2,000 output tokens (0.0012), the rest as the worked
+    // example: 0.01 + 0.000186 + 0.0012 + 0.02 + 0.04 + 0.05 = 0.121386.
+    let worst = json!({"input_tokens": 1234, "output_tokens": 2000, "tool_calls": {"web_search": 2}, "generations": 1});
+    let (s, h) = hold(&app, &alice, &agent, json!({"estimate": {"usage": worst}}), "hu").await;
+    assert_eq!(s, 201, "{h}");
+    assert_eq!(h["amount"], "0.121386");
+    assert_eq!(h["estimate"]["usage"], worst);
+    let id = h["id"].as_str().unwrap().to_string();
+    assert_eq!(wallet_state(&app, &wallet, &alice).await, st("1", "0.121386", "0.878614"));
+
+    // The real usage (the worked example) costs 0.120527.
+    let (s, headers, c) = capture(&app, &alice, &id, json!({ "usage": usage() }), "cap").await;
+    assert_eq!(s, 201, "{c}");
+    assert_eq!(
+        parts(&c),
+        ["0.01", "0.000186", "0.000341", "0.02", "0.04", "0.015", "0.035", "0.120527", "0", "0"]
+    );
+    assert_eq!(c["total"], "0.120527");
+    assert_eq!(c["held"], "0.121386");
+    assert_eq!(c["uncollected"], "0");
+    assert_eq!(c["hold_id"], id.as_str());
+    assert_eq!(c["usage"], usage());
+    assert_eq!(c["balance_after"], "0.879473");
+    assert_eq!(headers["x-request-cost"], "0.120527");
+    assert_eq!(headers["x-balance-remaining"], "0.879473");
+    assert_eq!(wallet_state(&app, &wallet, &alice).await, st("0.879473", "0", "0.879473"));
+    let (_, g) = app.get(&format!("/v1/holds/{id}"), &alice).await;
+    assert_eq!(g["status"], "captured");
+    assert_eq!(g["charge_id"], c["id"]);
+    // A retry replays; a second capture or a release finds it closed.
+    let (s, _, again) = capture(&app, &alice, &id, json!({ "usage": usage() }), "cap").await;
+    assert_eq!(s, 201);
+    assert_eq!(again["id"], c["id"]);
+    let (s, _, b) = capture(&app, &alice, &id, json!({ "usage": usage() }), "cap2").await;
+    assert_error(s, &b, 409, "hold_not_open");
+    let (s, b) = release(&app, &alice, &id, "rel").await;
+    assert_error(s, &b, 409, "hold_not_open");
+    let (_, w) = app.get(&format!("/v1/wallets/{wallet}"), &alice).await;
+    assert_eq!(w["spent_today"], "0.120527", "the limit counts what was paid, not what was held");
+
+    // The same usage charged in one step by someone else splits the same.
+    let bob = app.token("bob");
+    let bob_wallet = app.wallet_of("bob").await;
+    app.fund(&bob_wallet, "1").await;
+    let (s, _, one) = charge(&app, &bob, &agent, json!({ "usage": usage() }), "one").await;
+    assert_eq!(s, 201, "{one}");
+    assert_eq!(parts(&one), parts(&c));
+    let p = platform(&app);
+    assert_eq!(balance(&app, p.infra_revenue), "0.141054");
+    assert_eq!(balance(&app, p.marketplace_revenue), "0.03");
+    assert_eq!(pending(&app, &org), "0.07");
+    assert_eq!(balance(&app, p.uncollected_expense), "0");
+    app.assert_ledger_ok();
+}
+
+async fn captures_below_at_and_above_the_estimate_split_exactly(app: TestApp) {
+    let (org, agent) = metered_market(&app, "0.05", 0).await;
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    app.fund(&wallet, "1").await;
+    // 64 holds of 0.1 at once on a wallet of exactly 1: ten succeed.
+    let results =
+        join_all(
+            (0..64).map(|i| {
+                let (app, alice, agent) = (&app, &alice, &agent);
+                async move {
+                    hold(app, alice, agent, json!({"estimate": {"amount": "0.1"}}), &format!("h{i}")).await
+                }
+            }),
+        )
+        .await;
+    let ids: Vec<String> = results
+        .iter()
+        .filter(|(s, _)| *s == 201)
+        .map(|(_, b)| b["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 10);
+    assert_eq!(
+        results.iter().filter(|(s, b)| *s == 402 && b["error"]["type"] == "insufficient_funds").count(),
+        54
+    );
+    assert_eq!(wallet_state(&app, &wallet, &alice).await, st("1", "1", "0"));
+    app.fund(&wallet, "0.1").await;
+    // Flat 0.06 (infra 0.01 + add-on 0.05); each generation adds 0.04.
+    let below = json!({});
+    let exact = json!({"usage": {"generations": 1}});
+    let above = json!({"usage": {"generations": 2}});
+    // Three captures above the hold at once: each needs 0.04 more and the
+    // wallet has 0.1 available: 0.1 is collected and 0.02 is not.
+    let aboves = join_all(ids[..3].iter().enumerate().map(|(i, id)| {
+        let (app, alice, above) = (&app, &alice, &above);
+        async move { capture(app, alice, id, above.clone(), &format!("a{i}")).await }
+    }))
+    .await;
+    let mut uncollected = 0i64;
+    for (s, _, c) in &aboves {
+        assert_eq!(*s, 201, "{c}");
+        assert_eq!(c["total"], "0.14");
+        assert_eq!(c["held"], "0.1");
+        uncollected += (c["uncollected"].as_str().unwrap().parse::<f64>().unwrap() * 1e6).round() as i64;
+    }
+    assert_eq!(uncollected, 20_000);
+    assert_eq!(wallet_state(&app, &wallet, &alice).await, st("0.7", "0.7", "0"));
+    let rest = join_all(ids[3..].iter().enumerate().map(|(i, id)| {
+        let (app, alice) = (&app, &alice);
+        let body = if i < 4 { below.clone() } else { exact.clone() };
+        async move { capture(app, alice, id, body, &format!("b{i}")).await }
+    }))
+    .await;
+    for (i, (s, _, c)) in rest.iter().enumerate() {
+        assert_eq!(*s, 201, "{c}");
+        assert_eq!(c["total"], if i < 4 { "0.06" } else { "0.1" });
+        assert_eq!(c["uncollected"], "0");
+    }
+    // Paid 4 x 0.06 + 3 x 0.1 + 3 x 0.14 - 0.02 = 0.94 of 1.1.
+    assert_eq!(wallet_state(&app, &wallet, &alice).await, st("0.16", "0", "0.16"));
+    let p = platform(&app);
+    // Infra: 10 x 0.01 + generations 3 x 0.04 + 3 x 0.08.
+    assert_eq!(balance(&app, p.infra_revenue), "0.46");
+    assert_eq!(balance(&app, p.marketplace_revenue), "0.15");
+    assert_eq!(pending(&app, &org), "0.35");
+    assert_eq!(balance(&app, p.uncollected_expense), "-0.02");
+    assert_eq!(app.count("holds WHERE status = 'captured' AND charge_id IS NOT NULL"), 10);
+    app.assert_ledger_ok();
+}
+
+async fn a_capture_racing_a_release_has_one_winner(app: TestApp) {
+    let (_, agent) = metered_market(&app, "0.05", 0).await;
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    app.fund(&wallet, "10").await;
+    let mut captured = 0;
+    for round in 0..20 {
+        let (s, h) =
+            hold(&app, &alice, &agent, json!({"estimate": {"amount": "0.1"}}), &format!("h{round}")).await;
+        assert_eq!(s, 201);
+        let id = h["id"].as_str().unwrap();
+        let (ck, rk) = (format!("c{round}"), format!("r{round}"));
+        let (cap, rel) =
+            tokio::join!(capture(&app, &alice, id, json!({}), &ck), release(&app, &alice, id, &rk));
+        match (cap.0.as_u16(), rel.0.as_u16()) {
+            (201, 409) => {
+                assert_eq!(rel.1["error"]["type"], "hold_not_open");
+                captured += 1;
+            }
+            (409, 200) => assert_eq!(cap.2["error"]["type"], "hold_not_open"),
+            other => panic!("round {round}: {other:?} {} {}", cap.2, rel.1),
+        }
+    }
+    // Each capture paid 0.06; each release paid nothing.
+    let paid = 60_000 * captured;
+    let left = 10_000_000 - paid;
+    let expect = format!("{}", rust_decimal::Decimal::new(left, 6).normalize());
+    assert_eq!(wallet_state(&app, &wallet, &alice).await, st(&expect, "0", &expect));
+    app.assert_ledger_ok();
+}
+
+async fn a_capture_racing_the_expiry_sweep_has_one_outcome(app: TestApp) {
+    let (_, agent) = metered_market(&app, "0.05", 0).await;
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    app.fund(&wallet, "10").await;
+    let mut captured = 0i64;
+    for round in 0..10 {
+        let (s, h) = hold(
+            &app,
+            &alice,
+            &agent,
+            json!({"estimate": {"amount": "0.1"}, "expires_in": 1}),
+            &format!("h{round}"),
+        )
+        .await;
+        assert_eq!(s, 201);
+        let id = h["id"].as_str().unwrap().to_string();
+        tokio::time::sleep(Duration::from_millis(950)).await;
+        let pool = app.pool.clone();
+        let sweep = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            tally::services::holds::expire_due(&mut pool.get().unwrap()).unwrap()
+        });
+        let (s, _, b) = capture(&app, &alice, &id, json!({}), &format!("c{round}")).await;
+        sweep.await.unwrap();
+        let (_, h) = app.get(&format!("/v1/holds/{id}"), &alice).await;
+        match h["status"].as_str().unwrap() {
+            "captured" => {
+                assert_eq!(s, 201, "{b}");
+                captured += 1;
+            }
+            "expired" => assert_error(s, &b, 409, "hold_not_open"),
+            other => panic!("round {round}: hold left {other}"),
+        }
+    }
+    let left = 10_000_000 - 60_000 * captured;
+    let expect = format!("{}", rust_decimal::Decimal::new(left, 6).normalize());
+    assert_eq!(wallet_state(&app, &wallet, &alice).await, st(&expect, "0", &expect));
     app.assert_ledger_ok();
 }

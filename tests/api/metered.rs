@@ -24,19 +24,19 @@ both!(
 const USAGE: &str =
     r#"{"input_tokens": 1234, "output_tokens": 567, "tool_calls": {"web_search": 2}, "generations": 1}"#;
 
-fn usage() -> Value {
+pub fn usage() -> Value {
     serde_json::from_str(USAGE).unwrap()
 }
 
-fn platform(app: &TestApp) -> PlatformAccounts {
+pub fn platform(app: &TestApp) -> PlatformAccounts {
     tally::db::write_tx(&mut app.conn(), PlatformAccounts::ensure).unwrap()
 }
 
-fn balance(app: &TestApp, account: AccountRef) -> String {
+pub fn balance(app: &TestApp, account: AccountRef) -> String {
     ledger::balance_of(&mut app.conn(), account).unwrap().to_string()
 }
 
-fn pending(app: &TestApp, org: &str) -> String {
+pub fn pending(app: &TestApp, org: &str) -> String {
     let account = tally::db::write_tx(&mut app.conn(), |tx| {
         ledger::ensure_account(tx, OwnerType::Org, org, AccountKind::EarningsPending, None)
     })
@@ -51,7 +51,7 @@ async fn put(app: &TestApp, path: &str, token: Option<&str>, body: Value) -> (St
 
 /// Prices `model-a` with every metered rate and `web_search` at 0.01 per
 /// call; a public agent with add-on `addon` and `free` free messages.
-async fn metered_market(app: &TestApp, addon: &str, free: i32) -> (String, String) {
+pub async fn metered_market(app: &TestApp, addon: &str, free: i32) -> (String, String) {
     let (org, agent) = market(app, "0.01", addon, free, "public").await;
     let op = app.operator_token();
     let (s, m) = put(
@@ -75,7 +75,7 @@ async fn metered_market(app: &TestApp, addon: &str, free: i32) -> (String, Strin
 
 /// Charge parts in order: infra, tokens in, tokens out, tools, generations,
 /// platform share, creator, total, subsidy, add-on forgone.
-fn parts(c: &Value) -> Vec<&str> {
+pub fn parts(c: &Value) -> Vec<&str> {
     let p = &c["price"];
     [
         "runtime_infra",

@@ -37,3 +37,26 @@ fn migrations_round_trip_on_sqlite() {
 fn migrations_round_trip_on_postgres() {
     round_trip(Backend::Postgres);
 }
+
+/// diesel keys a migration by the text before its first `_`: two
+/// migrations with one timestamp would make the second one silently never
+/// run. Both backends have the same migrations, by name.
+#[test]
+fn migration_versions_are_unique_and_alike_on_both_backends() {
+    let names = |backend: &str| {
+        let mut names: Vec<String> =
+            std::fs::read_dir(format!("{}/migrations/{backend}", env!("CARGO_MANIFEST_DIR")))
+                .expect("migrations directory")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect();
+        names.sort();
+        names
+    };
+    let (sqlite, postgres) = (names("sqlite"), names("postgres"));
+    assert_eq!(sqlite, postgres);
+    let mut versions: Vec<&str> = sqlite.iter().map(|n| n.split('_').next().unwrap_or(n)).collect();
+    let all = versions.len();
+    versions.dedup();
+    assert_eq!(versions.len(), all, "two migrations share a version: {sqlite:?}");
+}
