@@ -536,7 +536,7 @@ impl<'a> Raw<'a> {
             .duration("TALLY_SETTLEMENT_SWEEP", Duration::from_secs(86_400))?
             .max(Duration::from_millis(100));
         let hold_max =
-            self.duration("TALLY_HOLD_MAX", Duration::from_secs(7 * 86_400))?.max(Duration::from_secs(1));
+            self.duration("TALLY_HOLD_MAX", Duration::from_secs(86_400))?.max(Duration::from_secs(1));
         Ok(Timings { idempotency_ttl, idempotency_lease, settlement_sweep, hold_max })
     }
 
