@@ -45,7 +45,17 @@ fn export_url(app: &TestApp, wallet: &str) -> String {
 
 /// The CSV of a wallet's history, as the client reads it.
 async fn export(app: &TestApp, wallet: &str, token: &str) -> (StatusCode, String) {
-    let res = app.client.get(export_url(app, wallet)).bearer_auth(token).send().await.expect("sent");
+    // A generous timeout: exports take their pages one at a time, and on a
+    // loaded machine 32 of them may take a while; the test is about others'
+    // reads staying fast, not about how long an export takes.
+    let res = app
+        .client
+        .get(export_url(app, wallet))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(600))
+        .send()
+        .await
+        .expect("sent");
     let status = res.status();
     (status, res.text().await.expect("whole body"))
 }
