@@ -546,7 +546,8 @@ pub fn create_charge_with(
         runtime_infra: Some(price.runtime_infra.to_string()),
         publisher_addon: Some(split.charged.publisher_addon.to_string()),
         ..Default::default()
-    };
+    }
+    .with_usage(usage);
     let Split { kind, legs, charged, subsidy, forgone } = split;
     let total = charged.total;
 
