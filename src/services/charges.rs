@@ -90,15 +90,35 @@ pub struct Charge {
     /// The wallet transaction it created.
     pub transaction_id: String,
     pub created_at: DateTime<Utc>,
-    /// The usage the message was priced by (only on a charge sent with one).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The usage the message was priced by (null for a charge sent without one).
     pub usage: Option<Usage>,
-    /// The parts of `total` (only on a charge sent with a usage).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The parts of `total`.
     pub price: Option<PriceParts>,
+    /// Credits per million input tokens used (null without a usage, or
+    /// when the model has no such rate).
+    #[schema(value_type = Option<String>, example = "0.15")]
+    pub input_per_mtok: Option<Credits>,
+    /// Credits per million output tokens used (null likewise).
+    #[schema(value_type = Option<String>, example = "0.6")]
+    pub output_per_mtok: Option<Credits>,
+    /// Credits per generated asset used (null likewise).
+    #[schema(value_type = Option<String>, example = "0.04")]
+    pub per_generation: Option<Credits>,
+    /// The price per call of each tool the usage named, as it was.
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub tool_prices: BTreeMap<String, Credits>,
+    /// Of `total`, what a hold had reserved (0 unless captured from a hold).
+    #[schema(value_type = String, example = "0")]
+    pub held: Credits,
+    /// Of `total`, what the wallet could not pay when a hold was captured
+    /// above its amount (0 unless captured from a hold).
+    #[schema(value_type = String, example = "0")]
+    pub uncollected: Credits,
+    /// The hold the charge was captured from (null unless).
+    pub hold_id: Option<String>,
 }
 
-/// What the wallet paid for a metered message, part by part. The seven
+/// What the wallet paid for a message, part by part. The seven
 /// parts (`runtime_infra`, `input_tokens`, `output_tokens`, `tools`,
 /// `generations`, `platform_share`, `creator_earnings`) add up exactly to
 /// `total`. On a free message the platform pays the runtime infra
@@ -599,6 +619,7 @@ pub fn create_charge_with(
         None if free_messages <= 0 => 0,
         None => counters::free_messages_used(tx, &agent.id, user_id)?,
     };
+    let rates = model.rates();
     let charge = Charge {
         id: charge_id,
         agent_id: agent.id,
@@ -615,7 +636,15 @@ pub fn create_charge_with(
         transaction_id: transaction_id(leg.posting_id),
         created_at: posted.created_at.and_utc(),
         usage: usage.cloned(),
-        price: usage.map(|_| PriceParts::new(&charged, subsidy, forgone)),
+        price: Some(PriceParts::new(&charged, subsidy, forgone)),
+        // As the row keeps them: the rates only with a usage.
+        input_per_mtok: usage.and(rates.input_per_mtok),
+        output_per_mtok: usage.and(rates.output_per_mtok),
+        per_generation: usage.and(rates.per_generation),
+        tool_prices: tools,
+        held: Credits::ZERO,
+        uncollected: Credits::ZERO,
+        hold_id: None,
     };
     let headers = vec![
         ("X-Balance-Remaining".to_string(), balance_after.to_string()),
