@@ -85,7 +85,8 @@ pub struct Charge {
     /// That wallet's balance after the charge.
     #[schema(value_type = String, example = "48.7")]
     pub balance_after: Credits,
-    /// Free messages the person has left on this agent.
+    /// Free messages the person has left on this agent (read again with
+    /// `GET /v1/charges/{id}`: as of now).
     pub free_messages_left: i64,
     /// The wallet transaction it created.
     pub transaction_id: String,
