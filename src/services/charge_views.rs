@@ -119,6 +119,39 @@ fn visible(conn: &mut DbConn, caller: &Caller, row: &StoredCharge) -> ServiceRes
     }
 }
 
+/// The transaction of the charge and the paying wallet's balance right
+/// after it: the wallet's posting in the charge's entry; or, for a capture
+/// that took exactly its hold (the entry does not touch the wallet), the
+/// entry's first posting and the wallet's balance after its last posting
+/// before that entry (which the charge left unchanged).
+fn charge_posting(conn: &mut DbConn, row: &StoredCharge) -> ServiceResult<(i64, Credits)> {
+    let payer: Option<(i64, Option<Credits>)> = postings::table
+        .filter(postings::entry_id.eq(row.entry_id))
+        .filter(postings::account_id.eq(row.payer_account_id))
+        .select((postings::id, postings::balance_after))
+        .order(postings::id)
+        .first(conn)
+        .optional()?;
+    if let Some((id, balance_after)) = payer {
+        return Ok((id, balance_after.unwrap_or_default()));
+    }
+    let first: i64 = postings::table
+        .filter(postings::entry_id.eq(row.entry_id))
+        .select(postings::id)
+        .order(postings::id)
+        .first(conn)
+        .optional()?
+        .ok_or_else(|| ServiceError::Internal(format!("charge {}: no postings", row.id)))?;
+    let before: Option<Option<Credits>> = postings::table
+        .filter(postings::account_id.eq(row.payer_account_id))
+        .filter(postings::id.lt(first))
+        .select(postings::balance_after)
+        .order(postings::id.desc())
+        .first(conn)
+        .optional()?;
+    Ok((first, before.flatten().unwrap_or_default()))
+}
+
 /// `GET /v1/charges/{id}`: the charge as stored, in the shape of the
 /// charge response. Others than those [`visible`] names get 404, as for
 /// an unknown id. `balance_after` and `transaction_id` are the paying
@@ -134,14 +167,7 @@ pub fn get_charge(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, charge_id: &str
     if !visible(conn, caller, &row)? {
         return Err(ServiceError::NotFound("charge"));
     }
-    let (posting_id, balance_after): (i64, Option<Credits>) = postings::table
-        .filter(postings::entry_id.eq(row.entry_id))
-        .filter(postings::account_id.eq(row.payer_account_id))
-        .select((postings::id, postings::balance_after))
-        .order(postings::id)
-        .first(conn)
-        .optional()?
-        .ok_or_else(|| ServiceError::Internal(format!("charge {charge_id}: payer posting missing")))?;
+    let (posting_id, balance_after) = charge_posting(conn, &row)?;
     let wallet_id: Option<String> =
         accounts::table.find(row.payer_account_id).select(accounts::public_id).first(conn)?;
     let (agent, _) = agents::load(conn, &row.agent_id)?;
@@ -161,7 +187,7 @@ pub fn get_charge(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, charge_id: &str
         publisher_addon: row.publisher_addon,
         total: row.total,
         wallet_id: wallet_id.unwrap_or_default(),
-        balance_after: balance_after.unwrap_or_default(),
+        balance_after,
         free_messages_left: i64::from(free_messages).saturating_sub(used).max(0),
         transaction_id: transaction_id(posting_id),
         created_at: row.created_at.and_utc(),
