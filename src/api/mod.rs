@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod charges;
 pub mod docs;
 pub mod earnings;
 pub mod health;
@@ -45,6 +46,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
     models::configure(cfg);
     tools::configure(cfg);
     agents::configure(cfg);
+    charges::configure(cfg);
     holds::configure(cfg);
     earnings::configure(cfg);
     topups::configure(cfg);

@@ -85,33 +85,41 @@ pub struct Charge {
     /// That wallet's balance after the charge.
     #[schema(value_type = String, example = "48.7")]
     pub balance_after: Credits,
-    /// Free messages the person has left on this agent.
+    /// Free messages the person has left on this agent (read again with
+    /// `GET /v1/charges/{id}`: as of now).
     pub free_messages_left: i64,
     /// The wallet transaction it created.
     pub transaction_id: String,
     pub created_at: DateTime<Utc>,
-    /// The usage the message was priced by (only on a charge sent with one).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The usage the message was priced by (null for a charge sent without one).
     pub usage: Option<Usage>,
-    /// The parts of `total` (only on a charge sent with a usage).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The parts of `total`.
     pub price: Option<PriceParts>,
-    /// The hold this charge captured (only on a capture).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Credits per million input tokens used (null without a usage, or
+    /// when the model has no such rate).
+    #[schema(value_type = Option<String>, example = "0.15")]
+    pub input_per_mtok: Option<Credits>,
+    /// Credits per million output tokens used (null likewise).
+    #[schema(value_type = Option<String>, example = "0.6")]
+    pub output_per_mtok: Option<Credits>,
+    /// Credits per generated asset used (null likewise).
+    #[schema(value_type = Option<String>, example = "0.04")]
+    pub per_generation: Option<Credits>,
+    /// The price per call of each tool the usage named, as it was.
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub tool_prices: BTreeMap<String, Credits>,
+    /// Of `total`, what a hold had reserved (0 unless captured from a hold).
+    #[schema(value_type = String, example = "0")]
+    pub held: Credits,
+    /// Of `total`, what the wallet could not pay when a hold was captured
+    /// above its amount (0 unless captured from a hold).
+    #[schema(value_type = String, example = "0")]
+    pub uncollected: Credits,
+    /// The hold the charge was captured from (null unless).
     pub hold_id: Option<String>,
-    /// What that hold had reserved (only on a capture).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "2.5")]
-    pub held: Option<Credits>,
-    /// The part of `total` the wallet could not pay when the final cost
-    /// passed the hold and the available balance; the platform bears it
-    /// (only on a capture).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "0")]
-    pub uncollected: Option<Credits>,
 }
 
-/// What the wallet paid for a metered message, part by part. The seven
+/// What the wallet paid for a message, part by part. The seven
 /// parts (`runtime_infra`, `input_tokens`, `output_tokens`, `tools`,
 /// `generations`, `platform_share`, `creator_earnings`) add up exactly to
 /// `total`. On a free message the platform pays the runtime infra
@@ -658,7 +666,8 @@ pub(super) fn charge_message(
         publisher_addon: Some(split.charged.publisher_addon.to_string()),
         hold_id: hold.map(|h| h.id.clone()),
         ..Default::default()
-    };
+    }
+    .with_usage(usage);
     let Split { kind, mut legs, charged, subsidy, forgone } = split;
     let total = charged.total;
     let captured = match hold {
@@ -728,6 +737,7 @@ pub(super) fn charge_message(
         None if free_messages <= 0 => 0,
         None => counters::free_messages_used(tx, &agent.id, user_id)?,
     };
+    let rates = model.rates();
     let charge = Charge {
         id: charge_id,
         agent_id: agent.id,
@@ -744,10 +754,15 @@ pub(super) fn charge_message(
         transaction_id: transaction_id(transaction.posting_id),
         created_at: posted.created_at.and_utc(),
         usage: usage.cloned(),
-        price: usage.map(|_| PriceParts::new(&charged, subsidy, forgone)),
+        price: Some(PriceParts::new(&charged, subsidy, forgone)),
+        // As the row keeps them: the rates only with a usage.
+        input_per_mtok: usage.and(rates.input_per_mtok),
+        output_per_mtok: usage.and(rates.output_per_mtok),
+        per_generation: usage.and(rates.per_generation),
+        tool_prices: tools,
+        held: captured.as_ref().map_or(Credits::ZERO, |c| c.held),
+        uncollected: captured.as_ref().map_or(Credits::ZERO, |c| c.uncollected),
         hold_id: hold.map(|h| h.id.clone()),
-        held: captured.as_ref().map(|c| c.held),
-        uncollected: captured.as_ref().map(|c| c.uncollected),
     };
     let headers = vec![
         ("X-Balance-Remaining".to_string(), balance_after.to_string()),

@@ -2,6 +2,8 @@
 //! posting id (stable under concurrent inserts, as fast on page 10,000 as on
 //! page 1), filters by type and time, and CSV export a page at a time.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -12,6 +14,7 @@ use crate::db::models::HistoryRow;
 use crate::db::schema::{journal_entries, postings};
 use crate::db::DbConn;
 use crate::domain::ids::{entry_id, parse_transaction_id, transaction_id};
+use crate::domain::usage::Usage;
 use crate::domain::{Credits, EntryKind};
 use crate::ledger::AccountRef;
 
@@ -52,6 +55,39 @@ pub struct TransactionReferences {
     /// captured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hold_id: Option<String>,
+    /// A metered charge's input tokens (charges sent with a usage only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    /// A metered charge's output tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
+    /// A metered charge's calls per tool id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<BTreeMap<String, u64>>,
+    /// A metered charge's generated assets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generations: Option<u64>,
+}
+
+impl TransactionReferences {
+    /// The references with the usage a charge was priced by (none for a
+    /// charge without a usage), recorded in the entry when it is posted so
+    /// that a history row needs no read of the charge.
+    pub fn with_usage(self, usage: Option<&Usage>) -> Self {
+        TransactionReferences {
+            input_tokens: usage.map(|u| u.input_tokens),
+            output_tokens: usage.map(|u| u.output_tokens),
+            tool_calls: usage.map(|u| u.tool_calls.clone()),
+            generations: usage.map(|u| u.generations),
+            ..self
+        }
+    }
+
+    /// The calls per tool as a CSV cell shows them: the JSON object
+    /// (`{"web_search":2}`), empty without a usage.
+    fn tool_calls_cell(&self) -> String {
+        self.tool_calls.as_ref().and_then(|t| serde_json::to_string(t).ok()).unwrap_or_default()
+    }
 }
 
 /// One movement on an account.
@@ -216,8 +252,9 @@ fn sqlite_page(
 /// between pages, and memory holds one page at a time.
 pub const EXPORT_PAGE: i64 = 500;
 
-/// The columns of a CSV export.
-const EXPORT_COLUMNS: [&str; 15] = [
+/// The columns of a CSV export. New columns go at the end, so that readers
+/// of the older columns keep working.
+const EXPORT_COLUMNS: [&str; 20] = [
     "id",
     "type",
     "amount",
@@ -233,6 +270,11 @@ const EXPORT_COLUMNS: [&str; 15] = [
     "top_up_id",
     "pack_id",
     "payout_id",
+    "input_tokens",
+    "output_tokens",
+    "tool_calls",
+    "generations",
+    "hold_id",
 ];
 
 /// One page of a CSV export: its rows, and the cursor of the next page
@@ -282,6 +324,7 @@ pub fn export_page(
     for t in &list.data {
         let r = &t.references;
         let text = |v: &Option<String>| text_cell(v.as_deref().unwrap_or_default()).into_owned();
+        let count = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
         out.write_record([
             text_cell(&t.id).into_owned(),
             text_cell(&t.kind).into_owned(),
@@ -298,6 +341,11 @@ pub fn export_page(
             text(&r.top_up_id),
             text(&r.pack_id),
             text(&r.payout_id),
+            count(r.input_tokens),
+            count(r.output_tokens),
+            text_cell(&r.tool_calls_cell()).into_owned(),
+            count(r.generations),
+            text(&r.hold_id),
         ])
         .map_err(csv_error)?;
     }

@@ -177,40 +177,40 @@ async fn formula_cells_are_escaped_in_exports(app: TestApp) {
     assert_eq!(status, 200, "{csv}");
     let expected = [
         "id,type,amount,balance_after,created_at,entry_id,reverses_entry_id,actor,reason,agent_id,model,\
-         charge_id,top_up_id,pack_id,payout_id"
+         charge_id,top_up_id,pack_id,payout_id,input_tokens,output_tokens,tool_calls,generations,hold_id"
             .to_string(),
         format!(
-            "{},charge,-1.3,8.3,{},{},,'=1+1,,{agent},model-a,{charge_id},,,",
+            "{},charge,-1.3,8.3,{},{},,'=1+1,,{agent},model-a,{charge_id},,,,,,,,",
             t[0]["id"].as_str().unwrap(),
             csv_time(&t[0]),
             t[0]["entry_id"].as_str().unwrap()
         ),
         format!(
-            "{},adjustment,-0.1,9.6,{},{},,operator-1,plain,,,,,,",
+            "{},adjustment,-0.1,9.6,{},{},,operator-1,plain,,,,,,,,,,,",
             t[1]["id"].as_str().unwrap(),
             csv_time(&t[1]),
             t[1]["entry_id"].as_str().unwrap()
         ),
         format!(
-            "{},adjustment,-0.1,9.7,{},{},,operator-1,'@SUM(A1),,,,,,",
+            "{},adjustment,-0.1,9.7,{},{},,operator-1,'@SUM(A1),,,,,,,,,,,",
             t[2]["id"].as_str().unwrap(),
             csv_time(&t[2]),
             t[2]["entry_id"].as_str().unwrap()
         ),
         format!(
-            "{},adjustment,-0.1,9.8,{},{},,operator-1,'-2,,,,,,",
+            "{},adjustment,-0.1,9.8,{},{},,operator-1,'-2,,,,,,,,,,,",
             t[3]["id"].as_str().unwrap(),
             csv_time(&t[3]),
             t[3]["entry_id"].as_str().unwrap()
         ),
         format!(
-            "{},adjustment,-0.1,9.9,{},{},,operator-1,'+1,,,,,,",
+            "{},adjustment,-0.1,9.9,{},{},,operator-1,'+1,,,,,,,,,,,",
             t[4]["id"].as_str().unwrap(),
             csv_time(&t[4]),
             t[4]["entry_id"].as_str().unwrap()
         ),
         format!(
-            "{},adjustment,10,10,{},{},,'=cmd|' /C calc'!A0,\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\",,,,,,",
+            "{},adjustment,10,10,{},{},,'=cmd|' /C calc'!A0,\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\",,,,,,,,,,,",
             t[5]["id"].as_str().unwrap(),
             csv_time(&t[5]),
             t[5]["entry_id"].as_str().unwrap()

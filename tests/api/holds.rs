@@ -494,6 +494,17 @@ async fn captures_below_at_and_above_the_estimate_split_exactly(app: TestApp) {
         assert_eq!(c["total"], if i < 4 { "0.06" } else { "0.1" });
         assert_eq!(c["uncollected"], "0");
     }
+    // A capture that took exactly its hold moved nothing on the wallet
+    // itself; reading it back shows the same charge.
+    let exact_charge = &rest[4].2;
+    let (s, read) = app.get(&format!("/v1/charges/{}", exact_charge["id"].as_str().unwrap()), &alice).await;
+    assert_eq!(s, 200, "{read}");
+    assert_eq!(
+        (read["total"].as_str(), read["held"].as_str(), read["uncollected"].as_str()),
+        (Some("0.1"), Some("0.1"), Some("0"))
+    );
+    assert_eq!(read["hold_id"], ids[7].as_str());
+    assert_eq!(read["transaction_id"], exact_charge["transaction_id"]);
     // Paid 4 x 0.06 + 3 x 0.1 + 3 x 0.14 - 0.02 = 0.94 of 1.1.
     assert_eq!(wallet_state(&app, &wallet, &alice).await, st("0.16", "0", "0.16"));
     let p = platform(&app);

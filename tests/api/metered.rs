@@ -207,11 +207,12 @@ async fn the_worked_example_charges_every_part_exactly(app: TestApp) {
     );
 
     // A charge without usage on the same agent is today's flat price and
-    // keeps no usage.
+    // keeps no usage (its parts are the flat ones).
     let (s, _, flat) = charge(&app, &alice, &agent, json!({}), "w2").await;
     assert_eq!(s, 201, "{flat}");
     assert_eq!(flat["total"], "0.06");
-    assert!(flat.get("usage").is_none() && flat.get("price").is_none(), "{flat}");
+    assert_eq!(flat["usage"], Value::Null, "{flat}");
+    assert_eq!(parts(&flat), ["0.01", "0", "0", "0", "0", "0.015", "0.035", "0.06", "0", "0"]);
     let row = charge_row(&app, flat["id"].as_str().unwrap());
     assert_eq!((row.input_tokens, row.tool_calls, row.input_tokens_cost), (None, None, None));
     assert_eq!(app.balance(&wallet, &alice).await, "0.819473");
