@@ -116,8 +116,11 @@ closed_set! {
 
 impl SubscriptionStatus {
     /// An ended subscription never comes back: later events change nothing.
+    pub const ENDED: [SubscriptionStatus; 2] =
+        [SubscriptionStatus::Canceled, SubscriptionStatus::IncompleteExpired];
+
     pub fn has_ended(self) -> bool {
-        matches!(self, SubscriptionStatus::Canceled | SubscriptionStatus::IncompleteExpired)
+        SubscriptionStatus::ENDED.contains(&self)
     }
 }
 
