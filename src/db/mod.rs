@@ -4,11 +4,14 @@
 //! other.
 
 pub mod accounts;
+pub mod billing;
+pub mod catalog;
 pub mod counters;
 pub mod gate;
 pub mod history;
 pub mod locks;
 pub mod models;
+pub mod plans;
 pub mod prepared;
 pub mod schema;
 pub mod sums;

@@ -4,7 +4,9 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::*;
-use crate::domain::{AccountKind, Credits, EntryKind, HoldStatus, OrgRole, OwnerType, Visibility};
+use crate::domain::{
+    AccountKind, Credits, EntryKind, FreezeAction, HoldStatus, OrgRole, OwnerType, Visibility,
+};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = people)]
@@ -128,6 +130,17 @@ pub struct AgentChanges {
 pub struct LimitChanges {
     pub daily_limit: Option<Option<Credits>>,
     pub weekly_limit: Option<Option<Credits>>,
+}
+
+/// An operator's freeze or unfreeze of a wallet, as its audit keeps it.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = wallet_audit)]
+pub struct NewWalletAudit<'a> {
+    pub account_id: i64,
+    pub action: FreezeAction,
+    pub reason: &'a str,
+    pub actor: &'a str,
+    pub created_at: NaiveDateTime,
 }
 
 /// A `PATCH` of a member: one UPDATE; `None` leaves a column as it is.

@@ -14,7 +14,10 @@ use diesel::sql_types::{BigInt, Text};
 use diesel::sqlite::Sqlite;
 
 use super::MultiBackend;
-use crate::domain::{AccountKind, Credits, EntryKind, HoldStatus, OrgRole, OwnerType, Visibility};
+use crate::domain::{
+    AccountKind, CheckoutStatus, Credits, EntryKind, FreezeAction, HoldStatus, OrgRole, OwnerType,
+    PayoutStatus, SubscriptionStatus, TopUpMethod, TopUpStatus, Visibility,
+};
 
 type RawValue<'a> = <MultiBackend as Backend>::RawValue<'a>;
 
@@ -89,3 +92,4 @@ macro_rules! text_enum {
 }
 
 text_enum!(OwnerType, AccountKind, EntryKind, HoldStatus, OrgRole, Visibility);
+text_enum!(TopUpStatus, TopUpMethod, PayoutStatus, SubscriptionStatus, CheckoutStatus, FreezeAction);

@@ -8,9 +8,13 @@ pub mod limits;
 pub mod money;
 pub mod plans;
 pub mod pricing;
+pub mod statuses;
 pub mod text;
 pub mod usage;
 
 pub use entry::{EntryError, Leg};
 pub use kinds::{AccountKind, EntryKind, HoldStatus, OrgRole, OwnerType, Visibility};
 pub use money::{AmountError, CreditRate, CreditTotal, Credits, UsdCents};
+pub use statuses::{
+    CheckoutStatus, FreezeAction, PayoutStatus, SubscriptionStatus, TopUpMethod, TopUpStatus,
+};

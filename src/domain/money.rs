@@ -52,6 +52,8 @@ pub struct Credits(i64);
 
 impl Credits {
     pub const ZERO: Credits = Credits(0);
+    /// The largest amount (about 9.2 trillion credits).
+    pub const MAX: Credits = Credits(i64::MAX);
 
     pub const fn from_micros(micros: i64) -> Self {
         Credits(micros)
@@ -136,6 +138,20 @@ impl Credits {
 
     pub fn is_negative(self) -> bool {
         self.0 < 0
+    }
+
+    /// `self` x `part / whole`, rounded towards zero: the share of an amount
+    /// that `part` of `whole` (cents of a payment, say) stands for. None
+    /// when `whole` is not positive or the share passes the range.
+    pub fn scaled(self, part: i64, whole: i64) -> Option<Credits> {
+        if whole <= 0 {
+            return None;
+        }
+        i128::from(self.0)
+            .checked_mul(i128::from(part))
+            .and_then(|m| m.checked_div(i128::from(whole)))
+            .and_then(|m| i64::try_from(m).ok())
+            .map(Credits)
     }
 
     pub fn is_zero(self) -> bool {
@@ -402,6 +418,16 @@ mod tests {
         let big = CreditTotal::from_micros(16 * 999_999_999_999_999_999);
         assert_eq!(big.to_string(), "15999999999999.999984");
         assert_eq!(big.to_decimal().unwrap().to_string(), "15999999999999.999984");
+    }
+
+    #[test]
+    fn shares_round_towards_zero() {
+        let fifty = Credits::whole(50);
+        assert_eq!(fifty.scaled(200, 500), Some(Credits::whole(20)));
+        assert_eq!(fifty.scaled(1, 3), Some(Credits::from_micros(16_666_666)));
+        assert_eq!(fifty.scaled(900, 500), Some(Credits::whole(90)));
+        assert_eq!(fifty.scaled(1, 0), None);
+        assert_eq!(Credits::MAX.scaled(2, 1), None);
     }
 
     #[test]

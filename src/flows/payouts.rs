@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{Claimed, Runtime};
-use crate::domain::Credits;
+use crate::domain::{Credits, PayoutStatus};
 use crate::services::idempotency::{IdempotentRequest, StoredResponse};
 use crate::services::payouts::{self, PayoutAccount, PayoutRow, SendResult};
 use crate::services::{Caller, ErrorCode, ServiceError, ServiceResult};
@@ -98,11 +98,11 @@ async fn send(rt: &Runtime, row: &PayoutRow) -> SendResult {
     };
     let (result, status) = match gateway.create_transfer(&row.id, &row.stripe_account_id, row.usd_cents).await
     {
-        Ok(transfer) => (SendResult::Created(transfer), "in_transit"),
-        Err(StripeCallError::Refused { message, .. }) => (SendResult::Refused(message), "failed"),
-        Err(StripeCallError::Unavailable(m)) => (SendResult::Unknown(m), "pending"),
+        Ok(transfer) => (SendResult::Created(transfer), PayoutStatus::InTransit),
+        Err(StripeCallError::Refused { message, .. }) => (SendResult::Refused(message), PayoutStatus::Failed),
+        Err(StripeCallError::Unavailable(m)) => (SendResult::Unknown(m), PayoutStatus::Pending),
     };
-    rt.metrics.payouts.with_label_values(&[status]).inc();
+    rt.metrics.payouts.with_label_values(&[status.as_str()]).inc();
     result
 }
 

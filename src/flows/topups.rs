@@ -38,7 +38,7 @@ pub async fn create_top_up(
     let (claimed, order) = super::or_release(claimed, rt, prepared).await?;
     // 3. The Checkout Session, outside any transaction; the top-up id is
     // Stripe's idempotency key, so a retry gets the same session.
-    let session = match (&rt.gateway, order.method == TopUpMethod::Stripe.as_str()) {
+    let session = match (&rt.gateway, order.method == TopUpMethod::Stripe) {
         (Some(gateway), true) if order.checkout_session_id.is_none() => {
             let pack_name = topups::find_pack(&rt.ctx, &order.pack_id)
                 .map(|p| p.name.clone())

@@ -93,10 +93,10 @@ fn settle_batch(
     if let Some(org) = org_id {
         due = due.filter(ea::org_id.eq(org));
     }
-    let rows: Vec<(i64, String, i64)> = due.load(tx.conn())?;
+    let rows: Vec<(i64, String, Credits)> = due.load(tx.conn())?;
     let selected = i64::try_from(rows.len()).unwrap_or(i64::MAX);
     let last = rows.last().map(|(id, _, _)| *id);
-    let mut by_org: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+    let mut by_org: BTreeMap<String, Vec<(i64, Credits)>> = BTreeMap::new();
     for (id, org, amount) in rows {
         by_org.entry(org).or_default().push((id, amount));
     }
@@ -138,16 +138,16 @@ fn stops_the_sweep(e: &ServiceError) -> bool {
 fn settle_org(
     tx: &mut WriteTx<'_>,
     org: &str,
-    accruals: &[(i64, i64)],
+    accruals: &[(i64, Credits)],
     now: NaiveDateTime,
 ) -> ServiceResult<usize> {
     let pending = ledger::ensure_account(tx, OwnerType::Org, org, AccountKind::EarningsPending, None)?;
     let available = ledger::ensure_account(tx, OwnerType::Org, org, AccountKind::EarningsAvailable, None)?;
     let balance = ledger::balance_of(tx, available)?;
-    let mut room = Credits::from_micros(i64::MAX).checked_sub(balance).unwrap_or_default();
+    let mut room = Credits::MAX.checked_sub(balance).unwrap_or_default();
     let mut fitting: Vec<i64> = Vec::with_capacity(accruals.len());
     for &(id, amount) in accruals {
-        match room.checked_sub(Credits::from_micros(amount)) {
+        match room.checked_sub(amount) {
             Some(left) if !left.is_negative() => {
                 room = left;
                 fitting.push(id);
@@ -165,7 +165,7 @@ fn settle_org(
     if fitting.is_empty() {
         return Ok(0);
     }
-    let claimed: Vec<(i64, i64)> =
+    let claimed: Vec<(i64, Credits)> =
         diesel::update(ea::table.filter(ea::id.eq_any(&fitting)).filter(ea::settled_at.is_null()))
             .set(ea::settled_at.eq(now))
             .returning((ea::id, ea::amount))
@@ -175,7 +175,7 @@ fn settle_org(
     }
     let mut amount = Credits::ZERO;
     for (_, a) in &claimed {
-        amount = amount.checked_add(Credits::from_micros(*a)).ok_or_else(ServiceError::out_of_range)?;
+        amount = amount.checked_add(*a).ok_or_else(ServiceError::out_of_range)?;
     }
     let outflow = amount.checked_neg().ok_or_else(ServiceError::out_of_range)?;
     let posted = ledger::post(

@@ -6,12 +6,16 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use rust_decimal::Decimal;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{ServiceError, ServiceResult};
+use crate::db::catalog::ModelPriceRow;
+pub use crate::db::catalog::ModelRow;
 use crate::db::schema::models;
 use crate::db::{self, DbConn};
+use crate::domain::money::CREDIT_SCALE;
 use crate::domain::pricing::ModelRates;
 use crate::domain::Credits;
 
@@ -55,44 +59,32 @@ pub struct ModelList {
     pub has_more: bool,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = models)]
-pub struct ModelRow {
-    pub id: String,
-    pub runtime_infra: i64,
-    pub provider_cost_micro_usd: i64,
-    pub created_at: chrono::NaiveDateTime,
-    pub updated_at: chrono::NaiveDateTime,
-    pub input_per_mtok: Option<i64>,
-    pub output_per_mtok: Option<i64>,
-    pub per_generation: Option<i64>,
-}
-
 impl ModelRow {
     /// The prices a charge on this model uses.
     pub fn rates(&self) -> ModelRates {
         ModelRates {
-            runtime_infra: Credits::from_micros(self.runtime_infra),
-            input_per_mtok: self.input_per_mtok.map(Credits::from_micros),
-            output_per_mtok: self.output_per_mtok.map(Credits::from_micros),
-            per_generation: self.per_generation.map(Credits::from_micros),
+            runtime_infra: self.runtime_infra,
+            input_per_mtok: self.input_per_mtok,
+            output_per_mtok: self.output_per_mtok,
+            per_generation: self.per_generation,
         }
     }
 }
 
-/// Micro-USD share the 6-decimal format of credits, so they print alike.
+/// Micro-USD, printed as credits are: up to 6 decimal places, no trailing
+/// zeros.
 pub fn usd_micros_to_string(micros: i64) -> String {
-    Credits::from_micros(micros).to_string()
+    Decimal::new(micros, CREDIT_SCALE).normalize().to_string()
 }
 
 fn view(row: ModelRow) -> Model {
     Model {
         id: row.id,
-        runtime_infra: Credits::from_micros(row.runtime_infra),
+        runtime_infra: row.runtime_infra,
         provider_cost: usd_micros_to_string(row.provider_cost_micro_usd),
-        input_per_mtok: row.input_per_mtok.map(Credits::from_micros),
-        output_per_mtok: row.output_per_mtok.map(Credits::from_micros),
-        per_generation: row.per_generation.map(Credits::from_micros),
+        input_per_mtok: row.input_per_mtok,
+        output_per_mtok: row.output_per_mtok,
+        per_generation: row.per_generation,
         updated_at: row.updated_at.and_utc(),
     }
 }
@@ -138,7 +130,6 @@ pub fn put_model(
     if let Some((name, _)) = named.iter().find(|(_, p)| p.is_some_and(Credits::is_negative)) {
         return Err(ServiceError::Validation(format!("{name} must not be negative")));
     }
-    let micros = |p: Option<Credits>| p.map(Credits::micros);
     let cost =
         Credits::parse(provider_cost).map_err(|e| ServiceError::Validation(format!("provider_cost: {e}")))?;
     if cost.is_negative() {
@@ -146,29 +137,20 @@ pub fn put_model(
     }
     db::write_tx(conn, |tx| {
         let now = db::now();
-        let updated = diesel::update(models::table.find(id))
-            .set((
-                models::runtime_infra.eq(runtime_infra.micros()),
-                models::provider_cost_micro_usd.eq(cost.micros()),
-                models::input_per_mtok.eq(micros(input_per_mtok)),
-                models::output_per_mtok.eq(micros(output_per_mtok)),
-                models::per_generation.eq(micros(per_generation)),
-                models::updated_at.eq(now),
-            ))
-            .execute(tx.conn())?;
+        let row = ModelPriceRow {
+            id,
+            runtime_infra,
+            // Micro-USD: parsed with the credits' 6 decimal places.
+            provider_cost_micro_usd: cost.micros(),
+            input_per_mtok,
+            output_per_mtok,
+            per_generation,
+            created_at: now,
+            updated_at: now,
+        };
+        let updated = diesel::update(models::table.find(id)).set(&row).execute(tx.conn())?;
         if updated == 0 {
-            diesel::insert_into(models::table)
-                .values((
-                    models::id.eq(id),
-                    models::runtime_infra.eq(runtime_infra.micros()),
-                    models::provider_cost_micro_usd.eq(cost.micros()),
-                    models::input_per_mtok.eq(micros(input_per_mtok)),
-                    models::output_per_mtok.eq(micros(output_per_mtok)),
-                    models::per_generation.eq(micros(per_generation)),
-                    models::created_at.eq(now),
-                    models::updated_at.eq(now),
-                ))
-                .execute(tx.conn())?;
+            diesel::insert_into(models::table).values(&row).execute(tx.conn())?;
         }
         tracing::info!(model = id, %runtime_infra, provider_cost = %cost, "price book updated");
         Ok(view(models::table.find(id).select(ModelRow::as_select()).first(tx.conn())?))

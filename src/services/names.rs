@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::OrgRole;
+pub use crate::domain::{PayoutStatus, TopUpStatus};
 
 /// A role in an organization.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
@@ -27,30 +28,6 @@ impl From<Role> for OrgRole {
             Role::Member => OrgRole::Member,
         }
     }
-}
-
-/// Where a top-up stands.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum TopUpStatus {
-    Pending,
-    Paid,
-    Failed,
-    Refunded,
-    Disputed,
-    AmountMismatch,
-    Rejected,
-    Expired,
-}
-
-/// Where a payout stands.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PayoutStatus {
-    Pending,
-    InTransit,
-    Paid,
-    Failed,
 }
 
 /// Who owns a wallet.

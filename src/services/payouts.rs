@@ -31,10 +31,12 @@ use super::idempotency::{Outcome, RequestKey};
 use super::orgs::role_in;
 use super::stripe_events::EventOutcome;
 use super::{Caller, Ctx, ErrorCode, ServiceError, ServiceResult};
+use crate::db::billing::{NewPayout, NewPayoutAccount};
+pub use crate::db::billing::{PayoutAccountRow, PayoutRow};
 use crate::db::schema::{accounts, payout_accounts, payouts};
 use crate::db::{self, DbConn, WriteTx};
 use crate::domain::ids::new_id;
-use crate::domain::{AccountKind, Credits, EntryKind, OrgRole, OwnerType, UsdCents};
+use crate::domain::{AccountKind, Credits, EntryKind, OrgRole, OwnerType, PayoutStatus, UsdCents};
 use crate::ledger::{self, AccountRef, LedgerError, NewEntry, Overdraft};
 use crate::stripe::{ConnectedAccount, PayoutTransaction, TransferRef};
 
@@ -110,56 +112,12 @@ pub struct PayoutList {
     pub has_more: bool,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = payouts)]
-pub struct PayoutRow {
-    pub id: String,
-    pub org_id: String,
-    pub stripe_account_id: String,
-    pub amount: i64,
-    pub usd_cents: i64,
-    pub status: String,
-    pub request_key: Option<String>,
-    pub requested_by: String,
-    pub transfer_id: Option<String>,
-    pub stripe_payout_id: Option<String>,
-    pub failure_reason: Option<String>,
-    pub send_attempts: i32,
-    pub send_lease_until: Option<NaiveDateTime>,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
-    pub destination_payment: Option<String>,
-    pub bank_failed_at: Option<NaiveDateTime>,
-    pub bank_failure_code: Option<String>,
-    pub bank_failure_message: Option<String>,
-}
-
-#[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = payout_accounts)]
-pub struct PayoutAccountRow {
-    pub org_id: String,
-    pub stripe_account_id: String,
-    pub payouts_enabled: bool,
-    pub details_submitted: bool,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
-    pub bank_payout_failed_at: Option<NaiveDateTime>,
-    pub bank_payout_failure_code: Option<String>,
-    pub bank_payout_failure_message: Option<String>,
-    pub failed_bank_payout_id: Option<String>,
-}
-
-const PENDING: &str = "pending";
-const IN_TRANSIT: &str = "in_transit";
-const PAID: &str = "paid";
-const FAILED: &str = "failed";
-
 pub fn view(row: PayoutRow) -> Payout {
     Payout {
         id: row.id,
         org_id: row.org_id,
-        status: row.status,
-        amount: Credits::from_micros(row.amount),
+        status: row.status.as_str().to_string(),
+        amount: row.amount,
         usd: UsdCents::new(row.usd_cents),
         transfer_id: row.transfer_id,
         failure_reason: row.failure_reason,
@@ -235,14 +193,14 @@ pub fn save_account(
         if find_account(tx, org_id)?.is_none() {
             let now = db::now();
             diesel::insert_into(payout_accounts::table)
-                .values((
-                    payout_accounts::org_id.eq(org_id),
-                    payout_accounts::stripe_account_id.eq(&account.id),
-                    payout_accounts::payouts_enabled.eq(account.payouts_enabled),
-                    payout_accounts::details_submitted.eq(account.details_submitted),
-                    payout_accounts::created_at.eq(now),
-                    payout_accounts::updated_at.eq(now),
-                ))
+                .values(NewPayoutAccount {
+                    org_id,
+                    stripe_account_id: &account.id,
+                    payouts_enabled: account.payouts_enabled,
+                    details_submitted: account.details_submitted,
+                    created_at: now,
+                    updated_at: now,
+                })
                 .execute(tx.conn())?;
         }
         find_account(tx, org_id)?.ok_or(ServiceError::NotFound("payout account"))
@@ -339,20 +297,20 @@ pub fn record_payout(
         })?;
         let now = db::now();
         diesel::insert_into(payouts::table)
-            .values((
-                payouts::id.eq(&id),
-                payouts::org_id.eq(org_id),
-                payouts::stripe_account_id.eq(&account.stripe_account_id),
-                payouts::amount.eq(moved.micros()),
-                payouts::usd_cents.eq(cents),
-                payouts::status.eq(PENDING),
-                payouts::request_key.eq(request.as_str()),
-                payouts::requested_by.eq(&caller.id),
-                payouts::send_lease_until.eq(now + chrono::Duration::seconds(SEND_LEASE_SECS)),
-                payouts::send_attempts.eq(1),
-                payouts::created_at.eq(now),
-                payouts::updated_at.eq(now),
-            ))
+            .values(NewPayout {
+                id: &id,
+                org_id,
+                stripe_account_id: &account.stripe_account_id,
+                amount: moved,
+                usd_cents: cents,
+                status: PayoutStatus::Pending,
+                request_key: request.as_str(),
+                requested_by: &caller.id,
+                send_lease_until: now + chrono::Duration::seconds(SEND_LEASE_SECS),
+                send_attempts: 1,
+                created_at: now,
+                updated_at: now,
+            })
             .execute(tx.conn())?;
         tracing::info!(payout_id = %id, org_id, %moved, cents, "payout recorded");
         Ok((load(tx, &id)?, true))
@@ -436,15 +394,16 @@ fn move_at_most(
         Err(e) => return Err(e.into()),
     }
     // Lock the balance and take what it holds.
-    let held: Option<i64> = diesel::update(accounts::table.find(from.id))
+    let held: Option<Credits> = diesel::update(accounts::table.find(from.id))
         .set(accounts::balance.eq(accounts::balance))
         .returning(accounts::balance)
         .get_result(tx.conn())?;
-    let moved = Credits::from_micros(held.unwrap_or(0).clamp(0, amount.micros()));
+    let moved = held.unwrap_or_default().clamp(Credits::ZERO, amount);
     if !moved.is_zero() {
         ledger::post(tx, entry(moved)?)?;
     }
-    let short = Credits::from_micros(amount.micros() - moved.micros());
+    let short =
+        amount.checked_sub(moved).ok_or_else(|| ServiceError::Internal("amount out of range".into()))?;
     tracing::error!(
         payout_id,
         %amount,
@@ -470,7 +429,7 @@ fn record_shortfall(tx: &mut WriteTx<'_>, id: &str, what: &str, short: Credits) 
 pub fn claim_unsent(conn: &mut DbConn, limit: i64) -> ServiceResult<Vec<PayoutRow>> {
     let now = db::now();
     let candidates: Vec<String> = payouts::table
-        .filter(payouts::status.eq(PENDING))
+        .filter(payouts::status.eq(PayoutStatus::Pending))
         .filter(payouts::send_lease_until.is_null().or(payouts::send_lease_until.lt(now)))
         .order(payouts::created_at.asc())
         .limit(limit)
@@ -491,7 +450,7 @@ pub fn claim_send(conn: &mut DbConn, id: &str) -> ServiceResult<bool> {
     let n = diesel::update(
         payouts::table
             .find(id)
-            .filter(payouts::status.eq(PENDING))
+            .filter(payouts::status.eq(PayoutStatus::Pending))
             .filter(payouts::send_lease_until.is_null().or(payouts::send_lease_until.lt(now))),
     )
     .set((
@@ -520,9 +479,9 @@ pub fn record_send(
     let now = db::now();
     match result {
         SendResult::Created(transfer) => {
-            diesel::update(payouts::table.find(id).filter(payouts::status.eq(PENDING)))
+            diesel::update(payouts::table.find(id).filter(payouts::status.eq(PayoutStatus::Pending)))
                 .set((
-                    payouts::status.eq(IN_TRANSIT),
+                    payouts::status.eq(PayoutStatus::InTransit),
                     payouts::transfer_id.eq(&transfer.id),
                     payouts::destination_payment.eq(&transfer.destination_payment),
                     payouts::send_lease_until.eq(None::<NaiveDateTime>),
@@ -531,13 +490,13 @@ pub fn record_send(
                 .execute(tx.conn())?;
         }
         SendResult::Refused(reason) => {
-            fail(tx, ctx, id, &[PENDING], reason)?;
+            fail(tx, ctx, id, &[PayoutStatus::Pending], reason)?;
         }
         SendResult::Unknown(reason) => {
             // Leave it pending: recovery sends again (same idempotency key)
             // once the lease runs out.
             tracing::warn!(payout_id = id, reason = %reason, "transfer outcome unknown; recovery will retry");
-            diesel::update(payouts::table.find(id).filter(payouts::status.eq(PENDING)))
+            diesel::update(payouts::table.find(id).filter(payouts::status.eq(PayoutStatus::Pending)))
                 .set((payouts::failure_reason.eq(reason), payouts::updated_at.eq(now)))
                 .execute(tx.conn())?;
         }
@@ -555,13 +514,13 @@ fn fail(
     tx: &mut WriteTx<'_>,
     ctx: &Ctx,
     id: &str,
-    from: &[&str],
+    from: &[PayoutStatus],
     reason: &str,
 ) -> ServiceResult<Option<Credits>> {
-    let mark = |tx: &mut WriteTx<'_>, statuses: Vec<&str>| -> ServiceResult<bool> {
+    let mark = |tx: &mut WriteTx<'_>, statuses: Vec<PayoutStatus>| -> ServiceResult<bool> {
         let n = diesel::update(payouts::table.find(id).filter(payouts::status.eq_any(statuses)))
             .set((
-                payouts::status.eq(FAILED),
+                payouts::status.eq(PayoutStatus::Failed),
                 payouts::failure_reason.eq(reason),
                 payouts::send_lease_until.eq(None::<NaiveDateTime>),
                 payouts::updated_at.eq(db::now()),
@@ -570,14 +529,14 @@ fn fail(
         Ok(n == 1)
     };
     let row = load(tx, id)?;
-    let source = if from.contains(&PAID) && mark(tx, vec![PAID])? {
+    let source = if from.contains(&PayoutStatus::Paid) && mark(tx, vec![PayoutStatus::Paid])? {
         ctx.platform.payouts
-    } else if mark(tx, from.iter().copied().filter(|s| *s != PAID).collect())? {
+    } else if mark(tx, from.iter().copied().filter(|s| *s != PayoutStatus::Paid).collect())? {
         org_account(tx, &row.org_id, AccountKind::EarningsInPayout)?
     } else {
         return Ok(None);
     };
-    let amount = Credits::from_micros(row.amount);
+    let amount = row.amount;
     let available = org_account(tx, &row.org_id, AccountKind::EarningsAvailable)?;
     let short = move_at_most(tx, source, available, amount, EntryKind::PayoutReversal, Some(reason), id)?;
     if !short.is_zero() {
@@ -605,7 +564,8 @@ pub fn transfer_reversed(tx: &mut WriteTx<'_>, ctx: &Ctx, transfer_id: &str) -> 
         .first(tx.conn())
         .optional()?;
     let Some(id) = id else { return Ok(EventOutcome::UnknownTransfer) };
-    Ok(match fail(tx, ctx, &id, &[PENDING, IN_TRANSIT, PAID], "transfer reversed")? {
+    let unfinished = [PayoutStatus::Pending, PayoutStatus::InTransit, PayoutStatus::Paid];
+    Ok(match fail(tx, ctx, &id, &unfinished, "transfer reversed")? {
         Some(short) => failed_outcome(short, EventOutcome::PayoutFailed, EventOutcome::PayoutFailedShortfall),
         None => EventOutcome::AlreadyFailed,
     })
@@ -685,23 +645,30 @@ pub fn bank_payout_paid(
     .execute(tx.conn())?;
     let (mut paid, mut shortfall) = (0, false);
     for row in e.carried(tx, txns)? {
-        let n = diesel::update(payouts::table.find(&row.id).filter(payouts::status.eq(IN_TRANSIT)))
-            .set((
-                payouts::status.eq(PAID),
-                payouts::stripe_payout_id.eq(e.payout_id),
-                payouts::bank_failed_at.eq(None::<NaiveDateTime>),
-                payouts::bank_failure_code.eq(None::<String>),
-                payouts::bank_failure_message.eq(None::<String>),
-                payouts::updated_at.eq(db::now()),
-            ))
-            .execute(tx.conn())?;
+        let n =
+            diesel::update(payouts::table.find(&row.id).filter(payouts::status.eq(PayoutStatus::InTransit)))
+                .set((
+                    payouts::status.eq(PayoutStatus::Paid),
+                    payouts::stripe_payout_id.eq(e.payout_id),
+                    payouts::bank_failed_at.eq(None::<NaiveDateTime>),
+                    payouts::bank_failure_code.eq(None::<String>),
+                    payouts::bank_failure_message.eq(None::<String>),
+                    payouts::updated_at.eq(db::now()),
+                ))
+                .execute(tx.conn())?;
         if n == 0 {
             continue;
         }
-        let amount = Credits::from_micros(row.amount);
         let in_payout = org_account(tx, &row.org_id, AccountKind::EarningsInPayout)?;
-        let short =
-            move_at_most(tx, in_payout, ctx.platform.payouts, amount, EntryKind::PayoutPaid, None, &row.id)?;
+        let short = move_at_most(
+            tx,
+            in_payout,
+            ctx.platform.payouts,
+            row.amount,
+            EntryKind::PayoutPaid,
+            None,
+            &row.id,
+        )?;
         if !short.is_zero() {
             record_shortfall(tx, &row.id, "bank payout paid", short)?;
             shortfall = true;
@@ -750,14 +717,14 @@ pub fn bank_payout_failed(
         payouts::table
             .filter(payouts::stripe_account_id.eq(e.account_id))
             .filter(payouts::stripe_payout_id.eq(e.payout_id))
-            .filter(payouts::status.eq(PAID))
+            .filter(payouts::status.eq(PayoutStatus::Paid))
             .select(PayoutRow::as_select())
             .load(tx.conn())?,
     );
     let mut marked = 0;
     for row in rows {
         let set = (
-            payouts::status.eq(IN_TRANSIT),
+            payouts::status.eq(PayoutStatus::InTransit),
             payouts::stripe_payout_id.eq(e.payout_id),
             payouts::bank_failed_at.eq(at),
             payouts::bank_failure_code.eq(e.failure_code),
@@ -767,7 +734,7 @@ pub fn bank_payout_failed(
         let unpaid = diesel::update(
             payouts::table
                 .find(&row.id)
-                .filter(payouts::status.eq(PAID))
+                .filter(payouts::status.eq(PayoutStatus::Paid))
                 .filter(payouts::stripe_payout_id.eq(e.payout_id)),
         )
         .set(set)
@@ -775,12 +742,11 @@ pub fn bank_payout_failed(
         if unpaid == 1 {
             // Not paid after all: back in in-payout earnings.
             let in_payout = org_account(tx, &row.org_id, AccountKind::EarningsInPayout)?;
-            let amount = Credits::from_micros(row.amount);
             let short = move_at_most(
                 tx,
                 ctx.platform.payouts,
                 in_payout,
-                amount,
+                row.amount,
                 EntryKind::PayoutPaid,
                 Some("bank payout failed after paid"),
                 &row.id,
@@ -795,7 +761,7 @@ pub fn bank_payout_failed(
         let n = diesel::update(
             payouts::table
                 .find(&row.id)
-                .filter(payouts::status.eq(IN_TRANSIT))
+                .filter(payouts::status.eq(PayoutStatus::InTransit))
                 .filter(payouts::bank_failed_at.is_null().or(payouts::stripe_payout_id.ne(e.payout_id))),
         )
         .set(set)

@@ -13,12 +13,13 @@ use utoipa::ToSchema;
 use super::orgs::role_in;
 use super::stripe_events::EventOutcome;
 use super::{Caller, Ctx, ServiceError, ServiceResult};
+use crate::db::plans::{NewPlanGrant, NewSubscription, NewSubscriptionCheckout, SubscriptionState};
 use crate::db::schema::{orgs, plan_grants, subscription_checkouts, subscriptions};
 use crate::db::{self, DbConn, WriteTx};
 use crate::domain::ids::new_id;
 use crate::domain::plans::{self, Decision, Plan, FREE};
 use crate::domain::text::checked_id;
-use crate::domain::OrgRole;
+use crate::domain::{CheckoutStatus, OrgRole, SubscriptionStatus};
 use crate::stripe::webhook::{CheckoutSession, Invoice, Subscription};
 
 /// Whose plan.
@@ -120,18 +121,18 @@ pub fn effective(
         }
     }
     let grace = chrono::Duration::from_std(ctx.settings.past_due_grace).unwrap_or_default();
-    let subs: Vec<(String, String, Option<NaiveDateTime>)> = subscriptions::table
+    let subs: Vec<SubscriptionState> = subscriptions::table
         .filter(subscriptions::subject_type.eq(subject.kind()))
         .filter(subscriptions::subject_id.eq(subject.id()))
-        .select((subscriptions::plan, subscriptions::status, subscriptions::past_due_since))
+        .select(SubscriptionState::as_select())
         .load(conn)?;
-    for (plan, status, past_due_since) in subs {
-        let live = match status.as_str() {
-            "active" | "trialing" => true,
-            "past_due" => past_due_since.is_none_or(|since| since + grace > now),
+    for sub in subs {
+        let live = match sub.status {
+            SubscriptionStatus::Active | SubscriptionStatus::Trialing => true,
+            SubscriptionStatus::PastDue => sub.past_due_since.is_none_or(|since| since + grace > now),
             _ => false,
         };
-        if let (true, Some(p)) = (live, plan_by_id(ctx, &plan)) {
+        if let (true, Some(p)) = (live, plan_by_id(ctx, &sub.plan)) {
             if rank(&p.id) > rank(&best.0.id) {
                 best = (p.clone(), "subscription", None);
             }
@@ -249,15 +250,15 @@ pub fn create_grant(
         let id = new_id("grt");
         let now = db::now();
         diesel::insert_into(plan_grants::table)
-            .values((
-                plan_grants::id.eq(&id),
-                plan_grants::subject_type.eq(subject.kind()),
-                plan_grants::subject_id.eq(subject.id()),
-                plan_grants::plan.eq(plan),
-                plan_grants::until.eq(until),
-                plan_grants::granted_by.eq(&operator.id),
-                plan_grants::created_at.eq(now),
-            ))
+            .values(NewPlanGrant {
+                id: &id,
+                subject_type: subject.kind(),
+                subject_id: subject.id(),
+                plan,
+                until,
+                granted_by: &operator.id,
+                created_at: now,
+            })
             .execute(tx.conn())?;
         tracing::info!(grant = %id, subject = %subject.id(), plan, operator = %operator.id, "plan granted");
         Ok(PlanGrant {
@@ -298,15 +299,15 @@ pub fn record_subscription_checkout(
 ) -> ServiceResult<()> {
     let now = db::now();
     diesel::insert_into(subscription_checkouts::table)
-        .values((
-            subscription_checkouts::id.eq(session_id),
-            subscription_checkouts::subject_type.eq(subject.kind()),
-            subscription_checkouts::subject_id.eq(subject.id()),
-            subscription_checkouts::plan.eq(plan),
-            subscription_checkouts::status.eq("open"),
-            subscription_checkouts::created_at.eq(now),
-            subscription_checkouts::updated_at.eq(now),
-        ))
+        .values(NewSubscriptionCheckout {
+            id: session_id,
+            subject_type: subject.kind(),
+            subject_id: subject.id(),
+            plan,
+            status: CheckoutStatus::Open,
+            created_at: now,
+            updated_at: now,
+        })
         .execute(conn)?;
     Ok(())
 }
@@ -318,9 +319,11 @@ pub fn subscription_checkout_ended(
     s: &CheckoutSession,
     completed: bool,
 ) -> ServiceResult<EventOutcome> {
-    let status = if completed { "complete" } else { "expired" };
+    let status = if completed { CheckoutStatus::Complete } else { CheckoutStatus::Expired };
     let n = diesel::update(
-        subscription_checkouts::table.find(&s.id).filter(subscription_checkouts::status.eq("open")),
+        subscription_checkouts::table
+            .find(&s.id)
+            .filter(subscription_checkouts::status.eq(CheckoutStatus::Open)),
     )
     .set((subscription_checkouts::status.eq(status), subscription_checkouts::updated_at.eq(db::now())))
     .execute(tx.conn())?;
@@ -339,8 +342,6 @@ pub fn subscription_checkout_ended(
     Ok(if known.is_some() { EventOutcome::NotPending } else { EventOutcome::UnknownCheckout })
 }
 
-const ENDED: [&str; 2] = ["canceled", "incomplete_expired"];
-
 /// `customer.subscription.created/updated/deleted`: keeps the subscription's
 /// last state. An older event than the one applied, or any event after the
 /// subscription ended, changes nothing.
@@ -351,11 +352,23 @@ pub fn subscription_event(
     deleted: bool,
 ) -> ServiceResult<EventOutcome> {
     let meta = sub.metadata.clone().unwrap_or_default();
-    let status = if deleted { "canceled".to_string() } else { sub.status.clone() };
+    let status = if deleted {
+        SubscriptionStatus::Canceled
+    } else {
+        match sub.status.parse::<SubscriptionStatus>() {
+            Ok(status) => status,
+            Err(e) => {
+                // Stripe sends only the statuses of the pinned API version;
+                // another one cannot be stored, and changes nothing.
+                tracing::error!(subscription = %sub.id, error = %e, "subscription event not applied");
+                return Ok(EventOutcome::NoChange);
+            }
+        }
+    };
     let now = db::now();
-    let existing: Option<(String, i64, Option<NaiveDateTime>)> = subscriptions::table
+    let existing: Option<SubscriptionState> = subscriptions::table
         .find(&sub.id)
-        .select((subscriptions::status, subscriptions::last_event_at, subscriptions::past_due_since))
+        .select(SubscriptionState::as_select())
         .first(tx.conn())
         .optional()?;
     match existing {
@@ -368,20 +381,20 @@ pub fn subscription_event(
             if kind != "person" && kind != "org" {
                 return Ok(EventOutcome::UnknownSubscription);
             }
-            let past_due_since = (status == "past_due").then_some(now);
+            let past_due_since = (status == SubscriptionStatus::PastDue).then_some(now);
             let inserted = tx.savepoint(|sp| {
                 diesel::insert_into(subscriptions::table)
-                    .values((
-                        subscriptions::id.eq(&sub.id),
-                        subscriptions::subject_type.eq(kind),
-                        subscriptions::subject_id.eq(subject),
-                        subscriptions::plan.eq(plan),
-                        subscriptions::status.eq(&status),
-                        subscriptions::past_due_since.eq(past_due_since),
-                        subscriptions::last_event_at.eq(event_created),
-                        subscriptions::created_at.eq(now),
-                        subscriptions::updated_at.eq(now),
-                    ))
+                    .values(NewSubscription {
+                        id: &sub.id,
+                        subject_type: kind,
+                        subject_id: subject,
+                        plan,
+                        status,
+                        past_due_since,
+                        last_event_at: event_created,
+                        created_at: now,
+                        updated_at: now,
+                    })
                     .execute(sp.conn())
             });
             match inserted {
@@ -390,19 +403,16 @@ pub fn subscription_event(
                 Err(e) => Err(e.into()),
             }
         }
-        Some((current, _, _)) if ENDED.contains(&current.as_str()) => {
-            Ok(EventOutcome::SubscriptionAlreadyEnded)
-        }
-        Some((_, last, _)) if event_created < last => Ok(EventOutcome::StaleEvent),
-        Some((_, _, past_due_since)) => {
-            let past_due_since = match (status.as_str(), past_due_since) {
-                ("past_due", Some(since)) => Some(since),
-                ("past_due", None) => Some(now),
+        Some(current) if current.status.has_ended() => Ok(EventOutcome::SubscriptionAlreadyEnded),
+        Some(current) if event_created < current.last_event_at => Ok(EventOutcome::StaleEvent),
+        Some(current) => {
+            let past_due_since = match status {
+                SubscriptionStatus::PastDue => Some(current.past_due_since.unwrap_or(now)),
                 _ => None,
             };
             diesel::update(subscriptions::table.find(&sub.id))
                 .set((
-                    subscriptions::status.eq(&status),
+                    subscriptions::status.eq(status),
                     subscriptions::past_due_since.eq(past_due_since),
                     subscriptions::last_event_at.eq(event_created),
                     subscriptions::updated_at.eq(now),
@@ -420,11 +430,11 @@ pub fn invoice_payment_failed(tx: &mut WriteTx<'_>, invoice: &Invoice) -> Servic
     let n = diesel::update(
         subscriptions::table
             .find(sub)
-            .filter(subscriptions::status.ne_all(ENDED))
+            .filter(subscriptions::status.ne_all(SubscriptionStatus::ENDED))
             .filter(subscriptions::past_due_since.is_null()),
     )
     .set((
-        subscriptions::status.eq("past_due"),
+        subscriptions::status.eq(SubscriptionStatus::PastDue),
         subscriptions::past_due_since.eq(db::now()),
         subscriptions::updated_at.eq(db::now()),
     ))

@@ -7,6 +7,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::ServiceResult;
+use crate::db::billing::NewStripeEvent;
 use crate::db::schema::stripe_events;
 use crate::db::{self, WriteTx};
 
@@ -106,12 +107,12 @@ outcomes! {
 pub fn record_once(tx: &mut WriteTx<'_>, event_id: &str, event_type: &str) -> ServiceResult<bool> {
     let inserted = tx.savepoint(|sp| {
         diesel::insert_into(stripe_events::table)
-            .values((
-                stripe_events::id.eq(event_id),
-                stripe_events::event_type.eq(event_type),
-                stripe_events::outcome.eq("processing"),
-                stripe_events::received_at.eq(db::now()),
-            ))
+            .values(NewStripeEvent {
+                id: event_id,
+                event_type,
+                outcome: "processing",
+                received_at: db::now(),
+            })
             .execute(sp.conn())
     });
     match inserted {

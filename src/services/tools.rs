@@ -10,6 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{ServiceError, ServiceResult};
+use crate::db::catalog::{NewTool, ToolRow};
 use crate::db::schema::tools;
 use crate::db::{self, DbConn};
 use crate::domain::usage::is_catalog_id;
@@ -33,16 +34,8 @@ pub struct ToolList {
     pub has_more: bool,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = tools)]
-struct ToolRow {
-    id: String,
-    price: i64,
-    updated_at: chrono::NaiveDateTime,
-}
-
 fn view(row: ToolRow) -> Tool {
-    Tool { id: row.id, price: Credits::from_micros(row.price), updated_at: row.updated_at.and_utc() }
+    Tool { id: row.id, price: row.price, updated_at: row.updated_at.and_utc() }
 }
 
 /// `GET /v1/tools`.
@@ -61,9 +54,9 @@ pub fn prices_of<'a>(
     if ids.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let rows: Vec<(String, i64)> =
+    let rows: Vec<(String, Credits)> =
         tools::table.filter(tools::id.eq_any(ids)).select((tools::id, tools::price)).load(conn)?;
-    Ok(rows.into_iter().map(|(id, price)| (id, Credits::from_micros(price))).collect())
+    Ok(rows.into_iter().collect())
 }
 
 /// `PUT /v1/admin/tools/{id}`: creates or reprices a tool.
@@ -79,16 +72,11 @@ pub fn put_tool(conn: &mut DbConn, id: &str, price: Credits) -> ServiceResult<To
     db::write_tx(conn, |tx| {
         let now = db::now();
         let updated = diesel::update(tools::table.find(id))
-            .set((tools::price.eq(price.micros()), tools::updated_at.eq(now)))
+            .set((tools::price.eq(price), tools::updated_at.eq(now)))
             .execute(tx.conn())?;
         if updated == 0 {
             diesel::insert_into(tools::table)
-                .values((
-                    tools::id.eq(id),
-                    tools::price.eq(price.micros()),
-                    tools::created_at.eq(now),
-                    tools::updated_at.eq(now),
-                ))
+                .values(NewTool { id, price, created_at: now, updated_at: now })
                 .execute(tx.conn())?;
         }
         tracing::info!(tool = id, %price, "tool price updated");

@@ -10,9 +10,9 @@
 //! changes nothing; the order's status is changed by a guarded `UPDATE`, so
 //! two different events confirming one payment credit it once.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::history::TransactionReferences;
@@ -21,10 +21,13 @@ use super::stripe_events::EventOutcome;
 use super::wallets::{load_for, Access};
 use super::{Caller, Ctx, ErrorCode, ServiceError, ServiceResult};
 use crate::config::CreditPack;
+use crate::db::billing::NewTopUp;
+pub use crate::db::billing::TopUpRow;
 use crate::db::schema::{accounts, journal_entries, receipt_counter, top_ups};
 use crate::db::{self, DbConn, WriteTx};
 use crate::domain::ids::new_id;
-use crate::domain::{AccountKind, Credits, EntryKind, UsdCents};
+pub use crate::domain::TopUpMethod;
+use crate::domain::{AccountKind, Credits, EntryKind, TopUpStatus, UsdCents};
 use crate::ledger::{self, AccountRef, NewEntry, Overdraft};
 use crate::stripe::webhook::{Charge as StripeCharge, CheckoutSession, Dispute};
 use crate::stripe::{RefundRef, SessionRef, TopUpCheckout};
@@ -93,40 +96,6 @@ pub struct TopUp {
     pub paid_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = top_ups)]
-pub struct TopUpRow {
-    pub id: String,
-    pub wallet_account_id: i64,
-    pub wallet_id: String,
-    pub created_by: String,
-    pub pack_id: String,
-    pub credits: i64,
-    pub bonus_credits: i64,
-    pub amount_cents: i64,
-    pub currency: String,
-    pub method: String,
-    pub status: String,
-    pub request_key: Option<String>,
-    pub checkout_session_id: Option<String>,
-    pub checkout_url: Option<String>,
-    pub payment_intent_id: Option<String>,
-    pub receipt_number: Option<i64>,
-    pub credited_entry_id: Option<i64>,
-    pub settled_by: Option<String>,
-    pub refunded_cents: i64,
-    pub reversed_credits: i64,
-    pub reversed_bonus: i64,
-    pub dispute_id: Option<String>,
-    pub disputed_credits: i64,
-    pub disputed_bonus: i64,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
-    pub paid_at: Option<NaiveDateTime>,
-    pub paid_cents: Option<i64>,
-    pub paid_currency: Option<String>,
-}
-
 impl TopUpRow {
     /// What the Checkout Session for this order needs.
     pub fn checkout(&self, ctx: &Ctx, pack_name: &str) -> TopUpCheckout {
@@ -145,23 +114,10 @@ impl TopUpRow {
     }
 }
 
-const PENDING: &str = "pending";
-const PAID: &str = "paid";
-const FAILED: &str = "failed";
-const REFUNDED: &str = "refunded";
-const DISPUTED: &str = "disputed";
-const AMOUNT_MISMATCH: &str = "amount_mismatch";
-const REJECTED: &str = "rejected";
-const EXPIRED: &str = "expired";
-
-/// Every status, as the CHECK constraint allows them.
-pub const STATUSES: [&str; 8] =
-    [PENDING, PAID, FAILED, REFUNDED, DISPUTED, AMOUNT_MISMATCH, REJECTED, EXPIRED];
-
 fn view(row: TopUpRow) -> TopUp {
     TopUp {
-        credits: Credits::from_micros(row.credits + row.bonus_credits),
-        bonus_credits: Credits::from_micros(row.bonus_credits),
+        credits: row.credits.checked_add(row.bonus_credits).unwrap_or(Credits::MAX),
+        bonus_credits: row.bonus_credits,
         amount_usd: UsdCents::new(row.amount_cents),
         refunded_usd: UsdCents::new(row.refunded_cents),
         paid_amount: row.paid_cents.map(UsdCents::new),
@@ -169,8 +125,8 @@ fn view(row: TopUpRow) -> TopUp {
         id: row.id,
         wallet_id: row.wallet_id,
         pack_id: row.pack_id,
-        status: row.status,
-        method: TopUpMethod::from_db(&row.method),
+        status: row.status.as_str().to_string(),
+        method: row.method,
         checkout_url: row.checkout_url,
         receipt_number: row.receipt_number,
         created_at: row.created_at.and_utc(),
@@ -208,34 +164,6 @@ fn load(conn: &mut DbConn, id: &str) -> ServiceResult<TopUpRow> {
         .first(conn)
         .optional()?
         .ok_or(ServiceError::NotFound("top-up"))
-}
-
-/// How a top-up is paid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum TopUpMethod {
-    /// Stripe Checkout; credited by Stripe's webhook.
-    Stripe,
-    /// A payment order an operator settles once paid (e.g. an invoice).
-    Manual,
-}
-
-impl TopUpMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TopUpMethod::Stripe => "stripe",
-            TopUpMethod::Manual => "manual",
-        }
-    }
-
-    /// The stored form (a CHECK constraint allows only these two).
-    fn from_db(text: &str) -> Self {
-        if text == "stripe" {
-            TopUpMethod::Stripe
-        } else {
-            TopUpMethod::Manual
-        }
-    }
 }
 
 /// First step of `POST /v1/wallets/{id}/top-ups`: the order of this request
@@ -276,22 +204,22 @@ pub fn prepare_top_up(
         let id = new_id("top");
         let now = db::now();
         diesel::insert_into(top_ups::table)
-            .values((
-                top_ups::id.eq(&id),
-                top_ups::wallet_account_id.eq(wallet.id),
-                top_ups::wallet_id.eq(wallet_id),
-                top_ups::created_by.eq(&caller.id),
-                top_ups::pack_id.eq(&pack.id),
-                top_ups::credits.eq(pack.credits.micros()),
-                top_ups::bonus_credits.eq(pack.bonus_credits.micros()),
-                top_ups::amount_cents.eq(pack.price.cents()),
-                top_ups::currency.eq("usd"),
-                top_ups::method.eq(method.as_str()),
-                top_ups::status.eq(PENDING),
-                top_ups::request_key.eq(request.as_str()),
-                top_ups::created_at.eq(now),
-                top_ups::updated_at.eq(now),
-            ))
+            .values(NewTopUp {
+                id: &id,
+                wallet_account_id: wallet.id,
+                wallet_id,
+                created_by: &caller.id,
+                pack_id: &pack.id,
+                credits: pack.credits,
+                bonus_credits: pack.bonus_credits,
+                amount_cents: pack.price.cents(),
+                currency: "usd",
+                method,
+                status: TopUpStatus::Pending,
+                request_key: request.as_str(),
+                created_at: now,
+                updated_at: now,
+            })
             .execute(tx.conn())?;
         load(tx, &id)
     })
@@ -332,13 +260,13 @@ fn credit(
     tx: &mut WriteTx<'_>,
     ctx: &Ctx,
     row: &TopUpRow,
-    from: &[&str],
+    from: &[TopUpStatus],
     actor: &str,
     request_key: Option<&str>,
 ) -> ServiceResult<bool> {
     let now = db::now();
     let claimed = diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq_any(from)))
-        .set((top_ups::status.eq(PAID), top_ups::updated_at.eq(now), top_ups::paid_at.eq(now)))
+        .set((top_ups::status.eq(TopUpStatus::Paid), top_ups::updated_at.eq(now), top_ups::paid_at.eq(now)))
         .execute(tx.conn())?;
     if claimed == 0 {
         return Ok(false);
@@ -347,8 +275,7 @@ fn credit(
         .set(receipt_counter::last_number.eq(receipt_counter::last_number + 1))
         .returning(receipt_counter::last_number)
         .get_result(tx.conn())?;
-    let credits = Credits::from_micros(row.credits);
-    let bonus = Credits::from_micros(row.bonus_credits);
+    let (credits, bonus) = (row.credits, row.bonus_credits);
     let total =
         credits.checked_add(bonus).ok_or_else(|| ServiceError::Internal("top-up overflows".into()))?;
     let mut legs = vec![row.wallet().leg(total), ctx.platform.cash.leg(neg(credits)?)];
@@ -390,16 +317,16 @@ pub fn settle_manual(
     request: &RequestKey,
 ) -> ServiceResult<Outcome<TopUp>> {
     let row = lock(tx, id)?;
-    if row.status == AMOUNT_MISMATCH {
+    if row.status == TopUpStatus::AmountMismatch {
         return settle_at_paid_amount(tx, ctx, operator, row, request);
     }
-    if row.method != TopUpMethod::Manual.as_str() && row.paid_cents.is_none() {
+    if row.method != TopUpMethod::Manual && row.paid_cents.is_none() {
         return Err(ServiceError::Conflict {
             kind: ErrorCode::NotManual,
             message: "this top-up is paid through Stripe Checkout and settles by its webhook".into(),
         });
     }
-    if !credit(tx, ctx, &row, &[PENDING], &operator.id, Some(request.as_str()))? {
+    if !credit(tx, ctx, &row, &[TopUpStatus::Pending], &operator.id, Some(request.as_str()))? {
         return Err(ServiceError::Conflict {
             kind: ErrorCode::TopUpNotPending,
             message: format!("top-up {id} is {}, not pending", row.status),
@@ -435,13 +362,13 @@ fn settle_at_paid_amount(
     }
     let credits = pro_rata(row.credits, paid, row.amount_cents);
     let bonus = pro_rata(row.bonus_credits, paid, row.amount_cents);
-    if paid <= 0 || credits <= 0 {
+    if paid <= 0 || credits <= Credits::ZERO {
         return Err(ServiceError::Conflict {
             kind: ErrorCode::PaidAmountTooSmall,
             message: format!("top-up {}: the paid amount buys no credits; reject it", row.id),
         });
     }
-    diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(AMOUNT_MISMATCH)))
+    diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(TopUpStatus::AmountMismatch)))
         .set((
             top_ups::amount_cents.eq(paid),
             top_ups::credits.eq(credits),
@@ -450,7 +377,7 @@ fn settle_at_paid_amount(
         ))
         .execute(tx.conn())?;
     let settled = load(tx, &row.id)?;
-    if !credit(tx, ctx, &settled, &[AMOUNT_MISMATCH], &operator.id, Some(request.as_str()))? {
+    if !credit(tx, ctx, &settled, &[TopUpStatus::AmountMismatch], &operator.id, Some(request.as_str()))? {
         return Err(ServiceError::Internal(format!("top-up {} could not be settled", row.id)));
     }
     tracing::warn!(top_up_id = %row.id, paid_cents = paid, operator = %operator.id, "amount mismatch settled at the paid amount");
@@ -467,9 +394,9 @@ pub fn reject_mismatch(
     _request: &RequestKey,
 ) -> ServiceResult<Outcome<TopUp>> {
     let row = lock(tx, id)?;
-    let n = diesel::update(top_ups::table.find(id).filter(top_ups::status.eq(AMOUNT_MISMATCH)))
+    let n = diesel::update(top_ups::table.find(id).filter(top_ups::status.eq(TopUpStatus::AmountMismatch)))
         .set((
-            top_ups::status.eq(REJECTED),
+            top_ups::status.eq(TopUpStatus::Rejected),
             top_ups::settled_by.eq(&operator.id),
             top_ups::updated_at.eq(db::now()),
         ))
@@ -505,13 +432,11 @@ pub fn list_top_ups(
     }
     let mut query = top_ups::table.select(TopUpRow::as_select()).into_boxed();
     if let Some(status) = status {
-        if !STATUSES.contains(&status) {
-            return Err(ServiceError::Validation(format!(
-                "status '{status}' is not one of {}",
-                STATUSES.join(", ")
-            )));
-        }
-        query = query.filter(top_ups::status.eq(status.to_string()));
+        let status = status.parse::<TopUpStatus>().map_err(|_| {
+            let all: Vec<&str> = TopUpStatus::ALL.iter().map(|s| s.as_str()).collect();
+            ServiceError::Validation(format!("status '{status}' is not one of {}", all.join(", ")))
+        })?;
+        query = query.filter(top_ups::status.eq(status));
     }
     if let Some(cursor) = starting_after {
         let known: Option<String> = top_ups::table.find(cursor).select(top_ups::id).first(conn).optional()?;
@@ -561,8 +486,8 @@ pub fn checkout_expired(tx: &mut WriteTx<'_>, s: &CheckoutSession) -> ServiceRes
 /// `checkout.session.async_payment_failed`: the order fails.
 pub fn async_payment_failed(tx: &mut WriteTx<'_>, s: &CheckoutSession) -> ServiceResult<EventOutcome> {
     let Some(row) = order_of_session(tx, s)? else { return Ok(EventOutcome::UnknownTopUp) };
-    let n = diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(PENDING)))
-        .set((top_ups::status.eq(FAILED), top_ups::updated_at.eq(db::now())))
+    let n = diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(TopUpStatus::Pending)))
+        .set((top_ups::status.eq(TopUpStatus::Failed), top_ups::updated_at.eq(db::now())))
         .execute(tx.conn())?;
     Ok(if n == 1 { EventOutcome::Failed } else { EventOutcome::NotPending })
 }
@@ -606,7 +531,7 @@ pub fn session_paid(
         return Ok(EventOutcome::UnknownTopUp);
     };
     let row = lock(tx, &row.id)?;
-    if row.status == AMOUNT_MISMATCH || row.status == REJECTED {
+    if matches!(row.status, TopUpStatus::AmountMismatch | TopUpStatus::Rejected) {
         // An operator decides (or decided) what this payment is worth.
         return Ok(EventOutcome::AmountMismatch);
     }
@@ -620,9 +545,10 @@ pub fn session_paid(
             "amount mismatch: the payment does not match the order; held for an operator"
         );
         remember_payment_intent(tx, &row, s)?;
-        diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq_any([PENDING, EXPIRED])))
+        let unpaid = [TopUpStatus::Pending, TopUpStatus::Expired];
+        diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq_any(unpaid)))
             .set((
-                top_ups::status.eq(AMOUNT_MISMATCH),
+                top_ups::status.eq(TopUpStatus::AmountMismatch),
                 top_ups::paid_cents.eq(s.amount_total.unwrap_or(0)),
                 top_ups::paid_currency.eq(s.currency.as_deref().unwrap_or("unknown").to_ascii_lowercase()),
                 top_ups::updated_at.eq(db::now()),
@@ -632,7 +558,8 @@ pub fn session_paid(
     }
     remember_payment_intent(tx, &row, s)?;
     // An expired order paid late is still credited: the money was taken.
-    let credited = credit(tx, ctx, &row, &[PENDING, EXPIRED], &format!("stripe:{event_id}"), None)?;
+    let unpaid = [TopUpStatus::Pending, TopUpStatus::Expired];
+    let credited = credit(tx, ctx, &row, &unpaid, &format!("stripe:{event_id}"), None)?;
     Ok(if credited { EventOutcome::Credited } else { EventOutcome::AlreadyCredited })
 }
 
@@ -640,8 +567,8 @@ pub fn session_paid(
 /// order ends `expired` (a late payment still credits it).
 fn session_expired(tx: &mut WriteTx<'_>, s: &CheckoutSession) -> ServiceResult<EventOutcome> {
     let Some(row) = order_of_session(tx, s)? else { return Ok(EventOutcome::UnknownTopUp) };
-    let n = diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(PENDING)))
-        .set((top_ups::status.eq(EXPIRED), top_ups::updated_at.eq(db::now())))
+    let n = diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(TopUpStatus::Pending)))
+        .set((top_ups::status.eq(TopUpStatus::Expired), top_ups::updated_at.eq(db::now())))
         .execute(tx.conn())?;
     Ok(if n == 1 { EventOutcome::Expired } else { EventOutcome::NotPending })
 }
@@ -677,20 +604,28 @@ fn lock(tx: &mut WriteTx<'_>, id: &str) -> ServiceResult<TopUpRow> {
 
 /// `amount` x `part / whole`, rounded down (more than `amount` when `part`
 /// exceeds `whole`).
-fn pro_rata(amount: i64, part: i64, whole: i64) -> i64 {
+fn pro_rata(amount: Credits, part: i64, whole: i64) -> Credits {
     if whole <= 0 {
-        return 0;
+        return Credits::ZERO;
     }
-    i64::try_from((amount as i128 * part.max(0) as i128) / whole as i128).unwrap_or(i64::MAX)
+    amount.scaled(part.max(0), whole).unwrap_or(Credits::MAX)
 }
 
 /// The share `part / whole` of `amount`, rounded down; all of it when
 /// `part >= whole`.
-fn share_of(amount: i64, part: i64, whole: i64) -> i64 {
+fn share_of(amount: Credits, part: i64, whole: i64) -> Credits {
     if part >= whole {
         return amount;
     }
-    ((amount as i128 * part.max(0) as i128) / whole as i128) as i64
+    amount.scaled(part.max(0), whole).unwrap_or(Credits::ZERO)
+}
+
+fn add(a: Credits, b: Credits) -> ServiceResult<Credits> {
+    a.checked_add(b).ok_or_else(|| ServiceError::Internal("top-up amounts out of range".into()))
+}
+
+fn sub(a: Credits, b: Credits) -> ServiceResult<Credits> {
+    a.checked_sub(b).ok_or_else(|| ServiceError::Internal("top-up amounts out of range".into()))
 }
 
 /// Who takes credits back, and what their entry carries.
@@ -714,15 +649,15 @@ fn reverse(
     ctx: &Ctx,
     row: &TopUpRow,
     kind: EntryKind,
-    credits: i64,
-    bonus: i64,
+    credits: Credits,
+    bonus: Credits,
     by: TakenBy<'_>,
 ) -> ServiceResult<()> {
     let TakenBy { actor, memo, request_key } = by;
-    let total = Credits::from_micros(credits + bonus);
-    let mut legs = vec![row.wallet().leg(neg(total)?), ctx.platform.cash.leg(Credits::from_micros(credits))];
-    if bonus != 0 {
-        legs.push(ctx.platform.bonus_expense.leg(Credits::from_micros(bonus)));
+    let total = add(credits, bonus)?;
+    let mut legs = vec![row.wallet().leg(neg(total)?), ctx.platform.cash.leg(credits)];
+    if !bonus.is_zero() {
+        legs.push(ctx.platform.bonus_expense.leg(bonus));
     }
     let references = TransactionReferences {
         top_up_id: Some(row.id.clone()),
@@ -782,11 +717,11 @@ pub fn refund(
 /// What the wallet gives back once `refunded` cents of the payment are
 /// refunded in all: the refunded share of the credits and of the bonus
 /// (each rounded down), less what was taken back already.
-fn take_back_for(row: &TopUpRow, refunded: i64) -> (i64, i64) {
+fn take_back_for(row: &TopUpRow, refunded: i64) -> ServiceResult<(Credits, Credits)> {
     let refunded = refunded.min(row.amount_cents);
-    let credits = share_of(row.credits, refunded, row.amount_cents) - row.reversed_credits;
-    let bonus = share_of(row.bonus_credits, refunded, row.amount_cents) - row.reversed_bonus;
-    (credits.max(0), bonus.max(0))
+    let credits = sub(share_of(row.credits, refunded, row.amount_cents), row.reversed_credits)?;
+    let bonus = sub(share_of(row.bonus_credits, refunded, row.amount_cents), row.reversed_bonus)?;
+    Ok((credits.max(Credits::ZERO), bonus.max(Credits::ZERO)))
 }
 
 /// Brings a locked top-up to `refunded` cents refunded in all (the
@@ -805,17 +740,17 @@ fn take_back_to(
     if refunded <= row.refunded_cents {
         return Ok(row.refunded_cents >= row.amount_cents);
     }
-    let (credits, bonus) = take_back_for(row, refunded);
-    if credits + bonus > 0 {
+    let (credits, bonus) = take_back_for(row, refunded)?;
+    if add(credits, bonus)? > Credits::ZERO {
         reverse(tx, ctx, row, EntryKind::Refund, credits, bonus, by)?;
     }
     let full = refunded >= row.amount_cents;
-    let status = if full && row.status != DISPUTED { REFUNDED } else { row.status.as_str() };
+    let status = if full && row.status != TopUpStatus::Disputed { TopUpStatus::Refunded } else { row.status };
     diesel::update(top_ups::table.find(&row.id))
         .set((
             top_ups::refunded_cents.eq(refunded),
-            top_ups::reversed_credits.eq(row.reversed_credits + credits),
-            top_ups::reversed_bonus.eq(row.reversed_bonus + bonus),
+            top_ups::reversed_credits.eq(add(row.reversed_credits, credits)?),
+            top_ups::reversed_bonus.eq(add(row.reversed_bonus, bonus)?),
             top_ups::status.eq(status),
             top_ups::updated_at.eq(db::now()),
         ))
@@ -833,8 +768,8 @@ pub struct RefundPlan {
     pub cents: i64,
     /// Cents refunded in all once this refund is made.
     pub refunded_after: i64,
-    /// Micro-credits (credits + bonus) this refund takes back.
-    pub takes: i64,
+    /// Credits (bonus included) this refund takes back.
+    pub takes: Credits,
 }
 
 /// What an operator's refund did.
@@ -854,25 +789,25 @@ pub struct TopUpRefund {
 /// The most cents of the top-up's payment that can still be refunded
 /// without taking back more than the wallet holds: the largest `c` (at most
 /// what is not refunded yet) whose [`take_back_for`] fits in `balance`.
-fn refundable_cents(row: &TopUpRow, balance: i64) -> i64 {
-    let fits = |c: i64| {
-        let (credits, bonus) = take_back_for(row, row.refunded_cents + c);
-        credits.saturating_add(bonus) <= balance
+fn refundable_cents(row: &TopUpRow, balance: Credits) -> ServiceResult<i64> {
+    let fits = |c: i64| -> ServiceResult<bool> {
+        let (credits, bonus) = take_back_for(row, row.refunded_cents + c)?;
+        Ok(credits.checked_add(bonus).is_some_and(|taken| taken <= balance))
     };
     let (mut lo, mut hi) = (0, (row.amount_cents - row.refunded_cents).max(0));
-    if !fits(lo) {
-        return 0;
+    if !fits(lo)? {
+        return Ok(0);
     }
     // The taken-back amount grows with `c`: the largest `c` that fits.
     while lo < hi {
         let mid = lo + (hi - lo + 1) / 2;
-        if fits(mid) {
+        if fits(mid)? {
             lo = mid;
         } else {
             hi = mid - 1;
         }
     }
-    lo
+    Ok(lo)
 }
 
 /// First step of `POST /v1/admin/top-ups/{id}/refund`: checks under the
@@ -883,8 +818,8 @@ fn refundable_cents(row: &TopUpRow, balance: i64) -> i64 {
 pub fn plan_refund(conn: &mut DbConn, id: &str, amount: Option<UsdCents>) -> ServiceResult<RefundPlan> {
     db::write_tx(conn, |tx| {
         let row = lock(tx, id)?;
-        let stripe = row.method == TopUpMethod::Stripe.as_str();
-        if row.status != PAID
+        let stripe = row.method == TopUpMethod::Stripe;
+        if row.status != TopUpStatus::Paid
             || row.credited_entry_id.is_none()
             || (stripe && row.payment_intent_id.is_none())
         {
@@ -893,8 +828,8 @@ pub fn plan_refund(conn: &mut DbConn, id: &str, amount: Option<UsdCents>) -> Ser
                 message: format!("top-up {id} is {}, not paid: there is nothing to refund", row.status),
             });
         }
-        let balance = ledger::balance_of(tx, row.wallet())?.micros();
-        let most = refundable_cents(&row, balance);
+        let balance = ledger::balance_of(tx, row.wallet())?;
+        let most = refundable_cents(&row, balance)?;
         let cents = amount.map(UsdCents::cents).unwrap_or(most);
         if cents > most || cents <= 0 {
             return Err(ServiceError::Refused {
@@ -905,13 +840,13 @@ pub fn plan_refund(conn: &mut DbConn, id: &str, amount: Option<UsdCents>) -> Ser
                 ),
             });
         }
-        let (credits, bonus) = take_back_for(&row, row.refunded_cents + cents);
+        let (credits, bonus) = take_back_for(&row, row.refunded_cents + cents)?;
         Ok(RefundPlan {
             top_up_id: row.id.clone(),
             payment_intent: if stripe { row.payment_intent_id.clone() } else { None },
             cents,
             refunded_after: row.refunded_cents + cents,
-            takes: credits + bonus,
+            takes: add(credits, bonus)?,
         })
     })
 }
@@ -944,7 +879,7 @@ pub fn complete_refund(
     Ok(TopUpRefund {
         refund_id: stripe_refund.map(|r| r.id.clone()),
         amount_usd: UsdCents::new(plan.cents),
-        credits_taken_back: Credits::from_micros(plan.takes),
+        credits_taken_back: plan.takes,
         top_up: view(load(tx, &row.id)?),
     }
     .into())
@@ -967,16 +902,16 @@ pub fn dispute_created(
     if row.dispute_id.is_some() {
         return Ok(EventOutcome::AlreadyDisputed);
     }
-    let credits = row.credits - row.reversed_credits;
-    let bonus = row.bonus_credits - row.reversed_bonus;
-    if credits + bonus > 0 {
+    let credits = sub(row.credits, row.reversed_credits)?;
+    let bonus = sub(row.bonus_credits, row.reversed_bonus)?;
+    if add(credits, bonus)? > Credits::ZERO {
         let actor = format!("stripe:{event_id}");
         reverse(tx, ctx, &row, EntryKind::Dispute, credits, bonus, TakenBy::stripe(&actor))?;
     }
     freeze(tx, row.wallet_account_id)?;
     diesel::update(top_ups::table.find(&row.id))
         .set((
-            top_ups::status.eq(DISPUTED),
+            top_ups::status.eq(TopUpStatus::Disputed),
             top_ups::dispute_id.eq(&d.id),
             top_ups::disputed_credits.eq(credits),
             top_ups::disputed_bonus.eq(bonus),
@@ -1004,7 +939,7 @@ pub fn dispute_closed(
     let Some(row) = locked_order_of_payment(tx, d.payment_intent.as_ref().map(|p| p.id()))? else {
         return Ok(EventOutcome::UnknownTopUp);
     };
-    if row.dispute_id.as_deref() != Some(d.id.as_str()) || row.status != DISPUTED {
+    if row.dispute_id.as_deref() != Some(d.id.as_str()) || row.status != TopUpStatus::Disputed {
         return Ok(EventOutcome::NotDisputed);
     }
     if d.status != "won" && d.status != "warning_closed" {
@@ -1015,21 +950,23 @@ pub fn dispute_closed(
     let refunded_credits = share_of(row.credits, row.refunded_cents, row.amount_cents);
     let refunded_bonus = share_of(row.bonus_credits, row.refunded_cents, row.amount_cents);
     let kept_credits =
-        refunded_credits.max(row.reversed_credits - row.disputed_credits).min(row.reversed_credits);
-    let kept_bonus = refunded_bonus.max(row.reversed_bonus - row.disputed_bonus).min(row.reversed_bonus);
-    let (credits, bonus) = (row.reversed_credits - kept_credits, row.reversed_bonus - kept_bonus);
-    let status = if row.refunded_cents >= row.amount_cents { REFUNDED } else { PAID };
-    let claimed = diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(DISPUTED)))
-        .set((
-            top_ups::status.eq(status),
-            top_ups::disputed_credits.eq(0),
-            top_ups::disputed_bonus.eq(0),
-            top_ups::reversed_credits.eq(kept_credits),
-            top_ups::reversed_bonus.eq(kept_bonus),
-            top_ups::updated_at.eq(db::now()),
-        ))
-        .execute(tx.conn())?;
-    if claimed == 1 && credits + bonus > 0 {
+        refunded_credits.max(sub(row.reversed_credits, row.disputed_credits)?).min(row.reversed_credits);
+    let kept_bonus = refunded_bonus.max(sub(row.reversed_bonus, row.disputed_bonus)?).min(row.reversed_bonus);
+    let (credits, bonus) = (sub(row.reversed_credits, kept_credits)?, sub(row.reversed_bonus, kept_bonus)?);
+    let status =
+        if row.refunded_cents >= row.amount_cents { TopUpStatus::Refunded } else { TopUpStatus::Paid };
+    let claimed =
+        diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(TopUpStatus::Disputed)))
+            .set((
+                top_ups::status.eq(status),
+                top_ups::disputed_credits.eq(Credits::ZERO),
+                top_ups::disputed_bonus.eq(Credits::ZERO),
+                top_ups::reversed_credits.eq(kept_credits),
+                top_ups::reversed_bonus.eq(kept_bonus),
+                top_ups::updated_at.eq(db::now()),
+            ))
+            .execute(tx.conn())?;
+    if claimed == 1 && add(credits, bonus)? > Credits::ZERO {
         // It reverses the dispute's reversal (ledger verify follows the
         // chain to check what the top-up has lost in all).
         let dispute_entry: Option<i64> = journal_entries::table
@@ -1039,11 +976,10 @@ pub fn dispute_closed(
             .order(journal_entries::id.desc())
             .first(tx.conn())
             .optional()?;
-        let total = Credits::from_micros(credits + bonus);
-        let mut legs =
-            vec![row.wallet().leg(total), ctx.platform.cash.leg(neg(Credits::from_micros(credits))?)];
-        if bonus != 0 {
-            legs.push(ctx.platform.bonus_expense.leg(neg(Credits::from_micros(bonus))?));
+        let total = add(credits, bonus)?;
+        let mut legs = vec![row.wallet().leg(total), ctx.platform.cash.leg(neg(credits)?)];
+        if !bonus.is_zero() {
+            legs.push(ctx.platform.bonus_expense.leg(neg(bonus)?));
         }
         ledger::post(
             tx,
@@ -1070,13 +1006,15 @@ pub fn dispute_closed(
 #[cfg(test)]
 mod tests {
     use super::share_of;
+    use crate::domain::Credits;
 
     #[test]
     fn refund_shares_round_down_and_full_is_exact() {
-        assert_eq!(share_of(50_000_000, 200, 500), 20_000_000);
-        assert_eq!(share_of(50_000_000, 1, 3), 16_666_666);
-        assert_eq!(share_of(50_000_000, 500, 500), 50_000_000);
-        assert_eq!(share_of(50_000_000, 900, 500), 50_000_000);
-        assert_eq!(share_of(7, 0, 500), 0);
+        let c = Credits::from_micros;
+        assert_eq!(share_of(c(50_000_000), 200, 500), c(20_000_000));
+        assert_eq!(share_of(c(50_000_000), 1, 3), c(16_666_666));
+        assert_eq!(share_of(c(50_000_000), 500, 500), c(50_000_000));
+        assert_eq!(share_of(c(50_000_000), 900, 500), c(50_000_000));
+        assert_eq!(share_of(c(7), 0, 500), c(0));
     }
 }

@@ -9,12 +9,12 @@ use utoipa::ToSchema;
 use super::history::{self, HistoryQuery, TransactionList};
 use super::orgs::role_in;
 use super::{Caller, Ctx, ServiceError, ServiceResult};
-use crate::db::models::{AccountRow, LimitChanges};
+use crate::db::models::{AccountRow, LimitChanges, NewWalletAudit};
 use crate::db::schema::{accounts, journal_entries, postings, wallet_audit};
 use crate::db::{self, counters, DbConn};
 use crate::domain::limits::Period;
 use crate::domain::text::checked_text;
-use crate::domain::{AccountKind, Credits, EntryKind, OwnerType, UsdCents};
+use crate::domain::{AccountKind, Credits, EntryKind, FreezeAction, OwnerType, UsdCents};
 use crate::ledger::AccountRef;
 
 /// A wallet of prepaid credits.
@@ -211,13 +211,13 @@ pub fn set_frozen(
         let row = find_by_public_id(tx, wallet_id)?;
         diesel::update(accounts::table.find(row.id)).set(accounts::frozen.eq(frozen)).execute(tx.conn())?;
         diesel::insert_into(wallet_audit::table)
-            .values((
-                wallet_audit::account_id.eq(row.id),
-                wallet_audit::action.eq(if frozen { "freeze" } else { "unfreeze" }),
-                wallet_audit::reason.eq(reason),
-                wallet_audit::actor.eq(&operator.id),
-                wallet_audit::created_at.eq(db::now()),
-            ))
+            .values(NewWalletAudit {
+                account_id: row.id,
+                action: if frozen { FreezeAction::Freeze } else { FreezeAction::Unfreeze },
+                reason,
+                actor: &operator.id,
+                created_at: db::now(),
+            })
             .execute(tx.conn())?;
         let row = accounts::table.find(row.id).select(AccountRow::as_select()).first(tx.conn())?;
         tracing::info!(wallet_id, frozen, operator = %operator.id, reason, "wallet freeze state set by operator");
@@ -262,18 +262,19 @@ pub struct AuditLog {
 pub fn audit_log(conn: &mut DbConn, wallet_id: &str) -> ServiceResult<AuditLog> {
     db::read_tx(conn, |tx| {
         let row = find_by_public_id(tx, wallet_id)?;
-        let adjustments: Vec<(Option<String>, Option<String>, i64, chrono::NaiveDateTime)> = postings::table
-            .inner_join(journal_entries::table)
-            .filter(postings::account_id.eq(row.id))
-            .filter(journal_entries::kind.eq(EntryKind::Adjustment.as_str()))
-            .select((
-                journal_entries::actor,
-                journal_entries::memo,
-                postings::amount,
-                journal_entries::created_at,
-            ))
-            .load(tx.conn())?;
-        let states: Vec<(String, String, String, chrono::NaiveDateTime)> = wallet_audit::table
+        let adjustments: Vec<(Option<String>, Option<String>, Credits, chrono::NaiveDateTime)> =
+            postings::table
+                .inner_join(journal_entries::table)
+                .filter(postings::account_id.eq(row.id))
+                .filter(journal_entries::kind.eq(EntryKind::Adjustment.as_str()))
+                .select((
+                    journal_entries::actor,
+                    journal_entries::memo,
+                    postings::amount,
+                    journal_entries::created_at,
+                ))
+                .load(tx.conn())?;
+        let states: Vec<(FreezeAction, String, String, chrono::NaiveDateTime)> = wallet_audit::table
             .filter(wallet_audit::account_id.eq(row.id))
             .select((
                 wallet_audit::action,
@@ -288,11 +289,14 @@ pub fn audit_log(conn: &mut DbConn, wallet_id: &str) -> ServiceResult<AuditLog> 
                 action: AuditAction::Adjustment,
                 actor: actor.unwrap_or_default(),
                 reason: memo.unwrap_or_default(),
-                amount: Some(Credits::from_micros(amount)),
+                amount: Some(amount),
                 created_at: at.and_utc(),
             })
             .chain(states.into_iter().map(|(action, actor, reason, at)| AuditEntry {
-                action: if action == "freeze" { AuditAction::Freeze } else { AuditAction::Unfreeze },
+                action: match action {
+                    FreezeAction::Freeze => AuditAction::Freeze,
+                    FreezeAction::Unfreeze => AuditAction::Unfreeze,
+                },
                 actor,
                 reason,
                 amount: None,

@@ -421,7 +421,7 @@ async fn three_instances_share_one_postgres() {
             e::table.filter(e::settled_at.is_null()).count().get_result(&mut pool.get().unwrap()).unwrap();
         assert_eq!(unsettled, 0);
     }
-    assert_eq!(payout.amount, 42_000_000);
+    assert_eq!(payout.amount, tally::domain::Credits::whole(42));
     assert_ledger_ok(&pool);
     drop(servers);
     drop(pool);
