@@ -16,10 +16,11 @@ import time
 import urllib.request
 
 from tally_client import AuthenticatedClient
-from tally_client.api.admin import put_model, create_plan_grant, settle_top_up, verify_ledger
+from tally_client.api.admin import put_model, put_tool, create_plan_grant, settle_top_up, verify_ledger
 from tally_client.api.agents import create_agent
 from tally_client.api.charges import create_charge, get_quote
 from tally_client.api.earnings import get_earnings
+from tally_client.api.holds import capture_hold, create_hold, get_hold, release_hold
 from tally_client.api.organizations import create_org
 from tally_client.api.payouts import connect_payout_account, create_payout, get_payout_account
 from tally_client.api.people import get_me
@@ -27,14 +28,20 @@ from tally_client.api.top_ups import create_top_up
 from tally_client.api.wallets import get_wallet, list_wallet_transactions
 from tally_client.models import (
     AgentVisibility,
+    CaptureHoldRequest,
+    CreateHoldRequest,
     CreateAgentRequest,
     CreateOrgRequest,
     CreatePayoutRequest,
     CreatePlanGrantRequest,
     CreateTopUpRequest,
     ErrorResponse,
+    HoldEstimate,
     PutModelRequest,
+    PutToolRequest,
     TopUpMethod,
+    UsageInput,
+    UsageInputToolCallsType0,
 )
 
 URL = os.environ["TALLY_URL"]
@@ -171,6 +178,76 @@ check(
     [("140", "usd", account.account_id, payout.id)],
 )
 check("transfer id", payout.transfer_id.startswith("tr_"), True)
+
+# Metered messages: the operator prices the model's tokens (2 and 8 credits
+# per million) and a tool (0.5 a call). A hold reserves what the estimate
+# would cost: 0.3 + 100,000 x 2 / 10^6 + 500,000 x 8 / 10^6 + 2 x 0.5 + the
+# add-on 10 = 15.5 credits, taken from the available balance, not the balance.
+model = expect(
+    put_model.sync_detailed(
+        "sdk-model",
+        client=admin,
+        body=PutModelRequest(runtime_infra="0.3", provider_cost="0.0021", input_per_mtok="2", output_per_mtok="8"),
+    ),
+    200,
+)
+check("model token rates", (model.input_per_mtok, model.output_per_mtok), ("2", "8"))
+tool = expect(put_tool.sync_detailed("sdk_search", client=admin, body=PutToolRequest(price="0.5")), 200)
+check("tool price", (tool.id, tool.price), ("sdk_search", "0.5"))
+
+
+def usage(input_tokens: int, output_tokens: int, searches: int) -> UsageInput:
+    return UsageInput(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        tool_calls=UsageInputToolCallsType0.from_dict({"sdk_search": searches}),
+    )
+
+
+def wallet_amounts():
+    w = expect(get_wallet.sync_detailed(wallet_id, client=payer), 200)
+    return (w.balance, w.held, w.available)
+
+
+def hold_for(key: str):
+    body = CreateHoldRequest(estimate=HoldEstimate(usage=usage(100_000, 500_000, 2)))
+    return expect(create_hold.sync_detailed(agent.id, client=payer, body=body, idempotency_key=key), 201)
+
+
+hold = hold_for("py-hold-1")
+check("hold", (hold.status, hold.amount, hold.free, hold.wallet_id), ("open", "15.5", False, wallet_id))
+check("wallet while held (balance, held, available)", wallet_amounts(), ("129.4", "15.5", "113.9"))
+
+# The message used less: 0.3 + 0.1 + 0.8 + 0.5 + 10 = 11.7 is charged from the
+# hold and the other 3.8 goes back.
+captured = capture_hold.sync_detailed(
+    hold.id,
+    client=payer,
+    body=CaptureHoldRequest(usage=usage(50_000, 100_000, 1)),
+    idempotency_key="py-capture-1",
+)
+charge = expect(captured, 201)
+check(
+    "captured charge (total, held, uncollected, hold_id, balance_after)",
+    (charge.total, charge.held, charge.uncollected, charge.hold_id, charge.balance_after),
+    ("11.7", "15.5", "0", hold.id, "117.7"),
+)
+check(
+    "capture headers",
+    (captured.headers.get("X-Request-Cost"), captured.headers.get("X-Balance-Remaining")),
+    ("11.7", "117.7"),
+)
+check("wallet after the capture", wallet_amounts(), ("117.7", "0", "117.7"))
+done = expect(get_hold.sync_detailed(hold.id, client=payer), 200)
+check("captured hold", (done.status, done.charge_id), ("captured", charge.id))
+
+# A second hold, released (the request failed): everything comes back.
+second_hold = hold_for("py-hold-2")
+check("second hold", (second_hold.status, second_hold.amount), ("open", "15.5"))
+check("wallet while held again", wallet_amounts(), ("117.7", "15.5", "102.2"))
+released = expect(release_hold.sync_detailed(second_hold.id, client=payer, idempotency_key="py-release-1"), 200)
+check("released hold", (released.status, released.amount, released.charge_id), ("released", "15.5", None))
+check("wallet after the release", wallet_amounts(), ("117.7", "0", "117.7"))
 
 # The ledger holds together.
 report = expect(verify_ledger.sync_detailed(client=admin), 200)

@@ -173,6 +173,78 @@ check(
 );
 check("transfer id", payout.transfer_id?.startsWith("tr_"), true);
 
+// Metered messages: the operator prices the model's tokens (2 and 8 credits
+// per million) and a tool (0.5 a call). A hold reserves what the estimate
+// would cost: 0.3 + 100,000 x 2 / 10^6 + 500,000 x 8 / 10^6 + 2 x 0.5 + the
+// add-on 10 = 15.5 credits, taken from the available balance, not the balance.
+const metered = expect(
+  await admin.PUT("/v1/admin/models/{model_id}", {
+    params: { path: { model_id: "sdk-model" } },
+    body: { runtime_infra: "0.3", provider_cost: "0.0021", input_per_mtok: "2", output_per_mtok: "8" },
+  }),
+  200,
+);
+check("model token rates", [metered.input_per_mtok, metered.output_per_mtok], ["2", "8"]);
+const tool = expect(
+  await admin.PUT("/v1/admin/tools/{tool_id}", { params: { path: { tool_id: "sdk_search" } }, body: { price: "0.5" } }),
+  200,
+);
+check("tool price", [tool.id, tool.price], ["sdk_search", "0.5"]);
+const usage = (input_tokens: number, output_tokens: number, searches: number) => ({
+  input_tokens,
+  output_tokens,
+  tool_calls: { sdk_search: searches },
+});
+const walletAmounts = async () => {
+  const w = expect(await payer.GET("/v1/wallets/{wallet_id}", wallet), 200);
+  return [w.balance, w.held, w.available];
+};
+const holdFor = async (key: string) =>
+  expect(
+    await payer.POST("/v1/agents/{agent_id}/holds", {
+      params: { path: { agent_id: agent.id }, header: { "Idempotency-Key": key } },
+      body: { estimate: { usage: usage(100_000, 500_000, 2) } },
+    }),
+    201,
+  );
+const hold = await holdFor("ts-hold-1");
+check("hold", [hold.status, hold.amount, hold.free, hold.wallet_id], ["open", "15.5", false, me.wallet_id]);
+check("wallet while held (balance, held, available)", await walletAmounts(), ["129.4", "15.5", "113.9"]);
+
+// The message used less: 0.3 + 0.1 + 0.8 + 0.5 + 10 = 11.7 is charged from the
+// hold and the other 3.8 goes back.
+const captured = await payer.POST("/v1/holds/{hold_id}/capture", {
+  params: { path: { hold_id: hold.id }, header: { "Idempotency-Key": "ts-capture-1" } },
+  body: { usage: usage(50_000, 100_000, 1) },
+});
+const meteredCharge = expect(captured, 201);
+check(
+  "captured charge (total, held, uncollected, hold_id, balance_after)",
+  [meteredCharge.total, meteredCharge.held, meteredCharge.uncollected, meteredCharge.hold_id, meteredCharge.balance_after],
+  ["11.7", "15.5", "0", hold.id, "117.7"],
+);
+check(
+  "capture headers",
+  [captured.response.headers.get("X-Request-Cost"), captured.response.headers.get("X-Balance-Remaining")],
+  ["11.7", "117.7"],
+);
+check("wallet after the capture", await walletAmounts(), ["117.7", "0", "117.7"]);
+const done = expect(await payer.GET("/v1/holds/{hold_id}", { params: { path: { hold_id: hold.id } } }), 200);
+check("captured hold", [done.status, done.charge_id], ["captured", meteredCharge.id]);
+
+// A second hold, released (the request failed): everything comes back.
+const secondHold = await holdFor("ts-hold-2");
+check("second hold", [secondHold.status, secondHold.amount], ["open", "15.5"]);
+check("wallet while held again", await walletAmounts(), ["117.7", "15.5", "102.2"]);
+const released = expect(
+  await payer.POST("/v1/holds/{hold_id}/release", {
+    params: { path: { hold_id: secondHold.id }, header: { "Idempotency-Key": "ts-release-1" } },
+  }),
+  200,
+);
+check("released hold", [released.status, released.amount, released.charge_id ?? null], ["released", "15.5", null]);
+check("wallet after the release", await walletAmounts(), ["117.7", "0", "117.7"]);
+
 // The ledger holds together.
 const report = expect(await admin.GET("/v1/admin/ledger/verify"), 200);
 check("ledger verify", [report.ok, report.ledger_sum, report.breaches.length], [true, "0", 0]);

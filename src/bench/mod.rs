@@ -7,15 +7,19 @@
 //!    server already running, with `--database-url` naming its database);
 //! 2. provisioning through the HTTP API: a model, a creator organization
 //!    with a public agent, and the payers with funded wallets (`spread`), or
-//!    one funded organization wallet with many members (`hot`);
+//!    one funded organization wallet with many members (`hot`); `metered`
+//!    also prices the model's tokens and a tool;
 //! 3. the HTTP phase: C keep-alive clients post charges for T seconds, each
-//!    request with a fresh `Idempotency-Key` and its payer's JWT;
+//!    request with a fresh `Idempotency-Key` and its payer's JWT (`metered`:
+//!    each message a hold, then its capture);
 //! 4. the floor: the handler's work (`idempotency::execute` around
 //!    `charges::create_charge`) from C threads on a pool of the server's
 //!    size against the same database, for T seconds, no HTTP;
 //! 5. `history` only: a million ledger entries are loaded first, the spread
 //!    phases repeat, and a wallet's history is paged at page 1 and deep;
-//! 6. `ledger verify`, and every charge seen to succeed is looked up.
+//! 6. `ledger verify`, and every charge seen to succeed is looked up;
+//!    `metered` also checks every payer's balance exactly (funded minus the
+//!    totals of the charges it was answered) and that nothing stays held.
 //!
 //! Each mode ends with one `bench mode=... ` line that a script can parse.
 
@@ -45,11 +49,14 @@ pub use report::{summary_line, Summary};
 pub enum Mode {
     /// Many payers (`--payers`), each with their own wallet.
     Spread,
+    /// `spread`, each message a hold (a usage estimate) then its capture
+    /// (tokens and one tool call) on a model priced per token.
+    Metered,
     /// One organization wallet paying for many members.
     Hot,
     /// A million ledger entries first, then `spread` again and deep history pages.
     History,
-    /// `spread`, `hot`, then `history`.
+    /// `spread`, `metered`, `hot`, then `history`.
     All,
 }
 
@@ -57,6 +64,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Spread => "spread",
+            Mode::Metered => "metered",
             Mode::Hot => "hot",
             Mode::History => "history",
             Mode::All => "all",
@@ -153,7 +161,7 @@ pub fn run(args: BenchArgs) -> Result<bool> {
         .build()
         .context("cannot start the async runtime")?;
     let modes: Vec<Mode> = match args.mode {
-        Mode::All => vec![Mode::Spread, Mode::Hot, Mode::History],
+        Mode::All => vec![Mode::Spread, Mode::Metered, Mode::Hot, Mode::History],
         m => vec![m],
     };
     let mut all_ok = true;
@@ -331,7 +339,7 @@ fn run_mode(rt: &tokio::runtime::Runtime, args: &BenchArgs, env: &Env, mode: Mod
     }
 
     let t = Instant::now();
-    let verdict = check::check(&pool, &ledger, charges_before)?;
+    let verdict = check::check(&pool, &ledger, charges_before, &plan)?;
     println!("[{label}] {} ({:.1} s)", verdict.describe(), t.elapsed().as_secs_f64());
     println!("[{label}] mode done in {:.1} s", started.elapsed().as_secs_f64());
 

@@ -1,6 +1,7 @@
 //! Sets up a run through the HTTP API, as an operator, a creator and the
 //! payers would: a priced model, a public agent with an add-on, and funded
-//! wallets (or one funded organization wallet with many members).
+//! wallets (or one funded organization wallet with many members). `metered`
+//! also prices the model's tokens and a tool.
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{stream, StreamExt, TryStreamExt};
@@ -8,6 +9,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::{Env, Mode};
+use crate::domain::money::Credits;
 
 /// Credits per message: runtime infra + add-on = 0.0015.
 const RUNTIME_INFRA: &str = "0.0005";
@@ -16,6 +18,12 @@ const PUBLISHER_ADDON: &str = "0.001";
 /// phase ever runs a wallet dry.
 const PAYER_FUNDS: &str = "1000000";
 const ORG_FUNDS: &str = "1000000000";
+/// `metered`: the model's token rates (credits per million tokens) and the
+/// tool the bench's usage calls once per message.
+const INPUT_PER_MTOK: &str = "0.15";
+const OUTPUT_PER_MTOK: &str = "0.6";
+pub const TOOL: &str = "bench_search";
+const TOOL_PRICE: &str = "0.01";
 /// Provisioning requests in flight at once.
 const PARALLEL: usize = 16;
 
@@ -35,9 +43,49 @@ pub struct Plan {
     /// The body of every charge (`{}` or `{"org_id": ...}`).
     pub body: String,
     pub body_value: Value,
+    /// `metered`: the bodies of each message's hold and capture.
+    pub metered: Option<Metered>,
     /// `history`: the wallet whose history is loaded and paged, and its owner.
     pub history_wallet: Option<String>,
     pub history_auth: Option<String>,
+    /// `metered`: what every payer's wallet was funded with.
+    pub funded: Option<Credits>,
+}
+
+/// A metered message: a hold reserving a worst case (more output tokens),
+/// then a capture of what the message used; one tool call in both.
+#[derive(Clone)]
+pub struct Metered {
+    pub hold_body: String,
+    pub hold_value: Value,
+    pub capture_body: String,
+    pub capture_value: Value,
+}
+
+/// The usage a hold estimates (output tokens: a `max_tokens` of 4096).
+pub fn estimate_usage() -> Value {
+    json!({"input_tokens": 1234, "output_tokens": 4096, "tool_calls": {TOOL: 1}})
+}
+
+/// The usage each message is captured with.
+pub fn final_usage() -> Value {
+    json!({"input_tokens": 1234, "output_tokens": 567, "tool_calls": {TOOL: 1}})
+}
+
+impl Metered {
+    fn new(org_id: Option<&str>) -> Metered {
+        let mut hold_value = json!({"estimate": {"usage": estimate_usage()}});
+        if let Some(org) = org_id {
+            hold_value["org_id"] = json!(org);
+        }
+        let capture_value = json!({"usage": final_usage()});
+        Metered {
+            hold_body: hold_value.to_string(),
+            hold_value,
+            capture_body: capture_value.to_string(),
+            capture_value,
+        }
+    }
 }
 
 struct Api {
@@ -83,14 +131,20 @@ pub async fn provision(env: &Env, mode: Mode, payers: usize) -> Result<Plan> {
     let operator = env.token("bench-operator", &["admin"])?;
     let creator = env.token("bench-creator", &[])?;
 
-    api.call(
-        Method::PUT,
-        "/v1/admin/models/bench-model",
-        &operator,
-        Some(json!({"runtime_infra": RUNTIME_INFRA, "provider_cost": "0.0002"})),
-        200,
-    )
-    .await?;
+    let mut model = json!({"runtime_infra": RUNTIME_INFRA, "provider_cost": "0.0002"});
+    if mode == Mode::Metered {
+        model["input_per_mtok"] = json!(INPUT_PER_MTOK);
+        model["output_per_mtok"] = json!(OUTPUT_PER_MTOK);
+        api.call(
+            Method::PUT,
+            &format!("/v1/admin/tools/{TOOL}"),
+            &operator,
+            Some(json!({"price": TOOL_PRICE})),
+            200,
+        )
+        .await?;
+    }
+    api.call(Method::PUT, "/v1/admin/models/bench-model", &operator, Some(model), 200).await?;
     let creator_org =
         api.call(Method::POST, "/v1/orgs", &creator, Some(json!({"name": "Bench Creator"})), 201).await?;
     let creator_org = field(&creator_org, "id")?;
@@ -188,13 +242,20 @@ pub async fn provision(env: &Env, mode: Mode, payers: usize) -> Result<Plan> {
         .into_iter()
         .map(|user| Ok(Payer { auth: format!("Bearer {}", env.token(&user, &[])?), user }))
         .collect::<Result<Vec<_>>>()?;
+    let metered = (mode == Mode::Metered).then(|| Metered::new(org_id.as_deref()));
     Ok(Plan {
         agent_id,
         org_id,
         payers,
         body: body_value.to_string(),
         body_value,
+        metered,
         history_wallet,
         history_auth,
+        funded: if mode == Mode::Metered {
+            Some(Credits::parse(PAYER_FUNDS).map_err(|e| anyhow!("{e}"))?)
+        } else {
+            None
+        },
     })
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::domain::money::Credits;
+
 /// Latencies are recorded in microseconds, up to a minute.
 pub fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| anyhow::anyhow!("histogram: {e}"))
@@ -23,6 +25,8 @@ pub struct PhaseStats {
     pub errors: BTreeMap<String, u64>,
     /// The charge ids seen to succeed.
     pub charge_ids: Vec<String>,
+    /// `metered`: each charge's wallet and total, as answered.
+    pub charged: Vec<(String, Credits)>,
     /// The first few error messages, for the report.
     pub samples: Vec<String>,
 }
@@ -35,6 +39,7 @@ impl PhaseStats {
             latency: new_histogram()?,
             errors: BTreeMap::new(),
             charge_ids: Vec::new(),
+            charged: Vec::new(),
             samples: Vec::new(),
         })
     }
@@ -55,6 +60,7 @@ impl PhaseStats {
             *self.errors.entry(k).or_default() += v;
         }
         self.charge_ids.extend(other.charge_ids);
+        self.charged.extend(other.charged);
         for s in other.samples {
             if self.samples.len() < 3 {
                 self.samples.push(s);

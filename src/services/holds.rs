@@ -60,8 +60,11 @@ pub struct Hold {
     pub amount: Credits,
     /// True when the hold reserved one of the person's free messages.
     pub free: bool,
-    /// The estimate the hold was made from, as sent.
-    #[schema(value_type = Object)]
+    /// The estimate the hold was made from, as sent (`{"amount": ...}` or
+    /// `{"usage": {...}}`).
+    // Any JSON in the schema: an inline object would be generated as a
+    // second `HoldEstimate` model (openapi-python-client refuses that).
+    #[schema(value_type = Value)]
     pub estimate: serde_json::Value,
     pub expires_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
