@@ -11,6 +11,7 @@ use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 
 use super::prepared::Prepared;
 use super::DbConn;
+use crate::domain::Credits;
 
 #[derive(QueryableByName)]
 struct Returned {
@@ -124,9 +125,9 @@ pub fn give_back_free_message(conn: &mut DbConn, agent_id: &str, user_id: &str) 
 }
 
 /// What a spend counter holds (0 when untouched).
-pub fn spent(conn: &mut DbConn, account_id: i64, user_id: &str, period: &str) -> QueryResult<i64> {
+pub fn spent(conn: &mut DbConn, account_id: i64, user_id: &str, period: &str) -> QueryResult<Credits> {
     use super::schema::spend_counters as s;
-    let spent: Option<i64> =
+    let spent: Option<Credits> =
         s::table.find((account_id, user_id, period)).select(s::spent).first(conn).optional()?;
-    Ok(spent.unwrap_or(0))
+    Ok(spent.unwrap_or(Credits::ZERO))
 }

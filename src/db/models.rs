@@ -218,3 +218,53 @@ pub struct NewIdempotencyClaim<'a> {
     pub locked_until: NaiveDateTime,
     pub created_at: NaiveDateTime,
 }
+
+/// A charge as recorded (every column written, so the statement text is
+/// fixed and stays prepared).
+#[derive(Debug, Insertable)]
+#[diesel(table_name = charges, treat_none_as_default_value = false)]
+pub struct NewCharge<'a> {
+    pub id: &'a str,
+    pub agent_id: &'a str,
+    pub model_id: &'a str,
+    pub creator_org_id: &'a str,
+    pub user_id: &'a str,
+    pub payer_account_id: i64,
+    pub payer_org_id: Option<&'a str>,
+    pub free: bool,
+    pub runtime_infra: Credits,
+    pub publisher_addon: Credits,
+    pub addon_forgone: Credits,
+    pub platform_share: Credits,
+    pub creator_earnings: Credits,
+    pub total: Credits,
+    pub provider_cost_micro_usd: i64,
+    pub entry_id: i64,
+    pub created_at: NaiveDateTime,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub generations: Option<i64>,
+    pub tool_calls: Option<&'a str>,
+    pub input_per_mtok: Option<Credits>,
+    pub output_per_mtok: Option<Credits>,
+    pub per_generation: Option<Credits>,
+    pub tool_prices: Option<&'a str>,
+    pub input_tokens_cost: Option<Credits>,
+    pub output_tokens_cost: Option<Credits>,
+    pub tools_cost: Option<Credits>,
+    pub generations_cost: Option<Credits>,
+    pub hold_id: Option<&'a str>,
+    pub held: Credits,
+    pub uncollected: Credits,
+}
+
+/// A creator's earnings from one charge, waiting for the earnings hold.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = earnings_accruals)]
+pub struct NewAccrual<'a> {
+    pub org_id: &'a str,
+    pub charge_id: &'a str,
+    pub amount: Credits,
+    pub available_at: NaiveDateTime,
+    pub created_at: NaiveDateTime,
+}

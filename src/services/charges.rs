@@ -47,7 +47,7 @@ use super::models::ModelRow;
 use super::orgs::role_in;
 use super::people;
 use super::{Caller, Ctx, ErrorCode, ServiceError, ServiceResult};
-use crate::db::models::{AccountRow, HoldRow, MemberRow};
+use crate::db::models::{AccountRow, HoldRow, MemberRow, NewAccrual, NewCharge};
 use crate::db::schema::{accounts, charges, earnings_accruals, models as models_table, org_members};
 use crate::db::{self, counters, DbConn, WriteTx};
 use crate::domain::ids::{new_id, transaction_id};
@@ -509,9 +509,9 @@ fn check_spend(
     let now = db::now();
     for (period, who, limit, what) in spend_checks(payer, user_id) {
         let spent = counters::spent(conn, payer.wallet.id, who, &period.key(now))?;
-        let refused = match (spent.checked_add(amount.micros()), limit) {
+        let refused = match (spent.checked_add(amount), limit) {
             (None, _) => true,
-            (Some(after), Some(limit)) => after > limit.micros(),
+            (Some(after), Some(limit)) => after > limit,
             (Some(_), None) => false,
         };
         if refused {
@@ -859,40 +859,40 @@ fn record_charge(tx: &mut WriteTx<'_>, ctx: &Ctx, c: &ChargeRow<'_>) -> ServiceR
     let metered = c.metered.map(|(usage, tools)| MeteredColumns::new(usage, tools)).transpose()?;
     let m = metered.as_ref();
     diesel::insert_into(charges::table)
-        .values((
-            charges::id.eq(c.id),
-            charges::agent_id.eq(&c.agent.id),
-            charges::model_id.eq(&c.model.id),
-            charges::creator_org_id.eq(&c.agent.org_id),
-            charges::user_id.eq(c.user_id),
-            charges::payer_account_id.eq(c.payer.wallet.id),
-            charges::payer_org_id.eq(c.payer.org_id.as_deref()),
-            charges::free.eq(c.free),
-            charges::runtime_infra.eq(c.infra.micros()),
-            charges::publisher_addon.eq(charged.publisher_addon.micros()),
-            charges::addon_forgone.eq(c.forgone.micros()),
-            charges::platform_share.eq(charged.platform_share.micros()),
-            charges::creator_earnings.eq(creator.micros()),
-            charges::total.eq(charged.total.micros()),
-            charges::provider_cost_micro_usd.eq(c.model.provider_cost_micro_usd),
-            charges::entry_id.eq(c.entry_id),
-            charges::created_at.eq(c.created_at),
-            charges::input_tokens.eq(m.map(|m| m.input_tokens)),
-            charges::output_tokens.eq(m.map(|m| m.output_tokens)),
-            charges::generations.eq(m.map(|m| m.generations)),
-            charges::tool_calls.eq(m.map(|m| m.tool_calls.as_str())),
-            charges::input_per_mtok.eq(m.and(c.model.input_per_mtok)),
-            charges::output_per_mtok.eq(m.and(c.model.output_per_mtok)),
-            charges::per_generation.eq(m.and(c.model.per_generation)),
-            charges::tool_prices.eq(m.map(|m| m.tool_prices.as_str())),
-            charges::input_tokens_cost.eq(m.map(|_| charged.input_tokens.micros())),
-            charges::output_tokens_cost.eq(m.map(|_| charged.output_tokens.micros())),
-            charges::tools_cost.eq(m.map(|_| charged.tools.micros())),
-            charges::generations_cost.eq(m.map(|_| charged.generations.micros())),
-            charges::hold_id.eq(c.hold.map(|(id, _, _)| id)),
-            charges::held.eq(c.hold.map_or(Credits::ZERO, |(_, held, _)| held)),
-            charges::uncollected.eq(c.hold.map_or(Credits::ZERO, |(_, _, u)| u)),
-        ))
+        .values(NewCharge {
+            id: c.id,
+            agent_id: &c.agent.id,
+            model_id: &c.model.id,
+            creator_org_id: &c.agent.org_id,
+            user_id: c.user_id,
+            payer_account_id: c.payer.wallet.id,
+            payer_org_id: c.payer.org_id.as_deref(),
+            free: c.free,
+            runtime_infra: c.infra,
+            publisher_addon: charged.publisher_addon,
+            addon_forgone: c.forgone,
+            platform_share: charged.platform_share,
+            creator_earnings: creator,
+            total: charged.total,
+            provider_cost_micro_usd: c.model.provider_cost_micro_usd,
+            entry_id: c.entry_id,
+            created_at: c.created_at,
+            input_tokens: m.map(|m| m.input_tokens),
+            output_tokens: m.map(|m| m.output_tokens),
+            generations: m.map(|m| m.generations),
+            tool_calls: m.map(|m| m.tool_calls.as_str()),
+            input_per_mtok: m.and(c.model.input_per_mtok),
+            output_per_mtok: m.and(c.model.output_per_mtok),
+            per_generation: m.and(c.model.per_generation),
+            tool_prices: m.map(|m| m.tool_prices.as_str()),
+            input_tokens_cost: m.map(|_| charged.input_tokens),
+            output_tokens_cost: m.map(|_| charged.output_tokens),
+            tools_cost: m.map(|_| charged.tools),
+            generations_cost: m.map(|_| charged.generations),
+            hold_id: c.hold.map(|(id, _, _)| id),
+            held: c.hold.map_or(Credits::ZERO, |(_, held, _)| held),
+            uncollected: c.hold.map_or(Credits::ZERO, |(_, _, u)| u),
+        })
         .execute(tx.conn())?;
     if !creator.is_zero() {
         let hold = chrono::Duration::from_std(ctx.settings.earnings_hold)
@@ -902,13 +902,13 @@ fn record_charge(tx: &mut WriteTx<'_>, ctx: &Ctx, c: &ChargeRow<'_>) -> ServiceR
             .checked_add_signed(hold)
             .ok_or_else(|| ServiceError::Internal("earnings hold passes the calendar".into()))?;
         diesel::insert_into(earnings_accruals::table)
-            .values((
-                earnings_accruals::org_id.eq(&c.agent.org_id),
-                earnings_accruals::charge_id.eq(c.id),
-                earnings_accruals::amount.eq(creator.micros()),
-                earnings_accruals::available_at.eq(available_at),
-                earnings_accruals::created_at.eq(c.created_at),
-            ))
+            .values(NewAccrual {
+                org_id: &c.agent.org_id,
+                charge_id: c.id,
+                amount: creator,
+                available_at,
+                created_at: c.created_at,
+            })
             .execute(tx.conn())?;
     }
     Ok(())

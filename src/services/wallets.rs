@@ -118,8 +118,8 @@ pub fn view(conn: &mut DbConn, ctx: &Ctx, row: &AccountRow) -> ServiceResult<Wal
         .unwrap_or(Credits::ZERO);
     let balance = available.checked_add(held).ok_or_else(ServiceError::out_of_range)?;
     let now = db::now();
-    let spent_today = Credits::from_micros(counters::spent(conn, row.id, "", &Period::Day.key(now))?);
-    let spent_this_week = Credits::from_micros(counters::spent(conn, row.id, "", &Period::Week.key(now))?);
+    let spent_today = counters::spent(conn, row.id, "", &Period::Day.key(now))?;
+    let spent_this_week = counters::spent(conn, row.id, "", &Period::Week.key(now))?;
     let remaining = |limit: Option<Credits>, spent: Credits| {
         limit.map(|l| l.checked_sub(spent).unwrap_or(Credits::ZERO).max(Credits::ZERO))
     };
