@@ -215,6 +215,15 @@ async fn free_messages_are_reserved_by_holds_and_given_back(app: TestApp) {
     app.assert_ledger_ok();
 }
 
+/// Runs one expiry sweep after `delay`, on a blocking thread of its own.
+fn sweep_in(app: &TestApp, delay: Duration) -> tokio::task::JoinHandle<usize> {
+    let pool = app.pool.clone();
+    tokio::task::spawn_blocking(move || {
+        std::thread::sleep(delay);
+        tally::services::holds::expire_due(&mut pool.get().unwrap()).unwrap()
+    })
+}
+
 /// Runs the expiry sweep as `n` instances would: each on its own pooled
 /// connection, all at once. Returns how many holds each released.
 fn sweep_as_instances(app: &TestApp, n: usize) -> Vec<usize> {
@@ -297,11 +306,7 @@ async fn a_release_racing_the_expiry_sweep_has_one_outcome(app: TestApp) {
         let id = h["id"].as_str().unwrap().to_string();
         // Race a release against the sweep around the expiry instant.
         tokio::time::sleep(Duration::from_millis(950)).await;
-        let pool = app.pool.clone();
-        let sweep = tokio::task::spawn_blocking(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            tally::services::holds::expire_due(&mut pool.get().unwrap()).unwrap()
-        });
+        let sweep = sweep_in(&app, Duration::from_millis(50));
         let (s, b) = release(&app, &alice, &id, &format!("rr{round}")).await;
         let swept = sweep.await.unwrap();
         let (_, h) = app.get(&format!("/v1/holds/{id}"), &alice).await;
@@ -566,11 +571,7 @@ async fn a_capture_racing_the_expiry_sweep_has_one_outcome(app: TestApp) {
         assert_eq!(s, 201);
         let id = h["id"].as_str().unwrap().to_string();
         tokio::time::sleep(Duration::from_millis(950)).await;
-        let pool = app.pool.clone();
-        let sweep = tokio::task::spawn_blocking(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            tally::services::holds::expire_due(&mut pool.get().unwrap()).unwrap()
-        });
+        let sweep = sweep_in(&app, Duration::from_millis(50));
         let (s, _, b) = capture(&app, &alice, &id, json!({}), &format!("c{round}")).await;
         sweep.await.unwrap();
         let (_, h) = app.get(&format!("/v1/holds/{id}"), &alice).await;
