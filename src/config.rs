@@ -8,7 +8,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 
 use crate::db::DbTarget;
-use crate::domain::{CreditRate, Credits, UsdCents};
+use crate::domain::{CreditRate, Credits, UsdCents, Validity};
 
 /// Every key tally reads, with its default where it has one.
 pub const KEYS: &[(&str, Option<&str>)] = &[
@@ -71,7 +71,25 @@ pub struct CreditPack {
     pub credits: Credits,
     /// Extra credits, funded by the platform's `bonus_expense`.
     pub bonus_credits: Credits,
+    /// The price of the default validity ([`CreditPack::default_validity`]).
     pub price: UsdCents,
+    /// The validities on sale and their prices, shortest first (a pack
+    /// configured without `validity`: `lifetime` at `price`).
+    pub prices: Vec<(Validity, UsdCents)>,
+}
+
+impl CreditPack {
+    /// The validity of a top-up that names none: `lifetime` when on sale
+    /// (credits that never expire, as before validities existed), else the
+    /// longest on sale.
+    pub fn default_validity(&self) -> Validity {
+        self.prices.last().map_or(Validity::Lifetime, |(v, _)| *v)
+    }
+
+    /// The price of the pack at `validity`, if it is on sale.
+    pub fn price_of(&self, validity: Validity) -> Option<UsdCents> {
+        self.prices.iter().find(|(v, _)| *v == validity).map(|(_, p)| *p)
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -80,9 +98,13 @@ struct PackConfig {
     id: String,
     name: String,
     credits: String,
-    price_usd: String,
+    #[serde(default)]
+    price_usd: Option<String>,
     #[serde(default)]
     bonus_credits: Option<String>,
+    /// `{"30d": "5", "90d": "6", "lifetime": "7.5"}`: prices by validity.
+    #[serde(default)]
+    validity: Option<BTreeMap<String, String>>,
 }
 
 /// Starter 50 / $5, Standard 150 / $15, Pro 500 / $50.
@@ -95,12 +117,17 @@ pub fn default_packs() -> Vec<CreditPack> {
             credits: Credits::whole(credits),
             bonus_credits: Credits::ZERO,
             price: UsdCents::new(cents),
+            prices: vec![(Validity::Lifetime, UsdCents::new(cents))],
         })
         .collect()
 }
 
 /// Reads `TALLY_CREDIT_PACKS`: a JSON array of
-/// `{"id", "name", "credits", "price_usd", "bonus_credits"?}` (amounts as strings).
+/// `{"id", "name", "credits", "price_usd", "bonus_credits"?, "validity"?}`
+/// (amounts as strings). With `validity` (`{"30d": "5", "lifetime":
+/// "7.5"}`) the pack is sold at those validities and prices, and
+/// `price_usd` may be left out; without, it is sold `lifetime` at
+/// `price_usd`.
 pub fn parse_packs(text: &str) -> Result<Vec<CreditPack>, String> {
     let raw: Vec<PackConfig> =
         serde_json::from_str(text).map_err(|e| format!("not a JSON array of packs: {e}"))?;
@@ -118,15 +145,30 @@ pub fn parse_packs(text: &str) -> Result<Vec<CreditPack>, String> {
                 .ok_or_else(|| format!("pack {}: bonus_credits '{b}' is not credits", p.id))?,
             None => Credits::ZERO,
         };
-        let price =
-            UsdCents::parse_positive(&p.price_usd).map_err(|e| format!("pack {}: price_usd {e}", p.id))?;
+        let mut prices = Vec::new();
+        for (name, price) in p.validity.iter().flatten() {
+            let validity: Validity = name.parse().map_err(|e| format!("pack {}: {e} (30d, 90d or lifetime)", p.id))?;
+            let price = UsdCents::parse_positive(price)
+                .map_err(|e| format!("pack {}: validity {name} price {e}", p.id))?;
+            prices.push((validity, price));
+        }
+        if prices.is_empty() {
+            let price_usd = p.price_usd.as_deref().ok_or_else(|| format!("pack {}: price_usd is missing", p.id))?;
+            let price =
+                UsdCents::parse_positive(price_usd).map_err(|e| format!("pack {}: price_usd {e}", p.id))?;
+            prices.push((Validity::Lifetime, price));
+        } else if let Some(price_usd) = &p.price_usd {
+            UsdCents::parse_positive(price_usd).map_err(|e| format!("pack {}: price_usd {e}", p.id))?;
+        }
+        prices.sort_by_key(|(v, _)| *v);
+        let price = prices.last().map(|(_, p)| *p).ok_or_else(|| format!("pack {}: no price", p.id))?;
         if p.id.is_empty() || !p.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             return Err(format!("pack id '{}' must be letters, digits, '-' or '_'", p.id));
         }
         if packs.iter().any(|q: &CreditPack| q.id == p.id) {
             return Err(format!("pack id '{}' appears twice", p.id));
         }
-        packs.push(CreditPack { id: p.id, name: p.name, credits, bonus_credits: bonus, price });
+        packs.push(CreditPack { id: p.id, name: p.name, credits, bonus_credits: bonus, price, prices });
     }
     Ok(packs)
 }

@@ -11,16 +11,19 @@ use super::{
 };
 use crate::auth::Operator;
 use crate::domain::text::checked_text;
-use crate::domain::{Credits, UsdCents};
+use crate::domain::{Credits, GrantCategory, UsdCents};
+use chrono::{DateTime, Utc};
 use crate::error::{ApiError, ErrorResponse};
 use crate::ledger::verify::{self, VerifyReport};
 use crate::services::adjustments::{self, Adjustment};
+use crate::services::grants::{self, NewPromotion, PromotionalGrant};
 use crate::services::reports::{self, RevenueReport};
 use crate::services::topups::{self, TopUp, TopUpList, TopUpRefund};
 use crate::services::wallets::{self, AuditLog, Wallet};
 
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(create_adjustment)
+        .service(create_grant)
         .service(freeze_wallet)
         .service(unfreeze_wallet)
         .service(get_audit_log)
@@ -85,6 +88,74 @@ pub struct CreateAdjustmentRequest {
         pattern = r"^[^\u0000-\u0008\u000b-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f\u00ad\u034f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff][^\u0000-\u0008\u000b-\u001f\u007f-\u009f]*$"
     )]
     pub reason: String,
+}
+
+/// A promotional grant of credits.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGrantRequest {
+    /// Credits, more than zero, as a decimal string (at most 6 decimal places).
+    #[schema(value_type = String, example = "5", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
+    pub amount: Credits,
+    /// `promotional` (the only category an operator grants: paid credits
+    /// come from top-ups).
+    pub category: GrantCategory,
+    /// When the credits expire (RFC 3339, in the future); absent = never.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Why (1 to 500 characters); kept with the entry.
+    #[schema(
+        max_length = 500,
+        pattern = r"^[^\u0000-\u0008\u000b-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f\u00ad\u034f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff][^\u0000-\u0008\u000b-\u001f\u007f-\u009f]*$"
+    )]
+    pub reason: String,
+}
+
+/// Grant promotional credits
+///
+/// Credits the wallet with promotional credits funded by the platform's
+/// `promotional_expense`, optionally expiring (what is left then goes back
+/// to `promotional_expense`). Promotional credits are spent before paid
+/// ones. Requires `Idempotency-Key`.
+#[utoipa::path(
+    tag = "admin",
+    params(
+        ("wallet_id" = String, Path, description = "The wallet's `wal_` id"),
+        ("Idempotency-Key" = String, Header, pattern = r"^[!-~]{1,255}$", description = "Unique per intended grant; a retry with the same key and body replays the first response"),
+    ),
+    request_body = CreateGrantRequest,
+    responses(
+        (status = 201, description = "The grant", body = PromotionalGrant),
+        (status = 400, description = "Malformed JSON or missing Idempotency-Key", body = ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 403, description = "Not an operator", body = ErrorResponse),
+        (status = 404, description = "No such wallet", body = ErrorResponse),
+        (status = 409, description = "A request with this key is in flight", body = ErrorResponse),
+        (status = 422, description = "Invalid amount, category, expiry or reason, `amount_out_of_range`, or the key was used with another body", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/admin/wallets/{wallet_id}/grants")]
+pub async fn create_grant(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    operator: Operator,
+    path: web::Path<String>,
+    body: JsonBody<CreateGrantRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = operator.0.caller();
+    let wallet_id = path.into_inner();
+    let JsonBody { value, raw } = body;
+    let op = caller.clone();
+    let input = NewPromotion {
+        amount: value.amount,
+        category: value.category,
+        expires_at: value.expires_at,
+        reason: value.reason,
+    };
+    run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {
+        grants::create_promotion(tx, ctx, &op, &wallet_id, &input, key)
+    })
+    .await
 }
 
 /// Adjust a wallet

@@ -12,6 +12,7 @@ use crate::error::{ApiError, ErrorResponse};
 use crate::flows;
 use crate::services::stripe_events::EventOutcome;
 use crate::services::topups::{self, CreditPackList, TopUp, TopUpMethod};
+use crate::domain::Validity;
 
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(list_credit_packs)
@@ -32,6 +33,10 @@ pub struct CreateTopUpRequest {
     /// configured) or `manual` (an order an operator settles once paid, e.g.
     /// an invoice; the only method without Stripe).
     pub method: Option<TopUpMethod>,
+    /// How long the credits stay spendable: `30d`, `90d` or `lifetime`,
+    /// among those the pack is sold with (`GET /v1/credit-packs`); the
+    /// pack's `default_validity` when absent.
+    pub validity: Option<Validity>,
 }
 
 /// Webhook acknowledgement.
@@ -91,7 +96,15 @@ pub async fn create_top_up(
     let JsonBody { value, raw } = body;
     let request = idempotency_request(&state, &req, &caller, &raw)?;
     let stored =
-        flows::topups::create_top_up(&state, request, caller, path.into_inner(), value.pack_id, value.method)
+        flows::topups::create_top_up(
+            &state,
+            request,
+            caller,
+            path.into_inner(),
+            value.pack_id,
+            value.validity,
+            value.method,
+        )
             .await?;
     Ok(stored_response(stored))
 }

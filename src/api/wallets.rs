@@ -12,12 +12,14 @@ use crate::auth::AuthUser;
 use crate::domain::Credits;
 use crate::error::{ApiError, ErrorResponse};
 use crate::services::history::{HistoryQuery, TransactionList, DEFAULT_PAGE};
+use crate::services::grants::{self, GrantList};
 use crate::services::wallets::{self, Wallet};
 
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(get_wallet)
         .service(update_wallet)
         .service(list_wallet_transactions)
+        .service(list_wallet_grants)
         .service(export_wallet_transactions);
 }
 
@@ -103,6 +105,63 @@ impl TransactionsQuery {
             to: parse_time("to", &self.to)?,
         })
     }
+}
+
+/// Which grants to list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GrantsQuery {
+    /// Only grants with credits left that have not expired (default true);
+    /// false lists every grant, spent and expired ones too.
+    pub active: Option<bool>,
+    /// Page size, 1 to 100 (default 25).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// The last grant id of the previous page (404 if not a grant of this wallet).
+    #[param(pattern = r"^grt_[A-Za-z0-9_]{1,64}$")]
+    pub starting_after: Option<String>,
+}
+
+/// List a wallet's credit grants
+///
+/// The credits that entered the wallet (top-ups, their bonus, promotional
+/// grants, adjustments), newest first, with what is left of each and when
+/// it expires. Debits draw promotional credits first, then the soonest
+/// expiring, then the oldest. The owner or any member of the owning
+/// organization may read them.
+#[utoipa::path(
+    tag = "wallets",
+    params(("wallet_id" = String, Path, description = "The wallet's `wal_` id"), GrantsQuery),
+    responses(
+        (status = 200, description = "A page of grants", body = GrantList),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 404, description = "No such wallet, not the caller's, or `starting_after` names no grant of it", body = ErrorResponse),
+        (status = 422, description = "Invalid limit", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/wallets/{wallet_id}/grants")]
+pub async fn list_wallet_grants(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+    query: web::Query<GrantsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = user.caller();
+    let wallet_id = path.into_inner();
+    let q = query.into_inner();
+    let list = run(&state, move |conn, _| {
+        grants::list_grants(
+            conn,
+            &caller,
+            &wallet_id,
+            q.active.unwrap_or(true),
+            q.limit.unwrap_or(25),
+            q.starting_after.as_deref(),
+        )
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(list))
 }
 
 /// Get a wallet

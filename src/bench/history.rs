@@ -121,6 +121,16 @@ fn load_batch(tx: &mut DbConn, wallet: i64, counter: i64, k: u64) -> QueryResult
     diesel::update(accounts::table.find(wallet))
         .set(accounts::balance.eq(accounts::balance + k as i64 * AMOUNT_MICROS))
         .execute(tx)?;
+    // The batch's credits as one lifetime grant (so `ledger verify` finds
+    // the wallet's balance in its grants).
+    diesel::sql_query(format!(
+        "INSERT INTO credit_grants (public_id, account_id, category, amount, remaining, source, \
+         funded_by_account_id, created_at) \
+         VALUES ('grt_bench_{e0}', {wallet}, 'paid', {total}, {total}, 'adjustment', {counter}, $1)",
+        total = k as i64 * AMOUNT_MICROS
+    ))
+    .bind::<Timestamp, _>(now)
+    .execute(tx)?;
     if pg {
         tx.batch_execute(
             "SELECT setval(pg_get_serial_sequence('journal_entries', 'id'), (SELECT MAX(id) FROM journal_entries)); \

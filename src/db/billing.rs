@@ -6,7 +6,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::{payout_accounts, payouts, stripe_events, top_ups};
-use crate::domain::{Credits, PayoutStatus, TopUpMethod, TopUpStatus};
+use crate::domain::{Credits, PayoutStatus, TopUpMethod, TopUpStatus, Validity};
 
 /// A top-up: a payment order for a credit pack. Credits and bonus are what
 /// the order credits (and what was taken back, or holds a dispute); USD
@@ -43,6 +43,7 @@ pub struct TopUpRow {
     pub paid_at: Option<NaiveDateTime>,
     pub paid_cents: Option<i64>,
     pub paid_currency: Option<String>,
+    pub validity: Validity,
 }
 
 /// A new order: nothing paid, refunded or disputed yet (those columns keep
@@ -64,6 +65,7 @@ pub struct NewTopUp<'a> {
     pub request_key: &'a str,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    pub validity: Validity,
 }
 
 /// A payout of creator earnings.

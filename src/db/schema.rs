@@ -237,6 +237,7 @@ diesel::table! {
         paid_at -> Nullable<Timestamp>,
         paid_cents -> Nullable<BigInt>,
         paid_currency -> Nullable<Text>,
+        validity -> Text,
     }
 }
 
@@ -344,7 +345,36 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    credit_grants (id) {
+        id -> BigInt,
+        public_id -> Text,
+        account_id -> BigInt,
+        category -> Text,
+        amount -> BigInt,
+        remaining -> BigInt,
+        expires_at -> Nullable<Timestamp>,
+        source -> Text,
+        source_id -> Nullable<Text>,
+        funded_by_account_id -> Nullable<BigInt>,
+        entry_id -> Nullable<BigInt>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    grant_draws (id) {
+        id -> BigInt,
+        grant_id -> BigInt,
+        entry_id -> BigInt,
+        hold_id -> Nullable<Text>,
+        amount -> BigInt,
+        created_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(org_members -> orgs (org_id));
+diesel::joinable!(grant_draws -> credit_grants (grant_id));
 diesel::joinable!(agents -> models (model_id));
 diesel::joinable!(postings -> journal_entries (entry_id));
 diesel::joinable!(postings -> accounts (account_id));
@@ -374,4 +404,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     wallet_audit,
     holds,
     subscription_checkouts,
+    credit_grants,
+    grant_draws,
 );

@@ -56,10 +56,14 @@ pub enum AccountKind {
     Held,
     /// What captured holds could not collect from their wallets.
     UncollectedExpense,
+    /// Paid credits that expired unspent.
+    BreakageRevenue,
+    /// What operators' promotional grants cost the platform.
+    PromotionalExpense,
 }
 
 impl AccountKind {
-    pub const ALL: [AccountKind; 13] = [
+    pub const ALL: [AccountKind; 15] = [
         AccountKind::Wallet,
         AccountKind::EarningsPending,
         AccountKind::EarningsAvailable,
@@ -73,6 +77,8 @@ impl AccountKind {
         AccountKind::Payouts,
         AccountKind::Held,
         AccountKind::UncollectedExpense,
+        AccountKind::BreakageRevenue,
+        AccountKind::PromotionalExpense,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -90,6 +96,8 @@ impl AccountKind {
             AccountKind::Payouts => "payouts",
             AccountKind::Held => "held",
             AccountKind::UncollectedExpense => "uncollected_expense",
+            AccountKind::BreakageRevenue => "breakage_revenue",
+            AccountKind::PromotionalExpense => "promotional_expense",
         }
     }
 
@@ -163,10 +171,14 @@ pub enum EntryKind {
     PayoutReversal,
     Hold,
     HoldRelease,
+    /// An operator's promotional grant of credits.
+    Grant,
+    /// The unspent remainder of an expired grant leaving the wallet.
+    Expiry,
 }
 
 impl EntryKind {
-    pub const ALL: [EntryKind; 13] = [
+    pub const ALL: [EntryKind; 15] = [
         EntryKind::Adjustment,
         EntryKind::Charge,
         EntryKind::FreeMessage,
@@ -180,6 +192,8 @@ impl EntryKind {
         EntryKind::PayoutReversal,
         EntryKind::Hold,
         EntryKind::HoldRelease,
+        EntryKind::Grant,
+        EntryKind::Expiry,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -197,6 +211,8 @@ impl EntryKind {
             EntryKind::PayoutReversal => "payout_reversal",
             EntryKind::Hold => "hold",
             EntryKind::HoldRelease => "hold_release",
+            EntryKind::Grant => "grant",
+            EntryKind::Expiry => "expiry",
         }
     }
 }

@@ -136,6 +136,10 @@ impl Credits {
         self.0.checked_neg().map(Credits)
     }
 
+    pub fn is_positive(self) -> bool {
+        self.0 > 0
+    }
+
     pub fn is_negative(self) -> bool {
         self.0 < 0
     }

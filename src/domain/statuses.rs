@@ -146,6 +146,72 @@ closed_set! {
     }
 }
 
+closed_set! {
+    /// What kind of credits a grant holds: bought (`paid`) or given
+    /// (`promotional`: a top-up's bonus, an operator's grant). Promotional
+    /// credits are spent first; an expired paid remainder is breakage
+    /// revenue, an expired promotional one goes back to what funded it.
+    #[derive(
+        Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, diesel::AsExpression, diesel::FromSqlRow,
+    )]
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    #[serde(rename_all = "snake_case")]
+    pub enum GrantCategory("grant category") {
+        Paid = "paid",
+        Promotional = "promotional",
+    }
+}
+
+closed_set! {
+    /// How long the credits of a pack stay spendable after they are
+    /// credited.
+    #[derive(
+        Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema, diesel::AsExpression, diesel::FromSqlRow,
+    )]
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub enum Validity("validity") {
+        #[serde(rename = "30d")]
+        Days30 = "30d",
+        #[serde(rename = "90d")]
+        Days90 = "90d",
+        #[serde(rename = "lifetime")]
+        Lifetime = "lifetime",
+    }
+}
+
+impl Validity {
+    /// How long credits of this validity last; `None` for lifetime.
+    pub fn duration(self) -> Option<chrono::Duration> {
+        match self {
+            Validity::Days30 => Some(chrono::Duration::days(30)),
+            Validity::Days90 => Some(chrono::Duration::days(90)),
+            Validity::Lifetime => None,
+        }
+    }
+}
+
+closed_set! {
+    /// What made a grant.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, ToSchema, diesel::AsExpression, diesel::FromSqlRow)]
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    #[serde(rename_all = "snake_case")]
+    pub enum GrantSource("grant source") {
+        /// The credits of a paid top-up.
+        TopUp = "top_up",
+        /// The bonus credits of a paid top-up.
+        TopUpBonus = "top_up_bonus",
+        /// An operator's adjustment that credits.
+        Adjustment = "adjustment",
+        /// An operator's promotional grant.
+        Promotion = "promotion",
+        /// A wallet's balance when grants were introduced.
+        Opening = "opening",
+        /// Credits given back (a dispute won) whose earlier draws no
+        /// grant can take back.
+        Returned = "returned",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

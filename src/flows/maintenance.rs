@@ -1,13 +1,13 @@
 //! The background work every instance runs, at once and then every
 //! `TALLY_SETTLEMENT_SWEEP`: recovery of payouts left unsent, the release of
-//! expired holds, the earnings settlement sweep, and the purge of expired idempotency keys. All of it is
+//! expired holds, the expiry of credit grants, the earnings settlement sweep, and the purge of expired idempotency keys. All of it is
 //! safe to run on several instances at the same time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Runtime;
-use crate::services::{earnings, holds, idempotency};
+use crate::services::{earnings, grants, holds, idempotency};
 
 /// How often expired idempotency keys are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
@@ -36,15 +36,16 @@ pub async fn sweep(rt: &Arc<Runtime>, purge: bool) {
     let done = rt
         .write(move |conn, ctx| {
             let expired = holds::expire_due(conn)?;
+            let expired_grants = grants::expire_due(conn, ctx)?;
             let settled = earnings::settle_due(conn, None)?;
             let purged =
                 if purge { idempotency::purge_older_than(conn, ctx.settings.idempotency_ttl)? } else { 0 };
-            Ok((expired, settled, purged))
+            Ok((expired, expired_grants, settled, purged))
         })
         .await;
     match done {
-        Ok((expired, settled, purged)) if expired + settled + purged > 0 => {
-            tracing::info!(expired, settled, purged, "maintenance sweep")
+        Ok((expired, expired_grants, settled, purged)) if expired + expired_grants + settled + purged > 0 => {
+            tracing::info!(expired, expired_grants, settled, purged, "maintenance sweep")
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "maintenance sweep failed"),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::{Claimed, Runtime};
-use crate::domain::UsdCents;
+use crate::domain::{UsdCents, Validity};
 use crate::services::idempotency::{IdempotentRequest, StoredResponse};
 use crate::services::topups::{self, TopUpMethod};
 use crate::services::{Caller, ErrorCode, ServiceError, ServiceResult};
@@ -21,6 +21,7 @@ pub async fn create_top_up(
     caller: Caller,
     wallet_id: String,
     pack_id: String,
+    validity: Option<Validity>,
     method: Option<TopUpMethod>,
 ) -> ServiceResult<StoredResponse> {
     // 1. Claim the key.
@@ -32,7 +33,7 @@ pub async fn create_top_up(
     let key = claimed.request_key();
     let prepared = rt
         .write(move |conn, ctx| {
-            topups::prepare_top_up(conn, ctx, &caller, &wallet_id, &pack_id, method, &key)
+            topups::prepare_top_up(conn, ctx, &caller, &wallet_id, &pack_id, validity, method, &key)
         })
         .await;
     let (claimed, order) = super::or_release(claimed, rt, prepared).await?;

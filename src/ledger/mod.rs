@@ -5,7 +5,10 @@
 //! transaction; the others are the sum of their postings.
 #![deny(clippy::arithmetic_side_effects)]
 
+pub mod grants;
 pub mod verify;
+
+pub use grants::{GrantSpec, Grants};
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -59,6 +62,8 @@ pub struct NewEntry<'a> {
     pub memo: Option<&'a str>,
     /// References shown in history (agent, model, pack, payout ...), as JSON.
     pub metadata: serde_json::Value,
+    /// What the wallet leg does to the wallet's credit grants.
+    pub grants: Grants,
 }
 
 /// One written posting.
@@ -132,7 +137,13 @@ pub fn open(tx: &mut WriteTx<'_>, entry: NewEntry<'_>) -> Result<OpenEntry, Ledg
         })
         .returning(journal_entries::id)
         .get_result(tx.conn())?;
-    Ok(OpenEntry { entry_id, created_at: now, legs: entry.legs, overdraft: entry.overdraft })
+    Ok(OpenEntry {
+        entry_id,
+        created_at: now,
+        legs: entry.legs,
+        overdraft: entry.overdraft,
+        grants: entry.grants,
+    })
 }
 
 /// A journal entry written without its postings yet; see [`open`].
@@ -143,6 +154,7 @@ pub struct OpenEntry {
     created_at: NaiveDateTime,
     legs: Vec<Leg>,
     overdraft: Overdraft,
+    grants: Grants,
 }
 
 impl OpenEntry {
@@ -158,13 +170,35 @@ impl OpenEntry {
     /// postings in one statement.
     pub fn post(self, tx: &mut WriteTx<'_>) -> Result<PostedEntry, LedgerError> {
         let conn = tx.conn();
-        let OpenEntry { entry_id, created_at, legs, overdraft } = self;
+        let OpenEntry { entry_id, created_at, legs, overdraft, grants } = self;
         let mut cached: Vec<&Leg> = legs.iter().filter(|l| l.kind.keeps_cached_balance()).collect();
         cached.sort_by_key(|l| l.account_id);
         let mut balances: Vec<(i64, i64)> = Vec::with_capacity(cached.len());
         for leg in cached {
             let balance = apply_to_cached_balance(conn, leg, overdraft)?;
             balances.push((leg.account_id, balance));
+        }
+        // The wallet's row is locked now: its grants follow the leg.
+        for leg in legs.iter().filter(|l| l.kind == AccountKind::Wallet && !l.amount.is_zero()) {
+            if matches!(grants, Grants::None) {
+                return Err(LedgerError::Database(diesel::result::Error::QueryBuilderError(
+                    format!("an entry moving wallet {} must say what it does to its grants", leg.account_id)
+                        .into(),
+                )));
+            }
+            let balance_after = balances
+                .iter()
+                .find(|(id, _)| *id == leg.account_id)
+                .map(|(_, b)| Credits::from_micros(*b))
+                .unwrap_or_default();
+            let m = grants::WalletMove {
+                account_id: leg.account_id,
+                amount: leg.amount,
+                balance_after,
+                entry_id,
+                at: created_at,
+            };
+            grants::apply(conn, &m, &grants)?;
         }
         let rows: Vec<PostingValues> = legs
             .iter()
@@ -334,6 +368,8 @@ pub struct PlatformAccounts {
     pub adjustments: AccountRef,
     pub payouts: AccountRef,
     pub uncollected_expense: AccountRef,
+    pub breakage_revenue: AccountRef,
+    pub promotional_expense: AccountRef,
 }
 
 impl PlatformAccounts {
@@ -348,6 +384,8 @@ impl PlatformAccounts {
             adjustments: get(AccountKind::Adjustments)?,
             payouts: get(AccountKind::Payouts)?,
             uncollected_expense: get(AccountKind::UncollectedExpense)?,
+            breakage_revenue: get(AccountKind::BreakageRevenue)?,
+            promotional_expense: get(AccountKind::PromotionalExpense)?,
         })
     }
 }

@@ -175,6 +175,8 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("top_ups_not_over_reversed", top_ups_not_over_reversed),
     ("one_entry_per_request", one_entry_per_request),
     ("held_matches_open_holds", held_matches_open_holds),
+    ("grants_match_their_draws", grants_match_their_draws),
+    ("wallets_match_their_grants", wallets_match_their_grants),
 ];
 
 /// Checks every invariant; read-only, on one snapshot of the database.
@@ -486,6 +488,83 @@ fn held_matches_open_holds(conn: &mut DbConn, report: &mut VerifyReport) -> Quer
                 h.id,
                 Credits::from_micros(h.cached),
                 Credits::from_micros(h.open)
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct GrantCheck {
+    #[diesel(sql_type = Text)]
+    public_id: String,
+    #[diesel(sql_type = BigInt)]
+    amount: i64,
+    #[diesel(sql_type = BigInt)]
+    remaining: i64,
+    #[diesel(sql_type = BigInt)]
+    drawn: i64,
+}
+
+/// Invariant 2 for grants: a grant's `remaining` is its amount less what
+/// its draws took (and gave back).
+fn grants_match_their_draws(conn: &mut DbConn, report: &mut VerifyReport) -> QueryResult<()> {
+    let wrong: Vec<GrantCheck> = diesel::sql_query(format!(
+        "SELECT public_id, amount, remaining, drawn FROM ( \
+           SELECT g.public_id, g.amount, g.remaining, \
+                  (SELECT CAST(COALESCE(SUM(d.amount), 0) AS BIGINT) FROM grant_draws d \
+                   WHERE d.grant_id = g.id) AS drawn \
+           FROM credit_grants g) x \
+         WHERE remaining <> amount - drawn ORDER BY public_id LIMIT {MAX_LISTED}"
+    ))
+    .load(conn)?;
+    for g in wrong {
+        report.breaches.push(Breach {
+            invariant: 2,
+            check: "grant_not_its_draws".into(),
+            detail: format!(
+                "grant {} of {} credits has {} remaining but its draws took {}",
+                g.public_id,
+                Credits::from_micros(g.amount),
+                Credits::from_micros(g.remaining),
+                Credits::from_micros(g.drawn)
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct WalletGrants {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = BigInt)]
+    balance: i64,
+    #[diesel(sql_type = BigInt)]
+    granted: i64,
+}
+
+/// Invariant 2 for grants: a wallet's balance is the sum of its grants'
+/// `remaining` (none left when it is below zero).
+fn wallets_match_their_grants(conn: &mut DbConn, report: &mut VerifyReport) -> QueryResult<()> {
+    let wrong: Vec<WalletGrants> = diesel::sql_query(format!(
+        "SELECT id, balance, granted FROM ( \
+           SELECT a.id, COALESCE(a.balance, 0) AS balance, \
+                  (SELECT CAST(COALESCE(SUM(g.remaining), 0) AS BIGINT) FROM credit_grants g \
+                   WHERE g.account_id = a.id) AS granted \
+           FROM accounts a WHERE a.kind = 'wallet') x \
+         WHERE granted <> CASE WHEN balance < 0 THEN 0 ELSE balance END ORDER BY id LIMIT {MAX_LISTED}"
+    ))
+    .load(conn)?;
+    for w in wrong {
+        report.breaches.push(Breach {
+            invariant: 2,
+            check: "wallet_not_its_grants".into(),
+            detail: format!(
+                "wallet account {} has a balance of {} but its grants hold {}",
+                w.id,
+                Credits::from_micros(w.balance),
+                Credits::from_micros(w.granted)
             ),
         });
     }

@@ -14,7 +14,8 @@ use crate::db::WriteTx;
 use crate::domain::ids::{entry_id, new_id, transaction_id};
 use crate::domain::text::checked_text;
 use crate::domain::{AccountKind, Credits, EntryKind};
-use crate::ledger::{self, AccountRef, NewEntry, Overdraft};
+use crate::ledger::{self, AccountRef, GrantSpec, Grants, NewEntry, Overdraft};
+use crate::domain::{GrantCategory, GrantSource};
 
 /// A recorded adjustment.
 #[derive(Debug, Serialize, ToSchema)]
@@ -70,6 +71,18 @@ pub fn create_adjustment(
             actor: Some(&operator.id),
             memo: Some(reason),
             metadata: serde_json::to_value(&references).unwrap_or_default(),
+            grants: if amount.is_positive() {
+                Grants::Open(vec![GrantSpec {
+                    category: GrantCategory::Paid,
+                    amount,
+                    expires_at: None,
+                    source: GrantSource::Adjustment,
+                    source_id: Some(adjustment_id.clone()),
+                    funded_by: Some(ctx.platform.adjustments.id),
+                }])
+            } else {
+                Grants::Draw { hold: None }
+            },
         },
     )
     .map_err(|e| ServiceError::from_ledger(e, wallet_id))?;

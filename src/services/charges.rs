@@ -55,7 +55,7 @@ use crate::domain::limits::Period;
 use crate::domain::pricing::{price_metered, MeteredPrice, ModelRates};
 use crate::domain::usage::Usage;
 use crate::domain::{AccountKind, Credits, EntryKind, OwnerType};
-use crate::ledger::{self, AccountRef, NewEntry, Overdraft};
+use crate::ledger::{self, AccountRef, Grants, NewEntry, Overdraft};
 
 /// One charged (or free) message.
 #[derive(Debug, Serialize, ToSchema)]
@@ -588,8 +588,10 @@ fn from_hold(
     } else {
         let excess = total.checked_sub(held).ok_or_else(ServiceError::out_of_range)?;
         // The excess is taken only from what the wallet has now (its row
-        // locked until the commit) and never from a frozen wallet.
-        let available = db::locks::lock_balance(tx, wallet.id)?.max(Credits::ZERO);
+        // locked until the commit: its grants that can still be spent) and
+        // never from a frozen wallet.
+        let balance = db::locks::lock_balance(tx, wallet.id)?.max(Credits::ZERO);
+        let available = balance.min(ledger::grants::spendable(tx, wallet.id, db::now())?);
         let taken = if payer.wallet.frozen { Credits::ZERO } else { excess.min(available) };
         let paid = held.checked_add(taken).ok_or_else(ServiceError::out_of_range)?;
         (paid, excess.checked_sub(taken).ok_or_else(ServiceError::out_of_range)?)
@@ -696,6 +698,10 @@ pub(super) fn charge_message(
             actor: Some(user_id),
             memo: None,
             metadata: serde_json::to_value(&references).unwrap_or_default(),
+            grants: match hold {
+                Some(h) => Grants::Hold(h.id.clone()),
+                None => Grants::Draw { hold: None },
+            },
         },
     )
     .map_err(|e| ServiceError::from_ledger(e, &wallet_id))?;

@@ -23,7 +23,7 @@ use super::{Caller, Ctx, ServiceError, ServiceResult};
 use crate::db::schema::{accounts, charges, earnings_accruals as ea};
 use crate::db::{self, sums, DbConn, WriteTx};
 use crate::domain::{AccountKind, CreditTotal, Credits, EntryKind, OwnerType};
-use crate::ledger::{self, AccountRef, NewEntry, Overdraft};
+use crate::ledger::{self, AccountRef, Grants, NewEntry, Overdraft};
 
 /// Accruals settled per transaction.
 const BATCH: i64 = 500;
@@ -189,6 +189,7 @@ fn settle_org(
             actor: None,
             memo: Some("earnings hold passed"),
             metadata: serde_json::json!({}),
+            grants: Grants::None,
         },
     )?;
     let ids: Vec<i64> = claimed.iter().map(|(id, _)| *id).collect();

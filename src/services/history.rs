@@ -67,6 +67,12 @@ pub struct TransactionReferences {
     /// A metered charge's generated assets.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generations: Option<u64>,
+    /// A top-up's validity (`30d`, `90d`, `lifetime`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validity: Option<crate::domain::Validity>,
+    /// The grant a promotional grant or an expiry is about (`grt_`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
 }
 
 impl TransactionReferences {

@@ -32,7 +32,7 @@ use crate::domain::ids::new_id;
 use crate::domain::limits::Period;
 use crate::domain::usage::Usage;
 use crate::domain::{AccountKind, Credits, EntryKind, HoldStatus, OrgRole};
-use crate::ledger::{self, AccountRef, NewEntry, Overdraft};
+use crate::ledger::{self, AccountRef, Grants, NewEntry, Overdraft};
 
 /// How long a hold stays open when the request does not say.
 pub const DEFAULT_EXPIRES_IN: u64 = 15 * 60;
@@ -194,6 +194,7 @@ pub fn create_hold(
                 actor: Some(&input.user_id),
                 memo: None,
                 metadata: serde_json::to_value(&references).unwrap_or_default(),
+                grants: Grants::Draw { hold: Some(id.clone()) },
             },
         )
         .map_err(|e| ServiceError::from_ledger(e, &wallet_id))?;
@@ -336,6 +337,7 @@ fn return_all(tx: &mut WriteTx<'_>, row: &HoldRow, kind_of_end: HoldStatus) -> S
                 actor: Some(&row.user_id),
                 memo: Some(kind_of_end.as_str()),
                 metadata: serde_json::to_value(&references).unwrap_or_default(),
+                grants: Grants::Hold(row.id.clone()),
             },
         )?;
     }

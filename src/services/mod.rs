@@ -6,6 +6,7 @@ pub mod agents;
 pub mod charge_views;
 pub mod charges;
 pub mod earnings;
+pub mod grants;
 mod error;
 pub mod history;
 pub mod holds;

@@ -37,7 +37,7 @@ use crate::db::schema::{accounts, payout_accounts, payouts};
 use crate::db::{self, DbConn, WriteTx};
 use crate::domain::ids::new_id;
 use crate::domain::{AccountKind, Credits, EntryKind, OrgRole, OwnerType, PayoutStatus, UsdCents};
-use crate::ledger::{self, AccountRef, LedgerError, NewEntry, Overdraft};
+use crate::ledger::{self, AccountRef, Grants, LedgerError, NewEntry, Overdraft};
 use crate::stripe::{ConnectedAccount, PayoutTransaction, TransferRef};
 
 /// How long a sender holds a payout before another may send it.
@@ -286,6 +286,7 @@ pub fn record_payout(
                 actor: Some(&caller.id),
                 memo: None,
                 metadata: references(&id),
+                grants: Grants::None,
             },
         )
         .map_err(|e| match e {
@@ -384,6 +385,7 @@ fn move_at_most(
             actor: None,
             memo,
             metadata: references(payout_id),
+            grants: Grants::None,
         })
     };
     // In a savepoint: a refused entry leaves no journal row behind.

@@ -23,6 +23,20 @@ pub struct RevenueReport {
     pub credit_usd: String,
     pub totals: RevenueLine,
     pub by_model: Vec<RevenueLine>,
+    /// Paid credits that expired unspent in the range (breakage revenue),
+    /// in credits.
+    #[schema(value_type = String)]
+    pub breakage: CreditTotal,
+    /// `breakage` in USD.
+    pub breakage_usd: String,
+}
+
+#[derive(QueryableByName)]
+struct Breakage {
+    #[diesel(sql_type = BigInt)]
+    total_hi: i64,
+    #[diesel(sql_type = BigInt)]
+    total_lo: i64,
 }
 
 /// Revenue of one model (or of all, in `totals`). Credits are decimal
@@ -181,11 +195,28 @@ pub fn revenue(
     for line in &mut by_model {
         line.finish(rate).ok_or_else(overflow)?;
     }
+    let b: Breakage = diesel::sql_query(format!(
+        "SELECT {} FROM postings WHERE account_id = $1 AND created_at >= $2 AND created_at < $3",
+        sums::select("amount", "total")
+    ))
+    .bind::<BigInt, _>(ctx.platform.breakage_revenue.id)
+    .bind::<Timestamp, _>(from)
+    .bind::<Timestamp, _>(to)
+    .get_result(conn)?;
+    let breakage = CreditTotal::from_micros(sums::join(b.total_hi, b.total_lo));
+    let breakage_usd = breakage
+        .to_decimal()
+        .and_then(|c| c.checked_mul(rate))
+        .ok_or_else(overflow)?
+        .normalize()
+        .to_string();
     Ok(RevenueReport {
         from: from.and_utc(),
         to: to.and_utc(),
         credit_usd: rate.to_string(),
         totals,
         by_model,
+        breakage,
+        breakage_usd,
     })
 }

@@ -27,8 +27,11 @@ use crate::db::schema::{accounts, journal_entries, receipt_counter, top_ups};
 use crate::db::{self, DbConn, WriteTx};
 use crate::domain::ids::new_id;
 pub use crate::domain::TopUpMethod;
-use crate::domain::{AccountKind, Credits, EntryKind, TopUpStatus, UsdCents};
-use crate::ledger::{self, AccountRef, NewEntry, Overdraft};
+use crate::domain::{AccountKind, Credits, EntryKind, TopUpStatus, UsdCents, Validity};
+use crate::ledger::{self, AccountRef, GrantSpec, Grants, NewEntry, Overdraft};
+use crate::domain::{GrantCategory, GrantSource};
+use chrono::NaiveDateTime;
+use std::collections::BTreeMap;
 use crate::stripe::webhook::{Charge as StripeCharge, CheckoutSession, Dispute};
 use crate::stripe::{RefundRef, SessionRef, TopUpCheckout};
 
@@ -43,9 +46,16 @@ pub struct CreditPackView {
     /// Extra credits given with the pack.
     #[schema(value_type = String, example = "0")]
     pub bonus_credits: Credits,
-    /// Price in USD.
+    /// Price in USD of the default validity (`default_validity`).
     #[schema(value_type = String, example = "5.00")]
     pub price_usd: UsdCents,
+    /// The validity a top-up gets when it names none.
+    pub default_validity: Validity,
+    /// The validities on sale and their prices in USD (`{"30d": "5.00",
+    /// "lifetime": "7.50"}`): credits of a `30d` or `90d` top-up expire that
+    /// long after they are credited; `lifetime` credits never do.
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub validity: BTreeMap<Validity, UsdCents>,
 }
 
 /// The packs on sale.
@@ -79,6 +89,10 @@ pub struct TopUp {
     pub amount_usd: UsdCents,
     /// `stripe` (Checkout) or `manual` (settled by an operator).
     pub method: TopUpMethod,
+    /// How long the credits stay spendable once credited.
+    pub validity: Validity,
+    /// When the credits expire (null until paid, and for `lifetime`).
+    pub credits_expire_at: Option<DateTime<Utc>>,
     /// Where the person pays (Stripe Checkout); null for a manual order.
     pub checkout_url: Option<String>,
     /// The gap-free receipt number, once paid.
@@ -102,7 +116,10 @@ impl TopUpRow {
         TopUpCheckout {
             top_up_id: self.id.clone(),
             wallet_id: self.wallet_id.clone(),
-            pack_name: pack_name.to_string(),
+            pack_name: match self.validity {
+                Validity::Lifetime => format!("{pack_name} (credits never expire)"),
+                v => format!("{pack_name} (credits valid {} days)", v.duration().map_or(0, |d| d.num_days())),
+            },
             amount_cents: self.amount_cents,
             success_url: ctx.settings.checkout_success_url.clone(),
             cancel_url: ctx.settings.checkout_cancel_url.clone(),
@@ -127,6 +144,8 @@ fn view(row: TopUpRow) -> TopUp {
         pack_id: row.pack_id,
         status: row.status.as_str().to_string(),
         method: row.method,
+        validity: row.validity,
+        credits_expire_at: row.paid_at.and_then(|t| expiry_of(row.validity, t)).map(|t| t.and_utc()),
         checkout_url: row.checkout_url,
         receipt_number: row.receipt_number,
         created_at: row.created_at.and_utc(),
@@ -141,6 +160,8 @@ fn pack_view(p: &CreditPack) -> CreditPackView {
         credits: p.credits,
         bonus_credits: p.bonus_credits,
         price_usd: p.price,
+        default_validity: p.default_validity(),
+        validity: p.prices.iter().copied().collect(),
     }
 }
 
@@ -174,10 +195,20 @@ pub fn prepare_top_up(
     caller: &Caller,
     wallet_id: &str,
     pack_id: &str,
+    validity: Option<Validity>,
     method: Option<TopUpMethod>,
     request: &RequestKey,
 ) -> ServiceResult<TopUpRow> {
     let pack = find_pack(ctx, pack_id)?.clone();
+    let validity = validity.unwrap_or_else(|| pack.default_validity());
+    let price = pack.price_of(validity).ok_or_else(|| {
+        let on_sale: Vec<&str> = pack.prices.iter().map(|(v, _)| v.as_str()).collect();
+        ServiceError::Validation(format!(
+            "pack '{}' is not sold with validity '{validity}' (on sale: {})",
+            pack.id,
+            on_sale.join(", ")
+        ))
+    })?;
     db::write_tx(conn, |tx| {
         let wallet = load_for(tx, caller, wallet_id, Access::Manage)?;
         let method = match (method, ctx.settings.stripe.is_some()) {
@@ -212,13 +243,14 @@ pub fn prepare_top_up(
                 pack_id: &pack.id,
                 credits: pack.credits,
                 bonus_credits: pack.bonus_credits,
-                amount_cents: pack.price.cents(),
+                amount_cents: price.cents(),
                 currency: "usd",
                 method,
                 status: TopUpStatus::Pending,
                 request_key: request.as_str(),
                 created_at: now,
                 updated_at: now,
+                validity,
             })
             .execute(tx.conn())?;
         load(tx, &id)
@@ -285,8 +317,22 @@ fn credit(
     let references = TransactionReferences {
         top_up_id: Some(row.id.clone()),
         pack_id: Some(row.pack_id.clone()),
+        validity: Some(row.validity),
         ..Default::default()
     };
+    let expires_at = expiry_of(row.validity, now);
+    let grant = |category, amount, source, funded_by: AccountRef| GrantSpec {
+        category,
+        amount,
+        expires_at,
+        source,
+        source_id: Some(row.id.clone()),
+        funded_by: Some(funded_by.id),
+    };
+    let mut grants = vec![grant(GrantCategory::Paid, credits, GrantSource::TopUp, ctx.platform.cash)];
+    if !bonus.is_zero() {
+        grants.push(grant(GrantCategory::Promotional, bonus, GrantSource::TopUpBonus, ctx.platform.bonus_expense));
+    }
     let posted = ledger::post(
         tx,
         NewEntry {
@@ -298,6 +344,7 @@ fn credit(
             actor: Some(actor),
             memo: Some(&format!("receipt {receipt}")),
             metadata: serde_json::to_value(&references).unwrap_or_default(),
+            grants: Grants::Open(grants),
         },
     )?;
     diesel::update(top_ups::table.find(&row.id))
@@ -664,6 +711,14 @@ fn reverse(
         pack_id: Some(row.pack_id.clone()),
         ..Default::default()
     };
+    // The credits come back from the top-up's own grants first (its credits
+    // from its paid grant, its bonus from its promotional one); what those
+    // no longer hold (spent) from the wallet's other grants in order.
+    let own = own_grants(tx, row)?;
+    let first = [(own.paid, credits), (own.bonus, bonus)]
+        .into_iter()
+        .filter_map(|(grant, amount)| grant.map(|g| (g, amount)))
+        .collect();
     let posted = ledger::post(
         tx,
         NewEntry {
@@ -675,6 +730,7 @@ fn reverse(
             actor: Some(actor),
             memo,
             metadata: serde_json::to_value(&references).unwrap_or_default(),
+            grants: Grants::DrawFirst(first),
         },
     )?;
     let balance = posted.leg_of(row.wallet_account_id).and_then(|l| l.balance_after).unwrap_or_default();
@@ -683,6 +739,28 @@ fn reverse(
         tracing::warn!(wallet_id = %row.wallet_id, %balance, "wallet below zero after a reversal: frozen");
     }
     Ok(())
+}
+
+/// When credits of `validity` credited at `at` expire (never for lifetime).
+fn expiry_of(validity: Validity, at: NaiveDateTime) -> Option<NaiveDateTime> {
+    validity.duration().and_then(|d| at.checked_add_signed(d))
+}
+
+/// The grants a paid top-up opened: its credits and its bonus.
+struct OwnGrants {
+    paid: Option<i64>,
+    bonus: Option<i64>,
+}
+
+fn own_grants(conn: &mut DbConn, row: &TopUpRow) -> ServiceResult<OwnGrants> {
+    use crate::db::schema::credit_grants as g;
+    let rows: Vec<(i64, GrantSource)> = g::table
+        .filter(g::source_id.eq(&row.id))
+        .filter(g::account_id.eq(row.wallet_account_id))
+        .select((g::id, g::source))
+        .load(conn)?;
+    let of = |source| rows.iter().find(|(_, s)| *s == source).map(|(id, _)| *id);
+    Ok(OwnGrants { paid: of(GrantSource::TopUp), bonus: of(GrantSource::TopUpBonus) })
 }
 
 fn freeze(tx: &mut WriteTx<'_>, account_id: i64) -> ServiceResult<()> {
@@ -997,6 +1075,8 @@ pub fn dispute_closed(
                     ..Default::default()
                 })
                 .unwrap_or_default(),
+                // Back onto the grants the dispute took them from.
+                grants: Grants::Undo(dispute_entry),
             },
         )?;
     }

@@ -6,6 +6,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::grants::{ByCategory, Expiring};
 use super::history::{self, HistoryQuery, TransactionList};
 use super::orgs::role_in;
 use super::{Caller, Ctx, ServiceError, ServiceResult};
@@ -60,6 +61,12 @@ pub struct Wallet {
     /// What the weekly limit still allows this week (null: no limit).
     #[schema(value_type = Option<String>, example = "87.5")]
     pub weekly_remaining: Option<Credits>,
+    /// The spendable credits (`available`) by category: promotional
+    /// credits are spent first. Credits past their expiry that the sweep
+    /// has not removed yet are in neither.
+    pub credits: ByCategory,
+    /// The soonest expiring credits (null when none expire).
+    pub expiring_next: Option<Expiring>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -120,6 +127,7 @@ pub fn view(conn: &mut DbConn, ctx: &Ctx, row: &AccountRow) -> ServiceResult<Wal
     let now = db::now();
     let spent_today = counters::spent(conn, row.id, "", &Period::Day.key(now))?;
     let spent_this_week = counters::spent(conn, row.id, "", &Period::Week.key(now))?;
+    let (credits, expiring_next) = super::grants::summary(conn, row.id)?;
     let remaining = |limit: Option<Credits>, spent: Credits| {
         limit.map(|l| l.checked_sub(spent).unwrap_or(Credits::ZERO).max(Credits::ZERO))
     };
@@ -138,6 +146,8 @@ pub fn view(conn: &mut DbConn, ctx: &Ctx, row: &AccountRow) -> ServiceResult<Wal
         frozen: row.frozen,
         daily_limit: row.daily_limit,
         weekly_limit: row.weekly_limit,
+        credits,
+        expiring_next,
         created_at: row.created_at.and_utc(),
     })
 }

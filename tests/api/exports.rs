@@ -117,6 +117,20 @@ fn seed_history(app: &TestApp, wallet: &str, n: usize) {
             w.id
         ))
         .execute(conn)?;
+        // The credits as one lifetime grant, as the adjustments would have
+        // opened them (one each).
+        diesel::sql_query(format!(
+            "INSERT INTO credit_grants (public_id, account_id, category, amount, remaining, expires_at, \
+             source, source_id, funded_by_account_id, entry_id, created_at) \
+             VALUES ('grt_seed_{}', {}, 'paid', {}, {}, NULL, 'adjustment', NULL, {}, NULL, \
+             (SELECT MAX(created_at) FROM journal_entries))",
+            w.id,
+            w.id,
+            1000 * n,
+            1000 * n,
+            platform.adjustments.id
+        ))
+        .execute(conn)?;
         Ok(())
     })
     .expect("history seeded");

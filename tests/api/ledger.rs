@@ -40,6 +40,7 @@ async fn unbalanced_entry_is_refused(app: TestApp) {
                 actor: None,
                 memo: None,
                 metadata: json!({}),
+                grants: ledger::Grants::None,
             },
         )
     });

@@ -430,6 +430,7 @@ fn drain_in_payout(app: &TestApp, org: &str, amount: i64) {
                 actor: Some("test"),
                 memo: Some("drift"),
                 metadata: json!({}),
+                grants: ledger::Grants::None,
             },
         )?;
         Ok(())

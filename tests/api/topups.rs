@@ -702,6 +702,7 @@ async fn verify_reports_a_top_up_taken_back_twice(app: TestApp, _stripe: FakeStr
                     actor: Some("test"),
                     memo: None,
                     metadata: json!({}),
+                    grants: ledger::Grants::Draw { hold: None },
                 },
             )?;
         }

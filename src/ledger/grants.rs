@@ -1,0 +1,400 @@
+//! Credit grants: what a wallet's balance is made of.
+//!
+//! Every credit that enters a wallet opens a grant (paid or promotional,
+//! with an expiry or none); every debit draws from the wallet's grants in
+//! one order ([`draw_order`]): promotional before paid, then the soonest
+//! expiry first (never-expiring last), then the oldest. Each draw and each
+//! give-back is a `grant_draws` row, so
+//! - a grant's `remaining` is its `amount` less the sum of its draws, and
+//! - a wallet's balance, when not below zero, is the sum of its grants'
+//!   `remaining` (a wallet below zero has none left: a credit first covers
+//!   the deficit, then what is left of it opens or refills grants).
+//!
+//! `ledger verify` checks both. The grants of a wallet are only read and
+//! written after its row is locked (the entry's guarded balance update,
+//! which [`super::OpenEntry::post`] makes first), so two movements of one
+//! wallet never race on its grants.
+#![deny(clippy::arithmetic_side_effects)]
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use crate::db::prepared::Prepared;
+use crate::db::schema::{credit_grants, grant_draws};
+use crate::db::DbConn;
+use crate::domain::ids::new_id;
+use crate::domain::{Credits, GrantCategory, GrantSource};
+
+use super::LedgerError;
+
+/// What an entry's wallet leg does to the wallet's grants. Every entry that
+/// moves a wallet says it; the ledger refuses one that does not.
+#[derive(Clone, Debug, Default)]
+pub enum Grants {
+    /// The entry moves no wallet.
+    #[default]
+    None,
+    /// A debit draws in the drawdown order (a credit is refused), recorded
+    /// for `hold` when a hold reserves it.
+    Draw { hold: Option<String> },
+    /// A debit takes up to the amount from each of these grants first (a
+    /// top-up's refund: its own grants), then draws in order.
+    DrawFirst(Vec<(i64, Credits)>),
+    /// A debit takes the whole remainder of one grant (its expiry).
+    Expire(i64),
+    /// A credit opens these grants; their amounts sum to it.
+    Open(Vec<GrantSpec>),
+    /// For a hold ending: a credit gives back what the hold still has drawn
+    /// (the last draw first); a debit (a capture above the hold) draws in
+    /// order.
+    Hold(String),
+    /// A credit gives back what this earlier entry drew (the last draw
+    /// first): a dispute won. What no draw can take back opens a lifetime
+    /// paid grant (`returned`).
+    Undo(Option<i64>),
+}
+
+/// A grant a credit opens.
+#[derive(Clone, Debug)]
+pub struct GrantSpec {
+    pub category: GrantCategory,
+    pub amount: Credits,
+    pub expires_at: Option<NaiveDateTime>,
+    pub source: GrantSource,
+    pub source_id: Option<String>,
+    /// The account the credits came from (see the migration).
+    pub funded_by: Option<i64>,
+}
+
+/// A grant row.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = credit_grants)]
+pub struct GrantRow {
+    pub id: i64,
+    pub public_id: String,
+    pub account_id: i64,
+    pub category: GrantCategory,
+    pub amount: Credits,
+    pub remaining: Credits,
+    pub expires_at: Option<NaiveDateTime>,
+    pub source: GrantSource,
+    pub source_id: Option<String>,
+    pub funded_by_account_id: Option<i64>,
+    pub entry_id: Option<i64>,
+    pub created_at: NaiveDateTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = credit_grants)]
+struct NewGrantRow<'a> {
+    public_id: &'a str,
+    account_id: i64,
+    category: GrantCategory,
+    amount: Credits,
+    remaining: Credits,
+    expires_at: Option<NaiveDateTime>,
+    source: GrantSource,
+    source_id: Option<&'a str>,
+    funded_by_account_id: Option<i64>,
+    entry_id: Option<i64>,
+    created_at: NaiveDateTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = grant_draws)]
+struct NewDraw<'a> {
+    grant_id: i64,
+    entry_id: i64,
+    hold_id: Option<&'a str>,
+    amount: Credits,
+    created_at: NaiveDateTime,
+}
+
+/// One wallet leg of a posted entry, as the grants need it.
+#[derive(Clone, Copy)]
+pub(super) struct WalletMove {
+    pub account_id: i64,
+    pub amount: Credits,
+    pub balance_after: Credits,
+    pub entry_id: i64,
+    pub at: NaiveDateTime,
+}
+
+fn range(account_id: i64) -> LedgerError {
+    LedgerError::OutOfRange { account_id }
+}
+
+fn invalid(message: String) -> LedgerError {
+    LedgerError::Database(diesel::result::Error::QueryBuilderError(message.into()))
+}
+
+/// Applies a wallet leg to the wallet's grants (its row is locked).
+pub(super) fn apply(conn: &mut DbConn, m: &WalletMove, grants: &Grants) -> Result<(), LedgerError> {
+    if m.amount.is_zero() {
+        return Ok(());
+    }
+    let before = m.balance_after.checked_sub(m.amount).ok_or_else(|| range(m.account_id))?;
+    if m.amount.is_positive() {
+        // A credit first covers what the wallet owed (a balance below zero).
+        let owed = before.min(Credits::ZERO).checked_neg().ok_or_else(|| range(m.account_id))?;
+        let covered = owed.min(m.amount);
+        return match grants {
+            Grants::Open(specs) => open(conn, m, specs, covered),
+            Grants::Hold(hold) => give_back(conn, m, covered, Source::Hold(hold)),
+            Grants::Undo(entry) => give_back(conn, m, covered, Source::Entry(*entry)),
+            other => Err(invalid(format!("a credit of wallet {} cannot be {other:?}", m.account_id))),
+        };
+    }
+    let amount = m.amount.checked_neg().ok_or_else(|| range(m.account_id))?;
+    // What the grants hold is the balance before (or nothing when below
+    // zero): a debit past it (a reversal) leaves the rest uncovered.
+    let covered = amount.min(before.max(Credits::ZERO));
+    match grants {
+        Grants::Draw { hold } => draw(conn, m, covered, &[], hold.as_deref(), false),
+        Grants::Hold(_) => draw(conn, m, covered, &[], None, false),
+        Grants::DrawFirst(first) => draw(conn, m, covered, first, None, false),
+        Grants::Expire(grant) => draw(conn, m, covered, &[(*grant, amount)], None, true),
+        other => Err(invalid(format!("a debit of wallet {} cannot be {other:?}", m.account_id))),
+    }
+}
+
+/// Opens the grants of a credit; the first `covered` credits pay what the
+/// wallet owed (a draw on the grants opened, in the drawdown order).
+fn open(conn: &mut DbConn, m: &WalletMove, specs: &[GrantSpec], covered: Credits) -> Result<(), LedgerError> {
+    let total = specs
+        .iter()
+        .try_fold(Credits::ZERO, |sum, s| sum.checked_add(s.amount))
+        .ok_or_else(|| range(m.account_id))?;
+    if total != m.amount || specs.iter().any(|s| !s.amount.is_positive()) {
+        return Err(invalid(format!("grants of {total} for a credit of {}", m.amount)));
+    }
+    for spec in specs {
+        let public_id = new_id("grt");
+        diesel::insert_into(credit_grants::table)
+            .values(NewGrantRow {
+                public_id: &public_id,
+                account_id: m.account_id,
+                category: spec.category,
+                amount: spec.amount,
+                remaining: spec.amount,
+                expires_at: spec.expires_at,
+                source: spec.source,
+                source_id: spec.source_id.as_deref(),
+                funded_by_account_id: spec.funded_by,
+                entry_id: Some(m.entry_id),
+                created_at: m.at,
+            })
+            .execute(conn)?;
+    }
+    if covered.is_positive() {
+        draw(conn, m, covered, &[], None, false)?;
+    }
+    Ok(())
+}
+
+/// The grants a draw takes from, in the drawdown order: promotional before
+/// paid, then the soonest `expires_at` (none last), then the oldest.
+macro_rules! draw_order {
+    () => {
+        (
+            // 'promotional' sorts after 'paid': descending puts it first.
+            credit_grants::category.desc(),
+            credit_grants::expires_at.is_null().asc(),
+            credit_grants::expires_at.asc(),
+            credit_grants::id.asc(),
+        )
+    };
+}
+
+/// The wallet's grants that can be spent at `at`, in the drawdown order.
+fn live(conn: &mut DbConn, account_id: i64, at: NaiveDateTime, limit: i64) -> QueryResult<Vec<(i64, Credits)>> {
+    credit_grants::table
+        .filter(credit_grants::account_id.eq(account_id))
+        .filter(credit_grants::remaining.gt(0i64))
+        .filter(credit_grants::expires_at.is_null().or(credit_grants::expires_at.gt(at)))
+        .order(draw_order!())
+        .select((credit_grants::id, credit_grants::remaining))
+        .limit(limit)
+        .load(conn)
+}
+
+/// What the wallet's grants hold that can be spent at `at` (expired
+/// remainders wait for the sweep and cannot).
+pub fn spendable(conn: &mut DbConn, account_id: i64, at: NaiveDateTime) -> QueryResult<Credits> {
+    let rows: Vec<Credits> = credit_grants::table
+        .filter(credit_grants::account_id.eq(account_id))
+        .filter(credit_grants::remaining.gt(0i64))
+        .filter(credit_grants::expires_at.is_null().or(credit_grants::expires_at.gt(at)))
+        .select(credit_grants::remaining)
+        .load(conn)?;
+    Ok(rows.into_iter().fold(Credits::ZERO, |sum, r| sum.checked_add(r).unwrap_or(Credits::MAX)))
+}
+
+/// Takes `take` from one grant (guarded: never below zero) and records it.
+fn take_from(
+    conn: &mut DbConn,
+    m: &WalletMove,
+    grant: i64,
+    take: Credits,
+    hold: Option<&str>,
+) -> Result<(), LedgerError> {
+    // SQL, not Rust: the guard keeps it at or above zero.
+    #[allow(clippy::arithmetic_side_effects)]
+    let after = credit_grants::remaining - take.micros();
+    let taken: Option<i64> = Prepared(
+        diesel::update(
+            credit_grants::table
+                .filter(credit_grants::id.eq(grant))
+                .filter(credit_grants::remaining.ge(take.micros())),
+        )
+        .set(credit_grants::remaining.eq(after))
+        .returning(credit_grants::id),
+    )
+    .get_result(conn)
+    .optional()?;
+    if taken.is_none() {
+        return Err(LedgerError::Insufficient { account_id: m.account_id });
+    }
+    record(conn, m, grant, take, hold)
+}
+
+fn record(conn: &mut DbConn, m: &WalletMove, grant: i64, amount: Credits, hold: Option<&str>) -> Result<(), LedgerError> {
+    diesel::insert_into(grant_draws::table)
+        .values(NewDraw { grant_id: grant, entry_id: m.entry_id, hold_id: hold, amount, created_at: m.at })
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Draws `amount`: up to the given amount from each of `first` (its
+/// grants of the wallet only), then from the live grants in the drawdown
+/// order. `exact`: only from `first` (an expiry). Too little in the grants
+/// that can be spent now is `Insufficient` (their credits expired).
+fn draw(
+    conn: &mut DbConn,
+    m: &WalletMove,
+    amount: Credits,
+    first: &[(i64, Credits)],
+    hold: Option<&str>,
+    exact: bool,
+) -> Result<(), LedgerError> {
+    let mut left = amount;
+    for &(grant, most) in first {
+        if !left.is_positive() {
+            break;
+        }
+        let remaining: Option<Credits> = credit_grants::table
+            .filter(credit_grants::id.eq(grant))
+            .filter(credit_grants::account_id.eq(m.account_id))
+            .select(credit_grants::remaining)
+            .first(conn)
+            .optional()?;
+        let take = left.min(most).min(remaining.unwrap_or(Credits::ZERO));
+        if take.is_positive() {
+            take_from(conn, m, grant, take, hold)?;
+            left = left.checked_sub(take).ok_or_else(|| range(m.account_id))?;
+        }
+    }
+    if exact {
+        return if left.is_zero() { Ok(()) } else { Err(LedgerError::Insufficient { account_id: m.account_id }) };
+    }
+    // Most debits fit in the first grant: read a few at a time.
+    while left.is_positive() {
+        let batch = live(conn, m.account_id, m.at, 4)?;
+        if batch.is_empty() {
+            return Err(LedgerError::Insufficient { account_id: m.account_id });
+        }
+        for (grant, remaining) in batch {
+            let take = left.min(remaining);
+            take_from(conn, m, grant, take, hold)?;
+            left = left.checked_sub(take).ok_or_else(|| range(m.account_id))?;
+            if left.is_zero() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a give-back returns credits to.
+enum Source<'a> {
+    /// What a hold still has drawn.
+    Hold(&'a str),
+    /// What an entry drew (none: nothing).
+    Entry(Option<i64>),
+}
+
+/// Gives `m.amount` back to the grants it was drawn from (the last draw
+/// first), less the `covered` part that pays what the wallet owed. A grant
+/// that expired meanwhile takes its credits back too: the next sweep
+/// expires them with it.
+fn give_back(conn: &mut DbConn, m: &WalletMove, covered: Credits, source: Source<'_>) -> Result<(), LedgerError> {
+    let mut left = m.amount.checked_sub(covered).ok_or_else(|| range(m.account_id))?;
+    if !left.is_positive() {
+        return Ok(());
+    }
+    let (drawn, hold): (Vec<(i64, Credits)>, Option<&str>) = match source {
+        Source::Hold(hold) => {
+            let rows: Vec<(i64, Credits)> = grant_draws::table
+                .filter(grant_draws::hold_id.eq(hold))
+                .order(grant_draws::id.desc())
+                .select((grant_draws::grant_id, grant_draws::amount))
+                .load(conn)?;
+            // What the hold still has drawn, per grant, the last drawn first.
+            let mut outstanding: Vec<(i64, Credits)> = Vec::new();
+            for (grant, amount) in rows {
+                match outstanding.iter_mut().find(|(g, _)| *g == grant) {
+                    Some((_, sum)) => *sum = sum.checked_add(amount).ok_or_else(|| range(m.account_id))?,
+                    None => outstanding.push((grant, amount)),
+                }
+            }
+            (outstanding, Some(hold))
+        }
+        Source::Entry(entry) => (
+            grant_draws::table
+                .filter(grant_draws::entry_id.nullable().eq(entry))
+                .order(grant_draws::id.desc())
+                .select((grant_draws::grant_id, grant_draws::amount))
+                .load(conn)?,
+            None,
+        ),
+    };
+    for (grant, outstanding) in drawn {
+        if !left.is_positive() {
+            break;
+        }
+        let back = left.min(outstanding);
+        if !back.is_positive() {
+            continue;
+        }
+        #[allow(clippy::arithmetic_side_effects)]
+        let after = credit_grants::remaining + back.micros();
+        let n = diesel::update(
+            credit_grants::table
+                .filter(credit_grants::id.eq(grant))
+                .filter(credit_grants::remaining.le(credit_grants::amount - back.micros())),
+        )
+        .set(credit_grants::remaining.eq(after))
+        .execute(conn)?;
+        if n == 0 {
+            return Err(invalid(format!("grant {grant} cannot take back {back}")));
+        }
+        record(conn, m, grant, back.checked_neg().ok_or_else(|| range(m.account_id))?, hold)?;
+        left = left.checked_sub(back).ok_or_else(|| range(m.account_id))?;
+    }
+    if left.is_positive() {
+        if matches!(source, Source::Hold(_)) {
+            return Err(invalid(format!("{left} credits have no grant to go back to")));
+        }
+        let spec = GrantSpec {
+            category: GrantCategory::Paid,
+            amount: left,
+            expires_at: None,
+            source: GrantSource::Returned,
+            source_id: None,
+            funded_by: None,
+        };
+        let m = WalletMove { amount: left, ..*m };
+        open(conn, &m, &[spec], Credits::ZERO)?;
+    }
+    Ok(())
+}
