@@ -147,13 +147,15 @@ pub fn parse_packs(text: &str) -> Result<Vec<CreditPack>, String> {
         };
         let mut prices = Vec::new();
         for (name, price) in p.validity.iter().flatten() {
-            let validity: Validity = name.parse().map_err(|e| format!("pack {}: {e} (30d, 90d or lifetime)", p.id))?;
+            let validity: Validity =
+                name.parse().map_err(|e| format!("pack {}: {e} (30d, 90d or lifetime)", p.id))?;
             let price = UsdCents::parse_positive(price)
                 .map_err(|e| format!("pack {}: validity {name} price {e}", p.id))?;
             prices.push((validity, price));
         }
         if prices.is_empty() {
-            let price_usd = p.price_usd.as_deref().ok_or_else(|| format!("pack {}: price_usd is missing", p.id))?;
+            let price_usd =
+                p.price_usd.as_deref().ok_or_else(|| format!("pack {}: price_usd is missing", p.id))?;
             let price =
                 UsdCents::parse_positive(price_usd).map_err(|e| format!("pack {}: price_usd {e}", p.id))?;
             prices.push((Validity::Lifetime, price));

@@ -12,7 +12,6 @@ use super::{
 use crate::auth::Operator;
 use crate::domain::text::checked_text;
 use crate::domain::{Credits, GrantCategory, UsdCents};
-use chrono::{DateTime, Utc};
 use crate::error::{ApiError, ErrorResponse};
 use crate::ledger::verify::{self, VerifyReport};
 use crate::services::adjustments::{self, Adjustment};
@@ -20,6 +19,7 @@ use crate::services::grants::{self, NewPromotion, PromotionalGrant};
 use crate::services::reports::{self, RevenueReport};
 use crate::services::topups::{self, TopUp, TopUpList, TopUpRefund};
 use crate::services::wallets::{self, AuditLog, Wallet};
+use chrono::{DateTime, Utc};
 
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(create_adjustment)

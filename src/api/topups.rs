@@ -8,11 +8,11 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{idempotency_request, run, run_idempotent, stored_response, AppState, JsonBody};
 use crate::auth::{AuthUser, Operator};
+use crate::domain::Validity;
 use crate::error::{ApiError, ErrorResponse};
 use crate::flows;
 use crate::services::stripe_events::EventOutcome;
 use crate::services::topups::{self, CreditPackList, TopUp, TopUpMethod};
-use crate::domain::Validity;
 
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(list_credit_packs)
@@ -95,17 +95,16 @@ pub async fn create_top_up(
     let caller = user.caller();
     let JsonBody { value, raw } = body;
     let request = idempotency_request(&state, &req, &caller, &raw)?;
-    let stored =
-        flows::topups::create_top_up(
-            &state,
-            request,
-            caller,
-            path.into_inner(),
-            value.pack_id,
-            value.validity,
-            value.method,
-        )
-            .await?;
+    let stored = flows::topups::create_top_up(
+        &state,
+        request,
+        caller,
+        path.into_inner(),
+        value.pack_id,
+        value.validity,
+        value.method,
+    )
+    .await?;
     Ok(stored_response(stored))
 }
 

@@ -11,8 +11,8 @@ use super::{double_option, parse_time, run, run_write, AppState, JsonBody};
 use crate::auth::AuthUser;
 use crate::domain::Credits;
 use crate::error::{ApiError, ErrorResponse};
-use crate::services::history::{HistoryQuery, TransactionList, DEFAULT_PAGE};
 use crate::services::grants::{self, GrantList};
+use crate::services::history::{HistoryQuery, TransactionList, DEFAULT_PAGE};
 use crate::services::wallets::{self, Wallet};
 
 pub fn configure(cfg: &mut ServiceConfig) {

@@ -207,7 +207,12 @@ macro_rules! draw_order {
 }
 
 /// The wallet's grants that can be spent at `at`, in the drawdown order.
-fn live(conn: &mut DbConn, account_id: i64, at: NaiveDateTime, limit: i64) -> QueryResult<Vec<(i64, Credits)>> {
+fn live(
+    conn: &mut DbConn,
+    account_id: i64,
+    at: NaiveDateTime,
+    limit: i64,
+) -> QueryResult<Vec<(i64, Credits)>> {
     credit_grants::table
         .filter(credit_grants::account_id.eq(account_id))
         .filter(credit_grants::remaining.gt(0i64))
@@ -258,7 +263,13 @@ fn take_from(
     record(conn, m, grant, take, hold)
 }
 
-fn record(conn: &mut DbConn, m: &WalletMove, grant: i64, amount: Credits, hold: Option<&str>) -> Result<(), LedgerError> {
+fn record(
+    conn: &mut DbConn,
+    m: &WalletMove,
+    grant: i64,
+    amount: Credits,
+    hold: Option<&str>,
+) -> Result<(), LedgerError> {
     diesel::insert_into(grant_draws::table)
         .values(NewDraw { grant_id: grant, entry_id: m.entry_id, hold_id: hold, amount, created_at: m.at })
         .execute(conn)?;
@@ -295,7 +306,11 @@ fn draw(
         }
     }
     if exact {
-        return if left.is_zero() { Ok(()) } else { Err(LedgerError::Insufficient { account_id: m.account_id }) };
+        return if left.is_zero() {
+            Ok(())
+        } else {
+            Err(LedgerError::Insufficient { account_id: m.account_id })
+        };
     }
     // Most debits fit in the first grant: read a few at a time.
     while left.is_positive() {
@@ -327,7 +342,12 @@ enum Source<'a> {
 /// first), less the `covered` part that pays what the wallet owed. A grant
 /// that expired meanwhile takes its credits back too: the next sweep
 /// expires them with it.
-fn give_back(conn: &mut DbConn, m: &WalletMove, covered: Credits, source: Source<'_>) -> Result<(), LedgerError> {
+fn give_back(
+    conn: &mut DbConn,
+    m: &WalletMove,
+    covered: Credits,
+    source: Source<'_>,
+) -> Result<(), LedgerError> {
     let mut left = m.amount.checked_sub(covered).ok_or_else(|| range(m.account_id))?;
     if !left.is_positive() {
         return Ok(());

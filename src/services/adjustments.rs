@@ -14,8 +14,8 @@ use crate::db::WriteTx;
 use crate::domain::ids::{entry_id, new_id, transaction_id};
 use crate::domain::text::checked_text;
 use crate::domain::{AccountKind, Credits, EntryKind};
-use crate::ledger::{self, AccountRef, GrantSpec, Grants, NewEntry, Overdraft};
 use crate::domain::{GrantCategory, GrantSource};
+use crate::ledger::{self, AccountRef, GrantSpec, Grants, NewEntry, Overdraft};
 
 /// A recorded adjustment.
 #[derive(Debug, Serialize, ToSchema)]

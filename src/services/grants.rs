@@ -284,7 +284,13 @@ pub fn expire_due(conn: &mut DbConn, ctx: &Ctx) -> ServiceResult<usize> {
     Ok(expired)
 }
 
-fn expire_one(tx: &mut WriteTx<'_>, ctx: &Ctx, grant: i64, wallet: i64, now: NaiveDateTime) -> ServiceResult<bool> {
+fn expire_one(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    grant: i64,
+    wallet: i64,
+    now: NaiveDateTime,
+) -> ServiceResult<bool> {
     db::locks::lock_balance(tx, wallet)?;
     let row: GrantRow = credit_grants::table.find(grant).select(GrantRow::as_select()).first(tx.conn())?;
     if !row.remaining.is_positive() || row.expires_at.is_none_or(|t| t > now) {
@@ -294,7 +300,8 @@ fn expire_one(tx: &mut WriteTx<'_>, ctx: &Ctx, grant: i64, wallet: i64, now: Nai
         (GrantCategory::Promotional, Some(funder)) => AccountRef { id: funder, kind: kind_of(tx, funder)? },
         _ => ctx.platform.breakage_revenue,
     };
-    let wallet_id: Option<String> = accounts::table.find(wallet).select(accounts::public_id).first(tx.conn())?;
+    let wallet_id: Option<String> =
+        accounts::table.find(wallet).select(accounts::public_id).first(tx.conn())?;
     let references = TransactionReferences { grant_id: Some(row.public_id.clone()), ..Default::default() };
     let remaining = row.remaining;
     ledger::post(

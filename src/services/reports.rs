@@ -204,12 +204,8 @@ pub fn revenue(
     .bind::<Timestamp, _>(to)
     .get_result(conn)?;
     let breakage = CreditTotal::from_micros(sums::join(b.total_hi, b.total_lo));
-    let breakage_usd = breakage
-        .to_decimal()
-        .and_then(|c| c.checked_mul(rate))
-        .ok_or_else(overflow)?
-        .normalize()
-        .to_string();
+    let breakage_usd =
+        breakage.to_decimal().and_then(|c| c.checked_mul(rate)).ok_or_else(overflow)?.normalize().to_string();
     Ok(RevenueReport {
         from: from.and_utc(),
         to: to.and_utc(),

@@ -28,12 +28,12 @@ use crate::db::{self, DbConn, WriteTx};
 use crate::domain::ids::new_id;
 pub use crate::domain::TopUpMethod;
 use crate::domain::{AccountKind, Credits, EntryKind, TopUpStatus, UsdCents, Validity};
-use crate::ledger::{self, AccountRef, GrantSpec, Grants, NewEntry, Overdraft};
 use crate::domain::{GrantCategory, GrantSource};
-use chrono::NaiveDateTime;
-use std::collections::BTreeMap;
+use crate::ledger::{self, AccountRef, GrantSpec, Grants, NewEntry, Overdraft};
 use crate::stripe::webhook::{Charge as StripeCharge, CheckoutSession, Dispute};
 use crate::stripe::{RefundRef, SessionRef, TopUpCheckout};
+use chrono::NaiveDateTime;
+use std::collections::BTreeMap;
 
 /// A credit pack on sale.
 #[derive(Debug, Serialize, ToSchema)]
@@ -331,7 +331,12 @@ fn credit(
     };
     let mut grants = vec![grant(GrantCategory::Paid, credits, GrantSource::TopUp, ctx.platform.cash)];
     if !bonus.is_zero() {
-        grants.push(grant(GrantCategory::Promotional, bonus, GrantSource::TopUpBonus, ctx.platform.bonus_expense));
+        grants.push(grant(
+            GrantCategory::Promotional,
+            bonus,
+            GrantSource::TopUpBonus,
+            ctx.platform.bonus_expense,
+        ));
     }
     let posted = ledger::post(
         tx,

@@ -9,6 +9,7 @@ mod charges;
 mod cli;
 mod exports;
 mod gate;
+mod grants;
 mod holds;
 mod idempotency;
 mod input;
