@@ -52,7 +52,11 @@ trap cleanup EXIT
 
 # Runs "$@" against a fresh server and fake Stripe, with the scenario's environment.
 scenario() {
-  local dir port stripe_url
+  local dir port stripe_url packs
+  # The default packs, the starter one also sold with 30-day credits.
+  packs='[{"id": "starter", "name": "Starter", "credits": "50", "validity": {"30d": "4", "lifetime": "5"}},
+    {"id": "standard", "name": "Standard", "credits": "150", "price_usd": "15"},
+    {"id": "pro", "name": "Pro", "credits": "500", "price_usd": "50"}]'
   dir=$(mktemp -d)
   dirs+=("$dir")
   port=$(free_port)
@@ -66,6 +70,7 @@ scenario() {
   export TALLY_JWT_SECRET=sdk-scenario-secret-0123456789
   (cd "$dir" && DATABASE_URL="sqlite://$dir/tally.db" TALLY_BIND="127.0.0.1:$port" RUST_LOG=warn \
     TALLY_EARNINGS_HOLD=1s TALLY_SETTLEMENT_SWEEP=200ms TALLY_MIN_WITHDRAWAL=10 \
+    TALLY_CREDIT_PACKS="$packs" \
     STRIPE_SECRET_KEY=sk_test_fake STRIPE_WEBHOOK_SECRET=whsec_test_0123456789abcdef \
     STRIPE_API_BASE="$stripe_url" exec "$tally" serve) >"$dir/server.log" 2>&1 &
   pids+=($!)

@@ -16,7 +16,7 @@ import time
 import urllib.request
 
 from tally_client import AuthenticatedClient
-from tally_client.api.admin import put_model, put_tool, create_plan_grant, settle_top_up, verify_ledger
+from tally_client.api.admin import create_grant, put_model, put_tool, create_plan_grant, settle_top_up, verify_ledger
 from tally_client.api.agents import create_agent
 from tally_client.api.charges import create_charge, get_quote
 from tally_client.api.earnings import get_earnings
@@ -25,23 +25,27 @@ from tally_client.api.organizations import create_org
 from tally_client.api.payouts import connect_payout_account, create_payout, get_payout_account
 from tally_client.api.people import get_me
 from tally_client.api.top_ups import create_top_up
-from tally_client.api.wallets import get_wallet, list_wallet_transactions
+from tally_client.api.wallets import get_wallet, list_wallet_grants, list_wallet_transactions
 from tally_client.models import (
     AgentVisibility,
     CaptureHoldRequest,
     CreateHoldRequest,
     CreateAgentRequest,
+    CreateGrantRequest,
     CreateOrgRequest,
     CreatePayoutRequest,
     CreatePlanGrantRequest,
     CreateTopUpRequest,
     ErrorResponse,
+    GrantCategory,
+    GrantSource,
     HoldEstimate,
     PutModelRequest,
     PutToolRequest,
     TopUpMethod,
     UsageInput,
     UsageInputToolCallsType0,
+    Validity,
 )
 
 URL = os.environ["TALLY_URL"]
@@ -248,6 +252,47 @@ check("wallet while held again", wallet_amounts(), ("117.7", "15.5", "102.2"))
 released = expect(release_hold.sync_detailed(second_hold.id, client=payer, idempotency_key="py-release-1"), 200)
 check("released hold", (released.status, released.amount, released.charge_id), ("released", "15.5", None))
 check("wallet after the release", wallet_amounts(), ("117.7", "0", "117.7"))
+
+# Credit grants: 50 credits valid 30 days ($4 by invoice), then 5
+# promotional credits from the operator. A message draws the promotional
+# credits first, then the 30-day ones (they expire before the lifetime ones).
+order = expect(
+    create_top_up.sync_detailed(
+        wallet_id,
+        client=payer,
+        body=CreateTopUpRequest(pack_id="starter", method=TopUpMethod.MANUAL, validity=Validity("30d")),
+        idempotency_key="py-top-up-2",
+    ),
+    201,
+)
+check("30-day order", (order.amount_usd, order.validity), ("4.00", Validity("30d")))
+paid = expect(settle_top_up.sync_detailed(order.id, client=admin, idempotency_key="py-settle-2"), 200)
+check("30-day credits expire 30 days after payment", (paid.credits_expire_at - paid.paid_at).days, 30)
+promo = expect(
+    create_grant.sync_detailed(
+        wallet_id,
+        client=admin,
+        body=CreateGrantRequest(amount="5", category=GrantCategory.PROMOTIONAL, reason="welcome"),
+        idempotency_key="py-grant-1",
+    ),
+    201,
+)
+check("promotional grant", (promo.grant.remaining, promo.balance_after), ("5", "172.7"))
+third = expect(create_charge.sync_detailed(agent.id, client=payer, idempotency_key="py-msg-3"), 201)
+check("charge drawn from grants", (third.total, third.balance_after), ("10.3", "162.4"))
+grants = expect(list_wallet_grants.sync_detailed(wallet_id, client=payer, active=False), 200)
+check(
+    "grants after the charge (newest first)",
+    [(g.source, g.category, g.amount, g.remaining) for g in grants.data],
+    [
+        (GrantSource.PROMOTION, GrantCategory.PROMOTIONAL, "5", "0"),
+        (GrantSource.TOP_UP, GrantCategory.PAID, "50", "44.7"),
+        (GrantSource.TOP_UP, GrantCategory.PAID, "150", "117.7"),
+    ],
+)
+w = expect(get_wallet.sync_detailed(wallet_id, client=payer), 200)
+check("wallet credits by category", (w.credits.paid, w.credits.promotional), ("162.4", "0"))
+check("soonest expiring credits", w.expiring_next.amount, "44.7")
 
 # The ledger holds together.
 report = expect(verify_ledger.sync_detailed(client=admin), 200)

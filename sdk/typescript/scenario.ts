@@ -245,6 +245,59 @@ const released = expect(
 check("released hold", [released.status, released.amount, released.charge_id ?? null], ["released", "15.5", null]);
 check("wallet after the release", await walletAmounts(), ["117.7", "0", "117.7"]);
 
+// Credit grants: 50 credits valid 30 days ($4 by invoice), then 5
+// promotional credits from the operator. A message draws the promotional
+// credits first, then the 30-day ones (they expire before the lifetime ones).
+const order30 = expect(
+  await payer.POST("/v1/wallets/{wallet_id}/top-ups", {
+    params: { path: { wallet_id: me.wallet_id }, header: { "Idempotency-Key": "ts-top-up-2" } },
+    body: { pack_id: "starter", method: "manual", validity: "30d" },
+  }),
+  201,
+);
+check("30-day order", [order30.amount_usd, order30.validity], ["4.00", "30d"]);
+const paid30 = expect(
+  await admin.POST("/v1/admin/top-ups/{top_up_id}/settle", {
+    params: { path: { top_up_id: order30.id }, header: { "Idempotency-Key": "ts-settle-2" } },
+  }),
+  200,
+);
+const days = (Date.parse(paid30.credits_expire_at ?? "") - Date.parse(paid30.paid_at ?? "")) / 86_400_000;
+check("30-day credits expire 30 days after payment", days, 30);
+const promo = expect(
+  await admin.POST("/v1/admin/wallets/{wallet_id}/grants", {
+    params: { path: { wallet_id: me.wallet_id }, header: { "Idempotency-Key": "ts-grant-1" } },
+    body: { amount: "5", category: "promotional", reason: "welcome" },
+  }),
+  201,
+);
+check("promotional grant", [promo.grant.remaining, promo.balance_after], ["5", "172.7"]);
+const third = expect(
+  await payer.POST("/v1/agents/{agent_id}/charges", {
+    params: { path: { agent_id: agent.id }, header: { "Idempotency-Key": "ts-msg-3" } },
+  }),
+  201,
+);
+check("charge drawn from grants", [third.total, third.balance_after], ["10.3", "162.4"]);
+const grants = expect(
+  await payer.GET("/v1/wallets/{wallet_id}/grants", {
+    params: { path: { wallet_id: me.wallet_id }, query: { active: false } },
+  }),
+  200,
+);
+check(
+  "grants after the charge (newest first)",
+  grants.data.map((g) => [g.source, g.category, g.amount, g.remaining]),
+  [
+    ["promotion", "promotional", "5", "0"],
+    ["top_up", "paid", "50", "44.7"],
+    ["top_up", "paid", "150", "117.7"],
+  ],
+);
+const w30 = expect(await payer.GET("/v1/wallets/{wallet_id}", wallet), 200);
+check("wallet credits by category", [w30.credits.paid, w30.credits.promotional], ["162.4", "0"]);
+check("soonest expiring credits", w30.expiring_next?.amount, "44.7");
+
 // The ledger holds together.
 const report = expect(await admin.GET("/v1/admin/ledger/verify"), 200);
 check("ledger verify", [report.ok, report.ledger_sum, report.breaches.length], [true, "0", 0]);

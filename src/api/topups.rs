@@ -100,9 +100,7 @@ pub async fn create_top_up(
         request,
         caller,
         path.into_inner(),
-        value.pack_id,
-        value.validity,
-        value.method,
+        topups::TopUpOrder { pack_id: value.pack_id, validity: value.validity, method: value.method },
     )
     .await?;
     Ok(stored_response(stored))

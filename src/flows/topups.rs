@@ -8,9 +8,9 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::{Claimed, Runtime};
-use crate::domain::{UsdCents, Validity};
+use crate::domain::UsdCents;
 use crate::services::idempotency::{IdempotentRequest, StoredResponse};
-use crate::services::topups::{self, TopUpMethod};
+use crate::services::topups::{self, TopUpMethod, TopUpOrder};
 use crate::services::{Caller, ErrorCode, ServiceError, ServiceResult};
 use crate::stripe::{RefundOrder, StripeCallError};
 
@@ -20,9 +20,7 @@ pub async fn create_top_up(
     request: IdempotentRequest,
     caller: Caller,
     wallet_id: String,
-    pack_id: String,
-    validity: Option<Validity>,
-    method: Option<TopUpMethod>,
+    order: TopUpOrder,
 ) -> ServiceResult<StoredResponse> {
     // 1. Claim the key.
     let claimed = match Claimed::claim(rt, request).await? {
@@ -31,11 +29,8 @@ pub async fn create_top_up(
     };
     // 2. The order (found again if this request ran before and died).
     let key = claimed.request_key();
-    let prepared = rt
-        .write(move |conn, ctx| {
-            topups::prepare_top_up(conn, ctx, &caller, &wallet_id, &pack_id, validity, method, &key)
-        })
-        .await;
+    let prepared =
+        rt.write(move |conn, ctx| topups::prepare_top_up(conn, ctx, &caller, &wallet_id, &order, &key)).await;
     let (claimed, order) = super::or_release(claimed, rt, prepared).await?;
     // 3. The Checkout Session, outside any transaction; the top-up id is
     // Stripe's idempotency key, so a retry gets the same session.

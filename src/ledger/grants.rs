@@ -386,12 +386,13 @@ fn give_back(
         if !back.is_positive() {
             continue;
         }
+        // SQL, not Rust: the guard keeps it at or below the grant's amount.
         #[allow(clippy::arithmetic_side_effects)]
-        let after = credit_grants::remaining + back.micros();
+        let (after, room) = (credit_grants::remaining + back.micros(), credit_grants::amount - back.micros());
         let n = diesel::update(
             credit_grants::table
                 .filter(credit_grants::id.eq(grant))
-                .filter(credit_grants::remaining.le(credit_grants::amount - back.micros())),
+                .filter(credit_grants::remaining.le(room)),
         )
         .set(credit_grants::remaining.eq(after))
         .execute(conn)?;

@@ -187,6 +187,16 @@ fn load(conn: &mut DbConn, id: &str) -> ServiceResult<TopUpRow> {
         .ok_or(ServiceError::NotFound("top-up"))
 }
 
+/// What a top-up buys and how it is paid.
+#[derive(Debug, Clone)]
+pub struct TopUpOrder {
+    pub pack_id: String,
+    /// The pack's default validity when `None`.
+    pub validity: Option<Validity>,
+    /// Stripe when configured, else manual, when `None`.
+    pub method: Option<TopUpMethod>,
+}
+
 /// First step of `POST /v1/wallets/{id}/top-ups`: the order of this request
 /// (created, or found again when the request is retried after a crash).
 pub fn prepare_top_up(
@@ -194,11 +204,11 @@ pub fn prepare_top_up(
     ctx: &Ctx,
     caller: &Caller,
     wallet_id: &str,
-    pack_id: &str,
-    validity: Option<Validity>,
-    method: Option<TopUpMethod>,
+    order: &TopUpOrder,
     request: &RequestKey,
 ) -> ServiceResult<TopUpRow> {
+    let TopUpOrder { pack_id, validity, method } = order;
+    let (validity, method) = (*validity, *method);
     let pack = find_pack(ctx, pack_id)?.clone();
     let validity = validity.unwrap_or_else(|| pack.default_validity());
     let price = pack.price_of(validity).ok_or_else(|| {
