@@ -15,6 +15,7 @@ use crate::domain::{Credits, GrantCategory, UsdCents};
 use crate::error::{ApiError, ErrorResponse};
 use crate::ledger::verify::{self, VerifyReport};
 use crate::services::adjustments::{self, Adjustment};
+use crate::services::charge_refunds::{self, ChargeRefund, RefundRequest};
 use crate::services::grants::{self, NewPromotion, PromotionalGrant};
 use crate::services::reports::{self, RevenueReport};
 use crate::services::topups::{self, TopUp, TopUpList, TopUpRefund};
@@ -24,6 +25,7 @@ use chrono::{DateTime, Utc};
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(create_adjustment)
         .service(create_grant)
+        .service(refund_charge)
         .service(freeze_wallet)
         .service(unfreeze_wallet)
         .service(get_audit_log)
@@ -154,6 +156,71 @@ pub async fn create_grant(
     };
     run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {
         grants::create_promotion(tx, ctx, &op, &wallet_id, &input, key)
+    })
+    .await
+}
+
+/// A refund of (part of) a charge.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundChargeRequest {
+    /// Credits to give back, more than zero (at most 6 decimal places);
+    /// absent = all that is left of the charge. A free message is refunded
+    /// whole.
+    #[schema(value_type = Option<String>, example = "0.5", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
+    pub amount: Option<Credits>,
+    /// Why (1 to 500 characters); kept with the entry.
+    #[schema(
+        max_length = 500,
+        pattern = r"^[^\u0000-\u0008\u000b-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f\u00ad\u034f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff][^\u0000-\u0008\u000b-\u001f\u007f-\u009f]*$"
+    )]
+    pub reason: String,
+}
+
+/// Refund a charge
+///
+/// Gives credits of a charge back to the wallet that paid (onto the grants
+/// the charge drew from) and takes each part back from where it went: the
+/// infra and metered parts from infra revenue, the platform's share from
+/// marketplace revenue, and the creator's share from its pending earnings
+/// while the charge's earnings are pending, else from its available
+/// earnings if they cover it, else the platform bears it
+/// (`refund_expense`). Partial refunds are allowed; their total never
+/// passes the charge. A free message is refunded whole and the free
+/// message given back. Requires `Idempotency-Key`.
+#[utoipa::path(
+    tag = "admin",
+    params(
+        ("charge_id" = String, Path, description = "The charge's `chg_` id"),
+        ("Idempotency-Key" = String, Header, pattern = r"^[!-~]{1,255}$", description = "Unique per intended refund; a retry with the same key and body replays the first response"),
+    ),
+    request_body = RefundChargeRequest,
+    responses(
+        (status = 201, description = "The refund and where its parts came from", body = ChargeRefund),
+        (status = 400, description = "Malformed JSON or missing Idempotency-Key", body = ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 403, description = "Not an operator", body = ErrorResponse),
+        (status = 404, description = "No such charge", body = ErrorResponse),
+        (status = 409, description = "`charge_not_refundable` (a free message refunded already, or a capture its wallet could not fully pay), or a request with this key is in flight", body = ErrorResponse),
+        (status = 422, description = "Invalid amount or reason, `refund_exceeds_charge`, or the key was used with another body", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/admin/charges/{charge_id}/refund")]
+pub async fn refund_charge(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    operator: Operator,
+    path: web::Path<String>,
+    body: JsonBody<RefundChargeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = operator.0.caller();
+    let charge_id = path.into_inner();
+    let JsonBody { value, raw } = body;
+    let op = caller.clone();
+    let input = RefundRequest { amount: value.amount, reason: value.reason };
+    run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {
+        charge_refunds::refund_charge(tx, ctx, &op, &charge_id, &input, key)
     })
     .await
 }

@@ -172,6 +172,24 @@ diesel::table! {
 }
 
 diesel::table! {
+    charge_refunds (id) {
+        id -> Text,
+        charge_id -> Text,
+        amount -> BigInt,
+        infra -> BigInt,
+        platform_share -> BigInt,
+        creator_from_pending -> BigInt,
+        creator_from_available -> BigInt,
+        creator_borne_by_platform -> BigInt,
+        free_message_returned -> Bool,
+        entry_id -> Nullable<BigInt>,
+        reason -> Text,
+        operator_id -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     holds (id) {
         id -> Text,
         agent_id -> Text,
@@ -406,4 +424,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     subscription_checkouts,
     credit_grants,
     grant_draws,
+    charge_refunds,
 );

@@ -60,10 +60,13 @@ pub enum AccountKind {
     BreakageRevenue,
     /// What operators' promotional grants cost the platform.
     PromotionalExpense,
+    /// Creators' shares of refunded charges the platform bore (their
+    /// earnings no longer covered them).
+    RefundExpense,
 }
 
 impl AccountKind {
-    pub const ALL: [AccountKind; 15] = [
+    pub const ALL: [AccountKind; 16] = [
         AccountKind::Wallet,
         AccountKind::EarningsPending,
         AccountKind::EarningsAvailable,
@@ -79,6 +82,7 @@ impl AccountKind {
         AccountKind::UncollectedExpense,
         AccountKind::BreakageRevenue,
         AccountKind::PromotionalExpense,
+        AccountKind::RefundExpense,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +102,7 @@ impl AccountKind {
             AccountKind::UncollectedExpense => "uncollected_expense",
             AccountKind::BreakageRevenue => "breakage_revenue",
             AccountKind::PromotionalExpense => "promotional_expense",
+            AccountKind::RefundExpense => "refund_expense",
         }
     }
 
@@ -175,10 +180,12 @@ pub enum EntryKind {
     Grant,
     /// The unspent remainder of an expired grant leaving the wallet.
     Expiry,
+    /// An operator's refund of (part of) a charge.
+    ChargeRefund,
 }
 
 impl EntryKind {
-    pub const ALL: [EntryKind; 15] = [
+    pub const ALL: [EntryKind; 16] = [
         EntryKind::Adjustment,
         EntryKind::Charge,
         EntryKind::FreeMessage,
@@ -194,6 +201,7 @@ impl EntryKind {
         EntryKind::HoldRelease,
         EntryKind::Grant,
         EntryKind::Expiry,
+        EntryKind::ChargeRefund,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -213,6 +221,7 @@ impl EntryKind {
             EntryKind::HoldRelease => "hold_release",
             EntryKind::Grant => "grant",
             EntryKind::Expiry => "expiry",
+            EntryKind::ChargeRefund => "charge_refund",
         }
     }
 }

@@ -52,6 +52,11 @@ pub enum Grants {
     /// first): a dispute won. What no draw can take back opens a lifetime
     /// paid grant (`returned`).
     Undo(Option<i64>),
+    /// A credit refunds (part of) a charge: back to the grants the charge
+    /// drew from (its entries' draws, and its hold's), the last draw first;
+    /// what a grant that has expired since cannot take opens a new grant
+    /// that expires with the latest of the grants the charge drew from.
+    Refund { entries: Vec<i64>, hold: Option<String> },
 }
 
 /// A grant a credit opens.
@@ -142,6 +147,9 @@ pub(super) fn apply(conn: &mut DbConn, m: &WalletMove, grants: &Grants) -> Resul
             Grants::Open(specs) => open(conn, m, specs, covered),
             Grants::Hold(hold) => give_back(conn, m, covered, Source::Hold(hold)),
             Grants::Undo(entry) => give_back(conn, m, covered, Source::Entry(*entry)),
+            Grants::Refund { entries, hold } => {
+                give_back(conn, m, covered, Source::Charge { entries, hold: hold.as_deref() })
+            }
             other => Err(invalid(format!("a credit of wallet {} cannot be {other:?}", m.account_id))),
         };
     }
@@ -330,12 +338,108 @@ fn draw(
     Ok(())
 }
 
+/// Gives `amount` back to the grants a charge drew (`drawn`, net, the last
+/// first); the part whose grant has expired opens a grant per category
+/// that expires with the latest of the grants the charge drew from (never,
+/// if one of them never expires).
+fn refund_to(
+    conn: &mut DbConn,
+    m: &WalletMove,
+    amount: Credits,
+    drawn: Vec<(i64, Credits)>,
+) -> Result<(), LedgerError> {
+    let ids: Vec<i64> = drawn.iter().map(|(g, _)| *g).collect();
+    let grants: Vec<GrantRow> = credit_grants::table
+        .filter(credit_grants::id.eq_any(&ids))
+        .select(GrantRow::as_select())
+        .load(conn)?;
+    let latest = if grants.iter().any(|g| g.expires_at.is_none()) {
+        None
+    } else {
+        grants.iter().filter_map(|g| g.expires_at).max()
+    };
+    let mut left = amount;
+    let mut lapsed: Vec<GrantSpec> = Vec::new();
+    for (grant, outstanding) in drawn {
+        let back = left.min(outstanding);
+        if !back.is_positive() {
+            continue;
+        }
+        let row =
+            grants.iter().find(|g| g.id == grant).ok_or_else(|| invalid(format!("grant {grant} is gone")))?;
+        if row.expires_at.is_some_and(|t| t <= m.at) {
+            match lapsed.iter_mut().find(|s| s.category == row.category) {
+                Some(s) => s.amount = s.amount.checked_add(back).ok_or_else(|| range(m.account_id))?,
+                None => lapsed.push(GrantSpec {
+                    category: row.category,
+                    amount: back,
+                    expires_at: latest,
+                    source: GrantSource::Returned,
+                    source_id: row.source_id.clone(),
+                    funded_by: row.funded_by_account_id,
+                }),
+            }
+        } else {
+            put_back(conn, m, grant, back, None)?;
+        }
+        left = left.checked_sub(back).ok_or_else(|| range(m.account_id))?;
+    }
+    if left.is_positive() {
+        return Err(invalid(format!("{left} refunded credits were not drawn by the charge")));
+    }
+    if !lapsed.is_empty() {
+        let total = lapsed
+            .iter()
+            .try_fold(Credits::ZERO, |sum, s| sum.checked_add(s.amount))
+            .ok_or_else(|| range(m.account_id))?;
+        open(conn, &WalletMove { amount: total, ..*m }, &lapsed, Credits::ZERO)?;
+    }
+    Ok(())
+}
+
+/// Adds `back` to a grant (guarded: never above its amount) and records it.
+fn put_back(
+    conn: &mut DbConn,
+    m: &WalletMove,
+    grant: i64,
+    back: Credits,
+    hold: Option<&str>,
+) -> Result<(), LedgerError> {
+    // SQL, not Rust: the guard keeps it at or below the grant's amount.
+    #[allow(clippy::arithmetic_side_effects)]
+    let (after, room) = (credit_grants::remaining + back.micros(), credit_grants::amount - back.micros());
+    let n = diesel::update(
+        credit_grants::table.filter(credit_grants::id.eq(grant)).filter(credit_grants::remaining.le(room)),
+    )
+    .set(credit_grants::remaining.eq(after))
+    .execute(conn)?;
+    if n == 0 {
+        return Err(invalid(format!("grant {grant} cannot take back {back}")));
+    }
+    record(conn, m, grant, back.checked_neg().ok_or_else(|| range(m.account_id))?, hold)
+}
+
 /// What a give-back returns credits to.
 enum Source<'a> {
     /// What a hold still has drawn.
     Hold(&'a str),
     /// What an entry drew (none: nothing).
     Entry(Option<i64>),
+    /// What a charge still has drawn: its entries' draws and its hold's.
+    Charge { entries: &'a [i64], hold: Option<&'a str> },
+}
+
+/// Nets draws (grant, amount; the last first) per grant, keeping the order
+/// of each grant's last draw.
+fn net_per_grant(rows: Vec<(i64, Credits)>, account_id: i64) -> Result<Vec<(i64, Credits)>, LedgerError> {
+    let mut outstanding: Vec<(i64, Credits)> = Vec::new();
+    for (grant, amount) in rows {
+        match outstanding.iter_mut().find(|(g, _)| *g == grant) {
+            Some((_, sum)) => *sum = sum.checked_add(amount).ok_or_else(|| range(account_id))?,
+            None => outstanding.push((grant, amount)),
+        }
+    }
+    Ok(outstanding)
 }
 
 /// Gives `m.amount` back to the grants it was drawn from (the last draw
@@ -360,14 +464,15 @@ fn give_back(
                 .select((grant_draws::grant_id, grant_draws::amount))
                 .load(conn)?;
             // What the hold still has drawn, per grant, the last drawn first.
-            let mut outstanding: Vec<(i64, Credits)> = Vec::new();
-            for (grant, amount) in rows {
-                match outstanding.iter_mut().find(|(g, _)| *g == grant) {
-                    Some((_, sum)) => *sum = sum.checked_add(amount).ok_or_else(|| range(m.account_id))?,
-                    None => outstanding.push((grant, amount)),
-                }
-            }
-            (outstanding, Some(hold))
+            (net_per_grant(rows, m.account_id)?, Some(hold))
+        }
+        Source::Charge { entries, hold } => {
+            let rows: Vec<(i64, Credits)> = grant_draws::table
+                .filter(grant_draws::entry_id.eq_any(entries).or(grant_draws::hold_id.nullable().eq(hold)))
+                .order(grant_draws::id.desc())
+                .select((grant_draws::grant_id, grant_draws::amount))
+                .load(conn)?;
+            return refund_to(conn, m, left, net_per_grant(rows, m.account_id)?);
         }
         Source::Entry(entry) => (
             grant_draws::table
@@ -386,20 +491,7 @@ fn give_back(
         if !back.is_positive() {
             continue;
         }
-        // SQL, not Rust: the guard keeps it at or below the grant's amount.
-        #[allow(clippy::arithmetic_side_effects)]
-        let (after, room) = (credit_grants::remaining + back.micros(), credit_grants::amount - back.micros());
-        let n = diesel::update(
-            credit_grants::table
-                .filter(credit_grants::id.eq(grant))
-                .filter(credit_grants::remaining.le(room)),
-        )
-        .set(credit_grants::remaining.eq(after))
-        .execute(conn)?;
-        if n == 0 {
-            return Err(invalid(format!("grant {grant} cannot take back {back}")));
-        }
-        record(conn, m, grant, back.checked_neg().ok_or_else(|| range(m.account_id))?, hold)?;
+        put_back(conn, m, grant, back, hold)?;
         left = left.checked_sub(back).ok_or_else(|| range(m.account_id))?;
     }
     if left.is_positive() {

@@ -370,6 +370,7 @@ pub struct PlatformAccounts {
     pub uncollected_expense: AccountRef,
     pub breakage_revenue: AccountRef,
     pub promotional_expense: AccountRef,
+    pub refund_expense: AccountRef,
 }
 
 impl PlatformAccounts {
@@ -386,6 +387,7 @@ impl PlatformAccounts {
             uncollected_expense: get(AccountKind::UncollectedExpense)?,
             breakage_revenue: get(AccountKind::BreakageRevenue)?,
             promotional_expense: get(AccountKind::PromotionalExpense)?,
+            refund_expense: get(AccountKind::RefundExpense)?,
         })
     }
 }

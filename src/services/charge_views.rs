@@ -11,7 +11,7 @@ use diesel::prelude::*;
 use super::charges::{Charge, PriceParts};
 use super::orgs::role_in;
 use super::{agents, Caller, Ctx, ServiceError, ServiceResult};
-use crate::db::schema::{accounts, charges, postings};
+use crate::db::schema::{accounts, charge_refunds, charges, postings};
 use crate::db::{counters, DbConn};
 use crate::domain::ids::transaction_id;
 use crate::domain::usage::Usage;
@@ -176,6 +176,14 @@ pub fn get_charge(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, charge_id: &str
     let usage = row.usage()?;
     let price = row.price();
     let tool_prices = row.tool_prices()?;
+    let refunds: Vec<Credits> = charge_refunds::table
+        .filter(charge_refunds::charge_id.eq(&row.id))
+        .select(charge_refunds::amount)
+        .load(conn)?;
+    let refunded = refunds
+        .into_iter()
+        .try_fold(Credits::ZERO, |a, b| a.checked_add(b))
+        .ok_or_else(ServiceError::out_of_range)?;
     Ok(Charge {
         id: row.id,
         agent_id: row.agent_id,
@@ -200,5 +208,6 @@ pub fn get_charge(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, charge_id: &str
         held: row.held,
         uncollected: row.uncollected,
         hold_id: row.hold_id,
+        refunded,
     })
 }

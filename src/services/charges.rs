@@ -117,6 +117,10 @@ pub struct Charge {
     pub uncollected: Credits,
     /// The hold the charge was captured from (null unless).
     pub hold_id: Option<String>,
+    /// Credits refunded of it by operators so far (`POST
+    /// /v1/admin/charges/{id}/refund`); 0 when it is made.
+    #[schema(value_type = String, example = "0")]
+    pub refunded: Credits,
 }
 
 /// What the wallet paid for a message, part by part. The seven
@@ -769,6 +773,7 @@ pub(super) fn charge_message(
         held: captured.as_ref().map_or(Credits::ZERO, |c| c.held),
         uncollected: captured.as_ref().map_or(Credits::ZERO, |c| c.uncollected),
         hold_id: hold.map(|h| h.id.clone()),
+        refunded: Credits::ZERO,
     };
     let headers = vec![
         ("X-Balance-Remaining".to_string(), balance_after.to_string()),

@@ -94,6 +94,11 @@ pub enum ErrorCode {
     ServiceUnavailable,
     /// The hold was already captured, released or has expired (409).
     HoldNotOpen,
+    /// A charge refund beyond what is left of the charge to refund (422).
+    RefundExceedsCharge,
+    /// The charge cannot be refunded (409): a free message refunded
+    /// already, or a capture its wallet could not fully pay.
+    ChargeNotRefundable,
     /// A fault of tally's, logged with the request id (500).
     InternalError,
 }
@@ -142,6 +147,8 @@ impl ErrorCode {
             ErrorCode::PaymentProviderUnavailable => "payment_provider_unavailable",
             ErrorCode::ServiceUnavailable => "service_unavailable",
             ErrorCode::HoldNotOpen => "hold_not_open",
+            ErrorCode::RefundExceedsCharge => "refund_exceeds_charge",
+            ErrorCode::ChargeNotRefundable => "charge_not_refundable",
             ErrorCode::InternalError => "internal_error",
         }
     }

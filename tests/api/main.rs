@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod charge_refunds;
 mod charge_views;
 mod charges;
 mod cli;
