@@ -18,6 +18,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("TALLY_JWT_PUBLIC_KEY", None),
     ("TALLY_JWT_ISSUER", None),
     ("TALLY_JWT_AUDIENCE", None),
+    ("TALLY_API_KEY_MODE", Some("live")),
     ("TALLY_CREDIT_USD", Some("0.10")),
     ("TALLY_MARKETPLACE_SHARE", Some("0.30")),
     ("TALLY_EARNINGS_HOLD", Some("24h")),
@@ -188,6 +189,8 @@ pub struct Settings {
     /// `STRIPE_CONNECT_WEBHOOK_SECRET`: the signing secret of the Connect
     /// endpoint (events about connected accounts).
     pub stripe_connect_webhook_secret: Option<String>,
+    /// `TALLY_API_KEY_MODE=test`: new API keys start `tk_test_` (else `tk_live_`).
+    pub api_key_test_mode: bool,
 }
 
 impl Settings {
@@ -236,6 +239,11 @@ impl Settings {
             connect_refresh_url,
         } = raw.stripe();
         let Plans { plans, pro_price_id, past_due_grace } = raw.plans()?;
+        let api_key_test_mode = match raw.text("TALLY_API_KEY_MODE").as_str() {
+            "live" => false,
+            "test" => true,
+            other => return Err(bad("TALLY_API_KEY_MODE", format!("'{other}' is not live or test"))),
+        };
 
         Ok(Settings {
             database,
@@ -266,6 +274,7 @@ impl Settings {
             stripe,
             stripe_webhook_secret,
             stripe_connect_webhook_secret,
+            api_key_test_mode,
         })
     }
 

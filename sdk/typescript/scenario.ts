@@ -245,6 +245,34 @@ const released = expect(
 check("released hold", [released.status, released.amount, released.charge_id ?? null], ["released", "15.5", null]);
 check("wallet after the release", await walletAmounts(), ["117.7", "0", "117.7"]);
 
+// An API key for the payer's server: a daily limit of 25 credits (two
+// messages of 10.3), used as the bearer token of its own client.
+const made = expect(await payer.POST("/v1/api-keys", { body: { name: "ts server", daily_limit: "25" } }), 201);
+check("key", [made.secret.startsWith("tk_live_"), made.prefix, made.wallet_id], [true, made.secret.slice(0, 16), me.wallet_id]);
+const keyed = createClient<paths>({ baseUrl, headers: { Authorization: `Bearer ${made.secret}` } });
+check("the key acts as the payer", expect(await keyed.GET("/v1/me"), 200).id, me.id);
+for (const [n, remaining, balance] of [[1, "14.7", "107.4"], [2, "4.4", "97.1"]] as const) {
+  const sent = await keyed.POST("/v1/agents/{agent_id}/charges", {
+    params: { path: { agent_id: agent.id }, header: { "Idempotency-Key": `ts-key-msg-${n}` } },
+  });
+  check(`charge ${n} with the key`, expect(sent, 201).balance_after, balance);
+  check(`key remaining after charge ${n}`, sent.response.headers.get("X-Key-Daily-Remaining"), remaining);
+}
+const refused = await keyed.POST("/v1/agents/{agent_id}/charges", {
+  params: { path: { agent_id: agent.id }, header: { "Idempotency-Key": "ts-key-msg-3" } },
+});
+check(
+  "third charge passes the key's limit",
+  [refused.response.status, refused.error?.error.type, refused.error?.error.api_key_id],
+  [429, "spend_limit_exceeded", made.id],
+);
+const key = expect(await payer.GET("/v1/api-keys/{key_id}", { params: { path: { key_id: made.id } } }), 200);
+check("key cap state", [key.spent_today, key.daily_remaining], ["20.6", "4.4"]);
+expect(await payer.DELETE("/v1/api-keys/{key_id}", { params: { path: { key_id: made.id } } }), 200);
+const gone = await keyed.GET("/v1/me");
+check("revoked key", [gone.response.status, gone.error?.error.type], [401, "api_key_revoked"]);
+check("wallet after the key's charges", await walletAmounts(), ["97.1", "0", "97.1"]);
+
 // The ledger holds together.
 const report = expect(await admin.GET("/v1/admin/ledger/verify"), 200);
 check("ledger verify", [report.ok, report.ledger_sum, report.breaches.length], [true, "0", 0]);

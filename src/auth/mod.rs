@@ -5,5 +5,5 @@
 mod extract;
 mod jwt;
 
-pub use extract::{AuthUser, Operator};
+pub use extract::{ApiKeyUsed, AuthUser, KeyAllowed, Operator};
 pub use jwt::{mint_token, Claims, JwtVerifier, TokenError, MAX_LEEWAY_SECS};

@@ -94,6 +94,13 @@ pub enum ErrorCode {
     ServiceUnavailable,
     /// The hold was already captured, released or has expired (409).
     HoldNotOpen,
+    /// An API key was used on an endpoint keys may not use, or on another
+    /// wallet than its own (403).
+    ApiKeyNotAllowed,
+    /// The API key was revoked (401).
+    ApiKeyRevoked,
+    /// The API key has expired (401).
+    ApiKeyExpired,
     /// A fault of tally's, logged with the request id (500).
     InternalError,
 }
@@ -142,6 +149,9 @@ impl ErrorCode {
             ErrorCode::PaymentProviderUnavailable => "payment_provider_unavailable",
             ErrorCode::ServiceUnavailable => "service_unavailable",
             ErrorCode::HoldNotOpen => "hold_not_open",
+            ErrorCode::ApiKeyNotAllowed => "api_key_not_allowed",
+            ErrorCode::ApiKeyRevoked => "api_key_revoked",
+            ErrorCode::ApiKeyExpired => "api_key_expired",
             ErrorCode::InternalError => "internal_error",
         }
     }
@@ -175,6 +185,10 @@ pub enum ServiceError {
     WalletFrozen { wallet_id: String },
     #[error("{message}")]
     SpendLimitExceeded { message: String, retry_after_secs: u64 },
+    /// An API key's daily limit would be passed (429 `spend_limit_exceeded`,
+    /// naming the key).
+    #[error("{message}")]
+    KeyLimitExceeded { key_id: String, message: String, retry_after_secs: u64 },
     /// Too much of one kind of work is running; retry after a while (429).
     #[error("{message}")]
     Busy { kind: ErrorCode, message: String, retry_after_secs: u64 },

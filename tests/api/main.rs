@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod api_keys;
 mod auth;
 mod charge_views;
 mod charges;
