@@ -50,7 +50,7 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
-                    .description(Some("A JWT whose `sub` is the person's id"))
+                    .description(Some("A JWT whose `sub` (or TALLY_JWT_SUBJECT_CLAIM) is the person's id"))
                     .build(),
             ),
         );

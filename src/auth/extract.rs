@@ -94,15 +94,16 @@ fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::unauthorized("the Authorization header must be 'Bearer <token>'"))
 }
 
-fn authenticate_jwt(req: &HttpRequest, token: &str) -> Result<AuthUser, ApiError> {
+async fn authenticate_jwt(req: &HttpRequest, token: &str) -> Result<AuthUser, ApiError> {
     let verifier = req
         .app_data::<web::Data<JwtVerifier>>()
-        .ok_or_else(|| ApiError::internal("JWT verifier not configured"))?;
-    let claims = verifier.verify(token).map_err(|e| {
+        .ok_or_else(|| ApiError::internal("JWT verifier not configured"))?
+        .clone();
+    let identity = verifier.verify(token).await.map_err(|e| {
         tracing::info!(reason = %e, "token refused");
         ApiError::unauthorized("invalid or expired token")
     })?;
-    Ok(AuthUser { id: claims.sub, roles: claims.roles, api_key: None })
+    Ok(AuthUser { id: identity.sub, roles: identity.roles, api_key: None })
 }
 
 /// The key a `tk_` secret names: 401 unless it is known, not revoked and
@@ -145,7 +146,7 @@ async fn authenticate_key(req: &HttpRequest, secret: String) -> Result<AuthUser,
 async fn authenticate(req: HttpRequest, allow_key: bool) -> Result<AuthUser, ApiError> {
     let token = bearer(&req)?;
     if !api_keys::is_api_key(&token) {
-        return authenticate_jwt(&req, &token);
+        return authenticate_jwt(&req, &token).await;
     }
     let user = authenticate_key(&req, token).await?;
     if !allow_key {

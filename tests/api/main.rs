@@ -13,6 +13,7 @@ mod gate;
 mod holds;
 mod idempotency;
 mod input;
+mod jwks;
 mod ledger;
 mod metered;
 mod metrics;
