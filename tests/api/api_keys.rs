@@ -94,6 +94,11 @@ async fn keys_are_made_used_listed_changed_and_revoked(app: TestApp) {
     assert_eq!((k["spent_today"].as_str(), k["daily_remaining"].as_str()), (Some("1.3"), Some("8.7")));
     assert!(k["last_used_at"].is_string(), "{k}");
     assert!(k.get("secret").is_none() && k.get("secret_hash").is_none(), "{k}");
+    // Marked used at most once a minute: more uses leave it as it is.
+    let (s, _) = app.get("/v1/me", &sk).await;
+    assert_eq!(s, 200);
+    let (_, again) = app.get(&format!("/v1/api-keys/{key_id}"), &alice).await;
+    assert_eq!(again["last_used_at"], k["last_used_at"]);
 
     // Two more keys; the list pages newest first, and holds no one else's.
     let k2 = make_key(&app, &alice, json!({"name": "second"})).await;
