@@ -18,6 +18,10 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("TALLY_JWT_PUBLIC_KEY", None),
     ("TALLY_JWT_ISSUER", None),
     ("TALLY_JWT_AUDIENCE", None),
+    ("TALLY_JWT_JWKS_URL", None),
+    ("TALLY_JWT_SUBJECT_CLAIM", Some("sub")),
+    ("TALLY_JWT_ROLES_CLAIM", Some("roles")),
+    ("TALLY_API_KEY_MODE", Some("live")),
     ("TALLY_CREDIT_USD", Some("0.10")),
     ("TALLY_MARKETPLACE_SHARE", Some("0.30")),
     ("TALLY_EARNINGS_HOLD", Some("24h")),
@@ -53,14 +57,35 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
 pub struct ConfigError(pub String);
 
 /// How JWTs are verified.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct JwtSettings {
     /// HS256 shared secret.
     pub secret: Option<String>,
     /// PEM text of an RS256 or ES256 public key.
     pub public_key_pem: Option<String>,
+    /// An identity provider's JWKS URL: its public keys, by `kid`.
+    pub jwks_url: Option<String>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
+    /// The claim that carries the person's id (`sub`).
+    pub subject_claim: String,
+    /// The claim that carries the roles (`roles`); a dotted path
+    /// (`realm_access.roles`) when no claim has that exact name.
+    pub roles_claim: String,
+}
+
+impl Default for JwtSettings {
+    fn default() -> Self {
+        JwtSettings {
+            secret: None,
+            public_key_pem: None,
+            jwks_url: None,
+            issuer: None,
+            audience: None,
+            subject_claim: "sub".into(),
+            roles_claim: "roles".into(),
+        }
+    }
 }
 
 /// A credit pack on sale.
@@ -232,6 +257,8 @@ pub struct Settings {
     /// `STRIPE_CONNECT_WEBHOOK_SECRET`: the signing secret of the Connect
     /// endpoint (events about connected accounts).
     pub stripe_connect_webhook_secret: Option<String>,
+    /// `TALLY_API_KEY_MODE=test`: new API keys start `tk_test_` (else `tk_live_`).
+    pub api_key_test_mode: bool,
 }
 
 impl Settings {
@@ -280,6 +307,11 @@ impl Settings {
             connect_refresh_url,
         } = raw.stripe();
         let Plans { plans, pro_price_id, past_due_grace } = raw.plans()?;
+        let api_key_test_mode = match raw.text("TALLY_API_KEY_MODE").as_str() {
+            "live" => false,
+            "test" => true,
+            other => return Err(bad("TALLY_API_KEY_MODE", format!("'{other}' is not live or test"))),
+        };
 
         Ok(Settings {
             database,
@@ -310,6 +342,7 @@ impl Settings {
             stripe,
             stripe_webhook_secret,
             stripe_connect_webhook_secret,
+            api_key_test_mode,
         })
     }
 
@@ -341,9 +374,11 @@ impl Settings {
 
     /// The server verifies tokens, so it needs a secret or a public key.
     pub fn require_jwt(&self) -> Result<(), ConfigError> {
-        if self.jwt.secret.is_none() && self.jwt.public_key_pem.is_none() {
+        let jwt = &self.jwt;
+        if jwt.secret.is_none() && jwt.public_key_pem.is_none() && jwt.jwks_url.is_none() {
             return Err(ConfigError(
-                "TALLY_JWT_SECRET is not set (or set TALLY_JWT_PUBLIC_KEY to a PEM file)".into(),
+                "TALLY_JWT_SECRET is not set (or set TALLY_JWT_PUBLIC_KEY to a PEM file, or TALLY_JWT_JWKS_URL)"
+                    .into(),
             ));
         }
         Ok(())
@@ -514,11 +549,20 @@ impl<'a> Raw<'a> {
             ),
             None => None,
         };
+        let jwks_url = self.get("TALLY_JWT_JWKS_URL");
+        if let Some(url) = &jwks_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(bad("TALLY_JWT_JWKS_URL", format!("'{url}' is not an http(s) URL")));
+            }
+        }
         Ok(JwtSettings {
             secret: self.get("TALLY_JWT_SECRET"),
             public_key_pem,
+            jwks_url,
             issuer: self.get("TALLY_JWT_ISSUER"),
             audience: self.get("TALLY_JWT_AUDIENCE"),
+            subject_claim: self.text("TALLY_JWT_SUBJECT_CLAIM"),
+            roles_claim: self.text("TALLY_JWT_ROLES_CLAIM"),
         })
     }
 
@@ -652,6 +696,25 @@ mod tests {
         assert_eq!(s.marketplace_share.to_string(), "0.30");
         assert!(s.stripe.is_none());
         assert!(s.require_jwt().unwrap_err().0.contains("TALLY_JWT_SECRET"));
+    }
+
+    #[test]
+    fn a_jwks_url_is_enough_and_the_claims_default_to_sub_and_roles() {
+        let s =
+            Settings::from_values(&values(&[("TALLY_JWT_JWKS_URL", "https://idp.test/jwks.json")])).unwrap();
+        assert!(s.require_jwt().is_ok());
+        assert_eq!((s.jwt.subject_claim.as_str(), s.jwt.roles_claim.as_str()), ("sub", "roles"));
+        assert!(crate::auth::JwtVerifier::new(&s.jwt).is_ok());
+        let both = Settings::from_values(&values(&[
+            ("TALLY_JWT_JWKS_URL", "https://idp.test/jwks.json"),
+            ("TALLY_JWT_SECRET", "a-secret-of-some-length"),
+        ]))
+        .unwrap();
+        assert!(crate::auth::JwtVerifier::new(&both.jwt).is_err_and(|e| e.0.contains("only one")));
+        let err = Settings::from_values(&values(&[("TALLY_JWT_JWKS_URL", "file:///etc/keys")])).unwrap_err();
+        assert!(err.0.contains("TALLY_JWT_JWKS_URL"), "{}", err.0);
+        let s = Settings::from_values(&values(&[("TALLY_JWT_ROLES_CLAIM", "realm_access.roles")])).unwrap();
+        assert_eq!(s.jwt.roles_claim, "realm_access.roles");
     }
 
     #[test]

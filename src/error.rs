@@ -43,6 +43,9 @@ pub struct ErrorBody {
     /// The wallet concerned, for wallet errors.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wallet_id: Option<String>,
+    /// The API key concerned, when its daily limit refused the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_id: Option<String>,
 }
 
 #[derive(Debug)]
@@ -51,6 +54,7 @@ pub struct ApiError {
     kind: ErrorCode,
     message: String,
     wallet_id: Option<String>,
+    api_key_id: Option<String>,
     retry_after: Option<u64>,
     /// Logged for 5xx, never sent.
     cause: Option<String>,
@@ -58,7 +62,15 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, kind: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { status, kind, message: message.into(), wallet_id: None, retry_after: None, cause: None }
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            wallet_id: None,
+            api_key_id: None,
+            retry_after: None,
+            cause: None,
+        }
     }
 
     pub fn bad_request(kind: ErrorCode, message: impl Into<String>) -> Self {
@@ -140,6 +152,7 @@ impl ResponseError for ApiError {
                 message: self.message.clone(),
                 request_id,
                 wallet_id: self.wallet_id.clone(),
+                api_key_id: self.api_key_id.clone(),
             },
         };
         let mut res = HttpResponse::build(self.status);
@@ -179,6 +192,11 @@ impl From<ServiceError> for ApiError {
             },
             S::SpendLimitExceeded { message, retry_after_secs } => ApiError {
                 retry_after: Some(retry_after_secs),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::SpendLimitExceeded, message)
+            },
+            S::KeyLimitExceeded { key_id, message, retry_after_secs } => ApiError {
+                retry_after: Some(retry_after_secs),
+                api_key_id: Some(key_id),
                 ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::SpendLimitExceeded, message)
             },
             S::Busy { kind, message, retry_after_secs } => ApiError {

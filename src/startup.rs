@@ -228,9 +228,14 @@ pub fn build_app(
                         if let Ok(v) = HeaderValue::from_str(&id) {
                             res.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
                         }
+                        // The API key's id, never its secret.
+                        let api_key = actix_web::HttpMessage::extensions(res.request())
+                            .get::<crate::auth::ApiKeyUsed>()
+                            .map(|k| k.0.clone());
                         tracing::info!(
                             status = res.status().as_u16(),
                             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                            api_key = api_key.as_deref(),
                             "served"
                         );
                         Ok(res)

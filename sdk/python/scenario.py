@@ -18,6 +18,7 @@ import urllib.request
 from tally_client import AuthenticatedClient
 from tally_client.api.admin import create_grant, put_model, put_tool, create_plan_grant, settle_top_up, verify_ledger
 from tally_client.api.agents import create_agent
+from tally_client.api.api_keys import create_api_key, get_api_key, revoke_api_key
 from tally_client.api.charges import create_charge, get_quote
 from tally_client.api.earnings import get_earnings
 from tally_client.api.holds import capture_hold, create_hold, get_hold, release_hold
@@ -29,6 +30,7 @@ from tally_client.api.wallets import get_wallet, list_wallet_grants, list_wallet
 from tally_client.models import (
     AgentVisibility,
     CaptureHoldRequest,
+    CreateApiKeyRequest,
     CreateHoldRequest,
     CreateAgentRequest,
     CreateGrantRequest,
@@ -253,6 +255,31 @@ released = expect(release_hold.sync_detailed(second_hold.id, client=payer, idemp
 check("released hold", (released.status, released.amount, released.charge_id), ("released", "15.5", None))
 check("wallet after the release", wallet_amounts(), ("117.7", "0", "117.7"))
 
+# An API key for the payer's server: a daily limit of 25 credits (two
+# messages of 10.3), used as the bearer token of its own client.
+made = expect(
+    create_api_key.sync_detailed(client=payer, body=CreateApiKeyRequest(name="py server", daily_limit="25")), 201
+)
+check("key", (made.secret.startswith("tk_live_"), made.prefix, made.wallet_id), (True, made.secret[:16], wallet_id))
+keyed = AuthenticatedClient(base_url=URL, token=made.secret, raise_on_unexpected_status=True)
+check("the key acts as the payer", expect(get_me.sync_detailed(client=keyed), 200).id, me.id)
+for n, (remaining, balance) in enumerate([("14.7", "107.4"), ("4.4", "97.1")], start=1):
+    sent = create_charge.sync_detailed(agent.id, client=keyed, idempotency_key=f"py-key-msg-{n}")
+    check(f"charge {n} with the key", expect(sent, 201).balance_after, balance)
+    check(f"key remaining after charge {n}", sent.headers.get("X-Key-Daily-Remaining"), remaining)
+refused = create_charge.sync_detailed(agent.id, client=keyed, idempotency_key="py-key-msg-3")
+check(
+    "third charge passes the key's limit",
+    (refused.status_code, refused.parsed.error.type_, refused.parsed.error.api_key_id),
+    (429, "spend_limit_exceeded", made.id),
+)
+key = expect(get_api_key.sync_detailed(made.id, client=payer), 200)
+check("key cap state", (key.spent_today, key.daily_remaining), ("20.6", "4.4"))
+expect(revoke_api_key.sync_detailed(made.id, client=payer), 200)
+gone = get_me.sync_detailed(client=keyed)
+check("revoked key", (gone.status_code, gone.parsed.error.type_), (401, "api_key_revoked"))
+check("wallet after the key's charges", wallet_amounts(), ("97.1", "0", "97.1"))
+
 # Credit grants: 50 credits valid 30 days ($4 by invoice), then 5
 # promotional credits from the operator. A message draws the promotional
 # credits first, then the 30-day ones (they expire before the lifetime ones).
@@ -277,9 +304,9 @@ promo = expect(
     ),
     201,
 )
-check("promotional grant", (promo.grant.remaining, promo.balance_after), ("5", "172.7"))
+check("promotional grant", (promo.grant.remaining, promo.balance_after), ("5", "152.1"))
 third = expect(create_charge.sync_detailed(agent.id, client=payer, idempotency_key="py-msg-3"), 201)
-check("charge drawn from grants", (third.total, third.balance_after), ("10.3", "162.4"))
+check("charge drawn from grants", (third.total, third.balance_after), ("10.3", "141.8"))
 grants = expect(list_wallet_grants.sync_detailed(wallet_id, client=payer, active=False), 200)
 check(
     "grants after the charge (newest first)",
@@ -287,11 +314,11 @@ check(
     [
         (GrantSource.PROMOTION, GrantCategory.PROMOTIONAL, "5", "0"),
         (GrantSource.TOP_UP, GrantCategory.PAID, "50", "44.7"),
-        (GrantSource.TOP_UP, GrantCategory.PAID, "150", "117.7"),
+        (GrantSource.TOP_UP, GrantCategory.PAID, "150", "97.1"),
     ],
 )
 w = expect(get_wallet.sync_detailed(wallet_id, client=payer), 200)
-check("wallet credits by category", (w.credits.paid, w.credits.promotional), ("162.4", "0"))
+check("wallet credits by category", (w.credits.paid, w.credits.promotional), ("141.8", "0"))
 check("soonest expiring credits", w.expiring_next.amount, "44.7")
 
 # The ledger holds together.

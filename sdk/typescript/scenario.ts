@@ -245,6 +245,34 @@ const released = expect(
 check("released hold", [released.status, released.amount, released.charge_id ?? null], ["released", "15.5", null]);
 check("wallet after the release", await walletAmounts(), ["117.7", "0", "117.7"]);
 
+// An API key for the payer's server: a daily limit of 25 credits (two
+// messages of 10.3), used as the bearer token of its own client.
+const made = expect(await payer.POST("/v1/api-keys", { body: { name: "ts server", daily_limit: "25" } }), 201);
+check("key", [made.secret.startsWith("tk_live_"), made.prefix, made.wallet_id], [true, made.secret.slice(0, 16), me.wallet_id]);
+const keyed = createClient<paths>({ baseUrl, headers: { Authorization: `Bearer ${made.secret}` } });
+check("the key acts as the payer", expect(await keyed.GET("/v1/me"), 200).id, me.id);
+for (const [n, remaining, balance] of [[1, "14.7", "107.4"], [2, "4.4", "97.1"]] as const) {
+  const sent = await keyed.POST("/v1/agents/{agent_id}/charges", {
+    params: { path: { agent_id: agent.id }, header: { "Idempotency-Key": `ts-key-msg-${n}` } },
+  });
+  check(`charge ${n} with the key`, expect(sent, 201).balance_after, balance);
+  check(`key remaining after charge ${n}`, sent.response.headers.get("X-Key-Daily-Remaining"), remaining);
+}
+const refused = await keyed.POST("/v1/agents/{agent_id}/charges", {
+  params: { path: { agent_id: agent.id }, header: { "Idempotency-Key": "ts-key-msg-3" } },
+});
+check(
+  "third charge passes the key's limit",
+  [refused.response.status, refused.error?.error.type, refused.error?.error.api_key_id],
+  [429, "spend_limit_exceeded", made.id],
+);
+const key = expect(await payer.GET("/v1/api-keys/{key_id}", { params: { path: { key_id: made.id } } }), 200);
+check("key cap state", [key.spent_today, key.daily_remaining], ["20.6", "4.4"]);
+expect(await payer.DELETE("/v1/api-keys/{key_id}", { params: { path: { key_id: made.id } } }), 200);
+const gone = await keyed.GET("/v1/me");
+check("revoked key", [gone.response.status, gone.error?.error.type], [401, "api_key_revoked"]);
+check("wallet after the key's charges", await walletAmounts(), ["97.1", "0", "97.1"]);
+
 // Credit grants: 50 credits valid 30 days ($4 by invoice), then 5
 // promotional credits from the operator. A message draws the promotional
 // credits first, then the 30-day ones (they expire before the lifetime ones).
@@ -271,14 +299,14 @@ const promo = expect(
   }),
   201,
 );
-check("promotional grant", [promo.grant.remaining, promo.balance_after], ["5", "172.7"]);
+check("promotional grant", [promo.grant.remaining, promo.balance_after], ["5", "152.1"]);
 const third = expect(
   await payer.POST("/v1/agents/{agent_id}/charges", {
     params: { path: { agent_id: agent.id }, header: { "Idempotency-Key": "ts-msg-3" } },
   }),
   201,
 );
-check("charge drawn from grants", [third.total, third.balance_after], ["10.3", "162.4"]);
+check("charge drawn from grants", [third.total, third.balance_after], ["10.3", "141.8"]);
 const grants = expect(
   await payer.GET("/v1/wallets/{wallet_id}/grants", {
     params: { path: { wallet_id: me.wallet_id }, query: { active: false } },
@@ -291,11 +319,11 @@ check(
   [
     ["promotion", "promotional", "5", "0"],
     ["top_up", "paid", "50", "44.7"],
-    ["top_up", "paid", "150", "117.7"],
+    ["top_up", "paid", "150", "97.1"],
   ],
 );
 const w30 = expect(await payer.GET("/v1/wallets/{wallet_id}", wallet), 200);
-check("wallet credits by category", [w30.credits.paid, w30.credits.promotional], ["162.4", "0"]);
+check("wallet credits by category", [w30.credits.paid, w30.credits.promotional], ["141.8", "0"]);
 check("soonest expiring credits", w30.expiring_next?.amount, "44.7");
 
 // The ledger holds together.

@@ -7,11 +7,12 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{run, run_idempotent, run_write, AppState, JsonBody};
-use crate::auth::AuthUser;
+use crate::auth::{AuthUser, KeyAllowed};
 use crate::domain::usage::{Usage, UsageInput};
 use crate::domain::Credits;
 use crate::error::{ApiError, ErrorResponse};
 use crate::services::agents::{self, Agent, AgentCardList, AgentPatch, NewAgentInput, Visibility};
+use crate::services::api_keys;
 use crate::services::charges::{self, Charge, Quote, UsageQuote};
 use crate::services::ServiceError;
 
@@ -215,15 +216,15 @@ pub async fn list_marketplace_agents(
         (status = 200, description = "The agent", body = Agent),
         (status = 404, description = "No such agent, or a private agent of another organization", body = ErrorResponse),
     ),
-    security((), ("bearer" = []))
+    security((), ("bearer" = []), ("api_key" = []))
 )]
 #[get("/v1/agents/{agent_id}")]
 pub async fn get_agent(
     state: web::Data<AppState>,
-    user: Option<AuthUser>,
+    user: Option<KeyAllowed>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = user.map(|u| u.caller());
+    let caller = user.map(|KeyAllowed(u)| u.caller());
     let agent_id = path.into_inner();
     let agent = run(&state, move |conn, _| agents::get_agent(conn, caller.as_ref(), &agent_id)).await?;
     Ok(HttpResponse::Ok().json(agent))
@@ -283,17 +284,17 @@ pub async fn update_agent(
         (status = 401, description = "Missing or invalid token", body = ErrorResponse),
         (status = 404, description = "No such agent or organization (or not visible to the caller)", body = ErrorResponse),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("api_key" = []))
 )]
 #[get("/v1/agents/{agent_id}/quote")]
 pub async fn get_quote(
     state: web::Data<AppState>,
-    user: AuthUser,
+    KeyAllowed(user): KeyAllowed,
     path: web::Path<String>,
     query: web::Query<QuoteQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let agent_id = path.into_inner();
-    let org_id = query.into_inner().org_id;
+    let org_id = user.payer_org(query.into_inner().org_id)?;
     let quote =
         run(&state, move |conn, ctx| charges::quote(conn, ctx, &user.id, &agent_id, org_id.as_deref()))
             .await?;
@@ -318,20 +319,22 @@ pub async fn get_quote(
         (status = 404, description = "No such agent or organization (or not visible to the caller)", body = ErrorResponse),
         (status = 422, description = "Invalid body; `invalid_usage`, `unknown_tool` or `model_not_metered`", body = ErrorResponse),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("api_key" = []))
 )]
 #[post("/v1/agents/{agent_id}/quote")]
 pub async fn create_quote(
     state: web::Data<AppState>,
-    user: AuthUser,
+    KeyAllowed(user): KeyAllowed,
     path: web::Path<String>,
     body: JsonBody<CreateQuoteRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let agent_id = path.into_inner();
     let req = body.value;
+    let org_id = user.payer_org(req.org_id)?;
     let usage = parse_usage(req.usage.as_ref())?.unwrap_or_default();
     let quote = run(&state, move |conn, ctx| {
-        charges::quote_usage(conn, ctx, &user.id, &agent_id, req.org_id.as_deref(), usage)
+        let quote = charges::quote_usage(conn, ctx, &user.id, &agent_id, org_id.as_deref(), usage)?;
+        api_keys::check_quote(conn, user.api_key.as_ref(), quote)
     })
     .await?;
     Ok(HttpResponse::Ok().json(quote))
@@ -371,13 +374,13 @@ pub async fn create_quote(
         (status = 429, description = "A spend limit would be passed; see Retry-After", body = ErrorResponse,
             headers(("Retry-After" = String, description = "Seconds until the limit's period ends"))),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("api_key" = []))
 )]
 #[post("/v1/agents/{agent_id}/charges")]
 pub async fn create_charge(
     state: web::Data<AppState>,
     req: HttpRequest,
-    user: AuthUser,
+    KeyAllowed(user): KeyAllowed,
     path: web::Path<String>,
     body: JsonBody<CreateChargeRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -385,10 +388,14 @@ pub async fn create_charge(
     let agent_id = path.into_inner();
     let JsonBody { value, raw } = body;
     let person = charges::charged_person(&caller, value.user_id.as_deref())?;
+    let org_id = user.payer_org(value.org_id)?;
     let usage = parse_usage(value.usage.as_ref())?;
     let started = std::time::Instant::now();
+    let api_key = user.api_key;
     let result = run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {
-        charges::create_charge_with(tx, ctx, &person, &agent_id, value.org_id.as_deref(), usage.as_ref(), key)
+        let charge =
+            charges::create_charge_with(tx, ctx, &person, &agent_id, org_id.as_deref(), usage.as_ref(), key)?;
+        api_keys::after_charge(tx, api_key.as_ref(), charge)
     })
     .await;
     let outcome = match &result {

@@ -4,7 +4,7 @@ use actix_web::{get, web, HttpResponse};
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{run, AppState};
-use crate::auth::AuthUser;
+use crate::auth::KeyAllowed;
 use crate::error::{ApiError, ErrorResponse};
 use crate::services::charge_views;
 use crate::services::charges::Charge;
@@ -31,16 +31,20 @@ pub fn configure(cfg: &mut ServiceConfig) {
         (status = 401, description = "Missing or invalid token", body = ErrorResponse),
         (status = 404, description = "No such charge, or not visible to the caller", body = ErrorResponse),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("api_key" = []))
 )]
 #[get("/v1/charges/{charge_id}")]
 pub async fn get_charge(
     state: web::Data<AppState>,
-    user: AuthUser,
+    KeyAllowed(user): KeyAllowed,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
     let id = path.into_inner();
     let charge = run(&state, move |conn, ctx| charge_views::get_charge(conn, ctx, &caller, &id)).await?;
+    // With an API key, only the charges its wallet paid.
+    if user.api_key.as_ref().is_some_and(|k| k.wallet_id != charge.wallet_id) {
+        return Err(ApiError::not_found("charge not found"));
+    }
     Ok(HttpResponse::Ok().json(charge))
 }

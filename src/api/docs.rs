@@ -28,6 +28,7 @@ use crate::error::{ErrorBody, ErrorResponse};
         (name = "agents", description = "Agents and the marketplace"),
         (name = "charges", description = "Quotes and message charges"),
         (name = "holds", description = "Credits reserved before a message's work, captured or released after it"),
+        (name = "api-keys", description = "API keys for servers and SDKs: bound to a wallet, with a daily limit and expiry"),
         (name = "earnings", description = "Creator earnings"),
         (name = "top-ups", description = "Credit packs and top-ups"),
         (name = "payouts", description = "Creator payouts through Stripe Connect"),
@@ -49,7 +50,20 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
-                    .description(Some("A JWT whose `sub` is the person's id"))
+                    .description(Some("A JWT whose `sub` (or TALLY_JWT_SUBJECT_CLAIM) is the person's id"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("tk_live_... / tk_test_...")
+                    .description(Some(
+                        "An API key made with POST /v1/api-keys, sent as `Authorization: Bearer tk_...`: \
+                         it acts as the person who made it, on the operations that list this scheme",
+                    ))
                     .build(),
             ),
         );

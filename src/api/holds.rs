@@ -7,10 +7,11 @@ use utoipa::ToSchema;
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{run, run_idempotent, AppState, JsonBody};
-use crate::auth::AuthUser;
+use crate::auth::KeyAllowed;
 use crate::domain::usage::{Usage, UsageInput};
 use crate::domain::Credits;
 use crate::error::{ApiError, ErrorResponse};
+use crate::services::api_keys;
 use crate::services::charges::{self, Charge};
 use crate::services::holds::{self, Estimate, Hold, NewHold};
 use crate::services::ServiceError;
@@ -96,13 +97,13 @@ pub struct CreateHoldRequest {
         (status = 429, description = "A spend limit would be passed; see Retry-After", body = ErrorResponse,
             headers(("Retry-After" = String, description = "Seconds until the limit's period ends"))),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("api_key" = []))
 )]
 #[post("/v1/agents/{agent_id}/holds")]
 pub async fn create_hold(
     state: web::Data<AppState>,
     req: HttpRequest,
-    user: AuthUser,
+    KeyAllowed(user): KeyAllowed,
     path: web::Path<String>,
     body: JsonBody<CreateHoldRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -111,12 +112,14 @@ pub async fn create_hold(
     let input = NewHold {
         agent_id: path.into_inner(),
         user_id: charges::charged_person(&caller, value.user_id.as_deref())?,
-        org_id: value.org_id,
+        org_id: user.payer_org(value.org_id)?,
         estimate: value.estimate.read()?,
         expires_in: value.expires_in,
     };
+    let api_key = user.api_key;
     run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {
-        holds::create_hold(tx, ctx, &input, key)
+        let hold = holds::create_hold(tx, ctx, &input, key)?;
+        api_keys::after_hold(tx, api_key.as_ref(), hold)
     })
     .await
 }
@@ -133,17 +136,21 @@ pub async fn create_hold(
         (status = 401, description = "Missing or invalid token", body = ErrorResponse),
         (status = 404, description = "No such hold, or not visible to the caller", body = ErrorResponse),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("api_key" = []))
 )]
 #[get("/v1/holds/{hold_id}")]
 pub async fn get_hold(
     state: web::Data<AppState>,
-    user: AuthUser,
+    KeyAllowed(user): KeyAllowed,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
     let id = path.into_inner();
-    let hold = run(&state, move |conn, _| holds::get_hold(conn, &caller, &id)).await?;
+    let hold = run(&state, move |conn, _| {
+        api_keys::check_hold(conn, user.api_key.as_ref(), &id)?;
+        holds::get_hold(conn, &caller, &id)
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(hold))
 }
 
@@ -177,13 +184,13 @@ pub async fn get_hold(
         (status = 409, description = "`hold_not_open`: already captured, released or expired; or a request with this key is in flight", body = ErrorResponse),
         (status = 422, description = "`invalid_usage`, `unknown_tool`, `model_not_metered`, or the key was used with another body", body = ErrorResponse),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("api_key" = []))
 )]
 #[post("/v1/holds/{hold_id}/capture")]
 pub async fn capture_hold(
     state: web::Data<AppState>,
     req: HttpRequest,
-    user: AuthUser,
+    KeyAllowed(user): KeyAllowed,
     path: web::Path<String>,
     body: JsonBody<CaptureHoldRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -192,8 +199,11 @@ pub async fn capture_hold(
     let JsonBody { value, raw } = body;
     let usage = value.usage.as_ref().map(Usage::parse).transpose().map_err(ServiceError::invalid_usage)?;
     let who = caller.clone();
+    let api_key = user.api_key;
     run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {
-        holds::capture_hold(tx, ctx, &who, &id, usage.as_ref(), key)
+        api_keys::check_hold(tx, api_key.as_ref(), &id)?;
+        let charge = holds::capture_hold(tx, ctx, &who, &id, usage.as_ref(), key)?;
+        api_keys::after_capture(tx, api_key.as_ref(), &id, charge)
     })
     .await
 }
@@ -219,25 +229,29 @@ pub async fn capture_hold(
         (status = 409, description = "`hold_not_open`: already captured, released or expired; or a request with this key is in flight", body = ErrorResponse),
         (status = 422, description = "The key was used with another request", body = ErrorResponse),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("api_key" = []))
 )]
 #[post("/v1/holds/{hold_id}/release")]
 pub async fn release_hold(
     state: web::Data<AppState>,
     req: HttpRequest,
-    user: AuthUser,
+    KeyAllowed(user): KeyAllowed,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
     let id = path.into_inner();
     let who = caller.clone();
+    let api_key = user.api_key;
     run_idempotent(
         &state,
         &req,
         &caller,
         &serde_json::json!({ "release": id }),
         StatusCode::OK,
-        move |tx, _, _| holds::release_hold(tx, &who, &id),
+        move |tx, _, _| {
+            api_keys::check_hold(tx, api_key.as_ref(), &id)?;
+            holds::release_hold(tx, &who, &id)
+        },
     )
     .await
 }

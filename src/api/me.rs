@@ -4,7 +4,7 @@ use actix_web::{get, web, HttpResponse};
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{run, AppState};
-use crate::auth::AuthUser;
+use crate::auth::KeyAllowed;
 use crate::error::{ApiError, ErrorResponse};
 use crate::services::people::{self, Me};
 
@@ -22,10 +22,13 @@ pub fn configure(cfg: &mut ServiceConfig) {
         (status = 200, description = "The person", body = Me),
         (status = 401, description = "Missing or invalid token", body = ErrorResponse),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("api_key" = []))
 )]
 #[get("/v1/me")]
-pub async fn get_me(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, ApiError> {
+pub async fn get_me(
+    state: web::Data<AppState>,
+    KeyAllowed(user): KeyAllowed,
+) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
     let roles = user.roles.clone();
     let me = run(&state, move |conn, ctx| people::get_me(conn, ctx, &caller, roles)).await?;

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod api_keys;
 pub mod charges;
 pub mod docs;
 pub mod earnings;
@@ -47,6 +48,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
     tools::configure(cfg);
     agents::configure(cfg);
     charges::configure(cfg);
+    api_keys::configure(cfg);
     holds::configure(cfg);
     earnings::configure(cfg);
     topups::configure(cfg);

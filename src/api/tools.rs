@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{run, run_write, AppState, JsonBody};
-use crate::auth::{AuthUser, Operator};
+use crate::auth::{KeyAllowed, Operator};
 use crate::domain::Credits;
 use crate::error::{ApiError, ErrorResponse};
 use crate::services::tools::{self, Tool, ToolList};
@@ -33,10 +33,10 @@ pub struct PutToolRequest {
         (status = 200, description = "The tools' price list", body = ToolList),
         (status = 401, description = "Missing or invalid token", body = ErrorResponse),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("api_key" = []))
 )]
 #[get("/v1/tools")]
-pub async fn list_tools(state: web::Data<AppState>, _user: AuthUser) -> Result<HttpResponse, ApiError> {
+pub async fn list_tools(state: web::Data<AppState>, _user: KeyAllowed) -> Result<HttpResponse, ApiError> {
     let list = run(&state, |conn, _| tools::list_tools(conn)).await?;
     Ok(HttpResponse::Ok().json(list))
 }

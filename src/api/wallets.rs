@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{double_option, parse_time, run, run_write, AppState, JsonBody};
-use crate::auth::AuthUser;
+use crate::auth::{AuthUser, KeyAllowed};
 use crate::domain::Credits;
 use crate::error::{ApiError, ErrorResponse};
 use crate::services::grants::{self, GrantList};
@@ -176,16 +176,17 @@ pub async fn list_wallet_grants(
         (status = 401, description = "Missing or invalid token", body = ErrorResponse),
         (status = 404, description = "No such wallet, or not the caller's", body = ErrorResponse),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("api_key" = []))
 )]
 #[get("/v1/wallets/{wallet_id}")]
 pub async fn get_wallet(
     state: web::Data<AppState>,
-    user: AuthUser,
+    KeyAllowed(user): KeyAllowed,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
     let wallet_id = path.into_inner();
+    user.check_wallet(&wallet_id)?;
     let wallet = run(&state, move |conn, ctx| wallets::get_wallet(conn, ctx, &caller, &wallet_id)).await?;
     Ok(HttpResponse::Ok().json(wallet))
 }
@@ -238,17 +239,18 @@ pub async fn update_wallet(
         (status = 404, description = "No such wallet, or not the caller's", body = ErrorResponse),
         (status = 422, description = "Invalid filter or cursor", body = ErrorResponse),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("api_key" = []))
 )]
 #[get("/v1/wallets/{wallet_id}/transactions")]
 pub async fn list_wallet_transactions(
     state: web::Data<AppState>,
-    user: AuthUser,
+    KeyAllowed(user): KeyAllowed,
     path: web::Path<String>,
     query: web::Query<TransactionsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
     let wallet_id = path.into_inner();
+    user.check_wallet(&wallet_id)?;
     let q = query.to_history()?;
     let list = run(&state, move |conn, _| wallets::list_transactions(conn, &caller, &wallet_id, &q)).await?;
     Ok(HttpResponse::Ok().json(list))
@@ -275,17 +277,18 @@ pub async fn list_wallet_transactions(
             body = ErrorResponse,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("api_key" = []))
 )]
 #[get("/v1/wallets/{wallet_id}/transactions/export")]
 pub async fn export_wallet_transactions(
     state: web::Data<AppState>,
-    user: AuthUser,
+    KeyAllowed(user): KeyAllowed,
     path: web::Path<String>,
     query: web::Query<ExportQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
     let wallet_id = path.into_inner();
+    user.check_wallet(&wallet_id)?;
     let q = query.to_history()?;
     let filename = format!("attachment; filename=\"{wallet_id}-transactions.csv\"");
     let csv = crate::flows::exports::wallet_history(&state, caller, wallet_id, q).await?;

@@ -3,7 +3,8 @@
 //! required" a handler parameter.
 
 mod extract;
+pub mod jwks;
 mod jwt;
 
-pub use extract::{AuthUser, Operator};
-pub use jwt::{mint_token, Claims, JwtVerifier, TokenError, MAX_LEEWAY_SECS};
+pub use extract::{ApiKeyUsed, AuthUser, KeyAllowed, Operator};
+pub use jwt::{mint_token, Claims, Identity, JwtVerifier, TokenError, MAX_LEEWAY_SECS};

@@ -4,6 +4,7 @@
 //! other.
 
 pub mod accounts;
+pub mod api_keys;
 pub mod billing;
 pub mod catalog;
 pub mod counters;

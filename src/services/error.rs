@@ -99,6 +99,13 @@ pub enum ErrorCode {
     /// The charge cannot be refunded (409): a free message refunded
     /// already, or a capture its wallet could not fully pay.
     ChargeNotRefundable,
+    /// An API key was used on an endpoint keys may not use, or on another
+    /// wallet than its own (403).
+    ApiKeyNotAllowed,
+    /// The API key was revoked (401).
+    ApiKeyRevoked,
+    /// The API key has expired (401).
+    ApiKeyExpired,
     /// A fault of tally's, logged with the request id (500).
     InternalError,
 }
@@ -149,6 +156,9 @@ impl ErrorCode {
             ErrorCode::HoldNotOpen => "hold_not_open",
             ErrorCode::RefundExceedsCharge => "refund_exceeds_charge",
             ErrorCode::ChargeNotRefundable => "charge_not_refundable",
+            ErrorCode::ApiKeyNotAllowed => "api_key_not_allowed",
+            ErrorCode::ApiKeyRevoked => "api_key_revoked",
+            ErrorCode::ApiKeyExpired => "api_key_expired",
             ErrorCode::InternalError => "internal_error",
         }
     }
@@ -182,6 +192,10 @@ pub enum ServiceError {
     WalletFrozen { wallet_id: String },
     #[error("{message}")]
     SpendLimitExceeded { message: String, retry_after_secs: u64 },
+    /// An API key's daily limit would be passed (429 `spend_limit_exceeded`,
+    /// naming the key).
+    #[error("{message}")]
+    KeyLimitExceeded { key_id: String, message: String, retry_after_secs: u64 },
     /// Too much of one kind of work is running; retry after a while (429).
     #[error("{message}")]
     Busy { kind: ErrorCode, message: String, retry_after_secs: u64 },

@@ -342,6 +342,7 @@ fn return_all(tx: &mut WriteTx<'_>, row: &HoldRow, kind_of_end: HoldStatus) -> S
         )?;
     }
     give_back_spend(tx, row, row.amount)?;
+    super::api_keys::give_back_hold(tx, &row.id)?;
     if row.free {
         counters::give_back_free_message(tx, &row.agent_id, &row.user_id)?;
     }

@@ -3,6 +3,7 @@
 
 pub mod adjustments;
 pub mod agents;
+pub mod api_keys;
 pub mod charge_refunds;
 pub mod charge_views;
 pub mod charges;

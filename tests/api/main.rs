@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod api_keys;
 mod auth;
 mod charge_refunds;
 mod charge_views;
@@ -14,6 +15,7 @@ mod grants;
 mod holds;
 mod idempotency;
 mod input;
+mod jwks;
 mod ledger;
 mod metered;
 mod metrics;
