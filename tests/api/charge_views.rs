@@ -70,6 +70,7 @@ async fn a_charge_is_shown_to_its_payer_org_admins_and_operators(app: TestApp) {
         "held": "0",
         "uncollected": "0",
         "hold_id": null,
+        "refunded": "0",
     });
     assert_eq!(got, expected);
     let (_, history) = app.get(&format!("/v1/wallets/{org_wallet}/transactions"), &owner).await;
@@ -169,6 +170,7 @@ async fn a_metered_charge_shows_the_prices_it_used(app: TestApp) {
         "held": "0",
         "uncollected": "0",
         "hold_id": null,
+        "refunded": "0",
     });
     assert_eq!(got, expected);
     app.assert_ledger_ok();
