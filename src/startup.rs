@@ -129,6 +129,44 @@ impl Application {
     }
 }
 
+/// The response headers a browser script may read: the request id, the
+/// replay marker, `Retry-After` and the balance headers of charges and holds.
+const EXPOSED_HEADERS: &[&str] =
+    &["x-request-id", "idempotent-replayed", "retry-after", "x-balance-remaining", "x-request-cost"];
+
+/// CORS for the origins of `TALLY_CORS_ORIGINS`; off (no CORS header at
+/// all, preflights refused) when none is listed. Bearer tokens, not
+/// cookies: credentials are not allowed.
+fn cors(origins: &[String]) -> actix_web::middleware::Condition<actix_cors::Cors> {
+    use actix_web::http::{header, Method};
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods([Method::GET, Method::POST, Method::PATCH, Method::PUT, Method::DELETE])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers(EXPOSED_HEADERS.iter().map(|h| HeaderName::from_static(h)))
+        .max_age(3600)
+        .block_on_origin_mismatch(false);
+    for origin in origins {
+        cors = cors.allowed_origin(origin);
+    }
+    actix_web::middleware::Condition::new(!origins.is_empty(), cors)
+}
+
+/// A CORS preflight that the CORS middleware refused (its answer is a bare
+/// 400 text): answered again as the API's JSON error.
+fn refused_preflight<B>(res: &actix_web::dev::ServiceResponse<B>) -> bool {
+    let req = res.request();
+    req.method() == actix_web::http::Method::OPTIONS
+        && req.headers().contains_key("access-control-request-method")
+        && res.status() == actix_web::http::StatusCode::BAD_REQUEST
+        && !res.headers().contains_key(actix_web::http::header::CONTENT_TYPE)
+}
+
 fn has_encoded_control(path: &str) -> bool {
     path.as_bytes()
         .windows(3)
@@ -156,6 +194,7 @@ pub fn build_app(
         InitError = (),
     >,
 > {
+    let cors_origins = state.ctx.settings.cors_origins.clone();
     App::new()
         .into_utoipa_app()
         .openapi(ApiDoc::openapi())
@@ -172,6 +211,7 @@ pub fn build_app(
         .app_data(web::Data::new(api::RouteTable::from_doc(&api::docs::openapi())))
         .service(web::redirect("/docs", "/docs/"))
         .default_service(web::to(api::not_found))
+        .wrap(cors(&cors_origins))
         .wrap_fn(move |req, srv| {
             let metrics = metrics.clone();
             let request_id = req
@@ -206,7 +246,22 @@ pub fn build_app(
                     request_id,
                     async move {
                         let mut res = match call {
-                            Ok(fut) => fut.await?.map_into_left_body(),
+                            Ok(fut) => match fut.await? {
+                                res if refused_preflight(&res) => {
+                                    let error = crate::error::ApiError::bad_request(
+                                        crate::error::ErrorCode::InvalidRequest,
+                                        "CORS preflight refused: the origin is not in TALLY_CORS_ORIGINS, \
+                                         or the method or a header is not allowed",
+                                    );
+                                    let (req, _) = res.into_parts();
+                                    actix_web::dev::ServiceResponse::new(
+                                        req,
+                                        actix_web::ResponseError::error_response(&error),
+                                    )
+                                    .map_into_right_body()
+                                }
+                                res => res.map_into_left_body(),
+                            },
                             Err((req, error)) => req
                                 .into_response(actix_web::ResponseError::error_response(&error))
                                 .map_into_right_body(),

@@ -7,6 +7,7 @@ mod auth;
 mod charge_views;
 mod charges;
 mod cli;
+mod cors;
 mod exports;
 mod gate;
 mod holds;
