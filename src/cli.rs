@@ -146,8 +146,8 @@ fn serve(settings: Settings) -> ExitCode {
         Ok(app) => app,
         Err(e) => return fail(e),
     };
-    tracing::info!(bind = %bind, port = app.port(), database = %backend, "tally serving");
-    match actix_web::rt::System::new().block_on(app.run_until_stopped()) {
+    tracing::info!(bind = %bind, port = app.port(), metrics_port = ?app.metrics_port(), database = %backend, "tally serving");
+    match actix_web::rt::System::new().block_on(app.serve_until_signalled()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(format!("server error: {e}")),
     }

@@ -35,6 +35,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("TALLY_LOG_FORMAT", Some("text")),
     ("TALLY_CORS_ORIGINS", None),
     ("TALLY_METRICS_BIND", None),
+    ("TALLY_SHUTDOWN_DRAIN", Some("5s")),
     ("TALLY_CREDIT_PACKS", None),
     ("TALLY_CHECKOUT_SUCCESS_URL", Some("http://localhost:3000/billing/success")),
     ("TALLY_CHECKOUT_CANCEL_URL", Some("http://localhost:3000/billing/cancel")),
@@ -169,6 +170,8 @@ pub struct Settings {
     pub settlement_sweep: Duration,
     /// The longest a hold may stay open (`expires_in` at most this).
     pub hold_max: Duration,
+    /// How long the server keeps serving, not ready, once shutdown begins.
+    pub shutdown_drain: Duration,
     pub workers: Option<usize>,
     pub log_json: bool,
     /// The browser origins allowed to call the API (CORS), each
@@ -233,7 +236,8 @@ impl Settings {
             credit_packs,
             max_free_messages,
         } = raw.money()?;
-        let Timings { idempotency_ttl, idempotency_lease, settlement_sweep, hold_max } = raw.timings()?;
+        let Timings { idempotency_ttl, idempotency_lease, settlement_sweep, hold_max, shutdown_drain } =
+            raw.timings()?;
         let Stripe {
             stripe,
             stripe_webhook_secret,
@@ -261,6 +265,7 @@ impl Settings {
             idempotency_lease,
             settlement_sweep,
             hold_max,
+            shutdown_drain,
             workers,
             log_json,
             cors_origins,
@@ -399,6 +404,7 @@ struct Timings {
     idempotency_lease: Duration,
     settlement_sweep: Duration,
     hold_max: Duration,
+    shutdown_drain: Duration,
 }
 
 /// The Stripe keys and the URLs Stripe sends people back to.
@@ -588,7 +594,8 @@ impl<'a> Raw<'a> {
             .max(Duration::from_millis(100));
         let hold_max =
             self.duration("TALLY_HOLD_MAX", Duration::from_secs(86_400))?.max(Duration::from_secs(1));
-        Ok(Timings { idempotency_ttl, idempotency_lease, settlement_sweep, hold_max })
+        let shutdown_drain = self.duration("TALLY_SHUTDOWN_DRAIN", Duration::from_secs(300))?;
+        Ok(Timings { idempotency_ttl, idempotency_lease, settlement_sweep, hold_max, shutdown_drain })
     }
 
     fn stripe(&self) -> Stripe {
