@@ -20,7 +20,7 @@ use crate::error::{ErrorBody, ErrorResponse};
     components(schemas(ErrorResponse, ErrorBody)),
     modifiers(&BearerAuth),
     tags(
-        (name = "health", description = "Liveness and readiness"),
+        (name = "operations", description = "Liveness, readiness and metrics, for load balancers and monitoring (not SDK methods)"),
         (name = "people", description = "The signed-in person"),
         (name = "wallets", description = "Wallets, spend limits and history"),
         (name = "organizations", description = "Organizations and members"),
@@ -69,6 +69,72 @@ pub fn finish(api: &mut utoipa::openapi::OpenApi) {
     api.info.version = env!("CARGO_PKG_VERSION").to_string();
     plain_optional_bodies(api);
     type_filter_patterns(api);
+    for_generators(api);
+    response_headers(api);
+}
+
+/// What generators and linters ask of every document: an SPDX licence
+/// identifier, a server (relative: wherever the document is served from),
+/// and an explicit `security: []` on the operations that need no token.
+fn for_generators(api: &mut utoipa::openapi::OpenApi) {
+    if let Some(license) = api.info.license.as_mut() {
+        license.identifier = Some(env!("CARGO_PKG_LICENSE").to_string());
+    }
+    api.servers = Some(vec![utoipa::openapi::Server::new("/")]);
+    for item in api.paths.paths.values_mut() {
+        for op in operations(item) {
+            op.security.get_or_insert_with(Vec::new);
+        }
+    }
+}
+
+fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [&mut item.get, &mut item.put, &mut item.post, &mut item.patch, &mut item.delete].into_iter().flatten()
+}
+
+/// The headers tally sends, on the responses that carry them: the
+/// request id on every one (the middleware sets it), `Retry-After` on every
+/// 429 and 503, `Idempotent-Replayed` on the successes of operations that
+/// take an `Idempotency-Key`.
+fn response_headers(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    use utoipa::openapi::RefOr;
+    let header = |ty: Type, description: &str| {
+        RefOr::T(
+            HeaderBuilder::new()
+                .schema(Some(ObjectBuilder::new().schema_type(ty)))
+                .description(Some(description))
+                .build(),
+        )
+    };
+    let request_id = header(Type::String, "The request's id, also in error bodies and the logs");
+    let retry_after = header(Type::Integer, "Seconds to wait before retrying");
+    let replayed = header(
+        Type::String,
+        "`true` when this is the stored response of an earlier request with the same Idempotency-Key",
+    );
+    for item in api.paths.paths.values_mut() {
+        for op in operations(item) {
+            let idempotent = op
+                .parameters
+                .iter()
+                .flatten()
+                .any(|p| matches!(p, RefOr::T(p) if p.name == "Idempotency-Key"));
+            for (code, response) in op.responses.responses.iter_mut() {
+                let RefOr::T(response) = response else { continue };
+                response.headers.insert("X-Request-Id".into(), request_id.clone());
+                if code == "429" || code == "503" {
+                    response.headers.insert("Retry-After".into(), retry_after.clone());
+                }
+                if idempotent && code.starts_with('2') {
+                    response.headers.insert("Idempotent-Replayed".into(), replayed.clone());
+                }
+            }
+        }
+    }
 }
 
 /// The transaction `type` filters (a comma-separated list of entry kinds)

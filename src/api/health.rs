@@ -24,7 +24,7 @@ pub struct Health {
 /// Liveness
 ///
 /// Answers as long as the process serves HTTP.
-#[utoipa::path(tag = "health", responses((status = 200, description = "Alive", body = Health)))]
+#[utoipa::path(tag = "operations", responses((status = 200, description = "Alive", body = Health)))]
 #[get("/healthz")]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(Health { status: "ok".into() })
@@ -36,7 +36,7 @@ pub async fn healthz() -> HttpResponse {
 /// shutdown has not begun (from then on 503, so that a load balancer stops
 /// sending requests while the server still serves those it gets).
 #[utoipa::path(
-    tag = "health",
+    tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Health),
         (status = 503, description = "Database unreachable, migrations pending, or shutting down", body = ErrorResponse),
@@ -64,7 +64,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 /// build and the process. Not here (404) when `TALLY_METRICS_BIND` serves it
 /// on a listener of its own.
 #[utoipa::path(
-    tag = "health",
+    tag = "operations",
     responses(
         (status = 200, description = "Prometheus metrics", content_type = "text/plain", body = String),
         (status = 404, description = "Served on TALLY_METRICS_BIND instead", body = ErrorResponse),

@@ -111,3 +111,41 @@ async fn the_server_serves_the_document_and_docs_page() {
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("swagger"), "a docs page");
 }
+
+#[test]
+fn the_document_fits_generators_and_linters() {
+    let doc: serde_json::Value = serde_json::from_str(&tally::api::docs::openapi_json()).unwrap();
+    assert_eq!(doc["info"]["license"]["identifier"], "MIT", "an SPDX identifier");
+    assert_eq!(doc["servers"], serde_json::json!([{"url": "/"}]));
+    let public = ["/healthz", "/readyz", "/metrics", "/v1/credit-packs", "/v1/models", "/v1/plans"];
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let security =
+                op["security"].as_array().unwrap_or_else(|| panic!("{method} {path}: no security"));
+            if public.contains(&path.as_str()) || path == "/v1/webhooks/stripe" {
+                assert!(security.is_empty(), "{method} {path}: public, `security: []`");
+            }
+            let operations = ["/healthz", "/readyz", "/metrics"].contains(&path.as_str());
+            assert_eq!(op["tags"][0] == "operations", operations, "{method} {path}: tag {}", op["tags"]);
+            let idempotent = op["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == "Idempotency-Key"));
+            for (code, response) in op["responses"].as_object().unwrap() {
+                let headers = &response["headers"];
+                assert!(headers["X-Request-Id"].is_object(), "{method} {path} {code}: X-Request-Id");
+                if code == "429" || code == "503" {
+                    assert!(headers["Retry-After"].is_object(), "{method} {path} {code}: Retry-After");
+                }
+                if idempotent && code.starts_with('2') {
+                    assert!(
+                        headers["Idempotent-Replayed"].is_object(),
+                        "{method} {path} {code}: replay header"
+                    );
+                }
+            }
+        }
+    }
+    let tags: Vec<&str> =
+        doc["tags"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert!(tags.contains(&"operations") && !tags.contains(&"health"), "{tags:?}");
+}
