@@ -198,3 +198,68 @@ pub fn openapi_json() -> String {
     text.push('\n');
     text
 }
+
+/// The 3.0.3 variant, `openapi/openapi-3.0.json` (`tally openapi
+/// --spec-version 3.0`), for the generators that read no 3.1 (progenitor,
+/// NSwag, oapi-codegen) or read it badly: the same document with 3.1's
+/// JSON Schema said the 3.0 way. A type list with `null` becomes the type
+/// and `nullable: true`; `oneOf [X, null]` becomes `X` (or `allOf [X]` for
+/// a `$ref`) with `nullable: true`; a `$ref` with siblings (a description)
+/// is wrapped in `allOf`, since 3.0 ignores them; `propertyNames` (always
+/// strings in JSON) goes; the licence keeps its name only.
+pub fn openapi_30_json() -> String {
+    let mut doc = serde_json::to_value(openapi()).unwrap_or_default();
+    to_openapi_30(&mut doc);
+    doc["openapi"] = "3.0.3".into();
+    if let Some(license) = doc["info"]["license"].as_object_mut() {
+        license.remove("identifier");
+    }
+    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    text.push('\n');
+    text
+}
+
+fn to_openapi_30(value: &mut serde_json::Value) {
+    use serde_json::{json, Value};
+    match value {
+        Value::Array(items) => items.iter_mut().for_each(to_openapi_30),
+        Value::Object(o) => {
+            o.values_mut().for_each(to_openapi_30);
+            o.remove("propertyNames");
+            if let Some(Value::Array(types)) = o.get("type").cloned() {
+                let null = json!("null");
+                let rest: Vec<Value> = types.iter().filter(|t| **t != null).cloned().collect();
+                if let [only] = rest.as_slice() {
+                    o.insert("type".into(), only.clone());
+                }
+                if types.contains(&null) {
+                    o.insert("nullable".into(), true.into());
+                }
+            }
+            let null_schema = json!({"type": "null"});
+            if let Some(Value::Array(one_of)) = o.get("oneOf").cloned() {
+                if one_of.contains(&null_schema) {
+                    let rest: Vec<Value> = one_of.into_iter().filter(|s| *s != null_schema).collect();
+                    o.remove("oneOf");
+                    match rest.as_slice() {
+                        [Value::Object(only)] => {
+                            for (k, v) in only {
+                                o.entry(k.clone()).or_insert_with(|| v.clone());
+                            }
+                        }
+                        _ => {
+                            o.insert("oneOf".into(), Value::Array(rest));
+                        }
+                    }
+                    o.insert("nullable".into(), true.into());
+                }
+            }
+            if o.len() > 1 {
+                if let Some(reference) = o.remove("$ref") {
+                    o.insert("allOf".into(), json!([{"$ref": reference}]));
+                }
+            }
+        }
+        _ => {}
+    }
+}
