@@ -47,8 +47,13 @@ generate_openapi_generator() {
     "$venv/bin/pip" install -q "openapi-generator-cli==7.26.0"
   fi
   rm -rf "$work/openapi-generator"
+  # Every tag but `operations` (health, readiness, metrics are no SDK methods).
+  local tags
+  tags=$(python3 -c 'import json; d = json.load(open("openapi/openapi-3.0.json"))
+print("|".join(t["name"] for t in d["tags"] if t["name"] != "operations"))')
   "$venv/bin/openapi-generator-cli" generate -i openapi/openapi-3.0.json -g python \
-    -o "$work/openapi-generator" --package-name tally_openapi_client >"$work/openapi-generator.log" 2>&1 ||
+    -o "$work/openapi-generator" --package-name tally_openapi_client \
+    --openapi-normalizer "FILTER=tag:$tags" >"$work/openapi-generator.log" 2>&1 ||
     { cat "$work/openapi-generator.log"; return 1; }
   if grep -E "ERROR|Exception" "$work/openapi-generator.log"; then return 1; fi
   "$venv/bin/pip" install -q "$work/openapi-generator"

@@ -12,6 +12,9 @@ def client(token: str) -> t.ApiClient:
     return t.ApiClient(config)
 
 
+# Health, readiness and metrics (tag `operations`) are not SDK methods.
+assert not hasattr(t, "OperationsApi")
+
 payer = client(os.environ["PAYER_TOKEN"])
 admin = client(os.environ["ADMIN_TOKEN"])
 
