@@ -9,13 +9,15 @@
 # database and the fake Stripe (examples/fake_stripe.rs), a new pair per
 # scenario. Installs its tools if missing (needs python3 with venv, node and npm).
 #
-#   scripts/sdk.sh                  # both
-#   scripts/sdk.sh python           # or: typescript
+#   - a Python client with openapi-generator from openapi/openapi-3.0.json
+#     (needs a JRE), installed into .venv-ogen;
+#   scripts/sdk.sh                  # all three
+#   scripts/sdk.sh python           # or: typescript, openapi-generator
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 langs=("$@")
-[ ${#langs[@]} -gt 0 ] || langs=(python typescript)
+[ ${#langs[@]} -gt 0 ] || langs=(python typescript openapi-generator)
 work="$root/target/sdk"
 mkdir -p "$work"
 
@@ -33,6 +35,28 @@ generate_python() {
   PATH="$venv/bin:$PATH" openapi-python-client generate --path openapi/openapi.json \
     --config sdk/python/config.yml --output-path "$work/python" --fail-on-warning
   "$venv/bin/pip" install -q "$work/python"
+}
+
+# openapi-generator (its PyPI wrapper, which runs the jar: needs a JRE) from
+# the 3.0.3 variant, with the generator's default spec validation, into
+# target/sdk/openapi-generator, installed into .venv-ogen.
+generate_openapi_generator() {
+  local venv="$root/.venv-ogen"
+  if [ ! -x "$venv/bin/openapi-generator-cli" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "openapi-generator-cli==7.26.0"
+  fi
+  rm -rf "$work/openapi-generator"
+  # Every tag but `operations` (health, readiness, metrics are no SDK methods).
+  local tags
+  tags=$(python3 -c 'import json; d = json.load(open("openapi/openapi-3.0.json"))
+print("|".join(t["name"] for t in d["tags"] if t["name"] != "operations"))')
+  "$venv/bin/openapi-generator-cli" generate -i openapi/openapi-3.0.json -g python \
+    -o "$work/openapi-generator" --package-name tally_openapi_client \
+    --openapi-normalizer "FILTER=tag:$tags" >"$work/openapi-generator.log" 2>&1 ||
+    { cat "$work/openapi-generator.log"; return 1; }
+  if grep -E "ERROR|Exception" "$work/openapi-generator.log"; then return 1; fi
+  "$venv/bin/pip" install -q "$work/openapi-generator"
 }
 
 generate_typescript() {
@@ -98,8 +122,12 @@ for lang in "${langs[@]}"; do
       generate_typescript
       scenario node sdk/typescript/dist/scenario.js
       ;;
+    openapi-generator)
+      generate_openapi_generator
+      scenario "$root/.venv-ogen/bin/python" sdk/openapi-generator/scenario.py
+      ;;
     *)
-      echo "unknown SDK '$lang' (python or typescript)" >&2
+      echo "unknown SDK '$lang' (python, typescript or openapi-generator)" >&2
       exit 2
       ;;
   esac

@@ -21,8 +21,11 @@ enum Command {
     Serve,
     /// Apply pending migrations and exit.
     Migrate,
-    /// Print the OpenAPI document.
-    Openapi,
+    /// Print the OpenAPI document (3.1, or the 3.0.3 variant for 3.0 tools).
+    Openapi {
+        #[arg(long, value_parser = ["3.1", "3.0"], default_value = "3.1")]
+        spec_version: String,
+    },
     /// Mint a JWT with the configured secret, for trying the API.
     Token {
         /// The person's id (`sub`).
@@ -75,8 +78,11 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let cli = match cli.command {
-        Command::Openapi => {
-            print!("{}", crate::api::docs::openapi_json());
+        Command::Openapi { spec_version } => {
+            match spec_version.as_str() {
+                "3.0" => print!("{}", crate::api::docs::openapi_30_json()),
+                _ => print!("{}", crate::api::docs::openapi_json()),
+            }
             return ExitCode::SUCCESS;
         }
         // The bench starts its own server with its own settings.
@@ -94,7 +100,7 @@ pub fn main() -> ExitCode {
     };
     crate::telemetry::init(settings.log_json);
     match cli.command {
-        Command::Openapi | Command::Bench { .. } => ExitCode::SUCCESS,
+        Command::Openapi { .. } | Command::Bench { .. } => ExitCode::SUCCESS,
         Command::Serve => serve(settings),
         Command::Migrate => match open_database_once(&settings) {
             Ok(_) => {
@@ -146,8 +152,8 @@ fn serve(settings: Settings) -> ExitCode {
         Ok(app) => app,
         Err(e) => return fail(e),
     };
-    tracing::info!(bind = %bind, port = app.port(), database = %backend, "tally serving");
-    match actix_web::rt::System::new().block_on(app.run_until_stopped()) {
+    tracing::info!(bind = %bind, port = app.port(), metrics_port = ?app.metrics_port(), database = %backend, "tally serving");
+    match actix_web::rt::System::new().block_on(app.serve_until_signalled()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(format!("server error: {e}")),
     }

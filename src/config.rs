@@ -37,6 +37,9 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("TALLY_IDEMPOTENCY_LEASE", Some("30s")),
     ("TALLY_WORKERS", None),
     ("TALLY_LOG_FORMAT", Some("text")),
+    ("TALLY_CORS_ORIGINS", None),
+    ("TALLY_METRICS_BIND", None),
+    ("TALLY_SHUTDOWN_DRAIN", Some("5s")),
     ("TALLY_CREDIT_PACKS", None),
     ("TALLY_CHECKOUT_SUCCESS_URL", Some("http://localhost:3000/billing/success")),
     ("TALLY_CHECKOUT_CANCEL_URL", Some("http://localhost:3000/billing/cancel")),
@@ -236,8 +239,15 @@ pub struct Settings {
     pub settlement_sweep: Duration,
     /// The longest a hold may stay open (`expires_in` at most this).
     pub hold_max: Duration,
+    /// How long the server keeps serving, not ready, once shutdown begins.
+    pub shutdown_drain: Duration,
     pub workers: Option<usize>,
     pub log_json: bool,
+    /// The browser origins allowed to call the API (CORS), each
+    /// `scheme://host[:port]` in lower case; none by default.
+    pub cors_origins: Vec<String>,
+    /// Where `/metrics` is served instead of `bind`, when set.
+    pub metrics_bind: Option<String>,
     pub credit_packs: Vec<CreditPack>,
     pub checkout_success_url: String,
     pub checkout_cancel_url: String,
@@ -286,7 +296,8 @@ impl Settings {
     pub fn from_values(values: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
         let raw = Raw::new(values)?;
         let Database { database, pool_size, sqlite_synchronous_full } = raw.database()?;
-        let Server { bind, workers, log_json, max_concurrent_exports } = raw.server()?;
+        let Server { bind, workers, log_json, max_concurrent_exports, cors_origins, metrics_bind } =
+            raw.server()?;
         let jwt = raw.jwt()?;
         let Money {
             credit_rate,
@@ -296,7 +307,8 @@ impl Settings {
             credit_packs,
             max_free_messages,
         } = raw.money()?;
-        let Timings { idempotency_ttl, idempotency_lease, settlement_sweep, hold_max } = raw.timings()?;
+        let Timings { idempotency_ttl, idempotency_lease, settlement_sweep, hold_max, shutdown_drain } =
+            raw.timings()?;
         let Stripe {
             stripe,
             stripe_webhook_secret,
@@ -329,8 +341,11 @@ impl Settings {
             idempotency_lease,
             settlement_sweep,
             hold_max,
+            shutdown_drain,
             workers,
             log_json,
+            cors_origins,
+            metrics_bind,
             credit_packs,
             checkout_success_url,
             checkout_cancel_url,
@@ -398,12 +413,51 @@ pub const MAX_CONCURRENT_EXPORTS: usize = 64;
 /// [`KEYS`] filled in.
 struct Raw<'a>(&'a BTreeMap<String, String>);
 
-/// `TALLY_BIND`, `TALLY_WORKERS`, `TALLY_LOG_FORMAT`, `TALLY_MAX_CONCURRENT_EXPORTS`.
+/// `TALLY_BIND`, `TALLY_WORKERS`, `TALLY_LOG_FORMAT`, `TALLY_MAX_CONCURRENT_EXPORTS`,
+/// `TALLY_CORS_ORIGINS`, `TALLY_METRICS_BIND`.
 struct Server {
     bind: String,
     workers: Option<usize>,
     log_json: bool,
     max_concurrent_exports: usize,
+    cors_origins: Vec<String>,
+    metrics_bind: Option<String>,
+}
+
+/// A `TALLY_BIND`-like `HOST:PORT`.
+fn bind_address(key: &str, text: String) -> Result<String, ConfigError> {
+    if text.parse::<std::net::SocketAddr>().is_err() && !text.contains(':') {
+        return Err(bad(key, format!("'{text}' is not HOST:PORT")));
+    }
+    Ok(text)
+}
+
+/// `TALLY_CORS_ORIGINS`: comma-separated origins as browsers send them in
+/// `Origin` (`https://app.example.com`, `http://localhost:3000`), compared
+/// exactly; hosts are lower-cased as browsers do. `*` is refused: every
+/// origin allowed to spend a person's credits is named.
+fn parse_origins(text: &str) -> Result<Vec<String>, ConfigError> {
+    let mut origins = Vec::new();
+    for origin in text.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let host = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+        let valid = host.is_some_and(|h| {
+            !h.is_empty()
+                && h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        });
+        if !valid {
+            return Err(bad(
+                "TALLY_CORS_ORIGINS",
+                format!(
+                    "'{origin}' is not an origin like https://app.example.com (scheme and host, no path)"
+                ),
+            ));
+        }
+        let origin = origin.to_ascii_lowercase();
+        if !origins.contains(&origin) {
+            origins.push(origin);
+        }
+    }
+    Ok(origins)
 }
 
 /// `DATABASE_URL`, `TALLY_DB_POOL_SIZE`, `TALLY_SQLITE_SYNCHRONOUS`.
@@ -429,6 +483,7 @@ struct Timings {
     idempotency_lease: Duration,
     settlement_sweep: Duration,
     hold_max: Duration,
+    shutdown_drain: Duration,
 }
 
 /// The Stripe keys and the URLs Stripe sends people back to.
@@ -490,10 +545,12 @@ impl<'a> Raw<'a> {
     }
 
     fn server(&self) -> Result<Server, ConfigError> {
-        let bind = self.text("TALLY_BIND");
-        if bind.parse::<std::net::SocketAddr>().is_err() && !bind.contains(':') {
-            return Err(bad("TALLY_BIND", format!("'{bind}' is not HOST:PORT")));
-        }
+        let bind = bind_address("TALLY_BIND", self.text("TALLY_BIND"))?;
+        let metrics_bind = match self.get("TALLY_METRICS_BIND") {
+            Some(m) => Some(bind_address("TALLY_METRICS_BIND", m)?),
+            None => None,
+        };
+        let cors_origins = parse_origins(&self.text("TALLY_CORS_ORIGINS"))?;
         let workers = match self.get("TALLY_WORKERS") {
             Some(w) => Some(
                 w.parse::<usize>()
@@ -519,7 +576,7 @@ impl<'a> Raw<'a> {
                     format!("'{exports_text}' is not 1 to {MAX_CONCURRENT_EXPORTS}"),
                 )
             })?;
-        Ok(Server { bind, workers, log_json, max_concurrent_exports })
+        Ok(Server { bind, workers, log_json, max_concurrent_exports, cors_origins, metrics_bind })
     }
 
     fn database(&self) -> Result<Database, ConfigError> {
@@ -625,7 +682,8 @@ impl<'a> Raw<'a> {
             .max(Duration::from_millis(100));
         let hold_max =
             self.duration("TALLY_HOLD_MAX", Duration::from_secs(86_400))?.max(Duration::from_secs(1));
-        Ok(Timings { idempotency_ttl, idempotency_lease, settlement_sweep, hold_max })
+        let shutdown_drain = self.duration("TALLY_SHUTDOWN_DRAIN", Duration::from_secs(300))?;
+        Ok(Timings { idempotency_ttl, idempotency_lease, settlement_sweep, hold_max, shutdown_drain })
     }
 
     fn stripe(&self) -> Stripe {

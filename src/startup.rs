@@ -58,7 +58,10 @@ pub fn runtime(
     metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<AppState, String> {
     let gateway = match &settings.stripe {
-        Some(s) => Some(Arc::new(StripeGateway::new(s)?) as Arc<dyn crate::flows::PaymentGateway>),
+        Some(s) => Some(Arc::new(crate::flows::gateway::Metered::new(
+            Arc::new(StripeGateway::new(s)?),
+            metrics.clone(),
+        )) as Arc<dyn crate::flows::PaymentGateway>),
         None => None,
     };
     let write_gate =
@@ -71,13 +74,67 @@ pub fn runtime(
         metrics,
         write_gate,
         exports,
+        draining: Default::default(),
     })
 }
 
 pub struct Application {
     port: u16,
     server: Server,
+    /// The listener of `TALLY_METRICS_BIND`, serving `/metrics` only.
+    metrics: Option<(u16, Server)>,
     state: web::Data<AppState>,
+}
+
+/// Begins the shutdown: `/readyz` answers 503 at once, the listeners keep
+/// serving for `TALLY_SHUTDOWN_DRAIN` (so a load balancer sees it and sends
+/// nothing more), then stop gracefully. A second call stops them at once.
+#[derive(Clone)]
+pub struct Shutdown {
+    draining: Arc<std::sync::atomic::AtomicBool>,
+    servers: Vec<actix_web::dev::ServerHandle>,
+    drain: std::time::Duration,
+}
+
+impl Shutdown {
+    pub fn begin(&self) {
+        let servers = self.servers.clone();
+        if self.draining.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            tracing::info!("shutdown asked again: stopping now");
+            for server in &servers {
+                // The stop is sent now; its completion is awaited by run_until_stopped.
+                drop(server.stop(true));
+            }
+            return;
+        }
+        let drain = self.drain;
+        tracing::info!(drain = %humantime::format_duration(drain), "shutdown begun: not ready, draining");
+        tokio::spawn(async move {
+            tokio::time::sleep(drain).await;
+            for server in servers {
+                server.stop(true).await;
+            }
+        });
+    }
+}
+
+/// SIGINT or SIGTERM (SIGINT only off Unix).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => drop(tokio::signal::ctrl_c().await),
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tokio::signal::ctrl_c().await);
 }
 
 impl Application {
@@ -99,13 +156,38 @@ impl Application {
         if let Some(n) = workers {
             server = server.workers(n);
         }
-        let server =
-            server.listen(listener).map_err(|e| format!("cannot serve: {e}"))?.shutdown_timeout(10).run();
-        Ok(Application { port, server, state })
+        // Signals are handled by serve_until_signalled, which drains first.
+        let server = server
+            .listen(listener)
+            .map_err(|e| format!("cannot serve: {e}"))?
+            .disable_signals()
+            .shutdown_timeout(10)
+            .run();
+        let metrics = match state.ctx.settings.metrics_bind.clone() {
+            Some(bind) => Some(metrics_server(&bind, state.clone())?),
+            None => None,
+        };
+        Ok(Application { port, server, metrics, state })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of the `TALLY_METRICS_BIND` listener, when there is one.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.as_ref().map(|(port, _)| *port)
+    }
+
+    /// What begins the shutdown (SIGINT and SIGTERM call it too).
+    pub fn shutdown_handle(&self) -> Shutdown {
+        let mut servers = vec![self.server.handle()];
+        servers.extend(self.metrics.as_ref().map(|(_, s)| s.handle()));
+        Shutdown {
+            draining: self.state.draining.clone(),
+            servers,
+            drain: self.state.ctx.settings.shutdown_drain,
+        }
     }
 
     pub fn pool(&self) -> Pool {
@@ -116,6 +198,22 @@ impl Application {
         self.server.handle()
     }
 
+    /// [`Application::run_until_stopped`], with SIGINT and SIGTERM
+    /// beginning the shutdown ([`Shutdown::begin`]; a second one stops at
+    /// once). `tally serve` runs this; tests stop their servers themselves.
+    pub async fn serve_until_signalled(self) -> std::io::Result<()> {
+        let shutdown = self.shutdown_handle();
+        let signals = tokio::spawn(async move {
+            loop {
+                shutdown_signal().await;
+                shutdown.begin();
+            }
+        });
+        let result = self.run_until_stopped().await;
+        signals.abort();
+        result
+    }
+
     /// Serves until stopped, running the periodic maintenance beside it (at
     /// once, then every `TALLY_SETTLEMENT_SWEEP`): recovery of payouts left
     /// unsent, the earnings settlement sweep, and the purge of expired
@@ -123,10 +221,76 @@ impl Application {
     /// concurrently.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let maintenance = tokio::spawn(crate::flows::maintenance::run(self.state.clone().into_inner()));
+        // The metrics listener serves beside the API and stops with it.
+        let metrics = self.metrics.map(|(_, server)| (server.handle(), tokio::spawn(server)));
         let result = self.server.await;
+        if let Some((handle, task)) = metrics {
+            handle.stop(true).await;
+            let _ = task.await;
+        }
         maintenance.abort();
         result
     }
+}
+
+/// `/metrics` alone, on its own listener (`TALLY_METRICS_BIND`), so the
+/// API's listener need not expose it.
+fn metrics_server(bind: &str, state: web::Data<AppState>) -> Result<(u16, Server), String> {
+    let listener = TcpListener::bind(bind).map_err(|e| format!("cannot listen on {bind} (metrics): {e}"))?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/metrics", web::get().to(api::health::metrics_text))
+            .default_service(web::to(|| async {
+                Err::<actix_web::HttpResponse, _>(crate::error::ApiError::not_found("not found"))
+            }))
+    })
+    .workers(1)
+    .listen(listener)
+    .map_err(|e| format!("cannot serve metrics: {e}"))?
+    .disable_signals()
+    .shutdown_timeout(10)
+    .run();
+    Ok((port, server))
+}
+
+/// The response headers a browser script may read: the request id, the
+/// replay marker, `Retry-After` and the balance headers of charges and holds.
+const EXPOSED_HEADERS: &[&str] =
+    &["x-request-id", "idempotent-replayed", "retry-after", "x-balance-remaining", "x-request-cost"];
+
+/// CORS for the origins of `TALLY_CORS_ORIGINS`; off (no CORS header at
+/// all, preflights refused) when none is listed. Bearer tokens, not
+/// cookies: credentials are not allowed.
+fn cors(origins: &[String]) -> actix_web::middleware::Condition<actix_cors::Cors> {
+    use actix_web::http::{header, Method};
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods([Method::GET, Method::POST, Method::PATCH, Method::PUT, Method::DELETE])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers(EXPOSED_HEADERS.iter().map(|h| HeaderName::from_static(h)))
+        .max_age(3600)
+        .block_on_origin_mismatch(false);
+    for origin in origins {
+        cors = cors.allowed_origin(origin);
+    }
+    actix_web::middleware::Condition::new(!origins.is_empty(), cors)
+}
+
+/// A CORS preflight that the CORS middleware refused (its answer is a bare
+/// 400 text): answered again as the API's JSON error.
+fn refused_preflight<B>(res: &actix_web::dev::ServiceResponse<B>) -> bool {
+    let req = res.request();
+    req.method() == actix_web::http::Method::OPTIONS
+        && req.headers().contains_key("access-control-request-method")
+        && res.status() == actix_web::http::StatusCode::BAD_REQUEST
+        && !res.headers().contains_key(actix_web::http::header::CONTENT_TYPE)
 }
 
 fn has_encoded_control(path: &str) -> bool {
@@ -156,6 +320,7 @@ pub fn build_app(
         InitError = (),
     >,
 > {
+    let cors_origins = state.ctx.settings.cors_origins.clone();
     App::new()
         .into_utoipa_app()
         .openapi(ApiDoc::openapi())
@@ -172,6 +337,7 @@ pub fn build_app(
         .app_data(web::Data::new(api::RouteTable::from_doc(&api::docs::openapi())))
         .service(web::redirect("/docs", "/docs/"))
         .default_service(web::to(api::not_found))
+        .wrap(cors(&cors_origins))
         .wrap_fn(move |req, srv| {
             let metrics = metrics.clone();
             let request_id = req
@@ -206,7 +372,22 @@ pub fn build_app(
                     request_id,
                     async move {
                         let mut res = match call {
-                            Ok(fut) => fut.await?.map_into_left_body(),
+                            Ok(fut) => match fut.await? {
+                                res if refused_preflight(&res) => {
+                                    let error = crate::error::ApiError::bad_request(
+                                        crate::error::ErrorCode::InvalidRequest,
+                                        "CORS preflight refused: the origin is not in TALLY_CORS_ORIGINS, \
+                                         or the method or a header is not allowed",
+                                    );
+                                    let (req, _) = res.into_parts();
+                                    actix_web::dev::ServiceResponse::new(
+                                        req,
+                                        actix_web::ResponseError::error_response(&error),
+                                    )
+                                    .map_into_right_body()
+                                }
+                                res => res.map_into_left_body(),
+                            },
                             Err((req, error)) => req
                                 .into_response(actix_web::ResponseError::error_response(&error))
                                 .map_into_right_body(),

@@ -20,7 +20,7 @@ use crate::error::{ErrorBody, ErrorResponse};
     components(schemas(ErrorResponse, ErrorBody)),
     modifiers(&BearerAuth),
     tags(
-        (name = "health", description = "Liveness and readiness"),
+        (name = "operations", description = "Liveness, readiness and metrics, for load balancers and monitoring (not SDK methods)"),
         (name = "people", description = "The signed-in person"),
         (name = "wallets", description = "Wallets, spend limits and history"),
         (name = "organizations", description = "Organizations and members"),
@@ -83,6 +83,72 @@ pub fn finish(api: &mut utoipa::openapi::OpenApi) {
     api.info.version = env!("CARGO_PKG_VERSION").to_string();
     plain_optional_bodies(api);
     type_filter_patterns(api);
+    for_generators(api);
+    response_headers(api);
+}
+
+/// What generators and linters ask of every document: an SPDX licence
+/// identifier, a server (relative: wherever the document is served from),
+/// and an explicit `security: []` on the operations that need no token.
+fn for_generators(api: &mut utoipa::openapi::OpenApi) {
+    if let Some(license) = api.info.license.as_mut() {
+        license.identifier = Some(env!("CARGO_PKG_LICENSE").to_string());
+    }
+    api.servers = Some(vec![utoipa::openapi::Server::new("/")]);
+    for item in api.paths.paths.values_mut() {
+        for op in operations(item) {
+            op.security.get_or_insert_with(Vec::new);
+        }
+    }
+}
+
+fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [&mut item.get, &mut item.put, &mut item.post, &mut item.patch, &mut item.delete].into_iter().flatten()
+}
+
+/// The headers tally sends, on the responses that carry them: the
+/// request id on every one (the middleware sets it), `Retry-After` on every
+/// 429 and 503, `Idempotent-Replayed` on the successes of operations that
+/// take an `Idempotency-Key`.
+fn response_headers(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    use utoipa::openapi::RefOr;
+    let header = |ty: Type, description: &str| {
+        RefOr::T(
+            HeaderBuilder::new()
+                .schema(Some(ObjectBuilder::new().schema_type(ty)))
+                .description(Some(description))
+                .build(),
+        )
+    };
+    let request_id = header(Type::String, "The request's id, also in error bodies and the logs");
+    let retry_after = header(Type::Integer, "Seconds to wait before retrying");
+    let replayed = header(
+        Type::String,
+        "`true` when this is the stored response of an earlier request with the same Idempotency-Key",
+    );
+    for item in api.paths.paths.values_mut() {
+        for op in operations(item) {
+            let idempotent = op
+                .parameters
+                .iter()
+                .flatten()
+                .any(|p| matches!(p, RefOr::T(p) if p.name == "Idempotency-Key"));
+            for (code, response) in op.responses.responses.iter_mut() {
+                let RefOr::T(response) = response else { continue };
+                response.headers.insert("X-Request-Id".into(), request_id.clone());
+                if code == "429" || code == "503" {
+                    response.headers.insert("Retry-After".into(), retry_after.clone());
+                }
+                if idempotent && code.starts_with('2') {
+                    response.headers.insert("Idempotent-Replayed".into(), replayed.clone());
+                }
+            }
+        }
+    }
 }
 
 /// The transaction `type` filters (a comma-separated list of entry kinds)
@@ -145,4 +211,69 @@ pub fn openapi_json() -> String {
     let mut text = openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     text.push('\n');
     text
+}
+
+/// The 3.0.3 variant, `openapi/openapi-3.0.json` (`tally openapi
+/// --spec-version 3.0`), for the generators that read no 3.1 (progenitor,
+/// NSwag, oapi-codegen) or read it badly: the same document with 3.1's
+/// JSON Schema said the 3.0 way. A type list with `null` becomes the type
+/// and `nullable: true`; `oneOf [X, null]` becomes `X` (or `allOf [X]` for
+/// a `$ref`) with `nullable: true`; a `$ref` with siblings (a description)
+/// is wrapped in `allOf`, since 3.0 ignores them; `propertyNames` (always
+/// strings in JSON) goes; the licence keeps its name only.
+pub fn openapi_30_json() -> String {
+    let mut doc = serde_json::to_value(openapi()).unwrap_or_default();
+    to_openapi_30(&mut doc);
+    doc["openapi"] = "3.0.3".into();
+    if let Some(license) = doc["info"]["license"].as_object_mut() {
+        license.remove("identifier");
+    }
+    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    text.push('\n');
+    text
+}
+
+fn to_openapi_30(value: &mut serde_json::Value) {
+    use serde_json::{json, Value};
+    match value {
+        Value::Array(items) => items.iter_mut().for_each(to_openapi_30),
+        Value::Object(o) => {
+            o.values_mut().for_each(to_openapi_30);
+            o.remove("propertyNames");
+            if let Some(Value::Array(types)) = o.get("type").cloned() {
+                let null = json!("null");
+                let rest: Vec<Value> = types.iter().filter(|t| **t != null).cloned().collect();
+                if let [only] = rest.as_slice() {
+                    o.insert("type".into(), only.clone());
+                }
+                if types.contains(&null) {
+                    o.insert("nullable".into(), true.into());
+                }
+            }
+            let null_schema = json!({"type": "null"});
+            if let Some(Value::Array(one_of)) = o.get("oneOf").cloned() {
+                if one_of.contains(&null_schema) {
+                    let rest: Vec<Value> = one_of.into_iter().filter(|s| *s != null_schema).collect();
+                    o.remove("oneOf");
+                    match rest.as_slice() {
+                        [Value::Object(only)] => {
+                            for (k, v) in only {
+                                o.entry(k.clone()).or_insert_with(|| v.clone());
+                            }
+                        }
+                        _ => {
+                            o.insert("oneOf".into(), Value::Array(rest));
+                        }
+                    }
+                    o.insert("nullable".into(), true.into());
+                }
+            }
+            if o.len() > 1 {
+                if let Some(reference) = o.remove("$ref") {
+                    o.insert("allOf".into(), json!([{"$ref": reference}]));
+                }
+            }
+        }
+        _ => {}
+    }
 }

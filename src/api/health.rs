@@ -7,7 +7,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{run, AppState};
 use crate::db;
-use crate::error::{ApiError, ErrorResponse};
+use crate::error::{ApiError, ErrorCode, ErrorResponse};
 use crate::services::ServiceError;
 
 pub fn configure(cfg: &mut ServiceConfig) {
@@ -24,7 +24,7 @@ pub struct Health {
 /// Liveness
 ///
 /// Answers as long as the process serves HTTP.
-#[utoipa::path(tag = "health", responses((status = 200, description = "Alive", body = Health)))]
+#[utoipa::path(tag = "operations", responses((status = 200, description = "Alive", body = Health)))]
 #[get("/healthz")]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(Health { status: "ok".into() })
@@ -32,16 +32,21 @@ pub async fn healthz() -> HttpResponse {
 
 /// Readiness
 ///
-/// Ready when the database answers and every migration is applied.
+/// Ready when the database answers and every migration is applied, and
+/// shutdown has not begun (from then on 503, so that a load balancer stops
+/// sending requests while the server still serves those it gets).
 #[utoipa::path(
-    tag = "health",
+    tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "Database unreachable or migrations pending", body = ErrorResponse),
+        (status = 503, description = "Database unreachable, migrations pending, or shutting down", body = ErrorResponse),
     )
 )]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ApiError::unavailable_as(ErrorCode::ServiceUnavailable, "the server is shutting down"));
+    }
     let pending = run(&state, |conn, _| db::has_pending_migrations(conn).map_err(ServiceError::Internal))
         .await
         .map_err(ApiError::unavailable)?;
@@ -54,12 +59,28 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 /// Metrics
 ///
 /// Prometheus text format: requests by route and status, charge latency and
-/// outcomes, webhook events by type and outcome, payouts by status.
+/// outcomes, webhook events by type and outcome, payouts by status, Stripe
+/// calls, maintenance sweeps, the database pool, the SQLite write gate, the
+/// build and the process. Not here (404) when `TALLY_METRICS_BIND` serves it
+/// on a listener of its own.
 #[utoipa::path(
-    tag = "health",
-    responses((status = 200, description = "Prometheus metrics", content_type = "text/plain", body = String))
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus metrics", content_type = "text/plain", body = String),
+        (status = 404, description = "Served on TALLY_METRICS_BIND instead", body = ErrorResponse),
+    )
 )]
 #[get("/metrics")]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render())
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if state.ctx.settings.metrics_bind.is_some() {
+        return Err(ApiError::not_found("not found"));
+    }
+    Ok(metrics_text(state).await)
+}
+
+/// The metrics as of now (`/metrics` of the API or of `TALLY_METRICS_BIND`).
+pub async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render(&state.queues()))
 }

@@ -510,9 +510,14 @@ pub fn pool_write_gate(pool: &Pool) -> Result<Option<Arc<WriteGate>>, r2d2::Pool
 /// Waits for the turn at the pool's write gate (SQLite; see
 /// [`pool_write_gate`]), then checks out a connection that holds it until
 /// dropped.
-pub fn checkout_writer(pool: &Pool, gate: Option<&Arc<WriteGate>>) -> Result<WriterConn, r2d2::PoolError> {
+/// `get` checks the connection out (`Pool::get`, or that counted as waiting).
+pub fn checkout_writer(
+    pool: &Pool,
+    gate: Option<&Arc<WriteGate>>,
+    get: impl FnOnce(&Pool) -> Result<PooledConn, r2d2::PoolError>,
+) -> Result<WriterConn, r2d2::PoolError> {
     let turn = gate.map(WriteGate::enter_owned);
-    let mut conn = pool.get()?;
+    let mut conn = get(pool)?;
     if turn.is_some() {
         set_turn_held(&mut conn, true);
     }

@@ -132,3 +132,90 @@ impl PaymentGateway for StripeGateway {
         .boxed()
     }
 }
+
+/// A gateway whose every call is timed and its failures counted in the
+/// metrics, by operation (`stripe_request_duration_seconds`,
+/// `stripe_errors_total`).
+pub struct Metered {
+    inner: std::sync::Arc<dyn PaymentGateway>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl Metered {
+    pub fn new(
+        inner: std::sync::Arc<dyn PaymentGateway>,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        Metered { inner, metrics }
+    }
+
+    fn timed<'a, T: 'a>(
+        &'a self,
+        operation: &'static str,
+        call: BoxFuture<'a, Result<T, StripeCallError>>,
+    ) -> BoxFuture<'a, Result<T, StripeCallError>> {
+        let started = std::time::Instant::now();
+        async move {
+            let result = call.await;
+            self.metrics.stripe_call(operation, started, result.as_ref().err());
+            result
+        }
+        .boxed()
+    }
+}
+
+impl PaymentGateway for Metered {
+    fn create_top_up_session<'a>(
+        &'a self,
+        order: &'a TopUpCheckout,
+    ) -> BoxFuture<'a, Result<SessionRef, StripeCallError>> {
+        self.timed("create_top_up_session", self.inner.create_top_up_session(order))
+    }
+
+    fn create_express_account<'a>(
+        &'a self,
+        org_id: &'a str,
+    ) -> BoxFuture<'a, Result<ConnectedAccount, StripeCallError>> {
+        self.timed("create_express_account", self.inner.create_express_account(org_id))
+    }
+
+    fn create_onboarding_link<'a>(
+        &'a self,
+        account_id: &'a str,
+        refresh_url: &'a str,
+        return_url: &'a str,
+    ) -> BoxFuture<'a, Result<String, StripeCallError>> {
+        self.timed(
+            "create_onboarding_link",
+            self.inner.create_onboarding_link(account_id, refresh_url, return_url),
+        )
+    }
+
+    fn create_transfer<'a>(
+        &'a self,
+        payout_id: &'a str,
+        account_id: &'a str,
+        cents: i64,
+    ) -> BoxFuture<'a, Result<TransferRef, StripeCallError>> {
+        self.timed("create_transfer", self.inner.create_transfer(payout_id, account_id, cents))
+    }
+
+    fn list_payout_transactions<'a>(
+        &'a self,
+        account_id: &'a str,
+        payout_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PayoutTransaction>, StripeCallError>> {
+        self.timed("list_payout_transactions", self.inner.list_payout_transactions(account_id, payout_id))
+    }
+
+    fn refund<'a>(&'a self, order: &'a RefundOrder) -> BoxFuture<'a, Result<RefundRef, StripeCallError>> {
+        self.timed("create_refund", self.inner.refund(order))
+    }
+
+    fn create_subscription_session<'a>(
+        &'a self,
+        order: SubscriptionOrder<'a>,
+    ) -> BoxFuture<'a, Result<SessionRef, StripeCallError>> {
+        self.timed("create_subscription_session", self.inner.create_subscription_session(order))
+    }
+}

@@ -26,12 +26,23 @@ pub async fn run(rt: Arc<Runtime>) {
     }
 }
 
-/// One round of the background work.
+/// One round of the background work, counted in the metrics
+/// (`sweep_runs_total` by outcome, `sweep_items_total` by kind,
+/// `sweep_duration_seconds`).
 pub async fn sweep(rt: &Arc<Runtime>, purge: bool) {
+    let started = Instant::now();
+    let count = |kind: &str, n: usize| rt.metrics.sweep_items.with_label_values(&[kind]).inc_by(n as u64);
+    let mut failed = false;
     match super::payouts::recover_unsent(rt).await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(payouts = n, "unsent payouts sent by recovery"),
-        Err(e) => tracing::warn!(error = %e, "payout recovery failed"),
+        Ok(n) => {
+            count("payouts_recovered", n);
+            tracing::info!(payouts = n, "unsent payouts sent by recovery")
+        }
+        Err(e) => {
+            failed = true;
+            tracing::warn!(error = %e, "payout recovery failed")
+        }
     }
     let done = rt
         .write(move |conn, ctx| {
@@ -44,10 +55,21 @@ pub async fn sweep(rt: &Arc<Runtime>, purge: bool) {
         })
         .await;
     match done {
-        Ok((expired, expired_grants, settled, purged)) if expired + expired_grants + settled + purged > 0 => {
-            tracing::info!(expired, expired_grants, settled, purged, "maintenance sweep")
+        Ok((expired, expired_grants, settled, purged)) => {
+            count("holds_expired", expired);
+            count("grants_expired", expired_grants);
+            count("earnings_settled", settled);
+            count("keys_purged", purged);
+            if expired + expired_grants + settled + purged > 0 {
+                tracing::info!(expired, expired_grants, settled, purged, "maintenance sweep")
+            }
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "maintenance sweep failed"),
+        Err(e) => {
+            failed = true;
+            tracing::warn!(error = %e, "maintenance sweep failed")
+        }
     }
+    let outcome = if failed { "failed" } else { "ok" };
+    rt.metrics.sweep_runs.with_label_values(&[outcome]).inc();
+    rt.metrics.sweep_latency.observe(started.elapsed().as_secs_f64());
 }

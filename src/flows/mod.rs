@@ -38,9 +38,22 @@ pub struct Runtime {
     pub write_gate: Option<Arc<WriteGate>>,
     /// How many CSV exports may run at once, and whose page is read now.
     pub exports: exports::ExportSlots,
+    /// Set when shutdown begins: `/readyz` answers 503 from then on.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Runtime {
+    /// The pool's connections and the write gate's line, as of now.
+    pub fn queues(&self) -> crate::metrics::Queues {
+        let state = self.pool.state();
+        crate::metrics::Queues {
+            pool_in_use: state.connections - state.idle_connections,
+            pool_idle: state.idle_connections,
+            pool_max: self.pool.max_size(),
+            gate_queued: self.write_gate.as_ref().map_or(0, |g| g.queued()),
+        }
+    }
+
     /// Runs database work that only reads (or writes rarely, e.g. a
     /// person's wallet made on first sight) on the blocking pool, with a
     /// pooled connection, inside the caller's tracing span.
@@ -50,7 +63,7 @@ impl Runtime {
         T: Send + 'static,
     {
         self.blocking(move |rt| {
-            let mut conn = rt.pool.get()?;
+            let mut conn = rt.metrics.waiting_for_connection(|| rt.pool.get())?;
             f(&mut conn, &rt.ctx)
         })
         .await
@@ -66,7 +79,9 @@ impl Runtime {
         T: Send + 'static,
     {
         self.blocking(move |rt| {
-            let mut conn = db::checkout_writer(&rt.pool, rt.write_gate.as_ref())?;
+            let mut conn = db::checkout_writer(&rt.pool, rt.write_gate.as_ref(), |pool| {
+                rt.metrics.waiting_for_connection(|| pool.get())
+            })?;
             f(&mut conn, &rt.ctx)
         })
         .await

@@ -9,6 +9,7 @@ mod charge_refunds;
 mod charge_views;
 mod charges;
 mod cli;
+mod cors;
 mod exports;
 mod gate;
 mod grants;

@@ -111,3 +111,91 @@ async fn the_server_serves_the_document_and_docs_page() {
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("swagger"), "a docs page");
 }
+
+#[test]
+fn the_document_fits_generators_and_linters() {
+    let doc: serde_json::Value = serde_json::from_str(&tally::api::docs::openapi_json()).unwrap();
+    assert_eq!(doc["info"]["license"]["identifier"], "MIT", "an SPDX identifier");
+    assert_eq!(doc["servers"], serde_json::json!([{"url": "/"}]));
+    let public = ["/healthz", "/readyz", "/metrics", "/v1/credit-packs", "/v1/models", "/v1/plans"];
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let security =
+                op["security"].as_array().unwrap_or_else(|| panic!("{method} {path}: no security"));
+            if public.contains(&path.as_str()) || path == "/v1/webhooks/stripe" {
+                assert!(security.is_empty(), "{method} {path}: public, `security: []`");
+            }
+            let operations = ["/healthz", "/readyz", "/metrics"].contains(&path.as_str());
+            assert_eq!(op["tags"][0] == "operations", operations, "{method} {path}: tag {}", op["tags"]);
+            let idempotent = op["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == "Idempotency-Key"));
+            for (code, response) in op["responses"].as_object().unwrap() {
+                let headers = &response["headers"];
+                assert!(headers["X-Request-Id"].is_object(), "{method} {path} {code}: X-Request-Id");
+                if code == "429" || code == "503" {
+                    assert!(headers["Retry-After"].is_object(), "{method} {path} {code}: Retry-After");
+                }
+                if idempotent && code.starts_with('2') {
+                    assert!(
+                        headers["Idempotent-Replayed"].is_object(),
+                        "{method} {path} {code}: replay header"
+                    );
+                }
+            }
+        }
+    }
+    let tags: Vec<&str> =
+        doc["tags"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert!(tags.contains(&"operations") && !tags.contains(&"health"), "{tags:?}");
+}
+
+const REGENERATE_30: &str = "cargo run -q -- openapi --spec-version 3.0 > openapi/openapi-3.0.json";
+
+#[test]
+fn committed_3_0_document_matches_the_code() {
+    let generated = tally::api::docs::openapi_30_json();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi-3.0.json");
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "openapi/openapi-3.0.json differs from the document the code generates; regenerate it with `{REGENERATE_30}` and commit it"
+    );
+}
+
+#[test]
+fn the_3_0_document_says_nothing_3_0_tools_refuse() {
+    let doc: serde_json::Value = serde_json::from_str(&tally::api::docs::openapi_30_json()).unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+    assert!(doc["info"]["license"].get("identifier").is_none(), "3.0 has no licence identifier");
+    fn walk(v: &serde_json::Value, at: &str, nullable: &mut usize) {
+        match v {
+            serde_json::Value::Object(o) => {
+                assert!(!o.get("type").is_some_and(|t| t.is_array()), "{at}: a type list");
+                assert!(o.get("type") != Some(&serde_json::json!("null")), "{at}: type null");
+                assert!(!o.contains_key("$ref") || o.len() == 1, "{at}: $ref with siblings");
+                assert!(!o.contains_key("propertyNames"), "{at}: propertyNames");
+                if o.get("nullable") == Some(&serde_json::Value::Bool(true)) {
+                    *nullable += 1;
+                }
+                for (k, x) in o {
+                    walk(x, &format!("{at}/{k}"), nullable);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, at, nullable)),
+            _ => {}
+        }
+    }
+    let mut nullable = 0;
+    walk(&doc, "", &mut nullable);
+    // Nullable fields say so: Wallet's frozen_reason, a nullable $ref (Charge.usage).
+    assert!(nullable > 90, "{nullable} nullable fields");
+    let usage = &doc["components"]["schemas"]["Charge"]["properties"]["usage"];
+    assert_eq!(usage["nullable"], true, "{usage}");
+    assert_eq!(usage["allOf"][0]["$ref"], "#/components/schemas/Usage", "{usage}");
+    // Same operations and schemas as the 3.1 document.
+    let v31: serde_json::Value = serde_json::from_str(&tally::api::docs::openapi_json()).unwrap();
+    let keys = |d: &serde_json::Value, k: &str| d[k].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&doc, "paths"), keys(&v31, "paths"));
+    assert_eq!(keys(&doc["components"], "schemas"), keys(&v31["components"], "schemas"));
+}
