@@ -320,7 +320,11 @@ fn draw(
             Err(LedgerError::Insufficient { account_id: m.account_id })
         };
     }
-    // Most debits fit in the first grant: read a few at a time.
+    // Most debits fit in the first grant in order: one statement then.
+    if first.is_empty() && left.is_positive() && draw_all_from_first(conn, m, left, hold)? {
+        return Ok(());
+    }
+    // Else read a few at a time.
     while left.is_positive() {
         let batch = live(conn, m.account_id, m.at, 4)?;
         if batch.is_empty() {
@@ -417,6 +421,70 @@ fn put_back(
         return Err(invalid(format!("grant {grant} cannot take back {back}")));
     }
     record(conn, m, grant, back.checked_neg().ok_or_else(|| range(m.account_id))?, hold)
+}
+
+#[derive(QueryableByName)]
+struct Drawn {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    value: i64,
+}
+
+/// Takes all of `amount` from the wallet's first grant in the drawdown
+/// order if that grant holds it, and records the draw; false (nothing
+/// written) when it does not. On PostgreSQL one statement (a round trip
+/// instead of three), on SQLite two. Hand-written SQL: diesel's DSL has
+/// no data-modifying CTE. The order is [`draw_order`]'s.
+fn draw_all_from_first(
+    conn: &mut DbConn,
+    m: &WalletMove,
+    amount: Credits,
+    hold: Option<&str>,
+) -> Result<bool, LedgerError> {
+    use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
+    const FIRST: &str = "SELECT id FROM credit_grants \
+         WHERE account_id = $2 AND remaining > 0 AND (expires_at IS NULL OR expires_at > $3) \
+         ORDER BY category DESC, expires_at IS NULL, expires_at, id LIMIT 1";
+    match conn {
+        DbConn::Pg(_) => {
+            let drawn = Prepared(
+                diesel::sql_query(
+                    "WITH taken AS (UPDATE credit_grants SET remaining = remaining - $1 \
+                     WHERE id = (SELECT id FROM credit_grants \
+                     WHERE account_id = $2 AND remaining > 0 AND (expires_at IS NULL OR expires_at > $3) \
+                     ORDER BY category DESC, expires_at IS NULL, expires_at, id LIMIT 1) \
+                     AND remaining >= $1 RETURNING id) \
+                     INSERT INTO grant_draws (grant_id, entry_id, hold_id, amount, created_at) \
+                     SELECT id, $4, $5, $1, $3 FROM taken RETURNING grant_id AS value",
+                )
+                .bind::<BigInt, _>(amount.micros())
+                .bind::<BigInt, _>(m.account_id)
+                .bind::<Timestamp, _>(m.at)
+                .bind::<BigInt, _>(m.entry_id)
+                .bind::<Nullable<Text>, _>(hold),
+            )
+            .get_result::<Drawn>(conn)
+            .optional()?;
+            Ok(drawn.is_some())
+        }
+        DbConn::Sqlite(_) => {
+            let sql = format!(
+                "UPDATE credit_grants SET remaining = remaining - $1 WHERE id = ({FIRST}) \
+                 AND remaining >= $1 RETURNING id AS value"
+            );
+            let taken = Prepared(
+                diesel::sql_query(sql)
+                    .bind::<BigInt, _>(amount.micros())
+                    .bind::<BigInt, _>(m.account_id)
+                    .bind::<Timestamp, _>(m.at),
+            )
+            .get_result::<Drawn>(conn)
+            .optional()?;
+            match taken {
+                Some(d) => record(conn, m, d.value, amount, hold).map(|()| true),
+                None => Ok(false),
+            }
+        }
+    }
 }
 
 /// What a give-back returns credits to.
