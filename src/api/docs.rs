@@ -30,6 +30,7 @@ use crate::error::{ErrorBody, ErrorResponse};
         (name = "holds", description = "Credits reserved before a message's work, captured or released after it"),
         (name = "earnings", description = "Creator earnings"),
         (name = "top-ups", description = "Credit packs and top-ups"),
+        (name = "invoices", description = "Billing profiles, invoices and credit notes"),
         (name = "payouts", description = "Creator payouts through Stripe Connect"),
         (name = "plans", description = "Plans, entitlements and subscriptions"),
         (name = "webhooks", description = "Events from Stripe"),

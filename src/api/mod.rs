@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod billing;
 pub mod charges;
 pub mod docs;
 pub mod earnings;
@@ -53,6 +54,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
     payouts::configure(cfg);
     plans::configure(cfg);
     admin::configure(cfg);
+    billing::configure(cfg);
 }
 
 /// Runs database work that reads ([`AppState::read`]).

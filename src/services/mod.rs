@@ -3,6 +3,7 @@
 
 pub mod adjustments;
 pub mod agents;
+pub mod billing_profiles;
 pub mod charge_views;
 pub mod charges;
 pub mod earnings;
@@ -11,6 +12,8 @@ pub mod grants;
 pub mod history;
 pub mod holds;
 pub mod idempotency;
+pub mod invoice_pdf;
+pub mod invoices;
 pub mod models;
 pub mod names;
 pub mod orgs;

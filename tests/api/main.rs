@@ -13,6 +13,7 @@ mod grants;
 mod holds;
 mod idempotency;
 mod input;
+mod invoices;
 mod ledger;
 mod metered;
 mod metrics;
