@@ -51,6 +51,49 @@ pub struct Earnings {
     pub platform_share: CreditTotal,
     /// The marketplace share rate now in force, e.g. "0.30".
     pub marketplace_share_rate: String,
+    /// The smallest payout (`TALLY_MIN_WITHDRAWAL`).
+    #[schema(value_type = String, example = "100")]
+    pub min_withdrawal: Credits,
+    /// Whether a payout of the available earnings can be requested now and
+    /// reach the bank.
+    pub can_withdraw: bool,
+    /// Why not, when `can_withdraw` is false (the first that applies).
+    pub reason: Option<WithdrawalBlock>,
+}
+
+/// Why earnings cannot be withdrawn now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WithdrawalBlock {
+    /// No Stripe account is connected (`PUT /v1/orgs/{id}/payout-account`).
+    NoPayoutAccount,
+    /// Stripe has not enabled payouts on the account (onboarding unfinished).
+    PayoutsNotEnabled,
+    /// The account's last bank payout failed: the bank details need fixing
+    /// in Stripe before more money is sent there.
+    BankPayoutFailed,
+    /// Less than `min_withdrawal` (or less than one cent) is available.
+    BelowMinimum,
+}
+
+/// Whether `available` credits can be paid out now, and if not why.
+fn withdrawal_block(
+    conn: &mut DbConn,
+    ctx: &Ctx,
+    org_id: &str,
+    available: Credits,
+) -> ServiceResult<Option<WithdrawalBlock>> {
+    let account = super::payouts::find_account(conn, org_id)?;
+    Ok(match account {
+        None => Some(WithdrawalBlock::NoPayoutAccount),
+        Some(a) if !a.payouts_enabled => Some(WithdrawalBlock::PayoutsNotEnabled),
+        Some(a) if a.bank_payout_failed_at.is_some() => Some(WithdrawalBlock::BankPayoutFailed),
+        Some(_) => {
+            let (cents, _) = available.to_whole_cents(ctx.settings.credit_rate);
+            let below = available < ctx.settings.min_withdrawal || available.is_zero() || cents.cents() <= 0;
+            below.then_some(WithdrawalBlock::BelowMinimum)
+        }
+    })
 }
 
 /// Settles every accrual whose hold has passed (of one organization, or
@@ -228,15 +271,20 @@ pub fn get_earnings(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, org_id: &str)
                 sql::<BigInt>(&sums::lo("platform_share")),
             ))
             .first(c.conn())?;
+        let available = cached_balance(c, org_id, AccountKind::EarningsAvailable)?;
+        let block = withdrawal_block(c, ctx, org_id, available)?;
         Ok(Earnings {
             org_id: org_id.to_string(),
-            available: cached_balance(c, org_id, AccountKind::EarningsAvailable)?,
+            available,
             pending: CreditTotal::from_micros(sums::join(pending_hi, pending_lo)),
             next_available_at: next.map(|t| t.and_utc()),
             in_payout: cached_balance(c, org_id, AccountKind::EarningsInPayout)?,
             lifetime_gross: CreditTotal::from_micros(sums::join(gross_hi, gross_lo)),
             platform_share: CreditTotal::from_micros(sums::join(share_hi, share_lo)),
             marketplace_share_rate: ctx.settings.marketplace_share.to_string(),
+            min_withdrawal: ctx.settings.min_withdrawal,
+            can_withdraw: block.is_none(),
+            reason: block,
         })
     })
 }
