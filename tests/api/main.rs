@@ -24,6 +24,7 @@ mod overflow;
 mod payouts;
 mod plans;
 mod resilience;
+mod self_service;
 mod topups;
 mod wallets;
 mod webhooks;
