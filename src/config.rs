@@ -48,6 +48,12 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("TALLY_PLANS", None),
     ("TALLY_PRO_PRICE_ID", None),
     ("TALLY_PAST_DUE_GRACE", Some("7d")),
+    ("TALLY_INVOICE_PREFIX", Some("TALLY")),
+    ("TALLY_SELLER_NAME", Some("tally")),
+    ("TALLY_SELLER_ADDRESS", None),
+    ("TALLY_SELLER_TAX_ID", None),
+    ("TALLY_TAX_RATES", None),
+    ("TALLY_TAX_MODE", Some("inclusive")),
     ("STRIPE_SECRET_KEY", None),
     ("STRIPE_WEBHOOK_SECRET", None),
     ("STRIPE_CONNECT_WEBHOOK_SECRET", None),
@@ -210,6 +216,19 @@ pub struct StripeSettings {
     pub api_base: Option<String>,
 }
 
+/// What invoices say about the seller, how they are numbered, and the tax
+/// rate table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invoicing {
+    /// `TALLY_INVOICE_PREFIX`: invoice numbers read `PREFIX-2026-000042`.
+    pub prefix: String,
+    pub seller_name: String,
+    /// Lines separated by `\n` or `;`.
+    pub seller_address: Option<String>,
+    pub seller_tax_id: Option<String>,
+    pub tax: crate::domain::tax::TaxTable,
+}
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub database: DbTarget,
@@ -262,6 +281,7 @@ pub struct Settings {
     /// Where Stripe sends a creator whose onboarding link expired.
     pub connect_refresh_url: String,
     pub stripe: Option<StripeSettings>,
+    pub invoicing: Invoicing,
     /// Checks webhook signatures; may be set without a secret key.
     pub stripe_webhook_secret: Option<String>,
     /// `STRIPE_CONNECT_WEBHOOK_SECRET`: the signing secret of the Connect
@@ -324,6 +344,7 @@ impl Settings {
             "test" => true,
             other => return Err(bad("TALLY_API_KEY_MODE", format!("'{other}' is not live or test"))),
         };
+        let invoicing = raw.invoicing()?;
 
         Ok(Settings {
             database,
@@ -355,6 +376,7 @@ impl Settings {
             pro_price_id,
             past_due_grace,
             stripe,
+            invoicing,
             stripe_webhook_secret,
             stripe_connect_webhook_secret,
             api_key_test_mode,
@@ -713,6 +735,40 @@ impl<'a> Raw<'a> {
             past_due_grace: self.duration("TALLY_PAST_DUE_GRACE", YEAR)?,
         })
     }
+
+    fn invoicing(&self) -> Result<Invoicing, ConfigError> {
+        let prefix = self.text("TALLY_INVOICE_PREFIX").trim().to_string();
+        let prefix_ok = !prefix.is_empty()
+            && prefix.len() <= 20
+            && prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !prefix_ok {
+            return Err(bad(
+                "TALLY_INVOICE_PREFIX",
+                format!("'{prefix}' is not 1 to 20 letters, digits, - or _"),
+            ));
+        }
+        let seller_name = self.text("TALLY_SELLER_NAME").trim().to_string();
+        if seller_name.is_empty() {
+            return Err(bad("TALLY_SELLER_NAME", "must not be empty".into()));
+        }
+        let rates = match self.get("TALLY_TAX_RATES") {
+            Some(text) => crate::domain::tax::parse_rates(&text).map_err(|e| bad("TALLY_TAX_RATES", e))?,
+            None => BTreeMap::new(),
+        };
+        let inclusive = match self.text("TALLY_TAX_MODE").to_ascii_lowercase().as_str() {
+            "inclusive" => true,
+            "exclusive" => false,
+            other => return Err(bad("TALLY_TAX_MODE", format!("'{other}' is not inclusive or exclusive"))),
+        };
+        let optional = |key: &str| self.get(key).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        Ok(Invoicing {
+            prefix,
+            seller_name,
+            seller_address: optional("TALLY_SELLER_ADDRESS"),
+            seller_tax_id: optional("TALLY_SELLER_TAX_ID"),
+            tax: crate::domain::tax::TaxTable { rates, inclusive },
+        })
+    }
 }
 
 fn read_toml(path: &str) -> Result<BTreeMap<String, String>, ConfigError> {
@@ -831,6 +887,12 @@ mod tests {
             ("TALLY_CONNECT_REFRESH_URL", "https://f"),
             ("TALLY_PRO_PRICE_ID", "price_1"),
             ("TALLY_PAST_DUE_GRACE", "3d"),
+            ("TALLY_INVOICE_PREFIX", "ACME"),
+            ("TALLY_SELLER_NAME", "Acme GmbH"),
+            ("TALLY_SELLER_ADDRESS", "Hauptstr. 1; 10115 Berlin"),
+            ("TALLY_SELLER_TAX_ID", "DE123456789"),
+            ("TALLY_TAX_RATES", r#"{"DE": "0.19"}"#),
+            ("TALLY_TAX_MODE", "exclusive"),
             ("STRIPE_SECRET_KEY", "sk_test_1"),
             ("STRIPE_WEBHOOK_SECRET", "whsec_1"),
             ("STRIPE_API_BASE", "http://127.0.0.1:1"),
@@ -863,6 +925,12 @@ mod tests {
         assert_eq!(s.plans, crate::domain::plans::default_plans());
         assert_eq!(s.pro_price_id.as_deref(), Some("price_1"));
         assert_eq!(s.past_due_grace, Duration::from_secs(3 * 86_400));
+        assert_eq!(s.invoicing.prefix, "ACME");
+        assert_eq!(s.invoicing.seller_name, "Acme GmbH");
+        assert_eq!(s.invoicing.seller_address.as_deref(), Some("Hauptstr. 1; 10115 Berlin"));
+        assert_eq!(s.invoicing.seller_tax_id.as_deref(), Some("DE123456789"));
+        assert_eq!(s.invoicing.tax.rate_for(Some("DE")), Some(Decimal::new(19, 2)));
+        assert!(!s.invoicing.tax.inclusive);
         let stripe = s.stripe.unwrap();
         assert_eq!(stripe.secret_key, "sk_test_1");
         assert_eq!(stripe.webhook_secret.as_deref(), Some("whsec_1"));
@@ -889,6 +957,14 @@ mod tests {
         }
         let ok = Settings::from_values(&values(&[("TALLY_MAX_CONCURRENT_EXPORTS", "64")])).unwrap();
         assert_eq!(ok.max_concurrent_exports, 64);
+        for (key, value) in [
+            ("TALLY_TAX_RATES", r#"{"ZZ": "0.1"}"#),
+            ("TALLY_TAX_MODE", "sometimes"),
+            ("TALLY_INVOICE_PREFIX", "A B"),
+        ] {
+            let err = Settings::from_values(&values(&[(key, value)])).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
         let ok = Settings::from_values(&values(&[("TALLY_EARNINGS_HOLD", "0s")])).unwrap();
         assert_eq!(ok.earnings_hold, Duration::ZERO);
     }

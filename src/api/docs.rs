@@ -31,6 +31,7 @@ use crate::error::{ErrorBody, ErrorResponse};
         (name = "api-keys", description = "API keys for servers and SDKs: bound to a wallet, with a daily limit and expiry"),
         (name = "earnings", description = "Creator earnings"),
         (name = "top-ups", description = "Credit packs and top-ups"),
+        (name = "invoices", description = "Billing profiles, invoices and credit notes"),
         (name = "payouts", description = "Creator payouts through Stripe Connect"),
         (name = "plans", description = "Plans, entitlements and subscriptions"),
         (name = "webhooks", description = "Events from Stripe"),

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod agents;
 pub mod api_keys;
+pub mod billing;
 pub mod charges;
 pub mod docs;
 pub mod earnings;
@@ -55,6 +56,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
     payouts::configure(cfg);
     plans::configure(cfg);
     admin::configure(cfg);
+    billing::configure(cfg);
 }
 
 /// Runs database work that reads ([`AppState::read`]).

@@ -44,6 +44,9 @@ pub struct TopUpRow {
     pub paid_cents: Option<i64>,
     pub paid_currency: Option<String>,
     pub validity: Validity,
+    /// The rate of the tax rate table that applies (by the buyer's country
+    /// when ordered), as a decimal string; `amount_cents` includes it.
+    pub tax_rate: Option<String>,
 }
 
 /// A new order: nothing paid, refunded or disputed yet (those columns keep
@@ -66,6 +69,7 @@ pub struct NewTopUp<'a> {
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
     pub validity: Validity,
+    pub tax_rate: Option<String>,
 }
 
 /// A payout of creator earnings.

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod counters;
 pub mod gate;
 pub mod history;
+pub mod invoices;
 pub mod locks;
 pub mod models;
 pub mod plans;

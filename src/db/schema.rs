@@ -256,6 +256,7 @@ diesel::table! {
         paid_cents -> Nullable<BigInt>,
         paid_currency -> Nullable<Text>,
         validity -> Text,
+        tax_rate -> Nullable<Text>,
     }
 }
 
@@ -397,6 +398,59 @@ diesel::joinable!(agents -> models (model_id));
 diesel::joinable!(postings -> journal_entries (entry_id));
 diesel::joinable!(postings -> accounts (account_id));
 
+diesel::table! {
+    billing_profiles (owner_type, owner_id) {
+        owner_type -> Text,
+        owner_id -> Text,
+        profile -> Text,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    invoices (id) {
+        id -> Text,
+        number -> Text,
+        sequence -> BigInt,
+        top_up_id -> Text,
+        wallet_account_id -> BigInt,
+        wallet_id -> Text,
+        issued_at -> Timestamp,
+        seller -> Text,
+        buyer -> Nullable<Text>,
+        line -> Text,
+        currency -> Text,
+        subtotal_cents -> BigInt,
+        tax_cents -> BigInt,
+        total_cents -> BigInt,
+        tax_source -> Text,
+        tax_rate -> Nullable<Text>,
+        tax_inclusive -> Bool,
+        payment_method -> Text,
+    }
+}
+
+diesel::table! {
+    credit_note_counter (id) {
+        id -> Integer,
+        last_number -> BigInt,
+    }
+}
+
+diesel::table! {
+    credit_notes (id) {
+        id -> Text,
+        number -> Text,
+        sequence -> BigInt,
+        invoice_id -> Text,
+        issued_at -> Timestamp,
+        subtotal_cents -> BigInt,
+        tax_cents -> BigInt,
+        total_cents -> BigInt,
+        reason -> Text,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     people,
     orgs,
@@ -425,4 +479,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     credit_grants,
     grant_draws,
     charge_refunds,
+    billing_profiles,
+    invoices,
+    credit_note_counter,
+    credit_notes,
 );

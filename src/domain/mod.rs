@@ -9,6 +9,7 @@ pub mod money;
 pub mod plans;
 pub mod pricing;
 pub mod statuses;
+pub mod tax;
 pub mod text;
 pub mod usage;
 

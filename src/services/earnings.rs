@@ -51,6 +51,49 @@ pub struct Earnings {
     pub platform_share: CreditTotal,
     /// The marketplace share rate now in force, e.g. "0.30".
     pub marketplace_share_rate: String,
+    /// The smallest payout (`TALLY_MIN_WITHDRAWAL`).
+    #[schema(value_type = String, example = "100")]
+    pub min_withdrawal: Credits,
+    /// Whether a payout of the available earnings can be requested now and
+    /// reach the bank.
+    pub can_withdraw: bool,
+    /// Why not, when `can_withdraw` is false (the first that applies).
+    pub reason: Option<WithdrawalBlock>,
+}
+
+/// Why earnings cannot be withdrawn now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WithdrawalBlock {
+    /// No Stripe account is connected (`PUT /v1/orgs/{id}/payout-account`).
+    NoPayoutAccount,
+    /// Stripe has not enabled payouts on the account (onboarding unfinished).
+    PayoutsNotEnabled,
+    /// The account's last bank payout failed: the bank details need fixing
+    /// in Stripe before more money is sent there.
+    BankPayoutFailed,
+    /// Less than `min_withdrawal` (or less than one cent) is available.
+    BelowMinimum,
+}
+
+/// Whether `available` credits can be paid out now, and if not why.
+fn withdrawal_block(
+    conn: &mut DbConn,
+    ctx: &Ctx,
+    org_id: &str,
+    available: Credits,
+) -> ServiceResult<Option<WithdrawalBlock>> {
+    let account = super::payouts::find_account(conn, org_id)?;
+    Ok(match account {
+        None => Some(WithdrawalBlock::NoPayoutAccount),
+        Some(a) if !a.payouts_enabled => Some(WithdrawalBlock::PayoutsNotEnabled),
+        Some(a) if a.bank_payout_failed_at.is_some() => Some(WithdrawalBlock::BankPayoutFailed),
+        Some(_) => {
+            let (cents, _) = available.to_whole_cents(ctx.settings.credit_rate);
+            let below = available < ctx.settings.min_withdrawal || available.is_zero() || cents.cents() <= 0;
+            below.then_some(WithdrawalBlock::BelowMinimum)
+        }
+    })
 }
 
 /// Settles every accrual whose hold has passed (of one organization, or
@@ -228,15 +271,20 @@ pub fn get_earnings(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, org_id: &str)
                 sql::<BigInt>(&sums::lo("platform_share")),
             ))
             .first(c.conn())?;
+        let available = cached_balance(c, org_id, AccountKind::EarningsAvailable)?;
+        let block = withdrawal_block(c, ctx, org_id, available)?;
         Ok(Earnings {
             org_id: org_id.to_string(),
-            available: cached_balance(c, org_id, AccountKind::EarningsAvailable)?,
+            available,
             pending: CreditTotal::from_micros(sums::join(pending_hi, pending_lo)),
             next_available_at: next.map(|t| t.and_utc()),
             in_payout: cached_balance(c, org_id, AccountKind::EarningsInPayout)?,
             lifetime_gross: CreditTotal::from_micros(sums::join(gross_hi, gross_lo)),
             platform_share: CreditTotal::from_micros(sums::join(share_hi, share_lo)),
             marketplace_share_rate: ctx.settings.marketplace_share.to_string(),
+            min_withdrawal: ctx.settings.min_withdrawal,
+            can_withdraw: block.is_none(),
+            reason: block,
         })
     })
 }
@@ -263,4 +311,94 @@ pub fn list_earnings_transactions(
         .filter_map(|(id, kind)| kind.parse().ok().map(|kind| AccountRef { id, kind }))
         .collect();
     history::list_accounts(conn, &accounts, q)
+}
+
+/// One agent's share of an organization's earnings over a period.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentEarnings {
+    pub agent_id: String,
+    /// Messages charged with the add-on.
+    pub paid_messages: i64,
+    /// Free messages (the add-on forgone).
+    pub free_messages: i64,
+    /// Add-ons charged (before the platform's share).
+    #[schema(value_type = String, example = "20")]
+    pub gross_addon: CreditTotal,
+    /// The platform's marketplace share of them.
+    #[schema(value_type = String, example = "6")]
+    pub platform_share: CreditTotal,
+    /// What the organization earned (pending or settled).
+    #[schema(value_type = String, example = "14")]
+    pub creator_earnings: CreditTotal,
+}
+
+/// Earnings per agent, by agent id.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EarningsByAgent {
+    pub org_id: String,
+    /// Start of the period (inclusive), if given.
+    pub from: Option<DateTime<Utc>>,
+    /// End of the period (exclusive), if given.
+    pub to: Option<DateTime<Utc>>,
+    pub data: Vec<AgentEarnings>,
+}
+
+/// `GET /v1/orgs/{id}/earnings/by-agent`: the organization's charges of
+/// each agent in `[from, to)`, grouped in one query. Org owners and admins.
+pub fn earnings_by_agent(
+    conn: &mut DbConn,
+    caller: &Caller,
+    org_id: &str,
+    from: Option<NaiveDateTime>,
+    to: Option<NaiveDateTime>,
+) -> ServiceResult<EarningsByAgent> {
+    if let (Some(f), Some(t)) = (from, to) {
+        if f >= t {
+            return Err(ServiceError::Validation("from must be before to".into()));
+        }
+    }
+    require_admin(conn, org_id, &caller.id)?;
+    // Open ends as far-away bounds: one statement shape (a boxed query
+    // cannot be grouped).
+    let bound = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d).and_then(|d| d.and_hms_opt(0, 0, 0));
+    let (lo, hi) = (bound(1970, 1, 1), bound(9999, 12, 31));
+    let (Some(lo), Some(hi)) = (from.or(lo), to.or(hi)) else {
+        return Err(ServiceError::Internal("period bounds".into()));
+    };
+    type Row = (String, i64, i64, i64, i64, i64, i64, i64, i64);
+    let rows: Vec<Row> = charges::table
+        .filter(charges::creator_org_id.eq(org_id))
+        .filter(charges::created_at.ge(lo))
+        .filter(charges::created_at.lt(hi))
+        .group_by(charges::agent_id)
+        .select((
+            charges::agent_id,
+            sql::<BigInt>("CAST(SUM(CASE WHEN free THEN 0 ELSE 1 END) AS BIGINT)"),
+            sql::<BigInt>("CAST(SUM(CASE WHEN free THEN 1 ELSE 0 END) AS BIGINT)"),
+            sql::<BigInt>(&sums::hi("publisher_addon")),
+            sql::<BigInt>(&sums::lo("publisher_addon")),
+            sql::<BigInt>(&sums::hi("platform_share")),
+            sql::<BigInt>(&sums::lo("platform_share")),
+            sql::<BigInt>(&sums::hi("creator_earnings")),
+            sql::<BigInt>(&sums::lo("creator_earnings")),
+        ))
+        .order(charges::agent_id.asc())
+        .load(conn)?;
+    let total = |hi, lo| CreditTotal::from_micros(sums::join(hi, lo));
+    Ok(EarningsByAgent {
+        org_id: org_id.to_string(),
+        from: from.map(|t| t.and_utc()),
+        to: to.map(|t| t.and_utc()),
+        data: rows
+            .into_iter()
+            .map(|(agent_id, paid, free, gh, gl, sh, sl, ch, cl)| AgentEarnings {
+                agent_id,
+                paid_messages: paid,
+                free_messages: free,
+                gross_addon: total(gh, gl),
+                platform_share: total(sh, sl),
+                creator_earnings: total(ch, cl),
+            })
+            .collect(),
+    })
 }

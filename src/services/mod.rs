@@ -4,6 +4,7 @@
 pub mod adjustments;
 pub mod agents;
 pub mod api_keys;
+pub mod billing_profiles;
 pub mod charge_refunds;
 pub mod charge_views;
 pub mod charges;
@@ -13,6 +14,8 @@ pub mod grants;
 pub mod history;
 pub mod holds;
 pub mod idempotency;
+pub mod invoice_pdf;
+pub mod invoices;
 pub mod models;
 pub mod names;
 pub mod orgs;

@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 
 use super::history::TransactionReferences;
 use super::idempotency::{Outcome, RequestKey};
+use super::invoices::StripeTax;
 use super::stripe_events::EventOutcome;
 use super::wallets::{load_for, Access};
 use super::{Caller, Ctx, ErrorCode, ServiceError, ServiceResult};
@@ -234,6 +235,17 @@ pub fn prepare_top_up(
             (None, true) => TopUpMethod::Stripe,
             (None, false) => TopUpMethod::Manual,
         };
+        // The rate table's tax, by the buyer's country as their billing
+        // profile says now: an exclusive rate is added to the price.
+        let tax = &ctx.settings.invoicing.tax;
+        let country = super::billing_profiles::profile_of(tx, wallet.owner_type, &wallet.owner_id)?
+            .and_then(|p| p.address.map(|a| a.country));
+        let rate = tax.rate_for(country.as_deref()).filter(|r| !r.is_zero());
+        let amount_cents = match rate {
+            Some(r) => crate::domain::tax::gross_price(price.cents(), r, tax.inclusive)
+                .ok_or_else(|| ServiceError::Internal("price with tax out of range".into()))?,
+            None => price.cents(),
+        };
         let existing: Option<TopUpRow> = top_ups::table
             .filter(top_ups::request_key.eq(request.as_str()))
             .select(TopUpRow::as_select())
@@ -253,7 +265,7 @@ pub fn prepare_top_up(
                 pack_id: &pack.id,
                 credits: pack.credits,
                 bonus_credits: pack.bonus_credits,
-                amount_cents: price.cents(),
+                amount_cents,
                 currency: "usd",
                 method,
                 status: TopUpStatus::Pending,
@@ -261,6 +273,7 @@ pub fn prepare_top_up(
                 created_at: now,
                 updated_at: now,
                 validity,
+                tax_rate: rate.map(|r| r.to_string()),
             })
             .execute(tx.conn())?;
         load(tx, &id)
@@ -305,6 +318,7 @@ fn credit(
     from: &[TopUpStatus],
     actor: &str,
     request_key: Option<&str>,
+    stripe_tax: Option<StripeTax>,
 ) -> ServiceResult<bool> {
     let now = db::now();
     let claimed = diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq_any(from)))
@@ -365,6 +379,8 @@ fn credit(
     diesel::update(top_ups::table.find(&row.id))
         .set((top_ups::receipt_number.eq(receipt), top_ups::credited_entry_id.eq(posted.entry_id)))
         .execute(tx.conn())?;
+    let pack_name = find_pack(ctx, &row.pack_id).map_or_else(|_| row.pack_id.clone(), |p| p.name.clone());
+    super::invoices::issue_for_top_up(tx, ctx, row, receipt, &pack_name, stripe_tax, now)?;
     tracing::info!(top_up_id = %row.id, %total, receipt, "top-up credited");
     Ok(true)
 }
@@ -388,7 +404,7 @@ pub fn settle_manual(
             message: "this top-up is paid through Stripe Checkout and settles by its webhook".into(),
         });
     }
-    if !credit(tx, ctx, &row, &[TopUpStatus::Pending], &operator.id, Some(request.as_str()))? {
+    if !credit(tx, ctx, &row, &[TopUpStatus::Pending], &operator.id, Some(request.as_str()), None)? {
         return Err(ServiceError::Conflict {
             kind: ErrorCode::TopUpNotPending,
             message: format!("top-up {id} is {}, not pending", row.status),
@@ -439,7 +455,8 @@ fn settle_at_paid_amount(
         ))
         .execute(tx.conn())?;
     let settled = load(tx, &row.id)?;
-    if !credit(tx, ctx, &settled, &[TopUpStatus::AmountMismatch], &operator.id, Some(request.as_str()))? {
+    if !credit(tx, ctx, &settled, &[TopUpStatus::AmountMismatch], &operator.id, Some(request.as_str()), None)?
+    {
         return Err(ServiceError::Internal(format!("top-up {} could not be settled", row.id)));
     }
     tracing::warn!(top_up_id = %row.id, paid_cents = paid, operator = %operator.id, "amount mismatch settled at the paid amount");
@@ -473,7 +490,7 @@ pub fn reject_mismatch(
     Ok(view(load(tx, id)?).into())
 }
 
-/// A page of top-ups for operators.
+/// A page of top-ups.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TopUpList {
     pub data: Vec<TopUp>,
@@ -511,6 +528,54 @@ pub fn list_top_ups(
     let has_more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     Ok(TopUpList { data: rows.into_iter().map(view).collect(), has_more })
+}
+
+/// `GET /v1/wallets/{id}/top-ups`: a wallet's top-ups (of one status, if
+/// given), newest first, keyset-paginated; whoever may read the wallet.
+pub fn list_wallet_top_ups(
+    conn: &mut DbConn,
+    caller: &Caller,
+    wallet_id: &str,
+    status: Option<&str>,
+    limit: i64,
+    starting_after: Option<&str>,
+) -> ServiceResult<TopUpList> {
+    if !(1..=100).contains(&limit) {
+        return Err(ServiceError::Validation("limit must be 1 to 100".into()));
+    }
+    let status = status.map(parse_status).transpose()?;
+    let wallet = load_for(conn, caller, wallet_id, Access::Read)?;
+    let mut query = top_ups::table
+        .filter(top_ups::wallet_account_id.eq(wallet.id))
+        .select(TopUpRow::as_select())
+        .into_boxed();
+    if let Some(status) = status {
+        query = query.filter(top_ups::status.eq(status));
+    }
+    if let Some(cursor) = starting_after {
+        let at: Option<NaiveDateTime> = top_ups::table
+            .find(cursor)
+            .filter(top_ups::wallet_account_id.eq(wallet.id))
+            .select(top_ups::created_at)
+            .first(conn)
+            .optional()?;
+        let at = at.ok_or(ServiceError::NotFound("top-up (starting_after)"))?;
+        query = query.filter(
+            top_ups::created_at.lt(at).or(top_ups::created_at.eq(at).and(top_ups::id.lt(cursor.to_string()))),
+        );
+    }
+    let mut rows: Vec<TopUpRow> =
+        query.order((top_ups::created_at.desc(), top_ups::id.desc())).limit(limit + 1).load(conn)?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    Ok(TopUpList { data: rows.into_iter().map(view).collect(), has_more })
+}
+
+fn parse_status(status: &str) -> ServiceResult<TopUpStatus> {
+    status.parse::<TopUpStatus>().map_err(|_| {
+        let all: Vec<&str> = TopUpStatus::ALL.iter().map(|s| s.as_str()).collect();
+        ServiceError::Validation(format!("status '{status}' is not one of {}", all.join(", ")))
+    })
 }
 
 fn neg(c: Credits) -> ServiceResult<Credits> {
@@ -598,7 +663,10 @@ pub fn session_paid(
         return Ok(EventOutcome::AmountMismatch);
     }
     let currency_ok = s.currency.as_deref().is_none_or(|c| c.eq_ignore_ascii_case(&row.currency));
-    if s.amount_total != Some(row.amount_cents) || !currency_ok {
+    let stripe_tax = stripe_tax_of(s);
+    // Tax Stripe added on top of the price is not part of the order's amount.
+    let added_tax = stripe_tax.filter(|t| !t.inclusive).map_or(0, |t| t.tax_cents);
+    if s.amount_total.map(|t| t - added_tax) != Some(row.amount_cents) || !currency_ok {
         tracing::error!(
             top_up_id = %row.id,
             expected_cents = row.amount_cents,
@@ -621,8 +689,21 @@ pub fn session_paid(
     remember_payment_intent(tx, &row, s)?;
     // An expired order paid late is still credited: the money was taken.
     let unpaid = [TopUpStatus::Pending, TopUpStatus::Expired];
-    let credited = credit(tx, ctx, &row, &unpaid, &format!("stripe:{event_id}"), None)?;
+    let credited = credit(tx, ctx, &row, &unpaid, &format!("stripe:{event_id}"), None, stripe_tax)?;
     Ok(if credited { EventOutcome::Credited } else { EventOutcome::AlreadyCredited })
+}
+
+/// The tax Stripe Tax computed on a Checkout Session, if any: added to the
+/// price when the subtotal and the tax make the total, else included.
+fn stripe_tax_of(s: &CheckoutSession) -> Option<StripeTax> {
+    let tax = s.total_details.as_ref().and_then(|t| t.amount_tax).filter(|t| *t > 0)?;
+    let total = s.amount_total?;
+    if tax > total {
+        tracing::warn!(session = %s.id, tax, total, "Checkout Session tax above its total: not shown on the invoice");
+        return None;
+    }
+    let added = s.amount_subtotal.is_some_and(|sub| sub.checked_add(tax) == Some(total));
+    Some(StripeTax { total_cents: total, tax_cents: tax, inclusive: !added })
 }
 
 /// `checkout.session.expired`: the person abandoned Checkout; a pending
@@ -798,12 +879,12 @@ pub fn refund(
     if row.credited_entry_id.is_none() {
         return Ok(EventOutcome::NotCredited);
     }
-    let refunded = c.amount_refunded.min(row.amount_cents);
+    let refunded = super::invoices::order_cents_of_payment(tx, &row, c.amount_refunded)?;
     if refunded <= row.refunded_cents {
         return Ok(EventOutcome::AlreadyRefunded);
     }
     let actor = format!("stripe:{event_id}");
-    let full = take_back_to(tx, ctx, &row, refunded, TakenBy::stripe(&actor))?;
+    let full = take_back_to(tx, ctx, &row, refunded, Some(c.amount_refunded), TakenBy::stripe(&actor))?;
     Ok(if full { EventOutcome::Refunded } else { EventOutcome::PartiallyRefunded })
 }
 
@@ -822,11 +903,14 @@ fn take_back_for(row: &TopUpRow, refunded: i64) -> ServiceResult<(Credits, Credi
 /// [`take_back_for`] from the wallet, which may go below zero (then it is
 /// frozen), and records the amounts. Nothing when `refunded` is not more
 /// than what is recorded. Returns whether the payment is refunded in full.
+/// `paid_refunded`: the payment's refunded total as Stripe reports it, for
+/// the credit note (it may include tax Stripe added to the order).
 fn take_back_to(
     tx: &mut WriteTx<'_>,
     ctx: &Ctx,
     row: &TopUpRow,
     refunded: i64,
+    paid_refunded: Option<i64>,
     by: TakenBy<'_>,
 ) -> ServiceResult<bool> {
     let refunded = refunded.min(row.amount_cents);
@@ -834,9 +918,11 @@ fn take_back_to(
         return Ok(row.refunded_cents >= row.amount_cents);
     }
     let (credits, bonus) = take_back_for(row, refunded)?;
+    let reason = by.memo.map_or_else(|| "refund of the payment".to_string(), str::to_string);
     if add(credits, bonus)? > Credits::ZERO {
         reverse(tx, ctx, row, EntryKind::Refund, credits, bonus, by)?;
     }
+    super::invoices::issue_credit_note(tx, ctx, row, refunded, paid_refunded, &reason)?;
     let full = refunded >= row.amount_cents;
     let status = if full && row.status != TopUpStatus::Disputed { TopUpStatus::Refunded } else { row.status };
     diesel::update(top_ups::table.find(&row.id))
@@ -967,7 +1053,7 @@ pub fn complete_refund(
         None => format!("refund (manual top-up): {reason}"),
     };
     let by = TakenBy { actor: &operator.id, memo: Some(&memo), request_key: Some(request.as_str()) };
-    take_back_to(tx, ctx, &row, refunded, by)?;
+    take_back_to(tx, ctx, &row, refunded, stripe_refund.and_then(|r| r.charge_amount_refunded), by)?;
     tracing::warn!(top_up_id = %row.id, cents = plan.cents, operator = %operator.id, "top-up refunded by an operator");
     Ok(TopUpRefund {
         refund_id: stripe_refund.map(|r| r.id.clone()),

@@ -383,6 +383,8 @@ pub fn session_event_object(
     s["mode"] = json!("payment");
     s["amount_total"] = json!(amount_cents);
     s["amount_subtotal"] = json!(amount_cents);
+    // No discount and no Stripe Tax, as on a session tally opens.
+    s["total_details"] = json!({"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0});
     s["currency"] = json!("usd");
     s["client_reference_id"] = json!(top_up_id);
     s["metadata"] = json!({"top_up_id": top_up_id});

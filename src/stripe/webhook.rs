@@ -114,12 +114,25 @@ pub struct CheckoutSession {
     pub payment_status: String,
     #[serde(default)]
     pub amount_total: Option<i64>,
+    /// Before tax (when Stripe Tax added it), discounts and shipping.
+    #[serde(default)]
+    pub amount_subtotal: Option<i64>,
+    #[serde(default)]
+    pub total_details: Option<TotalDetails>,
     #[serde(default)]
     pub currency: Option<String>,
     #[serde(default)]
     pub payment_intent: Option<IdOrObject>,
     #[serde(default)]
     pub mode: Option<String>,
+}
+
+/// The part of a Checkout Session's `total_details` tally reads: the tax
+/// Stripe Tax computed.
+#[derive(Debug, Deserialize)]
+pub struct TotalDetails {
+    #[serde(default)]
+    pub amount_tax: Option<i64>,
 }
 
 /// The fields of a Charge tally reads.

@@ -51,7 +51,44 @@ both_payouts!(
     bank_payout_pays_only_the_transfers_it_carried,
     unlisted_bank_payout_is_acknowledged_and_applied_on_resend,
     failure_after_paid_keeps_earnings_in_payout,
+    earnings_say_whether_and_why_not_a_payout_can_be_made,
 );
+
+/// The earnings view says whether a payout can be requested now, and the
+/// first reason it cannot.
+async fn earnings_say_whether_and_why_not_a_payout_can_be_made(app: TestApp, _stripe: FakeStripe) {
+    let org = earn(&app, 2).await; // 14 credits, the minimum is 10
+    let creator = app.token("creator");
+    let state = |e: &Value| {
+        (
+            e["available"].as_str().map(String::from),
+            e["can_withdraw"].as_bool(),
+            e["reason"].as_str().map(String::from),
+        )
+    };
+    let e = earnings(&app, &org).await;
+    assert_eq!(e["min_withdrawal"], "10");
+    assert_eq!(state(&e), (Some("14".into()), Some(false), Some("no_payout_account".into())));
+    let (s, _, a) =
+        app.send(Method::PUT, &format!("/v1/orgs/{org}/payout-account"), Some(&creator), None, None).await;
+    assert_eq!(s, 200, "{a}");
+    let account = a["account_id"].as_str().unwrap().to_string();
+    let e = earnings(&app, &org).await;
+    assert_eq!(state(&e), (Some("14".into()), Some(false), Some("payouts_not_enabled".into())));
+    let enabled =
+        fake::connect_event("evt_acct", "account.updated", &account, fake::account_object(&account, true));
+    assert_eq!(app.deliver(&enabled).await["outcome"], "account_updated");
+    let e = earnings(&app, &org).await;
+    assert_eq!(state(&e), (Some("14".into()), Some(true), None));
+    assert!(e["reason"].is_null());
+    let (s, p) = pay_out(&app, &org, &creator, json!({"amount": "10"}), "cw-1").await;
+    assert_eq!(s, 201, "{p}");
+    let e = earnings(&app, &org).await;
+    assert_eq!(state(&e), (Some("4".into()), Some(false), Some("below_minimum".into())));
+    // And the refusal agrees.
+    let (s, b) = pay_out(&app, &org, &creator, json!({}), "cw-2").await;
+    assert_error(s, &b, 422, "below_minimum_withdrawal");
+}
 
 /// Payouts come newest first, `limit` at a time after `starting_after`, and
 /// `has_more` is exact: a page that ends with the last payout says so.
@@ -541,6 +578,10 @@ async fn failed_bank_payout_does_not_return_earnings(app: TestApp, stripe: FakeS
     assert_eq!(app.deliver(&failed).await["outcome"], "bank_payout_failed");
     let e = earnings(&app, &org).await;
     assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("40"), Some("100")));
+    assert_eq!(
+        (e["can_withdraw"].as_bool(), e["reason"].as_str()),
+        (Some(false), Some("bank_payout_failed"))
+    );
     let (_, p) = app.get(&format!("/v1/payouts/{payout_id}"), &creator).await;
     assert_eq!(
         (p["status"].as_str(), p["bank_payout_failed"].as_bool()),
