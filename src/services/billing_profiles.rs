@@ -70,12 +70,26 @@ pub struct BillingProfile {
     pub tax_id: Option<TaxId>,
 }
 
-/// A billing profile as stored.
+/// A billing profile as stored. Its fields are spelt out rather than
+/// flattened: the request type refuses unknown fields, so a flattened
+/// schema would say `updated_at` is not allowed.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BillingProfileView {
-    #[serde(flatten)]
-    pub profile: BillingProfile,
+    pub legal_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<Address>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tax_id: Option<TaxId>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl BillingProfileView {
+    fn new(profile: BillingProfile, updated_at: DateTime<Utc>) -> Self {
+        let BillingProfile { legal_name, email, address, tax_id } = profile;
+        BillingProfileView { legal_name, email, address, tax_id, updated_at }
+    }
 }
 
 /// Whose billing profile.
@@ -187,7 +201,7 @@ pub fn get_profile(
     let (text, at) = row.ok_or(ServiceError::NotFound("billing profile"))?;
     let profile =
         serde_json::from_str(&text).map_err(|e| ServiceError::Internal(format!("billing profile: {e}")))?;
-    Ok(BillingProfileView { profile, updated_at: at.and_utc() })
+    Ok(BillingProfileView::new(profile, at.and_utc()))
 }
 
 /// `PUT /v1/me/billing-profile`, `PUT /v1/orgs/{id}/billing-profile`:
@@ -204,6 +218,6 @@ pub fn put_profile(
         let (owner_type, owner_id) = resolve(tx, caller, owner)?;
         let now = db::now();
         crate::db::invoices::upsert_profile(tx.conn(), owner_type.as_str(), &owner_id, &text, now)?;
-        Ok(BillingProfileView { profile, updated_at: now.and_utc() })
+        Ok(BillingProfileView::new(profile, now.and_utc()))
     })
 }
