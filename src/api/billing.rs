@@ -268,7 +268,7 @@ pub async fn get_invoice(
     tag = "invoices",
     params(("invoice_id" = String, Path, description = "The invoice's `inv_` id")),
     responses(
-        (status = 200, description = "The PDF", content_type = "application/pdf", body = Vec<u8>),
+        (status = 200, description = "The PDF", content_type = "application/pdf", body = PdfDocument),
         (status = 401, description = "Missing or invalid token", body = ErrorResponse),
         (status = 404, description = "No such invoice, or not the caller's", body = ErrorResponse),
     ),
@@ -288,3 +288,9 @@ pub async fn get_invoice_pdf(
         .insert_header((header::CONTENT_DISPOSITION, format!("inline; filename=\"{number}.pdf\"")))
         .body(pdf))
 }
+
+/// A PDF document (binary).
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct PdfDocument(Vec<u8>);
