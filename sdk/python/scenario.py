@@ -318,7 +318,7 @@ check(
     ],
 )
 w = expect(get_wallet.sync_detailed(wallet_id, client=payer), 200)
-check("wallet credits by category", (w.credits.paid, w.credits.promotional), ("141.8", "0"))
+check("wallet credits by category", (w.credits_.paid, w.credits_.promotional), ("141.8", "0"))
 check("soonest expiring credits", w.expiring_next.amount, "44.7")
 
 # The ledger holds together.
