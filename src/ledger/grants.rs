@@ -446,21 +446,19 @@ fn draw_all_from_first(
          ORDER BY category DESC, expires_at IS NULL, expires_at, id LIMIT 1";
     match conn {
         DbConn::Pg(_) => {
+            let sql = format!(
+                "WITH taken AS (UPDATE credit_grants SET remaining = remaining - $1 WHERE id = ({FIRST}) \
+                 AND remaining >= $1 RETURNING id) \
+                 INSERT INTO grant_draws (grant_id, entry_id, hold_id, amount, created_at) \
+                 SELECT id, $4, $5, $1, $3 FROM taken RETURNING grant_id AS value"
+            );
             let drawn = Prepared(
-                diesel::sql_query(
-                    "WITH taken AS (UPDATE credit_grants SET remaining = remaining - $1 \
-                     WHERE id = (SELECT id FROM credit_grants \
-                     WHERE account_id = $2 AND remaining > 0 AND (expires_at IS NULL OR expires_at > $3) \
-                     ORDER BY category DESC, expires_at IS NULL, expires_at, id LIMIT 1) \
-                     AND remaining >= $1 RETURNING id) \
-                     INSERT INTO grant_draws (grant_id, entry_id, hold_id, amount, created_at) \
-                     SELECT id, $4, $5, $1, $3 FROM taken RETURNING grant_id AS value",
-                )
-                .bind::<BigInt, _>(amount.micros())
-                .bind::<BigInt, _>(m.account_id)
-                .bind::<Timestamp, _>(m.at)
-                .bind::<BigInt, _>(m.entry_id)
-                .bind::<Nullable<Text>, _>(hold),
+                diesel::sql_query(sql)
+                    .bind::<BigInt, _>(amount.micros())
+                    .bind::<BigInt, _>(m.account_id)
+                    .bind::<Timestamp, _>(m.at)
+                    .bind::<BigInt, _>(m.entry_id)
+                    .bind::<Nullable<Text>, _>(hold),
             )
             .get_result::<Drawn>(conn)
             .optional()?;
