@@ -8,6 +8,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{run, run_idempotent, run_write, AppState, JsonBody};
 use crate::auth::{AuthUser, KeyAllowed};
+use crate::domain::metadata::Metadata;
 use crate::domain::usage::{Usage, UsageInput};
 use crate::domain::Credits;
 use crate::error::{ApiError, ErrorResponse};
@@ -68,6 +69,8 @@ pub struct CreateAgentRequest {
     /// Members of a private agent's organization pay from the first message.
     #[schema(minimum = 0, maximum = 1000000)]
     pub free_messages: Option<i32>,
+    /// Your pairs (e.g. the agent's id in your systems).
+    pub metadata: Option<Metadata>,
 }
 
 /// A change to an agent; absent fields stay as they are.
@@ -88,6 +91,8 @@ pub struct UpdateAgentRequest {
     /// `TALLY_MAX_FREE_MESSAGES`, 100 by default: more is a 422).
     #[schema(minimum = 0, maximum = 1000000)]
     pub free_messages: Option<i32>,
+    /// Replaces all of the agent's pairs; `{}` removes them.
+    pub metadata: Option<Metadata>,
 }
 
 /// Charge one message.
@@ -103,6 +108,10 @@ pub struct CreateChargeRequest {
     /// rates and the tools' prices on top of the per-message price (see
     /// `POST /v1/agents/{id}/quote`). Absent: the flat price.
     pub usage: Option<UsageInput>,
+    /// Your pairs (e.g. the conversation and message ids), returned with
+    /// the charge; list a wallet's charges by one with
+    /// `GET /v1/wallets/{id}/charges?metadata[key]=value`.
+    pub metadata: Option<Metadata>,
 }
 
 /// Quote a message with its (estimated) usage.
@@ -174,6 +183,7 @@ pub async fn create_agent(
         visibility: req.visibility.map(Into::into).unwrap_or(Visibility::Private),
         publisher_addon: req.publisher_addon.unwrap_or(Credits::ZERO),
         free_messages: req.free_messages.unwrap_or(0),
+        metadata: Metadata::from_request(req.metadata).map_err(ServiceError::Validation)?,
     };
     let agent =
         run_write(&state, move |conn, ctx| agents::create_agent(conn, ctx, &caller, &org_id, input)).await?;
@@ -264,6 +274,7 @@ pub async fn update_agent(
         visibility: req.visibility.map(Into::into),
         publisher_addon: req.publisher_addon,
         free_messages: req.free_messages,
+        metadata: req.metadata.map(Metadata::checked).transpose().map_err(ServiceError::Validation)?,
     };
     let agent =
         run_write(&state, move |conn, ctx| agents::update_agent(conn, ctx, &caller, &agent_id, patch))
@@ -370,7 +381,7 @@ pub async fn create_quote(
         (status = 403, description = "The paying wallet is frozen, or user_id without a service token", body = ErrorResponse),
         (status = 404, description = "No such agent or organization (or not visible to the caller)", body = ErrorResponse),
         (status = 409, description = "A request with this key is in flight", body = ErrorResponse),
-        (status = 422, description = "Invalid body, `invalid_usage`, `unknown_tool`, `model_not_metered`, `amount_out_of_range` (a spend counter would pass the largest amount), or the key was used with another body", body = ErrorResponse),
+        (status = 422, description = "Invalid body (metadata out of bounds among others), `invalid_usage`, `unknown_tool`, `model_not_metered`, `amount_out_of_range` (a spend counter would pass the largest amount), or the key was used with another body", body = ErrorResponse),
         (status = 429, description = "A spend limit would be passed; see Retry-After", body = ErrorResponse,
             headers(("Retry-After" = String, description = "Seconds until the limit's period ends"))),
     ),
@@ -390,11 +401,19 @@ pub async fn create_charge(
     let person = charges::charged_person(&caller, value.user_id.as_deref())?;
     let org_id = user.payer_org(value.org_id)?;
     let usage = parse_usage(value.usage.as_ref())?;
+    let metadata = Metadata::from_request(value.metadata).map_err(ServiceError::Validation)?;
     let started = std::time::Instant::now();
     let api_key = user.api_key;
     let result = run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {
-        let charge =
-            charges::create_charge_with(tx, ctx, &person, &agent_id, org_id.as_deref(), usage.as_ref(), key)?;
+        let message = charges::Message {
+            user_id: &person,
+            agent_id: &agent_id,
+            org_id: org_id.as_deref(),
+            usage: usage.as_ref(),
+            hold: None,
+            metadata: &metadata,
+        };
+        let charge = charges::create_charge_with(tx, ctx, &message, key)?;
         api_keys::after_charge(tx, api_key.as_ref(), charge)
     })
     .await;

@@ -8,6 +8,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{run, run_idempotent, AppState, JsonBody};
 use crate::auth::KeyAllowed;
+use crate::domain::metadata::Metadata;
 use crate::domain::usage::{Usage, UsageInput};
 use crate::domain::Credits;
 use crate::error::{ApiError, ErrorResponse};
@@ -67,6 +68,9 @@ pub struct CreateHoldRequest {
     /// `TALLY_HOLD_MAX` (24 h by default); 900 when absent.
     #[schema(minimum = 1, maximum = 86400)]
     pub expires_in: Option<u64>,
+    /// Your pairs (e.g. the conversation and message ids), returned with
+    /// the hold and kept by the charge its capture makes.
+    pub metadata: Option<Metadata>,
 }
 
 /// Reserve credits
@@ -93,7 +97,7 @@ pub struct CreateHoldRequest {
         (status = 403, description = "The wallet is frozen, or user_id without a service token", body = ErrorResponse),
         (status = 404, description = "No such agent or organization (or not visible to the caller)", body = ErrorResponse),
         (status = 409, description = "A request with this key is in flight", body = ErrorResponse),
-        (status = 422, description = "Invalid body (a negative amount, expires_in out of range), or the key was used with another body", body = ErrorResponse),
+        (status = 422, description = "Invalid body (a negative amount, expires_in out of range, metadata out of bounds), or the key was used with another body", body = ErrorResponse),
         (status = 429, description = "A spend limit would be passed; see Retry-After", body = ErrorResponse,
             headers(("Retry-After" = String, description = "Seconds until the limit's period ends"))),
     ),
@@ -115,6 +119,7 @@ pub async fn create_hold(
         org_id: user.payer_org(value.org_id)?,
         estimate: value.estimate.read()?,
         expires_in: value.expires_in,
+        metadata: Metadata::from_request(value.metadata).map_err(ServiceError::Validation)?,
     };
     let api_key = user.api_key;
     run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {

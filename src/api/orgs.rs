@@ -7,10 +7,12 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{double_option, run, run_write, AppState, JsonBody};
 use crate::auth::AuthUser;
+use crate::domain::metadata::Metadata;
 use crate::domain::{Credits, OrgRole};
 use crate::error::{ApiError, ErrorResponse};
 use crate::services::names::Role;
 use crate::services::orgs::{self, Member, MemberList, MemberPatch, Org};
+use crate::services::ServiceError;
 
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(create_org)
@@ -31,6 +33,8 @@ pub struct CreateOrgRequest {
         pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f\u00ad\u034f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff][^\u0000-\u001f\u007f-\u009f]*$"
     )]
     pub name: String,
+    /// Your pairs (e.g. the organization's id in your systems).
+    pub metadata: Option<Metadata>,
 }
 
 /// A person to add.
@@ -79,8 +83,10 @@ pub async fn create_org(
     body: JsonBody<CreateOrgRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
-    let name = body.value.name;
-    let org = run_write(&state, move |conn, ctx| orgs::create_org(conn, ctx, &caller, &name)).await?;
+    let CreateOrgRequest { name, metadata } = body.value;
+    let metadata = Metadata::from_request(metadata).map_err(ServiceError::Validation)?;
+    let org =
+        run_write(&state, move |conn, ctx| orgs::create_org(conn, ctx, &caller, &name, &metadata)).await?;
     Ok(HttpResponse::Created().json(org))
 }
 

@@ -156,6 +156,7 @@ fn one_message(
         org_id: plan.org_id.clone(),
         estimate: Estimate::Usage(estimate.clone()),
         expires_in: None,
+        metadata: Default::default(),
     };
     let path = format!("/v1/agents/{}/holds", plan.agent_id);
     let hold = (|| {

@@ -12,6 +12,7 @@ pub mod gate;
 pub mod history;
 pub mod invoices;
 pub mod locks;
+pub mod metadata;
 pub mod models;
 pub mod plans;
 pub mod prepared;

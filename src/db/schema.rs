@@ -172,6 +172,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    object_metadata (object_id, key) {
+        object_id -> Text,
+        key -> Text,
+        value -> Text,
+    }
+}
+
+diesel::table! {
     charge_refunds (id) {
         id -> Text,
         charge_id -> Text,
@@ -483,4 +491,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     invoices,
     credit_note_counter,
     credit_notes,
+    object_metadata,
 );

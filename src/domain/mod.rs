@@ -5,6 +5,7 @@ pub mod entry;
 pub mod ids;
 pub mod kinds;
 pub mod limits;
+pub mod metadata;
 pub mod money;
 pub mod plans;
 pub mod pricing;

@@ -14,6 +14,7 @@ pub use crate::db::models::AgentRow;
 use crate::db::schema::{agents, models as models_table};
 use crate::db::{self, DbConn};
 use crate::domain::ids::new_id;
+use crate::domain::metadata::Metadata;
 use crate::domain::text::checked_text;
 use crate::domain::Credits;
 pub use crate::domain::Visibility;
@@ -48,6 +49,9 @@ pub struct Agent {
     pub estimated_cost_per_message: Credits,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The creator's own pairs (e.g. the agent's id in their systems);
+    /// `{}` for none. Shown to whoever may see the agent.
+    pub metadata: Metadata,
 }
 
 /// A marketplace card of a public agent.
@@ -83,6 +87,8 @@ pub struct NewAgentInput {
     pub visibility: Visibility,
     pub publisher_addon: Credits,
     pub free_messages: i32,
+    /// Checked by the caller.
+    pub metadata: Metadata,
 }
 
 /// A change to an agent; absent fields stay.
@@ -93,6 +99,8 @@ pub struct AgentPatch {
     pub visibility: Option<Visibility>,
     pub publisher_addon: Option<Credits>,
     pub free_messages: Option<i32>,
+    /// All pairs replaced (checked by the caller); `{}` removes them.
+    pub metadata: Option<Metadata>,
 }
 
 impl AgentRow {
@@ -122,8 +130,9 @@ impl AgentRow {
     }
 }
 
-fn view(row: AgentRow, infra: Credits) -> Agent {
+fn view(row: AgentRow, infra: Credits, metadata: Metadata) -> Agent {
     Agent {
+        metadata,
         estimated_cost_per_message: infra.checked_add(row.effective_addon()).unwrap_or(infra),
         id: row.id,
         org_id: row.org_id,
@@ -218,8 +227,9 @@ pub fn create_agent(
                 updated_at: now,
             })
             .execute(tx.conn())?;
+        db::metadata::insert(tx, &id, &input.metadata)?;
         let (row, infra) = load(tx, &id)?;
-        Ok(view(row, infra))
+        Ok(view(row, infra, input.metadata.clone()))
     })
 }
 
@@ -227,7 +237,8 @@ pub fn create_agent(
 pub fn get_agent(conn: &mut DbConn, caller: Option<&Caller>, agent_id: &str) -> ServiceResult<Agent> {
     let (row, infra) = load(conn, agent_id)?;
     check_visible(conn, &row, caller.map(|c| c.id.as_str()))?;
-    Ok(view(row, infra))
+    let metadata = db::metadata::of(conn, &row.id)?;
+    Ok(view(row, infra, metadata))
 }
 
 /// `PATCH /v1/agents/{id}`: org admins. Prices change for new charges only.
@@ -270,8 +281,12 @@ pub fn update_agent(
                 updated_at: db::now(),
             })
             .execute(tx.conn())?;
+        if let Some(metadata) = &patch.metadata {
+            db::metadata::replace(tx, agent_id, metadata)?;
+        }
         let (row, infra) = load(tx, agent_id)?;
-        Ok(view(row, infra))
+        let metadata = db::metadata::of(tx, agent_id)?;
+        Ok(view(row, infra, metadata))
     })
 }
 

@@ -8,14 +8,19 @@ use std::collections::BTreeMap;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
+use serde::Serialize;
+use utoipa::ToSchema;
+
 use super::charges::{Charge, PriceParts};
 use super::orgs::role_in;
+use super::wallets::{load_for, Access};
 use super::{agents, Caller, Ctx, ServiceError, ServiceResult};
 use crate::db::schema::{accounts, charge_refunds, charges, postings};
 use crate::db::{counters, DbConn};
 use crate::domain::ids::transaction_id;
+use crate::domain::metadata::Metadata;
 use crate::domain::usage::Usage;
-use crate::domain::Credits;
+use crate::domain::{Credits, OwnerType};
 
 /// The columns of a charge row a reader is shown.
 #[derive(Debug, Queryable, Selectable)]
@@ -167,9 +172,89 @@ pub fn get_charge(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, charge_id: &str
     if !visible(conn, caller, &row)? {
         return Err(ServiceError::NotFound("charge"));
     }
-    let (posting_id, balance_after) = charge_posting(conn, &row)?;
     let wallet_id: Option<String> =
         accounts::table.find(row.payer_account_id).select(accounts::public_id).first(conn)?;
+    view(conn, ctx, row, wallet_id.unwrap_or_default())
+}
+
+/// A page of a wallet's charges.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChargeList {
+    pub data: Vec<Charge>,
+    /// More follow: ask with `starting_after` = the last id.
+    pub has_more: bool,
+}
+
+/// `GET /v1/wallets/{id}/charges`: the charges the wallet paid, newest
+/// first, keyset-paginated, only those carrying every pair of `metadata`
+/// when given. Who may read the wallet: its owner, and an owner or admin of
+/// the owning organization; a plain member of it sees only their own
+/// charges (as with `GET /v1/charges/{id}`).
+pub fn list_wallet_charges(
+    conn: &mut DbConn,
+    ctx: &Ctx,
+    caller: &Caller,
+    wallet_id: &str,
+    metadata: &Metadata,
+    limit: i64,
+    starting_after: Option<&str>,
+) -> ServiceResult<ChargeList> {
+    use crate::db::schema::object_metadata as m;
+    if !(1..=100).contains(&limit) {
+        return Err(ServiceError::Validation("limit must be 1 to 100".into()));
+    }
+    if metadata.0.len() > crate::domain::metadata::MAX_PAIRS {
+        return Err(ServiceError::Validation("at most 20 metadata pairs".into()));
+    }
+    let wallet = load_for(conn, caller, wallet_id, Access::Read)?;
+    let own_only = match (&wallet.owner_type, caller.operator || caller.service) {
+        (OwnerType::Org, false) => !role_in(conn, &wallet.owner_id, &caller.id)?.can_manage(),
+        _ => false,
+    };
+    let mut query = charges::table
+        .filter(charges::payer_account_id.eq(wallet.id))
+        .select(StoredCharge::as_select())
+        .into_boxed();
+    if own_only {
+        query = query.filter(charges::user_id.eq(caller.id.clone()));
+    }
+    for (key, value) in &metadata.0 {
+        let tagged =
+            m::table.filter(m::key.eq(key.clone())).filter(m::value.eq(value.clone())).select(m::object_id);
+        query = query.filter(charges::id.eq_any(tagged));
+    }
+    if let Some(cursor) = starting_after {
+        let at: Option<NaiveDateTime> = charges::table
+            .find(cursor)
+            .filter(charges::payer_account_id.eq(wallet.id))
+            .select(charges::created_at)
+            .first(conn)
+            .optional()?;
+        let at = at.ok_or(ServiceError::NotFound("charge (starting_after)"))?;
+        query = query.filter(
+            charges::created_at.lt(at).or(charges::created_at.eq(at).and(charges::id.lt(cursor.to_string()))),
+        );
+    }
+    let mut rows: Vec<StoredCharge> = query
+        .order((charges::created_at.desc(), charges::id.desc()))
+        .limit(limit.saturating_add(1))
+        .load(conn)?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let public_id = wallet.public_id.clone().unwrap_or_default();
+    // Each charge is shown as `GET /v1/charges/{id}` shows it (its posting,
+    // refunds and pairs read per charge: at most 100 per page).
+    let data = rows
+        .into_iter()
+        .map(|row| view(conn, ctx, row, public_id.clone()))
+        .collect::<ServiceResult<Vec<_>>>()?;
+    Ok(ChargeList { data, has_more })
+}
+
+/// A stored charge in the shape of the charge response.
+fn view(conn: &mut DbConn, ctx: &Ctx, row: StoredCharge, wallet_id: String) -> ServiceResult<Charge> {
+    let (posting_id, balance_after) = charge_posting(conn, &row)?;
+    let metadata = crate::db::metadata::of(conn, &row.id)?;
     let (agent, _) = agents::load(conn, &row.agent_id)?;
     let free_messages = agent.effective_free_messages(ctx.settings.max_free_messages);
     let used = counters::free_messages_used(conn, &row.agent_id, &row.user_id)?;
@@ -194,7 +279,7 @@ pub fn get_charge(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, charge_id: &str
         runtime_infra: row.runtime_infra,
         publisher_addon: row.publisher_addon,
         total: row.total,
-        wallet_id: wallet_id.unwrap_or_default(),
+        wallet_id,
         balance_after,
         free_messages_left: i64::from(free_messages).saturating_sub(used).max(0),
         transaction_id: transaction_id(posting_id),
@@ -207,6 +292,7 @@ pub fn get_charge(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, charge_id: &str
         tool_prices,
         held: row.held,
         uncollected: row.uncollected,
+        metadata,
         hold_id: row.hold_id,
         refunded,
     })

@@ -52,6 +52,7 @@ use crate::db::schema::{accounts, charges, earnings_accruals, models as models_t
 use crate::db::{self, counters, DbConn, WriteTx};
 use crate::domain::ids::{new_id, transaction_id};
 use crate::domain::limits::Period;
+use crate::domain::metadata::Metadata;
 use crate::domain::pricing::{price_metered, MeteredPrice, ModelRates};
 use crate::domain::usage::Usage;
 use crate::domain::{AccountKind, Credits, EntryKind, OwnerType};
@@ -121,6 +122,9 @@ pub struct Charge {
     /// /v1/admin/charges/{id}/refund`); 0 when it is made.
     #[schema(value_type = String, example = "0")]
     pub refunded: Credits,
+    /// The caller's pairs given with the charge (a capture keeps its
+    /// hold's); `{}` for none.
+    pub metadata: Metadata,
 }
 
 /// What the wallet paid for a message, part by part. The seven
@@ -534,7 +538,9 @@ pub fn create_charge(
     org_id: Option<&str>,
     request: &RequestKey,
 ) -> ServiceResult<Outcome<Charge>> {
-    create_charge_with(tx, ctx, user_id, agent_id, org_id, None, request)
+    let message =
+        Message { user_id, agent_id, org_id, usage: None, hold: None, metadata: &Metadata::default() };
+    create_charge_with(tx, ctx, &message, request)
 }
 
 /// `POST /v1/agents/{id}/charges`; runs inside the idempotent request's
@@ -544,19 +550,18 @@ pub fn create_charge(
 pub fn create_charge_with(
     tx: &mut WriteTx<'_>,
     ctx: &Ctx,
-    user_id: &str,
-    agent_id: &str,
-    org_id: Option<&str>,
-    usage: Option<&Usage>,
+    message: &Message<'_>,
     request: &RequestKey,
 ) -> ServiceResult<Outcome<Charge>> {
-    let message = Message { user_id, agent_id, org_id, usage, hold: None };
-    charge_message(tx, ctx, &message, request)
+    if message.hold.is_some() {
+        return Err(ServiceError::Internal("a one-step charge names no hold".into()));
+    }
+    charge_message(tx, ctx, message, request)
 }
 
 /// One message to charge: in one step, or by capturing the hold that
 /// reserved it.
-pub(super) struct Message<'a> {
+pub struct Message<'a> {
     pub user_id: &'a str,
     pub agent_id: &'a str,
     pub org_id: Option<&'a str>,
@@ -564,6 +569,8 @@ pub(super) struct Message<'a> {
     /// The open hold this charge captures (already moved out of `open` in
     /// this transaction); `None` for a one-step charge.
     pub hold: Option<&'a HoldRow>,
+    /// The caller's pairs, stored with the charge (checked by the caller).
+    pub metadata: &'a Metadata,
 }
 
 /// Where a capture's money comes from: the whole hold leaves the held
@@ -641,7 +648,7 @@ pub(super) fn charge_message(
     message: &Message<'_>,
     request: &RequestKey,
 ) -> ServiceResult<Outcome<Charge>> {
-    let Message { user_id, agent_id, org_id, usage, hold } = *message;
+    let Message { user_id, agent_id, org_id, usage, hold, metadata } = *message;
     let (agent, model, pending_id) = load_priced(tx, agent_id)?;
     agents::check_visible(tx, &agent, Some(user_id))?;
     let payer = resolve_payer(tx, user_id, org_id)?;
@@ -726,6 +733,7 @@ pub(super) fn charge_message(
         created_at,
     };
     record_charge(tx, ctx, &row)?;
+    db::metadata::insert(tx, &charge_id, metadata)?;
     match (hold, &captured) {
         (Some(h), Some(c)) => settle_hold_spend(tx, h, c.wallet_paid)?,
         _ if !total.is_zero() => count_spend(tx, &payer, user_id, total, db::now())?,
@@ -774,6 +782,7 @@ pub(super) fn charge_message(
         uncollected: captured.as_ref().map_or(Credits::ZERO, |c| c.uncollected),
         hold_id: hold.map(|h| h.id.clone()),
         refunded: Credits::ZERO,
+        metadata: metadata.clone(),
     };
     let headers = vec![
         ("X-Balance-Remaining".to_string(), balance_after.to_string()),

@@ -30,6 +30,7 @@ use crate::db::schema::holds;
 use crate::db::{self, counters, DbConn, WriteTx};
 use crate::domain::ids::new_id;
 use crate::domain::limits::Period;
+use crate::domain::metadata::Metadata;
 use crate::domain::usage::Usage;
 use crate::domain::{AccountKind, Credits, EntryKind, HoldStatus, OrgRole};
 use crate::ledger::{self, AccountRef, Grants, NewEntry, Overdraft};
@@ -72,6 +73,9 @@ pub struct Hold {
     pub finished_at: Option<DateTime<Utc>>,
     /// The charge a capture made.
     pub charge_id: Option<String>,
+    /// The caller's pairs given with the hold (its capture's charge keeps
+    /// them); `{}` for none.
+    pub metadata: Metadata,
 }
 
 /// What a new hold reserves.
@@ -102,9 +106,11 @@ pub struct NewHold {
     pub estimate: Estimate,
     /// Seconds; `None` is [`DEFAULT_EXPIRES_IN`].
     pub expires_in: Option<u64>,
+    /// Checked by the caller.
+    pub metadata: Metadata,
 }
 
-fn view(row: HoldRow, wallet_id: String) -> Hold {
+fn view(row: HoldRow, wallet_id: String, metadata: Metadata) -> Hold {
     Hold {
         id: row.id,
         agent_id: row.agent_id,
@@ -119,6 +125,7 @@ fn view(row: HoldRow, wallet_id: String) -> Hold {
         created_at: row.created_at.and_utc(),
         finished_at: row.finished_at.map(|t| t.and_utc()),
         charge_id: row.charge_id,
+        metadata,
     }
 }
 
@@ -219,8 +226,9 @@ pub fn create_hold(
         finished_at: None,
     };
     diesel::insert_into(holds::table).values(&row).execute(tx.conn())?;
+    db::metadata::insert(tx, &row.id, &input.metadata)?;
     let headers = vec![("X-Balance-Remaining".to_string(), available_after(tx, &payer)?.to_string())];
-    Ok(Outcome { body: view(row, wallet_id), headers })
+    Ok(Outcome { body: view(row, wallet_id, input.metadata.clone()), headers })
 }
 
 /// The wallet's held account (made on the wallet's first hold).
@@ -257,7 +265,8 @@ fn load_visible(conn: &mut DbConn, caller: &Caller, hold_id: &str) -> ServiceRes
 pub fn get_hold(conn: &mut DbConn, caller: &Caller, hold_id: &str) -> ServiceResult<Hold> {
     let row = load_visible(conn, caller, hold_id)?;
     let wallet_id = wallet_public_id(conn, row.payer_account_id)?;
-    Ok(view(row, wallet_id))
+    let metadata = db::metadata::of(conn, &row.id)?;
+    Ok(view(row, wallet_id, metadata))
 }
 
 /// Loads a hold the caller may capture or release: the person it is for or
@@ -361,7 +370,8 @@ pub fn release_hold(tx: &mut WriteTx<'_>, caller: &Caller, hold_id: &str) -> Ser
     let remaining =
         ledger::balance_of(tx, AccountRef { id: row.payer_account_id, kind: AccountKind::Wallet })?;
     let headers = vec![("X-Balance-Remaining".to_string(), remaining.to_string())];
-    Ok(Outcome { body: view(row, wallet_id), headers })
+    let metadata = db::metadata::of(tx, &row.id)?;
+    Ok(Outcome { body: view(row, wallet_id, metadata), headers })
 }
 
 /// `POST /v1/holds/{id}/capture`: the charge of the final usage, made from
@@ -383,6 +393,7 @@ pub fn capture_hold(
         org_id: row.payer_org_id.as_deref(),
         usage,
         hold: Some(&row),
+        metadata: &db::metadata::of(tx, hold_id)?,
     };
     let outcome = charges::charge_message(tx, ctx, &message, request)?;
     diesel::update(holds::table.find(hold_id))

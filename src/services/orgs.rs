@@ -12,6 +12,7 @@ use crate::db::models::{MemberChanges, MemberRow, NewMember, NewOrg, OrgRow};
 use crate::db::schema::{org_members, orgs};
 use crate::db::{self, DbConn, WriteTx};
 use crate::domain::ids::new_id;
+use crate::domain::metadata::Metadata;
 use crate::domain::text::{checked_id, checked_text};
 use crate::domain::{AccountKind, Credits, OrgRole, OwnerType};
 use crate::ledger;
@@ -29,6 +30,9 @@ pub struct Org {
     #[schema(value_type = super::names::Role)]
     pub role: String,
     pub created_at: DateTime<Utc>,
+    /// Your pairs given when it was made (e.g. its id in your systems);
+    /// `{}` for none.
+    pub metadata: Metadata,
 }
 
 /// A member of an organization.
@@ -82,7 +86,9 @@ fn org_view(conn: &mut DbConn, ctx: &Ctx, row: OrgRow, role: OrgRole) -> Service
         .ok_or(ServiceError::NotFound("organization wallet"))?
         .public_id;
     let plan = super::plans::plan_of(conn, ctx, &super::plans::Subject::Org(row.id.clone()))?;
+    let metadata = db::metadata::of(conn, &row.id)?;
     Ok(Org {
+        metadata,
         id: row.id,
         name: row.name,
         wallet_id: wallet_id.unwrap_or_default(),
@@ -97,7 +103,13 @@ pub fn validate_name(name: &str) -> ServiceResult<&str> {
 }
 
 /// `POST /v1/orgs`: the caller becomes its owner; its wallet is created with it.
-pub fn create_org(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, name: &str) -> ServiceResult<Org> {
+pub fn create_org(
+    conn: &mut DbConn,
+    ctx: &Ctx,
+    caller: &Caller,
+    name: &str,
+    metadata: &Metadata,
+) -> ServiceResult<Org> {
     let name = validate_name(name)?;
     let org_id = new_id("org");
     let row = db::write_tx(conn, |tx| -> ServiceResult<OrgRow> {
@@ -117,6 +129,7 @@ pub fn create_org(conn: &mut DbConn, ctx: &Ctx, caller: &Caller, name: &str) -> 
             .execute(tx.conn())?;
         let wallet_id = new_id("wal");
         ledger::ensure_account(tx, OwnerType::Org, &org_id, AccountKind::Wallet, Some(&wallet_id))?;
+        db::metadata::insert(tx, &org_id, metadata)?;
         Ok(orgs::table.find(&org_id).select(OrgRow::as_select()).first(tx.conn())?)
     })?;
     org_view(conn, ctx, row, OrgRole::Owner)

@@ -19,6 +19,7 @@ mod input;
 mod invoices;
 mod jwks;
 mod ledger;
+mod metadata;
 mod metered;
 mod metrics;
 mod migrations;

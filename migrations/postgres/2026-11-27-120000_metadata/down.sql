@@ -1,0 +1,2 @@
+DROP INDEX charges_by_payer;
+DROP TABLE object_metadata;
