@@ -71,6 +71,7 @@ async fn a_charge_is_shown_to_its_payer_org_admins_and_operators(app: TestApp) {
         "uncollected": "0",
         "hold_id": null,
         "refunded": "0",
+        "metadata": {},
     });
     assert_eq!(got, expected);
     let (_, history) = app.get(&format!("/v1/wallets/{org_wallet}/transactions"), &owner).await;
@@ -171,6 +172,7 @@ async fn a_metered_charge_shows_the_prices_it_used(app: TestApp) {
         "uncollected": "0",
         "hold_id": null,
         "refunded": "0",
+        "metadata": {},
     });
     assert_eq!(got, expected);
     app.assert_ledger_ok();
