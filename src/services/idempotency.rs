@@ -1,10 +1,13 @@
 //! Idempotency keys (SPEC 9), kept in the database so that every instance
 //! shares them.
 //!
-//! A request first *claims* its key in a short transaction of its own (a row
-//! `in_flight` with a lease). The money-moving work then runs in one write
-//! transaction that also stores the response and marks the key `done`, so the
-//! movement and its recorded response commit together or not at all. The
+//! A request that touches only the database claims its key with the first
+//! statement of the one write transaction that does the work, stores the
+//! response and marks the key `done`: one commit, and the movement and its
+//! recorded response commit together or not at all. A request that calls
+//! Stripe between two transactions first *claims* its key in a short
+//! transaction of its own (a row `in_flight` with a lease), and its last
+//! transaction does the same as the one above. The
 //! same key then replays the stored response byte for byte; with a different
 //! request it is refused (422); while the first is in flight, 409. A failed
 //! request (any error) releases its key, so a retry runs again: only
@@ -195,6 +198,12 @@ impl<T> From<T> for Outcome<T> {
 }
 
 /// Runs `work` at most once for this request; see the module docs.
+///
+/// A request that touches only the database commits once: its key is
+/// claimed by the first statement of the transaction that does the work and
+/// stores the response ([`in_one_transaction`]). Only when the key is
+/// already held by a claim of its own (a multi-step request's, or one that
+/// was given back) does it go through [`claim`] and [`complete`].
 pub fn execute<T, F>(
     conn: &mut DbConn,
     req: &IdempotentRequest,
@@ -205,10 +214,150 @@ where
     T: Serialize,
     F: FnOnce(&mut WriteTx<'_>, &RequestKey) -> ServiceResult<Outcome<T>>,
 {
+    let work = match in_one_transaction(conn, req, status, work)? {
+        OneTransaction::Done(stored) => return Ok(stored),
+        OneTransaction::Claimed(work) => work,
+    };
     match claim(conn, req)? {
         Claim::Replay(stored) => Ok(stored),
         Claim::Fresh(lease) => complete(conn, req, &lease, status, work),
     }
+}
+
+/// What [`in_one_transaction`] did.
+enum OneTransaction<F> {
+    /// The work ran and committed with its response, or the stored
+    /// response of an earlier run is replayed.
+    Done(StoredResponse),
+    /// The key is held by a claim of its own: the work has not run.
+    Claimed(F),
+}
+
+#[derive(QueryableByName)]
+struct Inserted {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    #[allow(dead_code)]
+    state: String,
+}
+
+/// One transaction: the key inserted as claimed (`ON CONFLICT DO NOTHING`),
+/// the work, the response stored. A concurrent request with the same key
+/// waits on the key's unique index until the first commits (then finds it
+/// done and replays it) or rolls back (then runs itself). A key already
+/// there is read in the same transaction: done with the same request, the
+/// response is replayed; with another request, 422. A failure rolls the
+/// claim back with the work, so a retry runs again.
+fn in_one_transaction<T, F>(
+    conn: &mut DbConn,
+    req: &IdempotentRequest,
+    status: u16,
+    work: F,
+) -> ServiceResult<OneTransaction<F>>
+where
+    T: Serialize,
+    F: FnOnce(&mut WriteTx<'_>, &RequestKey) -> ServiceResult<Outcome<T>>,
+{
+    let mut work = Some(work);
+    let done = db::write_tx(conn, |tx| -> ServiceResult<Option<StoredResponse>> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let now = db::now();
+        let claimed = Prepared(
+            diesel::sql_query(
+                "INSERT INTO idempotency_keys \
+                 (scope, key, request_hash, state, lease_token, locked_until, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (scope, key) DO NOTHING RETURNING state",
+            )
+            .bind::<diesel::sql_types::Text, _>(&req.scope)
+            .bind::<diesel::sql_types::Text, _>(&req.key)
+            .bind::<diesel::sql_types::Text, _>(&req.fingerprint)
+            .bind::<diesel::sql_types::Text, _>(IN_FLIGHT)
+            .bind::<diesel::sql_types::Text, _>(&token)
+            .bind::<diesel::sql_types::Timestamp, _>(now + req.lease)
+            .bind::<diesel::sql_types::Timestamp, _>(now),
+        )
+        .get_result::<Inserted>(tx.conn())
+        .optional()?;
+        if claimed.is_none() {
+            return replay_of(tx, req);
+        }
+        let Some(work) = work.take() else {
+            return Err(ServiceError::Internal("idempotent work ran twice".into()));
+        };
+        let outcome = work(tx, &req.request_key(now))?;
+        store(tx, req, &token, status, outcome).map(Some)
+    })?;
+    match (done, work) {
+        (Some(stored), _) => Ok(OneTransaction::Done(stored)),
+        (None, Some(work)) => Ok(OneTransaction::Claimed(work)),
+        (None, None) => Err(ServiceError::Internal("idempotent work ran without a response".into())),
+    }
+}
+
+/// The stored response of the key's earlier run; 422 for another request
+/// under the key; `None` when the key is held by a claim (in flight or
+/// given back), which [`claim`] decides on.
+fn replay_of(conn: &mut DbConn, req: &IdempotentRequest) -> ServiceResult<Option<StoredResponse>> {
+    let Some(row) =
+        ik::table.find((&req.scope, &req.key)).select(IdempotencyRow::as_select()).first(conn).optional()?
+    else {
+        return Ok(None);
+    };
+    if row.state != DONE {
+        return Ok(None);
+    }
+    if row.request_hash != req.fingerprint {
+        return Err(ServiceError::IdempotencyKeyReused);
+    }
+    Ok(Some(stored_of(row)))
+}
+
+fn stored_of(row: IdempotencyRow) -> StoredResponse {
+    let headers =
+        row.response_headers.as_deref().and_then(|h| serde_json::from_str(h).ok()).unwrap_or_default();
+    StoredResponse {
+        status: row.response_status.unwrap_or(200) as u16,
+        body: row.response_body.unwrap_or_default(),
+        headers,
+        replayed: true,
+    }
+}
+
+/// Stores the response and marks the key done, in the work's transaction;
+/// refused when the claim under `token` is no longer this request's.
+fn store<T: Serialize>(
+    tx: &mut WriteTx<'_>,
+    req: &IdempotentRequest,
+    token: &str,
+    status: u16,
+    outcome: Outcome<T>,
+) -> ServiceResult<StoredResponse> {
+    let body = serde_json::to_string(&outcome.body)
+        .map_err(|e| ServiceError::Internal(format!("cannot serialize response: {e}")))?;
+    let headers = serde_json::to_string(&outcome.headers)
+        .map_err(|e| ServiceError::Internal(format!("cannot serialize headers: {e}")))?;
+    let marked = Prepared(
+        diesel::update(
+            ik::table
+                .find((&req.scope, &req.key))
+                .filter(ik::lease_token.eq(token))
+                .filter(ik::state.eq(IN_FLIGHT)),
+        )
+        .set((
+            ik::state.eq(DONE),
+            ik::response_status.eq(status as i32),
+            ik::response_body.eq(&body),
+            ik::response_headers.eq(&headers),
+        ))
+        .returning(ik::state),
+    )
+    .get_result::<String>(tx.conn())
+    .optional()?;
+    if marked.is_none() {
+        // Our lease ran out and another request took the key over.
+        return Err(ServiceError::IdempotencyInFlight);
+    }
+    Ok(StoredResponse { status, body, headers: outcome.headers, replayed: false })
 }
 
 /// Runs the final write transaction of a claimed request: `work`, then the
@@ -228,32 +377,7 @@ where
     let (token, request_key) = (lease.token.as_str(), &lease.request_key);
     let result = db::write_tx(conn, |tx| -> ServiceResult<StoredResponse> {
         let outcome = work(tx, request_key)?;
-        let body = serde_json::to_string(&outcome.body)
-            .map_err(|e| ServiceError::Internal(format!("cannot serialize response: {e}")))?;
-        let headers = serde_json::to_string(&outcome.headers)
-            .map_err(|e| ServiceError::Internal(format!("cannot serialize headers: {e}")))?;
-        let marked = Prepared(
-            diesel::update(
-                ik::table
-                    .find((&req.scope, &req.key))
-                    .filter(ik::lease_token.eq(token))
-                    .filter(ik::state.eq(IN_FLIGHT)),
-            )
-            .set((
-                ik::state.eq(DONE),
-                ik::response_status.eq(status as i32),
-                ik::response_body.eq(&body),
-                ik::response_headers.eq(&headers),
-            ))
-            .returning(ik::state),
-        )
-        .get_result::<String>(tx.conn())
-        .optional()?;
-        if marked.is_none() {
-            // Our lease ran out and another request took the key over.
-            return Err(ServiceError::IdempotencyInFlight);
-        }
-        Ok(StoredResponse { status, body, headers: outcome.headers, replayed: false })
+        store(tx, req, token, status, outcome)
     });
     if result.is_err() {
         release(conn, req, lease);
@@ -316,17 +440,7 @@ pub fn claim(conn: &mut DbConn, req: &IdempotentRequest) -> ServiceResult<Claim>
             return Err(ServiceError::IdempotencyKeyReused);
         }
         if row.state == DONE {
-            let headers = row
-                .response_headers
-                .as_deref()
-                .and_then(|h| serde_json::from_str(h).ok())
-                .unwrap_or_default();
-            return Ok(Claim::Replay(StoredResponse {
-                status: row.response_status.unwrap_or(200) as u16,
-                body: row.response_body.unwrap_or_default(),
-                headers,
-                replayed: true,
-            }));
+            return Ok(Claim::Replay(stored_of(row)));
         }
         if row.locked_until > now {
             return Err(ServiceError::IdempotencyInFlight);

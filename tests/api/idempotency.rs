@@ -288,3 +288,133 @@ async fn callers_whose_ids_contain_colons_do_not_share_keys(app: TestApp) {
     assert_eq!(app.count("journal_entries"), 2);
     app.assert_ledger_ok();
 }
+
+/// What one connection sent, by transaction: statements run outside any
+/// transaction (each commits alone) and the transactions committed.
+#[derive(Default, Debug)]
+struct Commits {
+    depth: u32,
+    alone: Vec<String>,
+    committed: u32,
+    rolled_back: u32,
+}
+
+struct CountCommits(std::sync::Arc<std::sync::Mutex<Commits>>);
+
+impl diesel::connection::Instrumentation for CountCommits {
+    fn on_connection_event(&mut self, event: diesel::connection::InstrumentationEvent<'_>) {
+        use diesel::connection::InstrumentationEvent as E;
+        let mut c = self.0.lock().unwrap();
+        match event {
+            E::BeginTransaction { .. } => c.depth += 1,
+            E::CommitTransaction { depth, .. } => {
+                c.depth = c.depth.saturating_sub(1);
+                if depth.get() == 1 {
+                    c.committed += 1;
+                }
+            }
+            E::RollbackTransaction { .. } => {
+                c.depth = c.depth.saturating_sub(1);
+                c.rolled_back += 1;
+            }
+            E::StartQuery { query, .. } if c.depth == 0 => {
+                let sql = query.to_string();
+                // The transaction statements themselves.
+                if !["BEGIN", "COMMIT", "ROLLBACK"].iter().any(|w| sql.starts_with(w)) {
+                    c.alone.push(sql);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The one pooled connection of an app with a pool of one, counted.
+async fn counted(
+    backend: crate::helpers::Backend,
+) -> Option<(TestApp, std::sync::Arc<std::sync::Mutex<Commits>>)> {
+    let app = TestApp::spawn_with(backend, |v| {
+        v.insert("TALLY_DB_POOL_SIZE".into(), "1".into());
+        v.insert("TALLY_SETTLEMENT_SWEEP".into(), "1h".into());
+    })
+    .await?;
+    // The start-up sweep runs first; the next is an hour away.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text =
+            app.client.get(format!("{}/metrics", app.address)).send().await.unwrap().text().await.unwrap();
+        if text.lines().any(|l| l == "tally_sweep_runs_total{outcome=\"ok\"} 1") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no sweep:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Commits::default()));
+    app.conn().set_instrumentation(CountCommits(log.clone()));
+    Some((app, log))
+}
+
+mod money_moving_requests_commit_once {
+    use super::*;
+    use crate::charges::{charge, market};
+    use crate::helpers::Backend;
+
+    async fn go(backend: Backend) {
+        let Some((app, log)) = counted(backend).await else {
+            eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
+            return;
+        };
+        let (_, agent) = market(&app, "0.3", "1", 0, "public").await;
+        let alice = app.token("alice");
+        let wallet = app.wallet_of("alice").await;
+        app.fund(&wallet, "10").await;
+        *log.lock().unwrap() = Commits::default();
+        let (s, _, c) = charge(&app, &alice, &agent, json!({}), "once").await;
+        assert_eq!((s.as_u16(), c["total"].as_str()), (201, Some("1.3")), "{c}");
+        {
+            let c = log.lock().unwrap();
+            assert_eq!((c.committed, c.rolled_back), (1, 0), "one transaction: {c:?}");
+            assert!(c.alone.is_empty(), "nothing commits on its own: {:?}", c.alone);
+        }
+        // A replay reads the stored response and commits nothing.
+        *log.lock().unwrap() = Commits::default();
+        let (s, h, again) = charge(&app, &alice, &agent, json!({}), "once").await;
+        assert_eq!((s.as_u16(), h.contains_key("idempotent-replayed")), (201, true));
+        assert_eq!(again, c);
+        {
+            let c = log.lock().unwrap();
+            assert_eq!(c.committed + c.rolled_back, 1, "one transaction, writing nothing: {c:?}");
+            assert!(c.alone.is_empty(), "nothing on its own: {:?}", c.alone);
+        }
+        // A refused charge (402) leaves the key free: the same key runs again.
+        let (s, _, b) = app
+            .send(
+                Method::POST,
+                &format!("/v1/admin/wallets/{wallet}/adjustments"),
+                Some(&app.operator_token()),
+                Some(json!({"amount": "-8.7", "reason": "drain"})),
+                Some("drain"),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+        let (s, _, b) = charge(&app, &alice, &agent, json!({}), "later").await;
+        assert_error(s, &b, 402, "insufficient_funds");
+        app.fund(&wallet, "1.3").await;
+        let (s, h, b) = charge(&app, &alice, &agent, json!({}), "later").await;
+        assert_eq!(
+            (s.as_u16(), h.contains_key("idempotent-replayed"), b["balance_after"].as_str()),
+            (201, false, Some("0")),
+            "{b}"
+        );
+        assert_eq!(app.balance(&wallet, &alice).await, "0");
+        app.assert_ledger_ok();
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite() {
+        go(Backend::Sqlite).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres() {
+        go(Backend::Postgres).await
+    }
+}
