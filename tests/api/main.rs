@@ -29,6 +29,7 @@ mod payouts;
 mod plans;
 mod resilience;
 mod self_service;
+mod self_service_stripe;
 mod topups;
 mod wallets;
 mod webhooks;
