@@ -2,19 +2,24 @@
 //! Express dashboard link (their Stripe calls are in
 //! `crate::flows::self_service`).
 
-use actix_web::{post, web, HttpResponse};
+use actix_web::{get, post, web, HttpResponse};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{AppState, JsonBody};
+use super::{parse_time, run, AppState, JsonBody};
 use crate::auth::AuthUser;
+use crate::db::usage::UsageGroup;
 use crate::error::{ApiError, ErrorResponse};
 use crate::flows;
 use crate::services::self_service::{BillingPortalSession, LoginLink, SubscriptionView};
+use crate::services::usage::{self, UsageReport};
 
 pub fn configure(cfg: &mut ServiceConfig) {
-    cfg.service(create_billing_portal_session).service(cancel_subscription).service(create_login_link);
+    cfg.service(create_billing_portal_session)
+        .service(cancel_subscription)
+        .service(create_login_link)
+        .service(get_wallet_usage);
 }
 
 /// Open the Billing Portal for the caller or an organization.
@@ -145,4 +150,79 @@ pub async fn create_login_link(
 ) -> Result<HttpResponse, ApiError> {
     let link = flows::self_service::create_login_link(&state, user.caller(), path.into_inner()).await?;
     Ok(HttpResponse::Created().json(link))
+}
+
+/// What a usage report groups by.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    /// The UTC calendar day.
+    #[default]
+    Day,
+    Model,
+    Agent,
+    /// The person who sent the message (an organization's wallet; owners
+    /// and admins).
+    Member,
+}
+
+impl From<GroupBy> for UsageGroup {
+    fn from(g: GroupBy) -> Self {
+        match g {
+            GroupBy::Day => UsageGroup::Day,
+            GroupBy::Model => UsageGroup::Model,
+            GroupBy::Agent => UsageGroup::Agent,
+            GroupBy::Member => UsageGroup::Member,
+        }
+    }
+}
+
+/// The period and grouping of a usage report.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    /// Start (inclusive), RFC 3339; default: 30 days before `to`.
+    #[param(format = DateTime)]
+    pub from: Option<String>,
+    /// End (exclusive), RFC 3339; default: now. At most 366 days after `from`.
+    #[param(format = DateTime)]
+    pub to: Option<String>,
+    /// `day` (default), `model`, `agent` or `member`.
+    pub group_by: Option<GroupBy>,
+}
+
+/// Wallet usage
+///
+/// What the wallet paid for in `[from, to)`, grouped by UTC day, model,
+/// agent or (an organization's wallet, for its owners and admins) member:
+/// paid and free messages, tokens, generations and tool calls of metered
+/// messages, and credits charged, refunded by operators, and spent (net).
+/// Whoever may read the wallet.
+#[utoipa::path(
+    tag = "wallets",
+    params(("wallet_id" = String, Path, description = "The wallet's `wal_` id"), UsageQuery),
+    responses(
+        (status = 200, description = "The usage per group", body = UsageReport),
+        (status = 401, description = "Missing or invalid token", body = ErrorResponse),
+        (status = 403, description = "`group_by=member` asked by a plain member", body = ErrorResponse),
+        (status = 404, description = "No such wallet, or not the caller's", body = ErrorResponse),
+        (status = 422, description = "A time that is not RFC 3339, `from` not before `to`, more than 366 days, an unknown `group_by`, or `member` on a person's wallet", body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/wallets/{wallet_id}/usage")]
+pub async fn get_wallet_usage(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+    query: web::Query<UsageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = user.caller();
+    let wallet_id = path.into_inner();
+    let (from, to) = (parse_time("from", &query.from)?, parse_time("to", &query.to)?);
+    let group = UsageGroup::from(query.group_by.unwrap_or_default());
+    let report =
+        run(&state, move |conn, _| usage::wallet_usage(conn, &caller, &wallet_id, from, to, group)).await?;
+    Ok(HttpResponse::Ok().json(report))
 }

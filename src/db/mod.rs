@@ -18,6 +18,7 @@ pub mod prepared;
 pub mod schema;
 pub mod sums;
 pub mod types;
+pub mod usage;
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;

@@ -27,6 +27,7 @@ pub mod self_service;
 pub mod stripe_events;
 pub mod tools;
 pub mod topups;
+pub mod usage;
 pub mod wallets;
 
 use std::sync::Arc;

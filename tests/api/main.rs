@@ -31,5 +31,6 @@ mod resilience;
 mod self_service;
 mod self_service_stripe;
 mod topups;
+mod usage;
 mod wallets;
 mod webhooks;
