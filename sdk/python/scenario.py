@@ -22,6 +22,7 @@ from tally_client.api.api_keys import create_api_key, get_api_key, revoke_api_ke
 from tally_client.api.charges import create_charge, get_quote
 from tally_client.api.earnings import get_earnings
 from tally_client.api.holds import capture_hold, create_hold, get_hold, release_hold
+from tally_client.api.invoices import get_invoice_pdf, list_invoices
 from tally_client.api.organizations import create_org
 from tally_client.api.payouts import connect_payout_account, create_payout, get_payout_account
 from tally_client.api.people import get_me
@@ -48,6 +49,7 @@ from tally_client.models import (
     UsageInput,
     UsageInputToolCallsType0,
     Validity,
+    WithdrawalBlock,
 )
 
 URL = os.environ["TALLY_URL"]
@@ -125,6 +127,20 @@ paid = expect(settle_top_up.sync_detailed(order.id, client=admin, idempotency_ke
 check("settled order", (paid.status, paid.receipt_number), ("paid", 1))
 check("balance after settlement", expect(get_wallet.sync_detailed(wallet_id, client=payer), 200).balance, "150")
 
+# The settled order's invoice (its receipt number, gap-free) and its PDF.
+invoices = expect(list_invoices.sync_detailed(wallet_id, client=payer), 200)
+invoice = invoices.data[0]
+number = f"TALLY-{invoice.issued_at.year}-000001"
+check(
+    "invoice",
+    (len(invoices.data), invoice.number, invoice.top_up_id, invoice.total_usd, invoice.tax_usd),
+    (1, number, order.id, "15.00", "0.00"),
+)
+pdf = get_invoice_pdf.sync_detailed(invoice.id, client=payer)
+check("invoice PDF", (pdf.status_code, pdf.headers.get("Content-Type"), pdf.content[:5]), (200, "application/pdf", b"%PDF-"))
+check("invoice PDF size is a real page", 1_000 < len(pdf.content) < 500_000, True)
+check("invoice PDF names its number", pdf.headers.get("Content-Disposition"), f'inline; filename="{number}.pdf"')
+
 # Quote, then two messages (the first one sent twice with the same key).
 quote = expect(get_quote.sync_detailed(agent.id, client=payer), 200)
 check(
@@ -149,6 +165,11 @@ check(
 check("history has_more", history.has_more, False)
 check("charge's transaction", history.data[0].id, second.transaction_id)
 
+# Right after the messages the creator cannot withdraw: no payout account
+# yet (the first reason that applies, whether or not the earnings settled).
+early = expect(get_earnings.sync_detailed(org.id, client=creator), 200)
+check("can_withdraw before settlement", (early.can_withdraw, early.reason, early.min_withdrawal), (False, WithdrawalBlock.NO_PAYOUT_ACCOUNT, "10"))
+
 # The creator earns 70 % of the add-ons: 2 x 7 = 14 credits, available after the hold.
 earnings = wait_for(
     "earnings to settle",
@@ -167,6 +188,9 @@ wait_for(
     "payouts to be enabled",
     lambda: expect(get_payout_account.sync_detailed(org.id, client=creator), 200).payouts_enabled,
 )
+# Settled earnings (14 >= the minimum of 10) and payouts enabled: withdrawable.
+ready = expect(get_earnings.sync_detailed(org.id, client=creator), 200)
+check("can_withdraw after settlement", (ready.available, ready.can_withdraw, ready.reason), ("14", True, None))
 
 # All available earnings: 14 credits = $1.40, sent as one Stripe transfer.
 payout = expect(
@@ -176,6 +200,7 @@ payout = expect(
 check("payout", (payout.status, payout.amount, payout.usd), ("in_transit", "14", "1.40"))
 earnings = expect(get_earnings.sync_detailed(org.id, client=creator), 200)
 check("earnings after payout", (earnings.available, earnings.in_payout), ("0", "14"))
+check("can_withdraw after the payout", (earnings.can_withdraw, earnings.reason), (False, WithdrawalBlock.BELOW_MINIMUM))
 with urllib.request.urlopen(f"{STRIPE}/_fake/requests") as r:
     transfers = [x for x in json.load(r) if x["path"] == "/v1/transfers"]
 check(

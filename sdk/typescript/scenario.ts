@@ -92,6 +92,29 @@ const paid = expect(
 check("settled order", [paid.status, paid.receipt_number], ["paid", 1]);
 check("balance after settlement", expect(await payer.GET("/v1/wallets/{wallet_id}", wallet), 200).balance, "150");
 
+// The settled order's invoice (its receipt number, gap-free) and its PDF.
+const invoices = expect(await payer.GET("/v1/wallets/{wallet_id}/invoices", wallet), 200);
+const invoice = invoices.data[0];
+if (!invoice) throw new Error("the settled order has no invoice");
+const number = `TALLY-${new Date(invoice.issued_at).getUTCFullYear()}-000001`;
+check(
+  "invoice",
+  [invoices.data.length, invoice.number, invoice.top_up_id, invoice.total_usd, invoice.tax_usd],
+  [1, number, order.id, "15.00", "0.00"],
+);
+const pdf = await payer.GET("/v1/invoices/{invoice_id}/pdf", {
+  params: { path: { invoice_id: invoice.id } },
+  parseAs: "arrayBuffer",
+});
+const pdfBytes = new Uint8Array(expect(pdf, 200));
+check(
+  "invoice PDF",
+  [pdf.response.headers.get("Content-Type"), new TextDecoder().decode(pdfBytes.slice(0, 5))],
+  ["application/pdf", "%PDF-"],
+);
+check("invoice PDF size is a real page", pdfBytes.length > 1_000 && pdfBytes.length < 500_000, true);
+check("invoice PDF names its number", pdf.response.headers.get("Content-Disposition"), `inline; filename="${number}.pdf"`);
+
 // Quote, then two messages (the first one sent twice with the same key).
 const quote = expect(
   await payer.GET("/v1/agents/{agent_id}/quote", { params: { path: { agent_id: agent.id } } }),
@@ -131,8 +154,17 @@ check(
 check("history has_more", history.has_more, false);
 check("charge's transaction", history.data[0]?.id, second.transaction_id);
 
-// The creator earns 70 % of the add-ons: 2 x 7 = 14 credits, available after the hold.
+// Right after the messages the creator cannot withdraw: no payout account
+// yet (the first reason that applies, whether or not the earnings settled).
 const orgPath = { params: { path: { org_id: org.id } } };
+const early = expect(await creator.GET("/v1/orgs/{org_id}/earnings", orgPath), 200);
+check(
+  "can_withdraw before settlement",
+  [early.can_withdraw, early.reason, early.min_withdrawal],
+  [false, "no_payout_account", "10"],
+);
+
+// The creator earns 70 % of the add-ons: 2 x 7 = 14 credits, available after the hold.
 const earnings = await waitFor("earnings to settle", async () => {
   const e = expect(await creator.GET("/v1/orgs/{org_id}/earnings", orgPath), 200);
   return e.available === "14" ? e : undefined;
@@ -150,6 +182,9 @@ await waitFor("payouts to be enabled", async () => {
   const a = expect(await creator.GET("/v1/orgs/{org_id}/payout-account", orgPath), 200);
   return a.payouts_enabled ? a : undefined;
 });
+// Settled earnings (14 >= the minimum of 10) and payouts enabled: withdrawable.
+const ready = expect(await creator.GET("/v1/orgs/{org_id}/earnings", orgPath), 200);
+check("can_withdraw after settlement", [ready.available, ready.can_withdraw, ready.reason], ["14", true, null]);
 
 // All available earnings: 14 credits = $1.40, sent as one Stripe transfer.
 const payout = expect(
@@ -162,6 +197,7 @@ const payout = expect(
 check("payout", [payout.status, payout.amount, payout.usd], ["in_transit", "14", "1.40"]);
 const after = expect(await creator.GET("/v1/orgs/{org_id}/earnings", orgPath), 200);
 check("earnings after payout", [after.available, after.in_payout], ["0", "14"]);
+check("can_withdraw after the payout", [after.can_withdraw, after.reason], [false, "below_minimum"]);
 type Seen = { path: string; idempotency_key: string | null; form: Record<string, string> };
 const seen = (await (await fetch(`${stripeUrl}/_fake/requests`)).json()) as Seen[];
 check(

@@ -17,6 +17,7 @@ pub mod models;
 pub mod orgs;
 pub mod payouts;
 pub mod plans;
+pub mod self_service;
 pub mod tools;
 pub mod topups;
 pub mod wallets;
@@ -55,6 +56,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
     topups::configure(cfg);
     payouts::configure(cfg);
     plans::configure(cfg);
+    self_service::configure(cfg);
     admin::configure(cfg);
     billing::configure(cfg);
 }

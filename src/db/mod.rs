@@ -19,6 +19,7 @@ pub mod prepared;
 pub mod schema;
 pub mod sums;
 pub mod types;
+pub mod usage;
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;

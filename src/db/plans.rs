@@ -41,6 +41,21 @@ pub struct NewSubscription<'a> {
     pub last_event_at: i64,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    pub customer: Option<&'a str>,
+    pub cancel_at_period_end: bool,
+}
+
+/// A subscription as its payer sees it.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = subscriptions)]
+pub struct SubscriptionRow {
+    pub id: String,
+    pub subject_type: String,
+    pub subject_id: String,
+    pub plan: String,
+    pub status: SubscriptionStatus,
+    pub cancel_at_period_end: bool,
+    pub updated_at: NaiveDateTime,
 }
 
 #[derive(Debug, Insertable)]

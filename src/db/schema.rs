@@ -346,6 +346,8 @@ diesel::table! {
         last_event_at -> BigInt,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        customer -> Nullable<Text>,
+        cancel_at_period_end -> Bool,
     }
 }
 

@@ -5,6 +5,7 @@
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
+use crate::stripe::self_service::SubscriptionRef;
 use crate::stripe::{
     ConnectedAccount, PayoutTransaction, RefundOrder, RefundRef, SessionRef, StripeCallError, StripeGateway,
     TopUpCheckout, TransferRef,
@@ -64,6 +65,24 @@ pub trait PaymentGateway: Send + Sync {
     /// A refund of part or all of a top-up's payment.
     fn refund<'a>(&'a self, order: &'a RefundOrder) -> BoxFuture<'a, Result<RefundRef, StripeCallError>>;
 
+    /// A Billing Portal session URL for a customer.
+    fn create_portal_session<'a>(
+        &'a self,
+        customer: &'a str,
+        return_url: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<String, StripeCallError>>;
+
+    /// Cancels a subscription at the end of its period, or now.
+    fn cancel_subscription<'a>(
+        &'a self,
+        subscription_id: &'a str,
+        at_period_end: bool,
+    ) -> BoxFuture<'a, Result<SubscriptionRef, StripeCallError>>;
+
+    /// A login link to a connected account's Express dashboard.
+    fn create_login_link<'a>(&'a self, account_id: &'a str)
+        -> BoxFuture<'a, Result<String, StripeCallError>>;
+
     /// A Checkout Session in subscription mode.
     fn create_subscription_session<'a>(
         &'a self,
@@ -114,6 +133,29 @@ impl PaymentGateway for StripeGateway {
 
     fn refund<'a>(&'a self, order: &'a RefundOrder) -> BoxFuture<'a, Result<RefundRef, StripeCallError>> {
         StripeGateway::create_refund(self, order).boxed()
+    }
+
+    fn create_portal_session<'a>(
+        &'a self,
+        customer: &'a str,
+        return_url: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<String, StripeCallError>> {
+        StripeGateway::create_portal_session(self, customer, return_url).boxed()
+    }
+
+    fn cancel_subscription<'a>(
+        &'a self,
+        subscription_id: &'a str,
+        at_period_end: bool,
+    ) -> BoxFuture<'a, Result<SubscriptionRef, StripeCallError>> {
+        StripeGateway::cancel_subscription(self, subscription_id, at_period_end).boxed()
+    }
+
+    fn create_login_link<'a>(
+        &'a self,
+        account_id: &'a str,
+    ) -> BoxFuture<'a, Result<String, StripeCallError>> {
+        StripeGateway::create_login_link(self, account_id).boxed()
     }
 
     fn create_subscription_session<'a>(
@@ -210,6 +252,29 @@ impl PaymentGateway for Metered {
 
     fn refund<'a>(&'a self, order: &'a RefundOrder) -> BoxFuture<'a, Result<RefundRef, StripeCallError>> {
         self.timed("create_refund", self.inner.refund(order))
+    }
+
+    fn create_portal_session<'a>(
+        &'a self,
+        customer: &'a str,
+        return_url: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<String, StripeCallError>> {
+        self.timed("create_portal_session", self.inner.create_portal_session(customer, return_url))
+    }
+
+    fn cancel_subscription<'a>(
+        &'a self,
+        subscription_id: &'a str,
+        at_period_end: bool,
+    ) -> BoxFuture<'a, Result<SubscriptionRef, StripeCallError>> {
+        self.timed("cancel_subscription", self.inner.cancel_subscription(subscription_id, at_period_end))
+    }
+
+    fn create_login_link<'a>(
+        &'a self,
+        account_id: &'a str,
+    ) -> BoxFuture<'a, Result<String, StripeCallError>> {
+        self.timed("create_login_link", self.inner.create_login_link(account_id))
     }
 
     fn create_subscription_session<'a>(

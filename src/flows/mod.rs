@@ -9,6 +9,7 @@ pub mod exports;
 pub mod gateway;
 pub mod maintenance;
 pub mod payouts;
+pub mod self_service;
 pub mod stripe_events;
 pub mod subscriptions;
 pub mod topups;

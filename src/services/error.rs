@@ -99,6 +99,14 @@ pub enum ErrorCode {
     /// The charge cannot be refunded (409): a free message refunded
     /// already, or a capture its wallet could not fully pay.
     ChargeNotRefundable,
+    /// No Stripe customer pays for the person or organization yet, so
+    /// there is no Billing Portal to open (409): subscribe first.
+    NoStripeCustomer,
+    /// Stripe refused to change the subscription (409; its message says why).
+    SubscriptionChangeRefused,
+    /// No payout account, or its onboarding is unfinished (409): there is
+    /// no Express dashboard to open yet.
+    OnboardingIncomplete,
     /// An API key was used on an endpoint keys may not use, or on another
     /// wallet than its own (403).
     ApiKeyNotAllowed,
@@ -156,6 +164,9 @@ impl ErrorCode {
             ErrorCode::HoldNotOpen => "hold_not_open",
             ErrorCode::RefundExceedsCharge => "refund_exceeds_charge",
             ErrorCode::ChargeNotRefundable => "charge_not_refundable",
+            ErrorCode::NoStripeCustomer => "no_stripe_customer",
+            ErrorCode::SubscriptionChangeRefused => "subscription_change_refused",
+            ErrorCode::OnboardingIncomplete => "onboarding_incomplete",
             ErrorCode::ApiKeyNotAllowed => "api_key_not_allowed",
             ErrorCode::ApiKeyRevoked => "api_key_revoked",
             ErrorCode::ApiKeyExpired => "api_key_expired",

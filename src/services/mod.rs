@@ -23,9 +23,11 @@ pub mod payouts;
 pub mod people;
 pub mod plans;
 pub mod reports;
+pub mod self_service;
 pub mod stripe_events;
 pub mod tools;
 pub mod topups;
+pub mod usage;
 pub mod wallets;
 
 use std::sync::Arc;

@@ -20,7 +20,7 @@ use crate::domain::ids::new_id;
 use crate::domain::plans::{self, Decision, Plan, FREE};
 use crate::domain::text::checked_id;
 use crate::domain::{CheckoutStatus, OrgRole, SubscriptionStatus};
-use crate::stripe::webhook::{CheckoutSession, Invoice, Subscription};
+use crate::stripe::webhook::{CheckoutSession, IdOrObject, Invoice, Subscription};
 
 /// Whose plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -394,6 +394,8 @@ pub fn subscription_event(
                         last_event_at: event_created,
                         created_at: now,
                         updated_at: now,
+                        customer: sub.customer.as_ref().map(IdOrObject::id),
+                        cancel_at_period_end: sub.cancel_at_period_end,
                     })
                     .execute(sp.conn())
             });
@@ -415,9 +417,15 @@ pub fn subscription_event(
                     subscriptions::status.eq(status),
                     subscriptions::past_due_since.eq(past_due_since),
                     subscriptions::last_event_at.eq(event_created),
+                    subscriptions::cancel_at_period_end.eq(sub.cancel_at_period_end),
                     subscriptions::updated_at.eq(now),
                 ))
                 .execute(tx.conn())?;
+            if let Some(customer) = &sub.customer {
+                diesel::update(subscriptions::table.find(&sub.id))
+                    .set(subscriptions::customer.eq(customer.id()))
+                    .execute(tx.conn())?;
+            }
             Ok(EventOutcome::SubscriptionUpdated)
         }
     }

@@ -22,6 +22,9 @@ use std::sync::{Arc, Mutex};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::{json, Value};
 
+mod self_service;
+pub use self_service::subscription_object;
+
 pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
 pub const SECRET_KEY: &str = "sk_test_fake";
 
@@ -73,6 +76,8 @@ struct State {
     fail_next: AtomicUsize,
     fail_status: std::sync::atomic::AtomicU16,
     counter: AtomicUsize,
+    /// Subscriptions by id, as Stripe keeps them (see `self_service`).
+    subscriptions: Mutex<HashMap<String, Value>>,
     /// Bank payouts of connected accounts: payout id -> the balance
     /// transactions it carried, as (type, source).
     bank_payouts: Mutex<HashMap<String, Vec<(String, String)>>>,
@@ -204,6 +209,16 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
     }
     let n = state.counter.fetch_add(1, Ordering::SeqCst) + 1;
     let response = match (req.method().as_str(), req.path()) {
+        (method, path) if self_service::handles(method, path) => {
+            match self_service::answer(&state, method, path, &form, n) {
+                Ok(object) => object,
+                Err((status, body)) => {
+                    let status = actix_web::http::StatusCode::from_u16(status)
+                        .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
+                    return HttpResponse::build(status).json(body);
+                }
+            }
+        }
         ("POST", "/v1/checkout/sessions") => checkout_session_from_form(&form, n),
         ("POST", "/v1/accounts") => {
             let mut a = fixture("account");

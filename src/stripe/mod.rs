@@ -4,6 +4,7 @@
 
 #[cfg(feature = "fake-stripe")]
 pub mod fake;
+pub mod self_service;
 pub mod webhook;
 
 use std::collections::HashMap;

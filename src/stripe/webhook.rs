@@ -192,6 +192,12 @@ pub struct Subscription {
     pub status: String,
     #[serde(default)]
     pub metadata: Option<HashMap<String, String>>,
+    /// The customer who pays it (the Billing Portal opens for them).
+    #[serde(default)]
+    pub customer: Option<IdOrObject>,
+    /// Set when it ends at the close of the current period.
+    #[serde(default)]
+    pub cancel_at_period_end: bool,
 }
 
 /// The fields of an Invoice tally reads: its subscription, where the API

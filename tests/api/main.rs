@@ -30,6 +30,8 @@ mod payouts;
 mod plans;
 mod resilience;
 mod self_service;
+mod self_service_stripe;
 mod topups;
+mod usage;
 mod wallets;
 mod webhooks;
