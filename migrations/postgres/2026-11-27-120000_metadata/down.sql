@@ -1,2 +1,1 @@
-DROP INDEX charges_by_payer;
 DROP TABLE object_metadata;

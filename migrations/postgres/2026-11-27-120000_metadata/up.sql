@@ -10,5 +10,3 @@ CREATE TABLE object_metadata (
     PRIMARY KEY (object_id, key)
 );
 CREATE INDEX object_metadata_lookup ON object_metadata (key, value, object_id);
--- A wallet's charges, newest first (GET /v1/wallets/{id}/charges).
-CREATE INDEX charges_by_payer ON charges (payer_account_id, created_at, id);
