@@ -437,16 +437,25 @@ pub fn payment_succeeded(
         &pi.currency,
         event_id,
     )?;
+    let (status, reason) = match outcome {
+        EventOutcome::Credited | EventOutcome::AlreadyCredited => (AutoTopUpStatus::Paid, None),
+        // Paid, but not what was ordered: closed (so the wallet may order
+        // again), its top-up waits for an operator; not a card failure.
+        EventOutcome::AmountMismatch => {
+            (AutoTopUpStatus::Failed, Some("amount_mismatch: the payment waits for an operator"))
+        }
+        _ => return Ok(outcome),
+    };
+    diesel::update(auto_top_up_orders::table.find(&order.id))
+        .set((
+            auto_top_up_orders::status.eq(status),
+            auto_top_up_orders::payment_intent_id.eq(&pi.id),
+            auto_top_up_orders::failure_reason.eq(reason),
+            auto_top_up_orders::send_lease_until.eq(None::<chrono::NaiveDateTime>),
+            auto_top_up_orders::updated_at.eq(db::now()),
+        ))
+        .execute(tx.conn())?;
     if outcome == EventOutcome::Credited {
-        diesel::update(auto_top_up_orders::table.find(&order.id))
-            .set((
-                auto_top_up_orders::status.eq(AutoTopUpStatus::Paid),
-                auto_top_up_orders::payment_intent_id.eq(&pi.id),
-                auto_top_up_orders::failure_reason.eq(None::<String>),
-                auto_top_up_orders::send_lease_until.eq(None::<chrono::NaiveDateTime>),
-                auto_top_up_orders::updated_at.eq(db::now()),
-            ))
-            .execute(tx.conn())?;
         diesel::update(accounts::table.find(order.wallet_account_id))
             .set(accounts::auto_top_up_failures.eq(0))
             .execute(tx.conn())?;

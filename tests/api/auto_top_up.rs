@@ -52,6 +52,7 @@ both_with_stripe!(
     a_crossing_charge_orders_once_and_the_webhook_credits_once,
     concurrent_charges_crossing_together_record_one_order,
     three_failures_in_a_row_turn_auto_top_up_off,
+    a_payment_of_another_amount_waits_for_an_operator_and_closes_the_order,
     bad_settings_change_nothing,
 );
 
@@ -411,6 +412,46 @@ async fn three_failures_in_a_row_turn_auto_top_up_off(app: TestApp, stripe: Fake
     assert_eq!(s, 200, "{w}");
     assert_eq!((failures(&w), &w["auto_top_up"]["disabled_reason"]), (0, &Value::Null));
     assert_eq!(orders(&app).len(), 6);
+    app.assert_ledger_ok();
+}
+
+async fn a_payment_of_another_amount_waits_for_an_operator_and_closes_the_order(
+    app: TestApp,
+    stripe: FakeStripe,
+) {
+    let (_, agent) = market(&app, "5", "20", 0, "public").await;
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    app.fund(&wallet, "30").await;
+    save_card(&app, &stripe, &alice, &wallet, "evt_setup").await;
+    let (s, w) = put_settings(
+        &app,
+        &alice,
+        &wallet,
+        json!({"threshold": "10", "pack_id": "starter", "enabled": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{w}");
+    let (s, _, c) = charge(&app, &alice, &agent, json!({}), "m0").await;
+    assert_eq!((s.as_u16(), c["balance_after"].as_str()), (201, Some("5")), "{c}");
+    assert_eq!(send_due(&app).await, 1);
+    let o = orders(&app);
+    let paid = payment_event("evt_short", "payment_intent.succeeded", "pi_short", 499, "succeeded", &o[0].0);
+    let (s, ack) = deliver(&app, &paid).await;
+    assert_eq!((s.as_u16(), ack["outcome"].as_str()), (200, Some("amount_mismatch")), "{ack}");
+    assert_eq!(app.balance(&wallet, &alice).await, "5");
+    let (_, t) = app.get(&format!("/v1/top-ups/{}", o[0].2.as_deref().unwrap()), &alice).await;
+    assert_eq!((t["status"].as_str(), t["paid_amount"].as_str()), (Some("amount_mismatch"), Some("4.99")));
+    // The order is closed, not counted as a card failure: the next spend
+    // below the threshold orders again.
+    let o = orders(&app);
+    assert_eq!(
+        (o[0].1.as_str(), o[0].3.as_deref()),
+        ("failed", Some("amount_mismatch: the payment waits for an operator"))
+    );
+    assert_eq!(wallet_view(&app, &alice, &wallet).await["auto_top_up"]["consecutive_failures"], 0);
+    spend_below(&app, &alice, &agent, &wallet, "m1").await;
+    assert_eq!(orders(&app).len(), 2);
     app.assert_ledger_ok();
 }
 
