@@ -334,9 +334,9 @@ pub fn record_send(conn: &mut DbConn, order_id: &str, result: &SendResult) -> Se
                 keep_payment_intent(tx, order_id, &pi.id)?;
             }
             SendResult::Created(pi) => {
-                keep_payment_intent(tx, order_id, &pi.id)?;
                 let reason = pi.failure.clone().unwrap_or_else(|| pi.status.clone());
                 fail(tx, order_id, &reason)?;
+                keep_payment_intent(tx, order_id, &pi.id)?;
             }
             SendResult::Refused(message) => {
                 fail(tx, order_id, message)?;
@@ -357,12 +357,25 @@ fn keep_payment_intent(tx: &mut WriteTx<'_>, order_id: &str, payment_intent: &st
     Ok(())
 }
 
+/// Takes the wallet's row lock (a no-op update).
+fn lock_wallet(tx: &mut WriteTx<'_>, account_id: i64) -> ServiceResult<()> {
+    diesel::update(accounts::table.find(account_id))
+        .set(accounts::auto_top_up_failures.eq(accounts::auto_top_up_failures))
+        .execute(tx.conn())?;
+    Ok(())
+}
+
 /// Fails an open order once (a guarded status change, so the worker's
 /// refusal and Stripe's `payment_intent.payment_failed` count one failure),
 /// counts it on the wallet, and turns auto top-up off at the third failure
 /// in a row. Returns the outcome, or `None` when the order was not open.
 fn fail(tx: &mut WriteTx<'_>, order_id: &str, reason: &str) -> ServiceResult<Option<EventOutcome>> {
     let reason: String = reason.chars().take(500).collect();
+    let Some(order) = rows::order(tx, order_id)? else { return Ok(None) };
+    // The wallet's row first, as a charge takes it before it records an
+    // order: a charge waiting on this order's index entry must not hold the
+    // row this transaction then waits for (a deadlock on PostgreSQL).
+    lock_wallet(tx, order.wallet_account_id)?;
     let open = [AutoTopUpStatus::Pending, AutoTopUpStatus::Processing];
     let n = diesel::update(
         auto_top_up_orders::table.find(order_id).filter(auto_top_up_orders::status.eq_any(open)),
@@ -377,7 +390,6 @@ fn fail(tx: &mut WriteTx<'_>, order_id: &str, reason: &str) -> ServiceResult<Opt
     if n == 0 {
         return Ok(None);
     }
-    let Some(order) = rows::order(tx, order_id)? else { return Ok(None) };
     if let Some(top_up_id) = &order.top_up_id {
         super::topups::fail_pending(tx, top_up_id)?;
     }
@@ -428,6 +440,8 @@ pub fn payment_succeeded(
     let top_up_id =
         order.top_up_id.clone().or_else(|| pi.metadata.as_ref().and_then(|m| m.get("top_up_id").cloned()));
     let Some(top_up_id) = top_up_id else { return Ok(EventOutcome::UnknownTopUp) };
+    // The wallet's row first, as `fail` and charges take it.
+    lock_wallet(tx, order.wallet_account_id)?;
     let outcome = super::topups::payment_intent_paid(
         tx,
         ctx,
@@ -467,8 +481,9 @@ pub fn payment_succeeded(
 /// the order fails (once), and counts towards turning auto top-up off.
 pub fn payment_failed(tx: &mut WriteTx<'_>, pi: &PaymentIntent) -> ServiceResult<EventOutcome> {
     let Some(order) = order_of_payment(tx, pi)? else { return Ok(EventOutcome::NotAnAutoTopUp) };
+    let outcome = fail(tx, &order.id, &pi.failure_reason())?.unwrap_or(EventOutcome::NotPending);
     diesel::update(auto_top_up_orders::table.find(&order.id))
         .set(auto_top_up_orders::payment_intent_id.eq(&pi.id))
         .execute(tx.conn())?;
-    Ok(fail(tx, &order.id, &pi.failure_reason())?.unwrap_or(EventOutcome::NotPending))
+    Ok(outcome)
 }

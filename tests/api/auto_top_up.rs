@@ -51,6 +51,7 @@ both_with_stripe!(
     setup_checkout_saves_the_payment_method,
     a_crossing_charge_orders_once_and_the_webhook_credits_once,
     concurrent_charges_crossing_together_record_one_order,
+    a_failure_racing_charges_counts_once_and_blocks_no_charge,
     three_failures_in_a_row_turn_auto_top_up_off,
     a_payment_of_another_amount_waits_for_an_operator_and_closes_the_order,
     bad_settings_change_nothing,
@@ -318,6 +319,45 @@ async fn concurrent_charges_crossing_together_record_one_order(app: TestApp, str
     let (a, b) = tokio::join!(send_due(&app), send_due(&app));
     assert_eq!(a + b, 1);
     assert_eq!(stripe.requests_to("/v1/payment_intents").len(), 1);
+    app.assert_ledger_ok();
+}
+
+async fn a_failure_racing_charges_counts_once_and_blocks_no_charge(app: TestApp, stripe: FakeStripe) {
+    let (_, agent) = market(&app, "0.3", "1.0", 0, "public").await;
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    app.fund(&wallet, "100").await;
+    save_card(&app, &stripe, &alice, &wallet, "evt_setup").await;
+    let (s, w) = put_settings(
+        &app,
+        &alice,
+        &wallet,
+        json!({"threshold": "99.5", "pack_id": "starter", "enabled": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{w}");
+    let (s, _, c) = charge(&app, &alice, &agent, json!({}), "first").await;
+    assert_eq!(s, 201, "{c}");
+    assert_eq!(send_due(&app).await, 1);
+    let order = orders(&app)[0].0.clone();
+    // Stripe's payment_failed arrives while charges keep spending below the
+    // threshold: the failure takes the wallet's row before the order's, as
+    // the charges do, so none waits on the other in a circle.
+    let failed =
+        payment_event("evt_race", "payment_intent.payment_failed", "pi_race", 500, "declined", &order);
+    let charges = join_all((0..32).map(|i| {
+        let (app, alice, agent) = (&app, &alice, &agent);
+        async move { charge(app, alice, agent, json!({}), &format!("race{i}")).await.0 }
+    }));
+    let (results, (s, ack)) = tokio::join!(charges, deliver(&app, &failed));
+    assert!(results.iter().all(|s| *s == 201), "{results:?}");
+    assert_eq!((s.as_u16(), ack["outcome"].as_str()), (200, Some("auto_top_up_failed")), "{ack}");
+    // 100 - 33 x 1.3
+    assert_eq!(app.balance(&wallet, &alice).await, "57.1");
+    let o = orders(&app);
+    assert_eq!(o[0].1, "failed");
+    assert!(o.len() <= 2 && o[1..].iter().all(|o| o.1 == "pending"), "{o:?}");
+    assert_eq!(wallet_view(&app, &alice, &wallet).await["auto_top_up"]["consecutive_failures"], 1);
     app.assert_ledger_ok();
 }
 
