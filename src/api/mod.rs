@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod agents;
 pub mod api_keys;
+pub mod auto_top_up;
 pub mod billing;
 pub mod charges;
 pub mod docs;
@@ -45,6 +46,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
     health::configure(cfg);
     me::configure(cfg);
     wallets::configure(cfg);
+    auto_top_up::configure(cfg);
     orgs::configure(cfg);
     models::configure(cfg);
     tools::configure(cfg);

@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod api_keys;
+pub mod auto_top_ups;
 pub mod billing;
 pub mod catalog;
 pub mod counters;

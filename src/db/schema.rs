@@ -39,6 +39,14 @@ diesel::table! {
         daily_limit -> Nullable<BigInt>,
         weekly_limit -> Nullable<BigInt>,
         created_at -> Timestamp,
+        auto_top_up_enabled -> Bool,
+        auto_top_up_threshold -> Nullable<BigInt>,
+        auto_top_up_pack_id -> Nullable<Text>,
+        auto_top_up_validity -> Nullable<Text>,
+        auto_top_up_failures -> Integer,
+        auto_top_up_disabled_reason -> Nullable<Text>,
+        stripe_customer_id -> Nullable<Text>,
+        stripe_payment_method_id -> Nullable<Text>,
     }
 }
 
@@ -461,6 +469,21 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    auto_top_up_orders (id) {
+        id -> Text,
+        wallet_account_id -> BigInt,
+        status -> Text,
+        top_up_id -> Nullable<Text>,
+        payment_intent_id -> Nullable<Text>,
+        failure_reason -> Nullable<Text>,
+        send_attempts -> Integer,
+        send_lease_until -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     people,
     orgs,
@@ -494,4 +517,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     credit_note_counter,
     credit_notes,
     object_metadata,
+    auto_top_up_orders,
 );

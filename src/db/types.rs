@@ -18,7 +18,7 @@ use crate::domain::{
     AccountKind, CheckoutStatus, Credits, EntryKind, FreezeAction, HoldStatus, OrgRole, OwnerType,
     PayoutStatus, SubscriptionStatus, TopUpMethod, TopUpStatus, Visibility,
 };
-use crate::domain::{GrantCategory, GrantSource, Validity};
+use crate::domain::{AutoTopUpStatus, GrantCategory, GrantSource, Validity};
 
 type RawValue<'a> = <MultiBackend as Backend>::RawValue<'a>;
 
@@ -94,4 +94,4 @@ macro_rules! text_enum {
 
 text_enum!(OwnerType, AccountKind, EntryKind, HoldStatus, OrgRole, Visibility);
 text_enum!(TopUpStatus, TopUpMethod, PayoutStatus, SubscriptionStatus, CheckoutStatus, FreezeAction);
-text_enum!(GrantCategory, GrantSource, Validity);
+text_enum!(GrantCategory, GrantSource, Validity, AutoTopUpStatus);

@@ -18,6 +18,6 @@ pub use entry::{EntryError, Leg};
 pub use kinds::{AccountKind, EntryKind, HoldStatus, OrgRole, OwnerType, Visibility};
 pub use money::{AmountError, CreditRate, CreditTotal, Credits, UsdCents};
 pub use statuses::{
-    CheckoutStatus, FreezeAction, GrantCategory, GrantSource, PayoutStatus, SubscriptionStatus, TopUpMethod,
-    TopUpStatus, Validity,
+    AutoTopUpStatus, CheckoutStatus, FreezeAction, GrantCategory, GrantSource, PayoutStatus,
+    SubscriptionStatus, TopUpMethod, TopUpStatus, Validity,
 };

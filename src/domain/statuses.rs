@@ -86,6 +86,24 @@ closed_set! {
 }
 
 closed_set! {
+    /// Where an auto top-up order stands: `pending` (recorded, the payment
+    /// not yet asked for) and `processing` (Stripe has the PaymentIntent,
+    /// its webhook settles it) are open; at most one is open per wallet.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, ToSchema, diesel::AsExpression, diesel::FromSqlRow)]
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    #[serde(rename_all = "snake_case")]
+    pub enum AutoTopUpStatus("auto top-up order status") {
+        Pending = "pending",
+        Processing = "processing",
+        Paid = "paid",
+        Failed = "failed",
+        /// Not sent: auto top-up was turned off, the payment method or pack
+        /// went away, or the wallet was frozen before it was sent.
+        Canceled = "canceled",
+    }
+}
+
+closed_set! {
     /// Where a payout stands.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, ToSchema, diesel::AsExpression, diesel::FromSqlRow)]
     #[diesel(sql_type = diesel::sql_types::Text)]

@@ -7,8 +7,8 @@ use futures_util::FutureExt;
 
 use crate::stripe::self_service::SubscriptionRef;
 use crate::stripe::{
-    ConnectedAccount, PayoutTransaction, RefundOrder, RefundRef, SessionRef, StripeCallError, StripeGateway,
-    TopUpCheckout, TransferRef,
+    ConnectedAccount, OffSessionPayment, PaymentIntentRef, PayoutTransaction, RefundOrder, RefundRef,
+    SessionRef, SetupCheckout, SetupIntentRef, StripeCallError, StripeGateway, TopUpCheckout, TransferRef,
 };
 
 /// A subscription Checkout to open.
@@ -88,6 +88,26 @@ pub trait PaymentGateway: Send + Sync {
         &'a self,
         order: SubscriptionOrder<'a>,
     ) -> BoxFuture<'a, Result<SessionRef, StripeCallError>>;
+
+    /// Auto top-up: a Checkout Session in setup mode that saves a card.
+    fn create_setup_session<'a>(
+        &'a self,
+        order: &'a SetupCheckout,
+    ) -> BoxFuture<'a, Result<SessionRef, StripeCallError>>;
+
+    /// Auto top-up: the SetupIntent a setup Checkout completed (its
+    /// customer and payment method).
+    fn retrieve_setup_intent<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<SetupIntentRef, StripeCallError>>;
+
+    /// Auto top-up: an off-session PaymentIntent, confirmed at once (the
+    /// order id is the idempotency key).
+    fn create_off_session_payment<'a>(
+        &'a self,
+        order: &'a OffSessionPayment,
+    ) -> BoxFuture<'a, Result<PaymentIntentRef, StripeCallError>>;
 }
 
 impl PaymentGateway for StripeGateway {
@@ -172,6 +192,27 @@ impl PaymentGateway for StripeGateway {
             o.cancel_url,
         )
         .boxed()
+    }
+
+    fn create_setup_session<'a>(
+        &'a self,
+        order: &'a SetupCheckout,
+    ) -> BoxFuture<'a, Result<SessionRef, StripeCallError>> {
+        StripeGateway::create_setup_session(self, order).boxed()
+    }
+
+    fn retrieve_setup_intent<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<SetupIntentRef, StripeCallError>> {
+        StripeGateway::retrieve_setup_intent(self, id).boxed()
+    }
+
+    fn create_off_session_payment<'a>(
+        &'a self,
+        order: &'a OffSessionPayment,
+    ) -> BoxFuture<'a, Result<PaymentIntentRef, StripeCallError>> {
+        StripeGateway::create_off_session_payment(self, order).boxed()
     }
 }
 
@@ -282,5 +323,25 @@ impl PaymentGateway for Metered {
         order: SubscriptionOrder<'a>,
     ) -> BoxFuture<'a, Result<SessionRef, StripeCallError>> {
         self.timed("create_subscription_session", self.inner.create_subscription_session(order))
+    }
+    fn create_setup_session<'a>(
+        &'a self,
+        order: &'a SetupCheckout,
+    ) -> BoxFuture<'a, Result<SessionRef, StripeCallError>> {
+        self.timed("create_setup_session", self.inner.create_setup_session(order))
+    }
+
+    fn retrieve_setup_intent<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<SetupIntentRef, StripeCallError>> {
+        self.timed("retrieve_setup_intent", self.inner.retrieve_setup_intent(id))
+    }
+
+    fn create_off_session_payment<'a>(
+        &'a self,
+        order: &'a OffSessionPayment,
+    ) -> BoxFuture<'a, Result<PaymentIntentRef, StripeCallError>> {
+        self.timed("create_off_session_payment", self.inner.create_off_session_payment(order))
     }
 }

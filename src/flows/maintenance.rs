@@ -1,5 +1,6 @@
 //! The background work every instance runs, at once and then every
-//! `TALLY_SETTLEMENT_SWEEP`: recovery of payouts left unsent, the release of
+//! `TALLY_SETTLEMENT_SWEEP`: recovery of payouts left unsent, the payments of
+//! recorded auto top-up orders, the release of
 //! expired holds, the expiry of credit grants, the earnings settlement sweep, and the purge of expired idempotency keys. All of it is
 //! safe to run on several instances at the same time.
 
@@ -42,6 +43,17 @@ pub async fn sweep(rt: &Arc<Runtime>, purge: bool) {
         Err(e) => {
             failed = true;
             tracing::warn!(error = %e, "payout recovery failed")
+        }
+    }
+    match super::auto_top_up::send_due(rt).await {
+        Ok(0) => {}
+        Ok(n) => {
+            count("auto_top_ups_sent", n);
+            tracing::info!(orders = n, "auto top-up payments asked for")
+        }
+        Err(e) => {
+            failed = true;
+            tracing::warn!(error = %e, "auto top-up sending failed")
         }
     }
     let done = rt

@@ -5,6 +5,7 @@
 //! file; it calls services for the database work and [`PaymentGateway`]
 //! for Stripe, and knows nothing of HTTP.
 
+pub mod auto_top_up;
 pub mod exports;
 pub mod gateway;
 pub mod maintenance;

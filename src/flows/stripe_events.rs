@@ -10,11 +10,12 @@ use serde::de::DeserializeOwned;
 use super::Runtime;
 use crate::db::{self, WriteTx};
 use crate::services::stripe_events::{self as record, EventOutcome};
-use crate::services::{payouts, plans, topups, Ctx, ErrorCode, ServiceError, ServiceResult};
+use crate::services::{auto_top_up, payouts, plans, topups, Ctx, ErrorCode, ServiceError, ServiceResult};
 use crate::stripe::webhook::{
-    self, Account, BankPayout, Charge, CheckoutSession, Dispute, Event, Invoice, Subscription, Transfer,
+    self, Account, BankPayout, Charge, CheckoutSession, Dispute, Event, Invoice, PaymentIntent, Subscription,
+    Transfer,
 };
-use crate::stripe::PayoutTransaction;
+use crate::stripe::{PayoutTransaction, SetupIntentRef};
 
 /// A handler of one event type, inside the event's transaction.
 type Handler = fn(&mut WriteTx<'_>, &Ctx, &Event, &Fetched) -> ServiceResult<EventOutcome>;
@@ -26,11 +27,17 @@ pub struct Fetched {
     /// `payout.*` of a connected account: the balance transactions the bank
     /// payout carried; None when Stripe could not list them.
     payout_transactions: Option<Vec<PayoutTransaction>>,
+    /// `checkout.session.completed` in setup mode: the SetupIntent (its
+    /// customer and saved payment method).
+    setup_intent: Option<SetupIntentRef>,
 }
 
 /// Asks Stripe what an event's handler needs: for a connected account's
 /// `payout.paid` / `payout.failed`, the bank payout's balance transactions.
 async fn fetch(rt: &Arc<Runtime>, event: &Event) -> ServiceResult<Fetched> {
+    if event.kind == "checkout.session.completed" {
+        return fetch_setup_intent(rt, event).await;
+    }
     let (Some(account), true) = (&event.account, event.kind.starts_with("payout.")) else {
         return Ok(Fetched::default());
     };
@@ -41,10 +48,34 @@ async fn fetch(rt: &Arc<Runtime>, event: &Event) -> ServiceResult<Fetched> {
     }
     let Some(gateway) = &rt.gateway else { return Ok(Fetched::default()) };
     match gateway.list_payout_transactions(account, &payout.id).await {
-        Ok(txns) => Ok(Fetched { payout_transactions: Some(txns) }),
+        Ok(txns) => Ok(Fetched { payout_transactions: Some(txns), ..Fetched::default() }),
         Err(e) => {
             tracing::error!(event_id = %event.id, bank_payout = %payout.id, error = %e, "bank payout's transactions not listed");
             Ok(Fetched::default())
+        }
+    }
+}
+
+/// A setup Checkout's SetupIntent (auto top-up's saved card). Stripe
+/// unreachable: 503, the event is not recorded, and Stripe delivers it again.
+async fn fetch_setup_intent(rt: &Arc<Runtime>, event: &Event) -> ServiceResult<Fetched> {
+    let Ok(session) = object::<CheckoutSession>(event) else { return Ok(Fetched::default()) };
+    let (Some("setup"), Some(intent)) = (session.mode.as_deref(), &session.setup_intent) else {
+        return Ok(Fetched::default());
+    };
+    let id = event.id.clone();
+    if rt.read(move |conn, _| record::was_applied(conn, &id)).await? {
+        return Ok(Fetched::default());
+    }
+    let Some(gateway) = &rt.gateway else { return Ok(Fetched::default()) };
+    match gateway.retrieve_setup_intent(intent.id()).await {
+        Ok(i) => Ok(Fetched { setup_intent: Some(i), ..Fetched::default() }),
+        Err(e) => {
+            tracing::error!(event_id = %event.id, setup_intent = %intent.id(), error = %e, "SetupIntent not retrieved");
+            Err(ServiceError::Unavailable {
+                kind: ErrorCode::PaymentProviderUnavailable,
+                message: "the payment provider could not be reached; deliver the event again".into(),
+            })
         }
     }
 }
@@ -66,6 +97,9 @@ const HANDLERS: &[(&str, Handler)] = &[
     ("transfer.reversed", transfer_reversed),
     ("payout.paid", bank_payout_paid),
     ("payout.failed", bank_payout_failed),
+    ("payment_intent.succeeded", payment_intent_succeeded),
+    ("payment_intent.payment_failed", payment_intent_failed),
+    ("payment_intent.requires_action", payment_intent_failed),
 ];
 
 /// A verified event and what was done with it.
@@ -171,9 +205,31 @@ fn checkout_completed(
     tx: &mut WriteTx<'_>,
     ctx: &Ctx,
     event: &Event,
+    f: &Fetched,
+) -> ServiceResult<EventOutcome> {
+    let session = object::<CheckoutSession>(event)?;
+    if session.mode.as_deref() == Some("setup") {
+        return auto_top_up::setup_completed(tx, &session, f.setup_intent.as_ref());
+    }
+    topups::checkout_completed(tx, ctx, &session, &event.id)
+}
+
+fn payment_intent_succeeded(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    event: &Event,
     _: &Fetched,
 ) -> ServiceResult<EventOutcome> {
-    topups::checkout_completed(tx, ctx, &object::<CheckoutSession>(event)?, &event.id)
+    auto_top_up::payment_succeeded(tx, ctx, &object::<PaymentIntent>(event)?, &event.id)
+}
+
+fn payment_intent_failed(
+    tx: &mut WriteTx<'_>,
+    _: &Ctx,
+    event: &Event,
+    _: &Fetched,
+) -> ServiceResult<EventOutcome> {
+    auto_top_up::payment_failed(tx, &object::<PaymentIntent>(event)?)
 }
 
 fn checkout_expired(

@@ -175,8 +175,22 @@ impl OpenEntry {
         cached.sort_by_key(|l| l.account_id);
         let mut balances: Vec<(i64, i64)> = Vec::with_capacity(cached.len());
         for leg in cached {
-            let balance = apply_to_cached_balance(conn, leg, overdraft)?;
+            let (balance, auto_top_up_below) = apply_to_cached_balance(conn, leg, overdraft)?;
             balances.push((leg.account_id, balance));
+            // A spend (not a refund's or dispute's reversal) that left an
+            // auto top-up wallet below its threshold: an order, unless one
+            // is open. Read from the row the UPDATE just locked, so a wallet
+            // without auto top-up pays no query for it.
+            if auto_top_up_below
+                && leg.kind == AccountKind::Wallet
+                && leg.amount.is_negative()
+                && overdraft != Overdraft::AllowForReversal
+            {
+                let id = crate::domain::ids::new_id("ato");
+                if db::auto_top_ups::record_open_order(conn, leg.account_id, &id)? {
+                    tracing::info!(account_id = leg.account_id, order_id = %id, "auto top-up order recorded");
+                }
+            }
         }
         // The wallet's row is locked now: its grants follow the leg.
         for leg in legs.iter().filter(|l| l.kind == AccountKind::Wallet && !l.amount.is_zero()) {
@@ -291,25 +305,33 @@ impl RunQueryDsl<DbConn> for InsertPostings<'_> {}
 /// range (`balance <= MAX - amount` for a credit, `balance >= MIN - amount`
 /// for a debit), which SQLite would otherwise turn into a float and
 /// PostgreSQL into an error.
-fn apply_to_cached_balance(conn: &mut DbConn, leg: &Leg, overdraft: Overdraft) -> Result<i64, LedgerError> {
+///
+/// Also returns whether the account has auto top-up on and the new balance
+/// is below its threshold (the same row, the same statement).
+fn apply_to_cached_balance(
+    conn: &mut DbConn,
+    leg: &Leg,
+    overdraft: Overdraft,
+) -> Result<(i64, bool), LedgerError> {
     let amount = leg.amount.micros();
     let guarded = amount < 0 && leg.kind.must_stay_non_negative();
     // SQL, not Rust: evaluated only on a row the guards below let through.
     #[allow(clippy::arithmetic_side_effects)]
     let new_balance = accounts::balance + amount;
     let row = accounts::table.filter(accounts::id.eq(leg.account_id));
-    let updated: Option<Option<i64>> = match (guarded, overdraft) {
+    let returned = (accounts::balance, accounts::auto_top_up_enabled, accounts::auto_top_up_threshold);
+    let updated: Option<(Option<i64>, bool, Option<i64>)> = match (guarded, overdraft) {
         (false, _) | (true, Overdraft::AllowForReversal) if amount >= 0 => Prepared(
             diesel::update(row.filter(accounts::balance.le(i64::MAX.saturating_sub(amount))))
                 .set(accounts::balance.eq(new_balance))
-                .returning(accounts::balance),
+                .returning(returned),
         )
         .get_result(conn)
         .optional()?,
         (false, _) | (true, Overdraft::AllowForReversal) => Prepared(
             diesel::update(row.filter(accounts::balance.ge(i64::MIN.saturating_sub(amount))))
                 .set(accounts::balance.eq(new_balance))
-                .returning(accounts::balance),
+                .returning(returned),
         )
         .get_result(conn)
         .optional()?,
@@ -317,7 +339,7 @@ fn apply_to_cached_balance(conn: &mut DbConn, leg: &Leg, overdraft: Overdraft) -
         (true, Overdraft::Refuse) => Prepared(
             diesel::update(row.filter(accounts::balance.ge(amount.saturating_neg())))
                 .set(accounts::balance.eq(new_balance))
-                .returning(accounts::balance),
+                .returning(returned),
         )
         .get_result(conn)
         .optional()?,
@@ -326,14 +348,16 @@ fn apply_to_cached_balance(conn: &mut DbConn, leg: &Leg, overdraft: Overdraft) -
                 row.filter(accounts::balance.ge(amount.saturating_neg())).filter(accounts::frozen.eq(false)),
             )
             .set(accounts::balance.eq(new_balance))
-            .returning(accounts::balance),
+            .returning(returned),
         )
         .get_result(conn)
         .optional()?,
     };
     match updated {
-        Some(Some(balance)) => Ok(balance),
-        Some(None) => Err(LedgerError::Database(diesel::result::Error::QueryBuilderError(
+        Some((Some(balance), enabled, threshold)) => {
+            Ok((balance, enabled && threshold.is_some_and(|t| balance < t)))
+        }
+        Some((None, _, _)) => Err(LedgerError::Database(diesel::result::Error::QueryBuilderError(
             format!("account {} keeps no cached balance", leg.account_id).into(),
         ))),
         None => {

@@ -114,6 +114,8 @@ pub enum ErrorCode {
     ApiKeyRevoked,
     /// The API key has expired (401).
     ApiKeyExpired,
+    /// Auto top-up cannot be enabled before a card is saved (409).
+    PaymentMethodRequired,
     /// A fault of tally's, logged with the request id (500).
     InternalError,
 }
@@ -170,6 +172,7 @@ impl ErrorCode {
             ErrorCode::ApiKeyNotAllowed => "api_key_not_allowed",
             ErrorCode::ApiKeyRevoked => "api_key_revoked",
             ErrorCode::ApiKeyExpired => "api_key_expired",
+            ErrorCode::PaymentMethodRequired => "payment_method_required",
             ErrorCode::InternalError => "internal_error",
         }
     }

@@ -4,6 +4,7 @@
 pub mod adjustments;
 pub mod agents;
 pub mod api_keys;
+pub mod auto_top_up;
 pub mod billing_profiles;
 pub mod charge_refunds;
 pub mod charge_views;

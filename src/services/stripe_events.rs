@@ -95,6 +95,17 @@ outcomes! {
     /// An event of the other mode (live vs test) than `STRIPE_SECRET_KEY`'s:
     /// acknowledged, never applied.
     LivemodeMismatch = "livemode_mismatch",
+    /// A setup Checkout saved a payment method on a wallet (auto top-up).
+    PaymentMethodSaved = "payment_method_saved",
+    /// A setup Checkout completed without a payment method to save.
+    NoPaymentMethod = "no_payment_method",
+    /// An auto top-up's payment failed (or needs the customer); the order is `failed`.
+    AutoTopUpFailed = "auto_top_up_failed",
+    /// As `auto_top_up_failed`, and it was the third failure in a row:
+    /// auto top-up turned itself off.
+    AutoTopUpDisabled = "auto_top_up_disabled",
+    /// A PaymentIntent that is not an auto top-up's (e.g. a Checkout's).
+    NotAnAutoTopUp = "not_an_auto_top_up",
     /// A type tally does not handle: acknowledged.
     Ignored = "ignored",
     /// Delivered before: nothing changed.

@@ -235,17 +235,7 @@ pub fn prepare_top_up(
             (None, true) => TopUpMethod::Stripe,
             (None, false) => TopUpMethod::Manual,
         };
-        // The rate table's tax, by the buyer's country as their billing
-        // profile says now: an exclusive rate is added to the price.
-        let tax = &ctx.settings.invoicing.tax;
-        let country = super::billing_profiles::profile_of(tx, wallet.owner_type, &wallet.owner_id)?
-            .and_then(|p| p.address.map(|a| a.country));
-        let rate = tax.rate_for(country.as_deref()).filter(|r| !r.is_zero());
-        let amount_cents = match rate {
-            Some(r) => crate::domain::tax::gross_price(price.cents(), r, tax.inclusive)
-                .ok_or_else(|| ServiceError::Internal("price with tax out of range".into()))?,
-            None => price.cents(),
-        };
+        let (amount_cents, rate) = price_with_tax(tx, ctx, wallet.owner_type, &wallet.owner_id, price)?;
         let existing: Option<TopUpRow> = top_ups::table
             .filter(top_ups::request_key.eq(request.as_str()))
             .select(TopUpRow::as_select())
@@ -278,6 +268,99 @@ pub fn prepare_top_up(
             .execute(tx.conn())?;
         load(tx, &id)
     })
+}
+
+/// The order's amount in cents and the rate table's tax rate, by the
+/// buyer's country as their billing profile says now: an exclusive rate is
+/// added to the price.
+fn price_with_tax(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    owner_type: crate::domain::OwnerType,
+    owner_id: &str,
+    price: UsdCents,
+) -> ServiceResult<(i64, Option<rust_decimal::Decimal>)> {
+    let tax = &ctx.settings.invoicing.tax;
+    let country = super::billing_profiles::profile_of(tx, owner_type, owner_id)?
+        .and_then(|p| p.address.map(|a| a.country));
+    let rate = tax.rate_for(country.as_deref()).filter(|r| !r.is_zero());
+    let amount_cents = match rate {
+        Some(r) => crate::domain::tax::gross_price(price.cents(), r, tax.inclusive)
+            .ok_or_else(|| ServiceError::Internal("price with tax out of range".into()))?,
+        None => price.cents(),
+    };
+    Ok((amount_cents, rate))
+}
+
+/// The top-up an auto top-up order pays for (made when the order is about
+/// to be sent, found again on a retry by its request key
+/// `auto_top_up:{order id}`): a Stripe order priced and taxed as a Checkout
+/// top-up, so its settlement, grants, validity and invoice are the same.
+pub(crate) fn auto_top_up_order(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    wallet: &crate::db::auto_top_ups::WalletAutoTopUpRow,
+    pack: &CreditPack,
+    validity: Validity,
+    order_id: &str,
+) -> ServiceResult<TopUpRow> {
+    let request_key = format!("auto_top_up:{order_id}");
+    let existing: Option<TopUpRow> = top_ups::table
+        .filter(top_ups::request_key.eq(&request_key))
+        .select(TopUpRow::as_select())
+        .first(tx.conn())
+        .optional()?;
+    if let Some(row) = existing {
+        return Ok(row);
+    }
+    let price = pack.price_of(validity).ok_or_else(|| {
+        ServiceError::Validation(format!("pack '{}' is not sold with validity '{validity}'", pack.id))
+    })?;
+    let (amount_cents, rate) = price_with_tax(tx, ctx, wallet.owner_type, &wallet.owner_id, price)?;
+    let id = new_id("top");
+    let now = db::now();
+    let wallet_id = wallet.public_id.clone().unwrap_or_default();
+    diesel::insert_into(top_ups::table)
+        .values(NewTopUp {
+            id: &id,
+            wallet_account_id: wallet.id,
+            wallet_id: &wallet_id,
+            created_by: "auto_top_up",
+            pack_id: &pack.id,
+            credits: pack.credits,
+            bonus_credits: pack.bonus_credits,
+            amount_cents,
+            currency: "usd",
+            method: TopUpMethod::Stripe,
+            status: TopUpStatus::Pending,
+            request_key: &request_key,
+            created_at: now,
+            updated_at: now,
+            validity,
+            tax_rate: rate.map(|r| r.to_string()),
+        })
+        .execute(tx.conn())?;
+    load(tx, &id)
+}
+
+/// Marks an auto top-up's order `failed` (from `pending`).
+pub(crate) fn fail_pending(tx: &mut WriteTx<'_>, top_up_id: &str) -> ServiceResult<()> {
+    diesel::update(top_ups::table.find(top_up_id).filter(top_ups::status.eq(TopUpStatus::Pending)))
+        .set((top_ups::status.eq(TopUpStatus::Failed), top_ups::updated_at.eq(db::now())))
+        .execute(tx.conn())?;
+    Ok(())
+}
+
+/// Keeps the PaymentIntent of an auto top-up on its order.
+pub(crate) fn set_payment_intent(
+    tx: &mut WriteTx<'_>,
+    top_up_id: &str,
+    payment_intent: &str,
+) -> ServiceResult<()> {
+    diesel::update(top_ups::table.find(top_up_id))
+        .set((top_ups::payment_intent_id.eq(payment_intent), top_ups::updated_at.eq(db::now())))
+        .execute(tx.conn())?;
+    Ok(())
 }
 
 /// Last step of `POST /v1/wallets/{id}/top-ups`: keeps the Checkout Session
@@ -690,6 +773,47 @@ pub fn session_paid(
     // An expired order paid late is still credited: the money was taken.
     let unpaid = [TopUpStatus::Pending, TopUpStatus::Expired];
     let credited = credit(tx, ctx, &row, &unpaid, &format!("stripe:{event_id}"), None, stripe_tax)?;
+    Ok(if credited { EventOutcome::Credited } else { EventOutcome::AlreadyCredited })
+}
+
+/// An auto top-up's PaymentIntent succeeded (`payment_intent.succeeded`):
+/// credits its order exactly as a paid Checkout does (receipt, grants,
+/// validity, invoice), once; a payment of another amount or currency is held
+/// for an operator (`amount_mismatch`). A `failed` order is still credited:
+/// the money was taken (e.g. the customer completed authentication later).
+pub(crate) fn payment_intent_paid(
+    tx: &mut WriteTx<'_>,
+    ctx: &Ctx,
+    top_up_id: &str,
+    payment_intent: &str,
+    paid_cents: i64,
+    currency: &str,
+    event_id: &str,
+) -> ServiceResult<EventOutcome> {
+    let row = lock(tx, top_up_id)?;
+    if matches!(row.status, TopUpStatus::AmountMismatch | TopUpStatus::Rejected) {
+        return Ok(EventOutcome::AmountMismatch);
+    }
+    diesel::update(top_ups::table.find(&row.id))
+        .set(top_ups::payment_intent_id.eq(payment_intent))
+        .execute(tx.conn())?;
+    let unpaid = [TopUpStatus::Pending, TopUpStatus::Failed, TopUpStatus::Expired];
+    if paid_cents != row.amount_cents || !currency.eq_ignore_ascii_case(&row.currency) {
+        tracing::error!(
+            top_up_id = %row.id, expected_cents = row.amount_cents, paid_cents, currency,
+            "amount mismatch: the payment does not match the order; held for an operator"
+        );
+        diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq_any(unpaid)))
+            .set((
+                top_ups::status.eq(TopUpStatus::AmountMismatch),
+                top_ups::paid_cents.eq(paid_cents),
+                top_ups::paid_currency.eq(currency.to_ascii_lowercase()),
+                top_ups::updated_at.eq(db::now()),
+            ))
+            .execute(tx.conn())?;
+        return Ok(EventOutcome::AmountMismatch);
+    }
+    let credited = credit(tx, ctx, &row, &unpaid, &format!("stripe:{event_id}"), None, None)?;
     Ok(if credited { EventOutcome::Credited } else { EventOutcome::AlreadyCredited })
 }
 

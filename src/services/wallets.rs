@@ -67,6 +67,8 @@ pub struct Wallet {
     pub credits: ByCategory,
     /// The soonest expiring credits (null when none expire).
     pub expiring_next: Option<Expiring>,
+    /// Auto top-up: its settings, whether a card is on file, its failures.
+    pub auto_top_up: super::auto_top_up::AutoTopUp,
     pub created_at: DateTime<Utc>,
 }
 
@@ -128,6 +130,7 @@ pub fn view(conn: &mut DbConn, ctx: &Ctx, row: &AccountRow) -> ServiceResult<Wal
     let spent_today = counters::spent(conn, row.id, "", &Period::Day.key(now))?;
     let spent_this_week = counters::spent(conn, row.id, "", &Period::Week.key(now))?;
     let (credits, expiring_next) = super::grants::summary(conn, row.id)?;
+    let auto_top_up = super::auto_top_up::of_wallet(conn, row.id)?;
     let remaining = |limit: Option<Credits>, spent: Credits| {
         limit.map(|l| l.checked_sub(spent).unwrap_or(Credits::ZERO).max(Credits::ZERO))
     };
@@ -148,6 +151,7 @@ pub fn view(conn: &mut DbConn, ctx: &Ctx, row: &AccountRow) -> ServiceResult<Wal
         weekly_limit: row.weekly_limit,
         credits,
         expiring_next,
+        auto_top_up,
         created_at: row.created_at.and_utc(),
     })
 }

@@ -84,6 +84,8 @@ struct State {
     /// Refunded so far per payment intent (cents), as Stripe's Charge
     /// carries it in `amount_refunded`.
     refunded: Mutex<HashMap<String, i64>>,
+    /// Auto top-up: see [`AutoTopUpFake`].
+    auto_top_up: AutoTopUpFake,
 }
 
 pub struct FakeStripe {
@@ -149,6 +151,14 @@ impl FakeStripe {
     /// Distinct idempotency keys the fake saw on `path`.
     pub fn idempotency_keys(&self, path: &str) -> std::collections::HashSet<String> {
         self.requests_to(path).into_iter().filter_map(|r| r.idempotency_key).collect()
+    }
+
+    /// Auto top-up: how the next off-session PaymentIntents end, in order
+    /// (`succeeded`, `processing`, `declined`: a 402 card error as Stripe
+    /// answers a declined off-session payment, or `requires_action`); each
+    /// one after these succeeds.
+    pub fn next_payments(&self, outcomes: &[&str]) {
+        self.state.auto_top_up.outcomes.lock().unwrap().extend(outcomes.iter().map(|o| o.to_string()));
     }
 
     /// Settings that point tally at this fake.
@@ -219,7 +229,25 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
                 }
             }
         }
+        ("POST", "/v1/checkout/sessions") if param(&form, "mode") == Some("setup") => {
+            setup_session_from_form(&state.auto_top_up, &form, n)
+        }
         ("POST", "/v1/checkout/sessions") => checkout_session_from_form(&form, n),
+        ("GET", path) if path.starts_with("/v1/setup_intents/") => {
+            let id = path.trim_start_matches("/v1/setup_intents/");
+            match state.auto_top_up.setup_intent(id) {
+                Some(intent) => intent,
+                None => {
+                    return HttpResponse::NotFound().json(json!({
+                        "error": {"type": "invalid_request_error", "message": format!("No such setupintent: '{id}'")}
+                    }))
+                }
+            }
+        }
+        ("POST", "/v1/payment_intents") => match state.auto_top_up.off_session_payment(&form, n) {
+            Ok(intent) => intent,
+            Err(declined) => return HttpResponse::PaymentRequired().json(declined),
+        },
         ("POST", "/v1/accounts") => {
             let mut a = fixture("account");
             a["id"] = json!(format!("acct_fake{n}"));
@@ -489,4 +517,138 @@ pub fn event(id: &str, kind: &str, object: Value) -> String {
 /// The `Stripe-Signature` header for `payload`, signed `age_secs` ago.
 pub fn signature(payload: &str, secret: &str, age_secs: i64) -> String {
     super::webhook::sign(payload.as_bytes(), secret, chrono::Utc::now().timestamp() - age_secs)
+}
+
+/// Auto top-up's side of the fake: setup Checkouts and their SetupIntents
+/// (each saves `pm_fake_for_{seti}` on the session's customer, or on a
+/// customer Checkout made, `cus_fake_for_{seti}`), and off-session
+/// PaymentIntents whose outcome a test picks ([`FakeStripe::next_payments`]).
+#[derive(Default)]
+struct AutoTopUpFake {
+    /// SetupIntent id -> the customer it saved a card for.
+    setup_intents: Mutex<HashMap<String, String>>,
+    outcomes: Mutex<std::collections::VecDeque<String>>,
+}
+
+impl AutoTopUpFake {
+    fn setup_intent(&self, id: &str) -> Option<Value> {
+        let customer = self.setup_intents.lock().unwrap().get(id).cloned()?;
+        Some(setup_intent_object(id, &customer))
+    }
+
+    /// The PaymentIntent, or the body of Stripe's 402 for a declined card.
+    fn off_session_payment(&self, form: &[(String, String)], n: usize) -> Result<Value, Value> {
+        let outcome = self.outcomes.lock().unwrap().pop_front().unwrap_or_else(|| "succeeded".into());
+        let amount: i64 = param(form, "amount").and_then(|a| a.parse().ok()).unwrap_or(0);
+        let id = format!("pi_fake_auto{n}");
+        let mut pi = payment_intent_object(&id, amount, &outcome, Value::Object(form_map(form, "metadata")));
+        pi["customer"] = json!(param(form, "customer"));
+        pi["payment_method"] = json!(param(form, "payment_method"));
+        if outcome == "declined" {
+            pi["status"] = json!("requires_payment_method");
+            return Err(json!({"error": {
+                "type": "card_error",
+                "code": "card_declined",
+                "decline_code": "insufficient_funds",
+                "message": "Your card has insufficient funds.",
+                "payment_intent": pi,
+            }}));
+        }
+        Ok(pi)
+    }
+}
+
+/// A Checkout Session in setup mode, with its SetupIntent made.
+fn setup_session_from_form(fake: &AutoTopUpFake, form: &[(String, String)], n: usize) -> Value {
+    let seti = format!("seti_fake{n}");
+    let customer = param(form, "customer").map_or_else(|| format!("cus_fake_for_{seti}"), str::to_string);
+    fake.setup_intents.lock().unwrap().insert(seti.clone(), customer);
+    let mut s = fixture("checkout_session");
+    let id = format!("cs_test_fake{n}");
+    s["id"] = json!(id);
+    s["url"] = json!(format!("https://checkout.stripe.test/c/setup/{id}"));
+    s["mode"] = json!("setup");
+    s["amount_total"] = Value::Null;
+    s["amount_subtotal"] = Value::Null;
+    s["currency"] = json!(param(form, "currency").unwrap_or("usd"));
+    s["client_reference_id"] = json!(param(form, "client_reference_id"));
+    s["customer"] = json!(param(form, "customer"));
+    s["metadata"] = Value::Object(form_map(form, "metadata"));
+    s["success_url"] = json!(param(form, "success_url"));
+    s["cancel_url"] = json!(param(form, "cancel_url"));
+    s["payment_intent"] = Value::Null;
+    s["setup_intent"] = json!(seti);
+    s["payment_status"] = json!("no_payment_required");
+    s["status"] = json!("open");
+    s
+}
+
+/// A completed setup Checkout Session as `checkout.session.completed`
+/// carries it (the SetupIntent must be one the fake made).
+pub fn setup_session_event_object(session_id: &str, wallet_id: &str, setup_intent: &str) -> Value {
+    let mut s = fixture("checkout_session");
+    s["id"] = json!(session_id);
+    s["mode"] = json!("setup");
+    s["amount_total"] = Value::Null;
+    s["amount_subtotal"] = Value::Null;
+    s["client_reference_id"] = json!(wallet_id);
+    s["metadata"] = json!({"wallet_id": wallet_id, "purpose": "auto_top_up"});
+    s["payment_intent"] = Value::Null;
+    s["setup_intent"] = json!(setup_intent);
+    s["payment_status"] = json!("no_payment_required");
+    s["status"] = json!("complete");
+    s
+}
+
+/// A SetupIntent that saved `pm_fake_for_{id}` for `customer`.
+pub fn setup_intent_object(id: &str, customer: &str) -> Value {
+    let mut i = fixture("setup_intent");
+    i["id"] = json!(id);
+    i["client_secret"] = json!(format!("{id}_secret_fake"));
+    i["customer"] = json!(customer);
+    i["payment_method"] = json!(format!("pm_fake_for_{id}"));
+    i["status"] = json!("succeeded");
+    i["usage"] = json!("off_session");
+    i["last_setup_error"] = Value::Null;
+    i["next_action"] = Value::Null;
+    i
+}
+
+/// A PaymentIntent with this status (`succeeded`, `processing`,
+/// `requires_action`, `requires_payment_method` after a failure, ...), as
+/// the API returns it and as `payment_intent.*` events carry it.
+pub fn payment_intent_object(id: &str, amount: i64, status: &str, metadata: Value) -> Value {
+    let mut pi = fixture("payment_intent");
+    pi["id"] = json!(id);
+    pi["client_secret"] = json!(format!("{id}_secret_fake"));
+    pi["amount"] = json!(amount);
+    pi["currency"] = json!("usd");
+    pi["metadata"] = metadata;
+    pi["canceled_at"] = Value::Null;
+    pi["transfer_data"] = Value::Null;
+    pi["processing"] = Value::Null;
+    pi["automatic_payment_methods"] = Value::Null;
+    pi["status"] = json!(if status == "declined" { "requires_payment_method" } else { status });
+    pi["amount_received"] = json!(if status == "succeeded" { amount } else { 0 });
+    pi["latest_charge"] = if status == "succeeded" { json!(format!("ch_for_{id}")) } else { Value::Null };
+    pi["next_action"] = if status == "requires_action" {
+        json!({"type": "use_stripe_sdk", "use_stripe_sdk": {}})
+    } else {
+        Value::Null
+    };
+    pi["last_payment_error"] = match status {
+        "declined" | "requires_payment_method" => json!({
+            "type": "card_error",
+            "code": "card_declined",
+            "decline_code": "insufficient_funds",
+            "message": "Your card has insufficient funds."
+        }),
+        "requires_action" => json!({
+            "type": "card_error",
+            "code": "authentication_required",
+            "message": "Your card was declined. This transaction requires authentication."
+        }),
+        _ => Value::Null,
+    };
+    pi
 }

@@ -137,6 +137,63 @@ struct CreateRefund<'a> {
     expand: Vec<&'a str>,
 }
 
+/// What a Checkout Session in setup mode (saving a card for auto top-up)
+/// needs.
+#[derive(Clone, Debug)]
+pub struct SetupCheckout {
+    pub wallet_id: String,
+    /// The wallet's Stripe customer, when it has one; else Checkout makes one.
+    pub customer: Option<String>,
+    pub success_url: String,
+    pub cancel_url: String,
+}
+
+/// The part of a SetupIntent tally keeps: the saved payment method and its
+/// customer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetupIntentRef {
+    pub id: String,
+    pub status: String,
+    pub customer: Option<String>,
+    pub payment_method: Option<String>,
+}
+
+/// An off-session payment of an auto top-up order.
+#[derive(Clone, Debug)]
+pub struct OffSessionPayment {
+    /// The order id: Stripe's idempotency key, and in the metadata.
+    pub order_id: String,
+    pub top_up_id: String,
+    pub wallet_id: String,
+    pub customer: String,
+    pub payment_method: String,
+    pub amount_cents: i64,
+    pub description: String,
+}
+
+/// The part of a PaymentIntent tally keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentIntentRef {
+    pub id: String,
+    /// Stripe's status: `succeeded`, `processing`, `requires_action`, ...
+    pub status: String,
+    /// The last payment error's code or message, when there is one.
+    pub failure: Option<String>,
+}
+
+/// `POST /v1/payment_intents` of an off-session payment.
+#[derive(serde::Serialize)]
+struct CreateOffSessionPaymentIntent<'a> {
+    amount: i64,
+    currency: &'a str,
+    customer: &'a str,
+    payment_method: &'a str,
+    confirm: bool,
+    off_session: bool,
+    description: &'a str,
+    metadata: std::collections::BTreeMap<&'a str, &'a str>,
+}
+
 /// The Stripe API client.
 #[derive(Clone)]
 pub struct StripeGateway {
@@ -346,5 +403,96 @@ impl StripeGateway {
             .send(&self.client)
             .await?;
         Ok(SessionRef { id: session.id.to_string(), url: session.url, payment_intent: None })
+    }
+    /// A Checkout Session in setup mode that saves a card for off-session
+    /// payments (auto top-up) of a wallet: with the wallet's customer when
+    /// it has one, else Checkout creates one. The wallet id rides in the
+    /// session's and the SetupIntent's metadata.
+    pub async fn create_setup_session(&self, order: &SetupCheckout) -> Result<SessionRef, StripeCallError> {
+        use stripe_checkout::checkout_session::{
+            CreateCheckoutSessionCustomerCreation, CreateCheckoutSessionSetupIntentData,
+        };
+        let metadata: HashMap<String, String> = [
+            ("wallet_id".to_string(), order.wallet_id.clone()),
+            ("purpose".to_string(), "auto_top_up".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let mut intent = CreateCheckoutSessionSetupIntentData::new();
+        intent.metadata = Some(metadata.clone());
+        let mut create = CreateCheckoutSession::new()
+            .mode(stripe_shared::CheckoutSessionMode::Setup)
+            // Setup mode without payment_method_types needs a currency.
+            .currency(stripe_types::Currency::USD)
+            .client_reference_id(order.wallet_id.clone())
+            .metadata(metadata)
+            .setup_intent_data(intent)
+            .success_url(order.success_url.clone())
+            .cancel_url(order.cancel_url.clone());
+        create = match &order.customer {
+            Some(customer) => create.customer(customer.clone()),
+            None => create.customer_creation(CreateCheckoutSessionCustomerCreation::Always),
+        };
+        let session = create.send(&self.client).await?;
+        Ok(SessionRef { id: session.id.to_string(), url: session.url, payment_intent: None })
+    }
+
+    /// `GET /v1/setup_intents/{id}`: the payment method a setup saved.
+    pub async fn retrieve_setup_intent(&self, id: &str) -> Result<SetupIntentRef, StripeCallError> {
+        use stripe_client_core::{RequestBuilder, StripeMethod};
+        let intent: stripe_shared::SetupIntent =
+            RequestBuilder::new(StripeMethod::Get, format!("/setup_intents/{id}"))
+                .customize()
+                .send(&self.client)
+                .await?;
+        Ok(SetupIntentRef {
+            id: intent.id.to_string(),
+            status: intent.status.as_str().to_string(),
+            customer: intent.customer.map(|c| c.id().to_string()),
+            payment_method: intent.payment_method.map(|p| p.id().to_string()),
+        })
+    }
+
+    /// `POST /v1/payment_intents`, confirmed off-session with the saved
+    /// payment method. The order id is the idempotency key, so a retry (an
+    /// unknown outcome, another instance after a lease ran out) is the same
+    /// PaymentIntent, never a second payment.
+    pub async fn create_off_session_payment(
+        &self,
+        order: &OffSessionPayment,
+    ) -> Result<PaymentIntentRef, StripeCallError> {
+        use stripe_client_core::{RequestBuilder, StripeMethod};
+        let form = CreateOffSessionPaymentIntent {
+            amount: order.amount_cents,
+            currency: "usd",
+            customer: &order.customer,
+            payment_method: &order.payment_method,
+            confirm: true,
+            off_session: true,
+            description: &order.description,
+            metadata: [
+                ("auto_top_up_order_id", order.order_id.as_str()),
+                ("top_up_id", order.top_up_id.as_str()),
+                ("wallet_id", order.wallet_id.as_str()),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let intent: stripe_shared::PaymentIntent =
+            RequestBuilder::new(StripeMethod::Post, "/payment_intents")
+                .form(&form)
+                .customize()
+                .request_strategy(::stripe::RequestStrategy::Idempotent(idempotency_key(&order.order_id)?))
+                .send(&self.client)
+                .await?;
+        let failure = intent
+            .last_payment_error
+            .as_ref()
+            .and_then(|e| e.code.as_ref().map(|c| c.as_str().to_string()).or_else(|| e.message.clone()));
+        Ok(PaymentIntentRef {
+            id: intent.id.to_string(),
+            status: intent.status.as_str().to_string(),
+            failure,
+        })
     }
 }

@@ -125,6 +125,49 @@ pub struct CheckoutSession {
     pub payment_intent: Option<IdOrObject>,
     #[serde(default)]
     pub mode: Option<String>,
+    /// Setup mode: the customer the payment method is saved on.
+    #[serde(default)]
+    pub customer: Option<IdOrObject>,
+    /// Setup mode: the SetupIntent that saved the payment method.
+    #[serde(default)]
+    pub setup_intent: Option<IdOrObject>,
+}
+
+/// The fields of a PaymentIntent tally reads (auto top-up payments).
+#[derive(Debug, Deserialize)]
+pub struct PaymentIntent {
+    pub id: String,
+    #[serde(default)]
+    pub amount: i64,
+    #[serde(default)]
+    pub amount_received: i64,
+    pub currency: String,
+    pub status: String,
+    #[serde(default)]
+    pub metadata: Option<HashMap<String, String>>,
+    #[serde(default)]
+    pub last_payment_error: Option<PaymentError>,
+}
+
+/// Why a payment failed, as Stripe says it.
+#[derive(Debug, Deserialize)]
+pub struct PaymentError {
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub decline_code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+impl PaymentIntent {
+    /// The failure as one short text: decline code, code or message.
+    pub fn failure_reason(&self) -> String {
+        self.last_payment_error
+            .as_ref()
+            .and_then(|e| e.decline_code.clone().or_else(|| e.code.clone()).or_else(|| e.message.clone()))
+            .unwrap_or_else(|| self.status.clone())
+    }
 }
 
 /// The part of a Checkout Session's `total_details` tally reads: the tax

@@ -5,6 +5,7 @@ mod helpers;
 
 mod api_keys;
 mod auth;
+mod auto_top_up;
 mod charge_refunds;
 mod charge_views;
 mod charges;

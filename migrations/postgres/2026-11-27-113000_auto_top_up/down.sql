@@ -1,0 +1,12 @@
+DROP INDEX auto_top_up_orders_by_wallet;
+DROP INDEX auto_top_up_orders_to_send;
+DROP INDEX auto_top_up_orders_one_open;
+DROP TABLE auto_top_up_orders;
+ALTER TABLE accounts DROP COLUMN stripe_payment_method_id;
+ALTER TABLE accounts DROP COLUMN stripe_customer_id;
+ALTER TABLE accounts DROP COLUMN auto_top_up_disabled_reason;
+ALTER TABLE accounts DROP COLUMN auto_top_up_failures;
+ALTER TABLE accounts DROP COLUMN auto_top_up_validity;
+ALTER TABLE accounts DROP COLUMN auto_top_up_pack_id;
+ALTER TABLE accounts DROP COLUMN auto_top_up_threshold;
+ALTER TABLE accounts DROP COLUMN auto_top_up_enabled;
