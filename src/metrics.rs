@@ -104,7 +104,7 @@ impl Metrics {
             Opts::new(
                 "sweep_items_total",
                 "What the maintenance sweeps did: payouts_recovered, holds_expired, grants_expired, \
-                 earnings_settled, keys_purged",
+                 grants_expiring, earnings_settled, keys_purged",
             ),
             &["kind"],
         )?;
@@ -136,9 +136,14 @@ impl Metrics {
         for outcome in ["ok", "failed"] {
             sweep_runs.with_label_values(&[outcome]).inc_by(0);
         }
-        for kind in
-            ["payouts_recovered", "holds_expired", "grants_expired", "earnings_settled", "keys_purged"]
-        {
+        for kind in [
+            "payouts_recovered",
+            "holds_expired",
+            "grants_expired",
+            "grants_expiring",
+            "earnings_settled",
+            "keys_purged",
+        ] {
             sweep_items.with_label_values(&[kind]).inc_by(0);
         }
         registry.register(Box::new(http_requests.clone()))?;

@@ -35,6 +35,8 @@ use crate::error::{ErrorBody, ErrorResponse};
         (name = "payouts", description = "Creator payouts through Stripe Connect"),
         (name = "plans", description = "Plans, entitlements and subscriptions"),
         (name = "webhooks", description = "Events from Stripe"),
+        (name = "events", description = "Events tally sends: the list to catch up with, and redelivery"),
+        (name = "webhook-endpoints", description = "Where tally sends signed events (Standard Webhooks)"),
         (name = "admin", description = "Operator endpoints (roles: [admin])"),
     )
 )]

@@ -9,6 +9,7 @@ pub mod billing;
 pub mod charges;
 pub mod docs;
 pub mod earnings;
+pub mod events;
 pub mod health;
 pub mod holds;
 mod json_keys;
@@ -57,6 +58,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
     plans::configure(cfg);
     admin::configure(cfg);
     billing::configure(cfg);
+    events::configure(cfg);
 }
 
 /// Runs database work that reads ([`AppState::read`]).

@@ -10,6 +10,7 @@ pub mod charge_views;
 pub mod charges;
 pub mod earnings;
 mod error;
+pub mod events;
 pub mod grants;
 pub mod history;
 pub mod holds;

@@ -10,6 +10,7 @@ mod charge_views;
 mod charges;
 mod cli;
 mod cors;
+mod events;
 mod exports;
 mod gate;
 mod grants;
