@@ -21,6 +21,7 @@ pub mod plans;
 pub mod tools;
 pub mod topups;
 pub mod wallets;
+pub mod webhook_endpoints;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -59,6 +60,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
     admin::configure(cfg);
     billing::configure(cfg);
     events::configure(cfg);
+    webhook_endpoints::configure(cfg);
 }
 
 /// Runs database work that reads ([`AppState::read`]).

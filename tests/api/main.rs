@@ -32,4 +32,5 @@ mod resilience;
 mod self_service;
 mod topups;
 mod wallets;
+mod webhook_endpoints;
 mod webhooks;
