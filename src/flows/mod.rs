@@ -12,6 +12,7 @@ pub mod payouts;
 pub mod stripe_events;
 pub mod subscriptions;
 pub mod topups;
+pub mod webhooks;
 
 use std::sync::Arc;
 

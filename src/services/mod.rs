@@ -28,6 +28,7 @@ pub mod stripe_events;
 pub mod tools;
 pub mod topups;
 pub mod wallets;
+pub mod webhook_deliveries;
 pub mod webhook_endpoints;
 
 use std::sync::Arc;
