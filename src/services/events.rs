@@ -393,7 +393,7 @@ pub fn get_visible(conn: &mut DbConn, caller: &Caller, event_id: &str) -> Servic
 fn may_see(row: &EventRow, person: &str, orgs: &[String]) -> bool {
     match row.subject_type.as_str() {
         "person" => row.subject_id == person,
-        "org" => orgs.iter().any(|o| *o == row.subject_id),
+        "org" => orgs.contains(&row.subject_id),
         _ => false,
     }
 }

@@ -504,6 +504,9 @@ pub struct DeliveryList {
     pub has_more: bool,
 }
 
+/// An attempt as stored: when, status code, duration, error, next try.
+type AttemptRow = (NaiveDateTime, Option<i32>, i64, Option<String>, Option<NaiveDateTime>);
+
 /// `GET /v1/webhook-endpoints/{id}/deliveries`.
 pub fn list_deliveries(
     conn: &mut DbConn,
@@ -555,7 +558,7 @@ pub fn list_deliveries(
     rows.truncate(usize::try_from(limit).unwrap_or(0));
     let mut data = Vec::with_capacity(rows.len());
     for (event_id, event_type, status, next, created_at) in rows {
-        let attempts: Vec<(NaiveDateTime, Option<i32>, i64, Option<String>, Option<NaiveDateTime>)> =
+        let attempts: Vec<AttemptRow> =
             webhook_attempts::table
                 .filter(webhook_attempts::event_id.eq(&event_id))
                 .filter(webhook_attempts::endpoint_id.eq(&endpoint.id))
