@@ -558,19 +558,18 @@ pub fn list_deliveries(
     rows.truncate(usize::try_from(limit).unwrap_or(0));
     let mut data = Vec::with_capacity(rows.len());
     for (event_id, event_type, status, next, created_at) in rows {
-        let attempts: Vec<AttemptRow> =
-            webhook_attempts::table
-                .filter(webhook_attempts::event_id.eq(&event_id))
-                .filter(webhook_attempts::endpoint_id.eq(&endpoint.id))
-                .order(webhook_attempts::id.asc())
-                .select((
-                    webhook_attempts::attempted_at,
-                    webhook_attempts::status_code,
-                    webhook_attempts::duration_ms,
-                    webhook_attempts::error,
-                    webhook_attempts::next_attempt_at,
-                ))
-                .load(conn)?;
+        let attempts: Vec<AttemptRow> = webhook_attempts::table
+            .filter(webhook_attempts::event_id.eq(&event_id))
+            .filter(webhook_attempts::endpoint_id.eq(&endpoint.id))
+            .order(webhook_attempts::id.asc())
+            .select((
+                webhook_attempts::attempted_at,
+                webhook_attempts::status_code,
+                webhook_attempts::duration_ms,
+                webhook_attempts::error,
+                webhook_attempts::next_attempt_at,
+            ))
+            .load(conn)?;
         data.push(Delivery {
             event_type: event_type.parse().map_err(ServiceError::Internal)?,
             event_id,

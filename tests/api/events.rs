@@ -198,3 +198,22 @@ async fn events_are_listed_to_whom_they_concern(app: TestApp) {
     let (s, b) = app.get("/v1/events?limit=0", &ann).await;
     assert_error(s, &b, 422, "validation_error");
 }
+
+/// Every event type is a named schema listed under the 3.1 document's
+/// `webhooks`; the 3.0 variant, which has no `webhooks`, drops the key.
+#[test]
+fn event_payloads_are_documented_as_webhooks() {
+    let doc: Value = serde_json::from_str(&tally::api::docs::openapi_json()).unwrap();
+    let hooks = doc["webhooks"].as_object().expect("webhooks");
+    assert_eq!(hooks.len(), EventType::ALL.len());
+    let body = &hooks["top_up.paid"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(body["$ref"], "#/components/schemas/TopUpPaidEvent");
+    let schema = &doc["components"]["schemas"]["TopUpPaidEvent"];
+    assert_eq!(schema["properties"]["data"]["$ref"], "#/components/schemas/TopUp");
+    assert_eq!(schema["properties"]["type"]["enum"], json!(["top_up.paid"]));
+    let low = &doc["components"]["schemas"]["WalletLowBalanceEvent"]["properties"]["data"]["$ref"];
+    assert_eq!(low, "#/components/schemas/LowBalance");
+    let doc30: Value = serde_json::from_str(&tally::api::docs::openapi_30_json()).unwrap();
+    assert!(doc30.get("webhooks").is_none());
+    assert!(doc30["components"]["schemas"]["TopUpPaidEvent"].is_object());
+}
