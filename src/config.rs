@@ -54,6 +54,9 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("TALLY_SELLER_TAX_ID", None),
     ("TALLY_TAX_RATES", None),
     ("TALLY_TAX_MODE", Some("inclusive")),
+    ("TALLY_WEBHOOKS_ALLOW_PRIVATE", Some("false")),
+    ("TALLY_WEBHOOK_RETRY_BASE", Some("5s")),
+    ("TALLY_WEBHOOK_POLL", Some("1s")),
     ("STRIPE_SECRET_KEY", None),
     ("STRIPE_WEBHOOK_SECRET", None),
     ("STRIPE_CONNECT_WEBHOOK_SECRET", None),
@@ -289,6 +292,24 @@ pub struct Settings {
     pub stripe_connect_webhook_secret: Option<String>,
     /// `TALLY_API_KEY_MODE=test`: new API keys start `tk_test_` (else `tk_live_`).
     pub api_key_test_mode: bool,
+    /// Outbound webhooks.
+    pub webhooks: WebhookSettings,
+}
+
+/// Outbound webhook delivery.
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    /// `TALLY_WEBHOOKS_ALLOW_PRIVATE=true`: endpoint URLs may be http and
+    /// may name loopback, private and link-local addresses (tests, local
+    /// development); never in production.
+    pub allow_private: bool,
+    /// `TALLY_WEBHOOK_RETRY_BASE`: the first retry's delay; the later ones
+    /// are 60, 360, 1440, 3600 and 7200 times it (5s: 5 s, 5 min, 30 min,
+    /// 2 h, 5 h, 10 h, 10 h).
+    pub retry_base: Duration,
+    /// `TALLY_WEBHOOK_POLL`: how often each instance looks for deliveries
+    /// that are due.
+    pub poll: Duration,
 }
 
 impl Settings {
@@ -345,6 +366,7 @@ impl Settings {
             other => return Err(bad("TALLY_API_KEY_MODE", format!("'{other}' is not live or test"))),
         };
         let invoicing = raw.invoicing()?;
+        let webhooks = raw.webhooks()?;
 
         Ok(Settings {
             database,
@@ -380,6 +402,7 @@ impl Settings {
             stripe_webhook_secret,
             stripe_connect_webhook_secret,
             api_key_test_mode,
+            webhooks,
         })
     }
 
@@ -564,6 +587,25 @@ impl<'a> Raw<'a> {
             )));
         }
         Ok(d)
+    }
+
+    fn webhooks(&self) -> Result<WebhookSettings, ConfigError> {
+        let allow_private = match self.text("TALLY_WEBHOOKS_ALLOW_PRIVATE").as_str() {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(bad("TALLY_WEBHOOKS_ALLOW_PRIVATE", format!("'{other}' is not true or false")))
+            }
+        };
+        let retry_base = self.duration("TALLY_WEBHOOK_RETRY_BASE", Duration::from_secs(3600))?;
+        if retry_base < Duration::from_millis(10) {
+            return Err(bad("TALLY_WEBHOOK_RETRY_BASE", "must be at least 10ms".into()));
+        }
+        let poll = self.duration("TALLY_WEBHOOK_POLL", Duration::from_secs(60))?;
+        if poll < Duration::from_millis(10) {
+            return Err(bad("TALLY_WEBHOOK_POLL", "must be at least 10ms".into()));
+        }
+        Ok(WebhookSettings { allow_private, retry_base, poll })
     }
 
     fn server(&self) -> Result<Server, ConfigError> {

@@ -104,7 +104,7 @@ impl Metrics {
             Opts::new(
                 "sweep_items_total",
                 "What the maintenance sweeps did: payouts_recovered, holds_expired, grants_expired, \
-                 earnings_settled, keys_purged, auto_top_ups_sent",
+                 grants_expiring, earnings_settled, keys_purged, auto_top_ups_sent",
             ),
             &["kind"],
         )?;
@@ -140,6 +140,7 @@ impl Metrics {
             "payouts_recovered",
             "holds_expired",
             "grants_expired",
+            "grants_expiring",
             "earnings_settled",
             "keys_purged",
             "auto_top_ups_sent",

@@ -217,10 +217,11 @@ impl Application {
     /// Serves until stopped, running the periodic maintenance beside it (at
     /// once, then every `TALLY_SETTLEMENT_SWEEP`): recovery of payouts left
     /// unsent, the earnings settlement sweep, and the purge of expired
-    /// idempotency keys. Every instance runs them; all are safe to run
-    /// concurrently.
+    /// idempotency keys; and webhook delivery (every `TALLY_WEBHOOK_POLL`).
+    /// Every instance runs them; all are safe to run concurrently.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let maintenance = tokio::spawn(crate::flows::maintenance::run(self.state.clone().into_inner()));
+        let webhooks = tokio::spawn(crate::flows::webhooks::run(self.state.clone().into_inner()));
         // The metrics listener serves beside the API and stops with it.
         let metrics = self.metrics.map(|(_, server)| (server.handle(), tokio::spawn(server)));
         let result = self.server.await;
@@ -229,6 +230,7 @@ impl Application {
             let _ = task.await;
         }
         maintenance.abort();
+        webhooks.abort();
         result
     }
 }

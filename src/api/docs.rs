@@ -17,7 +17,16 @@ use crate::error::{ErrorBody, ErrorResponse};
                        errors are `{\"error\": {\"type\", \"message\", \"request_id\"}}`.",
         license(name = "MIT")
     ),
-    components(schemas(ErrorResponse, ErrorBody)),
+    components(schemas(
+        ErrorResponse,
+        ErrorBody,
+        crate::services::events::Event,
+        crate::services::events::EventSubject,
+        crate::services::events::LowBalance,
+        crate::services::earnings::EarningsAvailable,
+        crate::services::plans::SubscriptionView,
+        crate::services::grants::Grant,
+    )),
     modifiers(&BearerAuth),
     tags(
         (name = "operations", description = "Liveness, readiness and metrics, for load balancers and monitoring (not SDK methods)"),
@@ -35,6 +44,8 @@ use crate::error::{ErrorBody, ErrorResponse};
         (name = "payouts", description = "Creator payouts through Stripe Connect"),
         (name = "plans", description = "Plans, entitlements and subscriptions"),
         (name = "webhooks", description = "Events from Stripe"),
+        (name = "events", description = "Events tally sends: the list to catch up with, and redelivery"),
+        (name = "webhook-endpoints", description = "Where tally sends signed events (Standard Webhooks)"),
         (name = "admin", description = "Operator endpoints (roles: [admin])"),
     )
 )]
@@ -86,6 +97,88 @@ pub fn finish(api: &mut utoipa::openapi::OpenApi) {
     type_filter_patterns(api);
     for_generators(api);
     response_headers(api);
+    event_webhooks(api);
+}
+
+/// The events tally sends, under the document's `webhooks` (OpenAPI 3.1):
+/// one named schema per event type (`TopUpPaidEvent`, ...) whose `data` is
+/// the object it carries, and one `POST` per type, as a receiver gets it.
+fn event_webhooks(api: &mut utoipa::openapi::OpenApi) {
+    use crate::services::events::EventType as T;
+    use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
+    use utoipa::openapi::request_body::RequestBodyBuilder;
+    use utoipa::openapi::schema::{ObjectBuilder, Ref, Type};
+    use utoipa::openapi::{ContentBuilder, PathsBuilder, ResponseBuilder};
+    let data_schema = |t: T| match t {
+        T::TopUpPaid | T::TopUpRefunded | T::TopUpDisputed | T::TopUpExpired => "TopUp",
+        T::WalletLowBalance => "LowBalance",
+        T::WalletDepleted | T::WalletFrozen | T::WalletUnfrozen => "Wallet",
+        T::EarningsAvailable => "EarningsAvailable",
+        T::PayoutInTransit | T::PayoutPaid | T::PayoutFailed => "Payout",
+        T::SubscriptionUpdated => "SubscriptionView",
+        T::HoldExpired => "Hold",
+        T::GrantExpiring | T::GrantExpired => "Grant",
+        T::WebhookEndpointDisabled => "WebhookEndpoint",
+    };
+    let components = api.components.get_or_insert_with(Default::default);
+    let mut paths = PathsBuilder::new();
+    for &t in T::ALL {
+        let name: String = t
+            .as_str()
+            .split(['.', '_'])
+            .map(|w| {
+                let mut c = w.chars();
+                c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+            })
+            .collect::<String>()
+            + "Event";
+        let schema = ObjectBuilder::new()
+            .description(Some(t.description()))
+            .property(
+                "id",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("`evt_` id; the `webhook-id` header")),
+            )
+            .property("type", ObjectBuilder::new().schema_type(Type::String).enum_values(Some([t.as_str()])))
+            .property(
+                "created_at",
+                ObjectBuilder::new().schema_type(Type::String).format(Some(
+                    utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime),
+                )),
+            )
+            .property("subject", Ref::from_schema_name("EventSubject"))
+            .property("data", Ref::from_schema_name(data_schema(t)))
+            .required("id")
+            .required("type")
+            .required("created_at")
+            .required("subject")
+            .required("data")
+            .build();
+        components.schemas.insert(name.clone(), schema.into());
+        let operation = OperationBuilder::new()
+            .summary(Some(t.as_str()))
+            .description(Some(format!(
+                "{} Sent as a POST with the Standard Webhooks headers `webhook-id`, `webhook-timestamp` and \
+                 `webhook-signature`; any 2xx acknowledges it.",
+                t.description()
+            )))
+            .operation_id(Some(format!("webhook_{}", t.as_str().replace('.', "_"))))
+            .tag("events")
+            .request_body(Some(
+                RequestBodyBuilder::new()
+                    .content(
+                        "application/json",
+                        ContentBuilder::new().schema(Some(Ref::from_schema_name(&name))).build(),
+                    )
+                    .required(Some(utoipa::openapi::Required::True))
+                    .build(),
+            ))
+            .response("2XX", ResponseBuilder::new().description("Received").build())
+            .build();
+        paths = paths.path(t.as_str(), PathItem::new(HttpMethod::Post, operation));
+    }
+    api.webhooks = Some(paths.build());
 }
 
 /// What generators and linters ask of every document: an SPDX licence
@@ -226,6 +319,10 @@ pub fn openapi_30_json() -> String {
     let mut doc = serde_json::to_value(openapi()).unwrap_or_default();
     to_openapi_30(&mut doc);
     doc["openapi"] = "3.0.3".into();
+    // OpenAPI 3.0 has no `webhooks` (the event schemas stay in components).
+    if let Some(root) = doc.as_object_mut() {
+        root.remove("webhooks");
+    }
     if let Some(license) = doc["info"]["license"].as_object_mut() {
         license.remove("identifier");
     }

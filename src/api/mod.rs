@@ -10,6 +10,7 @@ pub mod billing;
 pub mod charges;
 pub mod docs;
 pub mod earnings;
+pub mod events;
 pub mod health;
 pub mod holds;
 mod json_keys;
@@ -22,6 +23,7 @@ pub mod self_service;
 pub mod tools;
 pub mod topups;
 pub mod wallets;
+pub mod webhook_endpoints;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -61,6 +63,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
     self_service::configure(cfg);
     admin::configure(cfg);
     billing::configure(cfg);
+    events::configure(cfg);
+    webhook_endpoints::configure(cfg);
 }
 
 /// Runs database work that reads ([`AppState::read`]).

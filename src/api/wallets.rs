@@ -35,6 +35,12 @@ pub struct UpdateWalletRequest {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>, example = "100", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
     pub weekly_limit: Option<Option<Credits>>,
+    /// `wallet.low_balance` is sent when the spendable balance (`available`)
+    /// falls below this, as a decimal string; once per crossing, again only
+    /// after it was back at or above. Null removes it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, example = "5", pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$")]
+    pub low_balance_threshold: Option<Option<Credits>>,
 }
 
 /// History filters and pagination.
@@ -220,7 +226,12 @@ pub async fn update_wallet(
     let wallet_id = path.into_inner();
     let req = body.value;
     let wallet = run_write(&state, move |conn, ctx| {
-        wallets::update_limits(conn, ctx, &caller, &wallet_id, req.daily_limit, req.weekly_limit)
+        let patch = wallets::WalletPatch {
+            daily_limit: req.daily_limit,
+            weekly_limit: req.weekly_limit,
+            low_balance_threshold: req.low_balance_threshold,
+        };
+        wallets::update_limits(conn, ctx, &caller, &wallet_id, patch)
     })
     .await?;
     Ok(HttpResponse::Ok().json(wallet))

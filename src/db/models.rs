@@ -66,6 +66,7 @@ pub struct AccountRow {
     pub daily_limit: Option<Credits>,
     pub weekly_limit: Option<Credits>,
     pub created_at: NaiveDateTime,
+    pub low_balance_threshold: Option<Credits>,
 }
 
 /// `None` fields are written as NULL, never as `DEFAULT`, so the statement
@@ -130,6 +131,7 @@ pub struct AgentChanges {
 pub struct LimitChanges {
     pub daily_limit: Option<Option<Credits>>,
     pub weekly_limit: Option<Option<Credits>>,
+    pub low_balance_threshold: Option<Option<Credits>>,
 }
 
 /// An operator's freeze or unfreeze of a wallet, as its audit keeps it.

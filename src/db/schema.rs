@@ -39,6 +39,9 @@ diesel::table! {
         daily_limit -> Nullable<BigInt>,
         weekly_limit -> Nullable<BigInt>,
         created_at -> Timestamp,
+        low_balance_threshold -> Nullable<BigInt>,
+        low_balance_below -> Bool,
+        depleted_event_at -> Nullable<Timestamp>,
         auto_top_up_enabled -> Bool,
         auto_top_up_threshold -> Nullable<BigInt>,
         auto_top_up_pack_id -> Nullable<Text>,
@@ -396,6 +399,7 @@ diesel::table! {
         funded_by_account_id -> Nullable<BigInt>,
         entry_id -> Nullable<BigInt>,
         created_at -> Timestamp,
+        expiring_event_at -> Nullable<Timestamp>,
     }
 }
 
@@ -484,6 +488,76 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    events (id) {
+        id -> Text,
+        #[sql_name = "type"]
+        event_type -> Text,
+        created_at -> Timestamp,
+        subject_type -> Text,
+        subject_id -> Text,
+        wallet_id -> Nullable<Text>,
+        data -> Text,
+    }
+}
+
+diesel::table! {
+    webhook_endpoints (id) {
+        id -> Text,
+        owner_type -> Text,
+        owner_id -> Text,
+        url -> Text,
+        description -> Nullable<Text>,
+        secret -> Text,
+        previous_secret -> Nullable<Text>,
+        previous_secret_expires_at -> Nullable<Timestamp>,
+        disabled -> Bool,
+        disabled_reason -> Nullable<Text>,
+        failing_since -> Nullable<Timestamp>,
+        created_by -> Text,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    webhook_endpoint_events (endpoint_id, event_type) {
+        endpoint_id -> Text,
+        event_type -> Text,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (event_id, endpoint_id) {
+        event_id -> Text,
+        endpoint_id -> Text,
+        status -> Text,
+        attempts -> Integer,
+        next_attempt_at -> Nullable<Timestamp>,
+        leased_until -> Nullable<Timestamp>,
+        lease_token -> Nullable<Text>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    webhook_attempts (id) {
+        id -> BigInt,
+        event_id -> Text,
+        endpoint_id -> Text,
+        attempted_at -> Timestamp,
+        status_code -> Nullable<Integer>,
+        duration_ms -> BigInt,
+        error -> Nullable<Text>,
+        next_attempt_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::joinable!(webhook_deliveries -> events (event_id));
+diesel::joinable!(webhook_deliveries -> webhook_endpoints (endpoint_id));
+diesel::joinable!(webhook_endpoint_events -> webhook_endpoints (endpoint_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     people,
     orgs,
@@ -518,4 +592,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     credit_notes,
     object_metadata,
     auto_top_up_orders,
+    events,
+    webhook_endpoints,
+    webhook_endpoint_events,
+    webhook_deliveries,
+    webhook_attempts,
 );

@@ -13,6 +13,7 @@ pub mod statuses;
 pub mod tax;
 pub mod text;
 pub mod usage;
+pub mod webhook_url;
 
 pub use entry::{EntryError, Leg};
 pub use kinds::{AccountKind, EntryKind, HoldStatus, OrgRole, OwnerType, Visibility};

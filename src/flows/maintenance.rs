@@ -1,7 +1,8 @@
 //! The background work every instance runs, at once and then every
 //! `TALLY_SETTLEMENT_SWEEP`: recovery of payouts left unsent, the payments of
-//! recorded auto top-up orders, the release of
-//! expired holds, the expiry of credit grants, the earnings settlement sweep, and the purge of expired idempotency keys. All of it is
+//! recorded auto top-up orders, the release of expired holds, the expiry of
+//! credit grants (and `grant.expiring` 7 days before), the earnings
+//! settlement sweep, and the purge of expired idempotency keys. All of it is
 //! safe to run on several instances at the same time.
 
 use std::sync::Arc;
@@ -60,16 +61,18 @@ pub async fn sweep(rt: &Arc<Runtime>, purge: bool) {
         .write(move |conn, ctx| {
             let expired = holds::expire_due(conn)?;
             let expired_grants = grants::expire_due(conn, ctx)?;
+            let expiring_grants = grants::announce_expiring(conn)?;
             let settled = earnings::settle_due(conn, None)?;
             let purged =
                 if purge { idempotency::purge_older_than(conn, ctx.settings.idempotency_ttl)? } else { 0 };
-            Ok((expired, expired_grants, settled, purged))
+            Ok((expired, expired_grants, expiring_grants, settled, purged))
         })
         .await;
     match done {
-        Ok((expired, expired_grants, settled, purged)) => {
+        Ok((expired, expired_grants, expiring_grants, settled, purged)) => {
             count("holds_expired", expired);
             count("grants_expired", expired_grants);
+            count("grants_expiring", expiring_grants);
             count("earnings_settled", settled);
             count("keys_purged", purged);
             if expired + expired_grants + settled + purged > 0 {

@@ -14,6 +14,7 @@ pub mod self_service;
 pub mod stripe_events;
 pub mod subscriptions;
 pub mod topups;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -74,7 +75,8 @@ impl Runtime {
     /// Runs database work that writes: on SQLite it first waits for its
     /// turn at the write gate and only then takes a pooled connection
     /// ([`db::checkout_writer`]), so waiting writers never hold the
-    /// connections readers need.
+    /// connections readers need. Work refused for lack of credits (402)
+    /// records `wallet.depleted` afterwards, on the same connection.
     pub async fn write<T, F>(self: &Arc<Self>, f: F) -> ServiceResult<T>
     where
         F: FnOnce(&mut DbConn, &Ctx) -> ServiceResult<T> + Send + 'static,
@@ -84,7 +86,15 @@ impl Runtime {
             let mut conn = db::checkout_writer(&rt.pool, rt.write_gate.as_ref(), |pool| {
                 rt.metrics.waiting_for_connection(|| pool.get())
             })?;
-            f(&mut conn, &rt.ctx)
+            let result = f(&mut conn, &rt.ctx);
+            if let Err(ServiceError::InsufficientFunds { wallet_id }) = &result {
+                // The refused work rolled back; the 402 is announced in a
+                // transaction of its own.
+                if let Err(e) = crate::services::events::wallet_depleted(&mut conn, &rt.ctx, wallet_id) {
+                    tracing::warn!(error = %e, wallet_id, "wallet.depleted not recorded");
+                }
+            }
+            result
         })
         .await
     }

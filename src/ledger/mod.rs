@@ -174,14 +174,18 @@ impl OpenEntry {
         let mut cached: Vec<&Leg> = legs.iter().filter(|l| l.kind.keeps_cached_balance()).collect();
         cached.sort_by_key(|l| l.account_id);
         let mut balances: Vec<(i64, i64)> = Vec::with_capacity(cached.len());
+        let mut alerts: Vec<(i64, i64, i64, bool)> = Vec::new();
         for leg in cached {
-            let (balance, auto_top_up_below) = apply_to_cached_balance(conn, leg, overdraft)?;
-            balances.push((leg.account_id, balance));
+            let moved = apply_to_cached_balance(conn, leg, overdraft)?;
+            balances.push((leg.account_id, moved.balance));
+            if let Some(threshold) = moved.low_balance_threshold {
+                alerts.push((leg.account_id, moved.balance, threshold, moved.low_balance_below));
+            }
             // A spend (not a refund's or dispute's reversal) that left an
             // auto top-up wallet below its threshold: an order, unless one
             // is open. Read from the row the UPDATE just locked, so a wallet
             // without auto top-up pays no query for it.
-            if auto_top_up_below
+            if moved.auto_top_up_below
                 && leg.kind == AccountKind::Wallet
                 && leg.amount.is_negative()
                 && overdraft != Overdraft::AllowForReversal
@@ -192,6 +196,12 @@ impl OpenEntry {
                 }
             }
         }
+        // Only wallets with a low-balance threshold get here: the others
+        // cost no statement.
+        for (account_id, balance, threshold, below) in alerts {
+            crate::services::events::check_low_balance(tx, account_id, balance, threshold, below)?;
+        }
+        let conn = tx.conn();
         // The wallet's row is locked now: its grants follow the leg.
         for leg in legs.iter().filter(|l| l.kind == AccountKind::Wallet && !l.amount.is_zero()) {
             if matches!(grants, Grants::None) {
@@ -299,8 +309,23 @@ impl QueryFragment<Backend> for InsertPostings<'_> {
 
 impl RunQueryDsl<DbConn> for InsertPostings<'_> {}
 
+/// What the balance update returns: the balance, the low-balance threshold
+/// and whether the balance was below it, and the auto top-up switch and
+/// threshold.
+type MovedRow = (Option<i64>, Option<i64>, bool, bool, Option<i64>);
+
+/// A cached balance after a movement, with the account's low-balance alert
+/// state, read in the same statement.
+struct Moved {
+    balance: i64,
+    low_balance_threshold: Option<i64>,
+    low_balance_below: bool,
+    /// Auto top-up is on and the balance is now below its threshold.
+    auto_top_up_below: bool,
+}
+
 /// Adds the leg to the account's cached balance in one guarded statement and
-/// returns the new balance. No row back means a guard refused: a debit below
+/// returns the new balance (and the low-balance alert state). No row back means a guard refused: a debit below
 /// zero (where refused), a frozen account, or a result beyond the `i64`
 /// range (`balance <= MAX - amount` for a credit, `balance >= MIN - amount`
 /// for a debit), which SQLite would otherwise turn into a float and
@@ -308,19 +333,21 @@ impl RunQueryDsl<DbConn> for InsertPostings<'_> {}
 ///
 /// Also returns whether the account has auto top-up on and the new balance
 /// is below its threshold (the same row, the same statement).
-fn apply_to_cached_balance(
-    conn: &mut DbConn,
-    leg: &Leg,
-    overdraft: Overdraft,
-) -> Result<(i64, bool), LedgerError> {
+fn apply_to_cached_balance(conn: &mut DbConn, leg: &Leg, overdraft: Overdraft) -> Result<Moved, LedgerError> {
     let amount = leg.amount.micros();
     let guarded = amount < 0 && leg.kind.must_stay_non_negative();
     // SQL, not Rust: evaluated only on a row the guards below let through.
     #[allow(clippy::arithmetic_side_effects)]
     let new_balance = accounts::balance + amount;
     let row = accounts::table.filter(accounts::id.eq(leg.account_id));
-    let returned = (accounts::balance, accounts::auto_top_up_enabled, accounts::auto_top_up_threshold);
-    let updated: Option<(Option<i64>, bool, Option<i64>)> = match (guarded, overdraft) {
+    let returned = (
+        accounts::balance,
+        accounts::low_balance_threshold,
+        accounts::low_balance_below,
+        accounts::auto_top_up_enabled,
+        accounts::auto_top_up_threshold,
+    );
+    let updated: Option<MovedRow> = match (guarded, overdraft) {
         (false, _) | (true, Overdraft::AllowForReversal) if amount >= 0 => Prepared(
             diesel::update(row.filter(accounts::balance.le(i64::MAX.saturating_sub(amount))))
                 .set(accounts::balance.eq(new_balance))
@@ -354,10 +381,13 @@ fn apply_to_cached_balance(
         .optional()?,
     };
     match updated {
-        Some((Some(balance), enabled, threshold)) => {
-            Ok((balance, enabled && threshold.is_some_and(|t| balance < t)))
-        }
-        Some((None, _, _)) => Err(LedgerError::Database(diesel::result::Error::QueryBuilderError(
+        Some((Some(balance), low_balance_threshold, low_balance_below, enabled, threshold)) => Ok(Moved {
+            balance,
+            low_balance_threshold,
+            low_balance_below,
+            auto_top_up_below: enabled && threshold.is_some_and(|t| balance < t),
+        }),
+        Some((None, ..)) => Err(LedgerError::Database(diesel::result::Error::QueryBuilderError(
             format!("account {} keeps no cached balance", leg.account_id).into(),
         ))),
         None => {

@@ -25,6 +25,21 @@ use crate::db::{self, sums, DbConn, WriteTx};
 use crate::domain::{AccountKind, CreditTotal, Credits, EntryKind, OwnerType};
 use crate::ledger::{self, AccountRef, Grants, NewEntry, Overdraft};
 
+/// What `earnings.available` carries: the earnings that passed their hold
+/// in one settlement of the organization.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EarningsAvailable {
+    pub org_id: String,
+    /// Credits that became available in this settlement.
+    #[schema(value_type = String, example = "12.5")]
+    pub amount: Credits,
+    /// The organization's available earnings after it.
+    #[schema(value_type = String, example = "70")]
+    pub available: Credits,
+    /// How many charges' earnings it settled.
+    pub accruals: usize,
+}
+
 /// Accruals settled per transaction.
 const BATCH: i64 = 500;
 
@@ -240,6 +255,18 @@ fn settle_org(
         .set(ea::settled_entry_id.eq(posted.entry_id))
         .execute(tx.conn())?;
     tracing::info!(org_id = %org, %amount, accruals = ids.len(), "earnings settled");
+    let data = EarningsAvailable {
+        org_id: org.to_string(),
+        amount,
+        available: posted.leg_of(available.id).and_then(|l| l.balance_after).unwrap_or(amount),
+        accruals: ids.len(),
+    };
+    super::events::record(
+        tx,
+        super::events::EventType::EarningsAvailable,
+        &super::events::Subject::org(org),
+        &data,
+    )?;
     Ok(ids.len())
 }
 

@@ -116,6 +116,9 @@ pub enum ErrorCode {
     ApiKeyExpired,
     /// Auto top-up cannot be enabled before a card is saved (409).
     PaymentMethodRequired,
+    /// A webhook endpoint URL that is not https, or whose host is (or
+    /// resolves to) a loopback, private, link-local or metadata address (422).
+    WebhookUrlNotAllowed,
     /// A fault of tally's, logged with the request id (500).
     InternalError,
 }
@@ -147,6 +150,7 @@ impl ErrorCode {
             ErrorCode::NotManual => "not_manual",
             ErrorCode::TopUpNotPending => "top_up_not_pending",
             ErrorCode::AmountOutOfRange => "amount_out_of_range",
+            ErrorCode::WebhookUrlNotAllowed => "webhook_url_not_allowed",
             ErrorCode::InvalidUsage => "invalid_usage",
             ErrorCode::UnknownTool => "unknown_tool",
             ErrorCode::ModelNotMetered => "model_not_metered",

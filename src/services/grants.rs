@@ -7,10 +7,12 @@ use diesel::prelude::*;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::events::{self, EventType, Subject};
 use super::history::TransactionReferences;
 use super::idempotency::{Outcome, RequestKey};
 use super::wallets::{find_by_public_id, load_for, Access};
 use super::{Caller, Ctx, ServiceError, ServiceResult};
+use crate::db::models::AccountRow;
 use crate::db::schema::{accounts, credit_grants};
 use crate::db::{self, DbConn, WriteTx};
 use crate::domain::text::checked_text;
@@ -302,6 +304,8 @@ fn expire_one(
     };
     let wallet_id: Option<String> =
         accounts::table.find(wallet).select(accounts::public_id).first(tx.conn())?;
+    // What expires, as the grant shows it at its expiry.
+    let expired_view = view(row.clone(), wallet_id.as_deref().unwrap_or_default(), now);
     let references = TransactionReferences { grant_id: Some(row.public_id.clone()), ..Default::default() };
     let remaining = row.remaining;
     ledger::post(
@@ -327,7 +331,55 @@ fn expire_one(
     )
     .map_err(|e| ServiceError::from_ledger(e, wallet_id.as_deref().unwrap_or_default()))?;
     tracing::info!(grant = %row.public_id, %remaining, "grant expired");
+    let owner = accounts::table.find(wallet).select(AccountRow::as_select()).first(tx.conn())?;
+    events::record(tx, EventType::GrantExpired, &Subject::wallet(&owner), &expired_view)?;
     Ok(true)
+}
+
+/// How long before its expiry a grant is announced (`grant.expiring`).
+pub const EXPIRING_NOTICE: chrono::Duration = chrono::Duration::days(7);
+
+/// Emits `grant.expiring` once for each grant with credits left that
+/// expires within [`EXPIRING_NOTICE`] (a guarded update of the grant marks
+/// it, so instances sweeping together emit it once). Returns how many.
+pub fn announce_expiring(conn: &mut DbConn) -> ServiceResult<usize> {
+    let now = db::now();
+    let horizon = now.checked_add_signed(EXPIRING_NOTICE).unwrap_or(now);
+    let due: Vec<i64> = credit_grants::table
+        .filter(credit_grants::remaining.gt(0i64))
+        .filter(credit_grants::expiring_event_at.is_null())
+        .filter(credit_grants::expires_at.gt(now))
+        .filter(credit_grants::expires_at.le(horizon))
+        .order(credit_grants::expires_at.asc())
+        .select(credit_grants::id)
+        .limit(SWEEP_BATCH)
+        .load(conn)?;
+    let mut announced = 0usize;
+    for grant in due {
+        let done = db::write_tx(conn, |tx| -> ServiceResult<bool> {
+            let claimed = diesel::update(
+                credit_grants::table.find(grant).filter(credit_grants::expiring_event_at.is_null()),
+            )
+            .set(credit_grants::expiring_event_at.eq(now))
+            .execute(tx.conn())?;
+            if claimed == 0 {
+                return Ok(false);
+            }
+            let row: GrantRow =
+                credit_grants::table.find(grant).select(GrantRow::as_select()).first(tx.conn())?;
+            let owner: AccountRow =
+                accounts::table.find(row.account_id).select(AccountRow::as_select()).first(tx.conn())?;
+            let grant_view = view(row, owner.public_id.as_deref().unwrap_or_default(), now);
+            events::record(tx, EventType::GrantExpiring, &Subject::wallet(&owner), &grant_view)?;
+            Ok(true)
+        });
+        match done {
+            Ok(true) => announced = announced.saturating_add(1),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(grant, error = %e, "announcing an expiring grant failed"),
+        }
+    }
+    Ok(announced)
 }
 
 fn kind_of(conn: &mut DbConn, account: i64) -> ServiceResult<AccountKind> {

@@ -417,7 +417,11 @@ pub fn expire_due(conn: &mut DbConn) -> ServiceResult<usize> {
     let mut released = 0usize;
     for row in due {
         let done = db::write_tx(conn, |tx| match finish(tx, &row.id, HoldStatus::Expired, now) {
-            Ok(()) => return_all(tx, &row, HoldStatus::Expired).map(|()| true),
+            Ok(()) => {
+                return_all(tx, &row, HoldStatus::Expired)?;
+                announce_expired(tx, &row.id)?;
+                Ok(true)
+            }
             Err(ServiceError::Conflict { kind: ErrorCode::HoldNotOpen, .. }) => Ok(false),
             Err(e) => Err(e),
         });
@@ -428,6 +432,24 @@ pub fn expire_due(conn: &mut DbConn) -> ServiceResult<usize> {
         }
     }
     Ok(released)
+}
+
+/// `hold.expired`, with the hold as shown now, for the paying wallet's owner.
+fn announce_expired(tx: &mut WriteTx<'_>, hold_id: &str) -> ServiceResult<()> {
+    use crate::db::models::AccountRow;
+    use crate::db::schema::accounts;
+    let row: HoldRow = holds::table.find(hold_id).select(HoldRow::as_select()).first(tx.conn())?;
+    let wallet: AccountRow =
+        accounts::table.find(row.payer_account_id).select(AccountRow::as_select()).first(tx.conn())?;
+    let metadata = db::metadata::of(tx, &row.id)?;
+    let hold = view(row, wallet.public_id.clone().unwrap_or_default(), metadata);
+    super::events::record(
+        tx,
+        super::events::EventType::HoldExpired,
+        &super::events::Subject::wallet(&wallet),
+        &hold,
+    )?;
+    Ok(())
 }
 
 fn neg(c: Credits) -> ServiceResult<Credits> {

@@ -11,6 +11,7 @@ pub mod charge_views;
 pub mod charges;
 pub mod earnings;
 mod error;
+pub mod events;
 pub mod grants;
 pub mod history;
 pub mod holds;
@@ -30,6 +31,8 @@ pub mod tools;
 pub mod topups;
 pub mod usage;
 pub mod wallets;
+pub mod webhook_deliveries;
+pub mod webhook_endpoints;
 
 use std::sync::Arc;
 

@@ -26,6 +26,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::earnings::settle_due;
+use super::events::{self, EventType, Subject};
 use super::history::TransactionReferences;
 use super::idempotency::{Outcome, RequestKey};
 use super::orgs::role_in;
@@ -230,6 +231,14 @@ pub fn account_updated(
 
 fn org_account(tx: &mut WriteTx<'_>, org_id: &str, kind: AccountKind) -> ServiceResult<AccountRef> {
     Ok(ledger::ensure_account(tx, OwnerType::Org, org_id, kind, None)?)
+}
+
+/// Records a payout event with the payout as the API shows it now.
+fn announce(tx: &mut WriteTx<'_>, id: &str, event_type: EventType) -> ServiceResult<()> {
+    let row = load(tx, id)?;
+    let subject = Subject::org(&row.org_id);
+    events::record(tx, event_type, &subject, &view(row))?;
+    Ok(())
 }
 
 fn load(conn: &mut DbConn, id: &str) -> ServiceResult<PayoutRow> {
@@ -481,15 +490,19 @@ pub fn record_send(
     let now = db::now();
     match result {
         SendResult::Created(transfer) => {
-            diesel::update(payouts::table.find(id).filter(payouts::status.eq(PayoutStatus::Pending)))
-                .set((
-                    payouts::status.eq(PayoutStatus::InTransit),
-                    payouts::transfer_id.eq(&transfer.id),
-                    payouts::destination_payment.eq(&transfer.destination_payment),
-                    payouts::send_lease_until.eq(None::<NaiveDateTime>),
-                    payouts::updated_at.eq(now),
-                ))
-                .execute(tx.conn())?;
+            let sent =
+                diesel::update(payouts::table.find(id).filter(payouts::status.eq(PayoutStatus::Pending)))
+                    .set((
+                        payouts::status.eq(PayoutStatus::InTransit),
+                        payouts::transfer_id.eq(&transfer.id),
+                        payouts::destination_payment.eq(&transfer.destination_payment),
+                        payouts::send_lease_until.eq(None::<NaiveDateTime>),
+                        payouts::updated_at.eq(now),
+                    ))
+                    .execute(tx.conn())?;
+            if sent == 1 {
+                announce(tx, id, EventType::PayoutInTransit)?;
+            }
         }
         SendResult::Refused(reason) => {
             fail(tx, ctx, id, &[PayoutStatus::Pending], reason)?;
@@ -545,6 +558,7 @@ fn fail(
         record_shortfall(tx, id, reason, short)?;
     }
     tracing::warn!(payout_id = id, %amount, reason, "payout failed; amount returned to available earnings");
+    announce(tx, id, EventType::PayoutFailed)?;
     Ok(Some(short))
 }
 
@@ -675,6 +689,7 @@ pub fn bank_payout_paid(
             record_shortfall(tx, &row.id, "bank payout paid", short)?;
             shortfall = true;
         }
+        announce(tx, &row.id, EventType::PayoutPaid)?;
         paid += 1;
     }
     Ok(match (paid, shortfall) {

@@ -400,7 +400,10 @@ pub fn subscription_event(
                     .execute(sp.conn())
             });
             match inserted {
-                Ok(_) => Ok(EventOutcome::SubscriptionRecorded),
+                Ok(_) => {
+                    announce_subscription(tx, &sub.id)?;
+                    Ok(EventOutcome::SubscriptionRecorded)
+                }
                 Err(e) if db::is_unique_violation(&e) => subscription_event(tx, event_created, sub, deleted),
                 Err(e) => Err(e.into()),
             }
@@ -426,6 +429,7 @@ pub fn subscription_event(
                     .set(subscriptions::customer.eq(customer.id()))
                     .execute(tx.conn())?;
             }
+            announce_subscription(tx, &sub.id)?;
             Ok(EventOutcome::SubscriptionUpdated)
         }
     }
@@ -447,5 +451,64 @@ pub fn invoice_payment_failed(tx: &mut WriteTx<'_>, invoice: &Invoice) -> Servic
         subscriptions::updated_at.eq(db::now()),
     ))
     .execute(tx.conn())?;
+    if n == 1 {
+        announce_subscription(tx, sub)?;
+    }
     Ok(if n == 1 { EventOutcome::SubscriptionPastDue } else { EventOutcome::NoChange })
+}
+
+/// A subscription as `subscription.updated` shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionView {
+    /// Stripe's subscription id (`sub_...`).
+    pub id: String,
+    /// `person` or `org`.
+    pub subject_type: String,
+    pub subject_id: String,
+    /// The plan it pays for.
+    pub plan: String,
+    /// Stripe's status: `active`, `trialing`, `past_due`, `canceled`, ...
+    pub status: String,
+    /// Since when its payment is failing (past due), if it is.
+    pub past_due_since: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `subscription.updated`, for the subscriber, with its state now.
+fn announce_subscription(tx: &mut WriteTx<'_>, id: &str) -> ServiceResult<()> {
+    #[allow(clippy::type_complexity)]
+    let (subject_type, subject_id, plan, status, past_due_since, updated_at): (
+        String,
+        String,
+        String,
+        String,
+        Option<chrono::NaiveDateTime>,
+        chrono::NaiveDateTime,
+    ) = subscriptions::table
+        .find(id)
+        .select((
+            subscriptions::subject_type,
+            subscriptions::subject_id,
+            subscriptions::plan,
+            subscriptions::status,
+            subscriptions::past_due_since,
+            subscriptions::updated_at,
+        ))
+        .first(tx.conn())?;
+    let subject = if subject_type == "org" {
+        super::events::Subject::org(&subject_id)
+    } else {
+        super::events::Subject::person(&subject_id)
+    };
+    let data = SubscriptionView {
+        id: id.to_string(),
+        subject_type,
+        subject_id,
+        plan,
+        status,
+        past_due_since: past_due_since.map(|t| t.and_utc()),
+        updated_at: updated_at.and_utc(),
+    };
+    super::events::record(tx, super::events::EventType::SubscriptionUpdated, &subject, &data)?;
+    Ok(())
 }

@@ -15,6 +15,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::events::{self, EventType};
 use super::history::TransactionReferences;
 use super::idempotency::{Outcome, RequestKey};
 use super::invoices::StripeTax;
@@ -24,6 +25,7 @@ use super::{Caller, Ctx, ErrorCode, ServiceError, ServiceResult};
 use crate::config::CreditPack;
 use crate::db::billing::NewTopUp;
 pub use crate::db::billing::TopUpRow;
+use crate::db::models::AccountRow;
 use crate::db::schema::{accounts, journal_entries, receipt_counter, top_ups};
 use crate::db::{self, DbConn, WriteTx};
 use crate::domain::ids::new_id;
@@ -465,6 +467,7 @@ fn credit(
     let pack_name = find_pack(ctx, &row.pack_id).map_or_else(|_| row.pack_id.clone(), |p| p.name.clone());
     super::invoices::issue_for_top_up(tx, ctx, row, receipt, &pack_name, stripe_tax, now)?;
     tracing::info!(top_up_id = %row.id, %total, receipt, "top-up credited");
+    announce(tx, &row.id, EventType::TopUpPaid)?;
     Ok(true)
 }
 
@@ -837,6 +840,9 @@ fn session_expired(tx: &mut WriteTx<'_>, s: &CheckoutSession) -> ServiceResult<E
     let n = diesel::update(top_ups::table.find(&row.id).filter(top_ups::status.eq(TopUpStatus::Pending)))
         .set((top_ups::status.eq(TopUpStatus::Expired), top_ups::updated_at.eq(db::now())))
         .execute(tx.conn())?;
+    if n == 1 {
+        announce(tx, &row.id, EventType::TopUpExpired)?;
+    }
     Ok(if n == 1 { EventOutcome::Expired } else { EventOutcome::NotPending })
 }
 
@@ -955,7 +961,7 @@ fn reverse(
     )?;
     let balance = posted.leg_of(row.wallet_account_id).and_then(|l| l.balance_after).unwrap_or_default();
     if balance.is_negative() {
-        freeze(tx, row.wallet_account_id)?;
+        freeze(tx, ctx, row.wallet_account_id)?;
         tracing::warn!(wallet_id = %row.wallet_id, %balance, "wallet below zero after a reversal: frozen");
     }
     Ok(())
@@ -983,8 +989,25 @@ fn own_grants(conn: &mut DbConn, row: &TopUpRow) -> ServiceResult<OwnGrants> {
     Ok(OwnGrants { paid: of(GrantSource::TopUp), bonus: of(GrantSource::TopUpBonus) })
 }
 
-fn freeze(tx: &mut WriteTx<'_>, account_id: i64) -> ServiceResult<()> {
-    diesel::update(accounts::table.find(account_id)).set(accounts::frozen.eq(true)).execute(tx.conn())?;
+/// Freezes the wallet; `wallet.frozen` when it was not frozen yet.
+fn freeze(tx: &mut WriteTx<'_>, ctx: &Ctx, account_id: i64) -> ServiceResult<()> {
+    let changed = diesel::update(accounts::table.find(account_id).filter(accounts::frozen.eq(false)))
+        .set(accounts::frozen.eq(true))
+        .execute(tx.conn())?;
+    if changed == 1 {
+        let wallet = accounts::table.find(account_id).select(AccountRow::as_select()).first(tx.conn())?;
+        let data = events::wallet_data(tx, ctx, &wallet)?;
+        events::record(tx, EventType::WalletFrozen, &events::Subject::wallet(&wallet), &data)?;
+    }
+    Ok(())
+}
+
+/// Records a top-up event with the order as the API shows it now.
+fn announce(tx: &mut WriteTx<'_>, id: &str, event_type: EventType) -> ServiceResult<()> {
+    let row = load(tx, id)?;
+    let wallet =
+        accounts::table.find(row.wallet_account_id).select(AccountRow::as_select()).first(tx.conn())?;
+    events::record(tx, event_type, &events::Subject::wallet(&wallet), &view(row))?;
     Ok(())
 }
 
@@ -1058,6 +1081,7 @@ fn take_back_to(
             top_ups::updated_at.eq(db::now()),
         ))
         .execute(tx.conn())?;
+    announce(tx, &row.id, EventType::TopUpRefunded)?;
     Ok(full)
 }
 
@@ -1211,7 +1235,7 @@ pub fn dispute_created(
         let actor = format!("stripe:{event_id}");
         reverse(tx, ctx, &row, EntryKind::Dispute, credits, bonus, TakenBy::stripe(&actor))?;
     }
-    freeze(tx, row.wallet_account_id)?;
+    freeze(tx, ctx, row.wallet_account_id)?;
     diesel::update(top_ups::table.find(&row.id))
         .set((
             top_ups::status.eq(TopUpStatus::Disputed),
@@ -1224,6 +1248,7 @@ pub fn dispute_created(
         ))
         .execute(tx.conn())?;
     tracing::warn!(top_up_id = %row.id, wallet_id = %row.wallet_id, "dispute opened: credits taken back, wallet frozen");
+    announce(tx, &row.id, EventType::TopUpDisputed)?;
     Ok(EventOutcome::Disputed)
 }
 

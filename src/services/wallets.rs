@@ -6,6 +6,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::events::{self, EventType};
 use super::grants::{ByCategory, Expiring};
 use super::history::{self, HistoryQuery, TransactionList};
 use super::orgs::role_in;
@@ -69,6 +70,10 @@ pub struct Wallet {
     pub expiring_next: Option<Expiring>,
     /// Auto top-up: its settings, whether a card is on file, its failures.
     pub auto_top_up: super::auto_top_up::AutoTopUp,
+    /// `wallet.low_balance` is sent when `available` falls below this
+    /// (null: no alert).
+    #[schema(value_type = Option<String>, example = "5")]
+    pub low_balance_threshold: Option<Credits>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -152,6 +157,7 @@ pub fn view(conn: &mut DbConn, ctx: &Ctx, row: &AccountRow) -> ServiceResult<Wal
         credits,
         expiring_next,
         auto_top_up,
+        low_balance_threshold: row.low_balance_threshold,
         created_at: row.created_at.and_utc(),
     })
 }
@@ -170,22 +176,49 @@ pub(crate) fn check_limit(name: &str, limit: Option<Credits>) -> ServiceResult<O
     }
 }
 
-/// `PATCH /v1/wallets/{id}`: set or remove the daily and weekly spend limits.
+/// What `PATCH /v1/wallets/{id}` changes: absent fields stay, null removes.
+#[derive(Debug, Default)]
+pub struct WalletPatch {
+    pub daily_limit: LimitPatch,
+    pub weekly_limit: LimitPatch,
+    pub low_balance_threshold: LimitPatch,
+}
+
+/// `PATCH /v1/wallets/{id}`: set or remove the daily and weekly spend
+/// limits and the low-balance threshold. A new threshold starts from the
+/// balance as it is: no event is sent for setting it, and a wallet already
+/// below it is alerted only after it was back at or above it.
 pub fn update_limits(
     conn: &mut DbConn,
     ctx: &Ctx,
     caller: &Caller,
     wallet_id: &str,
-    daily: LimitPatch,
-    weekly: LimitPatch,
+    patch: WalletPatch,
 ) -> ServiceResult<Wallet> {
-    let daily = daily.map(|d| check_limit("daily_limit", d)).transpose()?;
-    let weekly = weekly.map(|w| check_limit("weekly_limit", w)).transpose()?;
+    let daily = patch.daily_limit.map(|d| check_limit("daily_limit", d)).transpose()?;
+    let weekly = patch.weekly_limit.map(|w| check_limit("weekly_limit", w)).transpose()?;
+    let threshold =
+        patch.low_balance_threshold.map(|t| check_limit("low_balance_threshold", t)).transpose()?;
     db::write_tx(conn, |tx| {
         let row = load_for(tx, caller, wallet_id, Access::Manage)?;
-        if daily.is_some() || weekly.is_some() {
+        if daily.is_some() || weekly.is_some() || threshold.is_some() {
             diesel::update(accounts::table.find(row.id))
-                .set(LimitChanges { daily_limit: daily, weekly_limit: weekly })
+                .set(LimitChanges {
+                    daily_limit: daily,
+                    weekly_limit: weekly,
+                    low_balance_threshold: threshold,
+                })
+                .execute(tx.conn())?;
+        }
+        if let Some(t) = threshold {
+            // Read after the update above, which locked the row: the state
+            // matches the balance as it is now.
+            let available: Option<Credits> =
+                accounts::table.find(row.id).select(accounts::balance).first(tx.conn())?;
+            let available = available.unwrap_or(Credits::ZERO);
+            let below = t.is_some_and(|t| available < t);
+            diesel::update(accounts::table.find(row.id))
+                .set(accounts::low_balance_below.eq(below))
                 .execute(tx.conn())?;
         }
         let row = accounts::table.find(row.id).select(AccountRow::as_select()).first(tx.conn())?;
@@ -223,7 +256,9 @@ pub fn set_frozen(
     let reason = checked_text("reason", reason, 500, true).map_err(ServiceError::Validation)?;
     db::write_tx(conn, |tx| {
         let row = find_by_public_id(tx, wallet_id)?;
-        diesel::update(accounts::table.find(row.id)).set(accounts::frozen.eq(frozen)).execute(tx.conn())?;
+        let changed = diesel::update(accounts::table.find(row.id).filter(accounts::frozen.ne(frozen)))
+            .set(accounts::frozen.eq(frozen))
+            .execute(tx.conn())?;
         diesel::insert_into(wallet_audit::table)
             .values(NewWalletAudit {
                 account_id: row.id,
@@ -235,7 +270,12 @@ pub fn set_frozen(
             .execute(tx.conn())?;
         let row = accounts::table.find(row.id).select(AccountRow::as_select()).first(tx.conn())?;
         tracing::info!(wallet_id, frozen, operator = %operator.id, reason, "wallet freeze state set by operator");
-        view(tx, ctx, &row)
+        let wallet = view(tx, ctx, &row)?;
+        if changed == 1 {
+            let event_type = if frozen { EventType::WalletFrozen } else { EventType::WalletUnfrozen };
+            events::record(tx, event_type, &events::Subject::wallet(&row), &wallet)?;
+        }
+        Ok(wallet)
     })
 }
 

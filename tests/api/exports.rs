@@ -380,6 +380,9 @@ async fn exports_do_not_starve_other_reads(app: TestApp) {
         p(1.0)
     );
     assert!(ms.len() >= 20, "too few reads to measure: {}", ms.len());
-    assert!(p(0.99) < 100.0, "p99 of GET /v1/me during exports: {:.1} ms", p(0.99));
+    // Starved reads would wait for whole exports (tens of seconds here); the
+    // bound tells that apart from the noise of a loaded 2-core machine
+    // (p99 10-600 ms seen). Latency itself is measured by `tally bench`.
+    assert!(p(0.99) < 2000.0, "p99 of GET /v1/me during exports: {:.1} ms", p(0.99));
     app.assert_ledger_ok();
 }
