@@ -26,6 +26,7 @@ pub struct EventsQuery {
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// Return events older than this `evt_` id (the last id of the previous page).
+    #[param(pattern = r"^evt_[A-Za-z0-9]{1,64}$")]
     pub starting_after: Option<String>,
 }
 

@@ -75,6 +75,7 @@ pub struct PageQuery {
     pub limit: Option<i64>,
     /// The last id of the previous page (`we_` for endpoints, `evt_` for
     /// deliveries).
+    #[param(pattern = r"^(we|evt)_[A-Za-z0-9]{1,64}$")]
     pub starting_after: Option<String>,
 }
 

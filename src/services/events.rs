@@ -29,7 +29,7 @@ macro_rules! event_types {
         /// What happened.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
         pub enum EventType {
-            $(#[doc = $doc] #[serde(rename = $name)] $variant,)*
+            $(#[doc = $doc] #[serde(rename = $name)] #[schema(rename = $name)] $variant,)*
         }
 
         impl EventType {
