@@ -44,7 +44,8 @@ pub struct EventsQuery {
         (status = 200, description = "A page of events", body = EventList),
         (status = 401, description = "Missing or invalid token", body = ErrorResponse),
         (status = 403, description = "An API key (`api_key_not_allowed`)", body = ErrorResponse),
-        (status = 422, description = "Invalid type, limit or cursor", body = ErrorResponse),
+        (status = 404, description = "`starting_after` is not an event the caller can see", body = ErrorResponse),
+        (status = 422, description = "Invalid type or limit", body = ErrorResponse),
     ),
     security(("bearer" = []))
 )]

@@ -141,7 +141,8 @@ pub async fn create_webhook_endpoint(
         (status = 200, description = "A page of endpoints", body = WebhookEndpointList),
         (status = 401, description = "Missing or invalid token", body = ErrorResponse),
         (status = 403, description = "An API key (`api_key_not_allowed`)", body = ErrorResponse),
-        (status = 422, description = "Invalid limit or cursor", body = ErrorResponse),
+        (status = 404, description = "`starting_after` is not one of the caller's endpoints", body = ErrorResponse),
+        (status = 422, description = "Invalid limit", body = ErrorResponse),
     ),
     security(("bearer" = []))
 )]

@@ -345,9 +345,8 @@ pub fn list_events(
         Ok(row.filter(|r| caller.operator || may_see(r, &caller.id, &orgs)))
     };
     let after = match starting_after {
-        Some(cursor) => Some(visible(conn, cursor)?.ok_or_else(|| {
-            ServiceError::Validation(format!("starting_after '{cursor}' is not an event you can see"))
-        })?),
+        // As the other lists: a cursor the caller cannot see is not found.
+        Some(cursor) => Some(visible(conn, cursor)?.ok_or(ServiceError::NotFound("event (starting_after)"))?),
         None => None,
     };
     let mut q = events::table

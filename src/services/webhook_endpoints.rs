@@ -331,11 +331,11 @@ pub fn list_endpoints(
         return Err(ServiceError::Validation(format!("limit must be 1 to {MAX_PAGE}")));
     }
     let after = match starting_after {
-        Some(cursor) => Some(load_managed(conn, caller, cursor).map_err(|_| {
-            ServiceError::Validation(format!(
-                "starting_after '{cursor}' is not one of your webhook endpoints"
-            ))
-        })?),
+        // As the other lists: a cursor the caller cannot see is not found.
+        Some(cursor) => Some(
+            load_managed(conn, caller, cursor)
+                .map_err(|_| ServiceError::NotFound("webhook endpoint (starting_after)"))?,
+        ),
         None => None,
     };
     let orgs = events::managed_orgs(conn, &caller.id)?;

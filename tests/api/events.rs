@@ -194,7 +194,7 @@ async fn events_are_listed_to_whom_they_concern(app: TestApp) {
     assert_error(s, &b, 422, "validation_error");
     // Another person's event is no cursor for Bob.
     let (s, b) = app.get(&format!("/v1/events?starting_after={last}"), &app.token("bob")).await;
-    assert_error(s, &b, 422, "validation_error");
+    assert_error(s, &b, 404, "not_found");
     let (s, b) = app.get("/v1/events?limit=0", &ann).await;
     assert_error(s, &b, 422, "validation_error");
 }
