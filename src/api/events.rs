@@ -20,7 +20,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
 pub struct EventsQuery {
     /// Only events of this type (e.g. `top_up.paid`).
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", value_type = Option<crate::services::events::EventType>)]
     pub event_type: Option<String>,
     /// Page size, 1 to 100 (default 25).
     #[param(minimum = 1, maximum = 100)]
