@@ -247,6 +247,29 @@ impl TestApp {
         actix_web::web::Data::new(runtime)
     }
 
+    /// Waits until the maintenance sweep that runs at start has finished
+    /// (an app started with a long `TALLY_SETTLEMENT_SWEEP` then runs no
+    /// other for the test); returns the `/metrics` text seen then.
+    pub async fn wait_for_first_sweep(&self) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = self
+                .client
+                .get(format!("{}/metrics", self.address))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if text.lines().any(|l| l == "tally_sweep_runs_total{outcome=\"ok\"} 1") {
+                return text;
+            }
+            assert!(std::time::Instant::now() < deadline, "the first sweep did not finish:\n{text}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn conn(&self) -> tally::db::PooledConn {
         self.pool.get().expect("connection")
     }

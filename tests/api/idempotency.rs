@@ -339,16 +339,7 @@ async fn counted(
     })
     .await?;
     // The start-up sweep runs first; the next is an hour away.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let text =
-            app.client.get(format!("{}/metrics", app.address)).send().await.unwrap().text().await.unwrap();
-        if text.lines().any(|l| l == "tally_sweep_runs_total{outcome=\"ok\"} 1") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no sweep:\n{text}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    app.wait_for_first_sweep().await;
     let log = std::sync::Arc::new(std::sync::Mutex::new(Commits::default()));
     app.conn().set_instrumentation(CountCommits(log.clone()));
     Some((app, log))

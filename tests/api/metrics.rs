@@ -65,15 +65,7 @@ async fn metrics_show_the_process_the_build_and_the_database_queues() {
     .unwrap();
     // The first sweep runs at start and takes the write gate; the next is an
     // hour away. Wait for it to finish so the queues below are this test's own.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let text = loop {
-        let text = scrape(&app).await;
-        if sample(&text, "tally_sweep_runs_total{outcome=\"ok\"}") == Some(1.0) {
-            break text;
-        }
-        assert!(std::time::Instant::now() < deadline, "the first sweep did not finish:\n{text}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let text = app.wait_for_first_sweep().await;
     assert!(sample(&text, "process_cpu_seconds_total").is_some(), "{text}");
     assert!(sample(&text, "process_resident_memory_bytes").unwrap() > 1e6, "{text}");
     assert!(sample(&text, "process_open_fds").unwrap() >= 3.0, "{text}");
