@@ -99,46 +99,99 @@ async fn metered_message(
     }
 }
 
-/// `metered`: every client sends messages (hold, then capture) for `duration`.
-async fn metered_phase(
+/// One charge (`spread`, `hot`, `history`): `Ok` is the charge's id.
+async fn charge_once(
+    client: &reqwest::Client,
+    url: &str,
+    auth: &HeaderValue,
+    key: String,
+    body: &str,
+) -> Result<ChargeId, (String, String)> {
+    match post(client, url, auth, key, body).await {
+        Answer::Status(201, b) => {
+            serde_json::from_slice::<ChargeId>(&b).map_err(|e| ("bad_body".to_string(), e.to_string()))
+        }
+        Answer::Status(s, b) => Err((s.to_string(), String::from_utf8_lossy(&b).into_owned())),
+        Answer::Failed(e) => Err(("io".into(), e)),
+    }
+}
+
+/// What every request of a phase needs: the URLs, the payers' tokens and
+/// the bodies, shared by the client tasks.
+struct Shared {
+    base: String,
+    charges_url: String,
+    holds_url: String,
+    auths: Vec<HeaderValue>,
+    body: String,
+    metered: Option<super::provision::Metered>,
+}
+
+impl Shared {
+    fn new(env: &Env, plan: &Plan) -> Result<Arc<Self>> {
+        Ok(Arc::new(Shared {
+            base: env.base_url.clone(),
+            charges_url: format!("{}/v1/agents/{}/charges", env.base_url, plan.agent_id),
+            holds_url: format!("{}/v1/agents/{}/holds", env.base_url, plan.agent_id),
+            auths: plan.payers.iter().map(|p| HeaderValue::from_str(&p.auth)).collect::<Result<Vec<_>, _>>()?,
+            body: plan.body.clone(),
+            metered: plan.metered.clone(),
+        }))
+    }
+
+    /// One message as the mode sends it: a charge, or a hold and its capture.
+    async fn message(&self, client: &reqwest::Client, auth: &HeaderValue, key: String) -> MessageResult {
+        match &self.metered {
+            Some(m) => metered_message(client, &self.base, &self.holds_url, auth, &key, m).await,
+            None => charge_once(client, &self.charges_url, auth, key, &self.body)
+                .await
+                .map(|c| ChargeTotal { id: c.id, wallet_id: String::new(), total: crate::domain::money::Credits::ZERO }),
+        }
+    }
+}
+
+type MessageResult = Result<ChargeTotal, (String, String)>;
+
+fn record(stats: &mut PhaseStats, outcome: MessageResult, metered: bool) {
+    match outcome {
+        Ok(c) => {
+            stats.ok += 1;
+            if metered {
+                stats.charged.push((c.wallet_id, c.total));
+            }
+            stats.charge_ids.push(c.id);
+        }
+        Err((kind, message)) => stats.record_error(kind, || message),
+    }
+}
+
+/// Closed loop: every client sends its next message as soon as the last is
+/// answered, for `duration`; `tag` makes the idempotency keys unique.
+pub async fn http_phase(
     clients: &Clients,
     env: &Env,
     plan: &Plan,
-    metered: &super::provision::Metered,
     duration: Duration,
     tag: &str,
 ) -> Result<PhaseStats> {
-    let base = Arc::new(env.base_url.clone());
-    let holds_url = Arc::new(format!("{}/v1/agents/{}/holds", env.base_url, plan.agent_id));
-    let auths: Arc<Vec<HeaderValue>> =
-        Arc::new(plan.payers.iter().map(|p| HeaderValue::from_str(&p.auth)).collect::<Result<Vec<_>, _>>()?);
-    let metered = Arc::new(metered.clone());
+    let shared = Shared::new(env, plan)?;
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::with_capacity(clients.0.len());
     for (i, client) in clients.0.iter().enumerate() {
-        let (client, base, holds_url, auths, metered) =
-            (client.clone(), base.clone(), holds_url.clone(), auths.clone(), metered.clone());
+        let (client, shared) = (client.clone(), shared.clone());
         let prefix = format!("{tag}-{i}-");
         tasks.push(tokio::spawn(async move {
             let mut stats = PhaseStats::new()?;
             let mut rng = Lcg::new(i as u64 + 1);
             let mut n: u64 = 0;
             while Instant::now() < deadline {
-                let auth = &auths[rng.below(auths.len())];
+                let auth = &shared.auths[rng.below(shared.auths.len())];
                 n += 1;
-                let key = format!("{prefix}{n}");
                 let t0 = Instant::now();
-                let outcome = metered_message(&client, &base, &holds_url, auth, &key, &metered).await;
+                let outcome = shared.message(&client, auth, format!("{prefix}{n}")).await;
                 stats.latency.saturating_record(t0.elapsed().as_micros().max(1) as u64);
-                match outcome {
-                    Ok(c) => {
-                        stats.ok += 1;
-                        stats.charge_ids.push(c.id);
-                        stats.charged.push((c.wallet_id, c.total));
-                    }
-                    Err((kind, message)) => stats.record_error(kind, || message),
-                }
+                record(&mut stats, outcome, shared.metered.is_some());
             }
             stats.elapsed = start.elapsed();
             anyhow::Ok(stats)
@@ -152,81 +205,44 @@ async fn metered_phase(
     Ok(total)
 }
 
-/// Runs every client for `duration`; `tag` makes the idempotency keys unique.
-pub async fn http_phase(
+/// Open loop (`--rate`): messages start at a fixed rate for `duration`,
+/// whatever the answers, as a frontend's users send them; each one's
+/// latency counts from the instant it was due, so a server that falls
+/// behind shows it in the latency (no coordinated omission). Messages go
+/// out over the clients in turn; a client opens another connection when
+/// its own is busy.
+pub async fn open_loop_phase(
     clients: &Clients,
     env: &Env,
     plan: &Plan,
+    rate: f64,
     duration: Duration,
     tag: &str,
 ) -> Result<PhaseStats> {
-    if let Some(metered) = &plan.metered {
-        return metered_phase(clients, env, plan, metered, duration, tag).await;
-    }
-    let url = Arc::new(format!("{}/v1/agents/{}/charges", env.base_url, plan.agent_id));
-    let auths: Arc<Vec<HeaderValue>> =
-        Arc::new(plan.payers.iter().map(|p| HeaderValue::from_str(&p.auth)).collect::<Result<Vec<_>, _>>()?);
-    let body = Arc::new(plan.body.clone());
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut tasks = Vec::with_capacity(clients.0.len());
-    for (i, client) in clients.0.iter().enumerate() {
-        let (client, url, auths, body) = (client.clone(), url.clone(), auths.clone(), body.clone());
-        let prefix = format!("{tag}-{i}-");
+    let shared = Shared::new(env, plan)?;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let count = (rate * duration.as_secs_f64()).floor().max(1.0) as u64;
+    let start = tokio::time::Instant::now();
+    let mut rng = Lcg::new(7);
+    let mut tasks = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    for n in 0..count {
+        let due = start + interval.mul_f64(n as f64);
+        tokio::time::sleep_until(due).await;
+        let client = clients.0[usize::try_from(n).unwrap_or(0) % clients.0.len()].clone();
+        let shared = shared.clone();
+        let payer = rng.below(shared.auths.len());
+        let key = format!("{tag}-o-{n}");
         tasks.push(tokio::spawn(async move {
-            let mut stats = PhaseStats::new()?;
-            let mut rng = Lcg::new(i as u64 + 1);
-            let mut n: u64 = 0;
-            while Instant::now() < deadline {
-                let auth = &auths[rng.below(auths.len())];
-                n += 1;
-                let key = format!("{prefix}{n}");
-                let t0 = Instant::now();
-                let sent = client
-                    .post(url.as_str())
-                    .header(AUTHORIZATION, auth.clone())
-                    .header("Idempotency-Key", key)
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(body.as_str().to_owned())
-                    .send()
-                    .await;
-                let res = match sent {
-                    Ok(res) => res,
-                    Err(e) => {
-                        stats.record_error("io".into(), || e.to_string());
-                        continue;
-                    }
-                };
-                let status = res.status().as_u16();
-                let bytes = match res.bytes().await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        stats.record_error("io".into(), || e.to_string());
-                        continue;
-                    }
-                };
-                let micros = t0.elapsed().as_micros().max(1) as u64;
-                stats.latency.saturating_record(micros);
-                if status == 201 {
-                    match serde_json::from_slice::<ChargeId>(&bytes) {
-                        Ok(c) => {
-                            stats.ok += 1;
-                            stats.charge_ids.push(c.id);
-                        }
-                        Err(e) => stats.record_error("bad_body".into(), || e.to_string()),
-                    }
-                } else {
-                    stats.record_error(status.to_string(), || String::from_utf8_lossy(&bytes).into_owned());
-                }
-            }
-            stats.elapsed = start.elapsed();
-            anyhow::Ok(stats)
+            let outcome = shared.message(&client, &shared.auths[payer], key).await;
+            (due.elapsed(), outcome)
         }));
     }
     let mut total = PhaseStats::new()?;
     for task in tasks {
-        let stats = task.await.map_err(|e| anyhow!("a client task failed: {e}"))??;
-        total.merge(stats)?;
+        let (latency, outcome) = task.await.map_err(|e| anyhow!("a request task failed: {e}"))?;
+        total.latency.saturating_record(latency.as_micros().max(1) as u64);
+        record(&mut total, outcome, plan.metered.is_some());
     }
+    total.elapsed = start.elapsed();
     Ok(total)
 }

@@ -106,6 +106,12 @@ pub struct BenchArgs {
     /// Concurrent keep-alive HTTP clients (and floor threads).
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
+    /// Open loop: start this many messages per second, whatever the answers
+    /// (as a frontend's users send them), over the `--clients` connections;
+    /// latency counts from each message's due time. Without it, each client
+    /// sends its next message when the last is answered (closed loop).
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Length of each measured phase (HTTP, then floor), in seconds.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
@@ -148,6 +154,9 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> Result<bool> {
     if args.clients == 0 || args.seconds == 0 || args.payers == 0 {
         bail!("--clients, --seconds and --payers must be at least 1");
+    }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 100_000.0)) {
+        bail!("--rate must be above 0 and at most 100000 messages per second");
     }
     if !(1..=100).contains(&args.page_size) {
         bail!("--page-size must be 1 to 100");
@@ -347,6 +356,7 @@ fn run_mode(rt: &tokio::runtime::Runtime, args: &BenchArgs, env: &Env, mode: Mod
         mode: mode.name().to_string(),
         db: env.backend.clone(),
         clients: args.clients,
+        rate: args.rate,
         charges_per_s: measured.http.per_s(),
         p50_ms: measured.http.quantile_ms(0.50),
         p99_ms: measured.http.quantile_ms(0.99),
@@ -387,14 +397,21 @@ fn measure(
     let phase = Duration::from_secs(args.seconds);
     let warmup = Duration::from_secs(args.warmup);
     let clients = load::Clients::new(args.clients)?;
+    let http_phase = |length: Duration, tag: String| match args.rate {
+        Some(rate) => rt.block_on(load::open_loop_phase(&clients, env, plan, rate, length, &tag)),
+        None => rt.block_on(load::http_phase(&clients, env, plan, length, &tag)),
+    };
     if !warmup.is_zero() {
-        let w = rt.block_on(load::http_phase(&clients, env, plan, warmup, &format!("{run_tag}-hw")))?;
+        let w = http_phase(warmup, format!("{run_tag}-hw"))?;
         seen.add(&w, "http");
     }
     let cpu = report::CpuMeter::start(env.server_pid);
-    let http = rt.block_on(load::http_phase(&clients, env, plan, phase, &format!("{run_tag}-h")))?;
+    let http = http_phase(phase, format!("{run_tag}-h"))?;
     let http_cpu = cpu.stop();
     seen.add(&http, "http");
+    if let Some(rate) = args.rate {
+        println!("[{label}] {tag} http:  open loop, {rate:.1} messages/s offered");
+    }
     println!("[{label}] {tag} http:  {}", http.describe());
     println!("[{label}] {tag} http:  {}", http_cpu.describe(http.elapsed));
     drop(clients);

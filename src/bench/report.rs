@@ -125,6 +125,8 @@ pub struct Summary {
     pub mode: String,
     pub db: String,
     pub clients: usize,
+    /// `--rate`: the messages per second offered (open loop).
+    pub rate: Option<f64>,
     pub charges_per_s: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -161,6 +163,9 @@ pub fn summary_line(s: &Summary) -> String {
         s.errors,
         if s.verify_ok { "ok" } else { "failed" }
     );
+    if let Some(rate) = s.rate {
+        line.push_str(&format!(" rate={rate:.1}"));
+    }
     if let Some(base) = s.baseline_charges_per_s {
         let vs = if base > 0.0 { s.charges_per_s / base } else { 0.0 };
         line.push_str(&format!(" baseline_charges_per_s={base:.1} vs_baseline={vs:.2}"));
@@ -345,6 +350,7 @@ mod tests {
             mode: "spread".into(),
             db: "postgres".into(),
             clients: 64,
+            rate: None,
             charges_per_s: 1234.56,
             p50_ms: 1.234,
             p99_ms: 9.876,
@@ -368,6 +374,12 @@ mod tests {
         );
         let pairs: Vec<(&str, &str)> = line.split(' ').skip(1).filter_map(|kv| kv.split_once('=')).collect();
         assert_eq!(pairs.len(), 12);
+    }
+
+    #[test]
+    fn an_open_loop_run_says_its_rate() {
+        let line = summary_line(&Summary { rate: Some(200.0), ..summary() });
+        assert!(line.ends_with(" errors=0 verify=ok rate=200.0"), "{line}");
     }
 
     #[test]
