@@ -133,7 +133,11 @@ impl Shared {
             base: env.base_url.clone(),
             charges_url: format!("{}/v1/agents/{}/charges", env.base_url, plan.agent_id),
             holds_url: format!("{}/v1/agents/{}/holds", env.base_url, plan.agent_id),
-            auths: plan.payers.iter().map(|p| HeaderValue::from_str(&p.auth)).collect::<Result<Vec<_>, _>>()?,
+            auths: plan
+                .payers
+                .iter()
+                .map(|p| HeaderValue::from_str(&p.auth))
+                .collect::<Result<Vec<_>, _>>()?,
             body: plan.body.clone(),
             metered: plan.metered.clone(),
         }))
@@ -143,9 +147,9 @@ impl Shared {
     async fn message(&self, client: &reqwest::Client, auth: &HeaderValue, key: String) -> MessageResult {
         match &self.metered {
             Some(m) => metered_message(client, &self.base, &self.holds_url, auth, &key, m).await,
-            None => charge_once(client, &self.charges_url, auth, key, &self.body)
-                .await
-                .map(|c| ChargeTotal { id: c.id, wallet_id: String::new(), total: crate::domain::money::Credits::ZERO }),
+            None => charge_once(client, &self.charges_url, auth, key, &self.body).await.map(|c| {
+                ChargeTotal { id: c.id, wallet_id: String::new(), total: crate::domain::money::Credits::ZERO }
+            }),
         }
     }
 }

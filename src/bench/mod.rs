@@ -28,6 +28,7 @@ mod floor;
 mod history;
 mod load;
 mod provision;
+mod raw_floor;
 mod report;
 mod server;
 
@@ -145,6 +146,12 @@ pub struct BenchArgs {
     /// Threads of the load generator's async runtime.
     #[arg(long, default_value_t = 2)]
     pub client_threads: usize,
+    /// After each mode, the raw SQL floor of a charge in the same minutes:
+    /// pgbench with the floor's `charge.sql` (`hot.sql` for `hot`) on a
+    /// scratch PostgreSQL database, or the same statements from one SQLite
+    /// writer; the summary gains `raw_floor_per_s` and `raw_ratio`.
+    #[arg(long)]
+    pub raw_floor: bool,
     /// Keep the databases and server logs (their paths are printed).
     #[arg(long)]
     pub keep: bool,
@@ -347,6 +354,25 @@ fn run_mode(rt: &tokio::runtime::Runtime, args: &BenchArgs, env: &Env, mode: Mod
         paging = Some(pages);
     }
 
+    let raw = if args.raw_floor {
+        let raw = raw_floor::run(
+            args.db,
+            &args.postgres_url,
+            mode,
+            args.clients,
+            args.seconds,
+            &args.sqlite_synchronous,
+        )?;
+        let ratio = if raw.per_s > 0.0 { measured.http.per_s() / raw.per_s } else { 0.0 };
+        println!(
+            "[{label}] raw floor ({}, {} s): {:.1} charges/s; tally over HTTP / raw floor = {ratio:.2}",
+            raw.how, args.seconds, raw.per_s
+        );
+        Some(raw.per_s)
+    } else {
+        None
+    };
+
     let t = Instant::now();
     let verdict = check::check(&pool, &ledger, charges_before, &plan)?;
     println!("[{label}] {} ({:.1} s)", verdict.describe(), t.elapsed().as_secs_f64());
@@ -362,6 +388,7 @@ fn run_mode(rt: &tokio::runtime::Runtime, args: &BenchArgs, env: &Env, mode: Mod
         p99_ms: measured.http.quantile_ms(0.99),
         p999_ms: measured.http.quantile_ms(0.999),
         floor_charges_per_s: measured.floor.per_s(),
+        raw_floor_per_s: raw,
         rss_mb: None,
         errors: measured.http.error_total() + measured.floor.error_total(),
         verify_ok: verdict.ok(),

@@ -132,6 +132,8 @@ pub struct Summary {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub floor_charges_per_s: f64,
+    /// `--raw-floor`: the minimal SQL of a charge, in the same minutes.
+    pub raw_floor_per_s: Option<f64>,
     pub rss_mb: Option<f64>,
     pub errors: u64,
     pub verify_ok: bool,
@@ -165,6 +167,10 @@ pub fn summary_line(s: &Summary) -> String {
     );
     if let Some(rate) = s.rate {
         line.push_str(&format!(" rate={rate:.1}"));
+    }
+    if let Some(raw) = s.raw_floor_per_s {
+        let ratio = if raw > 0.0 { s.charges_per_s / raw } else { 0.0 };
+        line.push_str(&format!(" raw_floor_per_s={raw:.1} raw_ratio={ratio:.2}"));
     }
     if let Some(base) = s.baseline_charges_per_s {
         let vs = if base > 0.0 { s.charges_per_s / base } else { 0.0 };
@@ -356,6 +362,7 @@ mod tests {
             p99_ms: 9.876,
             p999_ms: 15.0,
             floor_charges_per_s: 1500.0,
+            raw_floor_per_s: None,
             rss_mb: Some(42.25),
             errors: 0,
             verify_ok: true,
@@ -374,6 +381,12 @@ mod tests {
         );
         let pairs: Vec<(&str, &str)> = line.split(' ').skip(1).filter_map(|kv| kv.split_once('=')).collect();
         assert_eq!(pairs.len(), 12);
+    }
+
+    #[test]
+    fn the_raw_floor_adds_its_rate_and_the_ratio() {
+        let line = summary_line(&Summary { raw_floor_per_s: Some(2469.12), ..summary() });
+        assert!(line.ends_with(" verify=ok raw_floor_per_s=2469.1 raw_ratio=0.50"), "{line}");
     }
 
     #[test]

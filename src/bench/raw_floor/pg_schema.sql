@@ -1,0 +1,12 @@
+CREATE TABLE accounts(id bigserial primary key, kind text not null, balance bigint not null default 0, frozen bool not null default false);
+CREATE TABLE idem(key text primary key, owner text not null, fingerprint text not null, status text not null, response text, created_at timestamptz not null default now());
+CREATE TABLE entries(id bigserial primary key, kind text not null, request_key text unique, metadata jsonb, created_at timestamptz not null default now());
+CREATE TABLE postings(id bigserial primary key, entry_id bigint not null references entries(id), account_id bigint not null references accounts(id), amount bigint not null, balance_after bigint, created_at timestamptz not null default now());
+CREATE INDEX ON postings(account_id, id);
+CREATE INDEX ON postings(entry_id);
+CREATE TABLE charges(id text primary key, agent_id text not null, user_id text not null, payer_account_id bigint not null, total bigint not null, entry_id bigint not null, created_at timestamptz not null default now());
+CREATE INDEX ON charges(created_at);
+CREATE TABLE accruals(id bigserial primary key, org_id text not null, charge_id text not null, amount bigint not null, available_at timestamptz not null, settled_at timestamptz);
+CREATE INDEX ON accruals(available_at) WHERE settled_at IS NULL;
+INSERT INTO accounts(kind, balance) SELECT 'wallet', 1000000000000 FROM generate_series(1,1000);
+INSERT INTO accounts(kind, balance) SELECT 'platform', 0 FROM generate_series(1,4);
