@@ -77,18 +77,43 @@ pub fn fresh_database(backend: Backend) -> Option<FreshDb> {
             Some((url, Some(dir), None))
         }
         Backend::Postgres => {
-            let admin = postgres_url()?;
+            let app = postgres_url()?;
+            let admin = postgres_admin_url().unwrap_or_else(|| app.clone());
             let name = format!("tally_test_{}", uuid::Uuid::new_v4().simple());
-            let mut conn = diesel::PgConnection::establish(&admin).expect("connect to TEST_POSTGRES_URL");
+            let mut conn = diesel::PgConnection::establish(&admin).expect("connect to the admin URL");
             conn.batch_execute(&format!("CREATE DATABASE {name}")).expect("create test database");
-            Some((tally::db::with_database(&admin, &name), None, Some((admin, name))))
+            Some((tally::db::with_database(&app, &name), None, Some((admin, name))))
         }
     }
 }
 
+/// `TEST_POSTGRES_ADMIN_URL`: the PostgreSQL server itself, when
+/// `TEST_POSTGRES_URL` goes through a transaction pooler (PgBouncer; see
+/// `.ci/run`). Test databases are created and dropped through it, and the
+/// servers started run their migrations through it (`DATABASE_MIGRATION_URL`),
+/// as a deployment behind a pooler does; everything else goes through the
+/// pooler. Unset, `TEST_POSTGRES_URL` is both.
+pub fn postgres_admin_url() -> Option<String> {
+    std::env::var("TEST_POSTGRES_ADMIN_URL").ok().filter(|url| !url.is_empty())
+}
+
+/// The settings the suite passes on from its own environment to every
+/// server it starts: `TALLY_PG_STATEMENT_CACHE` (`.ci/run` turns it off for
+/// the pass through PgBouncer 1.18).
+pub const PASSED_ON: &[&str] = &["TALLY_PG_STATEMENT_CACHE"];
+
 pub fn base_settings(url: &str) -> BTreeMap<String, String> {
     let mut values = BTreeMap::new();
     values.insert("DATABASE_URL".into(), url.to_string());
+    if let (Some(admin), true) = (postgres_admin_url(), url.starts_with("postgres")) {
+        let name = url.rsplit('/').next().unwrap_or_default().split('?').next().unwrap_or_default();
+        values.insert("DATABASE_MIGRATION_URL".into(), tally::db::with_database(&admin, name));
+    }
+    for key in PASSED_ON {
+        if let Ok(value) = std::env::var(key) {
+            values.insert(key.to_string(), value);
+        }
+    }
     values.insert("TALLY_BIND".into(), "127.0.0.1:0".into());
     values.insert("TALLY_JWT_SECRET".into(), SECRET.into());
     values.insert("TALLY_WORKERS".into(), "2".into());

@@ -60,3 +60,37 @@ fn migration_versions_are_unique_and_alike_on_both_backends() {
     versions.dedup();
     assert_eq!(versions.len(), all, "two migrations share a version: {sqlite:?}");
 }
+
+/// With `DATABASE_MIGRATION_URL` set, migrations run through it (straight
+/// to the primary, past a transaction pooler), not through `DATABASE_URL`:
+/// a migration URL that cannot be reached stops the start with its name and
+/// leaves the database unmigrated; the reachable one migrates it.
+#[test]
+fn migrations_run_through_the_migration_url() {
+    let Some((url, _dir, cleanup)) = fresh_database(Backend::Postgres) else {
+        eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
+        return;
+    };
+    let (admin, name) = cleanup.clone().unwrap();
+    let pending = || {
+        let mut conn = Manager::new(DbTarget::parse(&url).unwrap(), true).connect().unwrap();
+        db::has_pending_migrations(&mut conn).unwrap()
+    };
+    let mut values = crate::helpers::base_settings(&url);
+    values.insert("DATABASE_MIGRATION_URL".into(), "postgres://tally_ci@127.0.0.1:1/nowhere".into());
+    let err = tally::startup::open_database(&tally::config::Settings::from_values(&values).unwrap())
+        .map(|_| ())
+        .expect_err("the migration URL cannot be reached");
+    assert!(err.contains("127.0.0.1:1/nowhere"), "{err}");
+    assert!(pending(), "nothing ran through DATABASE_URL");
+
+    values.insert("DATABASE_MIGRATION_URL".into(), db::with_database(&admin, &name));
+    let settings = tally::config::Settings::from_values(&values).unwrap();
+    let (pool, _) = tally::startup::open_database(&settings).expect("migrated and opened");
+    assert!(!pending());
+    drop(pool);
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let mut c = diesel::PgConnection::establish(&admin).unwrap();
+    c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
+}
