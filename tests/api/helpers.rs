@@ -102,6 +102,34 @@ pub fn postgres_admin_url() -> Option<String> {
 /// the pass through PgBouncer 1.18).
 pub const PASSED_ON: &[&str] = &["TALLY_PG_STATEMENT_CACHE"];
 
+/// A connection manager for a test database, with the statement cache as
+/// the suite's `TALLY_PG_STATEMENT_CACHE` says (off through PgBouncer 1.18).
+pub fn manager(url: &str) -> tally::db::Manager {
+    let cache =
+        std::env::var("TALLY_PG_STATEMENT_CACHE").map_or(true, |v| !v.trim().eq_ignore_ascii_case("off"));
+    tally::db::Manager::new(tally::db::DbTarget::parse(url).expect("database URL"), true)
+        .with_pg_statement_cache(cache)
+}
+
+/// Drops a PostgreSQL test database through the admin URL. `WITH (FORCE)`
+/// ends the connections to it, but refuses while an autovacuum worker is
+/// on it ("must be a member of the role whose process is being
+/// terminated"): that is tried again for a few seconds.
+pub fn drop_database(admin: &str, name: &str) -> Result<(), String> {
+    let mut last = String::new();
+    for _ in 0..20 {
+        match diesel::PgConnection::establish(admin).map_err(|e| e.to_string()).and_then(|mut c| {
+            c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Err(last)
+}
+
 pub fn base_settings(url: &str) -> BTreeMap<String, String> {
     let mut values = BTreeMap::new();
     values.insert("DATABASE_URL".into(), url.to_string());
@@ -331,9 +359,7 @@ impl Drop for TestApp {
         // pool's connections).
         drop(self.handle.stop(false));
         if let Some((admin, name)) = self.pg_cleanup.take() {
-            if let Ok(mut conn) = diesel::PgConnection::establish(&admin) {
-                let _ = conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-            }
+            let _ = drop_database(&admin, &name);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Every migration runs up, down and up again on both backends.
 
-use tally::db::{self, DbTarget, Manager};
+use tally::db;
 
 use crate::helpers::{fresh_database, Backend};
 use diesel::r2d2::ManageConnection;
@@ -10,8 +10,7 @@ fn round_trip(backend: Backend) {
         eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
         return;
     };
-    let manager = Manager::new(DbTarget::parse(&url).unwrap(), true);
-    let mut conn = manager.connect().unwrap();
+    let mut conn = crate::helpers::manager(&url).connect().unwrap();
     let applied = db::run_migrations(&mut conn).unwrap();
     assert!(!applied.is_empty());
     assert!(!db::has_pending_migrations(&mut conn).unwrap());
@@ -21,10 +20,7 @@ fn round_trip(backend: Backend) {
     assert!(db::run_migrations(&mut conn).unwrap().is_empty(), "a second run applies nothing");
     drop(conn);
     if let Some((admin, name)) = cleanup {
-        use diesel::connection::SimpleConnection;
-        use diesel::Connection;
-        let mut c = diesel::PgConnection::establish(&admin).unwrap();
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
+        crate::helpers::drop_database(&admin, &name).unwrap();
     }
 }
 
@@ -73,7 +69,7 @@ fn migrations_run_through_the_migration_url() {
     };
     let (admin, name) = cleanup.clone().unwrap();
     let pending = || {
-        let mut conn = Manager::new(DbTarget::parse(&url).unwrap(), true).connect().unwrap();
+        let mut conn = crate::helpers::manager(&url).connect().unwrap();
         db::has_pending_migrations(&mut conn).unwrap()
     };
     let mut values = crate::helpers::base_settings(&url);
@@ -89,8 +85,5 @@ fn migrations_run_through_the_migration_url() {
     let (pool, _) = tally::startup::open_database(&settings).expect("migrated and opened");
     assert!(!pending());
     drop(pool);
-    use diesel::connection::SimpleConnection;
-    use diesel::Connection;
-    let mut c = diesel::PgConnection::establish(&admin).unwrap();
-    c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
+    crate::helpers::drop_database(&admin, &name).unwrap();
 }
