@@ -13,6 +13,8 @@ use crate::domain::{CreditRate, Credits, UsdCents, Validity};
 /// Every key tally reads, with its default where it has one.
 pub const KEYS: &[(&str, Option<&str>)] = &[
     ("DATABASE_URL", Some("sqlite://tally.db")),
+    ("DATABASE_MIGRATION_URL", None),
+    ("TALLY_PG_STATEMENT_CACHE", Some("on")),
     ("TALLY_BIND", Some("127.0.0.1:8080")),
     ("TALLY_JWT_SECRET", None),
     ("TALLY_JWT_PUBLIC_KEY", None),
@@ -235,6 +237,14 @@ pub struct Invoicing {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub database: DbTarget,
+    /// `DATABASE_MIGRATION_URL`: where migrations run (PostgreSQL only),
+    /// straight to the primary when `DATABASE_URL` goes through a pooler;
+    /// `None` runs them through `DATABASE_URL`.
+    pub migration_database: Option<DbTarget>,
+    /// `TALLY_PG_STATEMENT_CACHE`: whether PostgreSQL connections keep
+    /// diesel's named prepared statements (off behind a transaction pooler
+    /// that does not track them, such as PgBouncer before 1.21).
+    pub pg_statement_cache: bool,
     pub bind: String,
     pub jwt: JwtSettings,
     pub credit_rate: CreditRate,
@@ -336,7 +346,8 @@ impl Settings {
     /// group at a time; the first bad value stops it, named by its key.
     pub fn from_values(values: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
         let raw = Raw::new(values)?;
-        let Database { database, pool_size, sqlite_synchronous_full } = raw.database()?;
+        let Database { database, migration_database, pg_statement_cache, pool_size, sqlite_synchronous_full } =
+            raw.database()?;
         let Server { bind, workers, log_json, max_concurrent_exports, cors_origins, metrics_bind } =
             raw.server()?;
         let jwt = raw.jwt()?;
@@ -370,6 +381,8 @@ impl Settings {
 
         Ok(Settings {
             database,
+            migration_database,
+            pg_statement_cache,
             bind,
             jwt,
             credit_rate,
@@ -505,9 +518,12 @@ fn parse_origins(text: &str) -> Result<Vec<String>, ConfigError> {
     Ok(origins)
 }
 
-/// `DATABASE_URL`, `TALLY_DB_POOL_SIZE`, `TALLY_SQLITE_SYNCHRONOUS`.
+/// `DATABASE_URL`, `DATABASE_MIGRATION_URL`, `TALLY_PG_STATEMENT_CACHE`,
+/// `TALLY_DB_POOL_SIZE`, `TALLY_SQLITE_SYNCHRONOUS`.
 struct Database {
     database: DbTarget,
+    migration_database: Option<DbTarget>,
+    pg_statement_cache: bool,
     pool_size: u32,
     sqlite_synchronous_full: bool,
 }
@@ -659,7 +675,30 @@ impl<'a> Raw<'a> {
                     return Err(bad("TALLY_SQLITE_SYNCHRONOUS", format!("'{other}' is not FULL or NORMAL")))
                 }
             };
-        Ok(Database { database, pool_size, sqlite_synchronous_full })
+        let migration_database = match self.get("DATABASE_MIGRATION_URL") {
+            Some(url) => {
+                let target = DbTarget::parse(&url)
+                    .map_err(|e| bad("DATABASE_MIGRATION_URL", e.replace("DATABASE_URL ", "")))?;
+                if !matches!((&database, &target), (DbTarget::Postgres(_), DbTarget::Postgres(_))) {
+                    return Err(bad(
+                        "DATABASE_MIGRATION_URL",
+                        format!(
+                            "'{}' must be a postgres:// URL, and DATABASE_URL too (it is for running \
+                             migrations past a connection pooler)",
+                            target.display()
+                        ),
+                    ));
+                }
+                Some(target)
+            }
+            None => None,
+        };
+        let pg_statement_cache = match self.text("TALLY_PG_STATEMENT_CACHE").to_ascii_lowercase().as_str() {
+            "on" => true,
+            "off" => false,
+            other => return Err(bad("TALLY_PG_STATEMENT_CACHE", format!("'{other}' is not on or off"))),
+        };
+        Ok(Database { database, migration_database, pg_statement_cache, pool_size, sqlite_synchronous_full })
     }
 
     fn jwt(&self) -> Result<JwtSettings, ConfigError> {
@@ -852,6 +891,41 @@ mod tests {
         assert_eq!(s.marketplace_share.to_string(), "0.30");
         assert!(s.stripe.is_none());
         assert!(s.require_jwt().unwrap_err().0.contains("TALLY_JWT_SECRET"));
+        assert!(s.pg_statement_cache, "diesel's statement cache is on unless turned off");
+        assert_eq!(s.migration_database, None, "migrations run through DATABASE_URL");
+    }
+
+    #[test]
+    fn a_pooled_postgres_may_migrate_elsewhere_and_without_the_statement_cache() {
+        let s = Settings::from_values(&values(&[
+            ("DATABASE_URL", "postgres://u:p@pgbouncer:6432/tally"),
+            ("DATABASE_MIGRATION_URL", "postgres://u:p@primary:5432/tally"),
+            ("TALLY_PG_STATEMENT_CACHE", " OFF "),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.migration_database,
+            Some(DbTarget::Postgres("postgres://u:p@primary:5432/tally".into()))
+        );
+        assert!(!s.pg_statement_cache);
+        let on = Settings::from_values(&values(&[("TALLY_PG_STATEMENT_CACHE", "on")])).unwrap();
+        assert!(on.pg_statement_cache);
+        for (db, migration) in [
+            ("sqlite://tally.db", "postgres://u@primary/tally"),
+            ("postgres://u@pgbouncer/tally", "sqlite://other.db"),
+            ("postgres://u@pgbouncer/tally", "mysql://u@primary/tally"),
+        ] {
+            let err = Settings::from_values(&values(&[
+                ("DATABASE_URL", db),
+                ("DATABASE_MIGRATION_URL", migration),
+            ]))
+            .unwrap_err();
+            assert!(err.to_string().contains("DATABASE_MIGRATION_URL"), "{err}");
+        }
+        for cache in ["no", "0", "disabled"] {
+            let err = Settings::from_values(&values(&[("TALLY_PG_STATEMENT_CACHE", cache)])).unwrap_err();
+            assert!(err.to_string().contains("TALLY_PG_STATEMENT_CACHE"), "{err}");
+        }
     }
 
     #[test]

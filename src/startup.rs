@@ -22,28 +22,49 @@ use crate::error::REQUEST_ID;
 use crate::ledger::PlatformAccounts;
 use crate::services::Ctx;
 use crate::stripe::StripeGateway;
+use diesel::r2d2::ManageConnection;
 
 /// Opens the pool, applies pending migrations and makes sure the platform
 /// accounts exist.
 pub fn open_database(settings: &Settings) -> Result<(Pool, PlatformAccounts), String> {
-    let manager = Manager::new(settings.database.clone(), settings.sqlite_synchronous_full);
-    prepare_database(settings, db::build_pool(manager, settings.pool_size)?)
+    prepare_database(settings, db::build_pool(manager(settings), settings.pool_size)?)
+}
+
+/// The pool's connection manager for `DATABASE_URL`.
+pub fn manager(settings: &Settings) -> Manager {
+    Manager::new(settings.database.clone(), settings.sqlite_synchronous_full)
+        .with_pg_statement_cache(settings.pg_statement_cache)
 }
 
 /// [`open_database`] for a one-shot command: a pool of one connection that
 /// opens nothing in the background, so the process can exit at any moment.
 pub fn open_database_once(settings: &Settings) -> Result<(Pool, PlatformAccounts), String> {
-    let manager = Manager::new(settings.database.clone(), settings.sqlite_synchronous_full);
-    prepare_database(settings, db::build_one_shot_pool(manager)?)
+    prepare_database(settings, db::build_one_shot_pool(manager(settings))?)
 }
 
+/// Runs the pending migrations: through `DATABASE_MIGRATION_URL` on a
+/// connection of its own (closed after), straight to the primary, when set;
+/// else on a connection of the pool.
 fn prepare_database(settings: &Settings, pool: Pool) -> Result<(Pool, PlatformAccounts), String> {
-    let mut conn = pool.get().map_err(|e| format!("cannot get a database connection: {e}"))?;
-    let applied = db::run_migrations(&mut conn)
-        .map_err(|e| format!("migrations failed on {}: {e}", settings.database.display()))?;
+    let applied = match &settings.migration_database {
+        Some(target) => {
+            let mut direct = Manager::new(target.clone(), settings.sqlite_synchronous_full)
+                .with_pg_statement_cache(settings.pg_statement_cache)
+                .connect()
+                .map_err(|e| e.to_string())?;
+            db::run_migrations(&mut direct)
+                .map_err(|e| format!("migrations failed on {}: {e}", target.display()))?
+        }
+        None => {
+            let mut conn = pool.get().map_err(|e| format!("cannot get a database connection: {e}"))?;
+            db::run_migrations(&mut conn)
+                .map_err(|e| format!("migrations failed on {}: {e}", settings.database.display()))?
+        }
+    };
     for name in applied {
         tracing::info!(migration = %name, "migration applied");
     }
+    let mut conn = pool.get().map_err(|e| format!("cannot get a database connection: {e}"))?;
     let platform = db::write_tx(&mut conn, PlatformAccounts::ensure)
         .map_err(|e| format!("cannot create the platform accounts: {e}"))?;
     Ok((pool, platform))

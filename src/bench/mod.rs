@@ -245,6 +245,11 @@ impl Env {
         if let Some(w) = args.workers {
             values.insert("TALLY_WORKERS".to_string(), w.to_string());
         }
+        // Behind a transaction pooler the statement cache is turned off
+        // through the environment (README: Running several instances).
+        if let Ok(cache) = std::env::var("TALLY_PG_STATEMENT_CACHE") {
+            values.insert("TALLY_PG_STATEMENT_CACHE".to_string(), cache);
+        }
         let started = Settings::from_values(&values)
             .map_err(|e| anyhow!("{e}"))
             .and_then(|s| Ok((s, server::ServerProcess::spawn(rt, &values, &fresh.dir, &args.server_log)?)));

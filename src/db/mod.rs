@@ -145,6 +145,9 @@ pub enum ConnectError {
 pub struct Manager {
     target: DbTarget,
     sqlite_synchronous: &'static str,
+    /// PostgreSQL: whether connections keep diesel's named prepared
+    /// statements (see [`Manager::with_pg_statement_cache`]).
+    pg_statement_cache: bool,
     /// SQLite: the write gate shared by this pool's connections.
     write_gate: Option<Arc<WriteGate>>,
 }
@@ -155,8 +158,23 @@ impl Manager {
         Manager {
             target,
             sqlite_synchronous: if sqlite_synchronous_full { "FULL" } else { "NORMAL" },
+            pg_statement_cache: true,
             write_gate,
         }
+    }
+
+    /// With `false`, every PostgreSQL connection runs without diesel's
+    /// prepared-statement cache: each statement goes as one unnamed
+    /// parse-bind-execute (`PQsendQueryParams`) instead of a named statement
+    /// prepared once per connection. A transaction pooler that does not
+    /// track named statements (PgBouncer before 1.21, or 1.21+ without
+    /// `max_prepared_statements`) hands each transaction any server
+    /// connection, where a named statement is missing ("prepared statement
+    /// \"__diesel_stmt_0\" does not exist") or another client's is there
+    /// already ("... already exists"). No effect on SQLite.
+    pub fn with_pg_statement_cache(mut self, on: bool) -> Self {
+        self.pg_statement_cache = on;
+        self
     }
 
     pub fn target(&self) -> &DbTarget {
@@ -190,10 +208,16 @@ impl ManageConnection for Manager {
                 Ok(DbConn::Sqlite(conn))
             }
             DbTarget::Postgres(url) => {
+                // No session state is set up here (no `SET`): behind a
+                // transaction pooler each transaction may run on another
+                // server connection, which would not have it. Nothing needs
+                // it: timestamps are `TIMESTAMP` (no time zone) bound from
+                // UTC values, and no SQL reads the session's time zone.
                 let mut conn = PgConnection::establish(url)
                     .map_err(|source| ConnectError::Connect { target: target.clone(), source })?;
-                conn.batch_execute("SET TIME ZONE 'UTC'")
-                    .map_err(|source| ConnectError::Setup { target, source })?;
+                if !self.pg_statement_cache {
+                    conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+                }
                 conn.set_instrumentation(ConnectionHealth::default());
                 Ok(DbConn::Pg(conn))
             }
@@ -280,9 +304,16 @@ fn build_pool_keeping(manager: Manager, max_size: u32, min_idle: u32) -> Result<
 }
 
 /// Runs pending migrations of the connection's backend; returns their names.
-/// On PostgreSQL an advisory lock keeps instances that start together from
-/// migrating at the same time.
+/// On PostgreSQL they run in one transaction that first takes a
+/// transaction-scoped advisory lock, so instances that start together
+/// migrate one after the other (the later ones then find nothing pending),
+/// and the lock goes with the transaction: no session state is left behind
+/// (a session lock taken through a transaction pooler would stay on
+/// whichever server connection ran it, and the unlock could run on another).
+/// Each migration is a savepoint of that transaction; all of them commit
+/// together or none does.
 pub fn run_migrations(conn: &mut DbConn) -> Result<Vec<String>, String> {
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
     let names = |v: Vec<diesel::migration::MigrationVersion<'_>>| {
         v.into_iter().map(|m| m.to_string()).collect::<Vec<_>>()
     };
@@ -290,17 +321,12 @@ pub fn run_migrations(conn: &mut DbConn) -> Result<Vec<String>, String> {
         DbConn::Sqlite(c) => {
             c.run_pending_migrations(SQLITE_MIGRATIONS).map(names).map_err(|e| e.to_string())
         }
-        DbConn::Pg(c) => {
-            c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
-                .map_err(|e| e.to_string())?;
-            let result = c.run_pending_migrations(POSTGRES_MIGRATIONS).map(names).map_err(|e| e.to_string());
-            let unlock = c
-                .batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
-                .map_err(|e| e.to_string());
-            let done = result?;
-            unlock?;
-            Ok(done)
-        }
+        DbConn::Pg(c) => c
+            .transaction(|c| -> Result<Vec<String>, BoxError> {
+                c.batch_execute(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"))?;
+                c.run_pending_migrations(POSTGRES_MIGRATIONS).map(names)
+            })
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -659,6 +685,108 @@ mod pool_tests {
         let mut conn = pool.get().unwrap();
         let new_pid = backend_pid(&mut conn).expect("the pool opened a new connection");
         assert_ne!(new_pid, pid);
+    }
+
+    /// The PostgreSQL URL for these tests, or `None` (skipped): the server
+    /// itself, not a transaction pooler in front of it (these tests look at
+    /// one server connection's own state).
+    fn direct_postgres_url() -> Option<String> {
+        let url = std::env::var("TEST_POSTGRES_ADMIN_URL").or_else(|_| std::env::var("TEST_POSTGRES_URL"));
+        if url.is_err() {
+            eprintln!("TEST_POSTGRES_URL is not set: skipped");
+        }
+        url.ok().filter(|u| !u.is_empty())
+    }
+
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+
+    /// Named prepared statements this connection's server session holds.
+    fn named_statements(conn: &mut DbConn) -> i64 {
+        diesel::sql_query("SELECT COUNT(*) AS n FROM pg_prepared_statements")
+            .get_result::<Count>(conn)
+            .unwrap()
+            .n
+    }
+
+    /// With the statement cache off a connection prepares no named
+    /// statement (a transaction pooler before PgBouncer 1.21 would hand it
+    /// to another client's server connection); with it on (the default) a
+    /// repeated statement is prepared once, by name.
+    #[test]
+    fn the_postgres_statement_cache_can_be_turned_off() {
+        use diesel::sql_types::Integer;
+        let Some(url) = direct_postgres_url() else { return };
+        let target = DbTarget::parse(&url).unwrap();
+        for (cache, expected) in [(true, 1), (false, 0)] {
+            let mut conn =
+                Manager::new(target.clone(), true).with_pg_statement_cache(cache).connect().unwrap();
+            for n in 0..3 {
+                let one = diesel::select(n.into_sql::<Integer>()).get_result::<i32>(&mut conn).unwrap();
+                assert_eq!(one, n);
+            }
+            assert_eq!(named_statements(&mut conn), expected, "statement cache {cache}");
+        }
+    }
+
+    /// Records every statement with the transaction depth it ran at.
+    #[derive(Default)]
+    struct Recorder {
+        depth: u32,
+        statements: Arc<std::sync::Mutex<Vec<(u32, String)>>>,
+    }
+
+    impl Instrumentation for Recorder {
+        fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+            match event {
+                InstrumentationEvent::BeginTransaction { depth, .. } => self.depth = depth.get(),
+                InstrumentationEvent::CommitTransaction { depth, .. }
+                | InstrumentationEvent::RollbackTransaction { depth, .. } => self.depth = depth.get() - 1,
+                InstrumentationEvent::StartQuery { query, .. } => {
+                    self.statements.lock().unwrap().push((self.depth, query.to_string()))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Migrations on PostgreSQL hold their advisory lock for their
+    /// transaction only: no session lock (taken through a transaction
+    /// pooler, it would stay behind on some server connection, and every
+    /// later start would wait for it forever), and no unlock to forget.
+    #[test]
+    fn migrations_lock_only_for_their_transaction() {
+        let Some(url) = direct_postgres_url() else { return };
+        let name = format!("tally_unit_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::establish(&url).unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        let target = DbTarget::parse(&with_database(&url, &name)).unwrap();
+        let mut conn = Manager::new(target, true).connect().unwrap();
+        let recorder = Recorder::default();
+        let statements = recorder.statements.clone();
+        conn.set_instrumentation(recorder);
+        let applied = run_migrations(&mut conn).unwrap();
+        let again = run_migrations(&mut conn).unwrap();
+        drop(conn);
+        admin.batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)")).unwrap();
+
+        assert!(!applied.is_empty() && again.is_empty(), "{applied:?} then {again:?}");
+        let statements = statements.lock().unwrap();
+        let locks: Vec<_> = statements.iter().filter(|(_, sql)| sql.contains("pg_advisory")).collect();
+        assert_eq!(locks.len(), 2, "one lock per run: {locks:?}");
+        for (depth, sql) in locks {
+            assert!(sql.contains("pg_advisory_xact_lock("), "{sql}");
+            assert_eq!(*depth, 1, "taken inside the migrations' transaction: {sql}");
+        }
+        let migration_statements = statements.iter().filter(|(_, sql)| sql.contains("CREATE TABLE")).count();
+        assert!(migration_statements > 0);
+        assert!(
+            statements.iter().filter(|(_, sql)| sql.contains("CREATE TABLE")).all(|(depth, _)| *depth >= 1),
+            "every migration runs inside the locked transaction"
+        );
     }
 
     /// SQLite writers of one pool queue at the pool's write gate, not in

@@ -77,18 +77,71 @@ pub fn fresh_database(backend: Backend) -> Option<FreshDb> {
             Some((url, Some(dir), None))
         }
         Backend::Postgres => {
-            let admin = postgres_url()?;
+            let app = postgres_url()?;
+            let admin = postgres_admin_url().unwrap_or_else(|| app.clone());
             let name = format!("tally_test_{}", uuid::Uuid::new_v4().simple());
-            let mut conn = diesel::PgConnection::establish(&admin).expect("connect to TEST_POSTGRES_URL");
+            let mut conn = diesel::PgConnection::establish(&admin).expect("connect to the admin URL");
             conn.batch_execute(&format!("CREATE DATABASE {name}")).expect("create test database");
-            Some((tally::db::with_database(&admin, &name), None, Some((admin, name))))
+            Some((tally::db::with_database(&app, &name), None, Some((admin, name))))
         }
     }
+}
+
+/// `TEST_POSTGRES_ADMIN_URL`: the PostgreSQL server itself, when
+/// `TEST_POSTGRES_URL` goes through a transaction pooler (PgBouncer; see
+/// `.ci/run`). Test databases are created and dropped through it, and the
+/// servers started run their migrations through it (`DATABASE_MIGRATION_URL`),
+/// as a deployment behind a pooler does; everything else goes through the
+/// pooler. Unset, `TEST_POSTGRES_URL` is both.
+pub fn postgres_admin_url() -> Option<String> {
+    std::env::var("TEST_POSTGRES_ADMIN_URL").ok().filter(|url| !url.is_empty())
+}
+
+/// The settings the suite passes on from its own environment to every
+/// server it starts: `TALLY_PG_STATEMENT_CACHE` (`.ci/run` turns it off for
+/// the pass through PgBouncer 1.18).
+pub const PASSED_ON: &[&str] = &["TALLY_PG_STATEMENT_CACHE"];
+
+/// A connection manager for a test database, with the statement cache as
+/// the suite's `TALLY_PG_STATEMENT_CACHE` says (off through PgBouncer 1.18).
+pub fn manager(url: &str) -> tally::db::Manager {
+    let cache =
+        std::env::var("TALLY_PG_STATEMENT_CACHE").map_or(true, |v| !v.trim().eq_ignore_ascii_case("off"));
+    tally::db::Manager::new(tally::db::DbTarget::parse(url).expect("database URL"), true)
+        .with_pg_statement_cache(cache)
+}
+
+/// Drops a PostgreSQL test database through the admin URL. `WITH (FORCE)`
+/// ends the connections to it, but refuses while an autovacuum worker is
+/// on it ("must be a member of the role whose process is being
+/// terminated"): that is tried again for a few seconds.
+pub fn drop_database(admin: &str, name: &str) -> Result<(), String> {
+    let mut last = String::new();
+    for _ in 0..20 {
+        match diesel::PgConnection::establish(admin).map_err(|e| e.to_string()).and_then(|mut c| {
+            c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Err(last)
 }
 
 pub fn base_settings(url: &str) -> BTreeMap<String, String> {
     let mut values = BTreeMap::new();
     values.insert("DATABASE_URL".into(), url.to_string());
+    if let (Some(admin), true) = (postgres_admin_url(), url.starts_with("postgres")) {
+        let name = url.rsplit('/').next().unwrap_or_default().split('?').next().unwrap_or_default();
+        values.insert("DATABASE_MIGRATION_URL".into(), tally::db::with_database(&admin, name));
+    }
+    for key in PASSED_ON {
+        if let Ok(value) = std::env::var(key) {
+            values.insert(key.to_string(), value);
+        }
+    }
     values.insert("TALLY_BIND".into(), "127.0.0.1:0".into());
     values.insert("TALLY_JWT_SECRET".into(), SECRET.into());
     values.insert("TALLY_WORKERS".into(), "2".into());
@@ -306,9 +359,7 @@ impl Drop for TestApp {
         // pool's connections).
         drop(self.handle.stop(false));
         if let Some((admin, name)) = self.pg_cleanup.take() {
-            if let Ok(mut conn) = diesel::PgConnection::establish(&admin) {
-                let _ = conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-            }
+            let _ = drop_database(&admin, &name);
         }
     }
 }

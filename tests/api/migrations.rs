@@ -1,6 +1,6 @@
 //! Every migration runs up, down and up again on both backends.
 
-use tally::db::{self, DbTarget, Manager};
+use tally::db;
 
 use crate::helpers::{fresh_database, Backend};
 use diesel::r2d2::ManageConnection;
@@ -10,8 +10,7 @@ fn round_trip(backend: Backend) {
         eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
         return;
     };
-    let manager = Manager::new(DbTarget::parse(&url).unwrap(), true);
-    let mut conn = manager.connect().unwrap();
+    let mut conn = crate::helpers::manager(&url).connect().unwrap();
     let applied = db::run_migrations(&mut conn).unwrap();
     assert!(!applied.is_empty());
     assert!(!db::has_pending_migrations(&mut conn).unwrap());
@@ -21,10 +20,7 @@ fn round_trip(backend: Backend) {
     assert!(db::run_migrations(&mut conn).unwrap().is_empty(), "a second run applies nothing");
     drop(conn);
     if let Some((admin, name)) = cleanup {
-        use diesel::connection::SimpleConnection;
-        use diesel::Connection;
-        let mut c = diesel::PgConnection::establish(&admin).unwrap();
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
+        crate::helpers::drop_database(&admin, &name).unwrap();
     }
 }
 
@@ -59,4 +55,35 @@ fn migration_versions_are_unique_and_alike_on_both_backends() {
     let all = versions.len();
     versions.dedup();
     assert_eq!(versions.len(), all, "two migrations share a version: {sqlite:?}");
+}
+
+/// With `DATABASE_MIGRATION_URL` set, migrations run through it (straight
+/// to the primary, past a transaction pooler), not through `DATABASE_URL`:
+/// a migration URL that cannot be reached stops the start with its name and
+/// leaves the database unmigrated; the reachable one migrates it.
+#[test]
+fn migrations_run_through_the_migration_url() {
+    let Some((url, _dir, cleanup)) = fresh_database(Backend::Postgres) else {
+        eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
+        return;
+    };
+    let (admin, name) = cleanup.clone().unwrap();
+    let pending = || {
+        let mut conn = crate::helpers::manager(&url).connect().unwrap();
+        db::has_pending_migrations(&mut conn).unwrap()
+    };
+    let mut values = crate::helpers::base_settings(&url);
+    values.insert("DATABASE_MIGRATION_URL".into(), "postgres://tally_ci@127.0.0.1:1/nowhere".into());
+    let err = tally::startup::open_database(&tally::config::Settings::from_values(&values).unwrap())
+        .map(|_| ())
+        .expect_err("the migration URL cannot be reached");
+    assert!(err.contains("127.0.0.1:1/nowhere"), "{err}");
+    assert!(pending(), "nothing ran through DATABASE_URL");
+
+    values.insert("DATABASE_MIGRATION_URL".into(), db::with_database(&admin, &name));
+    let settings = tally::config::Settings::from_values(&values).unwrap();
+    let (pool, _) = tally::startup::open_database(&settings).expect("migrated and opened");
+    assert!(!pending());
+    drop(pool);
+    crate::helpers::drop_database(&admin, &name).unwrap();
 }
