@@ -11,13 +11,16 @@
 #
 #   - a Python client with openapi-generator from openapi/openapi-3.0.json
 #     (needs a JRE), installed into .venv-ogen;
-#   scripts/sdk.sh                  # all three
-#   scripts/sdk.sh python           # or: typescript, openapi-generator
+#   - a Rust client with progenitor from openapi/openapi-3.0.json, generated
+#     by sdk/rust/build.rs when its crate builds (target dir target/sdk-rust,
+#     nothing shared with the server's build), whose binary is the scenario.
+#   scripts/sdk.sh                  # all four
+#   scripts/sdk.sh python           # or: typescript, openapi-generator, rust
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 langs=("$@")
-[ ${#langs[@]} -gt 0 ] || langs=(python typescript openapi-generator)
+[ ${#langs[@]} -gt 0 ] || langs=(python typescript openapi-generator rust)
 work="$root/target/sdk"
 mkdir -p "$work"
 
@@ -57,6 +60,12 @@ print("|".join(t["name"] for t in d["tags"] if t["name"] != "operations"))')
     { cat "$work/openapi-generator.log"; return 1; }
   if grep -E "ERROR|Exception" "$work/openapi-generator.log"; then return 1; fi
   "$venv/bin/pip" install -q "$work/openapi-generator"
+}
+
+# progenitor runs in sdk/rust/build.rs: building the crate generates the
+# client (a generator error fails the build) and compiles the scenario.
+generate_rust() {
+  (cd sdk/rust && CARGO_TARGET_DIR="$root/target/sdk-rust" cargo build -q --locked)
 }
 
 generate_typescript() {
@@ -126,8 +135,12 @@ for lang in "${langs[@]}"; do
       generate_openapi_generator
       scenario "$root/.venv-ogen/bin/python" sdk/openapi-generator/scenario.py
       ;;
+    rust)
+      generate_rust
+      scenario "$root/target/sdk-rust/debug/scenario"
+      ;;
     *)
-      echo "unknown SDK '$lang' (python, typescript or openapi-generator)" >&2
+      echo "unknown SDK '$lang' (python, typescript, openapi-generator or rust)" >&2
       exit 2
       ;;
   esac
