@@ -382,7 +382,7 @@ pub async fn create_quote(
         (status = 404, description = "No such agent or organization (or not visible to the caller)", body = ErrorResponse),
         (status = 409, description = "A request with this key is in flight", body = ErrorResponse),
         (status = 422, description = "Invalid body (metadata out of bounds among others), `invalid_usage`, `unknown_tool`, `model_not_metered`, `amount_out_of_range` (a spend counter would pass the largest amount), or the key was used with another body", body = ErrorResponse),
-        (status = 429, description = "A spend limit would be passed; see Retry-After", body = ErrorResponse,
+        (status = 429, description = "`spend_limit_exceeded`: a spend limit of the wallet or of the member, or the daily limit of the API key used (`api_key_id` names it), would be passed; retry after `Retry-After` seconds", body = ErrorResponse,
             headers(("Retry-After" = String, description = "Seconds until the limit's period ends"))),
     ),
     security(("bearer" = []), ("api_key" = []))

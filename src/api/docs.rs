@@ -8,6 +8,8 @@ use utoipa_actix_web::AppExt;
 
 use crate::error::{ErrorBody, ErrorResponse};
 
+mod examples;
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -99,6 +101,8 @@ pub fn finish(api: &mut utoipa::openapi::OpenApi) {
     plain_optional_bodies(api);
     type_filter_patterns(api);
     for_generators(api);
+    api_key_refusals(api);
+    examples::add(api);
     response_headers(api);
     event_webhooks(api);
 }
@@ -199,6 +203,50 @@ fn for_generators(api: &mut utoipa::openapi::OpenApi) {
     for item in api.paths.paths.values_mut() {
         for op in operations(item) {
             op.security.get_or_insert_with(Vec::new);
+        }
+    }
+}
+
+/// An API key is refused (403 `api_key_not_allowed`) by every operation
+/// whose security names the JWT (`bearer`) but not `api_key`: their 403
+/// says so, or is added.
+fn api_key_refusals(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::Ref;
+    use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
+    const REFUSAL: &str = "an API key (`api_key_not_allowed`: this operation takes a JWT)";
+    for item in api.paths.paths.values_mut() {
+        for op in operations(item) {
+            let security = serde_json::to_value(&op.security).unwrap_or_default();
+            let schemes: Vec<&str> = security
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_object())
+                .flat_map(|o| o.keys().map(String::as_str))
+                .collect();
+            if !schemes.contains(&"bearer") || schemes.contains(&"api_key") {
+                continue;
+            }
+            match op.responses.responses.get_mut("403") {
+                Some(RefOr::T(r)) if !r.description.contains("api_key_not_allowed") => {
+                    r.description = format!("{}, or {REFUSAL}", r.description.trim_end_matches('.'));
+                }
+                Some(_) => {}
+                None => {
+                    let mut first = REFUSAL.to_string();
+                    first.replace_range(..1, "A");
+                    let response = ResponseBuilder::new()
+                        .description(first)
+                        .content(
+                            "application/json",
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name("ErrorResponse")))
+                                .build(),
+                        )
+                        .build();
+                    op.responses.responses.insert("403".into(), RefOr::T(response));
+                }
+            }
         }
     }
 }

@@ -98,7 +98,7 @@ pub struct CreateHoldRequest {
         (status = 404, description = "No such agent or organization (or not visible to the caller)", body = ErrorResponse),
         (status = 409, description = "A request with this key is in flight", body = ErrorResponse),
         (status = 422, description = "Invalid body (a negative amount, expires_in out of range, metadata out of bounds), or the key was used with another body", body = ErrorResponse),
-        (status = 429, description = "A spend limit would be passed; see Retry-After", body = ErrorResponse,
+        (status = 429, description = "`spend_limit_exceeded`: a spend limit of the wallet or of the member, or the daily limit of the API key used (`api_key_id` names it), would be passed; retry after `Retry-After` seconds", body = ErrorResponse,
             headers(("Retry-After" = String, description = "Seconds until the limit's period ends"))),
     ),
     security(("bearer" = []), ("api_key" = []))

@@ -8,11 +8,13 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{idempotency_request, run, run_idempotent, stored_response, AppState, JsonBody};
 use crate::auth::{AuthUser, Operator};
+use crate::domain::metadata::Metadata;
 use crate::domain::Validity;
 use crate::error::{ApiError, ErrorResponse};
 use crate::flows;
 use crate::services::stripe_events::EventOutcome;
 use crate::services::topups::{self, CreditPackList, TopUp, TopUpMethod};
+use crate::services::ServiceError;
 
 pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(list_credit_packs)
@@ -37,6 +39,9 @@ pub struct CreateTopUpRequest {
     /// among those the pack is sold with (`GET /v1/credit-packs`); the
     /// pack's `default_validity` when absent.
     pub validity: Option<Validity>,
+    /// Your pairs (e.g. an invoice or order id in your systems), returned
+    /// with the top-up and in its events.
+    pub metadata: Option<Metadata>,
 }
 
 /// Webhook acknowledgement.
@@ -79,7 +84,7 @@ pub async fn list_credit_packs(state: web::Data<AppState>) -> HttpResponse {
         (status = 403, description = "A plain member of the owning organization", body = ErrorResponse),
         (status = 404, description = "No such wallet, or not the caller's", body = ErrorResponse),
         (status = 409, description = "A request with this key is in flight", body = ErrorResponse),
-        (status = 422, description = "Unknown pack, `checkout_unavailable` (method `stripe` without Stripe configured), or the key was used with another body", body = ErrorResponse),
+        (status = 422, description = "Unknown pack, metadata out of bounds, `checkout_unavailable` (method `stripe` without Stripe configured), or the key was used with another body", body = ErrorResponse),
         (status = 503, description = "Stripe could not be reached; retry with the same key", body = ErrorResponse),
     ),
     security(("bearer" = []))
@@ -94,13 +99,19 @@ pub async fn create_top_up(
 ) -> Result<HttpResponse, ApiError> {
     let caller = user.caller();
     let JsonBody { value, raw } = body;
+    let metadata = Metadata::from_request(value.metadata).map_err(ServiceError::Validation)?;
     let request = idempotency_request(&state, &req, &caller, &raw)?;
     let stored = flows::topups::create_top_up(
         &state,
         request,
         caller,
         path.into_inner(),
-        topups::TopUpOrder { pack_id: value.pack_id, validity: value.validity, method: value.method },
+        topups::TopUpOrder {
+            pack_id: value.pack_id,
+            validity: value.validity,
+            method: value.method,
+            metadata,
+        },
     )
     .await?;
     Ok(stored_response(stored))

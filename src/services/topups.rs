@@ -29,6 +29,7 @@ use crate::db::models::AccountRow;
 use crate::db::schema::{accounts, journal_entries, receipt_counter, top_ups};
 use crate::db::{self, DbConn, WriteTx};
 use crate::domain::ids::new_id;
+use crate::domain::metadata::Metadata;
 pub use crate::domain::TopUpMethod;
 use crate::domain::{AccountKind, Credits, EntryKind, TopUpStatus, UsdCents, Validity};
 use crate::domain::{GrantCategory, GrantSource};
@@ -111,6 +112,9 @@ pub struct TopUp {
     pub paid_currency: Option<String>,
     pub created_at: DateTime<Utc>,
     pub paid_at: Option<DateTime<Utc>>,
+    /// The caller's pairs given when the top-up was started; `{}` for none
+    /// (and for auto top-ups).
+    pub metadata: Metadata,
 }
 
 impl TopUpRow {
@@ -134,7 +138,26 @@ impl TopUpRow {
     }
 }
 
-fn view(row: TopUpRow) -> TopUp {
+/// The top-up as the API shows it, with its pairs (one query).
+fn view(conn: &mut DbConn, row: TopUpRow) -> ServiceResult<TopUp> {
+    let metadata = db::metadata::of(conn, &row.id)?;
+    Ok(view_with(row, metadata))
+}
+
+/// A page of top-ups as the API shows them, their pairs read in one query.
+fn views(conn: &mut DbConn, rows: Vec<TopUpRow>) -> ServiceResult<Vec<TopUp>> {
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let mut pairs = db::metadata::of_many(conn, &ids)?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let metadata = pairs.remove(&row.id).unwrap_or_default();
+            view_with(row, metadata)
+        })
+        .collect())
+}
+
+fn view_with(row: TopUpRow, metadata: Metadata) -> TopUp {
     TopUp {
         credits: row.credits.checked_add(row.bonus_credits).unwrap_or(Credits::MAX),
         bonus_credits: row.bonus_credits,
@@ -153,6 +176,7 @@ fn view(row: TopUpRow) -> TopUp {
         receipt_number: row.receipt_number,
         created_at: row.created_at.and_utc(),
         paid_at: row.paid_at.map(|t| t.and_utc()),
+        metadata,
     }
 }
 
@@ -198,6 +222,8 @@ pub struct TopUpOrder {
     pub validity: Option<Validity>,
     /// Stripe when configured, else manual, when `None`.
     pub method: Option<TopUpMethod>,
+    /// The caller's pairs, checked by the caller; stored with the order.
+    pub metadata: Metadata,
 }
 
 /// First step of `POST /v1/wallets/{id}/top-ups`: the order of this request
@@ -210,7 +236,7 @@ pub fn prepare_top_up(
     order: &TopUpOrder,
     request: &RequestKey,
 ) -> ServiceResult<TopUpRow> {
-    let TopUpOrder { pack_id, validity, method } = order;
+    let TopUpOrder { pack_id, validity, method, metadata } = order;
     let (validity, method) = (*validity, *method);
     let pack = find_pack(ctx, pack_id)?.clone();
     let validity = validity.unwrap_or_else(|| pack.default_validity());
@@ -268,6 +294,7 @@ pub fn prepare_top_up(
                 tax_rate: rate.map(|r| r.to_string()),
             })
             .execute(tx.conn())?;
+        db::metadata::insert(tx, &id, metadata)?;
         load(tx, &id)
     })
 }
@@ -382,14 +409,15 @@ pub fn attach_session(
             ))
             .execute(tx.conn())?;
     }
-    Ok(view(load(tx, top_up_id)?).into())
+    let row = load(tx, top_up_id)?;
+    Ok(view(tx, row)?.into())
 }
 
 /// `GET /v1/top-ups/{id}`: whoever may read its wallet.
 pub fn get_top_up(conn: &mut DbConn, caller: &Caller, id: &str) -> ServiceResult<TopUp> {
     let row = load(conn, id)?;
     load_for(conn, caller, &row.wallet_id, Access::Read).map_err(|_| ServiceError::NotFound("top-up"))?;
-    Ok(view(row))
+    view(conn, row)
 }
 
 /// Credits an order once: a guarded status change (from one of `from`), the
@@ -497,7 +525,8 @@ pub fn settle_manual(
         });
     }
     diesel::update(top_ups::table.find(id)).set(top_ups::settled_by.eq(&operator.id)).execute(tx.conn())?;
-    Ok(view(load(tx, id)?).into())
+    let row = load(tx, id)?;
+    Ok(view(tx, row)?.into())
 }
 
 /// Settles an `amount_mismatch` order at what was paid: credits and bonus
@@ -546,7 +575,8 @@ fn settle_at_paid_amount(
         return Err(ServiceError::Internal(format!("top-up {} could not be settled", row.id)));
     }
     tracing::warn!(top_up_id = %row.id, paid_cents = paid, operator = %operator.id, "amount mismatch settled at the paid amount");
-    Ok(view(load(tx, &row.id)?).into())
+    let row = load(tx, &row.id)?;
+    Ok(view(tx, row)?.into())
 }
 
 /// `POST /v1/admin/top-ups/{id}/reject`: an operator refuses an
@@ -573,7 +603,8 @@ pub fn reject_mismatch(
         });
     }
     tracing::warn!(top_up_id = id, operator = %operator.id, "amount mismatch rejected");
-    Ok(view(load(tx, id)?).into())
+    let row = load(tx, id)?;
+    Ok(view(tx, row)?.into())
 }
 
 /// A page of top-ups.
@@ -613,7 +644,7 @@ pub fn list_top_ups(
     let mut rows: Vec<TopUpRow> = query.order(top_ups::id.asc()).limit(limit + 1).load(conn)?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    Ok(TopUpList { data: rows.into_iter().map(view).collect(), has_more })
+    Ok(TopUpList { data: views(conn, rows)?, has_more })
 }
 
 /// `GET /v1/wallets/{id}/top-ups`: a wallet's top-ups (of one status, if
@@ -654,7 +685,7 @@ pub fn list_wallet_top_ups(
         query.order((top_ups::created_at.desc(), top_ups::id.desc())).limit(limit + 1).load(conn)?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    Ok(TopUpList { data: rows.into_iter().map(view).collect(), has_more })
+    Ok(TopUpList { data: views(conn, rows)?, has_more })
 }
 
 fn parse_status(status: &str) -> ServiceResult<TopUpStatus> {
@@ -1007,7 +1038,8 @@ fn announce(tx: &mut WriteTx<'_>, id: &str, event_type: EventType) -> ServiceRes
     let row = load(tx, id)?;
     let wallet =
         accounts::table.find(row.wallet_account_id).select(AccountRow::as_select()).first(tx.conn())?;
-    events::record(tx, event_type, &events::Subject::wallet(&wallet), &view(row))?;
+    let top_up = view(tx, row)?;
+    events::record(tx, event_type, &events::Subject::wallet(&wallet), &top_up)?;
     Ok(())
 }
 
@@ -1203,11 +1235,13 @@ pub fn complete_refund(
     let by = TakenBy { actor: &operator.id, memo: Some(&memo), request_key: Some(request.as_str()) };
     take_back_to(tx, ctx, &row, refunded, stripe_refund.and_then(|r| r.charge_amount_refunded), by)?;
     tracing::warn!(top_up_id = %row.id, cents = plan.cents, operator = %operator.id, "top-up refunded by an operator");
+    let after = load(tx, &row.id)?;
+    let top_up = view(tx, after)?;
     Ok(TopUpRefund {
         refund_id: stripe_refund.map(|r| r.id.clone()),
         amount_usd: UsdCents::new(plan.cents),
         credits_taken_back: plan.takes,
-        top_up: view(load(tx, &row.id)?),
+        top_up,
     }
     .into())
 }

@@ -1,5 +1,5 @@
-//! Metadata on charges, holds, organizations and agents, and a wallet's
-//! charges listed by it.
+//! Metadata on charges, holds, top-ups, organizations and agents, and a
+//! wallet's charges listed by it.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -14,6 +14,8 @@ both!(
     bad_metadata_is_refused_and_changes_nothing,
     holds_orgs_and_agents_carry_metadata,
     org_members_list_only_their_own_charges,
+    top_ups_carry_metadata,
+    bad_top_up_metadata_is_refused_and_changes_nothing,
 );
 
 async fn list(app: &TestApp, token: &str, wallet: &str, query: &str) -> (StatusCode, Value) {
@@ -249,4 +251,129 @@ async fn org_members_list_only_their_own_charges(app: TestApp) {
         .await;
     assert_eq!(s, 404);
     assert_eq!(app.balance(wallet, &owner).await, "7.4");
+}
+
+async fn buy(app: &TestApp, token: &str, wallet: &str, body: Value, key: &str) -> (StatusCode, bool, Value) {
+    let (s, h, b) = app
+        .send(Method::POST, &format!("/v1/wallets/{wallet}/top-ups"), Some(token), Some(body), Some(key))
+        .await;
+    (s, h.contains_key("idempotent-replayed"), b)
+}
+
+async fn top_ups_carry_metadata(app: TestApp) {
+    let alice = app.token("alice");
+    let op = app.operator_token();
+    let wallet = app.wallet_of("alice").await;
+    let pairs = json!({"invoice_ref": "INV-2026-0042", "crm_id": "A-1"});
+    let body = json!({"pack_id": "starter", "metadata": pairs});
+    let (s, replayed, made) = buy(&app, &alice, &wallet, body.clone(), "buy-1").await;
+    assert_eq!((s.as_u16(), replayed), (201, false), "{made}");
+    assert_eq!(
+        (made["status"].as_str(), made["method"].as_str(), made["credits"].as_str()),
+        (Some("pending"), Some("manual"), Some("50"))
+    );
+    assert_eq!(made["metadata"], pairs);
+    let id = made["id"].as_str().unwrap().to_string();
+    // A retry replays the stored response, pairs included; nothing more is written.
+    let (s, replayed, again) = buy(&app, &alice, &wallet, body, "buy-1").await;
+    assert_eq!((s.as_u16(), replayed), (201, true));
+    assert_eq!(again, made);
+    // The same key with other pairs is another request: refused, nothing written.
+    let (s, _, b) =
+        buy(&app, &alice, &wallet, json!({"pack_id": "starter", "metadata": {"crm_id": "B-2"}}), "buy-1")
+            .await;
+    assert_error(s, &b, 422, "idempotency_key_reused");
+    assert_eq!((app.count("top_ups"), app.count("object_metadata")), (1, 2));
+
+    let (s, shown) = app.get(&format!("/v1/top-ups/{id}"), &alice).await;
+    assert_eq!((s.as_u16(), &shown), (200, &made));
+    let (s, _, paid) = app
+        .send(Method::POST, &format!("/v1/admin/top-ups/{id}/settle"), Some(&op), None, Some("settle-1"))
+        .await;
+    assert_eq!(
+        (s.as_u16(), paid["status"].as_str(), paid["receipt_number"].as_i64()),
+        (200, Some("paid"), Some(1))
+    );
+    assert_eq!(paid["metadata"], pairs, "kept when settled");
+    assert_eq!(app.balance(&wallet, &alice).await, "50");
+
+    // Without pairs, the object says so with an empty map.
+    let (s, _, plain) = buy(&app, &alice, &wallet, json!({"pack_id": "starter"}), "buy-2").await;
+    assert_eq!((s.as_u16(), &plain["metadata"]), (201, &json!({})), "{plain}");
+
+    let (s, listed) = app.get(&format!("/v1/wallets/{wallet}/top-ups"), &alice).await;
+    assert_eq!(s, 200, "{listed}");
+    let shown: Vec<(&str, &Value)> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_str().unwrap(), &t["metadata"]))
+        .collect();
+    assert_eq!(shown, [(plain["id"].as_str().unwrap(), &json!({})), (id.as_str(), &pairs)], "newest first");
+    let (s, admin) = app.get("/v1/admin/top-ups?status=paid", &op).await;
+    assert_eq!(s, 200, "{admin}");
+    assert_eq!(admin["data"].as_array().unwrap().len(), 1);
+    assert_eq!((admin["data"][0]["id"].as_str(), &admin["data"][0]["metadata"]), (Some(id.as_str()), &pairs));
+
+    // The event of the payment carries the top-up as the API shows it.
+    let (s, events) = app.get("/v1/events?type=top_up.paid", &alice).await;
+    assert_eq!(s, 200, "{events}");
+    assert_eq!(events["data"].as_array().unwrap().len(), 1, "{events}");
+    assert_eq!(events["data"][0]["data"]["metadata"], pairs);
+
+    // A refund answers with the top-up, pairs included.
+    let (s, _, r) = app
+        .send(
+            Method::POST,
+            &format!("/v1/admin/top-ups/{id}/refund"),
+            Some(&op),
+            Some(json!({"amount": "1.00", "reason": "goodwill"})),
+            Some("refund-1"),
+        )
+        .await;
+    assert_eq!((s.as_u16(), r["credits_taken_back"].as_str()), (200, Some("10")), "{r}");
+    assert_eq!(r["top_up"]["metadata"], pairs);
+    assert_eq!(app.balance(&wallet, &alice).await, "40");
+    assert_eq!(app.count("object_metadata"), 2);
+    app.assert_ledger_ok();
+}
+
+async fn bad_top_up_metadata_is_refused_and_changes_nothing(app: TestApp) {
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    let twenty_one: serde_json::Map<String, Value> = (0..21).map(|i| (format!("k{i}"), json!("v"))).collect();
+    for (i, meta) in [
+        Value::Object(twenty_one),
+        json!({ "k".repeat(41): "v" }),
+        json!({ "k": "v".repeat(501) }),
+        json!({ "": "v" }),
+        json!({ "a[b]": "v" }),
+        json!({ "k": "bell\u{7}" }),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (s, _, b) =
+            buy(&app, &alice, &wallet, json!({"pack_id": "starter", "metadata": meta}), &format!("bad{i}"))
+                .await;
+        assert_error(s, &b, 422, "validation_error");
+    }
+    let (s, _, b) =
+        buy(&app, &alice, &wallet, json!({"pack_id": "starter", "metadata": {"n": 1}}), "num").await;
+    assert_eq!(s.as_u16() / 100, 4, "{b}");
+    assert_eq!((app.count("top_ups"), app.count("object_metadata")), (0, 0));
+    // Twenty pairs of the longest keys and values are within bounds.
+    let most: serde_json::Map<String, Value> =
+        (0..20).map(|i| (format!("{i:0>40}"), json!("é".repeat(500)))).collect();
+    let (s, _, t) = buy(
+        &app,
+        &alice,
+        &wallet,
+        json!({"pack_id": "starter", "metadata": Value::Object(most.clone())}),
+        "max",
+    )
+    .await;
+    assert_eq!(s, 201, "{t}");
+    assert_eq!(t["metadata"], Value::Object(most));
+    assert_eq!((app.count("top_ups"), app.count("object_metadata")), (1, 20));
 }

@@ -199,3 +199,130 @@ fn the_3_0_document_says_nothing_3_0_tools_refuse() {
     assert_eq!(keys(&doc, "paths"), keys(&v31, "paths"));
     assert_eq!(keys(&doc["components"], "schemas"), keys(&v31["components"], "schemas"));
 }
+
+/// The operations that move money, with the status of their success.
+const MONEY_MOVING: [(&str, &str); 12] = [
+    ("get_quote", "200"),
+    ("create_quote", "200"),
+    ("create_charge", "201"),
+    ("create_hold", "201"),
+    ("capture_hold", "201"),
+    ("release_hold", "200"),
+    ("create_top_up", "201"),
+    ("settle_top_up", "200"),
+    ("refund_top_up", "200"),
+    ("create_payout", "201"),
+    ("create_adjustment", "201"),
+    ("refund_charge", "201"),
+];
+
+fn operation<'a>(doc: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .find(|op| op["operationId"] == id)
+        .unwrap_or_else(|| panic!("no operation {id}"))
+}
+
+/// The required properties of a named schema (an `allOf` adds its parts').
+fn required_of(doc: &serde_json::Value, schema: &serde_json::Value) -> Vec<String> {
+    if let Some(name) = schema["$ref"].as_str() {
+        let name = name.trim_start_matches("#/components/schemas/");
+        return required_of(doc, &doc["components"]["schemas"][name]);
+    }
+    let mut all: Vec<String> = schema["required"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        all.extend(required_of(doc, part));
+    }
+    all
+}
+
+#[test]
+fn money_moving_operations_carry_examples() {
+    for doc in [tally::api::docs::openapi_json(), tally::api::docs::openapi_30_json()] {
+        let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        for (id, status) in MONEY_MOVING {
+            let op = operation(&doc, id);
+            let body = &op["requestBody"]["content"]["application/json"];
+            if body.is_object() {
+                let examples =
+                    body["examples"].as_object().unwrap_or_else(|| panic!("{id}: no request example"));
+                assert_eq!(examples.len(), 1, "{id}");
+            }
+            let content = &op["responses"][status]["content"]["application/json"];
+            let examples =
+                content["examples"].as_object().unwrap_or_else(|| panic!("{id}: no {status} example"));
+            let example = &examples.values().next().unwrap()["value"];
+            for field in required_of(&doc, &content["schema"]) {
+                assert!(example.get(&field).is_some(), "{id}: the {status} example lacks `{field}`");
+            }
+        }
+        // The examples tell one story in numbers: a message of 1.320527 credits.
+        let charge = &operation(&doc, "create_charge")["responses"]["201"]["content"]["application/json"]
+            ["examples"]["metered"]["value"];
+        assert_eq!((&charge["total"], &charge["price"]["total"]), (&"1.320527".into(), &"1.320527".into()));
+    }
+}
+
+#[test]
+fn limits_are_declared_where_they_answer() {
+    let doc: serde_json::Value = serde_json::from_str(&tally::api::docs::openapi_json()).unwrap();
+    let mut with_429 = Vec::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            if let Some(r) = op["responses"].get("429") {
+                assert!(r["headers"]["Retry-After"].is_object());
+                with_429.push(op["operationId"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    with_429.sort();
+    // Spend limits and API key daily limits (charges and holds), and the
+    // export slots: every place a 429 is raised.
+    assert_eq!(with_429, ["create_charge", "create_hold", "export_wallet_transactions"]);
+    for id in ["create_charge", "create_hold"] {
+        let text = operation(&doc, id)["responses"]["429"]["description"].as_str().unwrap();
+        assert!(text.contains("API key") && text.contains("spend_limit_exceeded"), "{id}: {text}");
+    }
+}
+
+/// Every operation an API key may not use says so, and it is true: a key
+/// sent to each of them (those GET without path or required query
+/// parameters) is a 403 `api_key_not_allowed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_closed_to_api_keys_document_their_403() {
+    let doc: serde_json::Value = serde_json::from_str(&tally::api::docs::openapi_json()).unwrap();
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let key = crate::api_keys::make_key(&app, &app.token("alice"), serde_json::json!({"name": "k"})).await;
+    let secret = key["secret"].as_str().unwrap();
+    let mut tried = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let schemes: Vec<&str> = op["security"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.as_object().unwrap().keys().map(String::as_str))
+                .collect();
+            let closed = schemes.contains(&"bearer") && !schemes.contains(&"api_key");
+            let text = op["responses"]["403"]["description"].as_str().unwrap_or_default();
+            assert!(!closed || text.contains("api_key_not_allowed"), "{method} {path}: {text}");
+            let required_query = op["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query" && p["required"] == true));
+            if closed && method == "get" && !path.contains('{') && !required_query {
+                let (s, b) = app.get(path, secret).await;
+                crate::helpers::assert_error(s, &b, 403, "api_key_not_allowed");
+                tried += 1;
+            }
+        }
+    }
+    assert!(tried >= 7, "{tried} operations tried");
+}
