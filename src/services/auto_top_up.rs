@@ -559,6 +559,55 @@ pub fn payment_succeeded(
     Ok(outcome)
 }
 
+/// Takes up to `limit` orders left `processing` (their PaymentIntent sent,
+/// no webhook seen) for longer than `after`: moving their `updated_at` to
+/// now in a guarded statement claims each for one instance, which asks
+/// Stripe; the next look at it is `after` later. Their (order, PaymentIntent)
+/// ids, oldest first.
+pub fn claim_stuck(
+    conn: &mut DbConn,
+    after: chrono::Duration,
+    limit: i64,
+) -> ServiceResult<Vec<(String, String)>> {
+    let now = db::now();
+    let cutoff = now.checked_sub_signed(after).unwrap_or(now);
+    let stuck = || {
+        auto_top_up_orders::table
+            .filter(auto_top_up_orders::status.eq(AutoTopUpStatus::Processing))
+            .filter(auto_top_up_orders::updated_at.le(cutoff))
+            .filter(auto_top_up_orders::payment_intent_id.is_not_null())
+    };
+    let candidates: Vec<(String, Option<String>)> = stuck()
+        .order(auto_top_up_orders::updated_at.asc())
+        .limit(limit)
+        .select((auto_top_up_orders::id, auto_top_up_orders::payment_intent_id))
+        .load(conn)?;
+    let mut claimed = Vec::new();
+    for (id, pi) in candidates {
+        let Some(pi) = pi else { continue };
+        let n = diesel::update(stuck().filter(auto_top_up_orders::id.eq(&id)))
+            .set(auto_top_up_orders::updated_at.eq(now))
+            .execute(conn)?;
+        if n == 1 {
+            claimed.push((id, pi));
+        }
+    }
+    Ok(claimed)
+}
+
+/// Settles a stuck order from its PaymentIntent as Stripe shows it now,
+/// exactly as its webhook would (the same code, so it is credited once
+/// whichever comes first): `succeeded` credits it, a PaymentIntent that
+/// needs a new card or the customer, or was canceled, fails it; one still
+/// processing stays so.
+pub fn reconcile(conn: &mut DbConn, ctx: &Ctx, pi: &PaymentIntent) -> ServiceResult<EventOutcome> {
+    db::write_tx(conn, |tx| match pi.status.as_str() {
+        "succeeded" => payment_succeeded(tx, ctx, pi, &format!("reconciled:{}", pi.id)),
+        "requires_payment_method" | "requires_action" | "canceled" => payment_failed(tx, pi),
+        _ => Ok(EventOutcome::Ignored),
+    })
+}
+
 /// `payment_intent.payment_failed` and `payment_intent.requires_action`:
 /// the order fails (once), and counts towards turning auto top-up off.
 pub fn payment_failed(tx: &mut WriteTx<'_>, pi: &PaymentIntent) -> ServiceResult<EventOutcome> {

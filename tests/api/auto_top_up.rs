@@ -58,6 +58,7 @@ both_with_stripe!(
     bad_settings_change_nothing,
     failures_announce_auto_top_up_failed_and_disabled,
     a_declined_card_waits_before_ordering_again,
+    a_stuck_order_is_settled_from_stripe_once,
 );
 
 crate::both!(saving_a_card_needs_stripe);
@@ -751,5 +752,112 @@ async fn a_declined_card_waits_before_ordering_again(app: TestApp, stripe: FakeS
     assert_eq!((s.as_u16(), ack["outcome"].as_str()), (200, Some("credited")), "{ack}");
     assert_eq!(app.balance(&wallet, &alice).await, "55");
     assert_eq!((retry_after(&app, &wallet), orders(&app)[2].1.as_str()), (None, "paid"));
+    app.assert_ledger_ok();
+}
+
+async fn reconcile(app: &TestApp) -> usize {
+    tally::flows::auto_top_up::reconcile_stuck(&app.state()).await.expect("reconcile_stuck")
+}
+
+/// Makes the processing orders look sent `hours` ago with no webhook since.
+fn age_processing_orders(app: &TestApp, hours: i64) {
+    let then = chrono::Utc::now().naive_utc() - chrono::Duration::hours(hours);
+    diesel::update(auto_top_up_orders::table.filter(auto_top_up_orders::status.eq("processing")))
+        .set(auto_top_up_orders::updated_at.eq(then))
+        .execute(&mut app.conn())
+        .unwrap();
+}
+
+fn payment_intent_of(app: &TestApp, order: &str) -> String {
+    let pi: Option<String> = auto_top_up_orders::table
+        .find(order)
+        .select(auto_top_up_orders::payment_intent_id)
+        .first(&mut app.conn())
+        .unwrap();
+    pi.expect("the order's PaymentIntent")
+}
+
+/// An order left `processing` with no webhook (1 h by default) is settled
+/// from the PaymentIntent Stripe shows: credited once through the
+/// webhook's code (a webhook arriving after changes nothing), or failed.
+async fn a_stuck_order_is_settled_from_stripe_once(app: TestApp, stripe: FakeStripe) {
+    let (_, agent) = market(&app, "5", "20", 0, "public").await;
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    app.fund(&wallet, "30").await;
+    save_card(&app, &stripe, &alice, &wallet, "evt_setup").await;
+    let (s, w) = put_settings(
+        &app,
+        &alice,
+        &wallet,
+        json!({"threshold": "10", "pack_id": "starter", "enabled": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{w}");
+    let (s, _, c) = charge(&app, &alice, &agent, json!({}), "m0").await;
+    assert_eq!((s.as_u16(), c["balance_after"].as_str()), (201, Some("5")), "{c}");
+    stripe.next_payments(&["processing", "processing"]);
+    assert_eq!(send_due(&app).await, 1);
+    let order = orders(&app)[0].0.clone();
+    let pi = payment_intent_of(&app, &order);
+    let retrieved = || stripe.requests_to(&format!("/v1/payment_intents/{pi}")).len();
+
+    // Younger than the reconciliation age: Stripe is not asked.
+    assert_eq!(reconcile(&app).await, 0);
+    assert_eq!(retrieved(), 0);
+    // Older, and still processing at Stripe: asked once, left processing,
+    // and not asked again before another hour.
+    age_processing_orders(&app, 2);
+    assert_eq!(reconcile(&app).await, 0);
+    assert_eq!(retrieved(), 1);
+    assert_eq!(orders(&app)[0].1, "processing");
+    assert_eq!(reconcile(&app).await, 0);
+    assert_eq!(retrieved(), 1);
+
+    // Stripe took the money, the webhook was lost: credited once.
+    stripe.settle_payment(&pi, "succeeded");
+    age_processing_orders(&app, 2);
+    let entries_before = app.count("journal_entries");
+    let (a, b) = tokio::join!(reconcile(&app), reconcile(&app));
+    assert_eq!(a + b, 1, "two instances: one settles it");
+    assert_eq!(retrieved(), 2);
+    assert_eq!(app.balance(&wallet, &alice).await, "55");
+    assert_eq!(app.count("journal_entries"), entries_before + 1);
+    let top_up_id = orders(&app)[0].2.clone().unwrap();
+    let (_, t) = app.get(&format!("/v1/top-ups/{top_up_id}"), &alice).await;
+    assert_eq!((t["status"].as_str(), t["receipt_number"].as_i64()), (Some("paid"), Some(1)));
+    assert_eq!(orders(&app)[0].1, "paid");
+    let paid = only(&app, &alice, "top_up.paid").await;
+    assert_eq!(paid["data"], t);
+    // The webhook after all: already credited, nothing more.
+    let late = payment_event("evt_late", "payment_intent.succeeded", &pi, 500, "succeeded", &order);
+    let (s, ack) = deliver(&app, &late).await;
+    assert_eq!((s.as_u16(), ack["outcome"].as_str()), (200, Some("already_credited")), "{ack}");
+    assert_eq!(app.balance(&wallet, &alice).await, "55");
+    assert_eq!(app.count("journal_entries"), entries_before + 1);
+    assert_eq!(listed(&app, &alice, "top_up.paid").await.len(), 1);
+    assert_eq!(reconcile(&app).await, 0, "a paid order is not asked about");
+
+    // A second order declined at Stripe, its webhook lost: failed once.
+    let (s, _, c) = charge(&app, &alice, &agent, json!({}), "m1").await;
+    assert_eq!((s.as_u16(), c["balance_after"].as_str()), (201, Some("30")), "{c}");
+    let (s, _, c) = charge(&app, &alice, &agent, json!({}), "m2").await;
+    assert_eq!((s.as_u16(), c["balance_after"].as_str()), (201, Some("5")), "{c}");
+    assert_eq!(send_due(&app).await, 1);
+    let order2 = orders(&app)[1].0.clone();
+    let pi2 = payment_intent_of(&app, &order2);
+    stripe.settle_payment(&pi2, "requires_payment_method");
+    age_processing_orders(&app, 2);
+    assert_eq!(reconcile(&app).await, 1);
+    let o = orders(&app);
+    assert_eq!((o[1].1.as_str(), o[1].3.as_deref()), ("failed", Some("insufficient_funds")));
+    assert_eq!(wallet_view(&app, &alice, &wallet).await["auto_top_up"]["consecutive_failures"], 1);
+    let failed = only(&app, &alice, "auto_top_up.failed").await;
+    assert_eq!(failed["data"]["id"], order2.as_str());
+    let late = payment_event("evt_late_f", "payment_intent.payment_failed", &pi2, 500, "declined", &order2);
+    let (s, ack) = deliver(&app, &late).await;
+    assert_eq!((s.as_u16(), ack["outcome"].as_str()), (200, Some("not_pending")), "{ack}");
+    assert_eq!(listed(&app, &alice, "auto_top_up.failed").await.len(), 1);
+    assert_eq!(app.balance(&wallet, &alice).await, "5");
     app.assert_ledger_ok();
 }
