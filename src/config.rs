@@ -59,6 +59,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("TALLY_WEBHOOKS_ALLOW_PRIVATE", Some("false")),
     ("TALLY_WEBHOOK_RETRY_BASE", Some("5s")),
     ("TALLY_WEBHOOK_POLL", Some("1s")),
+    ("TALLY_AUTO_TOP_UP_RECONCILE_AFTER", Some("1h")),
     ("STRIPE_SECRET_KEY", None),
     ("STRIPE_WEBHOOK_SECRET", None),
     ("STRIPE_CONNECT_WEBHOOK_SECRET", None),
@@ -304,6 +305,10 @@ pub struct Settings {
     pub api_key_test_mode: bool,
     /// Outbound webhooks.
     pub webhooks: WebhookSettings,
+    /// `TALLY_AUTO_TOP_UP_RECONCILE_AFTER`: how long an auto top-up order
+    /// may stay `processing` without its webhook before the sweep asks
+    /// Stripe for its PaymentIntent.
+    pub auto_top_up_reconcile_after: Duration,
 }
 
 /// Outbound webhook delivery.
@@ -378,6 +383,8 @@ impl Settings {
         };
         let invoicing = raw.invoicing()?;
         let webhooks = raw.webhooks()?;
+        let auto_top_up_reconcile_after =
+            raw.duration("TALLY_AUTO_TOP_UP_RECONCILE_AFTER", Duration::from_secs(7 * 86_400))?;
 
         Ok(Settings {
             database,
@@ -416,6 +423,7 @@ impl Settings {
             stripe_connect_webhook_secret,
             api_key_test_mode,
             webhooks,
+            auto_top_up_reconcile_after,
         })
     }
 

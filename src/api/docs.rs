@@ -28,6 +28,7 @@ mod examples;
         crate::services::earnings::EarningsAvailable,
         crate::services::plans::SubscriptionView,
         crate::services::grants::Grant,
+        crate::services::auto_top_up::AutoTopUpOrder,
         // A query parameter's type: utoipa collects the schemas of bodies
         // and responses only.
         crate::api::self_service::GroupBy,
@@ -126,6 +127,8 @@ fn event_webhooks(api: &mut utoipa::openapi::OpenApi) {
         T::HoldExpired => "Hold",
         T::GrantExpiring | T::GrantExpired => "Grant",
         T::WebhookEndpointDisabled => "WebhookEndpoint",
+        T::AutoTopUpFailed => "AutoTopUpOrder",
+        T::AutoTopUpDisabled => "AutoTopUp",
     };
     let components = api.components.get_or_insert_with(Default::default);
     let mut paths = PathsBuilder::new();

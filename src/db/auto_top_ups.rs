@@ -48,20 +48,27 @@ pub struct WalletAutoTopUpRow {
     pub failures: i32,
     #[diesel(column_name = auto_top_up_disabled_reason)]
     pub disabled_reason: Option<String>,
+    /// No new order before this, after a failed payment.
+    #[diesel(column_name = auto_top_up_retry_after)]
+    pub retry_after: Option<NaiveDateTime>,
     pub stripe_customer_id: Option<String>,
     pub stripe_payment_method_id: Option<String>,
 }
 
-/// Records a `pending` order for the wallet unless one is open, in one
-/// statement: the partial unique index `auto_top_up_orders_one_open` makes
-/// a second open order a conflict, which does nothing. Returns whether an
-/// order was recorded.
+/// Records a `pending` order for the wallet unless one is open or the
+/// wallet pauses after a failed payment (`auto_top_up_retry_after` still
+/// ahead), in one statement: the partial unique index
+/// `auto_top_up_orders_one_open` makes a second open order a conflict,
+/// which does nothing. Returns whether an order was recorded.
 pub fn record_open_order(conn: &mut DbConn, wallet_account_id: i64, id: &str) -> QueryResult<bool> {
     let now = super::now();
     let n = diesel::sql_query(
         "INSERT INTO auto_top_up_orders \
          (id, wallet_account_id, status, send_attempts, created_at, updated_at) \
-         VALUES ($1, $2, 'pending', 0, $3, $3) ON CONFLICT DO NOTHING",
+         SELECT $1, $2, 'pending', 0, $3, $3 \
+         WHERE NOT EXISTS (SELECT 1 FROM accounts a \
+                           WHERE a.id = $2 AND a.auto_top_up_retry_after > $3) \
+         ON CONFLICT DO NOTHING",
     )
     .bind::<Text, _>(id)
     .bind::<BigInt, _>(wallet_account_id)

@@ -50,6 +50,7 @@ diesel::table! {
         auto_top_up_disabled_reason -> Nullable<Text>,
         stripe_customer_id -> Nullable<Text>,
         stripe_payment_method_id -> Nullable<Text>,
+        auto_top_up_retry_after -> Nullable<Timestamp>,
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use super::Runtime;
 use crate::services::auto_top_up::{self, PaymentMethodSetup, SendResult};
+use crate::services::stripe_events::EventOutcome;
 use crate::services::{Caller, ErrorCode, ServiceError, ServiceResult};
 use crate::stripe::{SetupCheckout, StripeCallError};
 
@@ -74,4 +75,33 @@ pub async fn send_due(rt: &Arc<Runtime>) -> ServiceResult<usize> {
         rt.write(move |conn, _| auto_top_up::record_send(conn, &order_id, &result)).await?;
     }
     Ok(sent)
+}
+
+/// Reconciles orders left `processing` for longer than
+/// `TALLY_AUTO_TOP_UP_RECONCILE_AFTER` (their webhook lost or late): asks
+/// Stripe for each PaymentIntent, outside any transaction, and settles it
+/// as the webhook would (run on every instance by the maintenance sweep).
+/// Returns how many were settled (credited or failed).
+pub async fn reconcile_stuck(rt: &Arc<Runtime>) -> ServiceResult<usize> {
+    let Some(gateway) = rt.gateway.clone() else { return Ok(0) };
+    let after = chrono::Duration::from_std(rt.ctx.settings.auto_top_up_reconcile_after)
+        .map_err(|e| ServiceError::Internal(format!("reconcile age: {e}")))?;
+    let claimed = rt.write(move |conn, _| auto_top_up::claim_stuck(conn, after, BATCH)).await?;
+    let mut settled = 0;
+    for (order_id, payment_intent) in claimed {
+        let pi = match gateway.retrieve_payment_intent(&payment_intent).await {
+            Ok(pi) => pi,
+            Err(e) => {
+                // Asked again `after` later.
+                tracing::warn!(order_id = %order_id, payment_intent = %payment_intent, error = %e, "auto top-up PaymentIntent not retrieved");
+                continue;
+            }
+        };
+        let outcome = rt.write(move |conn, ctx| auto_top_up::reconcile(conn, ctx, &pi)).await?;
+        tracing::info!(order_id = %order_id, payment_intent = %payment_intent, outcome = outcome.as_str(), "auto top-up order reconciled");
+        if outcome != EventOutcome::Ignored {
+            settled += 1;
+        }
+    }
+    Ok(settled)
 }

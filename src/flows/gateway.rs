@@ -6,6 +6,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 use crate::stripe::self_service::SubscriptionRef;
+use crate::stripe::webhook::PaymentIntent;
 use crate::stripe::{
     ConnectedAccount, OffSessionPayment, PaymentIntentRef, PayoutTransaction, RefundOrder, RefundRef,
     SessionRef, SetupCheckout, SetupIntentRef, StripeCallError, StripeGateway, TopUpCheckout, TransferRef,
@@ -108,6 +109,13 @@ pub trait PaymentGateway: Send + Sync {
         &'a self,
         order: &'a OffSessionPayment,
     ) -> BoxFuture<'a, Result<PaymentIntentRef, StripeCallError>>;
+
+    /// Auto top-up: a PaymentIntent as Stripe shows it now (the
+    /// reconciliation of an order whose webhook was not seen).
+    fn retrieve_payment_intent<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<PaymentIntent, StripeCallError>>;
 }
 
 impl PaymentGateway for StripeGateway {
@@ -213,6 +221,13 @@ impl PaymentGateway for StripeGateway {
         order: &'a OffSessionPayment,
     ) -> BoxFuture<'a, Result<PaymentIntentRef, StripeCallError>> {
         StripeGateway::create_off_session_payment(self, order).boxed()
+    }
+
+    fn retrieve_payment_intent<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<PaymentIntent, StripeCallError>> {
+        StripeGateway::retrieve_payment_intent(self, id).boxed()
     }
 }
 
@@ -343,5 +358,12 @@ impl PaymentGateway for Metered {
         order: &'a OffSessionPayment,
     ) -> BoxFuture<'a, Result<PaymentIntentRef, StripeCallError>> {
         self.timed("create_off_session_payment", self.inner.create_off_session_payment(order))
+    }
+
+    fn retrieve_payment_intent<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<PaymentIntent, StripeCallError>> {
+        self.timed("retrieve_payment_intent", self.inner.retrieve_payment_intent(id))
     }
 }

@@ -57,6 +57,17 @@ pub async fn sweep(rt: &Arc<Runtime>, purge: bool) {
             tracing::warn!(error = %e, "auto top-up sending failed")
         }
     }
+    match super::auto_top_up::reconcile_stuck(rt).await {
+        Ok(0) => {}
+        Ok(n) => {
+            count("auto_top_ups_reconciled", n);
+            tracing::info!(orders = n, "stuck auto top-up orders reconciled with Stripe")
+        }
+        Err(e) => {
+            failed = true;
+            tracing::warn!(error = %e, "auto top-up reconciliation failed")
+        }
+    }
     let done = rt
         .write(move |conn, ctx| {
             let expired = holds::expire_due(conn)?;

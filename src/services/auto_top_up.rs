@@ -14,6 +14,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::events::{self, EventType, Subject};
 use super::stripe_events::EventOutcome;
 use super::wallets::{load_for, Access, Wallet};
 use super::{Caller, Ctx, ErrorCode, ServiceError, ServiceResult};
@@ -28,6 +29,21 @@ use crate::stripe::{OffSessionPayment, PaymentIntentRef, SetupIntentRef};
 
 /// Consecutive failed payments after which auto top-up turns itself off.
 pub const MAX_CONSECUTIVE_FAILURES: i32 = 3;
+
+/// The pause after a failed payment before the wallet orders again: this
+/// after the first failure in a row, doubling with each further one (see
+/// [`pause_after`]).
+const FIRST_PAUSE: chrono::Duration = chrono::Duration::hours(1);
+
+/// The longest pause after failed payments.
+const LONGEST_PAUSE: chrono::Duration = chrono::Duration::hours(24);
+
+/// How long a wallet waits before ordering again after its `failures`-th
+/// failed payment in a row: 1 h, 2 h, 4 h, ... at most 24 h.
+pub fn pause_after(failures: i32) -> chrono::Duration {
+    let doublings = failures.saturating_sub(1).clamp(0, 5) as u32;
+    FIRST_PAUSE.checked_mul(1 << doublings).unwrap_or(LONGEST_PAUSE).min(LONGEST_PAUSE)
+}
 
 /// How long an instance may hold an order while it asks Stripe for the
 /// payment; past it, another instance may retry (the same idempotency key:
@@ -65,6 +81,54 @@ pub fn view(row: &WalletAutoTopUpRow) -> AutoTopUp {
         payment_method_on_file: row.stripe_payment_method_id.is_some(),
         consecutive_failures: row.failures,
         disabled_reason: row.disabled_reason.clone(),
+    }
+}
+
+/// An auto top-up order, as `auto_top_up.failed` carries it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AutoTopUpOrder {
+    /// `ato_` id (the idempotency key of its PaymentIntent).
+    #[schema(example = "ato_6f1c0d6c2d0e4c44a3d8d2f5b8a1e9c2")]
+    pub id: String,
+    /// The `wal_` id of the wallet it tops up.
+    pub wallet_id: String,
+    pub status: AutoTopUpStatus,
+    /// Why it failed or was canceled: Stripe's decline code, else its error
+    /// code or message (e.g. `insufficient_funds`, `authentication_required`).
+    #[schema(example = "insufficient_funds")]
+    pub failure_reason: Option<String>,
+    /// The wallet's failed payments in a row, this one included; at 3 auto
+    /// top-up turns itself off.
+    pub consecutive_failures: i32,
+    /// The top-up it pays (null when none was made yet).
+    pub top_up: Option<super::topups::TopUp>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// An order as shown, read in the caller's transaction.
+fn order_view(conn: &mut DbConn, order_id: &str) -> ServiceResult<AutoTopUpOrder> {
+    let order = rows::order(conn, order_id)?.ok_or(ServiceError::NotFound("auto top-up order"))?;
+    let wallet = rows::wallet_settings(conn, order.wallet_account_id)?;
+    let top_up = order.top_up_id.as_deref().map(|id| super::topups::view_of(conn, id)).transpose()?;
+    Ok(AutoTopUpOrder {
+        id: order.id,
+        wallet_id: wallet.public_id.unwrap_or_default(),
+        status: order.status,
+        failure_reason: order.failure_reason,
+        consecutive_failures: wallet.failures,
+        top_up,
+        created_at: order.created_at.and_utc(),
+        updated_at: order.updated_at.and_utc(),
+    })
+}
+
+/// Whose an auto top-up event is: the wallet's owner, with the wallet.
+fn subject(wallet: &WalletAutoTopUpRow) -> Subject {
+    Subject {
+        owner_type: wallet.owner_type,
+        owner_id: wallet.owner_id.clone(),
+        wallet_id: wallet.public_id.clone(),
     }
 }
 
@@ -129,6 +193,7 @@ pub fn set(
                     accounts::auto_top_up_validity.eq(Some(validity.as_str())),
                     accounts::auto_top_up_failures.eq(0),
                     accounts::auto_top_up_disabled_reason.eq(None::<String>),
+                    accounts::auto_top_up_retry_after.eq(None::<chrono::NaiveDateTime>),
                 ))
                 .execute(tx.conn())?;
             let below = wallet.balance.is_some_and(|b| b < settings.threshold);
@@ -200,6 +265,7 @@ pub fn setup_completed(
             accounts::stripe_customer_id.eq(Some(customer)),
             accounts::stripe_payment_method_id.eq(Some(payment_method)),
             accounts::auto_top_up_failures.eq(0),
+            accounts::auto_top_up_retry_after.eq(None::<chrono::NaiveDateTime>),
         ))
         .execute(tx.conn())?;
     tracing::info!(wallet_id, "payment method saved for auto top-up");
@@ -397,9 +463,18 @@ fn fail(tx: &mut WriteTx<'_>, order_id: &str, reason: &str) -> ServiceResult<Opt
         .set(accounts::auto_top_up_failures.eq(accounts::auto_top_up_failures + 1))
         .returning(accounts::auto_top_up_failures)
         .get_result(tx.conn())?;
-    tracing::warn!(order_id, reason, failures, "auto top-up payment failed");
+    // A declined card is not asked again on the next charge: the wallet
+    // orders again only after a pause that grows with the failures.
+    let retry_after = db::now() + pause_after(failures);
+    diesel::update(accounts::table.find(order.wallet_account_id))
+        .set(accounts::auto_top_up_retry_after.eq(Some(retry_after)))
+        .execute(tx.conn())?;
+    tracing::warn!(order_id, reason, failures, %retry_after, "auto top-up payment failed");
+    let view = order_view(tx, order_id)?;
+    let wallet = rows::wallet_settings(tx, order.wallet_account_id)?;
+    events::record(tx, EventType::AutoTopUpFailed, &subject(&wallet), &view)?;
     if failures >= MAX_CONSECUTIVE_FAILURES {
-        diesel::update(
+        let turned_off = diesel::update(
             accounts::table.find(order.wallet_account_id).filter(accounts::auto_top_up_enabled.eq(true)),
         )
         .set((
@@ -409,6 +484,10 @@ fn fail(tx: &mut WriteTx<'_>, order_id: &str, reason: &str) -> ServiceResult<Opt
         ))
         .execute(tx.conn())?;
         tracing::warn!(order_id, failures, "auto top-up turned off after consecutive failures");
+        if turned_off == 1 {
+            let wallet = rows::wallet_settings(tx, order.wallet_account_id)?;
+            events::record(tx, EventType::AutoTopUpDisabled, &subject(&wallet), &self::view(&wallet))?;
+        }
         return Ok(Some(EventOutcome::AutoTopUpDisabled));
     }
     Ok(Some(EventOutcome::AutoTopUpFailed))
@@ -471,10 +550,62 @@ pub fn payment_succeeded(
         .execute(tx.conn())?;
     if outcome == EventOutcome::Credited {
         diesel::update(accounts::table.find(order.wallet_account_id))
-            .set(accounts::auto_top_up_failures.eq(0))
+            .set((
+                accounts::auto_top_up_failures.eq(0),
+                accounts::auto_top_up_retry_after.eq(None::<chrono::NaiveDateTime>),
+            ))
             .execute(tx.conn())?;
     }
     Ok(outcome)
+}
+
+/// Takes up to `limit` orders left `processing` (their PaymentIntent sent,
+/// no webhook seen) for longer than `after`: moving their `updated_at` to
+/// now in a guarded statement claims each for one instance, which asks
+/// Stripe; the next look at it is `after` later. Their (order, PaymentIntent)
+/// ids, oldest first.
+pub fn claim_stuck(
+    conn: &mut DbConn,
+    after: chrono::Duration,
+    limit: i64,
+) -> ServiceResult<Vec<(String, String)>> {
+    let now = db::now();
+    let cutoff = now.checked_sub_signed(after).unwrap_or(now);
+    let stuck = || {
+        auto_top_up_orders::table
+            .filter(auto_top_up_orders::status.eq(AutoTopUpStatus::Processing))
+            .filter(auto_top_up_orders::updated_at.le(cutoff))
+            .filter(auto_top_up_orders::payment_intent_id.is_not_null())
+    };
+    let candidates: Vec<(String, Option<String>)> = stuck()
+        .order(auto_top_up_orders::updated_at.asc())
+        .limit(limit)
+        .select((auto_top_up_orders::id, auto_top_up_orders::payment_intent_id))
+        .load(conn)?;
+    let mut claimed = Vec::new();
+    for (id, pi) in candidates {
+        let Some(pi) = pi else { continue };
+        let n = diesel::update(stuck().filter(auto_top_up_orders::id.eq(&id)))
+            .set(auto_top_up_orders::updated_at.eq(now))
+            .execute(conn)?;
+        if n == 1 {
+            claimed.push((id, pi));
+        }
+    }
+    Ok(claimed)
+}
+
+/// Settles a stuck order from its PaymentIntent as Stripe shows it now,
+/// exactly as its webhook would (the same code, so it is credited once
+/// whichever comes first): `succeeded` credits it, a PaymentIntent that
+/// needs a new card or the customer, or was canceled, fails it; one still
+/// processing stays so.
+pub fn reconcile(conn: &mut DbConn, ctx: &Ctx, pi: &PaymentIntent) -> ServiceResult<EventOutcome> {
+    db::write_tx(conn, |tx| match pi.status.as_str() {
+        "succeeded" => payment_succeeded(tx, ctx, pi, &format!("reconciled:{}", pi.id)),
+        "requires_payment_method" | "requires_action" | "canceled" => payment_failed(tx, pi),
+        _ => Ok(EventOutcome::Ignored),
+    })
 }
 
 /// `payment_intent.payment_failed` and `payment_intent.requires_action`:
@@ -486,4 +617,15 @@ pub fn payment_failed(tx: &mut WriteTx<'_>, pi: &PaymentIntent) -> ServiceResult
         .set(auto_top_up_orders::payment_intent_id.eq(&pi.id))
         .execute(tx.conn())?;
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pause_doubles_with_each_failure_up_to_a_day() {
+        let hours: Vec<i64> = [0, 1, 2, 3, 4, 5, 6, 7, i32::MAX].map(|f| pause_after(f).num_hours()).to_vec();
+        assert_eq!(hours, vec![1, 1, 2, 4, 8, 16, 24, 24, 24]);
+    }
 }

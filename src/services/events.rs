@@ -75,6 +75,8 @@ event_types! {
     HoldExpired => "hold.expired": "An open hold passed its expiry and was released.",
     GrantExpiring => "grant.expiring": "Credits of a grant expire within 7 days (once per grant).",
     GrantExpired => "grant.expired": "A grant expired; its unspent credits were removed.",
+    AutoTopUpFailed => "auto_top_up.failed": "An auto top-up payment was declined or needs the customer; nothing was credited.",
+    AutoTopUpDisabled => "auto_top_up.disabled": "Auto top-up turned itself off after 3 failed payments in a row.",
     WebhookEndpointDisabled => "webhook_endpoint.disabled": "A webhook endpoint of the same owner failed for 3 days in a row and was disabled.",
 }
 

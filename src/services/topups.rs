@@ -380,6 +380,11 @@ pub(crate) fn fail_pending(tx: &mut WriteTx<'_>, top_up_id: &str) -> ServiceResu
     Ok(())
 }
 
+/// A top-up as the API shows it, for another service's event data.
+pub(crate) fn view_of(conn: &mut DbConn, id: &str) -> ServiceResult<TopUp> {
+    Ok(view(load(conn, id)?))
+}
+
 /// Keeps the PaymentIntent of an auto top-up on its order.
 pub(crate) fn set_payment_intent(
     tx: &mut WriteTx<'_>,

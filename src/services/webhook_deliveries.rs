@@ -54,14 +54,18 @@ impl AttemptOutcome {
 }
 
 /// Claims up to `limit` due deliveries: each with a guarded update of its
-/// own (pending, due, and not leased or its lease run out), so of several
-/// instances exactly one gets each.
+/// own (pending, due, not leased or its lease run out, and its endpoint
+/// enabled), so of several instances exactly one gets each. A disabled
+/// endpoint's deliveries wait, pending, until it is enabled again.
 pub fn claim_due(conn: &mut DbConn, limit: i64) -> ServiceResult<Vec<Claimed>> {
     let now = db::now();
+    let enabled =
+        || diesel::dsl::exists(we::table.filter(we::id.eq(wd::endpoint_id)).filter(we::disabled.eq(false)));
     let due: Vec<(String, String)> = wd::table
         .filter(wd::status.eq("pending"))
         .filter(wd::next_attempt_at.le(now))
         .filter(wd::leased_until.is_null().or(wd::leased_until.lt(now)))
+        .filter(enabled())
         .order(wd::next_attempt_at.asc())
         .select((wd::event_id, wd::endpoint_id))
         .limit(limit)
@@ -76,7 +80,8 @@ pub fn claim_due(conn: &mut DbConn, limit: i64) -> ServiceResult<Vec<Claimed>> {
                     .find((&event_id, &endpoint_id))
                     .filter(wd::status.eq("pending"))
                     .filter(wd::next_attempt_at.le(now))
-                    .filter(wd::leased_until.is_null().or(wd::leased_until.lt(now))),
+                    .filter(wd::leased_until.is_null().or(wd::leased_until.lt(now)))
+                    .filter(enabled()),
             )
             .set((wd::leased_until.eq(until), wd::lease_token.eq(&token)))
             .execute(tx.conn())?;

@@ -161,6 +161,19 @@ impl FakeStripe {
         self.state.auto_top_up.outcomes.lock().unwrap().extend(outcomes.iter().map(|o| o.to_string()));
     }
 
+    /// Auto top-up: a PaymentIntent the fake made moves on, as Stripe's
+    /// would (`succeeded`, `requires_payment_method` after a decline, ...),
+    /// without sending any event; `GET /v1/payment_intents/{id}` shows it.
+    pub fn settle_payment(&self, id: &str, status: &str) {
+        let mut intents = self.state.auto_top_up.intents.lock().unwrap();
+        let old = intents.get(id).cloned().unwrap_or_else(|| panic!("no fake PaymentIntent {id}"));
+        let amount = old["amount"].as_i64().unwrap_or(0);
+        let mut pi = payment_intent_object(id, amount, status, old["metadata"].clone());
+        pi["customer"] = old["customer"].clone();
+        pi["payment_method"] = old["payment_method"].clone();
+        intents.insert(id.to_string(), pi);
+    }
+
     /// Settings that point tally at this fake.
     pub fn settings(&self, values: &mut std::collections::BTreeMap<String, String>) {
         values.insert("STRIPE_SECRET_KEY".into(), SECRET_KEY.into());
@@ -240,6 +253,17 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
                 None => {
                     return HttpResponse::NotFound().json(json!({
                         "error": {"type": "invalid_request_error", "message": format!("No such setupintent: '{id}'")}
+                    }))
+                }
+            }
+        }
+        ("GET", path) if path.starts_with("/v1/payment_intents/") => {
+            let id = path.trim_start_matches("/v1/payment_intents/");
+            match state.auto_top_up.intents.lock().unwrap().get(id).cloned() {
+                Some(intent) => intent,
+                None => {
+                    return HttpResponse::NotFound().json(json!({
+                        "error": {"type": "invalid_request_error", "message": format!("No such payment_intent: '{id}'")}
                     }))
                 }
             }
@@ -528,6 +552,9 @@ struct AutoTopUpFake {
     /// SetupIntent id -> the customer it saved a card for.
     setup_intents: Mutex<HashMap<String, String>>,
     outcomes: Mutex<std::collections::VecDeque<String>>,
+    /// The PaymentIntents made, by id, as `GET /v1/payment_intents/{id}`
+    /// answers them ([`FakeStripe::settle_payment`] changes their status).
+    intents: Mutex<HashMap<String, Value>>,
 }
 
 impl AutoTopUpFake {
@@ -544,6 +571,7 @@ impl AutoTopUpFake {
         let mut pi = payment_intent_object(&id, amount, &outcome, Value::Object(form_map(form, "metadata")));
         pi["customer"] = json!(param(form, "customer"));
         pi["payment_method"] = json!(param(form, "payment_method"));
+        self.intents.lock().unwrap().insert(id.clone(), pi.clone());
         if outcome == "declined" {
             pi["status"] = json!("requires_payment_method");
             return Err(json!({"error": {

@@ -453,6 +453,32 @@ impl StripeGateway {
         })
     }
 
+    /// `GET /v1/payment_intents/{id}`: where a PaymentIntent stands, read
+    /// as its `payment_intent.*` events carry it (the reconciliation of an
+    /// auto top-up order whose webhook was not seen settles it with the
+    /// webhook's code).
+    pub async fn retrieve_payment_intent(&self, id: &str) -> Result<webhook::PaymentIntent, StripeCallError> {
+        use stripe_client_core::{RequestBuilder, StripeMethod};
+        let intent: stripe_shared::PaymentIntent =
+            RequestBuilder::new(StripeMethod::Get, format!("/payment_intents/{id}"))
+                .customize()
+                .send(&self.client)
+                .await?;
+        Ok(webhook::PaymentIntent {
+            id: intent.id.to_string(),
+            amount: intent.amount,
+            amount_received: intent.amount_received,
+            currency: intent.currency.to_string(),
+            status: intent.status.as_str().to_string(),
+            metadata: Some(intent.metadata.into_iter().collect()),
+            last_payment_error: intent.last_payment_error.map(|e| webhook::PaymentError {
+                code: e.code.map(|c| c.as_str().to_string()),
+                decline_code: e.decline_code,
+                message: e.message,
+            }),
+        })
+    }
+
     /// `POST /v1/payment_intents`, confirmed off-session with the saved
     /// payment method. The order id is the idempotency key, so a retry (an
     /// unknown outcome, another instance after a lease ran out) is the same

@@ -13,6 +13,7 @@ use tally::ledger::{self, PlatformAccounts};
 use tally::stripe::fake::{self as fake, FakeStripe, WEBHOOK_SECRET};
 
 use crate::charges::{charge, market};
+use crate::events::{listed, only};
 use crate::helpers::{assert_error, Backend, TestApp};
 
 const PACKS: &str = r#"[
@@ -55,6 +56,9 @@ both_with_stripe!(
     three_failures_in_a_row_turn_auto_top_up_off,
     a_payment_of_another_amount_waits_for_an_operator_and_closes_the_order,
     bad_settings_change_nothing,
+    failures_announce_auto_top_up_failed_and_disabled,
+    a_declined_card_waits_before_ordering_again,
+    a_stuck_order_is_settled_from_stripe_once,
 );
 
 crate::both!(saving_a_card_needs_stripe);
@@ -132,6 +136,32 @@ async fn spend_below(app: &TestApp, token: &str, agent: &str, wallet: &str, key:
     app.fund(wallet, "25").await;
     let (s, _, c) = charge(app, token, agent, json!({}), key).await;
     assert_eq!((s.as_u16(), c["balance_after"].as_str()), (201, Some("5")), "{c}");
+}
+
+/// When the wallet may order again after a failed payment (null: now).
+fn retry_after(app: &TestApp, wallet: &str) -> Option<chrono::NaiveDateTime> {
+    accounts::table
+        .filter(accounts::public_id.eq(wallet))
+        .select(accounts::auto_top_up_retry_after)
+        .first(&mut app.conn())
+        .unwrap()
+}
+
+/// Moves the wallet's pause after a failed payment into the past, as if
+/// it had passed.
+fn end_backoff(app: &TestApp, wallet: &str) {
+    let past = chrono::Utc::now().naive_utc() - chrono::Duration::seconds(1);
+    diesel::update(accounts::table.filter(accounts::public_id.eq(wallet)))
+        .set(accounts::auto_top_up_retry_after.eq(Some(past)))
+        .execute(&mut app.conn())
+        .unwrap();
+}
+
+/// Asserts that `at` is `hours` from now (within a minute).
+fn hours_from_now(at: Option<chrono::NaiveDateTime>, hours: i64) {
+    let at = at.expect("a pause");
+    let expected = chrono::Utc::now().naive_utc() + chrono::Duration::hours(hours);
+    assert!((at - expected).num_seconds().abs() < 60, "{at} is not {hours} h from now");
 }
 
 async fn setup_checkout_saves_the_payment_method(app: TestApp, stripe: FakeStripe) {
@@ -395,7 +425,8 @@ async fn three_failures_in_a_row_turn_auto_top_up_off(app: TestApp, stripe: Fake
     assert_eq!((s.as_u16(), ack["outcome"].as_str()), (200, Some("not_pending")));
     assert_eq!(failures(&wallet_view(&app, &alice, &wallet).await), 1);
 
-    // 2. A success resets the count.
+    // 2. A success resets the count (once the pause after a failure passed).
+    end_backoff(&app, &wallet);
     spend_below(&app, &alice, &agent, &wallet, "m1").await;
     assert_eq!(orders(&app).len(), 2);
     assert_eq!(send_due(&app).await, 1);
@@ -415,11 +446,13 @@ async fn three_failures_in_a_row_turn_auto_top_up_off(app: TestApp, stripe: Fake
     assert_eq!((s.as_u16(), c["balance_after"].as_str()), (201, Some("5")), "{c}");
     assert_eq!(send_due(&app).await, 1);
     assert_eq!(failures(&wallet_view(&app, &alice, &wallet).await), 1);
+    end_backoff(&app, &wallet);
     spend_below(&app, &alice, &agent, &wallet, "m4").await;
     assert_eq!(send_due(&app).await, 1);
     let o = orders(&app);
     assert_eq!((o[3].1.as_str(), o[3].3.as_deref()), ("failed", Some("authentication_required")));
     assert_eq!(failures(&wallet_view(&app, &alice, &wallet).await), 2);
+    end_backoff(&app, &wallet);
     spend_below(&app, &alice, &agent, &wallet, "m5").await;
     assert_eq!(send_due(&app).await, 1);
     let o = orders(&app);
@@ -436,6 +469,7 @@ async fn three_failures_in_a_row_turn_auto_top_up_off(app: TestApp, stripe: Fake
     );
     assert_eq!(orders(&app)[4].3.as_deref(), Some("insufficient_funds"));
     // Off: a spend below the threshold orders nothing; nothing was credited.
+    end_backoff(&app, &wallet);
     spend_below(&app, &alice, &agent, &wallet, "m6").await;
     assert_eq!(orders(&app).len(), 5);
     assert_eq!(send_due(&app).await, 0);
@@ -560,4 +594,270 @@ async fn saving_a_card_needs_stripe(app: TestApp) {
     let wallet = app.wallet_of("alice").await;
     let (s, b) = app.post(&format!("/v1/wallets/{wallet}/payment-method"), &alice, json!({})).await;
     assert_error(s, &b, 503, "payment_provider_unavailable");
+}
+
+/// `auto_top_up.failed` for each failed order (the order as shown, with
+/// the decline), `auto_top_up.disabled` once, at the third in a row (the
+/// wallet's settings); a replayed or late Stripe event announces nothing
+/// more.
+async fn failures_announce_auto_top_up_failed_and_disabled(app: TestApp, stripe: FakeStripe) {
+    let (_, agent) = market(&app, "5", "20", 0, "public").await;
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    app.fund(&wallet, "30").await;
+    save_card(&app, &stripe, &alice, &wallet, "evt_setup").await;
+    let (s, w) = put_settings(
+        &app,
+        &alice,
+        &wallet,
+        json!({"threshold": "10", "pack_id": "starter", "enabled": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{w}");
+    let subject = json!({"type": "person", "id": "alice", "wallet_id": wallet});
+
+    // 1. Declined when sent (Stripe's 402).
+    stripe.next_payments(&["declined"]);
+    let (s, _, c) = charge(&app, &alice, &agent, json!({}), "m0").await;
+    assert_eq!((s.as_u16(), c["balance_after"].as_str()), (201, Some("5")), "{c}");
+    assert_eq!(send_due(&app).await, 1);
+    let o = orders(&app);
+    let top_up_id = o[0].2.clone().unwrap();
+    let e = only(&app, &alice, "auto_top_up.failed").await;
+    assert_eq!(e["subject"], subject);
+    let (_, top_up) = app.get(&format!("/v1/top-ups/{top_up_id}"), &alice).await;
+    assert_eq!(top_up["status"], "failed");
+    let data = &e["data"];
+    assert_eq!(
+        data,
+        &json!({"id": o[0].0, "wallet_id": wallet, "status": "failed",
+                "failure_reason": "Your card has insufficient funds.", "consecutive_failures": 1,
+                "top_up": top_up, "created_at": data["created_at"], "updated_at": data["updated_at"]})
+    );
+    assert!(data["created_at"].as_str().unwrap() <= data["updated_at"].as_str().unwrap(), "{data}");
+    assert!(listed(&app, &alice, "auto_top_up.disabled").await.is_empty());
+    // Stripe's own payment_failed for it: no second failure, no event.
+    let failed = payment_event("evt_f1", "payment_intent.payment_failed", "pi_f1", 500, "declined", &o[0].0);
+    let (s, ack) = deliver(&app, &failed).await;
+    assert_eq!((s.as_u16(), ack["outcome"].as_str()), (200, Some("not_pending")));
+    assert_eq!(listed(&app, &alice, "auto_top_up.failed").await.len(), 1);
+
+    // 2. and 3. Failed by Stripe's webhook after being sent.
+    for (i, failures) in [(1usize, 2), (2, 3)] {
+        end_backoff(&app, &wallet);
+        spend_below(&app, &alice, &agent, &wallet, &format!("m{i}")).await;
+        stripe.next_payments(&["processing"]);
+        assert_eq!(send_due(&app).await, 1);
+        let order = orders(&app)[i].0.clone();
+        let pi = format!("pi_f{}", i + 1);
+        let failed = payment_event(
+            &format!("evt_f{}", i + 1),
+            "payment_intent.payment_failed",
+            &pi,
+            500,
+            "declined",
+            &order,
+        );
+        let (s, ack) = deliver(&app, &failed).await;
+        let outcome = if failures == 3 { "auto_top_up_disabled" } else { "auto_top_up_failed" };
+        assert_eq!((s.as_u16(), ack["outcome"].as_str()), (200, Some(outcome)), "{ack}");
+        let all = listed(&app, &alice, "auto_top_up.failed").await;
+        assert_eq!(all.len(), i + 1, "{all:?}");
+        let data = &all[i]["data"];
+        assert_eq!(
+            (data["id"].as_str(), data["status"].as_str(), data["failure_reason"].as_str()),
+            (Some(order.as_str()), Some("failed"), Some("insufficient_funds"))
+        );
+        assert_eq!(data["consecutive_failures"], failures);
+        assert_eq!(
+            (data["top_up"]["status"].as_str(), data["top_up"]["amount_usd"].as_str()),
+            (Some("failed"), Some("5.00"))
+        );
+        // Replayed: nothing more.
+        let (s, ack) = deliver(&app, &failed).await;
+        assert_eq!((s.as_u16(), ack["outcome"].as_str()), (200, Some("duplicate")));
+    }
+    let e = only(&app, &alice, "auto_top_up.disabled").await;
+    assert_eq!(e["subject"], subject);
+    assert_eq!(
+        e["data"],
+        json!({"enabled": false, "threshold": "10", "pack_id": "starter", "validity": "lifetime",
+               "payment_method_on_file": true, "consecutive_failures": 3,
+               "disabled_reason": "3 auto top-up payments in a row failed (last: insufficient_funds)"})
+    );
+    assert_eq!(e["data"], wallet_view(&app, &alice, &wallet).await["auto_top_up"]);
+    assert_eq!(listed(&app, &alice, "auto_top_up.failed").await.len(), 3);
+    assert_eq!(app.balance(&wallet, &alice).await, "5");
+    app.assert_ledger_ok();
+}
+
+/// After a failed payment the wallet does not order again on the next
+/// spend: it waits 1 h, then 2 h after a second failure in a row; a new
+/// card or a success ends the pause.
+async fn a_declined_card_waits_before_ordering_again(app: TestApp, stripe: FakeStripe) {
+    let (_, agent) = market(&app, "5", "20", 0, "public").await;
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    app.fund(&wallet, "30").await;
+    save_card(&app, &stripe, &alice, &wallet, "evt_setup").await;
+    let (s, w) = put_settings(
+        &app,
+        &alice,
+        &wallet,
+        json!({"threshold": "10", "pack_id": "starter", "enabled": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{w}");
+    assert_eq!(retry_after(&app, &wallet), None);
+
+    // Declined: a pause of 1 h; spends below the threshold order nothing.
+    stripe.next_payments(&["declined"]);
+    let (s, _, c) = charge(&app, &alice, &agent, json!({}), "m0").await;
+    assert_eq!((s.as_u16(), c["balance_after"].as_str()), (201, Some("5")), "{c}");
+    assert_eq!(send_due(&app).await, 1);
+    assert_eq!(orders(&app)[0].1, "failed");
+    hours_from_now(retry_after(&app, &wallet), 1);
+    spend_below(&app, &alice, &agent, &wallet, "m1").await;
+    spend_below(&app, &alice, &agent, &wallet, "m2").await;
+    assert_eq!(orders(&app).len(), 1, "no order during the pause");
+    assert_eq!(send_due(&app).await, 0);
+    assert_eq!(stripe.requests_to("/v1/payment_intents").len(), 1, "the card is not asked again");
+
+    // The pause passed: the next spend orders; failed by Stripe's webhook,
+    // the second failure in a row pauses 2 h.
+    end_backoff(&app, &wallet);
+    spend_below(&app, &alice, &agent, &wallet, "m3").await;
+    assert_eq!(orders(&app).len(), 2);
+    stripe.next_payments(&["processing"]);
+    assert_eq!(send_due(&app).await, 1);
+    let order = orders(&app)[1].0.clone();
+    let failed = payment_event("evt_f2", "payment_intent.payment_failed", "pi_f2", 500, "declined", &order);
+    let (s, ack) = deliver(&app, &failed).await;
+    assert_eq!((s.as_u16(), ack["outcome"].as_str()), (200, Some("auto_top_up_failed")), "{ack}");
+    hours_from_now(retry_after(&app, &wallet), 2);
+    spend_below(&app, &alice, &agent, &wallet, "m4").await;
+    assert_eq!(orders(&app).len(), 2);
+
+    // A new card ends the pause: the next spend orders, and its success
+    // leaves no pause behind.
+    save_card(&app, &stripe, &alice, &wallet, "evt_setup_2").await;
+    assert_eq!(retry_after(&app, &wallet), None);
+    spend_below(&app, &alice, &agent, &wallet, "m5").await;
+    assert_eq!(orders(&app).len(), 3);
+    stripe.next_payments(&["processing"]);
+    assert_eq!(send_due(&app).await, 1);
+    let order = orders(&app)[2].0.clone();
+    let paid = payment_event("evt_ok", "payment_intent.succeeded", "pi_ok", 500, "succeeded", &order);
+    let (s, ack) = deliver(&app, &paid).await;
+    assert_eq!((s.as_u16(), ack["outcome"].as_str()), (200, Some("credited")), "{ack}");
+    assert_eq!(app.balance(&wallet, &alice).await, "55");
+    assert_eq!((retry_after(&app, &wallet), orders(&app)[2].1.as_str()), (None, "paid"));
+    app.assert_ledger_ok();
+}
+
+async fn reconcile(app: &TestApp) -> usize {
+    tally::flows::auto_top_up::reconcile_stuck(&app.state()).await.expect("reconcile_stuck")
+}
+
+/// Makes the processing orders look sent `hours` ago with no webhook since.
+fn age_processing_orders(app: &TestApp, hours: i64) {
+    let then = chrono::Utc::now().naive_utc() - chrono::Duration::hours(hours);
+    diesel::update(auto_top_up_orders::table.filter(auto_top_up_orders::status.eq("processing")))
+        .set(auto_top_up_orders::updated_at.eq(then))
+        .execute(&mut app.conn())
+        .unwrap();
+}
+
+fn payment_intent_of(app: &TestApp, order: &str) -> String {
+    let pi: Option<String> = auto_top_up_orders::table
+        .find(order)
+        .select(auto_top_up_orders::payment_intent_id)
+        .first(&mut app.conn())
+        .unwrap();
+    pi.expect("the order's PaymentIntent")
+}
+
+/// An order left `processing` with no webhook (1 h by default) is settled
+/// from the PaymentIntent Stripe shows: credited once through the
+/// webhook's code (a webhook arriving after changes nothing), or failed.
+async fn a_stuck_order_is_settled_from_stripe_once(app: TestApp, stripe: FakeStripe) {
+    let (_, agent) = market(&app, "5", "20", 0, "public").await;
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    app.fund(&wallet, "30").await;
+    save_card(&app, &stripe, &alice, &wallet, "evt_setup").await;
+    let (s, w) = put_settings(
+        &app,
+        &alice,
+        &wallet,
+        json!({"threshold": "10", "pack_id": "starter", "enabled": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{w}");
+    let (s, _, c) = charge(&app, &alice, &agent, json!({}), "m0").await;
+    assert_eq!((s.as_u16(), c["balance_after"].as_str()), (201, Some("5")), "{c}");
+    stripe.next_payments(&["processing", "processing"]);
+    assert_eq!(send_due(&app).await, 1);
+    let order = orders(&app)[0].0.clone();
+    let pi = payment_intent_of(&app, &order);
+    let retrieved = || stripe.requests_to(&format!("/v1/payment_intents/{pi}")).len();
+
+    // Younger than the reconciliation age: Stripe is not asked.
+    assert_eq!(reconcile(&app).await, 0);
+    assert_eq!(retrieved(), 0);
+    // Older, and still processing at Stripe: asked once, left processing,
+    // and not asked again before another hour.
+    age_processing_orders(&app, 2);
+    assert_eq!(reconcile(&app).await, 0);
+    assert_eq!(retrieved(), 1);
+    assert_eq!(orders(&app)[0].1, "processing");
+    assert_eq!(reconcile(&app).await, 0);
+    assert_eq!(retrieved(), 1);
+
+    // Stripe took the money, the webhook was lost: credited once.
+    stripe.settle_payment(&pi, "succeeded");
+    age_processing_orders(&app, 2);
+    let entries_before = app.count("journal_entries");
+    let (a, b) = tokio::join!(reconcile(&app), reconcile(&app));
+    assert_eq!(a + b, 1, "two instances: one settles it");
+    assert_eq!(retrieved(), 2);
+    assert_eq!(app.balance(&wallet, &alice).await, "55");
+    assert_eq!(app.count("journal_entries"), entries_before + 1);
+    let top_up_id = orders(&app)[0].2.clone().unwrap();
+    let (_, t) = app.get(&format!("/v1/top-ups/{top_up_id}"), &alice).await;
+    assert_eq!((t["status"].as_str(), t["receipt_number"].as_i64()), (Some("paid"), Some(1)));
+    assert_eq!(orders(&app)[0].1, "paid");
+    let paid = only(&app, &alice, "top_up.paid").await;
+    assert_eq!(paid["data"], t);
+    // The webhook after all: already credited, nothing more.
+    let late = payment_event("evt_late", "payment_intent.succeeded", &pi, 500, "succeeded", &order);
+    let (s, ack) = deliver(&app, &late).await;
+    assert_eq!((s.as_u16(), ack["outcome"].as_str()), (200, Some("already_credited")), "{ack}");
+    assert_eq!(app.balance(&wallet, &alice).await, "55");
+    assert_eq!(app.count("journal_entries"), entries_before + 1);
+    assert_eq!(listed(&app, &alice, "top_up.paid").await.len(), 1);
+    assert_eq!(reconcile(&app).await, 0, "a paid order is not asked about");
+
+    // A second order declined at Stripe, its webhook lost: failed once.
+    let (s, _, c) = charge(&app, &alice, &agent, json!({}), "m1").await;
+    assert_eq!((s.as_u16(), c["balance_after"].as_str()), (201, Some("30")), "{c}");
+    let (s, _, c) = charge(&app, &alice, &agent, json!({}), "m2").await;
+    assert_eq!((s.as_u16(), c["balance_after"].as_str()), (201, Some("5")), "{c}");
+    assert_eq!(send_due(&app).await, 1);
+    let order2 = orders(&app)[1].0.clone();
+    let pi2 = payment_intent_of(&app, &order2);
+    stripe.settle_payment(&pi2, "requires_payment_method");
+    age_processing_orders(&app, 2);
+    assert_eq!(reconcile(&app).await, 1);
+    let o = orders(&app);
+    assert_eq!((o[1].1.as_str(), o[1].3.as_deref()), ("failed", Some("insufficient_funds")));
+    assert_eq!(wallet_view(&app, &alice, &wallet).await["auto_top_up"]["consecutive_failures"], 1);
+    let failed = only(&app, &alice, "auto_top_up.failed").await;
+    assert_eq!(failed["data"]["id"], order2.as_str());
+    let late = payment_event("evt_late_f", "payment_intent.payment_failed", &pi2, 500, "declined", &order2);
+    let (s, ack) = deliver(&app, &late).await;
+    assert_eq!((s.as_u16(), ack["outcome"].as_str()), (200, Some("not_pending")), "{ack}");
+    assert_eq!(listed(&app, &alice, "auto_top_up.failed").await.len(), 1);
+    assert_eq!(app.balance(&wallet, &alice).await, "5");
+    app.assert_ledger_ok();
 }

@@ -29,6 +29,25 @@ pub fn all_events(app: &TestApp) -> Vec<(String, String, String, Option<String>)
         .unwrap()
 }
 
+/// The events of one type that `GET /v1/events` lists to the token's
+/// holder, oldest first (at most 100: the tests' pages).
+pub async fn listed(app: &TestApp, token: &str, event_type: &str) -> Vec<Value> {
+    let (s, page) = app.get(&format!("/v1/events?type={event_type}&limit=100"), token).await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["has_more"], false, "{page}");
+    let mut data = page["data"].as_array().unwrap().clone();
+    data.reverse();
+    data
+}
+
+/// The one event of a type listed to the token's holder (fails when there
+/// is none or more than one).
+pub async fn only(app: &TestApp, token: &str, event_type: &str) -> Value {
+    let all = listed(app, token, event_type).await;
+    assert_eq!(all.len(), 1, "exactly one {event_type}: {all:?}");
+    all.into_iter().next().unwrap()
+}
+
 fn types(app: &TestApp) -> Vec<String> {
     all_events(app).into_iter().map(|(t, ..)| t).collect()
 }

@@ -56,6 +56,7 @@ both_with_packs!(
     a_hold_keeps_its_reservation_on_a_grant_that_expires,
     a_refund_takes_back_the_top_ups_own_grants_first,
     promotional_grants_are_checked_and_idempotent,
+    grants_announce_expiring_a_week_before_and_expired_once,
 );
 
 /// Buys `pack` (at `validity`, or the pack's default) as a manual order an
@@ -596,5 +597,46 @@ async fn promotional_grants_are_checked_and_idempotent(app: TestApp) {
     assert_eq!((app.count("credit_grants"), app.count("journal_entries WHERE kind = 'grant'")), (1, 1));
     assert_eq!(balance(&app, platform(&app).promotional_expense), "-5");
     assert_eq!(app.balance(&wallet, &app.token("alice")).await, "5");
+    app.assert_ledger_ok();
+}
+
+/// `grant.expiring` once per grant whose credits expire within 7 days (not
+/// for one 8 days out, nor a lifetime one), and `grant.expired` once when
+/// the sweep expires it, each with the grant as shown.
+async fn grants_announce_expiring_a_week_before_and_expired_once(app: TestApp) {
+    let ann = app.token("ann");
+    let wallet = app.wallet_of("ann").await;
+    buy(&app, "ann", &wallet, "big", None).await;
+    let later = promote(&app, &wallet, "5", Some(in_secs(8 * 86_400))).await;
+    let soon = promote(&app, &wallet, "3", Some(in_secs(6 * 86_400))).await;
+    let soon_id = soon["grant"]["id"].as_str().unwrap().to_string();
+    let announce = || tally::services::grants::announce_expiring(&mut app.conn()).unwrap();
+    assert_eq!(tokio::task::block_in_place(announce), 1);
+    assert_eq!(tokio::task::block_in_place(announce), 0, "once per grant");
+    let e = crate::events::only(&app, &ann, "grant.expiring").await;
+    assert_eq!(e["subject"], json!({"type": "person", "id": "ann", "wallet_id": wallet}));
+    let shown = grants(&app, &wallet, &ann).await.into_iter().find(|g| g["id"] == soon_id.as_str()).unwrap();
+    assert_eq!(e["data"], shown);
+    assert_eq!(
+        (e["data"]["remaining"].as_str(), e["data"]["category"].as_str()),
+        (Some("3"), Some("promotional"))
+    );
+    assert!(crate::events::listed(&app, &ann, "grant.expired").await.is_empty());
+
+    // It expires: one `grant.expired` with what expired, by whichever
+    // instance expired it.
+    set_expiry(&app, &soon_id, tally::db::now() - chrono::Duration::seconds(1));
+    let expired = tokio::task::block_in_place(|| sweep_as_instances(&app, 3));
+    assert_eq!(expired.iter().sum::<usize>(), 1, "{expired:?}");
+    let e = crate::events::only(&app, &ann, "grant.expired").await;
+    assert_eq!(
+        (e["data"]["id"].as_str(), e["data"]["remaining"].as_str()),
+        (Some(soon_id.as_str()), Some("3"))
+    );
+    assert_eq!(e["data"]["amount"], shown["amount"]);
+    assert_eq!(app.balance(&wallet, &ann).await, "170");
+    // The grant 8 days out was not announced.
+    assert_eq!(crate::events::listed(&app, &ann, "grant.expiring").await.len(), 1);
+    assert_eq!(later["grant"]["remaining"], "5");
     app.assert_ledger_ok();
 }

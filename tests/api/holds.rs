@@ -273,10 +273,19 @@ async fn expired_holds_are_released_once_by_every_instance(app: TestApp) {
     assert!(released.iter().sum::<usize>() <= 6, "{released:?}");
     let again = tokio::task::block_in_place(|| sweep_as_instances(&app, 3));
     assert_eq!(again, vec![0, 0, 0]);
+    // One `hold.expired` per hold, with the hold as shown, whichever
+    // instance released it; none for the open one.
+    let events = crate::events::listed(&app, &alice, "hold.expired").await;
+    assert_eq!(events.len(), 6, "{events:?}");
     for id in &ids {
         let (_, h) = app.get(&format!("/v1/holds/{id}"), &alice).await;
         assert_eq!(h["status"], "expired", "{h}");
+        let mine: Vec<&Value> = events.iter().filter(|e| e["data"]["id"] == id.as_str()).collect();
+        assert_eq!(mine.len(), 1, "{id}: {events:?}");
+        assert_eq!(mine[0]["data"], h);
+        assert_eq!(mine[0]["subject"], json!({"type": "person", "id": "alice", "wallet_id": wallet}));
     }
+    assert!(events.iter().all(|e| e["data"]["id"] != long["id"]));
     let releases = app.count("journal_entries WHERE kind = 'hold_release'");
     assert_eq!(releases, 6);
     assert_eq!(wallet_state(&app, &wallet, &alice).await, st("10", "0.5", "9.5"));

@@ -52,6 +52,7 @@ both_payouts!(
     unlisted_bank_payout_is_acknowledged_and_applied_on_resend,
     failure_after_paid_keeps_earnings_in_payout,
     earnings_say_whether_and_why_not_a_payout_can_be_made,
+    payout_and_earnings_events_are_recorded_once,
 );
 
 /// The earnings view says whether a payout can be requested now, and the
@@ -709,5 +710,61 @@ async fn failure_after_paid_keeps_earnings_in_payout(app: TestApp, stripe: FakeS
     assert_eq!((e["available"].as_str(), e["in_payout"].as_str()), (Some("0"), Some("35")));
     let (s, b) = pay_out(&app, &org, &creator, json!({"amount": "35"}), "fap-2").await;
     assert_error(s, &b, 422, "insufficient_earnings");
+    app.assert_ledger_ok();
+}
+
+/// `earnings.available` once per settlement (per organization), and
+/// `payout.in_transit`, `.paid`, `.failed` once each with the payout as
+/// shown; a refused payout and replayed events record nothing.
+async fn payout_and_earnings_events_are_recorded_once(app: TestApp, stripe: FakeStripe) {
+    use crate::events::{listed, only};
+    let org = earn(&app, 20).await;
+    let creator = app.token("creator");
+    // The read settles the 20 charges' earnings in one settlement.
+    let e = earnings(&app, &org).await;
+    assert_eq!(e["available"], "140");
+    let _ = earnings(&app, &org).await;
+    let settled = only(&app, &creator, "earnings.available").await;
+    assert_eq!(settled["subject"], json!({"type": "org", "id": org, "wallet_id": null}));
+    assert_eq!(settled["data"], json!({"org_id": org, "amount": "140", "available": "140", "accruals": 20}));
+    // The payer sees none of the organization's events.
+    assert!(listed(&app, &app.token("alice"), "earnings.available").await.is_empty());
+
+    let account = onboard(&app, &org).await;
+    // Below the minimum: refused, nothing recorded.
+    let (s, b) = pay_out(&app, &org, &creator, json!({"amount": "5"}), "small").await;
+    assert!(s.is_client_error(), "{s} {b}");
+    assert!(listed(&app, &creator, "payout.in_transit").await.is_empty());
+    let (s, p) = pay_out(&app, &org, &creator, json!({"amount": "100"}), "po-1").await;
+    assert_eq!(s, 201, "{p}");
+    let payout_id = p["id"].as_str().unwrap().to_string();
+    let sent = only(&app, &creator, "payout.in_transit").await;
+    assert_eq!(sent["subject"], json!({"type": "org", "id": org, "wallet_id": null}));
+    assert_eq!(sent["data"], p);
+    assert_eq!(
+        (sent["data"]["status"].as_str(), sent["data"]["amount"].as_str()),
+        (Some("in_transit"), Some("100"))
+    );
+
+    stripe.bank_payout_carries("po_bank1", &[p["transfer_id"].as_str().unwrap()], &[]);
+    let paid =
+        fake::connect_event("evt_pp", "payout.paid", &account, fake::bank_payout_object("po_bank1", "paid"));
+    assert_eq!(app.deliver(&paid).await["outcome"], "payouts_paid");
+    assert_eq!(app.deliver(&paid).await["outcome"], "duplicate");
+    let (_, shown) = app.get(&format!("/v1/payouts/{payout_id}"), &creator).await;
+    let e = only(&app, &creator, "payout.paid").await;
+    assert_eq!((&e["data"], e["data"]["status"].as_str()), (&shown, Some("paid")));
+
+    let transfer = p["transfer_id"].as_str().unwrap();
+    let reversed = fake::event("evt_rev", "transfer.reversed", fake::transfer_object(transfer));
+    assert_eq!(app.deliver(&reversed).await["outcome"], "payout_failed");
+    let again = fake::event("evt_rev2", "transfer.reversed", fake::transfer_object(transfer));
+    assert_eq!(app.deliver(&again).await["outcome"], "already_failed");
+    let (_, shown) = app.get(&format!("/v1/payouts/{payout_id}"), &creator).await;
+    let e = only(&app, &creator, "payout.failed").await;
+    assert_eq!((&e["data"], e["data"]["status"].as_str()), (&shown, Some("failed")));
+    assert_eq!(e["data"]["amount"], "100");
+    assert_eq!(listed(&app, &creator, "payout.in_transit").await.len(), 1);
+    assert_eq!(listed(&app, &creator, "earnings.available").await.len(), 1);
     app.assert_ledger_ok();
 }

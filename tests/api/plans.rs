@@ -32,7 +32,11 @@ macro_rules! both_with_stripe {
     )* };
 }
 
-both_with_stripe!(subscriptions_keep_the_plan_current, abandoned_subscription_checkout_expires);
+both_with_stripe!(
+    subscriptions_keep_the_plan_current,
+    abandoned_subscription_checkout_expires,
+    subscription_changes_are_announced_once
+);
 
 async fn check(app: &TestApp, token: &str, body: Value) -> Value {
     let (s, d) = app.post("/v1/entitlements/check", token, body).await;
@@ -391,4 +395,36 @@ async fn abandoned_subscription_checkout_expires(app: TestApp, _stripe: FakeStri
     assert_eq!(app.deliver(&unknown).await["outcome"], "unknown_checkout");
     assert_eq!(app.count("subscription_checkouts"), 2);
     app.assert_ledger_ok();
+}
+
+/// `subscription.updated` once per recorded change (created, status
+/// changed, deleted), with the subscription as it is then; a replayed
+/// event records none.
+async fn subscription_changes_are_announced_once(app: TestApp, _stripe: FakeStripe) {
+    let creator = app.token("creator");
+    let (_, org) = app.post("/v1/orgs", &creator, json!({"name": "Co"})).await;
+    let org_id = org["id"].as_str().unwrap().to_string();
+    let subject = ("org", org_id.as_str());
+    let steps = [
+        ("evt_s1", "customer.subscription.created", "active", 1000, "subscription_recorded"),
+        ("evt_s2", "customer.subscription.updated", "past_due", 2000, "subscription_updated"),
+        ("evt_s3", "customer.subscription.deleted", "canceled", 3000, "subscription_updated"),
+    ];
+    for (i, (id, kind, status, created, outcome)) in steps.into_iter().enumerate() {
+        let event = subscription_event(id, kind, "sub_1", status, subject, created);
+        assert_eq!(app.deliver(&event).await["outcome"], outcome);
+        assert_eq!(app.deliver(&event).await["outcome"], "duplicate");
+        let all = crate::events::listed(&app, &creator, "subscription.updated").await;
+        assert_eq!(all.len(), i + 1, "{all:?}");
+        let e = &all[i];
+        assert_eq!(e["subject"], json!({"type": "org", "id": org_id, "wallet_id": null}));
+        let d = &e["data"];
+        assert_eq!(
+            (d["id"].as_str(), d["subject_type"].as_str(), d["subject_id"].as_str(), d["plan"].as_str()),
+            (Some("sub_1"), Some("org"), Some(org_id.as_str()), Some("pro"))
+        );
+        assert_eq!(d["status"], status);
+        assert_eq!(d["past_due_since"].is_string(), status == "past_due", "{d}");
+    }
+    assert!(crate::events::listed(&app, &app.token("mo"), "subscription.updated").await.is_empty());
 }

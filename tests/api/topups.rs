@@ -8,6 +8,7 @@ use tally::domain::Credits;
 use tally::ledger::{self, PlatformAccounts};
 
 use crate::charges::{charge, market};
+use crate::events::{listed, only};
 use crate::helpers::{assert_error, Backend, TestApp};
 use tally::stripe::fake::{self as fake, FakeStripe, WEBHOOK_SECRET};
 
@@ -58,6 +59,7 @@ both_with_stripe!(
     mismatched_payments_wait_for_an_operator,
     expired_checkout_ends_and_a_late_payment_is_still_credited,
     operator_refunds_unspent_credits_through_stripe,
+    top_up_events_carry_the_top_up_once,
 );
 
 crate::both!(
@@ -1119,5 +1121,79 @@ async fn manual_top_up_refund_is_recorded_only(app: TestApp) {
     let (s, b) = refund_top_up(&app, &id, json!({"reason": "again"}), Some("m-3")).await;
     assert_error(s, &b, 409, "top_up_not_paid");
     assert_eq!(amounts_of(&app, &tok, &wallet, "refund").await, vec!["-30", "-20"]);
+    app.assert_ledger_ok();
+}
+
+/// `top_up.expired`, `.paid`, `.refunded` and `.disputed`: each recorded
+/// once with the top-up as the API shows it then; a replayed, refused or
+/// unknown event records none.
+async fn top_up_events_carry_the_top_up_once(app: TestApp, _stripe: FakeStripe) {
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    let subject = json!({"type": "person", "id": "alice", "wallet_id": wallet});
+    // Expired.
+    let (_, t) = start_top_up(&app, &alice, &wallet, "starter", "e1").await;
+    let id = t["id"].as_str().unwrap().to_string();
+    let mut expired = fake::session_event_object("cs_e1", &id, 500, "unpaid", "pi_e1");
+    expired["status"] = json!("expired");
+    expired["payment_intent"] = Value::Null;
+    let expired = fake::event("evt_e1", "checkout.session.expired", expired);
+    assert_eq!(outcome_of(&app, &expired).await, "expired");
+    assert_eq!(outcome_of(&app, &expired).await, "duplicate");
+    let e = only(&app, &alice, "top_up.expired").await;
+    assert_eq!(e["subject"], subject);
+    let shown = top_up_of(&app, &alice, &id).await;
+    assert_eq!((&e["data"], shown["status"].as_str()), (&shown, Some("expired")));
+    assert!(listed(&app, &alice, "top_up.paid").await.is_empty());
+
+    // Paid: a standard pack, 150 + 15 credits for $15.00.
+    let (_, t) = start_top_up(&app, &alice, &wallet, "standard", "p1").await;
+    let id = t["id"].as_str().unwrap().to_string();
+    let paid = paid_event("evt_p", &t, "cs_p", "pi_p", "checkout.session.completed", "paid");
+    assert_eq!(outcome_of(&app, &paid).await, "credited");
+    assert_eq!(outcome_of(&app, &paid).await, "duplicate");
+    let e = only(&app, &alice, "top_up.paid").await;
+    assert_eq!(e["subject"], subject);
+    let shown = top_up_of(&app, &alice, &id).await;
+    assert_eq!(e["data"], shown);
+    assert_eq!(
+        (e["data"]["id"].as_str(), e["data"]["status"].as_str(), e["data"]["credits"].as_str()),
+        (Some(id.as_str()), Some("paid"), Some("165"))
+    );
+    assert_eq!(
+        (e["data"]["amount_usd"].as_str(), e["data"]["receipt_number"].as_i64()),
+        (Some("15.00"), Some(1))
+    );
+
+    // A refused (badly signed) refund changes nothing and records nothing.
+    let refund = fake::event("evt_r1", "charge.refunded", fake::charge_object("pi_p", 1500, 400));
+    let (s, _) = app.post_event(&refund, Some(&fake::signature(&refund, "whsec_wrong", 0))).await;
+    assert_eq!(s, 400);
+    assert!(listed(&app, &alice, "top_up.refunded").await.is_empty());
+    // $4 of $15 refunded.
+    assert_eq!(outcome_of(&app, &refund).await, "partially_refunded");
+    let e = only(&app, &alice, "top_up.refunded").await;
+    let shown = top_up_of(&app, &alice, &id).await;
+    assert_eq!(e["data"], shown);
+    assert_eq!(
+        (e["data"]["status"].as_str(), e["data"]["refunded_usd"].as_str()),
+        (Some("paid"), Some("4.00"))
+    );
+    assert_eq!(app.balance(&wallet, &alice).await, "121");
+    // A refund of an unknown payment records nothing.
+    let unknown = fake::event("evt_r2", "charge.refunded", fake::charge_object("pi_unknown", 500, 500));
+    assert_eq!(outcome_of(&app, &unknown).await, "unknown_top_up");
+    assert_eq!(listed(&app, &alice, "top_up.refunded").await.len(), 1);
+
+    // Disputed: the rest taken back, the wallet frozen (announced too).
+    let d = dispute("dp_1", "evt_d1", "pi_p", "charge.dispute.created", "needs_response");
+    assert_eq!(outcome_of(&app, &d).await, "disputed");
+    assert_eq!(outcome_of(&app, &d).await, "duplicate");
+    let e = only(&app, &alice, "top_up.disputed").await;
+    assert_eq!(e["subject"], subject);
+    let shown = top_up_of(&app, &alice, &id).await;
+    assert_eq!((&e["data"], e["data"]["status"].as_str()), (&shown, Some("disputed")));
+    assert_eq!(only(&app, &alice, "wallet.frozen").await["data"]["frozen"], true);
+    assert_eq!(app.balance(&wallet, &alice).await, "0");
     app.assert_ledger_ok();
 }

@@ -48,6 +48,7 @@ both_private!(
     events_fan_out_to_the_endpoints_that_listen,
     a_failing_receiver_gets_the_same_webhook_id_with_backoff,
     three_instances_deliver_each_event_once,
+    an_endpoint_failing_for_three_days_is_disabled_and_announced_once,
 );
 
 async fn endpoint_urls_must_be_public_https(app: TestApp) {
@@ -393,4 +394,69 @@ async fn three_instances_deliver_each_event_once(app: TestApp) {
     for handle in others {
         handle.stop(false).await;
     }
+}
+
+/// An endpoint whose deliveries fail for 3 days is disabled at its next
+/// failure; `webhook_endpoint.disabled` (the endpoint as shown) is recorded
+/// once and delivered to the owner's other endpoints, not to others'.
+async fn an_endpoint_failing_for_three_days_is_disabled_and_announced_once(app: TestApp) {
+    use diesel::prelude::*;
+    use tally::db::schema::webhook_endpoints as we;
+    let failing = Receiver::start(usize::MAX);
+    let healthy = Receiver::start(0);
+    let strangers = Receiver::start(0);
+    let ann = app.token("ann");
+    let op = app.operator_token();
+    let wallet = app.wallet_of("ann").await;
+    let (endpoint, _) = register(&app, &ann, &failing.url, json!(["wallet.frozen"])).await;
+    let (_, secret) = register(&app, &ann, &healthy.url, json!(["webhook_endpoint.disabled"])).await;
+    register(&app, &app.token("bob"), &strangers.url, json!(["*"])).await;
+    let (s, b) = app.post(&format!("/v1/admin/wallets/{wallet}/freeze"), &op, json!({"reason": "x"})).await;
+    assert_eq!(s, 200, "{b}");
+    failing.wait_for(1).await;
+    // Failing since 3 days and a minute, as if the retries had gone on
+    // (once the first failure is recorded).
+    let since = chrono::Utc::now().naive_utc() - chrono::Duration::days(3) - chrono::Duration::minutes(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = diesel::update(we::table.find(&endpoint).filter(we::failing_since.is_not_null()))
+            .set(we::failing_since.eq(Some(since)))
+            .execute(&mut app.conn())
+            .unwrap();
+        if n == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first failure was not recorded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let got = healthy.wait_for(1).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        let (s, e) = app.get(&format!("/v1/webhook-endpoints/{endpoint}"), &ann).await;
+        assert_eq!(s, 200, "{e}");
+        if e["disabled"] == true || Instant::now() > deadline {
+            break e;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (shown["disabled"].as_bool(), shown["disabled_reason"].as_str()),
+        (Some(true), Some("failing"))
+    );
+    let e = crate::events::only(&app, &ann, "webhook_endpoint.disabled").await;
+    assert_eq!(e["subject"], json!({"type": "person", "id": "ann", "wallet_id": null}));
+    assert_eq!(e["data"], shown);
+    // Delivered to the other endpoint, signed with its secret.
+    assert_eq!(got[0].headers["webhook-id"], e["id"].as_str().unwrap());
+    let verifier = standardwebhooks::Webhook::new(&secret).unwrap();
+    verifier.verify(got[0].body.as_bytes(), &got[0].headers).expect("the signature verifies");
+    let body: Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!((body["type"].as_str(), &body["data"]), (Some("webhook_endpoint.disabled"), &shown));
+    // Disabled, it is tried no more; nothing more is announced.
+    let tries = failing.received().len();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(failing.received().len(), tries);
+    assert_eq!(crate::events::listed(&app, &ann, "webhook_endpoint.disabled").await.len(), 1);
+    assert_eq!(healthy.received().len(), 1);
+    assert!(strangers.received().is_empty(), "Bob hears nothing of Ann's endpoint");
 }
