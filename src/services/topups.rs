@@ -382,7 +382,8 @@ pub(crate) fn fail_pending(tx: &mut WriteTx<'_>, top_up_id: &str) -> ServiceResu
 
 /// A top-up as the API shows it, for another service's event data.
 pub(crate) fn view_of(conn: &mut DbConn, id: &str) -> ServiceResult<TopUp> {
-    Ok(view(load(conn, id)?))
+    let row = load(conn, id)?;
+    view(conn, row)
 }
 
 /// Keeps the PaymentIntent of an auto top-up on its order.
