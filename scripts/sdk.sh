@@ -34,6 +34,9 @@ generate_python() {
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "openapi-python-client==0.29.1"
   fi
+  # The receiver's verifier: Standard Webhooks' own library.
+  "$venv/bin/python" -c 'import standardwebhooks' 2>/dev/null ||
+    "$venv/bin/pip" install -q "standardwebhooks==1.0.1"
   rm -rf "$work/python"
   # openapi-python-client (0.29) has no tag filter: it reads the document
   # without the `operations` tag (health, readiness, metrics: no SDK methods).
@@ -115,7 +118,7 @@ scenario() {
   export TALLY_JWT_SECRET=sdk-scenario-secret-0123456789
   (cd "$dir" && DATABASE_URL="sqlite://$dir/tally.db" TALLY_BIND="127.0.0.1:$port" RUST_LOG=warn \
     TALLY_EARNINGS_HOLD=1s TALLY_SETTLEMENT_SWEEP=200ms TALLY_MIN_WITHDRAWAL=10 \
-    TALLY_CREDIT_PACKS="$packs" \
+    TALLY_CREDIT_PACKS="$packs" TALLY_WEBHOOKS_ALLOW_PRIVATE=true TALLY_WEBHOOK_POLL=200ms \
     STRIPE_SECRET_KEY=sk_test_fake STRIPE_WEBHOOK_SECRET=whsec_test_0123456789abcdef \
     STRIPE_API_BASE="$stripe_url" exec "$tally" serve) >"$dir/server.log" 2>&1 &
   pids+=($!)

@@ -9,11 +9,15 @@ The server runs with a 1 s earnings hold, a 200 ms settlement sweep and a
 share is 30 %. Every amount below is exact.
 """
 
+import http.server
 import json
 import os
 import sys
+import threading
 import time
 import urllib.request
+
+from standardwebhooks.webhooks import Webhook
 
 from tally_client import AuthenticatedClient
 from tally_client.api.admin import create_grant, put_model, put_tool, create_plan_grant, settle_top_up, verify_ledger
@@ -28,6 +32,7 @@ from tally_client.api.payouts import connect_payout_account, create_payout, get_
 from tally_client.api.people import get_me
 from tally_client.api.top_ups import create_top_up
 from tally_client.api.wallets import get_wallet, list_wallet_grants, list_wallet_transactions
+from tally_client.api.webhook_endpoints import create_webhook_endpoint
 from tally_client.models import (
     AgentVisibility,
     CaptureHoldRequest,
@@ -39,6 +44,7 @@ from tally_client.models import (
     CreatePayoutRequest,
     CreatePlanGrantRequest,
     CreateTopUpRequest,
+    CreateWebhookEndpointRequest,
     ErrorResponse,
     GrantCategory,
     GrantSource,
@@ -109,6 +115,35 @@ agent = expect(
 )
 check("agent cost per message", agent.estimated_cost_per_message, "10.3")
 
+# The payer's systems listen for paid top-ups: a receiver on this machine
+# (the server allows http and loopback with TALLY_WEBHOOKS_ALLOW_PRIVATE).
+received = []
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        received.append((body, {k.lower(): v for k, v in self.headers.items()}))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+threading.Thread(target=receiver.serve_forever, daemon=True).start()
+endpoint = expect(
+    create_webhook_endpoint.sync_detailed(
+        client=payer,
+        body=CreateWebhookEndpointRequest(
+            url=f"http://127.0.0.1:{receiver.server_address[1]}/hooks/tally", events=["top_up.paid"]
+        ),
+    ),
+    201,
+)
+check("endpoint secret prefix", endpoint.secret[:6], "whsec_")
+
 # The payer buys 150 credits by invoice; an operator settles the order.
 me = expect(get_me.sync_detailed(client=payer), 200)
 wallet_id = me.wallet_id
@@ -126,6 +161,23 @@ check("balance before settlement", expect(get_wallet.sync_detailed(wallet_id, cl
 paid = expect(settle_top_up.sync_detailed(order.id, client=admin, idempotency_key="py-settle-1"), 200)
 check("settled order", (paid.status, paid.receipt_number), ("paid", 1))
 check("balance after settlement", expect(get_wallet.sync_detailed(wallet_id, client=payer), 200).balance, "150")
+
+# The settlement's top_up.paid reaches the receiver, signed per Standard
+# Webhooks: the library verifies it with the endpoint's secret, and a body
+# changed on the way fails verification.
+wait_for("the top_up.paid delivery", lambda: received)
+body, headers = received[0]
+event = Webhook(endpoint.secret).verify(body, headers)
+check(
+    "delivered event",
+    (event["type"], event["data"]["id"], event["data"]["status"], event["data"]["credits"], headers["webhook-id"]),
+    ("top_up.paid", order.id, "paid", "150", event["id"]),
+)
+try:
+    Webhook(endpoint.secret).verify(body.replace(b'"150"', b'"1500"'), headers)
+    sys.exit("a changed body passed verification")
+except Exception as e:  # WebhookVerificationError
+    check("a changed body is refused", type(e).__name__, "WebhookVerificationError")
 
 # The settled order's invoice (its receipt number, gap-free) and its PDF.
 invoices = expect(list_invoices.sync_detailed(wallet_id, client=payer), 200)

@@ -9,7 +9,10 @@
 // share is 30 %. Every amount below is exact. `tsc` type-checks this file
 // against the generated types before it runs.
 
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import createClient from "openapi-fetch";
+import { Webhook } from "standardwebhooks";
 import type { paths } from "./generated/schema.js";
 
 function env(name: string): string {
@@ -72,6 +75,29 @@ const agent = expect(
 check("agent cost per message", agent.estimated_cost_per_message, "10.3");
 
 // The payer buys 150 credits by invoice; an operator settles the order.
+// The payer's systems listen for paid top-ups: a receiver on this machine
+// (the server allows http and loopback with TALLY_WEBHOOKS_ALLOW_PRIVATE).
+const received: { body: string; headers: Record<string, string> }[] = [];
+const receiver = createServer((req, res) => {
+  const chunks: Buffer[] = [];
+  req.on("data", (c: Buffer) => chunks.push(c));
+  req.on("end", () => {
+    const headers: Record<string, string> = {};
+    for (const [k, v] of Object.entries(req.headers)) if (typeof v === "string") headers[k] = v;
+    received.push({ body: Buffer.concat(chunks).toString("utf8"), headers });
+    res.writeHead(204).end();
+  });
+});
+await new Promise<void>((r) => receiver.listen(0, "127.0.0.1", r));
+const receiverPort = (receiver.address() as AddressInfo).port;
+const endpoint = expect(
+  await payer.POST("/v1/webhook-endpoints", {
+    body: { url: `http://127.0.0.1:${receiverPort}/hooks/tally`, events: ["top_up.paid"] },
+  }),
+  201,
+);
+check("endpoint secret prefix", endpoint.secret.slice(0, 6), "whsec_");
+
 const me = expect(await payer.GET("/v1/me"), 200);
 const wallet = { params: { path: { wallet_id: me.wallet_id } } };
 const order = expect(
@@ -91,6 +117,29 @@ const paid = expect(
 );
 check("settled order", [paid.status, paid.receipt_number], ["paid", 1]);
 check("balance after settlement", expect(await payer.GET("/v1/wallets/{wallet_id}", wallet), 200).balance, "150");
+
+// The settlement's top_up.paid reaches the receiver, signed per Standard
+// Webhooks: the library verifies it with the endpoint's secret, and a body
+// changed on the way fails verification.
+const delivery = await waitFor("the top_up.paid delivery", async () => received[0]);
+const event = new Webhook(endpoint.secret).verify(delivery.body, delivery.headers) as {
+  id: string;
+  type: string;
+  data: { id: string; status: string; credits: string };
+};
+check(
+  "delivered event",
+  [event.type, event.data.id, event.data.status, event.data.credits, delivery.headers["webhook-id"]],
+  ["top_up.paid", order.id, "paid", "150", event.id],
+);
+let refused = "";
+try {
+  new Webhook(endpoint.secret).verify(delivery.body.replaceAll('"150"', '"1500"'), delivery.headers);
+} catch (e) {
+  refused = (e as Error).constructor.name;
+}
+check("a changed body is refused", refused, "WebhookVerificationError");
+receiver.close();
 
 // The settled order's invoice (its receipt number, gap-free) and its PDF.
 const invoices = expect(await payer.GET("/v1/wallets/{wallet_id}/invoices", wallet), 200);
