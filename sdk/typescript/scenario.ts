@@ -132,13 +132,13 @@ check(
   [event.type, event.data.id, event.data.status, event.data.credits, delivery.headers["webhook-id"]],
   ["top_up.paid", order.id, "paid", "150", event.id],
 );
-let refused = "";
+let tamperedRefusal = "";
 try {
   new Webhook(endpoint.secret).verify(delivery.body.replaceAll('"150"', '"1500"'), delivery.headers);
 } catch (e) {
-  refused = (e as Error).constructor.name;
+  tamperedRefusal = (e as Error).constructor.name;
 }
-check("a changed body is refused", refused, "WebhookVerificationError");
+check("a changed body is refused", tamperedRefusal, "WebhookVerificationError");
 receiver.close();
 
 // The settled order's invoice (its receipt number, gap-free) and its PDF.
