@@ -14,41 +14,21 @@ use tally::stripe::fake::{self as fake, FakeStripe, WEBHOOK_SECRET};
 
 use crate::charges::{charge, market};
 use crate::events::{listed, only};
-use crate::helpers::{assert_error, Backend, TestApp};
+use crate::helpers::{assert_error, TestApp};
 
 const PACKS: &str = r#"[
   {"id": "starter", "name": "Starter", "credits": "50", "price_usd": "5.00"},
   {"id": "standard", "name": "Standard", "credits": "150", "price_usd": "15.00", "bonus_credits": "15"}
 ]"#;
 
-/// Runs each `async fn(TestApp, FakeStripe)` on both databases, with Stripe
-/// pointed at a fresh fake. The maintenance sweep runs once at start only:
-/// the tests send the orders' payments themselves.
-macro_rules! both_with_stripe {
-    ($($name:ident),* $(,)?) => { $(
-        mod $name {
-            use super::*;
-            async fn go(backend: Backend) {
-                let stripe = FakeStripe::start().await;
-                let Some(app) = TestApp::spawn_with(backend, |v| {
-                    stripe.settings(v);
-                    v.insert("TALLY_CREDIT_PACKS".into(), PACKS.into());
-                    v.insert("TALLY_SETTLEMENT_SWEEP".into(), "1d".into());
-                }).await else {
-                    eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
-                    return;
-                };
-                super::$name(app, stripe).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() { go(Backend::Sqlite).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() { go(Backend::Postgres).await }
-        }
-    )* };
+/// The tests' settings (beside the fake Stripe). The maintenance sweep runs
+/// once at start only: the tests send the orders' payments themselves.
+fn settings(v: &mut std::collections::BTreeMap<String, String>) {
+    v.insert("TALLY_CREDIT_PACKS".into(), PACKS.into());
+    v.insert("TALLY_SETTLEMENT_SWEEP".into(), "1d".into());
 }
 
-both_with_stripe!(
+crate::both_with_stripe!(settings;
     setup_checkout_saves_the_payment_method,
     a_crossing_charge_orders_once_and_the_webhook_credits_once,
     concurrent_charges_crossing_together_record_one_order,
@@ -88,6 +68,32 @@ async fn save_card(app: &TestApp, stripe: &FakeStripe, token: &str, wallet: &str
     assert_eq!((s.as_u16(), ack["outcome"].as_str()), (200, Some("payment_method_saved")), "{ack}");
     assert_eq!(stripe.requests_to(&format!("/v1/setup_intents/{seti}")).len(), 1);
     seti
+}
+
+/// Alice with a wallet funded with `funded`, a saved card, and auto top-up
+/// of the starter pack below `threshold`; an agent priced (infra, add-on)
+/// a message. Returns (agent, Alice's token, wallet).
+async fn armed(
+    app: &TestApp,
+    stripe: &FakeStripe,
+    (infra, addon): (&str, &str),
+    funded: &str,
+    threshold: &str,
+) -> (String, String, String) {
+    let (_, agent) = market(app, infra, addon, 0, "public").await;
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    app.fund(&wallet, funded).await;
+    save_card(app, stripe, &alice, &wallet, "evt_setup").await;
+    let (s, w) = put_settings(
+        app,
+        &alice,
+        &wallet,
+        json!({"threshold": threshold, "pack_id": "starter", "enabled": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{w}");
+    (agent, alice, wallet)
 }
 
 /// (customer, payment method) saved on the wallet.
@@ -321,19 +327,7 @@ async fn a_crossing_charge_orders_once_and_the_webhook_credits_once(app: TestApp
 }
 
 async fn concurrent_charges_crossing_together_record_one_order(app: TestApp, stripe: FakeStripe) {
-    let (_, agent) = market(&app, "0.3", "1.0", 0, "public").await;
-    let alice = app.token("alice");
-    let wallet = app.wallet_of("alice").await;
-    app.fund(&wallet, "100").await;
-    save_card(&app, &stripe, &alice, &wallet, "evt_setup").await;
-    let (s, w) = put_settings(
-        &app,
-        &alice,
-        &wallet,
-        json!({"threshold": "99.5", "pack_id": "starter", "enabled": true}),
-    )
-    .await;
-    assert_eq!(s, 200, "{w}");
+    let (agent, alice, wallet) = armed(&app, &stripe, ("0.3", "1.0"), "100", "99.5").await;
     let results = join_all((0..64).map(|i| {
         let (app, alice, agent) = (&app, &alice, &agent);
         async move { charge(app, alice, agent, json!({}), &format!("c{i}")).await.0 }
@@ -353,19 +347,7 @@ async fn concurrent_charges_crossing_together_record_one_order(app: TestApp, str
 }
 
 async fn a_failure_racing_charges_counts_once_and_blocks_no_charge(app: TestApp, stripe: FakeStripe) {
-    let (_, agent) = market(&app, "0.3", "1.0", 0, "public").await;
-    let alice = app.token("alice");
-    let wallet = app.wallet_of("alice").await;
-    app.fund(&wallet, "100").await;
-    save_card(&app, &stripe, &alice, &wallet, "evt_setup").await;
-    let (s, w) = put_settings(
-        &app,
-        &alice,
-        &wallet,
-        json!({"threshold": "99.5", "pack_id": "starter", "enabled": true}),
-    )
-    .await;
-    assert_eq!(s, 200, "{w}");
+    let (agent, alice, wallet) = armed(&app, &stripe, ("0.3", "1.0"), "100", "99.5").await;
     let (s, _, c) = charge(&app, &alice, &agent, json!({}), "first").await;
     assert_eq!(s, 201, "{c}");
     assert_eq!(send_due(&app).await, 1);
@@ -393,19 +375,7 @@ async fn a_failure_racing_charges_counts_once_and_blocks_no_charge(app: TestApp,
 
 async fn three_failures_in_a_row_turn_auto_top_up_off(app: TestApp, stripe: FakeStripe) {
     // 25 credits a message.
-    let (_, agent) = market(&app, "5", "20", 0, "public").await;
-    let alice = app.token("alice");
-    let wallet = app.wallet_of("alice").await;
-    app.fund(&wallet, "30").await;
-    save_card(&app, &stripe, &alice, &wallet, "evt_setup").await;
-    let (s, w) = put_settings(
-        &app,
-        &alice,
-        &wallet,
-        json!({"threshold": "10", "pack_id": "starter", "enabled": true}),
-    )
-    .await;
-    assert_eq!(s, 200, "{w}");
+    let (agent, alice, wallet) = armed(&app, &stripe, ("5", "20"), "30", "10").await;
     let failures = |w: &Value| w["auto_top_up"]["consecutive_failures"].as_i64().unwrap();
 
     // 1. Declined at once (Stripe's 402): the order fails, one failure.
@@ -493,19 +463,7 @@ async fn a_payment_of_another_amount_waits_for_an_operator_and_closes_the_order(
     app: TestApp,
     stripe: FakeStripe,
 ) {
-    let (_, agent) = market(&app, "5", "20", 0, "public").await;
-    let alice = app.token("alice");
-    let wallet = app.wallet_of("alice").await;
-    app.fund(&wallet, "30").await;
-    save_card(&app, &stripe, &alice, &wallet, "evt_setup").await;
-    let (s, w) = put_settings(
-        &app,
-        &alice,
-        &wallet,
-        json!({"threshold": "10", "pack_id": "starter", "enabled": true}),
-    )
-    .await;
-    assert_eq!(s, 200, "{w}");
+    let (agent, alice, wallet) = armed(&app, &stripe, ("5", "20"), "30", "10").await;
     let (s, _, c) = charge(&app, &alice, &agent, json!({}), "m0").await;
     assert_eq!((s.as_u16(), c["balance_after"].as_str()), (201, Some("5")), "{c}");
     assert_eq!(send_due(&app).await, 1);
@@ -601,19 +559,7 @@ async fn saving_a_card_needs_stripe(app: TestApp) {
 /// wallet's settings); a replayed or late Stripe event announces nothing
 /// more.
 async fn failures_announce_auto_top_up_failed_and_disabled(app: TestApp, stripe: FakeStripe) {
-    let (_, agent) = market(&app, "5", "20", 0, "public").await;
-    let alice = app.token("alice");
-    let wallet = app.wallet_of("alice").await;
-    app.fund(&wallet, "30").await;
-    save_card(&app, &stripe, &alice, &wallet, "evt_setup").await;
-    let (s, w) = put_settings(
-        &app,
-        &alice,
-        &wallet,
-        json!({"threshold": "10", "pack_id": "starter", "enabled": true}),
-    )
-    .await;
-    assert_eq!(s, 200, "{w}");
+    let (agent, alice, wallet) = armed(&app, &stripe, ("5", "20"), "30", "10").await;
     let subject = json!({"type": "person", "id": "alice", "wallet_id": wallet});
 
     // 1. Declined when sent (Stripe's 402).
@@ -695,19 +641,7 @@ async fn failures_announce_auto_top_up_failed_and_disabled(app: TestApp, stripe:
 /// spend: it waits 1 h, then 2 h after a second failure in a row; a new
 /// card or a success ends the pause.
 async fn a_declined_card_waits_before_ordering_again(app: TestApp, stripe: FakeStripe) {
-    let (_, agent) = market(&app, "5", "20", 0, "public").await;
-    let alice = app.token("alice");
-    let wallet = app.wallet_of("alice").await;
-    app.fund(&wallet, "30").await;
-    save_card(&app, &stripe, &alice, &wallet, "evt_setup").await;
-    let (s, w) = put_settings(
-        &app,
-        &alice,
-        &wallet,
-        json!({"threshold": "10", "pack_id": "starter", "enabled": true}),
-    )
-    .await;
-    assert_eq!(s, 200, "{w}");
+    let (agent, alice, wallet) = armed(&app, &stripe, ("5", "20"), "30", "10").await;
     assert_eq!(retry_after(&app, &wallet), None);
 
     // Declined: a pause of 1 h; spends below the threshold order nothing.
@@ -781,19 +715,7 @@ fn payment_intent_of(app: &TestApp, order: &str) -> String {
 /// from the PaymentIntent Stripe shows: credited once through the
 /// webhook's code (a webhook arriving after changes nothing), or failed.
 async fn a_stuck_order_is_settled_from_stripe_once(app: TestApp, stripe: FakeStripe) {
-    let (_, agent) = market(&app, "5", "20", 0, "public").await;
-    let alice = app.token("alice");
-    let wallet = app.wallet_of("alice").await;
-    app.fund(&wallet, "30").await;
-    save_card(&app, &stripe, &alice, &wallet, "evt_setup").await;
-    let (s, w) = put_settings(
-        &app,
-        &alice,
-        &wallet,
-        json!({"threshold": "10", "pack_id": "starter", "enabled": true}),
-    )
-    .await;
-    assert_eq!(s, 200, "{w}");
+    let (agent, alice, wallet) = armed(&app, &stripe, ("5", "20"), "30", "10").await;
     let (s, _, c) = charge(&app, &alice, &agent, json!({}), "m0").await;
     assert_eq!((s.as_u16(), c["balance_after"].as_str()), (201, Some("5")), "{c}");
     stripe.next_payments(&["processing", "processing"]);

@@ -36,6 +36,32 @@ macro_rules! both {
     )* };
 }
 
+/// Runs each named `async fn(TestApp, FakeStripe)` once on SQLite and once
+/// on PostgreSQL, each run with a fresh fake Stripe and the settings that
+/// the module's `fn $settings(&mut BTreeMap<String, String>)` adds.
+#[macro_export]
+macro_rules! both_with_stripe {
+    ($settings:ident; $($name:ident),* $(,)?) => { $(
+        mod $name {
+            async fn go(backend: $crate::helpers::Backend) {
+                let stripe = tally::stripe::fake::FakeStripe::start().await;
+                let Some(app) = $crate::helpers::TestApp::spawn_with(backend, |v| {
+                    stripe.settings(v);
+                    super::$settings(v);
+                }).await else {
+                    eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
+                    return;
+                };
+                super::$name(app, stripe).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() { go($crate::helpers::Backend::Sqlite).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() { go($crate::helpers::Backend::Postgres).await }
+        }
+    )* };
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,

@@ -390,32 +390,12 @@ async fn inclusive_tax_is_taken_out_of_the_price_and_shown_in_the_pdf(app: TestA
     }
 }
 
-/// Runs each `async fn(TestApp, FakeStripe)` on both databases with Stripe
-/// at a fresh fake, no rate table.
-macro_rules! both_with_stripe {
-    ($($name:ident),* $(,)?) => { $(
-        mod $name {
-            use super::*;
-            async fn go(backend: Backend) {
-                let stripe = FakeStripe::start().await;
-                let Some(app) = TestApp::spawn_with(backend, |v| {
-                    stripe.settings(v);
-                    v.insert("TALLY_CREDIT_PACKS".into(), PACKS.into());
-                }).await else {
-                    eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
-                    return;
-                };
-                super::$name(app, stripe).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() { go(Backend::Sqlite).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() { go(Backend::Postgres).await }
-        }
-    )* };
+/// The Stripe tests' settings (beside the fake Stripe): no rate table.
+fn stripe_settings(v: &mut std::collections::BTreeMap<String, String>) {
+    v.insert("TALLY_CREDIT_PACKS".into(), PACKS.into());
 }
 
-both_with_stripe!(
+crate::both_with_stripe!(stripe_settings;
     stripe_tax_is_shown_and_refunds_of_the_payment_are_credited,
     wallet_top_ups_are_listed_newest_first
 );

@@ -6,38 +6,19 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::charges::{charge, market};
-use crate::helpers::{assert_error, Backend, TestApp};
+use crate::helpers::{assert_error, TestApp};
 use tally::stripe::fake::{self as fake, FakeStripe};
 
-/// Runs each `async fn(TestApp, FakeStripe)` on both databases: Stripe on
-/// the fake, no earnings hold, a 10-credit minimum payout, no background
-/// sweep (tests run recovery themselves).
-macro_rules! both_payouts {
-    ($($name:ident),* $(,)?) => { $(
-        mod $name {
-            use super::*;
-            async fn go(backend: Backend) {
-                let stripe = FakeStripe::start().await;
-                let Some(app) = TestApp::spawn_with(backend, |v| {
-                    stripe.settings(v);
-                    v.insert("TALLY_EARNINGS_HOLD".into(), "0s".into());
-                    v.insert("TALLY_MIN_WITHDRAWAL".into(), "10".into());
-                    v.insert("TALLY_SETTLEMENT_SWEEP".into(), "1h".into());
-                }).await else {
-                    eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
-                    return;
-                };
-                super::$name(app, stripe).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() { go(Backend::Sqlite).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() { go(Backend::Postgres).await }
-        }
-    )* };
+/// The tests' settings (beside the fake Stripe): no earnings hold, a
+/// 10-credit minimum payout, no background sweep (tests run recovery
+/// themselves).
+fn settings(v: &mut std::collections::BTreeMap<String, String>) {
+    v.insert("TALLY_EARNINGS_HOLD".into(), "0s".into());
+    v.insert("TALLY_MIN_WITHDRAWAL".into(), "10".into());
+    v.insert("TALLY_SETTLEMENT_SWEEP".into(), "1h".into());
 }
 
-both_payouts!(
+crate::both_with_stripe!(settings;
     earn_settle_and_pay_out,
     refusals_move_nothing,
     stripe_refusal_and_reversal_restore_earnings,

@@ -3,36 +3,18 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, Backend, TestApp};
+use crate::helpers::{assert_error, TestApp};
 use tally::stripe::fake::{self as fake, FakeStripe};
 
 crate::both!(free_limits_and_grants, publishing_needs_pro);
 
-macro_rules! both_with_stripe {
-    ($($name:ident),* $(,)?) => { $(
-        mod $name {
-            use super::*;
-            async fn go(backend: Backend) {
-                let stripe = FakeStripe::start().await;
-                let Some(app) = TestApp::spawn_with(backend, |v| {
-                    stripe.settings(v);
-                    v.insert("TALLY_PRO_PRICE_ID".into(), "price_pro_monthly".into());
-                    v.insert("TALLY_PAST_DUE_GRACE".into(), "0s".into());
-                }).await else {
-                    eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
-                    return;
-                };
-                super::$name(app, stripe).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() { go(Backend::Sqlite).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() { go(Backend::Postgres).await }
-        }
-    )* };
+/// The tests' settings (beside the fake Stripe).
+fn settings(v: &mut std::collections::BTreeMap<String, String>) {
+    v.insert("TALLY_PRO_PRICE_ID".into(), "price_pro_monthly".into());
+    v.insert("TALLY_PAST_DUE_GRACE".into(), "0s".into());
 }
 
-both_with_stripe!(
+crate::both_with_stripe!(settings;
     subscriptions_keep_the_plan_current,
     abandoned_subscription_checkout_expires,
     subscription_changes_are_announced_once

@@ -4,34 +4,16 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, Backend, TestApp};
+use crate::helpers::{assert_error, TestApp};
 use tally::stripe::fake::{self as fake, FakeStripe};
 
-macro_rules! both_with_stripe {
-    ($($name:ident),* $(,)?) => { $(
-        mod $name {
-            use super::*;
-            async fn go(backend: Backend) {
-                let stripe = FakeStripe::start().await;
-                let Some(app) = TestApp::spawn_with(backend, |v| {
-                    stripe.settings(v);
-                    v.insert("TALLY_PRO_PRICE_ID".into(), "price_pro_monthly".into());
-                    v.insert("TALLY_CORS_ORIGINS".into(), "http://localhost:3000".into());
-                }).await else {
-                    eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
-                    return;
-                };
-                super::$name(app, stripe).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() { go(Backend::Sqlite).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() { go(Backend::Postgres).await }
-        }
-    )* };
+/// The tests' settings (beside the fake Stripe).
+fn settings(v: &mut std::collections::BTreeMap<String, String>) {
+    v.insert("TALLY_PRO_PRICE_ID".into(), "price_pro_monthly".into());
+    v.insert("TALLY_CORS_ORIGINS".into(), "http://localhost:3000".into());
 }
 
-both_with_stripe!(
+crate::both_with_stripe!(settings;
     billing_portal_opens_for_the_paying_customer,
     cancel_at_period_end_keeps_pro_until_stripe_deletes_it,
     cancel_now_ends_the_plan_at_once_and_retries_are_safe,

@@ -9,7 +9,7 @@ use tally::ledger::{self, PlatformAccounts};
 
 use crate::charges::{charge, market};
 use crate::events::{listed, only};
-use crate::helpers::{assert_error, Backend, TestApp};
+use crate::helpers::{assert_error, TestApp};
 use tally::stripe::fake::{self as fake, FakeStripe, WEBHOOK_SECRET};
 
 const PACKS: &str = r#"[
@@ -18,32 +18,12 @@ const PACKS: &str = r#"[
   {"id": "pro", "name": "Pro", "credits": "500", "price_usd": "50.00"}
 ]"#;
 
-/// Runs each `async fn(TestApp, FakeStripe)` on both databases, with Stripe
-/// pointed at a fresh fake.
-macro_rules! both_with_stripe {
-    ($($name:ident),* $(,)?) => { $(
-        mod $name {
-            use super::*;
-            async fn go(backend: Backend) {
-                let stripe = FakeStripe::start().await;
-                let Some(app) = TestApp::spawn_with(backend, |v| {
-                    stripe.settings(v);
-                    v.insert("TALLY_CREDIT_PACKS".into(), PACKS.into());
-                }).await else {
-                    eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
-                    return;
-                };
-                super::$name(app, stripe).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() { go(Backend::Sqlite).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() { go(Backend::Postgres).await }
-        }
-    )* };
+/// The tests' settings (beside the fake Stripe).
+fn settings(v: &mut std::collections::BTreeMap<String, String>) {
+    v.insert("TALLY_CREDIT_PACKS".into(), PACKS.into());
 }
 
-both_with_stripe!(
+crate::both_with_stripe!(settings;
     checkout_then_webhook_credits_pack_and_bonus,
     duplicate_and_unpaid_events,
     signatures_are_checked,
