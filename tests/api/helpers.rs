@@ -330,7 +330,7 @@ impl TestApp {
     /// (an app started with a long `TALLY_SETTLEMENT_SWEEP` then runs no
     /// other for the test); returns the `/metrics` text seen then.
     pub async fn wait_for_first_sweep(&self) -> String {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             let text = self
                 .client

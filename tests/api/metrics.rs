@@ -74,8 +74,8 @@ async fn metrics_show_the_process_the_build_and_the_database_queues() {
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(sample(&text, &format!("tally_build_info{{version=\"{version}\"}}")), Some(1.0), "{text}");
     assert_eq!(sample(&text, "tally_db_pool_connections_max"), Some(3.0), "{text}");
-    assert_eq!(sample(&text, "tally_db_pool_waiting"), Some(0.0), "{text}");
-    assert_eq!(sample(&text, "tally_sqlite_write_gate_queued"), Some(0.0), "{text}");
+    // The first webhook round may still be at the gate on a loaded machine.
+    queues_drain(&app).await;
 
     // Every connection taken, a turn at the write gate held: a write
     // request queues at the gate, a read waits for a connection.
@@ -102,7 +102,7 @@ async fn metrics_show_the_process_the_build_and_the_database_queues() {
                 .unwrap()
         })
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let text = loop {
         let text = scrape(&app).await;
         let waiting = sample(&text, "tally_db_pool_waiting").unwrap();
@@ -121,9 +121,15 @@ async fn metrics_show_the_process_the_build_and_the_database_queues() {
     assert_eq!(write.await.unwrap().status(), 404, "no such wallet");
     // Both queues drain back to zero (a response can reach the client a
     // moment before its handler has given back its turn and connection).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    queues_drain(&app).await;
+}
+
+/// Waits (30 s at most, for a loaded CI machine) until nothing waits for a
+/// connection or a turn at the write gate. A leaked turn never drains.
+async fn queues_drain(app: &TestApp) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let text = scrape(&app).await;
+        let text = scrape(app).await;
         let waiting = sample(&text, "tally_db_pool_waiting").unwrap();
         let queued = sample(&text, "tally_sqlite_write_gate_queued").unwrap();
         if waiting == 0.0 && queued == 0.0 {
@@ -173,7 +179,7 @@ async fn metrics_time_stripe_calls_and_count_sweeps() {
     let (_, agent) = market(&app, "0.3", "1", 0, "public").await;
     app.fund(&wallet, "5").await;
     charge(&app, &alice, &agent, json!({}), "c1").await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let text = loop {
         let text = scrape(&app).await;
         if sample(&text, "tally_sweep_items_total{kind=\"earnings_settled\"}").is_some_and(|n| n >= 1.0) {
