@@ -60,6 +60,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("TALLY_WEBHOOK_RETRY_BASE", Some("5s")),
     ("TALLY_WEBHOOK_POLL", Some("1s")),
     ("TALLY_AUTO_TOP_UP_RECONCILE_AFTER", Some("1h")),
+    ("TALLY_GROUP_COMMIT", Some("32")),
     ("STRIPE_SECRET_KEY", None),
     ("STRIPE_WEBHOOK_SECRET", None),
     ("STRIPE_CONNECT_WEBHOOK_SECRET", None),
@@ -309,6 +310,9 @@ pub struct Settings {
     /// may stay `processing` without its webhook before the sweep asks
     /// Stripe for its PaymentIntent.
     pub auto_top_up_reconcile_after: Duration,
+    /// `TALLY_GROUP_COMMIT`: the most charges one group commit carries
+    /// (`off` or 1: every charge commits alone).
+    pub group_commit_max: usize,
 }
 
 /// Outbound webhook delivery.
@@ -385,6 +389,7 @@ impl Settings {
         let webhooks = raw.webhooks()?;
         let auto_top_up_reconcile_after =
             raw.duration("TALLY_AUTO_TOP_UP_RECONCILE_AFTER", Duration::from_secs(7 * 86_400))?;
+        let group_commit_max = raw.group_commit()?;
 
         Ok(Settings {
             database,
@@ -424,6 +429,7 @@ impl Settings {
             api_key_test_mode,
             webhooks,
             auto_top_up_reconcile_after,
+            group_commit_max,
         })
     }
 
@@ -630,6 +636,18 @@ impl<'a> Raw<'a> {
             return Err(bad("TALLY_WEBHOOK_POLL", "must be at least 10ms".into()));
         }
         Ok(WebhookSettings { allow_private, retry_base, poll })
+    }
+
+    /// `TALLY_GROUP_COMMIT`: `off`, or the largest group, 1 to 256.
+    fn group_commit(&self) -> Result<usize, ConfigError> {
+        let text = self.text("TALLY_GROUP_COMMIT");
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(1);
+        }
+        text.parse::<usize>()
+            .ok()
+            .filter(|n| (1..=256).contains(n))
+            .ok_or_else(|| bad("TALLY_GROUP_COMMIT", format!("'{text}' is not off or 1 to 256")))
     }
 
     fn server(&self) -> Result<Server, ConfigError> {

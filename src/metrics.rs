@@ -1,7 +1,7 @@
 //! Prometheus metrics, served at `/metrics` in the text format (or on
 //! `TALLY_METRICS_BIND`): requests by route and status, charge latency and
 //! outcomes, webhook events by type and outcome, payouts by status, Stripe
-//! calls by operation, maintenance sweeps, the database pool and the SQLite
+//! calls by operation, maintenance sweeps, group commits, the database pool and the SQLite
 //! write gate, the build and the process (CPU, memory, open files). One
 //! registry per application (not the process-wide default), so several
 //! servers in one process stay apart.
@@ -29,10 +29,13 @@ pub struct Metrics {
     pub sweep_runs: IntCounterVec,
     pub sweep_items: IntCounterVec,
     pub sweep_latency: Histogram,
+    pub group_commit_size: Histogram,
+    pub group_commit_alone: IntCounterVec,
     pool_connections: IntGaugeVec,
     pool_max: IntGauge,
     pool_waiting: IntGauge,
     gate_queued: IntGauge,
+    group_commit_waiting: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
@@ -47,6 +50,8 @@ pub struct Queues {
     pub pool_max: u32,
     /// Holding or waiting for a turn at the SQLite write gate (0 on PostgreSQL).
     pub gate_queued: u64,
+    /// Charges queued or running in a group commit.
+    pub group_commit_waiting: u64,
 }
 
 impl Metrics {
@@ -112,6 +117,24 @@ impl Metrics {
             HistogramOpts::new("sweep_duration_seconds", "Duration of maintenance sweeps")
                 .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
+        let group_commit_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "group_commit_size",
+                "Charges committed together in one transaction (TALLY_GROUP_COMMIT)",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )?;
+        let group_commit_alone = IntCounterVec::new(
+            Opts::new(
+                "group_commit_alone_total",
+                "Charges of a group run again alone, by reason (deadlock: their statement lost a \
+                 lock cycle; failed: the group's transaction did not commit)",
+            ),
+            &["reason"],
+        )?;
+        for reason in ["deadlock", "failed"] {
+            group_commit_alone.with_label_values(&[reason]).inc_by(0);
+        }
         let pool_connections = IntGaugeVec::new(
             Opts::new("db_pool_connections", "Open database connections of the pool, in_use or idle"),
             &["state"],
@@ -124,6 +147,10 @@ impl Metrics {
         let gate_queued = IntGauge::new(
             "sqlite_write_gate_queued",
             "Writers holding or waiting for their turn at the SQLite write gate (0 on PostgreSQL)",
+        )?;
+        let group_commit_waiting = IntGauge::new(
+            "group_commit_waiting",
+            "Charges queued or running in a group commit, not yet answered",
         )?;
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "The running build (always 1), by version"),
@@ -158,10 +185,13 @@ impl Metrics {
         registry.register(Box::new(sweep_runs.clone()))?;
         registry.register(Box::new(sweep_items.clone()))?;
         registry.register(Box::new(sweep_latency.clone()))?;
+        registry.register(Box::new(group_commit_size.clone()))?;
+        registry.register(Box::new(group_commit_alone.clone()))?;
         registry.register(Box::new(pool_connections.clone()))?;
         registry.register(Box::new(pool_max.clone()))?;
         registry.register(Box::new(pool_waiting.clone()))?;
         registry.register(Box::new(gate_queued.clone()))?;
+        registry.register(Box::new(group_commit_waiting.clone()))?;
         registry.register(Box::new(build_info))?;
         let process = Registry::new();
         #[cfg(target_os = "linux")]
@@ -180,10 +210,13 @@ impl Metrics {
             sweep_runs,
             sweep_items,
             sweep_latency,
+            group_commit_size,
+            group_commit_alone,
             pool_connections,
             pool_max,
             pool_waiting,
             gate_queued,
+            group_commit_waiting,
         })
     }
 
@@ -217,6 +250,7 @@ impl Metrics {
         self.pool_connections.with_label_values(&["idle"]).set(i64::from(queues.pool_idle));
         self.pool_max.set(i64::from(queues.pool_max));
         self.gate_queued.set(i64::try_from(queues.gate_queued).unwrap_or(i64::MAX));
+        self.group_commit_waiting.set(i64::try_from(queues.group_commit_waiting).unwrap_or(i64::MAX));
         let mut families = self.process.gather();
         families.extend(self.registry.gather());
         let mut out = Vec::new();

@@ -96,6 +96,7 @@ pub fn runtime(
         write_gate,
         exports,
         draining: Default::default(),
+        groups: Default::default(),
     })
 }
 

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{run, run_idempotent, run_write, AppState, JsonBody};
+use super::{payer_group, run, run_grouped, run_write, AppState, JsonBody};
 use crate::auth::{AuthUser, KeyAllowed};
 use crate::domain::metadata::Metadata;
 use crate::domain::usage::{Usage, UsageInput};
@@ -404,7 +404,9 @@ pub async fn create_charge(
     let metadata = Metadata::from_request(value.metadata).map_err(ServiceError::Validation)?;
     let started = std::time::Instant::now();
     let api_key = user.api_key;
-    let result = run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {
+    // Charges paying from the same wallet commit together.
+    let group = payer_group(&person, org_id.as_deref());
+    let result = run_grouped(&state, &req, &caller, &raw, group, StatusCode::CREATED, move |tx, ctx, key| {
         let message = charges::Message {
             user_id: &person,
             agent_id: &agent_id,

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{run, run_idempotent, AppState, JsonBody};
+use super::{payer_group, run, run_grouped, AppState, JsonBody};
 use crate::auth::KeyAllowed;
 use crate::domain::metadata::Metadata;
 use crate::domain::usage::{Usage, UsageInput};
@@ -122,7 +122,8 @@ pub async fn create_hold(
         metadata: Metadata::from_request(value.metadata).map_err(ServiceError::Validation)?,
     };
     let api_key = user.api_key;
-    run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {
+    let group = payer_group(&input.user_id, input.org_id.as_deref());
+    run_grouped(&state, &req, &caller, &raw, group, StatusCode::CREATED, move |tx, ctx, key| {
         let hold = holds::create_hold(tx, ctx, &input, key)?;
         api_keys::after_hold(tx, api_key.as_ref(), hold)
     })
@@ -205,7 +206,9 @@ pub async fn capture_hold(
     let usage = value.usage.as_ref().map(Usage::parse).transpose().map_err(ServiceError::invalid_usage)?;
     let who = caller.clone();
     let api_key = user.api_key;
-    run_idempotent(&state, &req, &caller, &raw, StatusCode::CREATED, move |tx, ctx, key| {
+    // The paying wallet is read inside the work: a capture commits with
+    // others only on SQLite, where all writes are one group.
+    run_grouped(&state, &req, &caller, &raw, None, StatusCode::CREATED, move |tx, ctx, key| {
         api_keys::check_hold(tx, api_key.as_ref(), &id)?;
         let charge = holds::capture_hold(tx, ctx, &who, &id, usage.as_ref(), key)?;
         api_keys::after_capture(tx, api_key.as_ref(), &id, charge)
@@ -247,11 +250,12 @@ pub async fn release_hold(
     let id = path.into_inner();
     let who = caller.clone();
     let api_key = user.api_key;
-    run_idempotent(
+    run_grouped(
         &state,
         &req,
         &caller,
         &serde_json::json!({ "release": id }),
+        None,
         StatusCode::OK,
         move |tx, _, _| {
             api_keys::check_hold(tx, api_key.as_ref(), &id)?;

@@ -105,6 +105,36 @@ where
     Ok(stored_response(stored))
 }
 
+/// [`run_idempotent`] in the group commit of the paying wallet that
+/// `group` names ([`crate::flows::group_commit`]; see
+/// [`crate::flows::idempotent_grouped`] for `None`); `work` may run twice.
+pub async fn run_grouped<T, F>(
+    state: &web::Data<AppState>,
+    req: &HttpRequest,
+    caller: &Caller,
+    body: &serde_json::Value,
+    group: Option<String>,
+    status: StatusCode,
+    work: F,
+) -> Result<HttpResponse, ApiError>
+where
+    F: Fn(&mut WriteTx<'_>, &Ctx, &RequestKey) -> ServiceResult<Outcome<T>> + Send + 'static,
+    T: serde::Serialize + 'static,
+{
+    let request = idempotency_request(state, req, caller, body)?;
+    let stored = crate::flows::idempotent_grouped(state, group, request, status.as_u16(), work).await?;
+    Ok(stored_response(stored))
+}
+
+/// The group commit of the wallet a person pays from: the organization's,
+/// or the person's own.
+pub fn payer_group(person: &str, org_id: Option<&str>) -> Option<String> {
+    Some(match org_id {
+        Some(org) => format!("org:{org}"),
+        None => format!("person:{person}"),
+    })
+}
+
 /// The request under its `Idempotency-Key` header (required).
 pub fn idempotency_request(
     state: &web::Data<AppState>,

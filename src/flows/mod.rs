@@ -8,6 +8,7 @@
 pub mod auto_top_up;
 pub mod exports;
 pub mod gateway;
+pub mod group_commit;
 pub mod maintenance;
 pub mod payouts;
 pub mod self_service;
@@ -43,6 +44,8 @@ pub struct Runtime {
     pub exports: exports::ExportSlots,
     /// Set when shutdown begins: `/readyz` answers 503 from then on.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The charges waiting for their group commit ([`group_commit`]).
+    pub groups: group_commit::Groups,
 }
 
 impl Runtime {
@@ -54,6 +57,7 @@ impl Runtime {
             pool_idle: state.idle_connections,
             pool_max: self.pool.max_size(),
             gate_queued: self.write_gate.as_ref().map_or(0, |g| g.queued()),
+            group_commit_waiting: self.groups.waiting(),
         }
     }
 
@@ -83,20 +87,30 @@ impl Runtime {
         T: Send + 'static,
     {
         self.blocking(move |rt| {
-            let mut conn = db::checkout_writer(&rt.pool, rt.write_gate.as_ref(), |pool| {
-                rt.metrics.waiting_for_connection(|| pool.get())
-            })?;
+            let mut conn = rt.writer()?;
             let result = f(&mut conn, &rt.ctx);
-            if let Err(ServiceError::InsufficientFunds { wallet_id }) = &result {
-                // The refused work rolled back; the 402 is announced in a
-                // transaction of its own.
-                if let Err(e) = crate::services::events::wallet_depleted(&mut conn, &rt.ctx, wallet_id) {
-                    tracing::warn!(error = %e, wallet_id, "wallet.depleted not recorded");
-                }
-            }
+            rt.after_write(&mut conn, &result);
             result
         })
         .await
+    }
+
+    /// A connection for writing: on SQLite after its turn at the write gate.
+    fn writer(&self) -> Result<db::WriterConn, diesel::r2d2::PoolError> {
+        db::checkout_writer(&self.pool, self.write_gate.as_ref(), |pool| {
+            self.metrics.waiting_for_connection(|| pool.get())
+        })
+    }
+
+    /// After work that wrote: work refused for lack of credits (402)
+    /// records `wallet.depleted`, on the same connection, in a transaction
+    /// of its own (the refused work rolled back).
+    fn after_write<T>(&self, conn: &mut DbConn, result: &ServiceResult<T>) {
+        if let Err(ServiceError::InsufficientFunds { wallet_id }) = result {
+            if let Err(e) = crate::services::events::wallet_depleted(conn, &self.ctx, wallet_id) {
+                tracing::warn!(error = %e, wallet_id, "wallet.depleted not recorded");
+            }
+        }
     }
 
     async fn blocking<T, F>(self: &Arc<Self>, f: F) -> ServiceResult<T>
@@ -139,6 +153,35 @@ where
 {
     rt.write(move |conn, ctx| idempotency::execute(conn, &request, status, |tx, key| work(tx, ctx, key)))
         .await
+}
+
+/// [`idempotent`] in the group commit of the paying wallet named by `group`
+/// (on SQLite all requests are one group, those without a `group` too;
+/// on PostgreSQL a request without one runs alone), unless
+/// `TALLY_GROUP_COMMIT` is off. `work` may run twice (see
+/// [`group_commit`]), so it is `Fn`.
+pub async fn idempotent_grouped<T, F>(
+    rt: &Arc<Runtime>,
+    group: Option<String>,
+    request: IdempotentRequest,
+    status: u16,
+    work: F,
+) -> ServiceResult<StoredResponse>
+where
+    F: Fn(&mut db::WriteTx<'_>, &Ctx, &RequestKey) -> ServiceResult<Outcome<T>> + Send + 'static,
+    T: Serialize + 'static,
+{
+    if rt.ctx.settings.group_commit_max <= 1 {
+        return idempotent(rt, request, status, work).await;
+    }
+    let group = match (rt.write_gate.is_some(), group) {
+        (true, _) => String::new(),
+        (false, Some(group)) => group,
+        (false, None) => return idempotent(rt, request, status, work).await,
+    };
+    let job: group_commit::Job =
+        Box::new(move |conn, ctx| idempotency::execute(conn, &request, status, |tx, key| work(tx, ctx, key)));
+    rt.grouped(group, job).await
 }
 
 /// A request whose `Idempotency-Key` this process holds, for flows that

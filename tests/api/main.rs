@@ -15,6 +15,7 @@ mod events;
 mod exports;
 mod gate;
 mod grants;
+mod group_commit;
 mod holds;
 mod idempotency;
 mod input;
