@@ -223,3 +223,121 @@ async fn off_commits_every_charge_alone() {
     assert_eq!(metric(&app, "tally_group_commit_size_count").await, 0.0);
     app.assert_ledger_ok();
 }
+
+/// PostgreSQL: a charge in a group waits on a row that another
+/// transaction holds while that transaction waits on the group's wallet: a
+/// lock cycle. PostgreSQL breaks it by failing the charge's statement; its
+/// savepoint rolls back, the rest of the group commits, and the charge runs
+/// again alone and goes through, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_charge_that_loses_a_lock_cycle_runs_again_alone() {
+    let Some(app) = TestApp::spawn(Backend::Postgres).await else {
+        eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
+        return;
+    };
+    let (_, agent) = market(&app, "0.3", "1", 0, "public").await;
+    let owner = app.token("olivia");
+    let (_, org) = app.post("/v1/orgs", &owner, json!({"name": "Cycle Co"})).await;
+    let org_id = org["id"].as_str().unwrap().to_string();
+    let wallet = org["wallet_id"].as_str().unwrap().to_string();
+    for member in ["mia", "max"] {
+        let (s, _) =
+            app.post(&format!("/v1/orgs/{org_id}/members"), &owner, json!({"user_id": member})).await;
+        assert_eq!(s, 201);
+    }
+    app.fund(&wallet, "10").await;
+    let body = json!({"org_id": org_id});
+    let (olivia, mia, max) = (app.token("olivia"), app.token("mia"), app.token("max"));
+    let waiting_for = |n: f64| {
+        let app = &app;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while metric(app, "tally_group_commit_waiting").await < n {
+                assert!(Instant::now() < deadline, "never {n} waiting");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // Another transaction: max's key, inserted and not committed; then,
+    // when told, it asks for the wallet's row.
+    let (step_tx, step) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done) = std::sync::mpsc::channel::<&str>();
+    let (pool, wallet_id) = (app.pool.clone(), wallet.clone());
+    let other = std::thread::spawn(move || {
+        use diesel::RunQueryDsl;
+        let mut conn = pool.get().unwrap();
+        let _ = tally::db::write_tx(&mut conn, |tx| -> diesel::QueryResult<()> {
+            diesel::sql_query(
+                "INSERT INTO idempotency_keys (scope, key, request_hash, state, lease_token, locked_until, \
+                 created_at) VALUES ('max', 'cycle-2', 'x', 'in_flight', 'other', now(), now())",
+            )
+            .execute(tx.conn())?;
+            done_tx.send("key held").unwrap();
+            step.recv().unwrap();
+            diesel::sql_query("SELECT id FROM accounts WHERE public_id = $1 FOR UPDATE")
+                .bind::<diesel::sql_types::Text, _>(&wallet_id)
+                .execute(tx.conn())?;
+            done_tx.send("wallet locked").unwrap();
+            step.recv().unwrap();
+            Err(diesel::result::Error::RollbackTransaction)
+        });
+    });
+    assert_eq!(done.recv().unwrap(), "key held");
+
+    let busy = Busy::hold(&app, &wallet);
+    // Olivia's charge leads a group of its own and waits on the busy
+    // wallet; mia's and then max's queue behind it as the next group.
+    let first = charge(&app, &olivia, &agent, body.clone(), "cycle-0");
+    let queued = async {
+        waiting_for(1.0).await;
+        let mia_charge = charge(&app, &mia, &agent, body.clone(), "cycle-1");
+        let max_charge = async {
+            waiting_for(2.0).await;
+            charge(&app, &max, &agent, body.clone(), "cycle-2").await
+        };
+        tokio::join!(mia_charge, max_charge)
+    };
+    let control = async {
+        waiting_for(3.0).await;
+        busy.release_when_waiting(&app, 3.0).await;
+        // Mia's charge has the wallet's row; max's waits on its key.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            use diesel::RunQueryDsl;
+            #[derive(diesel::QueryableByName)]
+            struct N {
+                #[diesel(sql_type = diesel::sql_types::BigInt)]
+                n: i64,
+            }
+            let waits = diesel::sql_query(
+                "SELECT count(*) AS n FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .get_result::<N>(&mut *app.conn())
+            .unwrap()
+            .n;
+            if waits >= 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "max's charge never waited on its key");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The other transaction now asks for the wallet: a cycle.
+        step_tx.send(()).unwrap();
+        let locked =
+            tokio::task::spawn_blocking(move || (done.recv().unwrap(), step_tx, other)).await.unwrap();
+        assert_eq!(locked.0, "wallet locked");
+        locked.1.send(()).unwrap();
+        locked.2.join().unwrap();
+    };
+    let (first, (second, third), ()) = tokio::join!(first, queued, control);
+    for (s, _, c) in [&first, &second, &third] {
+        assert_eq!(s.as_u16(), 201, "{c}");
+    }
+    assert_eq!(third.2["user_id"], "max");
+    assert_eq!(metric(&app, "tally_group_commit_alone_total{reason=\"deadlock\"}").await, 1.0);
+    assert_eq!(app.count("charges"), 3);
+    assert_eq!(app.balance(&wallet, &owner).await, "6.1");
+    app.assert_ledger_ok();
+}
