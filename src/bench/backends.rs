@@ -60,19 +60,20 @@ impl Sampler {
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
             let mut samples = Vec::new();
+            // No sample after the phase: the load has stopped by then.
             loop {
                 let c: Count = diesel::sql_query(COUNT).get_result(&mut conn)?;
                 samples.push((c.total, c.active));
+                std::thread::sleep(EVERY);
                 if flag.load(Ordering::Relaxed) {
                     return Ok(samples);
                 }
-                std::thread::sleep(EVERY);
             }
         });
         Ok(Sampler { stop, handle })
     }
 
-    /// Stops sampling (after one last sample) and sums up.
+    /// Stops sampling (within `EVERY`) and sums up.
     pub fn stop(self) -> Result<Option<Backends>> {
         self.stop.store(true, Ordering::Relaxed);
         let samples = self.handle.join().map_err(|_| anyhow!("the backends sampler panicked"))??;
