@@ -199,6 +199,17 @@ fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
+/// The servers' `DATABASE_REPLICA_URL`: `--replica-url` naming the run's
+/// fresh database when the bench created one (a streaming replica carries
+/// every database of its primary's cluster, so the fresh one appears there
+/// under the same name), else as given.
+pub fn replica_for(replica_url: &str, fresh_db: Option<&str>) -> String {
+    match fresh_db {
+        Some(name) => crate::db::with_database(replica_url, name),
+        None => replica_url.to_string(),
+    }
+}
+
 /// Refuses flags that do not go together, before anything starts.
 pub fn validate(args: &BenchArgs) -> Result<()> {
     if args.clients == 0 || args.seconds == 0 || args.payers == 0 {
@@ -422,7 +433,7 @@ impl Env {
         let settings = Settings::from_values(&own).map_err(|e| anyhow!("{e}"))?;
         // The servers only: a key this build's settings may not know yet.
         if let Some(replica) = &args.replica_url {
-            values.insert(REPLICA_KEY.to_string(), replica.clone());
+            values.insert(REPLICA_KEY.to_string(), replica_for(replica, fresh.created_pg_name()));
         }
         for i in 0..args.instances {
             let log =
@@ -721,6 +732,15 @@ mod tests {
             refused(&["--replica-url", "postgres://u@127.0.0.1/r"]),
             "--replica-url needs --db postgres"
         );
+    }
+
+    #[test]
+    fn the_replica_url_names_the_runs_fresh_database() {
+        assert_eq!(
+            replica_for("postgres://u:p@127.0.0.1:5433/tally_ci?sslmode=disable", Some("tally_bench_ab12")),
+            "postgres://u:p@127.0.0.1:5433/tally_bench_ab12?sslmode=disable"
+        );
+        assert_eq!(replica_for("postgres://u@127.0.0.1:5433/mine", None), "postgres://u@127.0.0.1:5433/mine");
     }
 
     #[test]

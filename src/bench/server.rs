@@ -57,6 +57,11 @@ impl FreshDb {
         }
     }
 
+    /// The name of the PostgreSQL database created for the run, if one was.
+    pub fn created_pg_name(&self) -> Option<&str> {
+        self.drop_pg.as_ref().map(|(_, name)| name.as_str())
+    }
+
     /// A database named by the caller: used as is, never dropped.
     pub fn existing(url: &str) -> Result<FreshDb> {
         Ok(FreshDb { url: url.to_string(), dir: temp_dir()?, drop_pg: None, created: false })
