@@ -1,7 +1,8 @@
 //! The HTTP phase: C keep-alive clients, each posting charges one after the
 //! other for a fixed time, each charge with a fresh `Idempotency-Key` and
 //! the JWT of a payer picked at random. `metered`: each message is a hold
-//! then its capture (two requests, one latency sample).
+//! then its capture (two requests, one latency sample). With several
+//! instances, client `i` talks to instance `i mod N` for the whole run.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,12 +117,23 @@ async fn charge_once(
     }
 }
 
-/// What every request of a phase needs: the URLs, the payers' tokens and
-/// the bodies, shared by the client tasks.
-struct Shared {
+/// The instance client `i` of a run talks to: round-robin, so the clients
+/// of `N` instances differ by at most one.
+pub fn instance_of(client: usize, instances: usize) -> usize {
+    client % instances.max(1)
+}
+
+/// One instance's URLs.
+struct Target {
     base: String,
     charges_url: String,
     holds_url: String,
+}
+
+/// What every request of a phase needs: the instances' URLs, the payers'
+/// tokens and the bodies, shared by the client tasks.
+struct Shared {
+    targets: Vec<Target>,
     auths: Vec<HeaderValue>,
     body: String,
     metered: Option<super::provision::Metered>,
@@ -130,9 +142,15 @@ struct Shared {
 impl Shared {
     fn new(env: &Env, plan: &Plan) -> Result<Arc<Self>> {
         Ok(Arc::new(Shared {
-            base: env.base_url.clone(),
-            charges_url: format!("{}/v1/agents/{}/charges", env.base_url, plan.agent_id),
-            holds_url: format!("{}/v1/agents/{}/holds", env.base_url, plan.agent_id),
+            targets: env
+                .base_urls
+                .iter()
+                .map(|base| Target {
+                    base: base.clone(),
+                    charges_url: format!("{base}/v1/agents/{}/charges", plan.agent_id),
+                    holds_url: format!("{base}/v1/agents/{}/holds", plan.agent_id),
+                })
+                .collect(),
             auths: plan
                 .payers
                 .iter()
@@ -143,12 +161,22 @@ impl Shared {
         }))
     }
 
-    /// One message as the mode sends it: a charge, or a hold and its capture.
-    async fn message(&self, client: &reqwest::Client, auth: &HeaderValue, key: String) -> MessageResult {
+    /// One message as the mode sends it, from client `i` to its instance: a
+    /// charge, or a hold and its capture.
+    async fn message(
+        &self,
+        i: usize,
+        client: &reqwest::Client,
+        auth: &HeaderValue,
+        key: String,
+    ) -> MessageResult {
+        let t = &self.targets[instance_of(i, self.targets.len())];
         match &self.metered {
-            Some(m) => metered_message(client, &self.base, &self.holds_url, auth, &key, m).await,
-            None => charge_once(client, &self.charges_url, auth, key, &self.body).await.map(|c| {
-                ChargeTotal { id: c.id, wallet_id: String::new(), total: crate::domain::money::Credits::ZERO }
+            Some(m) => metered_message(client, &t.base, &t.holds_url, auth, &key, m).await,
+            None => charge_once(client, &t.charges_url, auth, key, &self.body).await.map(|c| ChargeTotal {
+                id: c.id,
+                wallet_id: String::new(),
+                total: crate::domain::money::Credits::ZERO,
             }),
         }
     }
@@ -166,6 +194,21 @@ fn record(stats: &mut PhaseStats, outcome: MessageResult, metered: bool) {
             stats.charge_ids.push(c.id);
         }
         Err((kind, message)) => stats.record_error(kind, || message),
+    }
+}
+
+/// The HTTP phase as the flags say: open loop at `rate`, else closed loop.
+pub async fn phase(
+    clients: &Clients,
+    env: &Env,
+    plan: &Plan,
+    rate: Option<f64>,
+    duration: Duration,
+    tag: &str,
+) -> Result<PhaseStats> {
+    match rate {
+        Some(rate) => open_loop_phase(clients, env, plan, rate, duration, tag).await,
+        None => http_phase(clients, env, plan, duration, tag).await,
     }
 }
 
@@ -193,7 +236,7 @@ pub async fn http_phase(
                 let auth = &shared.auths[rng.below(shared.auths.len())];
                 n += 1;
                 let t0 = Instant::now();
-                let outcome = shared.message(&client, auth, format!("{prefix}{n}")).await;
+                let outcome = shared.message(i, &client, auth, format!("{prefix}{n}")).await;
                 stats.latency.saturating_record(t0.elapsed().as_micros().max(1) as u64);
                 record(&mut stats, outcome, shared.metered.is_some());
             }
@@ -232,12 +275,13 @@ pub async fn open_loop_phase(
     for n in 0..count {
         let due = start + interval.mul_f64(n as f64);
         tokio::time::sleep_until(due).await;
-        let client = clients.0[usize::try_from(n).unwrap_or(0) % clients.0.len()].clone();
+        let i = usize::try_from(n).unwrap_or(0) % clients.0.len();
+        let client = clients.0[i].clone();
         let shared = shared.clone();
         let payer = rng.below(shared.auths.len());
         let key = format!("{tag}-o-{n}");
         tasks.push(tokio::spawn(async move {
-            let outcome = shared.message(&client, &shared.auths[payer], key).await;
+            let outcome = shared.message(i, &client, &shared.auths[payer], key).await;
             (due.elapsed(), outcome)
         }));
     }
@@ -249,4 +293,25 @@ pub async fn open_loop_phase(
     }
     total.elapsed = start.elapsed();
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_go_round_robin_over_the_instances() {
+        let order: Vec<usize> = (0..7).map(|i| instance_of(i, 3)).collect();
+        assert_eq!(order, [0, 1, 2, 0, 1, 2, 0]);
+        // 64 clients over 1, 2, 3 and 4 instances: counts differ by at most one.
+        for n in 1..=4 {
+            let mut per = vec![0usize; n];
+            for i in 0..64 {
+                per[instance_of(i, n)] += 1;
+            }
+            assert_eq!(per.iter().sum::<usize>(), 64);
+            assert!(per.iter().max().unwrap() - per.iter().min().unwrap() <= 1, "{n}: {per:?}");
+        }
+        assert_eq!(instance_of(5, 1), 0);
+    }
 }

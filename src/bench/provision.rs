@@ -3,6 +3,8 @@
 //! wallets (or one funded organization wallet with many members). `metered`
 //! also prices the model's tokens and a tool.
 
+use std::collections::HashMap;
+
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use reqwest::Method;
@@ -32,6 +34,9 @@ pub struct Payer {
     pub user: String,
     /// `Bearer <jwt>`.
     pub auth: String,
+    /// The payer's own wallet (`wal_`; empty for `hot`'s members, who pay
+    /// from the organization's), read by `--readers`.
+    pub wallet: String,
 }
 
 /// What the load needs to know.
@@ -169,7 +174,7 @@ pub async fn provision(env: &Env, mode: Mode, payers: usize) -> Result<Plan> {
         .await?;
     let agent_id = field(&agent, "id")?;
 
-    let (org_id, people) = match mode {
+    let (org_id, people, wallets) = match mode {
         Mode::Hot => {
             let owner = env.token("bench-org-owner", &[])?;
             let org = api
@@ -200,12 +205,12 @@ pub async fn provision(env: &Env, mode: Mode, payers: usize) -> Result<Plan> {
             .buffer_unordered(PARALLEL)
             .try_collect::<Vec<_>>()
             .await?;
-            (Some(org_id), members)
+            (Some(org_id), members, HashMap::new())
         }
         _ => {
             let people: Vec<String> = (0..payers).map(|i| format!("bench-payer-{i}")).collect();
             let (api_ref, op_ref) = (&api, &operator);
-            stream::iter(people.iter().map(|user| async move {
+            let wallets = stream::iter(people.iter().map(|user| async move {
                 let token = env.token(user, &[])?;
                 let me = api_ref.call(Method::GET, "/v1/me", &token, None, 200).await?;
                 let wallet = field(&me, "wallet_id")?;
@@ -217,12 +222,13 @@ pub async fn provision(env: &Env, mode: Mode, payers: usize) -> Result<Plan> {
                         Some(json!({"amount": PAYER_FUNDS, "reason": "bench funding"})),
                         201,
                     )
-                    .await
+                    .await?;
+                anyhow::Ok((user.clone(), wallet))
             }))
             .buffer_unordered(PARALLEL)
-            .try_collect::<Vec<_>>()
+            .try_collect::<HashMap<_, _>>()
             .await?;
-            (None, people)
+            (None, people, wallets)
         }
     };
 
@@ -240,7 +246,13 @@ pub async fn provision(env: &Env, mode: Mode, payers: usize) -> Result<Plan> {
     };
     let payers = people
         .into_iter()
-        .map(|user| Ok(Payer { auth: format!("Bearer {}", env.token(&user, &[])?), user }))
+        .map(|user| {
+            Ok(Payer {
+                auth: format!("Bearer {}", env.token(&user, &[])?),
+                wallet: wallets.get(&user).cloned().unwrap_or_default(),
+                user,
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
     let metered = (mode == Mode::Metered).then(|| Metered::new(org_id.as_deref()));
     Ok(Plan {

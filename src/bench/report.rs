@@ -140,12 +140,70 @@ pub struct Summary {
     /// `history`: the spread throughput on the empty database.
     pub baseline_charges_per_s: Option<f64>,
     pub paging: Option<Paging>,
+    /// Servers started (`--instances`), and how they reach the database.
+    pub instances: usize,
+    pub pgbouncer: bool,
+    pub replica: bool,
+    /// PostgreSQL: the run database's client backends during the HTTP phase.
+    pub backends: Option<Backends>,
+    /// `--readers`: history pages and exports read beside the HTTP phase.
+    pub reads: Option<Reads>,
+}
+
+/// PostgreSQL client backends of the run's database, sampled during the
+/// measured HTTP phase: all of them, and those running a statement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backends {
+    pub samples: usize,
+    pub max: i64,
+    pub mean: f64,
+    pub active_max: i64,
+    pub active_mean: f64,
+}
+
+impl Backends {
+    /// The figures of `(total, active)` samples; `None` without a sample.
+    pub fn of(samples: &[(i64, i64)]) -> Option<Backends> {
+        if samples.is_empty() {
+            return None;
+        }
+        let n = samples.len() as f64;
+        Some(Backends {
+            samples: samples.len(),
+            max: samples.iter().map(|s| s.0).max().unwrap_or(0),
+            mean: samples.iter().map(|s| s.0 as f64).sum::<f64>() / n,
+            active_max: samples.iter().map(|s| s.1).max().unwrap_or(0),
+            active_mean: samples.iter().map(|s| s.1 as f64).sum::<f64>() / n,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "postgres client backends: max {}, mean {:.1}; active max {}, mean {:.1} ({} samples)",
+            self.max, self.mean, self.active_max, self.active_mean, self.samples
+        )
+    }
+}
+
+/// `--readers`: what the readers read beside the HTTP phase (history
+/// pages and CSV exports together).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reads {
+    pub readers: usize,
+    pub per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
 }
 
 /// `bench mode=spread db=postgres c=64 charges_per_s=... p50_ms=... p99_ms=...
 /// p999_ms=... floor_charges_per_s=... floor_ratio=... rss_mb=... errors=0
-/// verify=ok`, then for `history`: `baseline_charges_per_s=...
-/// vs_baseline=... page_size=... page1_ms=... page10000_ms=...`.
+/// verify=ok instances=1 pgbouncer=off replica=off`, then on PostgreSQL
+/// `backends_max=... backends_mean=... active_max=... active_mean=...`,
+/// with `--readers`: `readers=... reads_per_s=... read_p50_ms=...
+/// read_p99_ms=... read_errors=...`, and for `history`:
+/// `baseline_charges_per_s=... vs_baseline=... page_size=... page1_ms=...
+/// page10000_ms=...`.
 pub fn summary_line(s: &Summary) -> String {
     let ratio = if s.floor_charges_per_s > 0.0 { s.charges_per_s / s.floor_charges_per_s } else { 0.0 };
     let rss = s.rss_mb.map(|m| format!("{m:.1}")).unwrap_or_else(|| "na".to_string());
@@ -165,6 +223,25 @@ pub fn summary_line(s: &Summary) -> String {
         s.errors,
         if s.verify_ok { "ok" } else { "failed" }
     );
+    let on_off = |b: bool| if b { "on" } else { "off" };
+    line.push_str(&format!(
+        " instances={} pgbouncer={} replica={}",
+        s.instances,
+        on_off(s.pgbouncer),
+        on_off(s.replica)
+    ));
+    if let Some(b) = &s.backends {
+        line.push_str(&format!(
+            " backends_max={} backends_mean={:.1} active_max={} active_mean={:.1}",
+            b.max, b.mean, b.active_max, b.active_mean
+        ));
+    }
+    if let Some(r) = &s.reads {
+        line.push_str(&format!(
+            " readers={} reads_per_s={:.1} read_p50_ms={:.2} read_p99_ms={:.2} read_errors={}",
+            r.readers, r.per_s, r.p50_ms, r.p99_ms, r.errors
+        ));
+    }
     if let Some(rate) = s.rate {
         line.push_str(&format!(" rate={rate:.1}"));
     }
@@ -185,14 +262,16 @@ pub fn summary_line(s: &Summary) -> String {
     line
 }
 
-/// CPU time of the machine, this process and the server over a phase, from
-/// /proc (Linux; zeros elsewhere). Clock ticks are taken as 100 per second.
+/// CPU time of the machine, this process, the servers, PostgreSQL and
+/// PgBouncer over a phase, from /proc (Linux; zeros elsewhere). Clock ticks
+/// are taken as 100 per second.
 pub struct CpuMeter {
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     machine: (u64, u64),
     own: u64,
     server: u64,
     postgres: HashMap<u32, u64>,
+    pgbouncer: HashMap<u32, u64>,
 }
 
 /// CPU used during a phase, in clock ticks.
@@ -202,18 +281,33 @@ pub struct CpuUse {
     own: u64,
     server: u64,
     postgres: u64,
+    pgbouncer: u64,
 }
 
 const TICKS_PER_S: f64 = 100.0;
 
+fn servers_ticks(pids: &[u32]) -> u64 {
+    pids.iter().map(|p| process_ticks(&p.to_string())).sum()
+}
+
+/// Ticks used since `before` by the processes named so; processes started
+/// since count from zero, those that ended are missed.
+fn ticks_since(name: &str, before: &HashMap<u32, u64>) -> u64 {
+    ticks_of_named(name)
+        .into_iter()
+        .map(|(pid, t)| t.saturating_sub(before.get(&pid).copied().unwrap_or(0)))
+        .sum()
+}
+
 impl CpuMeter {
-    pub fn start(server_pid: Option<u32>) -> Self {
+    pub fn start(server_pids: &[u32]) -> Self {
         CpuMeter {
-            server_pid,
+            server_pids: server_pids.to_vec(),
             machine: machine_ticks(),
             own: process_ticks("self"),
-            server: server_pid.map(|p| process_ticks(&p.to_string())).unwrap_or(0),
-            postgres: postgres_ticks(),
+            server: servers_ticks(server_pids),
+            postgres: ticks_of_named("postgres"),
+            pgbouncer: ticks_of_named("pgbouncer"),
         }
     }
 
@@ -223,17 +317,9 @@ impl CpuMeter {
             busy: busy.saturating_sub(self.machine.0),
             total: total.saturating_sub(self.machine.1),
             own: process_ticks("self").saturating_sub(self.own),
-            server: self
-                .server_pid
-                .map(|p| process_ticks(&p.to_string()))
-                .unwrap_or(0)
-                .saturating_sub(self.server),
-            // Backends started during the phase count from zero; those that
-            // ended during it are missed.
-            postgres: postgres_ticks()
-                .into_iter()
-                .map(|(pid, t)| t.saturating_sub(self.postgres.get(&pid).copied().unwrap_or(0)))
-                .sum(),
+            server: servers_ticks(&self.server_pids).saturating_sub(self.server),
+            postgres: ticks_since("postgres", &self.postgres),
+            pgbouncer: ticks_since("pgbouncer", &self.pgbouncer),
         }
     }
 }
@@ -244,15 +330,21 @@ impl CpuUse {
         self.busy as f64 / TICKS_PER_S / elapsed.as_secs_f64().max(1e-9)
     }
 
-    /// In cores: what the bench, the server, PostgreSQL (a local server's
-    /// processes) and everything else (the kernel, other programs) used.
+    /// In cores: what the bench, the servers (all instances together),
+    /// PostgreSQL (a local server's processes), PgBouncer (when it used any)
+    /// and everything else (the kernel, other programs) used.
     pub fn describe(&self, elapsed: Duration) -> String {
         let secs = elapsed.as_secs_f64().max(1e-9);
         let cores = |ticks: u64| ticks as f64 / TICKS_PER_S / secs;
         let busy_pct = if self.total > 0 { 100.0 * self.busy as f64 / self.total as f64 } else { 0.0 };
-        let other = self.busy.saturating_sub(self.own + self.server + self.postgres);
+        let other = self.busy.saturating_sub(self.own + self.server + self.postgres + self.pgbouncer);
+        let bouncer = if self.pgbouncer > 0 {
+            format!(", pgbouncer {:.2}", cores(self.pgbouncer))
+        } else {
+            String::new()
+        };
         format!(
-            "cpu: machine {busy_pct:.0}% busy; in cores: bench {:.2}, server {:.2}, postgres {:.2}, other {:.2}",
+            "cpu: machine {busy_pct:.0}% busy; in cores: bench {:.2}, server {:.2}, postgres {:.2}{bouncer}, other {:.2}",
             cores(self.own),
             cores(self.server),
             cores(self.postgres),
@@ -275,8 +367,8 @@ fn machine_ticks() -> (u64, u64) {
     (total.saturating_sub(idle), total)
 }
 
-/// utime + stime of every local process named `postgres`, by pid.
-fn postgres_ticks() -> HashMap<u32, u64> {
+/// utime + stime of every local process with this command name, by pid.
+fn ticks_of_named(name: &str) -> HashMap<u32, u64> {
     let mut out = HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
@@ -288,11 +380,7 @@ fn postgres_ticks() -> HashMap<u32, u64> {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
-        if stat
-            .split_once('(')
-            .and_then(|(_, r)| r.split_once(')'))
-            .is_some_and(|(comm, _)| comm == "postgres")
-        {
+        if stat.split_once('(').and_then(|(_, r)| r.split_once(')')).is_some_and(|(comm, _)| comm == name) {
             if let Some(t) = parse_process_ticks(&stat) {
                 out.insert(pid, t);
             }
@@ -368,6 +456,11 @@ mod tests {
             verify_ok: true,
             baseline_charges_per_s: None,
             paging: None,
+            instances: 1,
+            pgbouncer: false,
+            replica: false,
+            backends: None,
+            reads: None,
         }
     }
 
@@ -377,22 +470,60 @@ mod tests {
         assert_eq!(
             line,
             "bench mode=spread db=postgres c=64 charges_per_s=1234.6 p50_ms=1.23 p99_ms=9.88 \
-             p999_ms=15.00 floor_charges_per_s=1500.0 floor_ratio=0.82 rss_mb=42.2 errors=0 verify=ok"
+             p999_ms=15.00 floor_charges_per_s=1500.0 floor_ratio=0.82 rss_mb=42.2 errors=0 verify=ok \
+             instances=1 pgbouncer=off replica=off"
         );
         let pairs: Vec<(&str, &str)> = line.split(' ').skip(1).filter_map(|kv| kv.split_once('=')).collect();
-        assert_eq!(pairs.len(), 12);
+        assert_eq!(pairs.len(), 15);
     }
 
     #[test]
     fn the_raw_floor_adds_its_rate_and_the_ratio() {
         let line = summary_line(&Summary { raw_floor_per_s: Some(2469.12), ..summary() });
-        assert!(line.ends_with(" verify=ok raw_floor_per_s=2469.1 raw_ratio=0.50"), "{line}");
+        assert!(line.ends_with(" replica=off raw_floor_per_s=2469.1 raw_ratio=0.50"), "{line}");
     }
 
     #[test]
     fn an_open_loop_run_says_its_rate() {
         let line = summary_line(&Summary { rate: Some(200.0), ..summary() });
-        assert!(line.ends_with(" errors=0 verify=ok rate=200.0"), "{line}");
+        assert!(
+            line.ends_with(" errors=0 verify=ok instances=1 pgbouncer=off replica=off rate=200.0"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn backends_are_the_max_and_mean_of_their_samples() {
+        assert_eq!(Backends::of(&[]), None);
+        let b = Backends::of(&[(16, 3), (18, 9), (17, 0), (17, 4)]).unwrap();
+        assert_eq!(b, Backends { samples: 4, max: 18, mean: 17.0, active_max: 9, active_mean: 4.0 });
+        assert_eq!(
+            b.describe(),
+            "postgres client backends: max 18, mean 17.0; active max 9, mean 4.0 (4 samples)"
+        );
+    }
+
+    #[test]
+    fn several_instances_through_pgbouncer_with_readers_say_so() {
+        let s = Summary {
+            instances: 4,
+            pgbouncer: true,
+            replica: true,
+            backends: Backends::of(&[(8, 5), (8, 6), (7, 2)]),
+            reads: Some(Reads { readers: 8, per_s: 123.456, p50_ms: 4.321, p99_ms: 25.0, errors: 2 }),
+            ..summary()
+        };
+        let line = summary_line(&s);
+        assert!(
+            line.ends_with(
+                " errors=0 verify=ok instances=4 pgbouncer=on replica=on backends_max=8 backends_mean=7.7 \
+                 active_max=6 active_mean=4.3 readers=8 reads_per_s=123.5 read_p50_ms=4.32 read_p99_ms=25.00 \
+                 read_errors=2"
+            ),
+            "{line}"
+        );
+        let pairs: Vec<(&str, &str)> = line.split(' ').skip(1).filter_map(|kv| kv.split_once('=')).collect();
+        assert_eq!(pairs.len(), 24);
     }
 
     #[test]

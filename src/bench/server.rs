@@ -57,6 +57,11 @@ impl FreshDb {
         }
     }
 
+    /// The name of the PostgreSQL database created for the run, if one was.
+    pub fn created_pg_name(&self) -> Option<&str> {
+        self.drop_pg.as_ref().map(|(_, name)| name.as_str())
+    }
+
     /// A database named by the caller: used as is, never dropped.
     pub fn existing(url: &str) -> Result<FreshDb> {
         Ok(FreshDb { url: url.to_string(), dir: temp_dir()?, drop_pg: None, created: false })
@@ -98,24 +103,25 @@ pub struct ServerProcess {
     log: PathBuf,
 }
 
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     Ok(listener.local_addr()?.port())
 }
 
 impl ServerProcess {
     /// Starts the server with exactly these settings (the environment's own
-    /// tally settings and any tally.toml are kept out) and waits until
-    /// `/healthz` answers.
+    /// tally settings and any tally.toml are kept out), its log in `dir/log`,
+    /// and waits until `/healthz` answers.
     pub fn spawn(
         rt: &tokio::runtime::Runtime,
         values: &BTreeMap<String, String>,
         dir: &Path,
+        log: &str,
         rust_log: &str,
     ) -> Result<ServerProcess> {
         let exe = std::env::current_exe().context("cannot find the tally executable")?;
         let port = free_port()?;
-        let log = dir.join("server.log");
+        let log = dir.join(log);
         let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         let mut cmd = Command::new(exe);
         cmd.arg("serve").current_dir(dir).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
@@ -123,6 +129,9 @@ impl ServerProcess {
             cmd.env_remove(key);
         }
         cmd.env_remove("TALLY_CONFIG");
+        // Only `--replica-url` gives the servers a replica (`replica=on|off`
+        // in the summary says so), whether or not this build knows the key.
+        cmd.env_remove(super::REPLICA_KEY);
         cmd.envs(values).env("TALLY_BIND", format!("127.0.0.1:{port}")).env("RUST_LOG", rust_log);
         let child = cmd.spawn().context("cannot start `tally serve`")?;
         let mut server =
