@@ -437,3 +437,58 @@ async fn an_unreachable_replica_leaves_every_read_on_the_primary() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("DATABASE_REPLICA_URL is not set"), "{stderr}");
 }
+
+/// An export of three pages reads them all where it read the first: from
+/// the replica (each page through the routing, none falling back more than
+/// once), or, with replay paused, all from the primary (only the first page
+/// goes through the routing), the charge made meanwhile included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_export_reads_every_page_where_it_read_its_first() {
+    let Some(replica) = replica_url() else { return eprintln!("{SKIP}") };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(app) = spawn(&replica, "1s").await else { return eprintln!("{SKIP}") };
+    let (alice, wallet, agent) = funded(&app).await;
+    // 1,200 more rows: with the funding, three pages of 500.
+    crate::exports::seed_history(&app, &wallet, 1200);
+    let rows_of = |csv: &str| csv.lines().skip(1).count();
+    wait_for_replay(&app, &replica).await;
+    let path = format!("/v1/wallets/{wallet}/transactions/export");
+    until_the_replica_answers(&app, &alice, &path, |csv| assert_eq!(rows_of(csv), 1201)).await;
+    let before = routed(&app).await;
+    let (s, _, _) = app.send(Method::GET, &path, Some(&alice), None, None).await;
+    assert_eq!(s, 200);
+    let after = routed(&app).await;
+    let fell_back = after.total() - after.replica - (before.total() - before.replica);
+    assert!(after.replica > before.replica, "{before:?} -> {after:?}");
+    assert!(fell_back <= 1, "a page fell back more than once: {before:?} -> {after:?}");
+    // Every page from the replica; or, had it lagged past the bound on a
+    // later page, that page and the rest from the primary, outside the routing.
+    let routed_pages = after.total() - before.total();
+    assert!(
+        (fell_back == 0 && routed_pages == 3) || (fell_back == 1 && routed_pages <= 3),
+        "{before:?} -> {after:?}"
+    );
+
+    let _paused = Paused::start(&replica).await;
+    let id = charged(&app, &alice, &agent, "during-pause").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let before = routed(&app).await;
+    let res = app.client.get(format!("{}{path}", app.address)).bearer_auth(&alice).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let csv = res.text().await.unwrap();
+    let after = routed(&app).await;
+    assert_eq!(
+        (after.replica - before.replica, after.lagging - before.lagging, after.total() - before.total()),
+        (0, 1, 1),
+        "only the first page went through the routing: {before:?} -> {after:?}"
+    );
+    assert_eq!(rows_of(&csv), 1202, "every page from the primary");
+    let newest: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+    assert_eq!(
+        (newest[1], newest[2], newest[11]),
+        ("charge", "-1.3", id.as_str()),
+        "{}",
+        csv.lines().nth(1).unwrap()
+    );
+    app.assert_ledger_ok();
+}
