@@ -58,7 +58,13 @@ enum Command {
 #[derive(Subcommand)]
 enum LedgerCommand {
     /// Check every ledger invariant; exit code 1 on any breach.
-    Verify,
+    Verify {
+        /// Read the streaming replica (DATABASE_REPLICA_URL) instead of the
+        /// primary: the ledger as far as the replica has replayed it (no
+        /// migrations run, nothing is written).
+        #[arg(long)]
+        replica: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -129,7 +135,7 @@ pub fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Ledger { command: LedgerCommand::Verify } => verify(settings),
+        Command::Ledger { command: LedgerCommand::Verify { replica } } => verify(settings, replica),
     }
 }
 
@@ -159,8 +165,10 @@ fn serve(settings: Settings) -> ExitCode {
     }
 }
 
-fn verify(settings: Settings) -> ExitCode {
-    let (pool, _) = match open_database_once(&settings) {
+fn verify(settings: Settings, replica: bool) -> ExitCode {
+    let opened =
+        if replica { replica_pool(&settings) } else { open_database_once(&settings).map(|(pool, _)| pool) };
+    let pool = match opened {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
@@ -187,4 +195,40 @@ fn verify(settings: Settings) -> ExitCode {
         }
         Err(e) => fail(format!("verify failed: {e}")),
     }
+}
+
+/// `ledger verify --replica`: one connection to `DATABASE_REPLICA_URL`,
+/// which must be a hot standby (so that the check never loads the primary
+/// by mistake); says how far it has replayed.
+fn replica_pool(settings: &Settings) -> Result<crate::db::Pool, String> {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct Replay {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        standby: bool,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        replayed: String,
+    }
+    let target = settings
+        .replica_database
+        .clone()
+        .ok_or("ledger verify --replica: DATABASE_REPLICA_URL is not set")?;
+    let shown = target.display();
+    let pool = crate::db::build_one_shot_pool(
+        crate::db::Manager::new(target, true).with_pg_statement_cache(settings.pg_statement_cache),
+    )?;
+    let mut conn = pool.get().map_err(|e| format!("cannot get a replica connection: {e}"))?;
+    let replay: Replay = diesel::sql_query(
+        "SELECT pg_is_in_recovery() AS standby, \
+         COALESCE(pg_last_wal_replay_lsn()::text || ' (last transaction replayed at ' || \
+         COALESCE(pg_last_xact_replay_timestamp()::text, 'none') || ')', 'nothing yet') AS replayed",
+    )
+    .get_result(&mut *conn)
+    .map_err(|e| format!("cannot read the replica's replay position: {e}"))?;
+    if !replay.standby {
+        return Err(format!("ledger verify --replica: {shown} is not a replica (it is not in recovery)"));
+    }
+    println!("replica {shown}: replayed up to {}", replay.replayed);
+    drop(conn);
+    Ok(pool)
 }

@@ -14,6 +14,8 @@ use crate::domain::{CreditRate, Credits, UsdCents, Validity};
 pub const KEYS: &[(&str, Option<&str>)] = &[
     ("DATABASE_URL", Some("sqlite://tally.db")),
     ("DATABASE_MIGRATION_URL", None),
+    ("DATABASE_REPLICA_URL", None),
+    ("TALLY_REPLICA_MAX_LAG", Some("5s")),
     ("TALLY_PG_STATEMENT_CACHE", Some("on")),
     ("TALLY_BIND", Some("127.0.0.1:8080")),
     ("TALLY_JWT_SECRET", None),
@@ -243,6 +245,14 @@ pub struct Settings {
     /// straight to the primary when `DATABASE_URL` goes through a pooler;
     /// `None` runs them through `DATABASE_URL`.
     pub migration_database: Option<DbTarget>,
+    /// `DATABASE_REPLICA_URL`: a streaming replica of the primary
+    /// (PostgreSQL only) that serves history pages, CSV exports, reports
+    /// and marketplace listings while it keeps up; `None` reads everything
+    /// from the primary.
+    pub replica_database: Option<DbTarget>,
+    /// `TALLY_REPLICA_MAX_LAG`: the replica answers only while it has
+    /// replayed everything the primary had committed this long ago.
+    pub replica_max_lag: Duration,
     /// `TALLY_PG_STATEMENT_CACHE`: whether PostgreSQL connections keep
     /// diesel's named prepared statements (off behind a transaction pooler
     /// that does not track them, such as PgBouncer before 1.21).
@@ -355,8 +365,15 @@ impl Settings {
     /// group at a time; the first bad value stops it, named by its key.
     pub fn from_values(values: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
         let raw = Raw::new(values)?;
-        let Database { database, migration_database, pg_statement_cache, pool_size, sqlite_synchronous_full } =
-            raw.database()?;
+        let Database {
+            database,
+            migration_database,
+            replica_database,
+            replica_max_lag,
+            pg_statement_cache,
+            pool_size,
+            sqlite_synchronous_full,
+        } = raw.database()?;
         let Server { bind, workers, log_json, max_concurrent_exports, cors_origins, metrics_bind } =
             raw.server()?;
         let jwt = raw.jwt()?;
@@ -394,6 +411,8 @@ impl Settings {
         Ok(Settings {
             database,
             migration_database,
+            replica_database,
+            replica_max_lag,
             pg_statement_cache,
             bind,
             jwt,
@@ -532,11 +551,14 @@ fn parse_origins(text: &str) -> Result<Vec<String>, ConfigError> {
     Ok(origins)
 }
 
-/// `DATABASE_URL`, `DATABASE_MIGRATION_URL`, `TALLY_PG_STATEMENT_CACHE`,
+/// `DATABASE_URL`, `DATABASE_MIGRATION_URL`, `DATABASE_REPLICA_URL`,
+/// `TALLY_REPLICA_MAX_LAG`, `TALLY_PG_STATEMENT_CACHE`,
 /// `TALLY_DB_POOL_SIZE`, `TALLY_SQLITE_SYNCHRONOUS`.
 struct Database {
     database: DbTarget,
     migration_database: Option<DbTarget>,
+    replica_database: Option<DbTarget>,
+    replica_max_lag: Duration,
     pg_statement_cache: bool,
     pool_size: u32,
     sqlite_synchronous_full: bool,
@@ -719,12 +741,45 @@ impl<'a> Raw<'a> {
             }
             None => None,
         };
+        let replica_database = match self.get("DATABASE_REPLICA_URL") {
+            Some(url) => {
+                let target = DbTarget::parse(&url)
+                    .map_err(|e| bad("DATABASE_REPLICA_URL", e.replace("DATABASE_URL ", "")))?;
+                match (&database, &target) {
+                    (DbTarget::Postgres(_), DbTarget::Postgres(_)) => Some(target),
+                    (DbTarget::Sqlite(_), _) => {
+                        return Err(bad(
+                            "DATABASE_REPLICA_URL",
+                            "a read replica is for PostgreSQL: DATABASE_URL is SQLite, which has none; \
+                             unset DATABASE_REPLICA_URL or use a postgres:// DATABASE_URL"
+                                .to_string(),
+                        ))
+                    }
+                    _ => {
+                        return Err(bad(
+                            "DATABASE_REPLICA_URL",
+                            format!("'{}' must be a postgres:// URL", target.display()),
+                        ))
+                    }
+                }
+            }
+            None => None,
+        };
+        let replica_max_lag = self.duration("TALLY_REPLICA_MAX_LAG", Duration::from_secs(3600))?;
         let pg_statement_cache = match self.text("TALLY_PG_STATEMENT_CACHE").to_ascii_lowercase().as_str() {
             "on" => true,
             "off" => false,
             other => return Err(bad("TALLY_PG_STATEMENT_CACHE", format!("'{other}' is not on or off"))),
         };
-        Ok(Database { database, migration_database, pg_statement_cache, pool_size, sqlite_synchronous_full })
+        Ok(Database {
+            database,
+            migration_database,
+            replica_database,
+            replica_max_lag,
+            pg_statement_cache,
+            pool_size,
+            sqlite_synchronous_full,
+        })
     }
 
     fn jwt(&self) -> Result<JwtSettings, ConfigError> {
@@ -952,6 +1007,45 @@ mod tests {
             let err = Settings::from_values(&values(&[("TALLY_PG_STATEMENT_CACHE", cache)])).unwrap_err();
             assert!(err.to_string().contains("TALLY_PG_STATEMENT_CACHE"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_replica_is_postgres_only_and_its_lag_bound_defaults_to_five_seconds() {
+        let none = Settings::from_values(&values(&[])).unwrap();
+        assert_eq!(none.replica_database, None, "without the setting every read goes to the primary");
+        assert_eq!(none.replica_max_lag, Duration::from_secs(5));
+        let s = Settings::from_values(&values(&[
+            ("DATABASE_URL", "postgres://u:p@primary:5432/tally"),
+            ("DATABASE_REPLICA_URL", " postgres://u:p@replica:5432/tally "),
+            ("TALLY_REPLICA_MAX_LAG", "0s"),
+        ]))
+        .unwrap();
+        assert_eq!(s.replica_database, Some(DbTarget::Postgres("postgres://u:p@replica:5432/tally".into())));
+        assert_eq!(s.replica_max_lag, Duration::ZERO);
+        for (db, replica, expected) in [
+            ("sqlite://tally.db", "postgres://u@replica/tally", "DATABASE_REPLICA_URL"),
+            ("postgres://u@primary/tally", "sqlite://other.db", "DATABASE_REPLICA_URL"),
+            ("postgres://u@primary/tally", "mysql://u@replica/tally", "DATABASE_REPLICA_URL"),
+        ] {
+            let err =
+                Settings::from_values(&values(&[("DATABASE_URL", db), ("DATABASE_REPLICA_URL", replica)]))
+                    .unwrap_err()
+                    .to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+        let sqlite =
+            Settings::from_values(&values(&[("DATABASE_REPLICA_URL", "postgres://u@replica/tally")]))
+                .unwrap_err()
+                .to_string();
+        assert!(sqlite.contains("SQLite"), "the refusal says why: {sqlite}");
+        for lag in ["soon", "2h", "-1s"] {
+            let err = Settings::from_values(&values(&[("TALLY_REPLICA_MAX_LAG", lag)])).unwrap_err();
+            assert!(err.to_string().contains("TALLY_REPLICA_MAX_LAG"), "{err}");
+        }
+        assert_eq!(
+            Settings::from_values(&values(&[("TALLY_REPLICA_MAX_LAG", "1h")])).unwrap().replica_max_lag,
+            Duration::from_secs(3600)
+        );
     }
 
     #[test]

@@ -9,8 +9,8 @@
 use std::time::Instant;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -36,6 +36,10 @@ pub struct Metrics {
     pool_waiting: IntGauge,
     gate_queued: IntGauge,
     group_commit_waiting: IntGauge,
+    /// Reads answered by the replica (`DATABASE_REPLICA_URL`).
+    pub replica_reads: IntCounter,
+    /// Reads the replica could have answered that the primary answered, by reason.
+    pub replica_fallbacks: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
@@ -152,6 +156,21 @@ impl Metrics {
             "group_commit_waiting",
             "Charges queued or running in a group commit, not yet answered",
         )?;
+        let replica_reads = IntCounter::new(
+            "db_replica_reads_total",
+            "Reads (history pages, export pages, reports, listings) answered by the replica",
+        )?;
+        let replica_fallbacks = IntCounterVec::new(
+            Opts::new(
+                "db_replica_fallbacks_total",
+                "Reads the replica could have answered that the primary answered, by reason \
+                 (lagging, unavailable, failed)",
+            ),
+            &["reason"],
+        )?;
+        for reason in ["lagging", "unavailable", "failed"] {
+            replica_fallbacks.with_label_values(&[reason]).inc_by(0);
+        }
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "The running build (always 1), by version"),
             &["version"],
@@ -192,6 +211,8 @@ impl Metrics {
         registry.register(Box::new(pool_waiting.clone()))?;
         registry.register(Box::new(gate_queued.clone()))?;
         registry.register(Box::new(group_commit_waiting.clone()))?;
+        registry.register(Box::new(replica_reads.clone()))?;
+        registry.register(Box::new(replica_fallbacks.clone()))?;
         registry.register(Box::new(build_info))?;
         let process = Registry::new();
         #[cfg(target_os = "linux")]
@@ -217,6 +238,8 @@ impl Metrics {
             pool_waiting,
             gate_queued,
             group_commit_waiting,
+            replica_reads,
+            replica_fallbacks,
         })
     }
 

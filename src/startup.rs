@@ -88,6 +88,16 @@ pub fn runtime(
     let write_gate =
         db::pool_write_gate(&pool).map_err(|e| format!("cannot get a database connection: {e}"))?;
     let exports = crate::flows::exports::ExportSlots::new(settings.max_concurrent_exports);
+    // The replica's pool is half the primary's: it serves the bulk reads only.
+    let replica = settings.replica_database.clone().map(|target| {
+        tracing::info!(replica = %target.display(), "history, exports, reports and listings read the replica");
+        Arc::new(db::replica::Replica::open(
+            target,
+            (settings.pool_size / 2).max(1),
+            settings.pg_statement_cache,
+            settings.replica_max_lag,
+        ))
+    });
     Ok(AppState {
         pool,
         ctx: Ctx { settings: Arc::new(settings), platform },
@@ -97,6 +107,7 @@ pub fn runtime(
         exports,
         draining: Default::default(),
         groups: Default::default(),
+        replica,
     })
 }
 

@@ -7,7 +7,8 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{
-    idempotency_request, parse_time, run, run_idempotent, run_write, stored_response, AppState, JsonBody,
+    idempotency_request, parse_time, run, run_idempotent, run_replica, run_write, stored_response, AppState,
+    JsonBody,
 };
 use crate::auth::Operator;
 use crate::domain::text::checked_text;
@@ -73,7 +74,7 @@ pub async fn revenue_report(
     let q = query.into_inner();
     let from = parse_time("from", &Some(q.from))?.ok_or_else(|| ApiError::validation("from is required"))?;
     let to = parse_time("to", &Some(q.to))?.ok_or_else(|| ApiError::validation("to is required"))?;
-    let report = run(&state, move |conn, ctx| reports::revenue(conn, ctx, from, to)).await?;
+    let report = run_replica(&state, move |conn, ctx| reports::revenue(conn, ctx, from, to)).await?;
     Ok(HttpResponse::Ok().json(report))
 }
 

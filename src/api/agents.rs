@@ -208,7 +208,7 @@ pub async fn list_marketplace_agents(
     query: web::Query<MarketplaceQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
-    let list = run(&state, move |conn, _| {
+    let list = super::run_replica(&state, move |conn, _| {
         agents::list_marketplace(conn, q.limit.unwrap_or(25), q.starting_after.as_deref())
     })
     .await?;

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{run, AppState};
+use super::{run, run_replica, AppState};
 use crate::auth::KeyAllowed;
 use crate::domain::metadata::{self, Metadata};
 use crate::error::{ApiError, ErrorResponse};
@@ -130,7 +130,7 @@ pub async fn list_wallet_charges(
     }
     let filter = metadata_filter(req.query_string())?;
     let q = query.into_inner();
-    let list = run(&state, move |conn, ctx| {
+    let list = run_replica(&state, move |conn, ctx| {
         charge_views::list_wallet_charges(
             conn,
             ctx,

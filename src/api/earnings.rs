@@ -4,7 +4,7 @@ use actix_web::{get, web, HttpResponse};
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::wallets::TransactionsQuery;
-use super::{parse_time, run, AppState};
+use super::{parse_time, run, run_replica, AppState};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorResponse};
 use crate::services::earnings::{self, Earnings, EarningsByAgent};
@@ -52,7 +52,8 @@ pub async fn earnings_by_agent(
     let org_id = path.into_inner();
     let (from, to) = (parse_time("from", &query.from)?, parse_time("to", &query.to)?);
     let view =
-        run(&state, move |conn, _| earnings::earnings_by_agent(conn, &caller, &org_id, from, to)).await?;
+        run_replica(&state, move |conn, _| earnings::earnings_by_agent(conn, &caller, &org_id, from, to))
+            .await?;
     Ok(HttpResponse::Ok().json(view))
 }
 

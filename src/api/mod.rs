@@ -76,6 +76,18 @@ where
     Ok(state.read(f).await?)
 }
 
+/// Runs a read that may be served by the read replica
+/// ([`AppState::read_replica`]): history pages, reports, listings. Never
+/// for a read that decides whether money may move, nor one that must see
+/// the caller's own last write (a wallet, a balance): those use [`run`].
+pub async fn run_replica<T, F>(state: &web::Data<AppState>, f: F) -> Result<T, ApiError>
+where
+    F: Fn(&mut DbConn, &Ctx) -> ServiceResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    Ok(state.read_replica(f).await?)
+}
+
 /// Runs database work that writes ([`AppState::write`]: on SQLite, the
 /// turn at the write gate comes before the pooled connection).
 pub async fn run_write<T, F>(state: &web::Data<AppState>, f: F) -> Result<T, ApiError>

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{parse_time, run, AppState, JsonBody};
+use super::{parse_time, run_replica, AppState, JsonBody};
 use crate::auth::AuthUser;
 use crate::db::usage::UsageGroup;
 use crate::error::{ApiError, ErrorResponse};
@@ -223,6 +223,7 @@ pub async fn get_wallet_usage(
     let (from, to) = (parse_time("from", &query.from)?, parse_time("to", &query.to)?);
     let group = UsageGroup::from(query.group_by.unwrap_or_default());
     let report =
-        run(&state, move |conn, _| usage::wallet_usage(conn, &caller, &wallet_id, from, to, group)).await?;
+        run_replica(&state, move |conn, _| usage::wallet_usage(conn, &caller, &wallet_id, from, to, group))
+            .await?;
     Ok(HttpResponse::Ok().json(report))
 }

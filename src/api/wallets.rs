@@ -7,7 +7,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::{double_option, parse_time, run, run_write, AppState, JsonBody};
+use super::{double_option, parse_time, run, run_replica, run_write, AppState, JsonBody};
 use crate::auth::{AuthUser, KeyAllowed};
 use crate::domain::Credits;
 use crate::error::{ApiError, ErrorResponse};
@@ -263,7 +263,8 @@ pub async fn list_wallet_transactions(
     let wallet_id = path.into_inner();
     user.check_wallet(&wallet_id)?;
     let q = query.to_history()?;
-    let list = run(&state, move |conn, _| wallets::list_transactions(conn, &caller, &wallet_id, &q)).await?;
+    let list =
+        run_replica(&state, move |conn, _| wallets::list_transactions(conn, &caller, &wallet_id, &q)).await?;
     Ok(HttpResponse::Ok().json(list))
 }
 

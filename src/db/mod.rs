@@ -17,6 +17,7 @@ pub mod metadata;
 pub mod models;
 pub mod plans;
 pub mod prepared;
+pub mod replica;
 pub mod schema;
 pub mod sums;
 pub mod types;

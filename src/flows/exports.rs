@@ -14,6 +14,11 @@
 //! (the posting id, strictly decreasing) means no row appears twice and a
 //! row written during the export appears at most once (rows newer than
 //! the first page never do).
+//!
+//! With a read replica, an export reads where its first page was read:
+//! every page from the replica, or every page from the primary (also once
+//! a replica page failed), never the replica after the primary, whose
+//! older rows the replica might not have replayed yet.
 
 use std::sync::Arc;
 
@@ -56,15 +61,17 @@ impl ExportSlots {
         })
     }
 
-    /// Reads one page of an export at its turn in the lane.
-    async fn read_page<T, F>(&self, rt: &Arc<Runtime>, read: F) -> ServiceResult<T>
+    /// Reads one page of an export at its turn in the lane: on the
+    /// replica if `replica` and it answers ([`Runtime::read_replica`]), else
+    /// on the primary; also says whether the replica answered.
+    async fn read_page<T, F>(&self, rt: &Arc<Runtime>, replica: bool, read: F) -> ServiceResult<(T, bool)>
     where
-        F: FnOnce(&mut crate::db::DbConn) -> ServiceResult<T> + Send + 'static,
+        F: Fn(&mut crate::db::DbConn) -> ServiceResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let _turn =
             self.lane.acquire().await.map_err(|e| ServiceError::Internal(format!("export lane: {e}")))?;
-        rt.read(move |conn, _| read(conn)).await
+        rt.blocking(move |rt| rt.replica_or_primary(replica, &|conn, _| read(conn))).await
     }
 }
 
@@ -81,9 +88,9 @@ pub async fn wallet_history(
     let permit = rt.exports.start()?;
     let q = Arc::new(q);
     let first_q = q.clone();
-    let (account, first) = rt
+    let ((account, first), replica) = rt
         .exports
-        .read_page(rt, move |conn| {
+        .read_page(rt, true, move |conn| {
             let account = wallets::export_account(conn, &caller, &wallet_id)?;
             Ok((account, history::export_page(conn, account, &first_q, None)?))
         })
@@ -95,6 +102,7 @@ pub async fn wallet_history(
         account,
         q,
         next: first.next,
+        replica,
         pages_sent: 1,
         span: tracing::Span::current(),
         _permit: permit,
@@ -109,6 +117,9 @@ struct Pages {
     q: Arc<HistoryQuery>,
     /// The cursor of the next page; none when the history is all sent.
     next: Option<String>,
+    /// The pages are read from the replica (the first one was, and every
+    /// one since).
+    replica: bool,
     /// Pages sent so far, for the log of a failure.
     pages_sent: u64,
     /// The request's span: the pages are read after the handler returned.
@@ -123,12 +134,12 @@ impl Pages {
         let cursor = self.next.take()?;
         let (account, q) = (self.account, self.q.clone());
         let span = self.span.clone();
-        let read = self
-            .rt
-            .exports
-            .read_page(&self.rt, move |conn| history::export_page(conn, account, &q, Some(cursor)));
+        let read = self.rt.exports.read_page(&self.rt, self.replica, move |conn| {
+            history::export_page(conn, account, &q, Some(cursor.clone()))
+        });
         match read.instrument(span).await {
-            Ok(page) => {
+            Ok((page, replica)) => {
+                self.replica = replica;
                 self.next = page.next;
                 self.pages_sent = self.pages_sent.saturating_add(1);
                 Some((Ok(page.csv), self))

@@ -46,6 +46,8 @@ pub struct Runtime {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// The charges waiting for their group commit ([`group_commit`]).
     pub groups: group_commit::Groups,
+    /// The read replica (`DATABASE_REPLICA_URL`), when configured.
+    pub replica: Option<Arc<db::replica::Replica>>,
 }
 
 impl Runtime {
@@ -74,6 +76,40 @@ impl Runtime {
             f(&mut conn, &rt.ctx)
         })
         .await
+    }
+
+    /// Runs a read that may lag the caller's own writes (history pages,
+    /// reports, listings) like [`Runtime::read`], on the replica while it
+    /// keeps up (see [`db::replica`]); on the primary when there is none,
+    /// when it lags, or when the read fails there (a wallet or cursor it has
+    /// not replayed yet). Nothing that moves money, or decides whether money
+    /// may move, reads through this.
+    pub async fn read_replica<T, F>(self: &Arc<Self>, f: F) -> ServiceResult<T>
+    where
+        F: Fn(&mut DbConn, &Ctx) -> ServiceResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.blocking(move |rt| rt.replica_or_primary(true, &f).map(|(value, _)| value)).await
+    }
+
+    /// The routing of [`Runtime::read_replica`] (`replica` false: the
+    /// primary); also says whether the replica answered.
+    fn replica_or_primary<T>(
+        &self,
+        replica: bool,
+        f: &dyn Fn(&mut DbConn, &Ctx) -> ServiceResult<T>,
+    ) -> ServiceResult<(T, bool)> {
+        if let Some(r) = self.replica.as_ref().filter(|_| replica) {
+            match r.read(&self.pool, |conn| f(conn, &self.ctx)) {
+                Ok(value) => {
+                    self.metrics.replica_reads.inc();
+                    return Ok((value, true));
+                }
+                Err(why) => self.metrics.replica_fallbacks.with_label_values(&[why.as_str()]).inc(),
+            }
+        }
+        let mut conn = self.metrics.waiting_for_connection(|| self.pool.get())?;
+        Ok((f(&mut conn, &self.ctx)?, false))
     }
 
     /// Runs database work that writes: on SQLite it first waits for its

@@ -164,10 +164,7 @@ fn one_shot_commands_exit_cleanly_on_postgres() {
         }
     }
     if let Some((admin, name)) = cleanup {
-        use diesel::connection::SimpleConnection;
-        use diesel::Connection;
-        let mut conn = diesel::PgConnection::establish(&admin).unwrap();
-        conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
+        crate::helpers::drop_database(&admin, &name).unwrap();
     }
     assert!(failures.is_empty(), "{} of 100 runs failed: {failures:#?}", failures.len());
 }

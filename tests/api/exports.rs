@@ -73,7 +73,7 @@ fn csv_time(t: &Value) -> String {
 /// the wallet's posting with its running balance, the counter-posting on
 /// the platform's `adjustments`, the cached balance), so that `ledger
 /// verify` stays clean.
-fn seed_history(app: &TestApp, wallet: &str, n: usize) {
+pub fn seed_history(app: &TestApp, wallet: &str, n: usize) {
     #[derive(QueryableByName)]
     struct Id {
         #[diesel(sql_type = diesel::sql_types::BigInt)]

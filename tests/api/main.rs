@@ -31,6 +31,7 @@ mod orgs;
 mod overflow;
 mod payouts;
 mod plans;
+mod replica;
 mod resilience;
 mod self_service;
 mod self_service_stripe;
