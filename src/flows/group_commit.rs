@@ -196,12 +196,26 @@ fn run_group(rt: &Runtime, group: Vec<Waiting>) {
     }
 }
 
-/// One request in a transaction of its own, as without group commit.
+/// How often a request alone is run again after losing a lock cycle.
+const ALONE_ATTEMPTS: usize = 5;
+
+/// One request in a transaction of its own, as without group commit. Alone
+/// it holds only its own rows, but it can still lose a lock cycle with
+/// another instance's group (the same key sent to both, each waiting on
+/// the other's): nothing of it was written then, and it runs again.
 fn run_one(rt: &Runtime, conn: &mut DbConn, w: &Waiting) -> ServiceResult<StoredResponse> {
     let _entered = w.span.enter();
-    let result = (w.job)(conn, &rt.ctx);
-    rt.after_write(conn, &result);
-    result
+    let mut attempt = 1;
+    loop {
+        let result = (w.job)(conn, &rt.ctx);
+        if attempt < ALONE_ATTEMPTS && result.as_ref().is_err_and(lost_a_lock_cycle) {
+            rt.metrics.group_commit_alone.with_label_values(&["deadlock"]).inc();
+            attempt += 1;
+            continue;
+        }
+        rt.after_write(conn, &result);
+        return result;
+    }
 }
 
 /// PostgreSQL chose this statement to break a lock cycle (or a

@@ -312,7 +312,8 @@ async fn a_charge_that_loses_a_lock_cycle_runs_again_alone() {
             }
             let waits = diesel::sql_query(
                 "SELECT count(*) AS n FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                 AND query LIKE 'INSERT INTO idempotency_keys%'",
             )
             .get_result::<N>(&mut *app.conn())
             .unwrap()
