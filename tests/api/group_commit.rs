@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use crate::charges::{charge, market};
 use crate::helpers::{Backend, TestApp};
 use crate::holds::{capture, hold, wallet_state};
+use crate::metrics::{sample, scrape};
 
 crate::both!(
     queued_charges_commit_together_and_a_refusal_fails_only_itself,
@@ -21,10 +22,35 @@ crate::both!(
 
 /// The value of the sample `name` in the `/metrics` text.
 async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app.client.get(format!("{}/metrics", app.address)).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    let text = scrape(app).await;
+    sample(&text, name).unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+/// Waits (30 s at most) until `n` requests are waiting for their group commit.
+async fn waiting_for(app: &TestApp, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(app, "tally_group_commit_waiting").await < n {
+        assert!(Instant::now() < deadline, "never {n} waiting for a group commit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A public agent at 1.3 a message, and an organization of olivia (owner),
+/// mia and max with its wallet funded with `funds`: (agent, owner's token,
+/// org id, wallet id).
+async fn org_of_three(app: &TestApp, name: &str, funds: &str) -> (String, String, String, String) {
+    let (_, agent) = market(app, "0.3", "1", 0, "public").await;
+    let owner = app.token("olivia");
+    let (_, org) = app.post("/v1/orgs", &owner, json!({"name": name})).await;
+    let org_id = org["id"].as_str().unwrap().to_string();
+    let wallet = org["wallet_id"].as_str().unwrap().to_string();
+    for member in ["mia", "max"] {
+        let (s, _) =
+            app.post(&format!("/v1/orgs/{org_id}/members"), &owner, json!({"user_id": member})).await;
+        assert_eq!(s, 201);
+    }
+    app.fund(&wallet, funds).await;
+    (agent, owner, org_id, wallet)
 }
 
 /// Keeps the paying wallet busy until dropped: on SQLite a write
@@ -64,28 +90,14 @@ impl Busy {
     /// Waits until `n` charges are waiting for their group commit, then
     /// lets the wallet go.
     async fn release_when_waiting(self, app: &TestApp, n: f64) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while metric(app, "tally_group_commit_waiting").await < n {
-            assert!(Instant::now() < deadline, "the charges never queued");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        waiting_for(app, n).await;
         self.release.send(()).unwrap();
         self.holder.join().unwrap();
     }
 }
 
 async fn queued_charges_commit_together_and_a_refusal_fails_only_itself(app: TestApp) {
-    let (_, agent) = market(&app, "0.3", "1", 0, "public").await;
-    let owner = app.token("olivia");
-    let (_, org) = app.post("/v1/orgs", &owner, json!({"name": "Busy Co"})).await;
-    let org_id = org["id"].as_str().unwrap().to_string();
-    let wallet = org["wallet_id"].as_str().unwrap().to_string();
-    for member in ["mia", "max"] {
-        let (s, _) =
-            app.post(&format!("/v1/orgs/{org_id}/members"), &owner, json!({"user_id": member})).await;
-        assert_eq!(s, 201);
-    }
-    app.fund(&wallet, "6.5").await; // five messages of 1.3
+    let (agent, owner, org_id, wallet) = org_of_three(&app, "Busy Co", "6.5").await; // five messages of 1.3
     let people: Vec<String> = ["olivia", "mia", "max"].iter().map(|p| app.token(p)).collect();
 
     let busy = Busy::hold(&app, &wallet);
@@ -235,29 +247,9 @@ async fn a_charge_that_loses_a_lock_cycle_runs_again_alone() {
         eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
         return;
     };
-    let (_, agent) = market(&app, "0.3", "1", 0, "public").await;
-    let owner = app.token("olivia");
-    let (_, org) = app.post("/v1/orgs", &owner, json!({"name": "Cycle Co"})).await;
-    let org_id = org["id"].as_str().unwrap().to_string();
-    let wallet = org["wallet_id"].as_str().unwrap().to_string();
-    for member in ["mia", "max"] {
-        let (s, _) =
-            app.post(&format!("/v1/orgs/{org_id}/members"), &owner, json!({"user_id": member})).await;
-        assert_eq!(s, 201);
-    }
-    app.fund(&wallet, "10").await;
+    let (agent, owner, org_id, wallet) = org_of_three(&app, "Cycle Co", "10").await;
     let body = json!({"org_id": org_id});
     let (olivia, mia, max) = (app.token("olivia"), app.token("mia"), app.token("max"));
-    let waiting_for = |n: f64| {
-        let app = &app;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while metric(app, "tally_group_commit_waiting").await < n {
-                assert!(Instant::now() < deadline, "never {n} waiting");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
 
     // Another transaction: max's key, inserted and not committed; then,
     // when told, it asks for the wallet's row.
@@ -290,16 +282,16 @@ async fn a_charge_that_loses_a_lock_cycle_runs_again_alone() {
     // wallet; mia's and then max's queue behind it as the next group.
     let first = charge(&app, &olivia, &agent, body.clone(), "cycle-0");
     let queued = async {
-        waiting_for(1.0).await;
+        waiting_for(&app, 1.0).await;
         let mia_charge = charge(&app, &mia, &agent, body.clone(), "cycle-1");
         let max_charge = async {
-            waiting_for(2.0).await;
+            waiting_for(&app, 2.0).await;
             charge(&app, &max, &agent, body.clone(), "cycle-2").await
         };
         tokio::join!(mia_charge, max_charge)
     };
     let control = async {
-        waiting_for(3.0).await;
+        waiting_for(&app, 3.0).await;
         busy.release_when_waiting(&app, 3.0).await;
         // Mia's charge has the wallet's row; max's waits on its key.
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -45,11 +45,11 @@ async fn metrics_count_requests_charges_and_webhooks() {
 }
 
 /// The value of the sample `name{labels}` (exactly that line's key).
-fn sample(text: &str, key: &str) -> Option<f64> {
+pub fn sample(text: &str, key: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
 }
 
-async fn scrape(app: &TestApp) -> String {
+pub async fn scrape(app: &TestApp) -> String {
     let res = app.client.get(format!("{}/metrics", app.address)).send().await.unwrap();
     assert_eq!(res.status(), 200);
     res.text().await.unwrap()
