@@ -343,6 +343,16 @@ pub fn revert_all_migrations(conn: &mut DbConn) -> Result<usize, String> {
     }
 }
 
+/// Reverts the last applied migration; returns its version (for tests of a
+/// migration that moves data, and for rolling back one release).
+pub fn revert_last_migration(conn: &mut DbConn) -> Result<String, String> {
+    match conn {
+        DbConn::Sqlite(c) => c.revert_last_migration(SQLITE_MIGRATIONS).map(|v| v.to_string()),
+        DbConn::Pg(c) => c.revert_last_migration(POSTGRES_MIGRATIONS).map(|v| v.to_string()),
+    }
+    .map_err(|e| e.to_string())
+}
+
 /// Whether migrations remain to run (for `/readyz`).
 pub fn has_pending_migrations(conn: &mut DbConn) -> Result<bool, String> {
     match conn {

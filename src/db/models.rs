@@ -67,6 +67,30 @@ pub struct AccountRow {
     pub weekly_limit: Option<Credits>,
     pub created_at: NaiveDateTime,
     pub low_balance_threshold: Option<Credits>,
+    /// The wallet's spend of the period `spent_day_key` names (a UTC day);
+    /// see [`AccountRow::spent_in`].
+    pub spent_day_key: Option<String>,
+    pub spent_day: Credits,
+    /// The same for the ISO week `spent_week_key` names.
+    pub spent_week_key: Option<String>,
+    pub spent_week: Credits,
+}
+
+impl AccountRow {
+    /// What the wallet spent in the `period` containing `now`: its cached
+    /// amount when the row's key is that period's, else nothing yet.
+    pub fn spent_in(&self, period: crate::domain::limits::Period, now: NaiveDateTime) -> Credits {
+        use crate::domain::limits::Period;
+        let (key, spent) = match period {
+            Period::Day => (&self.spent_day_key, self.spent_day),
+            Period::Week => (&self.spent_week_key, self.spent_week),
+        };
+        if key.as_deref() == Some(period.key(now).as_str()) {
+            spent
+        } else {
+            Credits::ZERO
+        }
+    }
 }
 
 /// `None` fields are written as NULL, never as `DEFAULT`, so the statement

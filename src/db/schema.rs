@@ -51,6 +51,10 @@ diesel::table! {
         stripe_customer_id -> Nullable<Text>,
         stripe_payment_method_id -> Nullable<Text>,
         auto_top_up_retry_after -> Nullable<Timestamp>,
+        spent_day_key -> Nullable<Text>,
+        spent_day -> BigInt,
+        spent_week_key -> Nullable<Text>,
+        spent_week -> BigInt,
     }
 }
 

@@ -6,9 +6,11 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 pub mod grants;
+pub mod spend;
 pub mod verify;
 
 pub use grants::{GrantSpec, Grants};
+pub use spend::{Spend, SpendChange};
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -64,6 +66,9 @@ pub struct NewEntry<'a> {
     pub metadata: serde_json::Value,
     /// What the wallet leg does to the wallet's credit grants.
     pub grants: Grants,
+    /// What the entry counts against (or gives back to) its payer wallet's
+    /// spend of the day and week, applied in the wallet leg's balance update.
+    pub spend: Option<Spend>,
 }
 
 /// One written posting.
@@ -97,6 +102,9 @@ pub enum LedgerError {
     Insufficient { account_id: i64 },
     #[error("account {account_id} is frozen")]
     Frozen { account_id: i64 },
+    /// The spend would pass the wallet's daily or weekly spend limit.
+    #[error("account {account_id} would pass its {period:?} spend limit of {limit}")]
+    SpendLimit { account_id: i64, period: crate::domain::limits::Period, limit: Credits, amount: Credits },
     /// The movement would take a cached balance past the `i64` micro-credit range.
     #[error("account {account_id} would pass the range of an amount")]
     OutOfRange { account_id: i64 },
@@ -143,6 +151,7 @@ pub fn open(tx: &mut WriteTx<'_>, entry: NewEntry<'_>) -> Result<OpenEntry, Ledg
         legs: entry.legs,
         overdraft: entry.overdraft,
         grants: entry.grants,
+        spend: entry.spend,
     })
 }
 
@@ -155,6 +164,7 @@ pub struct OpenEntry {
     legs: Vec<Leg>,
     overdraft: Overdraft,
     grants: Grants,
+    spend: Option<Spend>,
 }
 
 impl OpenEntry {
@@ -166,17 +176,32 @@ impl OpenEntry {
         self.created_at
     }
 
+    /// Sets what the entry does to its payer wallet's spend (known to the
+    /// caller only once the entry is open: its periods are those of
+    /// [`OpenEntry::created_at`]).
+    pub fn with_spend(self, spend: Option<Spend>) -> Self {
+        OpenEntry { spend, ..self }
+    }
+
     /// Applies the legs to the cached balances (guarded), then writes all
     /// postings in one statement.
     pub fn post(self, tx: &mut WriteTx<'_>) -> Result<PostedEntry, LedgerError> {
         let conn = tx.conn();
-        let OpenEntry { entry_id, created_at, legs, overdraft, grants } = self;
+        let OpenEntry { entry_id, created_at, legs, overdraft, grants, spend } = self;
         let mut cached: Vec<&Leg> = legs.iter().filter(|l| l.kind.keeps_cached_balance()).collect();
         cached.sort_by_key(|l| l.account_id);
         let mut balances: Vec<(i64, i64)> = Vec::with_capacity(cached.len());
         let mut alerts: Vec<(i64, i64, i64, bool)> = Vec::new();
+        // The spend goes with the wallet's leg (its row is written once),
+        // or alone when the entry moves nothing of the wallet.
+        if let Some(spend) = spend.as_ref().filter(|s| !cached.iter().any(|l| l.account_id == s.wallet)) {
+            spend::apply_alone(conn, spend)?;
+        }
         for leg in cached {
-            let moved = apply_to_cached_balance(conn, leg, overdraft)?;
+            let moved = match spend.as_ref().filter(|s| s.wallet == leg.account_id) {
+                Some(spend) => spend::apply_with_leg(conn, leg, overdraft, spend)?,
+                None => apply_to_cached_balance(conn, leg, overdraft)?,
+            };
             balances.push((leg.account_id, moved.balance));
             if let Some(threshold) = moved.low_balance_threshold {
                 alerts.push((leg.account_id, moved.balance, threshold, moved.low_balance_below));
@@ -324,6 +349,22 @@ struct Moved {
     auto_top_up_below: bool,
 }
 
+/// What the balance update returned, or an error for an account that keeps
+/// no cached balance.
+fn moved(account_id: i64, row: MovedRow) -> Result<Moved, LedgerError> {
+    match row {
+        (Some(balance), low_balance_threshold, low_balance_below, enabled, threshold) => Ok(Moved {
+            balance,
+            low_balance_threshold,
+            low_balance_below,
+            auto_top_up_below: enabled && threshold.is_some_and(|t| balance < t),
+        }),
+        (None, ..) => Err(LedgerError::Database(diesel::result::Error::QueryBuilderError(
+            format!("account {account_id} keeps no cached balance").into(),
+        ))),
+    }
+}
+
 /// Adds the leg to the account's cached balance in one guarded statement and
 /// returns the new balance (and the low-balance alert state). No row back means a guard refused: a debit below
 /// zero (where refused), a frozen account, or a result beyond the `i64`
@@ -381,15 +422,7 @@ fn apply_to_cached_balance(conn: &mut DbConn, leg: &Leg, overdraft: Overdraft) -
         .optional()?,
     };
     match updated {
-        Some((Some(balance), low_balance_threshold, low_balance_below, enabled, threshold)) => Ok(Moved {
-            balance,
-            low_balance_threshold,
-            low_balance_below,
-            auto_top_up_below: enabled && threshold.is_some_and(|t| balance < t),
-        }),
-        Some((None, ..)) => Err(LedgerError::Database(diesel::result::Error::QueryBuilderError(
-            format!("account {} keeps no cached balance", leg.account_id).into(),
-        ))),
+        Some(row) => moved(leg.account_id, row),
         None => {
             let frozen: Option<bool> = accounts::table
                 .filter(accounts::id.eq(leg.account_id))

@@ -63,6 +63,7 @@ pub fn create_adjustment(
     let posted = ledger::post(
         tx,
         NewEntry {
+            spend: None,
             kind: EntryKind::Adjustment,
             legs: vec![wallet_ref.leg(amount), ctx.platform.adjustments.leg(counter)],
             overdraft: Overdraft::Refuse,

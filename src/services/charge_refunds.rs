@@ -29,7 +29,7 @@ use crate::domain::ids::new_id;
 use crate::domain::limits::Period;
 use crate::domain::text::checked_text;
 use crate::domain::{AccountKind, Credits, EntryKind, OwnerType};
-use crate::ledger::{self, AccountRef, Grants, NewEntry, Overdraft};
+use crate::ledger::{self, AccountRef, Grants, NewEntry, Overdraft, Spend};
 
 /// What a refund of a charge gave back and took from where.
 #[derive(Debug, Serialize, ToSchema)]
@@ -302,6 +302,14 @@ pub fn refund_charge(
             ledger::post(
                 tx,
                 NewEntry {
+                    // What the charge counted against the wallet's day and
+                    // week, given back in the charge's periods.
+                    spend: Some(Spend::give_back(
+                        c.payer_account_id,
+                        Period::Day.key(c.created_at),
+                        Period::Week.key(c.created_at),
+                        amount.micros(),
+                    )),
                     kind: EntryKind::ChargeRefund,
                     legs,
                     overdraft: Overdraft::Refuse,
@@ -430,20 +438,18 @@ fn take_creator_part(
     Ok(CreatorPart { borne: x, legs: vec![(ctx.platform.refund_expense, x)], ..none })
 }
 
-/// A refund gives back what the charge counted against the spend limits
-/// (in the charge's periods) and a free message's free message.
+/// A refund gives back what the charge counted against the member's daily
+/// limit (in the charge's day) and a free message's free message. The
+/// wallet's day and week are given back by the refund's entry ([`Spend`]);
+/// a refund of nothing posts no entry and gives nothing back.
 fn give_back_counters(tx: &mut WriteTx<'_>, c: &RefundedCharge, amount: Credits) -> ServiceResult<()> {
     if c.free {
         counters::give_back_free_message(tx, &c.agent_id, &c.user_id)?;
     }
-    if amount.is_zero() {
+    if amount.is_zero() || c.payer_org_id.is_none() {
         return Ok(());
     }
-    let (day, week) = (Period::Day.key(c.created_at), Period::Week.key(c.created_at));
-    counters::give_back_spend(tx, c.payer_account_id, "", &day, amount.micros())?;
-    counters::give_back_spend(tx, c.payer_account_id, "", &week, amount.micros())?;
-    if c.payer_org_id.is_some() {
-        counters::give_back_spend(tx, c.payer_account_id, &c.user_id, &day, amount.micros())?;
-    }
+    let day = Period::Day.key(c.created_at);
+    counters::give_back_spend(tx, c.payer_account_id, &c.user_id, &day, amount.micros())?;
     Ok(())
 }

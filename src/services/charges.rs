@@ -56,7 +56,7 @@ use crate::domain::metadata::Metadata;
 use crate::domain::pricing::{price_metered, MeteredPrice, ModelRates};
 use crate::domain::usage::Usage;
 use crate::domain::{AccountKind, Credits, EntryKind, OwnerType};
-use crate::ledger::{self, AccountRef, Grants, NewEntry, Overdraft};
+use crate::ledger::{self, AccountRef, Grants, NewEntry, Overdraft, Spend};
 
 /// One charged (or free) message.
 #[derive(Debug, Serialize, ToSchema)]
@@ -453,61 +453,50 @@ pub fn quote_usage(
     Ok(UsageQuote { quote, usage, price, allowed: reason.is_none(), reason, message })
 }
 
-/// The spend limits a charge from this payer counts against: the wallet's
-/// day and week, and in an organization the member's day.
-fn spend_checks<'a>(
-    payer: &'a Payer,
-    user_id: &'a str,
-) -> impl Iterator<Item = (Period, &'a str, Option<Credits>, &'static str)> + 'a {
-    let wallet = &payer.wallet;
-    [
-        (Period::Day, "", wallet.daily_limit, "the wallet's daily spend limit"),
-        (Period::Week, "", wallet.weekly_limit, "the wallet's weekly spend limit"),
-        (Period::Day, user_id, payer.member_daily_limit, "your daily spend limit in this organization"),
-    ]
-    .into_iter()
-    // Member limits apply to org wallets only.
-    .filter(|(_, who, _, _)| who.is_empty() || payer.org_id.is_some())
-}
+/// The member's daily limit in the paying organization (org wallets only):
+/// counted in `spend_counters`, one row per member and day. The wallet's own
+/// day and week are cached on its row and counted by the entry's
+/// [`Spend`], in the same statement as its balance.
+const MEMBER_LIMIT: &str = "your daily spend limit in this organization";
 
-/// The refusal of a charge of `amount` by a spend counter: the limit's 429,
-/// or past the range of an amount when there is no limit.
-fn spend_refusal(amount: Credits, what: &str, limit: Option<Credits>, period: Period) -> ServiceError {
-    let Some(limit) = limit else {
-        return ServiceError::out_of_range();
-    };
-    ServiceError::SpendLimitExceeded {
-        message: format!("this charge of {amount} credits would pass {what} of {limit} credits"),
-        retry_after_secs: period.seconds_left(db::now()),
-    }
-}
-
-/// Refuses the charge (or hold) when a spend limit would be passed; counts
-/// `amount` in the periods of `now`.
-pub(super) fn count_spend(
+/// Refuses the charge (or hold) when the member's daily limit would be
+/// passed, else counts `amount` in the member's day of `now`. The wallet's
+/// limits are checked when the entry is posted ([`payer_spend`]).
+pub(super) fn count_member_spend(
     tx: &mut WriteTx<'_>,
     payer: &Payer,
     user_id: &str,
     amount: Credits,
     now: chrono::NaiveDateTime,
 ) -> ServiceResult<()> {
-    for (period, who, limit, what) in spend_checks(payer, user_id) {
-        let counted = counters::add_spend(
-            tx,
-            payer.wallet.id,
-            who,
-            &period.key(now),
-            amount.micros(),
-            limit.map(Credits::micros),
-        )?;
-        if counted.is_none() {
-            return Err(spend_refusal(amount, what, limit, period));
-        }
+    if payer.org_id.is_none() {
+        return Ok(());
     }
-    Ok(())
+    let limit = payer.member_daily_limit;
+    let counted = counters::add_spend(
+        tx,
+        payer.wallet.id,
+        user_id,
+        &Period::Day.key(now),
+        amount.micros(),
+        limit.map(Credits::micros),
+    )?;
+    match (counted, limit) {
+        (Some(_), _) => Ok(()),
+        (None, Some(limit)) => Err(ServiceError::spend_limit(amount, MEMBER_LIMIT, limit, Period::Day)),
+        (None, None) => Err(ServiceError::out_of_range()),
+    }
 }
 
-/// What [`count_spend`] would refuse now, without counting (for a quote).
+/// What a charge (or hold) of `amount` at `now` counts against the payer
+/// wallet's day and week, checked against its limits when posted.
+pub(super) fn payer_spend(payer: &Payer, amount: Credits, now: chrono::NaiveDateTime) -> Option<Spend> {
+    (!amount.is_zero()).then(|| Spend::count(payer.wallet.id, now, amount.micros()))
+}
+
+/// What a charge of `amount` would be refused for by the spend limits now,
+/// without counting (for a quote), in the order a charge checks them: the
+/// member's day, the wallet's day, the wallet's week.
 fn check_spend(
     conn: &mut DbConn,
     payer: &Payer,
@@ -515,15 +504,34 @@ fn check_spend(
     amount: Credits,
 ) -> ServiceResult<Option<ServiceError>> {
     let now = db::now();
-    for (period, who, limit, what) in spend_checks(payer, user_id) {
-        let spent = counters::spent(conn, payer.wallet.id, who, &period.key(now))?;
-        let refused = match (spent.checked_add(amount), limit) {
-            (None, _) => true,
-            (Some(after), Some(limit)) => after > limit,
-            (Some(_), None) => false,
-        };
-        if refused {
-            return Ok(Some(spend_refusal(amount, what, limit, period)));
+    let wallet = &payer.wallet;
+    let member = match payer.org_id {
+        Some(_) => Some(counters::spent(conn, wallet.id, user_id, &Period::Day.key(now))?),
+        None => None,
+    };
+    let checks = [
+        (member, payer.member_daily_limit, MEMBER_LIMIT, Period::Day),
+        (
+            Some(wallet.spent_in(Period::Day, now)),
+            wallet.daily_limit,
+            "the wallet's daily spend limit",
+            Period::Day,
+        ),
+        (
+            Some(wallet.spent_in(Period::Week, now)),
+            wallet.weekly_limit,
+            "the wallet's weekly spend limit",
+            Period::Week,
+        ),
+    ];
+    for (spent, limit, what, period) in checks {
+        let Some(spent) = spent else { continue };
+        match (spent.checked_add(amount), limit) {
+            (None, _) => return Ok(Some(ServiceError::out_of_range())),
+            (Some(after), Some(limit)) if after > limit => {
+                return Ok(Some(ServiceError::spend_limit(amount, what, limit, period)))
+            }
+            _ => {}
         }
     }
     Ok(None)
@@ -621,23 +629,35 @@ fn from_hold(
     Ok(FromHold { legs, held, wallet_paid, uncollected })
 }
 
-/// Counts a capture against the spend limits: the hold counted its amount
-/// when it was made; the difference is given back, or the excess the
+/// Counts a capture against the member's daily limit: the hold counted its
+/// amount when it was made; the difference is given back, or the excess the
 /// wallet paid beyond it is counted (never refused: the work is done), in
-/// the hold's periods.
+/// the hold's day. The wallet's own day and week: [`hold_spend`].
 fn settle_hold_spend(tx: &mut WriteTx<'_>, hold: &HoldRow, paid: Credits) -> ServiceResult<()> {
     if paid <= hold.amount {
         let back = hold.amount.checked_sub(paid).ok_or_else(ServiceError::out_of_range)?;
-        return super::holds::give_back_spend(tx, hold, back);
+        return super::holds::give_back_member_spend(tx, hold, back);
     }
     let more = paid.checked_sub(hold.amount).ok_or_else(ServiceError::out_of_range)?.micros();
-    let wallet = hold.payer_account_id;
-    counters::add_spend(tx, wallet, "", &hold.day_key, more, None)?;
-    counters::add_spend(tx, wallet, "", &hold.week_key, more, None)?;
     if hold.payer_org_id.is_some() {
-        counters::add_spend(tx, wallet, &hold.user_id, &hold.day_key, more, None)?;
+        counters::add_spend(tx, hold.payer_account_id, &hold.user_id, &hold.day_key, more, None)?;
     }
     Ok(())
+}
+
+/// What a capture that paid `paid` does to the wallet's day and week, in
+/// the hold's periods: the difference to what the hold counted, given back
+/// or counted (never refused: the work is done).
+fn hold_spend(hold: &HoldRow, paid: Credits) -> ServiceResult<Option<Spend>> {
+    let (day, week) = (hold.day_key.clone(), hold.week_key.clone());
+    let wallet = hold.payer_account_id;
+    Ok(if paid <= hold.amount {
+        let back = hold.amount.checked_sub(paid).ok_or_else(ServiceError::out_of_range)?;
+        (!back.is_zero()).then(|| Spend::give_back(wallet, day, week, back.micros()))
+    } else {
+        let more = paid.checked_sub(hold.amount).ok_or_else(ServiceError::out_of_range)?;
+        Some(Spend::count_in(wallet, day, week, more.micros(), false))
+    })
 }
 
 /// A charge, in one step or from a hold: load -> resolve the payer ->
@@ -701,6 +721,7 @@ pub(super) fn charge_message(
     let entry = ledger::open(
         tx,
         NewEntry {
+            spend: None,
             kind,
             legs,
             overdraft: if hold.is_some() { Overdraft::Refuse } else { Overdraft::RefuseFrozen },
@@ -734,12 +755,20 @@ pub(super) fn charge_message(
     };
     record_charge(tx, ctx, &row)?;
     db::metadata::insert(tx, &charge_id, metadata)?;
-    match (hold, &captured) {
-        (Some(h), Some(c)) => settle_hold_spend(tx, h, c.wallet_paid)?,
-        _ if !total.is_zero() => count_spend(tx, &payer, user_id, total, db::now())?,
-        _ => {}
-    }
-    let posted = entry.post(tx).map_err(|e| ServiceError::from_ledger(e, &wallet_id))?;
+    // The member's day is counted here; the wallet's day and week with its
+    // balance, when the entry is posted.
+    let spend = match (hold, &captured) {
+        (Some(h), Some(c)) => {
+            settle_hold_spend(tx, h, c.wallet_paid)?;
+            hold_spend(h, c.wallet_paid)?
+        }
+        _ if !total.is_zero() => {
+            count_member_spend(tx, &payer, user_id, total, created_at)?;
+            payer_spend(&payer, total, created_at)
+        }
+        _ => None,
+    };
+    let posted = entry.with_spend(spend).post(tx).map_err(|e| ServiceError::from_ledger(e, &wallet_id))?;
     let balance_after = match posted.leg_of(payer.wallet.id) {
         Some(leg) => leg.balance_after.unwrap_or_default(),
         // A capture that took exactly the hold does not touch the wallet.

@@ -239,6 +239,7 @@ fn settle_org(
     let posted = ledger::post(
         tx,
         NewEntry {
+            spend: None,
             kind: EntryKind::EarningsSettlement,
             legs: vec![pending.leg(outflow), available.leg(amount)],
             overdraft: Overdraft::Refuse,

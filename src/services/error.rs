@@ -1,5 +1,6 @@
 //! What a service can refuse or fail with; `crate::error` maps it to HTTP.
 
+use crate::domain::Credits;
 use crate::ledger::LedgerError;
 
 /// Every error `type` the API answers with: a closed set, so that clients
@@ -251,6 +252,21 @@ impl ServiceError {
         }
     }
 
+    /// A charge (or hold) of `amount` that would pass `what` (a limit of
+    /// `limit` over `period`): 429 `spend_limit_exceeded`, to be tried again
+    /// when the period ends.
+    pub fn spend_limit(
+        amount: Credits,
+        what: &str,
+        limit: Credits,
+        period: crate::domain::limits::Period,
+    ) -> Self {
+        ServiceError::SpendLimitExceeded {
+            message: format!("this charge of {amount} credits would pass {what} of {limit} credits"),
+            retry_after_secs: period.seconds_left(crate::db::now()),
+        }
+    }
+
     /// A usage that cannot be read (422 `invalid_usage`).
     pub fn invalid_usage(e: crate::domain::usage::UsageError) -> Self {
         ServiceError::Refused { kind: ErrorCode::InvalidUsage, message: format!("usage: {e}") }
@@ -285,6 +301,7 @@ impl ServiceError {
             }
             LedgerError::Frozen { .. } => ServiceError::WalletFrozen { wallet_id: wallet_id.to_string() },
             LedgerError::OutOfRange { .. } => ServiceError::out_of_range(),
+            e @ LedgerError::SpendLimit { .. } => e.into(),
             LedgerError::Database(e) => ServiceError::Database(e),
             LedgerError::Invalid(e) => ServiceError::Internal(format!("refused entry: {e}")),
         }
@@ -296,6 +313,13 @@ impl From<LedgerError> for ServiceError {
         match e {
             LedgerError::Database(e) => ServiceError::Database(e),
             LedgerError::OutOfRange { .. } => ServiceError::out_of_range(),
+            LedgerError::SpendLimit { period, limit, amount, .. } => {
+                let what = match period {
+                    crate::domain::limits::Period::Day => "the wallet's daily spend limit",
+                    crate::domain::limits::Period::Week => "the wallet's weekly spend limit",
+                };
+                ServiceError::spend_limit(amount, what, limit, period)
+            }
             other => ServiceError::Internal(other.to_string()),
         }
     }

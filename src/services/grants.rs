@@ -221,6 +221,7 @@ pub fn create_promotion(
     let posted = ledger::post(
         tx,
         NewEntry {
+            spend: None,
             kind: EntryKind::Grant,
             legs: vec![
                 wallet_ref.leg(input.amount),
@@ -311,6 +312,7 @@ fn expire_one(
     ledger::post(
         tx,
         NewEntry {
+            spend: None,
             kind: EntryKind::Expiry,
             legs: vec![
                 AccountRef { id: wallet, kind: AccountKind::Wallet }

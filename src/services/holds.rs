@@ -33,7 +33,7 @@ use crate::domain::limits::Period;
 use crate::domain::metadata::Metadata;
 use crate::domain::usage::Usage;
 use crate::domain::{AccountKind, Credits, EntryKind, HoldStatus, OrgRole};
-use crate::ledger::{self, AccountRef, Grants, NewEntry, Overdraft};
+use crate::ledger::{self, AccountRef, Grants, NewEntry, Overdraft, Spend};
 
 /// How long a hold stays open when the request does not say.
 pub const DEFAULT_EXPIRES_IN: u64 = 15 * 60;
@@ -184,7 +184,7 @@ pub fn create_hold(
     let held = held_account(tx, &payer)?;
     let id = new_id("hld");
     if !amount.is_zero() {
-        charges::count_spend(tx, &payer, &input.user_id, amount, now)?;
+        charges::count_member_spend(tx, &payer, &input.user_id, amount, now)?;
         let references = TransactionReferences {
             agent_id: Some(agent.id.clone()),
             hold_id: Some(id.clone()),
@@ -193,6 +193,7 @@ pub fn create_hold(
         ledger::post(
             tx,
             NewEntry {
+                spend: charges::payer_spend(&payer, amount, now),
                 kind: EntryKind::Hold,
                 legs: vec![payer.wallet_ref().leg(neg(amount)?), held.leg(amount)],
                 overdraft: Overdraft::RefuseFrozen,
@@ -309,17 +310,17 @@ pub(super) fn finish(
     Ok(())
 }
 
-/// Gives back what an ended hold counted against the spend limits.
-pub(super) fn give_back_spend(tx: &mut WriteTx<'_>, row: &HoldRow, amount: Credits) -> ServiceResult<()> {
-    if amount.is_zero() {
+/// Gives back what an ended hold counted against the member's daily limit
+/// (the wallet's day and week are given back by the entry's [`Spend`]).
+pub(super) fn give_back_member_spend(
+    tx: &mut WriteTx<'_>,
+    row: &HoldRow,
+    amount: Credits,
+) -> ServiceResult<()> {
+    if amount.is_zero() || row.payer_org_id.is_none() {
         return Ok(());
     }
-    let wallet = row.payer_account_id;
-    counters::give_back_spend(tx, wallet, "", &row.day_key, amount.micros())?;
-    counters::give_back_spend(tx, wallet, "", &row.week_key, amount.micros())?;
-    if row.payer_org_id.is_some() {
-        counters::give_back_spend(tx, wallet, &row.user_id, &row.day_key, amount.micros())?;
-    }
+    counters::give_back_spend(tx, row.payer_account_id, &row.user_id, &row.day_key, amount.micros())?;
     Ok(())
 }
 
@@ -335,6 +336,12 @@ fn return_all(tx: &mut WriteTx<'_>, row: &HoldRow, kind_of_end: HoldStatus) -> S
         ledger::post(
             tx,
             NewEntry {
+                spend: Some(Spend::give_back(
+                    row.payer_account_id,
+                    row.day_key.clone(),
+                    row.week_key.clone(),
+                    row.amount.micros(),
+                )),
                 kind: EntryKind::HoldRelease,
                 legs: vec![
                     AccountRef { id: row.held_account_id, kind: AccountKind::Held }.leg(neg(row.amount)?),
@@ -350,7 +357,7 @@ fn return_all(tx: &mut WriteTx<'_>, row: &HoldRow, kind_of_end: HoldStatus) -> S
             },
         )?;
     }
-    give_back_spend(tx, row, row.amount)?;
+    give_back_member_spend(tx, row, row.amount)?;
     super::api_keys::give_back_hold(tx, &row.id)?;
     if row.free {
         counters::give_back_free_message(tx, &row.agent_id, &row.user_id)?;

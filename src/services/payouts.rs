@@ -287,6 +287,7 @@ pub fn record_payout(
         ledger::post(
             tx,
             NewEntry {
+                spend: None,
                 kind: EntryKind::Payout,
                 legs: vec![available_ref.leg(neg(moved)?), in_payout.leg(moved)],
                 overdraft: Overdraft::Refuse,
@@ -386,6 +387,7 @@ fn move_at_most(
 ) -> ServiceResult<Credits> {
     let entry = |moved: Credits| -> ServiceResult<NewEntry<'_>> {
         Ok(NewEntry {
+            spend: None,
             kind,
             legs: vec![from.leg(neg(moved)?), to.leg(moved)],
             overdraft: Overdraft::Refuse,

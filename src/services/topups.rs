@@ -484,6 +484,7 @@ fn credit(
     let posted = ledger::post(
         tx,
         NewEntry {
+            spend: None,
             kind: EntryKind::TopUp,
             legs,
             overdraft: Overdraft::Refuse,
@@ -985,6 +986,7 @@ fn reverse(
     let posted = ledger::post(
         tx,
         NewEntry {
+            spend: None,
             kind,
             legs,
             overdraft: Overdraft::AllowForReversal,
@@ -1352,6 +1354,7 @@ pub fn dispute_closed(
         ledger::post(
             tx,
             NewEntry {
+                spend: None,
                 kind: EntryKind::DisputeWon,
                 legs,
                 overdraft: Overdraft::Refuse,

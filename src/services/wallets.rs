@@ -13,7 +13,7 @@ use super::orgs::role_in;
 use super::{Caller, Ctx, ServiceError, ServiceResult};
 use crate::db::models::{AccountRow, LimitChanges, NewWalletAudit};
 use crate::db::schema::{accounts, journal_entries, postings, wallet_audit};
-use crate::db::{self, counters, DbConn};
+use crate::db::{self, DbConn};
 use crate::domain::limits::Period;
 use crate::domain::text::checked_text;
 use crate::domain::{AccountKind, Credits, EntryKind, FreezeAction, OwnerType, UsdCents};
@@ -132,8 +132,8 @@ pub fn view(conn: &mut DbConn, ctx: &Ctx, row: &AccountRow) -> ServiceResult<Wal
         .unwrap_or(Credits::ZERO);
     let balance = available.checked_add(held).ok_or_else(ServiceError::out_of_range)?;
     let now = db::now();
-    let spent_today = counters::spent(conn, row.id, "", &Period::Day.key(now))?;
-    let spent_this_week = counters::spent(conn, row.id, "", &Period::Week.key(now))?;
+    let spent_today = row.spent_in(Period::Day, now);
+    let spent_this_week = row.spent_in(Period::Week, now);
     let (credits, expiring_next) = super::grants::summary(conn, row.id)?;
     let auto_top_up = super::auto_top_up::of_wallet(conn, row.id)?;
     let remaining = |limit: Option<Credits>, spent: Credits| {

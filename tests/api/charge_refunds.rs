@@ -39,6 +39,7 @@ both_with_hold!("1h":
     partial_refunds_split_exactly_and_never_pass_the_charge,
     concurrent_partial_refunds_never_pass_the_charge,
     a_free_message_refund_gives_the_free_message_back,
+    a_refund_gives_back_what_the_charge_counted_against_the_limits,
     refunded_credits_go_back_to_their_grants_or_a_new_one,
 );
 both_with_hold!("0s":
@@ -146,6 +147,33 @@ async fn a_refund_takes_the_creators_share_from_pending_earnings(app: TestApp) {
     app.assert_ledger_ok();
 }
 
+/// What a refund gives back counts no more against the wallet's day and
+/// week: the next message goes through.
+async fn a_refund_gives_back_what_the_charge_counted_against_the_limits(app: TestApp) {
+    let (_, agent, alice, wallet, id) = one_charge(&app).await;
+    let limits = json!({"daily_limit": "2.6", "weekly_limit": "2.6"});
+    assert_eq!(app.patch(&format!("/v1/wallets/{wallet}"), &alice, limits).await.0, 200);
+    let (s, _, _) = charge(&app, &alice, &agent, json!({}), "m2").await;
+    assert_eq!(s, 201);
+    let (s, _, b) = charge(&app, &alice, &agent, json!({}), "m3").await;
+    assert_error(s, &b, 429, "spend_limit_exceeded");
+    let (s, r) = refund(&app, &id, json!({"reason": "wrong answer", "amount": "0.5"}), "r1").await;
+    assert_eq!(s, 201, "{r}");
+    let spent =
+        |w: &Value| ["balance", "spent_today", "spent_this_week"].map(|k| w[k].as_str().map(String::from));
+    let (_, w) = app.get(&format!("/v1/wallets/{wallet}"), &alice).await;
+    assert_eq!(spent(&w), [Some("7.9".into()), Some("2.1".into()), Some("2.1".into())], "{w}");
+    let (s, _, b) = charge(&app, &alice, &agent, json!({}), "m4").await;
+    assert_error(s, &b, 429, "spend_limit_exceeded");
+    let (s, r) = refund(&app, &id, json!({"reason": "the rest"}), "r2").await;
+    assert_eq!((s.as_u16(), r["amount"].as_str()), (201, Some("0.8")), "{r}");
+    let (s, _, _) = charge(&app, &alice, &agent, json!({}), "m5").await;
+    assert_eq!(s, 201);
+    let (_, w) = app.get(&format!("/v1/wallets/{wallet}"), &alice).await;
+    assert_eq!(spent(&w), [Some("7.4".into()), Some("2.6".into()), Some("2.6".into())], "{w}");
+    app.assert_ledger_ok();
+}
+
 async fn a_refund_after_settlement_takes_from_available_earnings(app: TestApp) {
     let (org, agent, alice, wallet, id) = one_charge(&app).await;
     let (s, _, c2) = charge(&app, &alice, &agent, json!({}), "m2").await;
@@ -173,6 +201,7 @@ fn move_to_payout(app: &TestApp, org: &str, amount: &str) {
         ledger::post(
             tx,
             NewEntry {
+                spend: None,
                 kind: EntryKind::Payout,
                 legs: vec![available.leg(amount.checked_neg().unwrap()), in_payout.leg(amount)],
                 overdraft: Overdraft::Refuse,

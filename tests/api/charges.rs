@@ -17,6 +17,7 @@ both!(
     a_micro_credit_addon_loses_nothing,
     free_messages_are_used_exactly_once,
     concurrent_charges_never_overspend,
+    concurrent_charges_stop_exactly_at_the_daily_limit,
     org_wallets_and_member_limits,
     personal_limits_frozen_wallets_and_private_agents,
     retries_return_the_first_charge,
@@ -227,6 +228,95 @@ async fn concurrent_charges_never_overspend(app: TestApp) {
     }
     assert_eq!(app.balance(&wallet, &alice).await, "0");
     assert_eq!(app.count("charges"), 10);
+    app.assert_ledger_ok();
+}
+
+/// The wallet's spend of the day is counted with its balance, in one
+/// statement on its row: concurrent charges stop exactly at the limit.
+async fn concurrent_charges_stop_exactly_at_the_daily_limit(app: TestApp) {
+    let (_, agent) = market(&app, "0.3", "1", 0, "public").await;
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    app.fund(&wallet, "100").await;
+    let limits = json!({"daily_limit": "6.5", "weekly_limit": "7"}); // five messages a day
+    let (s, _) = app.patch(&format!("/v1/wallets/{wallet}"), &alice, limits).await;
+    assert_eq!(s, 200);
+    let results = join_all((0..24).map(|i| {
+        let (app, alice, agent) = (&app, &alice, &agent);
+        async move { charge(app, alice, agent, json!({}), &format!("d{i}")).await }
+    }))
+    .await;
+    let ok = results.iter().filter(|(s, _, _)| *s == 201).count();
+    let limited =
+        results.iter().filter(|(s, _, b)| *s == 429 && b["error"]["type"] == "spend_limit_exceeded");
+    assert_eq!((ok, limited.count()), (5, 19), "{results:?}");
+    let (_, w) = app.get(&format!("/v1/wallets/{wallet}"), &alice).await;
+    let shown = ["balance", "spent_today", "daily_remaining", "spent_this_week", "weekly_remaining"]
+        .map(|k| w[k].as_str().unwrap_or_else(|| panic!("{k} in {w}")).to_string());
+    assert_eq!(shown, ["93.5", "6.5", "0", "6.5", "0.5"].map(String::from));
+    // The weekly limit is next: raising the daily one lets exactly 0.5 more through, that is nothing.
+    app.patch(&format!("/v1/wallets/{wallet}"), &alice, json!({"daily_limit": null})).await;
+    let (s, _, b) = charge(&app, &alice, &agent, json!({}), "d-week").await;
+    assert_error(s, &b, 429, "spend_limit_exceeded");
+    assert!(b["error"]["message"].as_str().unwrap().contains("weekly spend limit of 7 credits"), "{b}");
+    assert_eq!(app.count("charges"), 5);
+    app.assert_ledger_ok();
+}
+
+/// A limit set while a charge waits on the wallet's row is checked as it is
+/// when the charge writes the row, not as the charge read it before
+/// (PostgreSQL: the charge reads the wallet without a lock, then waits on
+/// the row held by the transaction setting the limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_limit_set_while_a_charge_waits_on_the_wallet_refuses_it() {
+    let Some(app) = TestApp::spawn(Backend::Postgres).await else {
+        eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
+        return;
+    };
+    let (_, agent) = market(&app, "0.3", "1", 0, "public").await;
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    app.fund(&wallet, "50").await;
+    // Another transaction sets a daily limit of 1 and keeps the row locked.
+    let (locked_tx, locked) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (pool, public_id) = (app.pool.clone(), wallet.clone());
+    let holder = std::thread::spawn(move || {
+        use diesel::RunQueryDsl;
+        let mut conn = pool.get().unwrap();
+        tally::db::write_tx(&mut conn, |tx| -> diesel::QueryResult<()> {
+            diesel::sql_query("UPDATE accounts SET daily_limit = 1000000 WHERE public_id = $1")
+                .bind::<diesel::sql_types::Text, _>(&public_id)
+                .execute(tx.conn())?;
+            locked_tx.send(()).unwrap();
+            released.recv().unwrap();
+            Ok(())
+        })
+        .unwrap();
+    });
+    locked.recv().unwrap();
+    let waiting = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let n = app.count(
+                "pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                 AND query LIKE 'UPDATE %accounts%'",
+            );
+            if n == 1 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the charge never waited on the wallet");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        release.send(()).unwrap();
+    };
+    let ((s, _, b), ()) = tokio::join!(charge(&app, &alice, &agent, json!({}), "late-limit"), waiting);
+    holder.join().unwrap();
+    assert_error(s, &b, 429, "spend_limit_exceeded");
+    assert!(b["error"]["message"].as_str().unwrap().contains("daily spend limit of 1 credits"), "{b}");
+    let (_, w) = app.get(&format!("/v1/wallets/{wallet}"), &alice).await;
+    assert_eq!((w["balance"].as_str(), w["spent_today"].as_str()), (Some("50"), Some("0")), "{w}");
+    assert_eq!(app.count("charges"), 0);
     app.assert_ledger_ok();
 }
 

@@ -32,6 +32,7 @@ async fn unbalanced_entry_is_refused(app: TestApp) {
         ledger::post(
             tx,
             NewEntry {
+                spend: None,
                 kind: EntryKind::Adjustment,
                 legs: vec![wallet.leg(Credits::whole(5)), platform.adjustments.leg(Credits::whole(-4))],
                 overdraft: Overdraft::Refuse,

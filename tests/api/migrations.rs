@@ -87,3 +87,103 @@ fn migrations_run_through_the_migration_url() {
     drop(pool);
     crate::helpers::drop_database(&admin, &name).unwrap();
 }
+
+/// Row of `spend_counters`, read back.
+#[derive(diesel::QueryableByName, Debug, PartialEq, Eq)]
+struct Counter {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    user_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    period: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    spent: i64,
+}
+
+/// The wallet's spend as its row caches it.
+#[derive(diesel::QueryableByName, Debug, PartialEq, Eq)]
+struct WalletSpend {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    spent_day_key: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    spent_day: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    spent_week_key: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    spent_week: i64,
+}
+
+fn counters(conn: &mut db::DbConn) -> Vec<Counter> {
+    use diesel::RunQueryDsl;
+    diesel::sql_query("SELECT user_id, period, spent FROM spend_counters ORDER BY user_id, period")
+        .load(conn)
+        .unwrap()
+}
+
+/// `wallet_spend` moves each wallet's latest day and week counters onto
+/// its row (older periods and org members' counters stay or go as the
+/// table says), and its down migration moves them back.
+fn wallet_spend_moves_to_the_row_and_back(backend: Backend) {
+    use diesel::RunQueryDsl;
+    let Some((url, _dir, cleanup)) = fresh_database(backend) else {
+        eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
+        return;
+    };
+    let mut conn = crate::helpers::manager(&url).connect().unwrap();
+    db::run_migrations(&mut conn).unwrap();
+    assert!(db::revert_last_migration(&mut conn).unwrap().starts_with("20261128000000"));
+    diesel::sql_query(
+        "INSERT INTO accounts (kind, owner_type, owner_id, public_id, balance, frozen, created_at) \
+         VALUES ('wallet', 'person', 'alice', 'wal_alice', 0, FALSE, '2026-11-20 10:00:00')",
+    )
+    .execute(&mut conn)
+    .unwrap();
+    diesel::sql_query(
+        "INSERT INTO spend_counters (account_id, user_id, period, spent) \
+         SELECT id, u, p, s FROM accounts, (SELECT '' AS u, '2026-11-26' AS p, 1000000 AS s \
+           UNION ALL SELECT '', '2026-11-27', 2500000 UNION ALL SELECT '', '2026-W47', 9000000 \
+           UNION ALL SELECT '', '2026-W48', 3000000 UNION ALL SELECT 'bob', '2026-11-27', 700000) c",
+    )
+    .execute(&mut conn)
+    .unwrap();
+    db::run_migrations(&mut conn).unwrap();
+    let spend: Vec<WalletSpend> = diesel::sql_query(
+        "SELECT spent_day_key, spent_day, spent_week_key, spent_week FROM accounts WHERE owner_id = 'alice'",
+    )
+    .load(&mut conn)
+    .unwrap();
+    assert_eq!(
+        spend,
+        vec![WalletSpend {
+            spent_day_key: Some("2026-11-27".into()),
+            spent_day: 2_500_000,
+            spent_week_key: Some("2026-W48".into()),
+            spent_week: 3_000_000,
+        }]
+    );
+    let member = Counter { user_id: "bob".into(), period: "2026-11-27".into(), spent: 700_000 };
+    assert_eq!(counters(&mut conn), vec![member]);
+    db::revert_last_migration(&mut conn).unwrap();
+    let row = |period: &str, spent| Counter { user_id: String::new(), period: period.into(), spent };
+    assert_eq!(
+        counters(&mut conn),
+        vec![
+            row("2026-11-27", 2_500_000),
+            row("2026-W48", 3_000_000),
+            Counter { user_id: "bob".into(), period: "2026-11-27".into(), spent: 700_000 },
+        ]
+    );
+    drop(conn);
+    if let Some((admin, name)) = cleanup {
+        crate::helpers::drop_database(&admin, &name).unwrap();
+    }
+}
+
+#[test]
+fn wallet_spend_moves_to_the_row_and_back_on_sqlite() {
+    wallet_spend_moves_to_the_row_and_back(Backend::Sqlite);
+}
+
+#[test]
+fn wallet_spend_moves_to_the_row_and_back_on_postgres() {
+    wallet_spend_moves_to_the_row_and_back(Backend::Postgres);
+}

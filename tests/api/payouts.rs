@@ -441,6 +441,7 @@ fn drain_in_payout(app: &TestApp, org: &str, amount: i64) {
         ledger::post(
             tx,
             NewEntry {
+                spend: None,
                 kind: EntryKind::Adjustment,
                 legs: vec![in_payout.leg(Credits::whole(-amount)), available.leg(Credits::whole(amount))],
                 overdraft: Overdraft::Refuse,

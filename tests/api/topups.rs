@@ -672,6 +672,7 @@ async fn verify_reports_a_top_up_taken_back_twice(app: TestApp, _stripe: FakeStr
             ledger::post(
                 tx,
                 ledger::NewEntry {
+                    spend: None,
                     kind: tally::domain::EntryKind::Dispute,
                     legs: vec![
                         ledger::AccountRef { id: wallet_account, kind: tally::domain::AccountKind::Wallet }
