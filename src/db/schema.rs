@@ -405,6 +405,7 @@ diesel::table! {
         entry_id -> Nullable<BigInt>,
         created_at -> Timestamp,
         expiring_event_at -> Nullable<Timestamp>,
+        live -> Bool,
     }
 }
 

@@ -223,7 +223,7 @@ fn live(
 ) -> QueryResult<Vec<(i64, Credits)>> {
     credit_grants::table
         .filter(credit_grants::account_id.eq(account_id))
-        .filter(credit_grants::remaining.gt(0i64))
+        .filter(credit_grants::live)
         .filter(credit_grants::expires_at.is_null().or(credit_grants::expires_at.gt(at)))
         .order(draw_order!())
         .select((credit_grants::id, credit_grants::remaining))
@@ -236,7 +236,7 @@ fn live(
 pub fn spendable(conn: &mut DbConn, account_id: i64, at: NaiveDateTime) -> QueryResult<Credits> {
     let rows: Vec<Credits> = credit_grants::table
         .filter(credit_grants::account_id.eq(account_id))
-        .filter(credit_grants::remaining.gt(0i64))
+        .filter(credit_grants::live)
         .filter(credit_grants::expires_at.is_null().or(credit_grants::expires_at.gt(at)))
         .select(credit_grants::remaining)
         .load(conn)?;
@@ -442,7 +442,7 @@ fn draw_all_from_first(
 ) -> Result<bool, LedgerError> {
     use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
     const FIRST: &str = "SELECT id FROM credit_grants \
-         WHERE account_id = $2 AND remaining > 0 AND (expires_at IS NULL OR expires_at > $3) \
+         WHERE account_id = $2 AND live AND (expires_at IS NULL OR expires_at > $3) \
          ORDER BY category DESC, expires_at IS NULL, expires_at, id LIMIT 1";
     match conn {
         DbConn::Pg(_) => {

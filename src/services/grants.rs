@@ -111,7 +111,7 @@ pub fn list_grants(
         .into_boxed();
     if active {
         query = query
-            .filter(credit_grants::remaining.gt(0i64))
+            .filter(credit_grants::live)
             .filter(credit_grants::expires_at.is_null().or(credit_grants::expires_at.gt(now)));
     }
     if let Some(cursor) = starting_after {
@@ -155,7 +155,7 @@ pub fn summary(conn: &mut DbConn, account_id: i64) -> ServiceResult<(ByCategory,
     let now = db::now();
     let live: Vec<(GrantCategory, Credits, Option<NaiveDateTime>)> = credit_grants::table
         .filter(credit_grants::account_id.eq(account_id))
-        .filter(credit_grants::remaining.gt(0i64))
+        .filter(credit_grants::live)
         .filter(credit_grants::expires_at.is_null().or(credit_grants::expires_at.gt(now)))
         .select((credit_grants::category, credit_grants::remaining, credit_grants::expires_at))
         .load(conn)?;
@@ -270,7 +270,7 @@ pub fn create_promotion(
 pub fn expire_due(conn: &mut DbConn, ctx: &Ctx) -> ServiceResult<usize> {
     let now = db::now();
     let due: Vec<(i64, i64)> = credit_grants::table
-        .filter(credit_grants::remaining.gt(0i64))
+        .filter(credit_grants::live)
         .filter(credit_grants::expires_at.le(now))
         .order(credit_grants::expires_at.asc())
         .select((credit_grants::id, credit_grants::account_id))
@@ -348,7 +348,7 @@ pub fn announce_expiring(conn: &mut DbConn) -> ServiceResult<usize> {
     let now = db::now();
     let horizon = now.checked_add_signed(EXPIRING_NOTICE).unwrap_or(now);
     let due: Vec<i64> = credit_grants::table
-        .filter(credit_grants::remaining.gt(0i64))
+        .filter(credit_grants::live)
         .filter(credit_grants::expiring_event_at.is_null())
         .filter(credit_grants::expires_at.gt(now))
         .filter(credit_grants::expires_at.le(horizon))
