@@ -408,6 +408,7 @@ pub async fn create_charge(
     let group = payer_group(&person, org_id.as_deref());
     let result = run_grouped(&state, &req, &caller, &raw, group, StatusCode::CREATED, move |tx, ctx, key| {
         let message = charges::Message {
+            id: None,
             user_id: &person,
             agent_id: &agent_id,
             org_id: org_id.as_deref(),

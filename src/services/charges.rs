@@ -546,8 +546,15 @@ pub fn create_charge(
     org_id: Option<&str>,
     request: &RequestKey,
 ) -> ServiceResult<Outcome<Charge>> {
-    let message =
-        Message { user_id, agent_id, org_id, usage: None, hold: None, metadata: &Metadata::default() };
+    let message = Message {
+        id: None,
+        user_id,
+        agent_id,
+        org_id,
+        usage: None,
+        hold: None,
+        metadata: &Metadata::default(),
+    };
     create_charge_with(tx, ctx, &message, request)
 }
 
@@ -570,6 +577,9 @@ pub fn create_charge_with(
 /// One message to charge: in one step, or by capturing the hold that
 /// reserved it.
 pub struct Message<'a> {
+    /// The charge's id when the caller made it (a capture records it on
+    /// the hold as the hold ends); `None`: made here.
+    pub id: Option<&'a str>,
     pub user_id: &'a str,
     pub agent_id: &'a str,
     pub org_id: Option<&'a str>,
@@ -668,7 +678,7 @@ pub(super) fn charge_message(
     message: &Message<'_>,
     request: &RequestKey,
 ) -> ServiceResult<Outcome<Charge>> {
-    let Message { user_id, agent_id, org_id, usage, hold, metadata } = *message;
+    let Message { id, user_id, agent_id, org_id, usage, hold, metadata } = *message;
     let (agent, model, pending_id) = load_priced(tx, agent_id)?;
     agents::check_visible(tx, &agent, Some(user_id))?;
     let payer = resolve_payer(tx, user_id, org_id)?;
@@ -690,7 +700,7 @@ pub(super) fn charge_message(
         }
     };
     let split = split_charge(tx, ctx, &agent, &price, &payer, pending_id, free)?;
-    let charge_id = new_id("chg");
+    let charge_id = id.map_or_else(|| new_id("chg"), str::to_string);
     let references = TransactionReferences {
         agent_id: Some(agent.id.clone()),
         model: Some(model.id.clone()),

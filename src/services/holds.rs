@@ -290,15 +290,16 @@ pub(super) fn finish(
     hold_id: &str,
     to: HoldStatus,
     now: NaiveDateTime,
+    charge_id: Option<&str>,
 ) -> ServiceResult<()> {
     let open = holds::table.find(hold_id).filter(holds::status.eq(HoldStatus::Open));
     let n = if to == HoldStatus::Expired {
         diesel::update(open.filter(holds::expires_at.le(now)))
-            .set((holds::status.eq(to), holds::finished_at.eq(now)))
+            .set((holds::status.eq(to), holds::finished_at.eq(now), holds::charge_id.eq(charge_id)))
             .execute(tx.conn())?
     } else {
         diesel::update(open.filter(holds::expires_at.gt(now)))
-            .set((holds::status.eq(to), holds::finished_at.eq(now)))
+            .set((holds::status.eq(to), holds::finished_at.eq(now), holds::charge_id.eq(charge_id)))
             .execute(tx.conn())?
     };
     if n == 0 {
@@ -370,7 +371,7 @@ fn return_all(tx: &mut WriteTx<'_>, row: &HoldRow, kind_of_end: HoldStatus) -> S
 pub fn release_hold(tx: &mut WriteTx<'_>, caller: &Caller, hold_id: &str) -> ServiceResult<Outcome<Hold>> {
     let row = load_for_finish(tx, caller, hold_id)?;
     let now = db::now();
-    finish(tx, hold_id, HoldStatus::Released, now)?;
+    finish(tx, hold_id, HoldStatus::Released, now, None)?;
     return_all(tx, &row, HoldStatus::Released)?;
     let row = HoldRow { status: HoldStatus::Released, finished_at: Some(now), ..row };
     let wallet_id = wallet_public_id(tx, row.payer_account_id)?;
@@ -393,8 +394,11 @@ pub fn capture_hold(
     request: &RequestKey,
 ) -> ServiceResult<Outcome<charges::Charge>> {
     let row = load_for_finish(tx, caller, hold_id)?;
-    finish(tx, hold_id, HoldStatus::Captured, db::now())?;
+    // The hold records its charge as it ends (one update of its row).
+    let charge_id = new_id("chg");
+    finish(tx, hold_id, HoldStatus::Captured, db::now(), Some(&charge_id))?;
     let message = charges::Message {
+        id: Some(&charge_id),
         user_id: &row.user_id,
         agent_id: &row.agent_id,
         org_id: row.payer_org_id.as_deref(),
@@ -402,11 +406,7 @@ pub fn capture_hold(
         hold: Some(&row),
         metadata: &db::metadata::of(tx, hold_id)?,
     };
-    let outcome = charges::charge_message(tx, ctx, &message, request)?;
-    diesel::update(holds::table.find(hold_id))
-        .set(holds::charge_id.eq(&outcome.body.id))
-        .execute(tx.conn())?;
-    Ok(outcome)
+    charges::charge_message(tx, ctx, &message, request)
 }
 
 /// Releases open holds past their expiry, each in its own transaction:
@@ -423,7 +423,7 @@ pub fn expire_due(conn: &mut DbConn) -> ServiceResult<usize> {
         .load(conn)?;
     let mut released = 0usize;
     for row in due {
-        let done = db::write_tx(conn, |tx| match finish(tx, &row.id, HoldStatus::Expired, now) {
+        let done = db::write_tx(conn, |tx| match finish(tx, &row.id, HoldStatus::Expired, now, None) {
             Ok(()) => {
                 return_all(tx, &row, HoldStatus::Expired)?;
                 announce_expired(tx, &row.id)?;
