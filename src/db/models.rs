@@ -80,12 +80,17 @@ impl AccountRow {
     /// What the wallet spent in the `period` containing `now`: its cached
     /// amount when the row's key is that period's, else nothing yet.
     pub fn spent_in(&self, period: crate::domain::limits::Period, now: NaiveDateTime) -> Credits {
+        self.spent_in_period(period, &period.key(now))
+    }
+
+    /// What the wallet spent in the `period` whose key is `key`.
+    pub fn spent_in_period(&self, period: crate::domain::limits::Period, key: &str) -> Credits {
         use crate::domain::limits::Period;
-        let (key, spent) = match period {
+        let (cached, spent) = match period {
             Period::Day => (&self.spent_day_key, self.spent_day),
             Period::Week => (&self.spent_week_key, self.spent_week),
         };
-        if key.as_deref() == Some(period.key(now).as_str()) {
+        if cached.as_deref() == Some(key) {
             spent
         } else {
             Credits::ZERO

@@ -192,10 +192,11 @@ impl OpenEntry {
         cached.sort_by_key(|l| l.account_id);
         let mut balances: Vec<(i64, i64)> = Vec::with_capacity(cached.len());
         let mut alerts: Vec<(i64, i64, i64, bool)> = Vec::new();
-        // The spend goes with the wallet's leg (its row is written once),
-        // or alone when the entry moves nothing of the wallet.
+        // The spend goes with the wallet's leg: its row is written once.
         if let Some(spend) = spend.as_ref().filter(|s| !cached.iter().any(|l| l.account_id == s.wallet)) {
-            spend::apply_alone(conn, spend)?;
+            return Err(LedgerError::Database(diesel::result::Error::QueryBuilderError(
+                format!("an entry's spend names wallet {}, which it does not move", spend.wallet).into(),
+            )));
         }
         for leg in cached {
             let moved = match spend.as_ref().filter(|s| s.wallet == leg.account_id) {

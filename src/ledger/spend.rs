@@ -55,20 +55,23 @@ pub enum SpendChange {
     GiveBack(i64),
 }
 
+/// Each constructor gives `None` for an amount of zero: an entry that
+/// spends nothing has no [`Spend`], and an entry with one always moves the
+/// wallet's balance too (its leg carries the spend).
 impl Spend {
     /// `micros` spent in the periods of `at`, checked against the limits.
-    pub fn count(wallet: i64, at: chrono::NaiveDateTime, micros: i64) -> Self {
+    pub fn count(wallet: i64, at: chrono::NaiveDateTime, micros: i64) -> Option<Self> {
         Self::count_in(wallet, Period::Day.key(at), Period::Week.key(at), micros, true)
     }
 
     /// `micros` spent in the given periods; `limited` as in [`SpendChange::Count`].
-    pub fn count_in(wallet: i64, day: String, week: String, micros: i64, limited: bool) -> Self {
-        Spend { wallet, day, week, change: SpendChange::Count { micros, limited } }
+    pub fn count_in(wallet: i64, day: String, week: String, micros: i64, limited: bool) -> Option<Self> {
+        (micros != 0).then_some(Spend { wallet, day, week, change: SpendChange::Count { micros, limited } })
     }
 
     /// `micros` given back in the given periods.
-    pub fn give_back(wallet: i64, day: String, week: String, micros: i64) -> Self {
-        Spend { wallet, day, week, change: SpendChange::GiveBack(micros) }
+    pub fn give_back(wallet: i64, day: String, week: String, micros: i64) -> Option<Self> {
+        (micros != 0).then_some(Spend { wallet, day, week, change: SpendChange::GiveBack(micros) })
     }
 }
 
@@ -156,16 +159,6 @@ pub(super) fn apply_with_leg(
     }
 }
 
-/// Applies `spend` alone, when the entry has no leg on the wallet (it then
-/// moves no balance of it). A limited count can still be refused.
-pub(super) fn apply_alone(conn: &mut DbConn, spend: &Spend) -> Result<(), LedgerError> {
-    // Moving nothing, the balance guard always holds.
-    match run(conn, spend.wallet, 0, spend, (BalanceGuard::AtMost, i64::MAX))? {
-        Some(_) => Ok(()),
-        None => Err(refusal(conn, spend.wallet, 0, spend, false, Overdraft::Refuse)?),
-    }
-}
-
 fn run(
     conn: &mut DbConn,
     account_id: i64,
@@ -231,19 +224,10 @@ fn refusal(
     }
     if let SpendChange::Count { micros, limited } = spend.change {
         let amount_spent = Credits::from_micros(micros);
-        let in_period = |key: &Option<String>, spent: Credits, period: &str| {
-            if key.as_deref() == Some(period) {
-                spent
-            } else {
-                Credits::ZERO
-            }
-        };
-        let day = in_period(&row.spent_day_key, row.spent_day, &spend.day);
-        let week = in_period(&row.spent_week_key, row.spent_week, &spend.week);
-        for (period, spent, limit) in
-            [(Period::Day, day, row.daily_limit), (Period::Week, week, row.weekly_limit)]
+        for (period, key, limit) in
+            [(Period::Day, &spend.day, row.daily_limit), (Period::Week, &spend.week, row.weekly_limit)]
         {
-            match (spent.checked_add(amount_spent), limit) {
+            match (row.spent_in_period(period, key).checked_add(amount_spent), limit) {
                 (None, _) => return Ok(LedgerError::OutOfRange { account_id }),
                 (Some(after), Some(limit)) if limited && after > limit => {
                     return Ok(LedgerError::SpendLimit { account_id, period, limit, amount: amount_spent })

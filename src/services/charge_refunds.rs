@@ -304,12 +304,12 @@ pub fn refund_charge(
                 NewEntry {
                     // What the charge counted against the wallet's day and
                     // week, given back in the charge's periods.
-                    spend: Some(Spend::give_back(
+                    spend: Spend::give_back(
                         c.payer_account_id,
                         Period::Day.key(c.created_at),
                         Period::Week.key(c.created_at),
                         amount.micros(),
-                    )),
+                    ),
                     kind: EntryKind::ChargeRefund,
                     legs,
                     overdraft: Overdraft::Refuse,

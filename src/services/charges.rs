@@ -461,7 +461,7 @@ const MEMBER_LIMIT: &str = "your daily spend limit in this organization";
 
 /// Refuses the charge (or hold) when the member's daily limit would be
 /// passed, else counts `amount` in the member's day of `now`. The wallet's
-/// limits are checked when the entry is posted ([`payer_spend`]).
+/// limits are checked when the entry is posted ([`Spend::count`]).
 pub(super) fn count_member_spend(
     tx: &mut WriteTx<'_>,
     payer: &Payer,
@@ -488,12 +488,6 @@ pub(super) fn count_member_spend(
     }
 }
 
-/// What a charge (or hold) of `amount` at `now` counts against the payer
-/// wallet's day and week, checked against its limits when posted.
-pub(super) fn payer_spend(payer: &Payer, amount: Credits, now: chrono::NaiveDateTime) -> Option<Spend> {
-    (!amount.is_zero()).then(|| Spend::count(payer.wallet.id, now, amount.micros()))
-}
-
 /// What a charge of `amount` would be refused for by the spend limits now,
 /// without counting (for a quote), in the order a charge checks them: the
 /// member's day, the wallet's day, the wallet's week.
@@ -509,32 +503,38 @@ fn check_spend(
         Some(_) => Some(counters::spent(conn, wallet.id, user_id, &Period::Day.key(now))?),
         None => None,
     };
-    let checks = [
-        (member, payer.member_daily_limit, MEMBER_LIMIT, Period::Day),
-        (
-            Some(wallet.spent_in(Period::Day, now)),
-            wallet.daily_limit,
-            "the wallet's daily spend limit",
-            Period::Day,
-        ),
-        (
-            Some(wallet.spent_in(Period::Week, now)),
-            wallet.weekly_limit,
-            "the wallet's weekly spend limit",
-            Period::Week,
-        ),
-    ];
-    for (spent, limit, what, period) in checks {
-        let Some(spent) = spent else { continue };
-        match (spent.checked_add(amount), limit) {
-            (None, _) => return Ok(Some(ServiceError::out_of_range())),
-            (Some(after), Some(limit)) if after > limit => {
-                return Ok(Some(ServiceError::spend_limit(amount, what, limit, period)))
-            }
-            _ => {}
+    if let Some(spent) = member {
+        let refused = over(spent, amount, payer.member_daily_limit, |limit| {
+            ServiceError::spend_limit(amount, MEMBER_LIMIT, limit, Period::Day)
+        });
+        if refused.is_some() {
+            return Ok(refused);
+        }
+    }
+    for (period, limit) in [(Period::Day, wallet.daily_limit), (Period::Week, wallet.weekly_limit)] {
+        let refused = over(wallet.spent_in(period, now), amount, limit, |limit| {
+            ServiceError::wallet_spend_limit(amount, limit, period)
+        });
+        if refused.is_some() {
+            return Ok(refused);
         }
     }
     Ok(None)
+}
+
+/// The refusal of `amount` on top of `spent` under `limit` (made by
+/// `refusal`), or past the range of an amount; `None` when it fits.
+fn over(
+    spent: Credits,
+    amount: Credits,
+    limit: Option<Credits>,
+    refusal: impl FnOnce(Credits) -> ServiceError,
+) -> Option<ServiceError> {
+    match (spent.checked_add(amount), limit) {
+        (None, _) => Some(ServiceError::out_of_range()),
+        (Some(after), Some(limit)) if after > limit => Some(refusal(limit)),
+        _ => None,
+    }
 }
 
 /// `POST /v1/agents/{id}/charges` without a usage (the flat price).
@@ -639,35 +639,23 @@ fn from_hold(
     Ok(FromHold { legs, held, wallet_paid, uncollected })
 }
 
-/// Counts a capture against the member's daily limit: the hold counted its
-/// amount when it was made; the difference is given back, or the excess the
-/// wallet paid beyond it is counted (never refused: the work is done), in
-/// the hold's day. The wallet's own day and week: [`hold_spend`].
-fn settle_hold_spend(tx: &mut WriteTx<'_>, hold: &HoldRow, paid: Credits) -> ServiceResult<()> {
+/// Settles a capture's spend: the hold counted its amount when it was made;
+/// the difference to what the wallet paid is given back, or the excess
+/// counted (never refused: the work is done), in the hold's periods. The
+/// member's day is settled here; the wallet's day and week are returned,
+/// for the capture's entry.
+fn settle_hold_spend(tx: &mut WriteTx<'_>, hold: &HoldRow, paid: Credits) -> ServiceResult<Option<Spend>> {
+    let (wallet, day, week) = (hold.payer_account_id, hold.day_key.clone(), hold.week_key.clone());
     if paid <= hold.amount {
         let back = hold.amount.checked_sub(paid).ok_or_else(ServiceError::out_of_range)?;
-        return super::holds::give_back_member_spend(tx, hold, back);
+        super::holds::give_back_member_spend(tx, hold, back)?;
+        return Ok(Spend::give_back(wallet, day, week, back.micros()));
     }
     let more = paid.checked_sub(hold.amount).ok_or_else(ServiceError::out_of_range)?.micros();
     if hold.payer_org_id.is_some() {
-        counters::add_spend(tx, hold.payer_account_id, &hold.user_id, &hold.day_key, more, None)?;
+        counters::add_spend(tx, wallet, &hold.user_id, &hold.day_key, more, None)?;
     }
-    Ok(())
-}
-
-/// What a capture that paid `paid` does to the wallet's day and week, in
-/// the hold's periods: the difference to what the hold counted, given back
-/// or counted (never refused: the work is done).
-fn hold_spend(hold: &HoldRow, paid: Credits) -> ServiceResult<Option<Spend>> {
-    let (day, week) = (hold.day_key.clone(), hold.week_key.clone());
-    let wallet = hold.payer_account_id;
-    Ok(if paid <= hold.amount {
-        let back = hold.amount.checked_sub(paid).ok_or_else(ServiceError::out_of_range)?;
-        (!back.is_zero()).then(|| Spend::give_back(wallet, day, week, back.micros()))
-    } else {
-        let more = paid.checked_sub(hold.amount).ok_or_else(ServiceError::out_of_range)?;
-        Some(Spend::count_in(wallet, day, week, more.micros(), false))
-    })
+    Ok(Spend::count_in(wallet, day, week, more, false))
 }
 
 /// A charge, in one step or from a hold: load -> resolve the payer ->
@@ -768,13 +756,10 @@ pub(super) fn charge_message(
     // The member's day is counted here; the wallet's day and week with its
     // balance, when the entry is posted.
     let spend = match (hold, &captured) {
-        (Some(h), Some(c)) => {
-            settle_hold_spend(tx, h, c.wallet_paid)?;
-            hold_spend(h, c.wallet_paid)?
-        }
+        (Some(h), Some(c)) => settle_hold_spend(tx, h, c.wallet_paid)?,
         _ if !total.is_zero() => {
             count_member_spend(tx, &payer, user_id, total, created_at)?;
-            payer_spend(&payer, total, created_at)
+            Spend::count(payer.wallet.id, created_at, total.micros())
         }
         _ => None,
     };

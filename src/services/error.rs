@@ -267,6 +267,19 @@ impl ServiceError {
         }
     }
 
+    /// [`ServiceError::spend_limit`] for the wallet's own daily or weekly limit.
+    pub fn wallet_spend_limit(
+        amount: Credits,
+        limit: Credits,
+        period: crate::domain::limits::Period,
+    ) -> Self {
+        let what = match period {
+            crate::domain::limits::Period::Day => "the wallet's daily spend limit",
+            crate::domain::limits::Period::Week => "the wallet's weekly spend limit",
+        };
+        Self::spend_limit(amount, what, limit, period)
+    }
+
     /// A usage that cannot be read (422 `invalid_usage`).
     pub fn invalid_usage(e: crate::domain::usage::UsageError) -> Self {
         ServiceError::Refused { kind: ErrorCode::InvalidUsage, message: format!("usage: {e}") }
@@ -314,11 +327,7 @@ impl From<LedgerError> for ServiceError {
             LedgerError::Database(e) => ServiceError::Database(e),
             LedgerError::OutOfRange { .. } => ServiceError::out_of_range(),
             LedgerError::SpendLimit { period, limit, amount, .. } => {
-                let what = match period {
-                    crate::domain::limits::Period::Day => "the wallet's daily spend limit",
-                    crate::domain::limits::Period::Week => "the wallet's weekly spend limit",
-                };
-                ServiceError::spend_limit(amount, what, limit, period)
+                ServiceError::wallet_spend_limit(amount, limit, period)
             }
             other => ServiceError::Internal(other.to_string()),
         }

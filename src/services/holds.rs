@@ -193,7 +193,7 @@ pub fn create_hold(
         ledger::post(
             tx,
             NewEntry {
-                spend: charges::payer_spend(&payer, amount, now),
+                spend: Spend::count(payer.wallet.id, now, amount.micros()),
                 kind: EntryKind::Hold,
                 legs: vec![payer.wallet_ref().leg(neg(amount)?), held.leg(amount)],
                 overdraft: Overdraft::RefuseFrozen,
@@ -337,12 +337,12 @@ fn return_all(tx: &mut WriteTx<'_>, row: &HoldRow, kind_of_end: HoldStatus) -> S
         ledger::post(
             tx,
             NewEntry {
-                spend: Some(Spend::give_back(
+                spend: Spend::give_back(
                     row.payer_account_id,
                     row.day_key.clone(),
                     row.week_key.clone(),
                     row.amount.micros(),
-                )),
+                ),
                 kind: EntryKind::HoldRelease,
                 legs: vec![
                     AccountRef { id: row.held_account_id, kind: AccountKind::Held }.leg(neg(row.amount)?),

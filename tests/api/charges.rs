@@ -10,7 +10,7 @@ use tally::domain::{AccountKind, OwnerType};
 use tally::ledger::{self, AccountRef, PlatformAccounts};
 
 use crate::both;
-use crate::helpers::{assert_error, Backend, TestApp};
+use crate::helpers::{assert_error, Backend, Busy, TestApp};
 
 both!(
     a_paid_message_splits_exactly,
@@ -278,23 +278,8 @@ async fn a_limit_set_while_a_charge_waits_on_the_wallet_refuses_it() {
     let wallet = app.wallet_of("alice").await;
     app.fund(&wallet, "50").await;
     // Another transaction sets a daily limit of 1 and keeps the row locked.
-    let (locked_tx, locked) = std::sync::mpsc::channel();
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let (pool, public_id) = (app.pool.clone(), wallet.clone());
-    let holder = std::thread::spawn(move || {
-        use diesel::RunQueryDsl;
-        let mut conn = pool.get().unwrap();
-        tally::db::write_tx(&mut conn, |tx| -> diesel::QueryResult<()> {
-            diesel::sql_query("UPDATE accounts SET daily_limit = 1000000 WHERE public_id = $1")
-                .bind::<diesel::sql_types::Text, _>(&public_id)
-                .execute(tx.conn())?;
-            locked_tx.send(()).unwrap();
-            released.recv().unwrap();
-            Ok(())
-        })
-        .unwrap();
-    });
-    locked.recv().unwrap();
+    let busy =
+        Busy::holding(&app, &wallet, Some("UPDATE accounts SET daily_limit = 1000000 WHERE public_id = $1"));
     let waiting = async {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -308,10 +293,9 @@ async fn a_limit_set_while_a_charge_waits_on_the_wallet_refuses_it() {
             assert!(std::time::Instant::now() < deadline, "the charge never waited on the wallet");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        release.send(()).unwrap();
+        busy.release();
     };
     let ((s, _, b), ()) = tokio::join!(charge(&app, &alice, &agent, json!({}), "late-limit"), waiting);
-    holder.join().unwrap();
     assert_error(s, &b, 429, "spend_limit_exceeded");
     assert!(b["error"]["message"].as_str().unwrap().contains("daily spend limit of 1 credits"), "{b}");
     let (_, w) = app.get(&format!("/v1/wallets/{wallet}"), &alice).await;

@@ -10,7 +10,7 @@ use futures_util::future::join_all;
 use serde_json::{json, Value};
 
 use crate::charges::{charge, market};
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{Backend, Busy, TestApp};
 use crate::holds::{capture, hold, wallet_state};
 use crate::metrics::{sample, scrape};
 
@@ -53,47 +53,11 @@ async fn org_of_three(app: &TestApp, name: &str, funds: &str) -> (String, String
     (agent, owner, org_id, wallet)
 }
 
-/// Keeps the paying wallet busy until dropped: on SQLite a write
-/// transaction holds the write gate's turn (every writer waits); on
-/// PostgreSQL a transaction holds the wallet's row lock (the group's first
-/// charge waits on it).
-struct Busy {
-    release: std::sync::mpsc::Sender<()>,
-    holder: std::thread::JoinHandle<()>,
-}
-
-impl Busy {
-    fn hold(app: &TestApp, wallet_id: &str) -> Busy {
-        let postgres = app.settings["DATABASE_URL"].starts_with("postgres");
-        let (held_tx, held) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let (pool, wallet_id) = (app.pool.clone(), wallet_id.to_string());
-        let holder = std::thread::spawn(move || {
-            let mut conn = pool.get().unwrap();
-            tally::db::write_tx(&mut conn, |tx| -> diesel::QueryResult<()> {
-                if postgres {
-                    use diesel::RunQueryDsl;
-                    diesel::sql_query("SELECT id FROM accounts WHERE public_id = $1 FOR UPDATE")
-                        .bind::<diesel::sql_types::Text, _>(&wallet_id)
-                        .execute(tx.conn())?;
-                }
-                held_tx.send(()).unwrap();
-                released.recv().unwrap();
-                Ok(())
-            })
-            .unwrap();
-        });
-        held.recv().unwrap();
-        Busy { release, holder }
-    }
-
-    /// Waits until `n` charges are waiting for their group commit, then
-    /// lets the wallet go.
-    async fn release_when_waiting(self, app: &TestApp, n: f64) {
-        waiting_for(app, n).await;
-        self.release.send(()).unwrap();
-        self.holder.join().unwrap();
-    }
+/// Waits until `n` charges are waiting for their group commit, then lets
+/// the wallet go.
+async fn release_when_waiting(busy: Busy, app: &TestApp, n: f64) {
+    waiting_for(app, n).await;
+    busy.release();
 }
 
 async fn queued_charges_commit_together_and_a_refusal_fails_only_itself(app: TestApp) {
@@ -108,7 +72,7 @@ async fn queued_charges_commit_together_and_a_refusal_fails_only_itself(app: Tes
         let agent = if i == 8 { "agt_nope".to_string() } else { agent.clone() };
         async move { charge(app, token, &agent, json!({"org_id": org_id}), &format!("busy-{i}")).await }
     }));
-    let (results, ()) = tokio::join!(requests, busy.release_when_waiting(&app, 9.0));
+    let (results, ()) = tokio::join!(requests, release_when_waiting(busy, &app, 9.0));
 
     let status = |code: u16| results.iter().filter(|(s, _, _)| s.as_u16() == code).count();
     assert_eq!((status(201), status(402), status(404)), (5, 3, 1), "{results:?}");
@@ -156,7 +120,7 @@ async fn a_key_sent_twice_in_one_group_is_charged_once(app: TestApp) {
         let (app, alice, agent) = (&app, &alice, &agent);
         async move { charge(app, alice, agent, json!({}), key).await }
     }));
-    let (results, ()) = tokio::join!(requests, busy.release_when_waiting(&app, 7.0));
+    let (results, ()) = tokio::join!(requests, release_when_waiting(busy, &app, 7.0));
 
     assert!(results.iter().all(|(s, _, _)| *s == 201), "{results:?}");
     let same: Vec<&(reqwest::StatusCode, reqwest::header::HeaderMap, Value)> =
@@ -188,7 +152,7 @@ async fn holds_commit_together_and_on_sqlite_their_captures_too(app: TestApp) {
                 }
             }),
         );
-    let (held, ()) = tokio::join!(requests, busy.release_when_waiting(&app, 4.0));
+    let (held, ()) = tokio::join!(requests, release_when_waiting(busy, &app, 4.0));
     assert!(held.iter().all(|(s, _)| *s == 201), "{held:?}");
     assert_eq!(wallet_state(&app, &wallet, &alice).await, ("10".into(), "8".into(), "2".into()));
     assert_eq!(metric(&app, "tally_group_commit_size_sum").await, 4.0);
@@ -292,7 +256,7 @@ async fn a_charge_that_loses_a_lock_cycle_runs_again_alone() {
     };
     let control = async {
         waiting_for(&app, 3.0).await;
-        busy.release_when_waiting(&app, 3.0).await;
+        release_when_waiting(busy, &app, 3.0).await;
         // Mia's charge has the wallet's row; max's waits on its key.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

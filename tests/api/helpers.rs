@@ -422,3 +422,54 @@ pub fn assert_error(status: StatusCode, body: &Value, expected_status: u16, expe
     assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
     assert!(body["error"]["request_id"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
 }
+
+/// A write transaction on the test's database, kept open until released:
+/// on SQLite it holds the write gate's turn (every writer waits); on
+/// PostgreSQL the rows its statement locked stay locked.
+pub struct Busy {
+    release: std::sync::mpsc::Sender<()>,
+    holder: std::thread::JoinHandle<()>,
+}
+
+impl Busy {
+    /// The paying wallet kept busy: on PostgreSQL its row is locked (a
+    /// charge on it waits).
+    pub fn hold(app: &TestApp, wallet_id: &str) -> Busy {
+        let postgres = app.settings["DATABASE_URL"].starts_with("postgres");
+        Busy::holding(
+            app,
+            wallet_id,
+            postgres.then_some("SELECT id FROM accounts WHERE public_id = $1 FOR UPDATE"),
+        )
+    }
+
+    /// Runs `statement` (the wallet's public id as `$1`), if any, in the
+    /// transaction, and returns once it has run.
+    pub fn holding(app: &TestApp, wallet_id: &str, statement: Option<&'static str>) -> Busy {
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (pool, wallet_id) = (app.pool.clone(), wallet_id.to_string());
+        let holder = std::thread::spawn(move || {
+            let mut conn = pool.get().unwrap();
+            tally::db::write_tx(&mut conn, |tx| -> diesel::QueryResult<()> {
+                if let Some(statement) = statement {
+                    diesel::sql_query(statement)
+                        .bind::<diesel::sql_types::Text, _>(&wallet_id)
+                        .execute(tx.conn())?;
+                }
+                held_tx.send(()).unwrap();
+                released.recv().unwrap();
+                Ok(())
+            })
+            .unwrap();
+        });
+        held.recv().unwrap();
+        Busy { release, holder }
+    }
+
+    /// Commits the transaction.
+    pub fn release(self) {
+        self.release.send(()).unwrap();
+        self.holder.join().unwrap();
+    }
+}

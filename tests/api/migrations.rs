@@ -5,33 +5,39 @@ use tally::db;
 use crate::helpers::{fresh_database, Backend};
 use diesel::r2d2::ManageConnection;
 
-fn round_trip(backend: Backend) {
+/// Runs `test` on a connection to a fresh, empty database of `backend`,
+/// then drops the database (PostgreSQL).
+fn on_fresh_database(backend: Backend, test: impl FnOnce(&mut db::DbConn)) {
     let Some((url, _dir, cleanup)) = fresh_database(backend) else {
         eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
         return;
     };
     let mut conn = crate::helpers::manager(&url).connect().unwrap();
-    let applied = db::run_migrations(&mut conn).unwrap();
-    assert!(!applied.is_empty());
-    assert!(!db::has_pending_migrations(&mut conn).unwrap());
-    assert_eq!(db::revert_all_migrations(&mut conn).unwrap(), applied.len());
-    assert!(db::has_pending_migrations(&mut conn).unwrap());
-    assert_eq!(db::run_migrations(&mut conn).unwrap(), applied);
-    assert!(db::run_migrations(&mut conn).unwrap().is_empty(), "a second run applies nothing");
+    test(&mut conn);
     drop(conn);
     if let Some((admin, name)) = cleanup {
         crate::helpers::drop_database(&admin, &name).unwrap();
     }
 }
 
+fn round_trip(conn: &mut db::DbConn) {
+    let applied = db::run_migrations(conn).unwrap();
+    assert!(!applied.is_empty());
+    assert!(!db::has_pending_migrations(conn).unwrap());
+    assert_eq!(db::revert_all_migrations(conn).unwrap(), applied.len());
+    assert!(db::has_pending_migrations(conn).unwrap());
+    assert_eq!(db::run_migrations(conn).unwrap(), applied);
+    assert!(db::run_migrations(conn).unwrap().is_empty(), "a second run applies nothing");
+}
+
 #[test]
 fn migrations_round_trip_on_sqlite() {
-    round_trip(Backend::Sqlite);
+    on_fresh_database(Backend::Sqlite, round_trip);
 }
 
 #[test]
 fn migrations_round_trip_on_postgres() {
-    round_trip(Backend::Postgres);
+    on_fresh_database(Backend::Postgres, round_trip);
 }
 
 /// diesel keys a migration by the text before its first `_`: two
@@ -134,20 +140,15 @@ fn revert_through(conn: &mut db::DbConn, version: &str) {
 /// `wallet_spend` moves each wallet's latest day and week counters onto
 /// its row (older periods and org members' counters stay or go as the
 /// table says), and its down migration moves them back.
-fn wallet_spend_moves_to_the_row_and_back(backend: Backend) {
+fn wallet_spend_moves_to_the_row_and_back(conn: &mut db::DbConn) {
     use diesel::RunQueryDsl;
-    let Some((url, _dir, cleanup)) = fresh_database(backend) else {
-        eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
-        return;
-    };
-    let mut conn = crate::helpers::manager(&url).connect().unwrap();
-    db::run_migrations(&mut conn).unwrap();
-    revert_through(&mut conn, WALLET_SPEND);
+    db::run_migrations(conn).unwrap();
+    revert_through(conn, WALLET_SPEND);
     diesel::sql_query(
         "INSERT INTO accounts (kind, owner_type, owner_id, public_id, balance, frozen, created_at) \
          VALUES ('wallet', 'person', 'alice', 'wal_alice', 0, FALSE, '2026-11-20 10:00:00')",
     )
-    .execute(&mut conn)
+    .execute(conn)
     .unwrap();
     diesel::sql_query(
         "INSERT INTO spend_counters (account_id, user_id, period, spent) \
@@ -155,13 +156,13 @@ fn wallet_spend_moves_to_the_row_and_back(backend: Backend) {
            UNION ALL SELECT '', '2026-11-27', 2500000 UNION ALL SELECT '', '2026-W47', 9000000 \
            UNION ALL SELECT '', '2026-W48', 3000000 UNION ALL SELECT 'bob', '2026-11-27', 700000) c",
     )
-    .execute(&mut conn)
+    .execute(conn)
     .unwrap();
-    db::run_migrations(&mut conn).unwrap();
+    db::run_migrations(conn).unwrap();
     let spend: Vec<WalletSpend> = diesel::sql_query(
         "SELECT spent_day_key, spent_day, spent_week_key, spent_week FROM accounts WHERE owner_id = 'alice'",
     )
-    .load(&mut conn)
+    .load(conn)
     .unwrap();
     assert_eq!(
         spend,
@@ -173,29 +174,25 @@ fn wallet_spend_moves_to_the_row_and_back(backend: Backend) {
         }]
     );
     let member = Counter { user_id: "bob".into(), period: "2026-11-27".into(), spent: 700_000 };
-    assert_eq!(counters(&mut conn), vec![member]);
-    revert_through(&mut conn, WALLET_SPEND);
+    assert_eq!(counters(conn), vec![member]);
+    revert_through(conn, WALLET_SPEND);
     let row = |period: &str, spent| Counter { user_id: String::new(), period: period.into(), spent };
     assert_eq!(
-        counters(&mut conn),
+        counters(conn),
         vec![
             row("2026-11-27", 2_500_000),
             row("2026-W48", 3_000_000),
             Counter { user_id: "bob".into(), period: "2026-11-27".into(), spent: 700_000 },
         ]
     );
-    drop(conn);
-    if let Some((admin, name)) = cleanup {
-        crate::helpers::drop_database(&admin, &name).unwrap();
-    }
 }
 
 #[test]
 fn wallet_spend_moves_to_the_row_and_back_on_sqlite() {
-    wallet_spend_moves_to_the_row_and_back(Backend::Sqlite);
+    on_fresh_database(Backend::Sqlite, wallet_spend_moves_to_the_row_and_back);
 }
 
 #[test]
 fn wallet_spend_moves_to_the_row_and_back_on_postgres() {
-    wallet_spend_moves_to_the_row_and_back(Backend::Postgres);
+    on_fresh_database(Backend::Postgres, wallet_spend_moves_to_the_row_and_back);
 }
