@@ -291,7 +291,7 @@ pub struct NewCharge<'a> {
 
 /// A creator's earnings from one charge, waiting for the earnings hold.
 #[derive(Debug, Insertable)]
-#[diesel(table_name = earnings_accruals)]
+#[diesel(table_name = earnings_accruals, treat_none_as_default_value = false)]
 pub struct NewAccrual<'a> {
     pub org_id: &'a str,
     pub charge_id: &'a str,

@@ -89,8 +89,10 @@ pub struct GrantRow {
     pub created_at: NaiveDateTime,
 }
 
+/// `None` fields are written as NULL, never as `DEFAULT`, so the statement
+/// text is fixed and diesel keeps it prepared (as for [`NewDraw`]).
 #[derive(Insertable)]
-#[diesel(table_name = credit_grants)]
+#[diesel(table_name = credit_grants, treat_none_as_default_value = false)]
 struct NewGrantRow<'a> {
     public_id: &'a str,
     account_id: i64,
@@ -106,7 +108,7 @@ struct NewGrantRow<'a> {
 }
 
 #[derive(Insertable)]
-#[diesel(table_name = grant_draws)]
+#[diesel(table_name = grant_draws, treat_none_as_default_value = false)]
 struct NewDraw<'a> {
     grant_id: i64,
     entry_id: i64,
@@ -412,12 +414,16 @@ fn put_back(
     // SQL, not Rust: the guard keeps it at or below the grant's amount.
     #[allow(clippy::arithmetic_side_effects)]
     let (after, room) = (credit_grants::remaining + back.micros(), credit_grants::amount - back.micros());
-    let n = diesel::update(
-        credit_grants::table.filter(credit_grants::id.eq(grant)).filter(credit_grants::remaining.le(room)),
+    let given: Option<i64> = Prepared(
+        diesel::update(
+            credit_grants::table.filter(credit_grants::id.eq(grant)).filter(credit_grants::remaining.le(room)),
+        )
+        .set(credit_grants::remaining.eq(after))
+        .returning(credit_grants::id),
     )
-    .set(credit_grants::remaining.eq(after))
-    .execute(conn)?;
-    if n == 0 {
+    .get_result(conn)
+    .optional()?;
+    if given.is_none() {
         return Err(invalid(format!("grant {grant} cannot take back {back}")));
     }
     record(conn, m, grant, back.checked_neg().ok_or_else(|| range(m.account_id))?, hold)

@@ -26,6 +26,7 @@ use super::idempotency::{Outcome, RequestKey};
 use super::orgs::role_in;
 use super::{agents, Caller, Ctx, ErrorCode, ServiceError, ServiceResult};
 use crate::db::models::HoldRow;
+use crate::db::prepared::Prepared;
 use crate::db::schema::holds;
 use crate::db::{self, counters, DbConn, WriteTx};
 use crate::domain::ids::new_id;
@@ -293,16 +294,17 @@ pub(super) fn finish(
     charge_id: Option<&str>,
 ) -> ServiceResult<()> {
     let open = holds::table.find(hold_id).filter(holds::status.eq(HoldStatus::Open));
-    let n = if to == HoldStatus::Expired {
-        diesel::update(open.filter(holds::expires_at.le(now)))
-            .set((holds::status.eq(to), holds::finished_at.eq(now), holds::charge_id.eq(charge_id)))
-            .execute(tx.conn())?
+    let ended = (holds::status.eq(to), holds::finished_at.eq(now), holds::charge_id.eq(charge_id));
+    let finished: Option<String> = if to == HoldStatus::Expired {
+        Prepared(diesel::update(open.filter(holds::expires_at.le(now))).set(ended).returning(holds::id))
+            .get_result(tx.conn())
+            .optional()?
     } else {
-        diesel::update(open.filter(holds::expires_at.gt(now)))
-            .set((holds::status.eq(to), holds::finished_at.eq(now), holds::charge_id.eq(charge_id)))
-            .execute(tx.conn())?
+        Prepared(diesel::update(open.filter(holds::expires_at.gt(now))).set(ended).returning(holds::id))
+            .get_result(tx.conn())
+            .optional()?
     };
-    if n == 0 {
+    if finished.is_none() {
         return Err(ServiceError::Conflict {
             kind: ErrorCode::HoldNotOpen,
             message: format!("hold {hold_id} is not open (already captured, released or expired)"),
