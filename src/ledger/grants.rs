@@ -216,6 +216,9 @@ macro_rules! draw_order {
     };
 }
 
+/// [`draw_order`] in SQL, for hand-written statements.
+const DRAW_ORDER: &str = "category DESC, expires_at IS NULL, expires_at, id";
+
 /// The wallet's grants that can be spent at `at`, in the drawdown order.
 fn live(
     conn: &mut DbConn,
@@ -326,7 +329,17 @@ fn draw(
     if first.is_empty() && left.is_positive() && draw_all_from_first(conn, m, left, hold)? {
         return Ok(());
     }
-    // Else read a few at a time.
+    draw_in_order(conn, m, left, hold)
+}
+
+/// Draws `left` from the live grants in the drawdown order, a few read at
+/// a time.
+fn draw_in_order(
+    conn: &mut DbConn,
+    m: &WalletMove,
+    mut left: Credits,
+    hold: Option<&str>,
+) -> Result<(), LedgerError> {
     while left.is_positive() {
         let batch = live(conn, m.account_id, m.at, 4)?;
         if batch.is_empty() {
@@ -416,7 +429,9 @@ fn put_back(
     let (after, room) = (credit_grants::remaining + back.micros(), credit_grants::amount - back.micros());
     let given: Option<i64> = Prepared(
         diesel::update(
-            credit_grants::table.filter(credit_grants::id.eq(grant)).filter(credit_grants::remaining.le(room)),
+            credit_grants::table
+                .filter(credit_grants::id.eq(grant))
+                .filter(credit_grants::remaining.le(room)),
         )
         .set(credit_grants::remaining.eq(after))
         .returning(credit_grants::id),
@@ -447,13 +462,15 @@ fn draw_all_from_first(
     hold: Option<&str>,
 ) -> Result<bool, LedgerError> {
     use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
-    const FIRST: &str = "SELECT id FROM credit_grants \
+    let first = format!(
+        "SELECT id FROM credit_grants \
          WHERE account_id = $2 AND live AND (expires_at IS NULL OR expires_at > $3) \
-         ORDER BY category DESC, expires_at IS NULL, expires_at, id LIMIT 1";
+         ORDER BY {DRAW_ORDER} LIMIT 1"
+    );
     match conn {
         DbConn::Pg(_) => {
             let sql = format!(
-                "WITH taken AS (UPDATE credit_grants SET remaining = remaining - $1 WHERE id = ({FIRST}) \
+                "WITH taken AS (UPDATE credit_grants SET remaining = remaining - $1 WHERE id = ({first}) \
                  AND remaining >= $1 RETURNING id) \
                  INSERT INTO grant_draws (grant_id, entry_id, hold_id, amount, created_at) \
                  SELECT id, $4, $5, $1, $3 FROM taken RETURNING grant_id AS value"
@@ -472,7 +489,7 @@ fn draw_all_from_first(
         }
         DbConn::Sqlite(_) => {
             let sql = format!(
-                "UPDATE credit_grants SET remaining = remaining - $1 WHERE id = ({FIRST}) \
+                "UPDATE credit_grants SET remaining = remaining - $1 WHERE id = ({first}) \
                  AND remaining >= $1 RETURNING id AS value"
             );
             let taken = Prepared(
@@ -490,6 +507,79 @@ fn draw_all_from_first(
         }
     }
 }
+
+/// A debit drawn in the drawdown order (`Grants::Draw`), tried first from
+/// the wallet's first grant alone in the statement that writes the entry
+/// (PostgreSQL; see `ledger::PostAll`): most debits fit in it.
+pub(super) struct FirstDraw<'g> {
+    m: WalletMove,
+    amount: Credits,
+    hold: Option<&'g str>,
+}
+
+/// The first-grant draw of `m` when `grants` draws it in order and the
+/// grants cover some of it; `None` leaves it all to [`apply`].
+pub(super) fn first_draw<'g>(
+    m: &WalletMove,
+    grants: &'g Grants,
+) -> Result<Option<FirstDraw<'g>>, LedgerError> {
+    let Grants::Draw { hold } = grants else { return Ok(None) };
+    if !m.amount.is_negative() {
+        return Ok(None);
+    }
+    // As in `apply`: what the grants hold is the balance before.
+    let before = m.balance_after.checked_sub(m.amount).ok_or_else(|| range(m.account_id))?;
+    let amount = m.amount.checked_neg().ok_or_else(|| range(m.account_id))?;
+    let covered = amount.min(before.max(Credits::ZERO));
+    Ok(covered.is_positive().then_some(FirstDraw { m: *m, amount: covered, hold: hold.as_deref() }))
+}
+
+impl FirstDraw<'_> {
+    /// `taken AS (UPDATE credit_grants ...), drawn AS (INSERT INTO
+    /// grant_draws ... RETURNING grant_id)`: the statement of
+    /// [`draw_all_from_first`] as members of a `WITH`.
+    pub(super) fn walk_ctes<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, DbBackend>,
+    ) -> QueryResult<()> {
+        use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
+        let amount = &self.amount;
+        out.push_sql("taken AS (UPDATE credit_grants SET remaining = remaining - ");
+        out.push_bind_param::<BigInt, _>(amount)?;
+        out.push_sql(" WHERE id = (SELECT id FROM credit_grants WHERE account_id = ");
+        out.push_bind_param::<BigInt, _>(&self.m.account_id)?;
+        out.push_sql(" AND live AND (expires_at IS NULL OR expires_at > ");
+        out.push_bind_param::<Timestamp, _>(&self.m.at)?;
+        out.push_sql(") ORDER BY ");
+        out.push_sql(DRAW_ORDER);
+        out.push_sql(" LIMIT 1) AND remaining >= ");
+        out.push_bind_param::<BigInt, _>(amount)?;
+        out.push_sql(
+            " RETURNING id), drawn AS (INSERT INTO grant_draws (grant_id, entry_id, hold_id, amount, created_at) \
+             SELECT id, ",
+        );
+        out.push_bind_param::<BigInt, _>(&self.m.entry_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&self.hold)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(amount)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Timestamp, _>(&self.m.at)?;
+        out.push_sql(" FROM taken RETURNING grant_id)");
+        Ok(())
+    }
+
+    /// After the statement: a debit the first grant did not hold whole is
+    /// drawn in order.
+    pub(super) fn finish(&self, conn: &mut DbConn, drawn: bool) -> Result<(), LedgerError> {
+        if drawn {
+            return Ok(());
+        }
+        draw_in_order(conn, &self.m, self.amount, self.hold)
+    }
+}
+
+type DbBackend = <DbConn as diesel::Connection>::Backend;
 
 /// What a give-back returns credits to.
 enum Source<'a> {

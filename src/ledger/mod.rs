@@ -122,29 +122,51 @@ pub fn post(tx: &mut WriteTx<'_>, entry: NewEntry<'_>) -> Result<PostedEntry, Le
     open(tx, entry)?.post(tx)
 }
 
-/// Writes the journal row of a balanced entry and returns it open: its
-/// postings and cached balances are written by [`OpenEntry::post`], in the
-/// same transaction. In between, the caller may write rows that refer to the
-/// entry (a charge, an accrual) before it takes the locks on contended
-/// cached balances, so that those locks are held for as short a time as
-/// possible. An entry left open makes the transaction fail `ledger verify`
+/// Opens a balanced entry: its id is taken now, and its postings and
+/// cached balances are written by [`OpenEntry::post`], in the same
+/// transaction. In between, the caller may [`OpenEntry::attach`] rows that
+/// refer to the entry (a charge, an accrual), which are written with the
+/// postings. An entry left open makes the transaction fail `ledger verify`
 /// (an entry without postings), so every success path must post it.
-pub fn open(tx: &mut WriteTx<'_>, entry: NewEntry<'_>) -> Result<OpenEntry, LedgerError> {
+///
+/// On PostgreSQL the journal row is written by the same statement as the
+/// postings and the attached rows (one round trip instead of one per row;
+/// its id comes from the sequence now). On SQLite, where a statement costs
+/// no round trip, it is written now.
+pub fn open<'a>(tx: &mut WriteTx<'_>, entry: NewEntry<'_>) -> Result<OpenEntry<'a>, LedgerError> {
     check_balanced(&entry.legs)?;
     let now = db::now();
     let metadata = entry.metadata.to_string();
-    let entry_id: i64 = diesel::insert_into(journal_entries::table)
-        .values(NewEntryRow {
-            kind: entry.kind,
-            reverses_entry_id: entry.reverses,
-            request_key: entry.request_key,
-            actor: entry.actor,
-            memo: entry.memo,
-            metadata: &metadata,
-            created_at: now,
-        })
-        .returning(journal_entries::id)
-        .get_result(tx.conn())?;
+    let (entry_id, journal) = match tx.conn() {
+        DbConn::Pg(_) => {
+            let next = diesel::dsl::sql::<BigInt>("nextval('journal_entries_id_seq')");
+            let id = Prepared(diesel::select(next)).get_result::<i64>(tx.conn())?;
+            let journal = JournalRow {
+                kind: entry.kind,
+                reverses: entry.reverses,
+                request_key: entry.request_key.map(str::to_string),
+                actor: entry.actor.map(str::to_string),
+                memo: entry.memo.map(str::to_string),
+                metadata,
+            };
+            (id, Some(journal))
+        }
+        DbConn::Sqlite(_) => {
+            let id = diesel::insert_into(journal_entries::table)
+                .values(NewEntryRow {
+                    kind: entry.kind,
+                    reverses_entry_id: entry.reverses,
+                    request_key: entry.request_key,
+                    actor: entry.actor,
+                    memo: entry.memo,
+                    metadata: &metadata,
+                    created_at: now,
+                })
+                .returning(journal_entries::id)
+                .get_result(tx.conn())?;
+            (id, None)
+        }
+    };
     Ok(OpenEntry {
         entry_id,
         created_at: now,
@@ -152,22 +174,52 @@ pub fn open(tx: &mut WriteTx<'_>, entry: NewEntry<'_>) -> Result<OpenEntry, Ledg
         overdraft: entry.overdraft,
         grants: entry.grants,
         spend: entry.spend,
+        journal,
+        attached: Vec::new(),
     })
 }
 
+/// The journal row of an open entry, written with its postings (PostgreSQL).
+#[derive(Debug)]
+struct JournalRow {
+    kind: EntryKind,
+    reverses: Option<i64>,
+    request_key: Option<String>,
+    actor: Option<String>,
+    memo: Option<String>,
+    metadata: String,
+}
+
+/// A row that refers to an open entry (an `INSERT`), written with the
+/// entry's postings: on PostgreSQL as a member of the postings statement's
+/// `WITH`, so its text must be fixed (no `RETURNING` read back).
+pub type Attached<'a> = Box<dyn QueryFragment<Backend> + 'a>;
+
 /// A journal entry written without its postings yet; see [`open`].
 #[must_use = "an open entry must be posted in the same transaction"]
-#[derive(Debug)]
-pub struct OpenEntry {
+pub struct OpenEntry<'a> {
     entry_id: i64,
     created_at: NaiveDateTime,
     legs: Vec<Leg>,
     overdraft: Overdraft,
     grants: Grants,
     spend: Option<Spend>,
+    /// Not yet written (PostgreSQL).
+    journal: Option<JournalRow>,
+    attached: Vec<Attached<'a>>,
 }
 
-impl OpenEntry {
+impl std::fmt::Debug for OpenEntry<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenEntry")
+            .field("entry_id", &self.entry_id)
+            .field("legs", &self.legs)
+            .field("attached", &self.attached.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> OpenEntry<'a> {
     pub fn entry_id(&self) -> i64 {
         self.entry_id
     }
@@ -183,11 +235,17 @@ impl OpenEntry {
         OpenEntry { spend, ..self }
     }
 
+    /// Writes `row` (an `INSERT` of a row that refers to the entry) with the
+    /// entry's postings; see [`Attached`].
+    pub fn attach(&mut self, row: Attached<'a>) {
+        self.attached.push(row);
+    }
+
     /// Applies the legs to the cached balances (guarded), then writes all
     /// postings in one statement.
     pub fn post(self, tx: &mut WriteTx<'_>) -> Result<PostedEntry, LedgerError> {
         let conn = tx.conn();
-        let OpenEntry { entry_id, created_at, legs, overdraft, grants, spend } = self;
+        let OpenEntry { entry_id, created_at, legs, overdraft, grants, spend, journal, attached } = self;
         let mut cached: Vec<&Leg> = legs.iter().filter(|l| l.kind.keeps_cached_balance()).collect();
         cached.sort_by_key(|l| l.account_id);
         let mut balances: Vec<(i64, i64)> = Vec::with_capacity(cached.len());
@@ -229,6 +287,7 @@ impl OpenEntry {
         }
         let conn = tx.conn();
         // The wallet's row is locked now: its grants follow the leg.
+        let mut moves = Vec::new();
         for leg in legs.iter().filter(|l| l.kind == AccountKind::Wallet && !l.amount.is_zero()) {
             if matches!(grants, Grants::None) {
                 return Err(LedgerError::Database(diesel::result::Error::QueryBuilderError(
@@ -241,14 +300,13 @@ impl OpenEntry {
                 .find(|(id, _)| *id == leg.account_id)
                 .map(|(_, b)| Credits::from_micros(*b))
                 .unwrap_or_default();
-            let m = grants::WalletMove {
+            moves.push(grants::WalletMove {
                 account_id: leg.account_id,
                 amount: leg.amount,
                 balance_after,
                 entry_id,
                 at: created_at,
-            };
-            grants::apply(conn, &m, &grants)?;
+            });
         }
         let rows: Vec<PostingValues> = legs
             .iter()
@@ -260,9 +318,47 @@ impl OpenEntry {
                 created_at,
             })
             .collect();
-        // RETURNING gives no order: match the ids by account (one posting
-        // per account and entry, a UNIQUE constraint).
-        let ids: Vec<(i64, i64)> = InsertPostings { rows: &rows }.load(conn)?;
+        let ids: Vec<(i64, i64)> = match journal {
+            // One statement: the journal row, the first grant's draw (when
+            // a debit fits in it), the attached rows and the postings; the
+            // other grant movements after it (they refer to the entry).
+            Some(journal) => {
+                let first = match moves.as_slice() {
+                    [m] => grants::first_draw(m, &grants)?,
+                    _ => None,
+                };
+                let written: Vec<(i64, i64, i64)> = Prepared(PostAll {
+                    entry_id,
+                    created_at,
+                    journal: &journal,
+                    draw: first.as_ref(),
+                    rows: &rows,
+                    attached: &attached,
+                })
+                .load(conn)?;
+                match (&first, written.first()) {
+                    (Some(first), Some(&(_, _, drawn))) => first.finish(conn, drawn > 0)?,
+                    _ => {
+                        for m in &moves {
+                            grants::apply(conn, m, &grants)?;
+                        }
+                    }
+                }
+                written.into_iter().map(|(id, account_id, _)| (id, account_id)).collect()
+            }
+            None => {
+                for m in &moves {
+                    grants::apply(conn, m, &grants)?;
+                }
+                // RETURNING gives no order: match the ids by account (one
+                // posting per account and entry, a UNIQUE constraint).
+                let ids: Vec<(i64, i64)> = InsertPostings { rows: &rows }.load(conn)?;
+                for row in &attached {
+                    Written(row.as_ref()).execute(conn)?;
+                }
+                ids
+            }
+        };
         let mut posted = Vec::with_capacity(rows.len());
         for row in &rows {
             let posting_id = ids
@@ -312,10 +408,19 @@ impl Query for InsertPostings<'_> {
 
 impl QueryFragment<Backend> for InsertPostings<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Backend>) -> QueryResult<()> {
+        posting_values(self.rows, out.reborrow())?;
+        out.push_sql(" RETURNING id, account_id");
+        Ok(())
+    }
+}
+
+/// [`InsertPostings`] without its `RETURNING`.
+fn posting_values<'b>(rows: &'b [PostingValues], mut out: AstPass<'_, 'b, Backend>) -> QueryResult<()> {
+    {
         out.push_sql(
             "INSERT INTO postings (entry_id, account_id, amount, balance_after, created_at) VALUES ",
         );
-        for (i, row) in self.rows.iter().enumerate() {
+        for (i, row) in rows.iter().enumerate() {
             out.push_sql(if i == 0 { "(" } else { ", (" });
             out.push_bind_param::<BigInt, _>(&row.entry_id)?;
             out.push_sql(", ");
@@ -328,12 +433,103 @@ impl QueryFragment<Backend> for InsertPostings<'_> {
             out.push_bind_param::<Timestamp, _>(&row.created_at)?;
             out.push_sql(")");
         }
-        out.push_sql(" RETURNING id, account_id");
         Ok(())
     }
 }
 
 impl RunQueryDsl<DbConn> for InsertPostings<'_> {}
+
+/// An entry's whole write on PostgreSQL, one statement:
+/// `WITH j AS (INSERT INTO journal_entries ...), [taken AS (...), drawn AS
+/// (...),] a0 AS (<attached>), ... INSERT INTO postings ... RETURNING id,
+/// account_id, <how many grants the first draw took (0 or 1)>`. The members
+/// of a `WITH` all run (their foreign keys are checked at the statement's
+/// end, when the journal row is there); none reads another's rows. Its
+/// text depends only on the number of postings, whether it draws and the
+/// attached statements, so it stays prepared.
+struct PostAll<'s, 'a> {
+    entry_id: i64,
+    created_at: NaiveDateTime,
+    journal: &'s JournalRow,
+    draw: Option<&'s grants::FirstDraw<'s>>,
+    rows: &'s [PostingValues],
+    attached: &'s [Attached<'a>],
+}
+
+impl QueryId for PostAll<'_, '_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for PostAll<'_, '_> {
+    type SqlType = (BigInt, BigInt, BigInt);
+}
+
+impl QueryFragment<Backend> for PostAll<'_, '_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Backend>) -> QueryResult<()> {
+        use diesel::sql_types::Text;
+        let j = self.journal;
+        out.push_sql(
+            "WITH j AS (INSERT INTO journal_entries \
+             (id, kind, reverses_entry_id, request_key, actor, memo, metadata, created_at) VALUES (",
+        );
+        out.push_bind_param::<BigInt, _>(&self.entry_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(j.kind.as_str())?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<BigInt>, _>(&j.reverses)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&j.request_key)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&j.actor)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&j.memo)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&j.metadata)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Timestamp, _>(&self.created_at)?;
+        out.push_sql("))");
+        if let Some(draw) = self.draw {
+            out.push_sql(", ");
+            draw.walk_ctes(out.reborrow())?;
+        }
+        for (i, row) in self.attached.iter().enumerate() {
+            out.push_sql(&format!(", a{i} AS ("));
+            row.walk_ast(out.reborrow())?;
+            out.push_sql(")");
+        }
+        out.push_sql(" ");
+        posting_values(self.rows, out.reborrow())?;
+        out.push_sql(if self.draw.is_some() {
+            " RETURNING id, account_id, (SELECT count(*) FROM drawn)"
+        } else {
+            " RETURNING id, account_id, CAST(0 AS BIGINT)"
+        });
+        Ok(())
+    }
+}
+
+impl RunQueryDsl<DbConn> for PostAll<'_, '_> {}
+
+/// An attached row's statement run on its own (SQLite).
+struct Written<'s>(&'s dyn QueryFragment<Backend>);
+
+impl QueryId for Written<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for Written<'_> {
+    type SqlType = BigInt;
+}
+
+impl QueryFragment<Backend> for Written<'_> {
+    fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, Backend>) -> QueryResult<()> {
+        self.0.walk_ast(pass)
+    }
+}
+
+impl RunQueryDsl<DbConn> for Written<'_> {}
 
 /// What the balance update returns: the balance, the low-balance threshold
 /// and whether the balance was below it, and the auto top-up switch and

@@ -716,7 +716,9 @@ pub(super) fn charge_message(
     // charge, the accrual); the rows a busy shared wallet's charges queue on
     // (its spend counters, its guarded balance) are taken last, just before
     // the commit, so that their locks are held as briefly as possible.
-    let entry = ledger::open(
+    // Declared before the entry, which borrows them until it is posted.
+    let (row, metered);
+    let mut entry = ledger::open(
         tx,
         NewEntry {
             spend: None,
@@ -736,7 +738,7 @@ pub(super) fn charge_message(
     )
     .map_err(|e| ServiceError::from_ledger(e, &wallet_id))?;
     let created_at = entry.created_at();
-    let row = ChargeRow {
+    row = ChargeRow {
         id: &charge_id,
         agent: &agent,
         model: &model,
@@ -751,7 +753,8 @@ pub(super) fn charge_message(
         entry_id: entry.entry_id(),
         created_at,
     };
-    record_charge(tx, ctx, &row)?;
+    metered = row.metered.map(|(usage, tools)| MeteredColumns::new(usage, tools)).transpose()?;
+    attach_charge(&mut entry, ctx, &row, metered.as_ref())?;
     db::metadata::insert(tx, &charge_id, metadata)?;
     // The member's day is counted here; the wallet's day and week with its
     // balance, when the entry is posted.
@@ -896,13 +899,17 @@ struct ChargeRow<'a> {
     created_at: chrono::NaiveDateTime,
 }
 
-/// The charge row, and the creator's accrual that settles after the hold.
-fn record_charge(tx: &mut WriteTx<'_>, ctx: &Ctx, c: &ChargeRow<'_>) -> ServiceResult<()> {
+/// The charge row, and the creator's accrual that settles after the hold:
+/// written with the entry's postings (they refer to the entry).
+fn attach_charge<'x>(
+    entry: &mut ledger::OpenEntry<'x>,
+    ctx: &Ctx,
+    c: &'x ChargeRow<'x>,
+    m: Option<&'x MeteredColumns>,
+) -> ServiceResult<()> {
     let charged = c.charged;
     let creator = charged.creator_earnings;
-    let metered = c.metered.map(|(usage, tools)| MeteredColumns::new(usage, tools)).transpose()?;
-    let m = metered.as_ref();
-    diesel::insert_into(charges::table)
+    entry.attach(Box::new(diesel::insert_into(charges::table)
         .values(NewCharge {
             id: c.id,
             agent_id: &c.agent.id,
@@ -936,8 +943,7 @@ fn record_charge(tx: &mut WriteTx<'_>, ctx: &Ctx, c: &ChargeRow<'_>) -> ServiceR
             hold_id: c.hold.map(|(id, _, _)| id),
             held: c.hold.map_or(Credits::ZERO, |(_, held, _)| held),
             uncollected: c.hold.map_or(Credits::ZERO, |(_, _, u)| u),
-        })
-        .execute(tx.conn())?;
+        })));
     if !creator.is_zero() {
         let hold = chrono::Duration::from_std(ctx.settings.earnings_hold)
             .map_err(|e| ServiceError::Internal(format!("earnings hold: {e}")))?;
@@ -945,15 +951,13 @@ fn record_charge(tx: &mut WriteTx<'_>, ctx: &Ctx, c: &ChargeRow<'_>) -> ServiceR
             .created_at
             .checked_add_signed(hold)
             .ok_or_else(|| ServiceError::Internal("earnings hold passes the calendar".into()))?;
-        diesel::insert_into(earnings_accruals::table)
-            .values(NewAccrual {
-                org_id: &c.agent.org_id,
-                charge_id: c.id,
-                amount: creator,
-                available_at,
-                created_at: c.created_at,
-            })
-            .execute(tx.conn())?;
+        entry.attach(Box::new(diesel::insert_into(earnings_accruals::table).values(NewAccrual {
+            org_id: &c.agent.org_id,
+            charge_id: c.id,
+            amount: creator,
+            available_at,
+            created_at: c.created_at,
+        })));
     }
     Ok(())
 }
