@@ -134,13 +134,38 @@ pub fn post(tx: &mut WriteTx<'_>, entry: NewEntry<'_>) -> Result<PostedEntry, Le
 /// its id comes from the sequence now). On SQLite, where a statement costs
 /// no round trip, it is written now.
 pub fn open<'a>(tx: &mut WriteTx<'_>, entry: NewEntry<'_>) -> Result<OpenEntry<'a>, LedgerError> {
+    open_as(tx, None, entry)
+}
+
+/// SQL for the next entry id, to read in a query the caller makes anyway
+/// (then given to [`open_as`]): `nextval(...)` on PostgreSQL, `NULL` on
+/// SQLite (where [`open`] writes the row and its id comes with it).
+pub fn next_entry_id_sql(conn: &DbConn) -> &'static str {
+    match conn {
+        DbConn::Pg(_) => NEXT_ENTRY_ID,
+        DbConn::Sqlite(_) => "NULL",
+    }
+}
+
+const NEXT_ENTRY_ID: &str = "nextval('journal_entries_id_seq')";
+
+/// [`open`] with the entry's id already taken ([`next_entry_id_sql`]; `None`:
+/// take it now).
+pub fn open_as<'a>(
+    tx: &mut WriteTx<'_>,
+    reserved: Option<i64>,
+    entry: NewEntry<'_>,
+) -> Result<OpenEntry<'a>, LedgerError> {
     check_balanced(&entry.legs)?;
     let now = db::now();
     let metadata = entry.metadata.to_string();
     let (entry_id, journal) = match tx.conn() {
         DbConn::Pg(_) => {
-            let next = diesel::dsl::sql::<BigInt>("nextval('journal_entries_id_seq')");
-            let id = Prepared(diesel::select(next)).get_result::<i64>(tx.conn())?;
+            let id = match reserved {
+                Some(id) => id,
+                None => Prepared(diesel::select(diesel::dsl::sql::<BigInt>(NEXT_ENTRY_ID)))
+                    .get_result::<i64>(tx.conn())?,
+            };
             let journal = JournalRow {
                 kind: entry.kind,
                 reverses: entry.reverses,

@@ -48,6 +48,7 @@ use super::orgs::role_in;
 use super::people;
 use super::{Caller, Ctx, ErrorCode, ServiceError, ServiceResult};
 use crate::db::models::{AccountRow, HoldRow, MemberRow, NewAccrual, NewCharge};
+use crate::db::prepared::Prepared;
 use crate::db::schema::{accounts, charges, earnings_accruals, models as models_table, org_members};
 use crate::db::{self, counters, DbConn, WriteTx};
 use crate::domain::ids::{new_id, transaction_id};
@@ -263,6 +264,76 @@ pub(super) fn load_priced(
         .first(conn)
         .optional()?
         .ok_or(ServiceError::NotFound("agent"))
+}
+
+/// What a message needs first, in one query: the agent, its model and its
+/// creator's pending account ([`load_priced`]), the person's own wallet
+/// (when the person pays and has one) and, on PostgreSQL, the id of the
+/// entry the message will write (see [`ledger::open_as`]).
+pub(super) struct Loaded {
+    pub agent: AgentRow,
+    pub model: ModelRow,
+    pub pending_id: Option<i64>,
+    pub payer: Option<Payer>,
+    pub next_entry: Option<i64>,
+}
+
+pub(super) fn load_for(
+    conn: &mut DbConn,
+    agent_id: &str,
+    user_id: &str,
+    org_id: Option<&str>,
+) -> ServiceResult<Loaded> {
+    use crate::db::schema::agents as a;
+    use diesel::sql_types::{BigInt, Nullable};
+    let wallets = diesel::alias!(accounts as wallets);
+    let next_entry = diesel::dsl::sql::<Nullable<BigInt>>(ledger::next_entry_id_sql(conn));
+    let (agent, model, pending_id, wallet, next_entry): (
+        AgentRow,
+        ModelRow,
+        Option<i64>,
+        Option<AccountRow>,
+        Option<i64>,
+    ) =
+        Prepared(
+            a::table
+                .inner_join(models_table::table)
+                .left_join(
+                    accounts::table.on(accounts::owner_type
+                        .eq(OwnerType::Org.as_str())
+                        .and(accounts::owner_id.eq(a::org_id))
+                        .and(accounts::kind.eq(AccountKind::EarningsPending.as_str()))),
+                )
+                .left_join(
+                    wallets.on(wallets
+                        .field(accounts::owner_type)
+                        .eq(OwnerType::Person.as_str())
+                        .and(wallets.field(accounts::owner_id).eq(user_id))
+                        .and(wallets.field(accounts::kind).eq(AccountKind::Wallet.as_str()))),
+                )
+                .filter(a::id.eq(agent_id))
+                .select((
+                    AgentRow::as_select(),
+                    ModelRow::as_select(),
+                    accounts::id.nullable(),
+                    wallets
+                        .fields(
+                            <AccountRow as Selectable<<DbConn as Connection>::Backend>>::construct_selection(
+                            ),
+                        )
+                        .nullable(),
+                    next_entry,
+                ))
+                .limit(1),
+        )
+        .get_result(conn)
+        .optional()?
+        .ok_or(ServiceError::NotFound("agent"))?;
+    let payer = match (org_id, wallet) {
+        (None, Some(wallet)) => Some(Payer { wallet, org_id: None, member_daily_limit: None }),
+        _ => None,
+    };
+    Ok(Loaded { agent, model, pending_id, payer, next_entry })
 }
 
 fn org_wallet(conn: &mut DbConn, org_id: &str) -> ServiceResult<AccountRow> {
@@ -667,9 +738,12 @@ pub(super) fn charge_message(
     request: &RequestKey,
 ) -> ServiceResult<Outcome<Charge>> {
     let Message { id, user_id, agent_id, org_id, usage, hold, metadata } = *message;
-    let (agent, model, pending_id) = load_priced(tx, agent_id)?;
+    let Loaded { agent, model, pending_id, payer, next_entry } = load_for(tx, agent_id, user_id, org_id)?;
     agents::check_visible(tx, &agent, Some(user_id))?;
-    let payer = resolve_payer(tx, user_id, org_id)?;
+    let payer = match payer {
+        Some(payer) => payer,
+        None => resolve_payer(tx, user_id, org_id)?,
+    };
     let wallet_id = payer.wallet.public_id.clone().unwrap_or_default();
     // A hold was made before any freeze: capturing it charges what it
     // reserved (and takes nothing more from a frozen wallet).
@@ -718,8 +792,9 @@ pub(super) fn charge_message(
     // the commit, so that their locks are held as briefly as possible.
     // Declared before the entry, which borrows them until it is posted.
     let (row, metered);
-    let mut entry = ledger::open(
+    let mut entry = ledger::open_as(
         tx,
+        next_entry,
         NewEntry {
             spend: None,
             kind,
@@ -909,41 +984,40 @@ fn attach_charge<'x>(
 ) -> ServiceResult<()> {
     let charged = c.charged;
     let creator = charged.creator_earnings;
-    entry.attach(Box::new(diesel::insert_into(charges::table)
-        .values(NewCharge {
-            id: c.id,
-            agent_id: &c.agent.id,
-            model_id: &c.model.id,
-            creator_org_id: &c.agent.org_id,
-            user_id: c.user_id,
-            payer_account_id: c.payer.wallet.id,
-            payer_org_id: c.payer.org_id.as_deref(),
-            free: c.free,
-            runtime_infra: c.infra,
-            publisher_addon: charged.publisher_addon,
-            addon_forgone: c.forgone,
-            platform_share: charged.platform_share,
-            creator_earnings: creator,
-            total: charged.total,
-            provider_cost_micro_usd: c.model.provider_cost_micro_usd,
-            entry_id: c.entry_id,
-            created_at: c.created_at,
-            input_tokens: m.map(|m| m.input_tokens),
-            output_tokens: m.map(|m| m.output_tokens),
-            generations: m.map(|m| m.generations),
-            tool_calls: m.map(|m| m.tool_calls.as_str()),
-            input_per_mtok: m.and(c.model.input_per_mtok),
-            output_per_mtok: m.and(c.model.output_per_mtok),
-            per_generation: m.and(c.model.per_generation),
-            tool_prices: m.map(|m| m.tool_prices.as_str()),
-            input_tokens_cost: m.map(|_| charged.input_tokens),
-            output_tokens_cost: m.map(|_| charged.output_tokens),
-            tools_cost: m.map(|_| charged.tools),
-            generations_cost: m.map(|_| charged.generations),
-            hold_id: c.hold.map(|(id, _, _)| id),
-            held: c.hold.map_or(Credits::ZERO, |(_, held, _)| held),
-            uncollected: c.hold.map_or(Credits::ZERO, |(_, _, u)| u),
-        })));
+    entry.attach(Box::new(diesel::insert_into(charges::table).values(NewCharge {
+        id: c.id,
+        agent_id: &c.agent.id,
+        model_id: &c.model.id,
+        creator_org_id: &c.agent.org_id,
+        user_id: c.user_id,
+        payer_account_id: c.payer.wallet.id,
+        payer_org_id: c.payer.org_id.as_deref(),
+        free: c.free,
+        runtime_infra: c.infra,
+        publisher_addon: charged.publisher_addon,
+        addon_forgone: c.forgone,
+        platform_share: charged.platform_share,
+        creator_earnings: creator,
+        total: charged.total,
+        provider_cost_micro_usd: c.model.provider_cost_micro_usd,
+        entry_id: c.entry_id,
+        created_at: c.created_at,
+        input_tokens: m.map(|m| m.input_tokens),
+        output_tokens: m.map(|m| m.output_tokens),
+        generations: m.map(|m| m.generations),
+        tool_calls: m.map(|m| m.tool_calls.as_str()),
+        input_per_mtok: m.and(c.model.input_per_mtok),
+        output_per_mtok: m.and(c.model.output_per_mtok),
+        per_generation: m.and(c.model.per_generation),
+        tool_prices: m.map(|m| m.tool_prices.as_str()),
+        input_tokens_cost: m.map(|_| charged.input_tokens),
+        output_tokens_cost: m.map(|_| charged.output_tokens),
+        tools_cost: m.map(|_| charged.tools),
+        generations_cost: m.map(|_| charged.generations),
+        hold_id: c.hold.map(|(id, _, _)| id),
+        held: c.hold.map_or(Credits::ZERO, |(_, held, _)| held),
+        uncollected: c.hold.map_or(Credits::ZERO, |(_, _, u)| u),
+    })));
     if !creator.is_zero() {
         let hold = chrono::Duration::from_std(ctx.settings.earnings_hold)
             .map_err(|e| ServiceError::Internal(format!("earnings hold: {e}")))?;

@@ -163,9 +163,13 @@ pub fn create_hold(
             return Err(ServiceError::Validation("estimate.amount must not be negative".into()));
         }
     }
-    let (agent, model, _) = charges::load_priced(tx, &input.agent_id)?;
+    let charges::Loaded { agent, model, payer, next_entry, .. } =
+        charges::load_for(tx, &input.agent_id, &input.user_id, input.org_id.as_deref())?;
     agents::check_visible(tx, &agent, Some(&input.user_id))?;
-    let payer = charges::resolve_payer(tx, &input.user_id, input.org_id.as_deref())?;
+    let payer = match payer {
+        Some(payer) => payer,
+        None => charges::resolve_payer(tx, &input.user_id, input.org_id.as_deref())?,
+    };
     let wallet_id = payer.wallet.public_id.clone().unwrap_or_default();
     if payer.wallet.frozen {
         return Err(ServiceError::WalletFrozen { wallet_id });
@@ -184,33 +188,9 @@ pub fn create_hold(
     let now = db::now();
     let held = held_account(tx, &payer)?;
     let id = new_id("hld");
-    if !amount.is_zero() {
-        charges::count_member_spend(tx, &payer, &input.user_id, amount, now)?;
-        let references = TransactionReferences {
-            agent_id: Some(agent.id.clone()),
-            hold_id: Some(id.clone()),
-            ..Default::default()
-        };
-        ledger::post(
-            tx,
-            NewEntry {
-                spend: Spend::count(payer.wallet.id, now, amount.micros()),
-                kind: EntryKind::Hold,
-                legs: vec![payer.wallet_ref().leg(neg(amount)?), held.leg(amount)],
-                overdraft: Overdraft::RefuseFrozen,
-                reverses: None,
-                request_key: Some(request.as_str()),
-                actor: Some(&input.user_id),
-                memo: None,
-                metadata: serde_json::to_value(&references).unwrap_or_default(),
-                grants: Grants::Draw { hold: Some(id.clone()) },
-            },
-        )
-        .map_err(|e| ServiceError::from_ledger(e, &wallet_id))?;
-    }
     let row = HoldRow {
-        id,
-        agent_id: agent.id,
+        id: id.clone(),
+        agent_id: agent.id.clone(),
         user_id: input.user_id.clone(),
         payer_account_id: payer.wallet.id,
         held_account_id: held.id,
@@ -227,7 +207,37 @@ pub fn create_hold(
         created_at: now,
         finished_at: None,
     };
-    diesel::insert_into(holds::table).values(&row).execute(tx.conn())?;
+    let insert_row = diesel::insert_into(holds::table).values(&row);
+    if amount.is_zero() {
+        insert_row.execute(tx.conn())?;
+    } else {
+        charges::count_member_spend(tx, &payer, &input.user_id, amount, now)?;
+        let references = TransactionReferences {
+            agent_id: Some(agent.id.clone()),
+            hold_id: Some(id.clone()),
+            ..Default::default()
+        };
+        let mut entry = ledger::open_as(
+            tx,
+            next_entry,
+            NewEntry {
+                spend: Spend::count(payer.wallet.id, now, amount.micros()),
+                kind: EntryKind::Hold,
+                legs: vec![payer.wallet_ref().leg(neg(amount)?), held.leg(amount)],
+                overdraft: Overdraft::RefuseFrozen,
+                reverses: None,
+                request_key: Some(request.as_str()),
+                actor: Some(&input.user_id),
+                memo: None,
+                metadata: serde_json::to_value(&references).unwrap_or_default(),
+                grants: Grants::Draw { hold: Some(id) },
+            },
+        )
+        .map_err(|e| ServiceError::from_ledger(e, &wallet_id))?;
+        // The hold's row is written with the entry's postings.
+        entry.attach(Box::new(insert_row));
+        entry.post(tx).map_err(|e| ServiceError::from_ledger(e, &wallet_id))?;
+    }
     db::metadata::insert(tx, &row.id, &input.metadata)?;
     let headers = vec![("X-Balance-Remaining".to_string(), available_after(tx, &payer)?.to_string())];
     Ok(Outcome { body: view(row, wallet_id, input.metadata.clone()), headers })
