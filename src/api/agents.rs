@@ -18,13 +18,14 @@ use crate::services::charges::{self, Charge, Quote, UsageQuote};
 use crate::services::ServiceError;
 
 pub fn configure(cfg: &mut ServiceConfig) {
-    cfg.service(create_agent)
+    // The charge route first: see `api::configure`.
+    cfg.service(create_charge)
+        .service(create_agent)
         .service(list_marketplace_agents)
         .service(get_agent)
         .service(update_agent)
         .service(get_quote)
-        .service(create_quote)
-        .service(create_charge);
+        .service(create_quote);
 }
 
 /// Who may see an agent.

@@ -43,8 +43,15 @@ use crate::services::{Caller, Ctx, ServiceResult};
 /// Shared by every handler: the flows' runtime.
 pub type AppState = crate::flows::Runtime;
 
-/// Registers every route (and so documents it).
+/// Registers every route (and so documents it). The router tries the
+/// routes in this order, running a regular expression for each route with a
+/// path parameter, so the busiest (a message's charge, hold and capture)
+/// come first. No other route matches their paths, so moving them decides
+/// nothing else (where two routes could match one path, the first
+/// registered would win).
 pub fn configure(cfg: &mut ServiceConfig) {
+    agents::configure(cfg);
+    holds::configure(cfg);
     health::configure(cfg);
     me::configure(cfg);
     wallets::configure(cfg);
@@ -52,10 +59,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
     orgs::configure(cfg);
     models::configure(cfg);
     tools::configure(cfg);
-    agents::configure(cfg);
     charges::configure(cfg);
     api_keys::configure(cfg);
-    holds::configure(cfg);
     earnings::configure(cfg);
     topups::configure(cfg);
     payouts::configure(cfg);

@@ -743,6 +743,27 @@ mod pool_tests {
         }
     }
 
+    /// Each `fixed!` site is one prepared statement of its own, found again
+    /// by its marker: two sites whose texts differ never share one, and a
+    /// site run again prepares nothing more.
+    #[test]
+    fn each_fixed_site_keeps_its_own_prepared_statement() {
+        use diesel::sql_types::Integer;
+        let Some(url) = direct_postgres_url() else { return };
+        let target = DbTarget::parse(&url).unwrap();
+        let mut conn = Manager::new(target, true).connect().unwrap();
+        for n in 0..3 {
+            let one: i32 =
+                crate::fixed!(diesel::select((n + 1).into_sql::<Integer>())).get_result(&mut conn).unwrap();
+            let two: i32 =
+                crate::fixed!(diesel::select((n + 2).into_sql::<Integer>() + 10.into_sql::<Integer>()))
+                    .get_result(&mut conn)
+                    .unwrap();
+            assert_eq!((one, two), (n + 1, n + 12));
+            assert_eq!(named_statements(&mut conn), 2, "round {n}");
+        }
+    }
+
     /// Records every statement with the transaction depth it ran at.
     #[derive(Default)]
     struct Recorder {

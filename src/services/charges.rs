@@ -48,7 +48,6 @@ use super::orgs::role_in;
 use super::people;
 use super::{Caller, Ctx, ErrorCode, ServiceError, ServiceResult};
 use crate::db::models::{AccountRow, HoldRow, MemberRow, NewAccrual, NewCharge};
-use crate::db::prepared::Prepared;
 use crate::db::schema::{accounts, charges, earnings_accruals, models as models_table, org_members};
 use crate::db::{self, counters, DbConn, WriteTx};
 use crate::domain::ids::{new_id, transaction_id};
@@ -294,41 +293,35 @@ pub(super) fn load_for(
         Option<i64>,
         Option<AccountRow>,
         Option<i64>,
-    ) =
-        Prepared(
-            a::table
-                .inner_join(models_table::table)
-                .left_join(
-                    accounts::table.on(accounts::owner_type
-                        .eq(OwnerType::Org.as_str())
-                        .and(accounts::owner_id.eq(a::org_id))
-                        .and(accounts::kind.eq(AccountKind::EarningsPending.as_str()))),
-                )
-                .left_join(
-                    wallets.on(wallets
-                        .field(accounts::owner_type)
-                        .eq(OwnerType::Person.as_str())
-                        .and(wallets.field(accounts::owner_id).eq(user_id))
-                        .and(wallets.field(accounts::kind).eq(AccountKind::Wallet.as_str()))),
-                )
-                .filter(a::id.eq(agent_id))
-                .select((
-                    AgentRow::as_select(),
-                    ModelRow::as_select(),
-                    accounts::id.nullable(),
-                    wallets
-                        .fields(
-                            <AccountRow as Selectable<<DbConn as Connection>::Backend>>::construct_selection(
-                            ),
-                        )
-                        .nullable(),
-                    next_entry,
-                ))
-                .limit(1),
+    ) = crate::fixed!(a::table
+        .inner_join(models_table::table)
+        .left_join(
+            accounts::table.on(accounts::owner_type
+                .eq(OwnerType::Org.as_str())
+                .and(accounts::owner_id.eq(a::org_id))
+                .and(accounts::kind.eq(AccountKind::EarningsPending.as_str()))),
         )
-        .get_result(conn)
-        .optional()?
-        .ok_or(ServiceError::NotFound("agent"))?;
+        .left_join(
+            wallets.on(wallets
+                .field(accounts::owner_type)
+                .eq(OwnerType::Person.as_str())
+                .and(wallets.field(accounts::owner_id).eq(user_id))
+                .and(wallets.field(accounts::kind).eq(AccountKind::Wallet.as_str()))),
+        )
+        .filter(a::id.eq(agent_id))
+        .select((
+            AgentRow::as_select(),
+            ModelRow::as_select(),
+            accounts::id.nullable(),
+            wallets
+                .fields(<AccountRow as Selectable<<DbConn as Connection>::Backend>>::construct_selection(),)
+                .nullable(),
+            next_entry,
+        ))
+        .limit(1),)
+    .get_result(conn)
+    .optional()?
+    .ok_or(ServiceError::NotFound("agent"))?;
     let payer = match (org_id, wallet) {
         (None, Some(wallet)) => Some(Payer { wallet, org_id: None, member_daily_limit: None }),
         _ => None,

@@ -33,7 +33,6 @@ use sha2::{Digest, Sha256};
 
 use super::{ServiceError, ServiceResult};
 use crate::db::models::{IdempotencyRow, NewIdempotencyClaim};
-use crate::db::prepared::Prepared;
 use crate::db::schema::idempotency_keys as ik;
 use crate::db::{self, DbConn, WriteTx};
 
@@ -261,21 +260,19 @@ where
     let done = db::write_tx(conn, |tx| -> ServiceResult<Option<StoredResponse>> {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let now = db::now();
-        let claimed = Prepared(
-            diesel::sql_query(
-                "INSERT INTO idempotency_keys \
+        let claimed = crate::fixed!(diesel::sql_query(
+            "INSERT INTO idempotency_keys \
                  (scope, key, request_hash, state, lease_token, locked_until, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7) \
                  ON CONFLICT (scope, key) DO NOTHING RETURNING state",
-            )
-            .bind::<diesel::sql_types::Text, _>(&req.scope)
-            .bind::<diesel::sql_types::Text, _>(&req.key)
-            .bind::<diesel::sql_types::Text, _>(&req.fingerprint)
-            .bind::<diesel::sql_types::Text, _>(IN_FLIGHT)
-            .bind::<diesel::sql_types::Text, _>(&token)
-            .bind::<diesel::sql_types::Timestamp, _>(now + req.lease)
-            .bind::<diesel::sql_types::Timestamp, _>(now),
         )
+        .bind::<diesel::sql_types::Text, _>(&req.scope)
+        .bind::<diesel::sql_types::Text, _>(&req.key)
+        .bind::<diesel::sql_types::Text, _>(&req.fingerprint)
+        .bind::<diesel::sql_types::Text, _>(IN_FLIGHT)
+        .bind::<diesel::sql_types::Text, _>(&token)
+        .bind::<diesel::sql_types::Timestamp, _>(now + req.lease)
+        .bind::<diesel::sql_types::Timestamp, _>(now),)
         .get_result::<Inserted>(tx.conn())
         .optional()?;
         if claimed.is_none() {
@@ -336,21 +333,19 @@ fn store<T: Serialize>(
         .map_err(|e| ServiceError::Internal(format!("cannot serialize response: {e}")))?;
     let headers = serde_json::to_string(&outcome.headers)
         .map_err(|e| ServiceError::Internal(format!("cannot serialize headers: {e}")))?;
-    let marked = Prepared(
-        diesel::update(
-            ik::table
-                .find((&req.scope, &req.key))
-                .filter(ik::lease_token.eq(token))
-                .filter(ik::state.eq(IN_FLIGHT)),
-        )
-        .set((
-            ik::state.eq(DONE),
-            ik::response_status.eq(status as i32),
-            ik::response_body.eq(&body),
-            ik::response_headers.eq(&headers),
-        ))
-        .returning(ik::state),
+    let marked = crate::fixed!(diesel::update(
+        ik::table
+            .find((&req.scope, &req.key))
+            .filter(ik::lease_token.eq(token))
+            .filter(ik::state.eq(IN_FLIGHT)),
     )
+    .set((
+        ik::state.eq(DONE),
+        ik::response_status.eq(status as i32),
+        ik::response_body.eq(&body),
+        ik::response_headers.eq(&headers),
+    ))
+    .returning(ik::state),)
     .get_result::<String>(tx.conn())
     .optional()?;
     if marked.is_none() {
