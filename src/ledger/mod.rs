@@ -441,25 +441,21 @@ impl QueryFragment<Backend> for InsertPostings<'_> {
 
 /// [`InsertPostings`] without its `RETURNING`.
 fn posting_values<'b>(rows: &'b [PostingValues], mut out: AstPass<'_, 'b, Backend>) -> QueryResult<()> {
-    {
-        out.push_sql(
-            "INSERT INTO postings (entry_id, account_id, amount, balance_after, created_at) VALUES ",
-        );
-        for (i, row) in rows.iter().enumerate() {
-            out.push_sql(if i == 0 { "(" } else { ", (" });
-            out.push_bind_param::<BigInt, _>(&row.entry_id)?;
-            out.push_sql(", ");
-            out.push_bind_param::<BigInt, _>(&row.account_id)?;
-            out.push_sql(", ");
-            out.push_bind_param::<BigInt, _>(&row.amount)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Nullable<BigInt>, _>(&row.balance_after)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Timestamp, _>(&row.created_at)?;
-            out.push_sql(")");
-        }
-        Ok(())
+    out.push_sql("INSERT INTO postings (entry_id, account_id, amount, balance_after, created_at) VALUES ");
+    for (i, row) in rows.iter().enumerate() {
+        out.push_sql(if i == 0 { "(" } else { ", (" });
+        out.push_bind_param::<BigInt, _>(&row.entry_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&row.account_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&row.amount)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<BigInt>, _>(&row.balance_after)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Timestamp, _>(&row.created_at)?;
+        out.push_sql(")");
     }
+    Ok(())
 }
 
 impl RunQueryDsl<DbConn> for InsertPostings<'_> {}
@@ -542,10 +538,6 @@ struct Written<'s>(&'s dyn QueryFragment<Backend>);
 impl QueryId for Written<'_> {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl Query for Written<'_> {
-    type SqlType = BigInt;
 }
 
 impl QueryFragment<Backend> for Written<'_> {

@@ -242,6 +242,17 @@ impl Payer {
     }
 }
 
+/// The join condition of an agent (`agents as a`) with its creator
+/// organization's pending earnings account.
+macro_rules! pending_account_of_agent {
+    () => {
+        accounts::owner_type
+            .eq(OwnerType::Org.as_str())
+            .and(accounts::owner_id.eq(a::org_id))
+            .and(accounts::kind.eq(AccountKind::EarningsPending.as_str()))
+    };
+}
+
 /// Loads an agent with its model row (prices now) and the id of the creator
 /// organization's pending earnings account if it exists yet: one query
 /// instead of two per charge.
@@ -252,12 +263,7 @@ pub(super) fn load_priced(
     use crate::db::schema::agents as a;
     a::table
         .inner_join(models_table::table)
-        .left_join(
-            accounts::table.on(accounts::owner_type
-                .eq(OwnerType::Org.as_str())
-                .and(accounts::owner_id.eq(a::org_id))
-                .and(accounts::kind.eq(AccountKind::EarningsPending.as_str()))),
-        )
+        .left_join(accounts::table.on(pending_account_of_agent!()))
         .filter(a::id.eq(agent_id))
         .select((AgentRow::as_select(), ModelRow::as_select(), accounts::id.nullable()))
         .first(conn)
@@ -295,12 +301,7 @@ pub(super) fn load_for(
         Option<i64>,
     ) = crate::fixed!(a::table
         .inner_join(models_table::table)
-        .left_join(
-            accounts::table.on(accounts::owner_type
-                .eq(OwnerType::Org.as_str())
-                .and(accounts::owner_id.eq(a::org_id))
-                .and(accounts::kind.eq(AccountKind::EarningsPending.as_str()))),
-        )
+        .left_join(accounts::table.on(pending_account_of_agent!()),)
         .left_join(
             wallets.on(wallets
                 .field(accounts::owner_type)
@@ -327,6 +328,19 @@ pub(super) fn load_for(
         _ => None,
     };
     Ok(Loaded { agent, model, pending_id, payer, next_entry })
+}
+
+/// The payer [`load_for`] found, else [`resolve_payer`].
+pub(super) fn resolve_payer_unless(
+    conn: &mut DbConn,
+    loaded: Option<Payer>,
+    user_id: &str,
+    org_id: Option<&str>,
+) -> ServiceResult<Payer> {
+    match loaded {
+        Some(payer) => Ok(payer),
+        None => resolve_payer(conn, user_id, org_id),
+    }
 }
 
 fn org_wallet(conn: &mut DbConn, org_id: &str) -> ServiceResult<AccountRow> {
@@ -733,10 +747,7 @@ pub(super) fn charge_message(
     let Message { id, user_id, agent_id, org_id, usage, hold, metadata } = *message;
     let Loaded { agent, model, pending_id, payer, next_entry } = load_for(tx, agent_id, user_id, org_id)?;
     agents::check_visible(tx, &agent, Some(user_id))?;
-    let payer = match payer {
-        Some(payer) => payer,
-        None => resolve_payer(tx, user_id, org_id)?,
-    };
+    let payer = resolve_payer_unless(tx, payer, user_id, org_id)?;
     let wallet_id = payer.wallet.public_id.clone().unwrap_or_default();
     // A hold was made before any freeze: capturing it charges what it
     // reserved (and takes nothing more from a frozen wallet).

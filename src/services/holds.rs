@@ -166,10 +166,7 @@ pub fn create_hold(
     let charges::Loaded { agent, model, payer, next_entry, .. } =
         charges::load_for(tx, &input.agent_id, &input.user_id, input.org_id.as_deref())?;
     agents::check_visible(tx, &agent, Some(&input.user_id))?;
-    let payer = match payer {
-        Some(payer) => payer,
-        None => charges::resolve_payer(tx, &input.user_id, input.org_id.as_deref())?,
-    };
+    let payer = charges::resolve_payer_unless(tx, payer, &input.user_id, input.org_id.as_deref())?;
     let wallet_id = payer.wallet.public_id.clone().unwrap_or_default();
     if payer.wallet.frozen {
         return Err(ServiceError::WalletFrozen { wallet_id });
