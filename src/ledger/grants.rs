@@ -512,26 +512,31 @@ fn draw_all_from_first(
 /// the wallet's first grant alone in the statement that writes the entry
 /// (PostgreSQL; see `ledger::PostAll`): most debits fit in it.
 pub(super) struct FirstDraw<'g> {
-    m: WalletMove,
+    account_id: i64,
+    entry_id: i64,
+    at: NaiveDateTime,
     amount: Credits,
     hold: Option<&'g str>,
+    /// The statement's member `u{wallet}` that moves the wallet's balance:
+    /// the draw runs only once it has (the wallet's row locked first).
+    wallet: usize,
 }
 
-/// The first-grant draw of `m` when `grants` draws it in order and the
-/// grants cover some of it; `None` leaves it all to [`apply`].
-pub(super) fn first_draw<'g>(
-    m: &WalletMove,
-    grants: &'g Grants,
-) -> Result<Option<FirstDraw<'g>>, LedgerError> {
-    let Grants::Draw { hold } = grants else { return Ok(None) };
-    if !m.amount.is_negative() {
-        return Ok(None);
-    }
-    // As in `apply`: what the grants hold is the balance before.
-    let before = m.balance_after.checked_sub(m.amount).ok_or_else(|| range(m.account_id))?;
-    let amount = m.amount.checked_neg().ok_or_else(|| range(m.account_id))?;
-    let covered = amount.min(before.max(Credits::ZERO));
-    Ok(covered.is_positive().then_some(FirstDraw { m: *m, amount: covered, hold: hold.as_deref() }))
+/// The first-grant draw of `m` when `grants` draws it in order. Only for a
+/// debit that must stay covered (its update, member `u{wallet}` of the
+/// statement, refuses a balance below zero): whenever it goes through, the
+/// balance before held all of it, and so do the grants.
+pub(super) fn first_draw<'g>(m: &WalletMove, grants: &'g Grants, wallet: usize) -> Option<FirstDraw<'g>> {
+    let Grants::Draw { hold } = grants else { return None };
+    let amount = m.amount.checked_neg().filter(|a| a.is_positive())?;
+    Some(FirstDraw {
+        account_id: m.account_id,
+        entry_id: m.entry_id,
+        at: m.at,
+        amount,
+        hold: hold.as_deref(),
+        wallet,
+    })
 }
 
 impl FirstDraw<'_> {
@@ -547,35 +552,36 @@ impl FirstDraw<'_> {
         out.push_sql("taken AS (UPDATE credit_grants SET remaining = remaining - ");
         out.push_bind_param::<BigInt, _>(amount)?;
         out.push_sql(" WHERE id = (SELECT id FROM credit_grants WHERE account_id = ");
-        out.push_bind_param::<BigInt, _>(&self.m.account_id)?;
+        out.push_bind_param::<BigInt, _>(&self.account_id)?;
         out.push_sql(" AND live AND (expires_at IS NULL OR expires_at > ");
-        out.push_bind_param::<Timestamp, _>(&self.m.at)?;
+        out.push_bind_param::<Timestamp, _>(&self.at)?;
         out.push_sql(") ORDER BY ");
         out.push_sql(DRAW_ORDER);
         out.push_sql(" LIMIT 1) AND remaining >= ");
         out.push_bind_param::<BigInt, _>(amount)?;
+        out.push_sql(&format!(" AND EXISTS (SELECT 1 FROM u{})", self.wallet));
         out.push_sql(
             " RETURNING id), drawn AS (INSERT INTO grant_draws (grant_id, entry_id, hold_id, amount, created_at) \
              SELECT id, ",
         );
-        out.push_bind_param::<BigInt, _>(&self.m.entry_id)?;
+        out.push_bind_param::<BigInt, _>(&self.entry_id)?;
         out.push_sql(", ");
         out.push_bind_param::<Nullable<Text>, _>(&self.hold)?;
         out.push_sql(", ");
         out.push_bind_param::<BigInt, _>(amount)?;
         out.push_sql(", ");
-        out.push_bind_param::<Timestamp, _>(&self.m.at)?;
+        out.push_bind_param::<Timestamp, _>(&self.at)?;
         out.push_sql(" FROM taken RETURNING grant_id)");
         Ok(())
     }
 
     /// After the statement: a debit the first grant did not hold whole is
-    /// drawn in order.
-    pub(super) fn finish(&self, conn: &mut DbConn, drawn: bool) -> Result<(), LedgerError> {
+    /// drawn in order (`m`: the wallet's move, its balance after known now).
+    pub(super) fn finish(&self, conn: &mut DbConn, m: &WalletMove, drawn: bool) -> Result<(), LedgerError> {
         if drawn {
             return Ok(());
         }
-        draw_in_order(conn, &self.m, self.amount, self.hold)
+        draw_in_order(conn, m, self.amount, self.hold)
     }
 }
 

@@ -5,6 +5,7 @@
 //! transaction; the others are the sum of their postings.
 #![deny(clippy::arithmetic_side_effects)]
 
+mod balance;
 pub mod grants;
 pub mod spend;
 pub mod verify;
@@ -267,41 +268,138 @@ impl<'a> OpenEntry<'a> {
     }
 
     /// Applies the legs to the cached balances (guarded), then writes all
-    /// postings in one statement.
+    /// postings in one statement; on PostgreSQL the balance updates, the
+    /// journal row, the first grant's draw, the attached rows and the
+    /// postings are all one statement ([`PostAll`]).
+    ///
+    /// A refusal (an `Err`) may leave rows of the entry written: like any
+    /// error here, it must roll back the caller's transaction (or savepoint).
     pub fn post(self, tx: &mut WriteTx<'_>) -> Result<PostedEntry, LedgerError> {
         let conn = tx.conn();
         let OpenEntry { entry_id, created_at, legs, overdraft, grants, spend, journal, attached } = self;
         let mut cached: Vec<&Leg> = legs.iter().filter(|l| l.kind.keeps_cached_balance()).collect();
         cached.sort_by_key(|l| l.account_id);
-        let mut balances: Vec<(i64, i64)> = Vec::with_capacity(cached.len());
-        let mut alerts: Vec<(i64, i64, i64, bool)> = Vec::new();
         // The spend goes with the wallet's leg: its row is written once.
         if let Some(spend) = spend.as_ref().filter(|s| !cached.iter().any(|l| l.account_id == s.wallet)) {
             return Err(LedgerError::Database(diesel::result::Error::QueryBuilderError(
                 format!("an entry's spend names wallet {}, which it does not move", spend.wallet).into(),
             )));
         }
-        for leg in cached {
-            let moved = match spend.as_ref().filter(|s| s.wallet == leg.account_id) {
-                Some(spend) => spend::apply_with_leg(conn, leg, overdraft, spend)?,
-                None => apply_to_cached_balance(conn, leg, overdraft)?,
-            };
-            balances.push((leg.account_id, moved.balance));
-            if let Some(threshold) = moved.low_balance_threshold {
-                alerts.push((leg.account_id, moved.balance, threshold, moved.low_balance_below));
+        if let Some(leg) = legs
+            .iter()
+            .find(|l| l.kind == AccountKind::Wallet && !l.amount.is_zero() && matches!(grants, Grants::None))
+        {
+            return Err(LedgerError::Database(diesel::result::Error::QueryBuilderError(
+                format!("an entry moving wallet {} must say what it does to its grants", leg.account_id)
+                    .into(),
+            )));
+        }
+        // In ascending account id order, so two entries touching the same
+        // accounts cannot deadlock on PostgreSQL.
+        let updates: Vec<balance::BalanceUpdate<'_>> = cached
+            .iter()
+            .map(|leg| {
+                let spend = spend.as_ref().filter(|s| s.wallet == leg.account_id);
+                balance::BalanceUpdate::new(leg, overdraft, spend)
+            })
+            .collect();
+        let mut rows: Vec<PostingValues> = legs
+            .iter()
+            .map(|leg| PostingValues {
+                entry_id,
+                account_id: leg.account_id,
+                amount: leg.amount.micros(),
+                balance_after: None,
+                created_at,
+            })
+            .collect();
+        // The wallet legs, as the grants need them (their balance after is
+        // set once the balances have moved).
+        let mut moves: Vec<grants::WalletMove> = legs
+            .iter()
+            .filter(|l| l.kind == AccountKind::Wallet && !l.amount.is_zero())
+            .map(|leg| grants::WalletMove {
+                account_id: leg.account_id,
+                amount: leg.amount,
+                balance_after: Credits::ZERO,
+                entry_id,
+                at: created_at,
+            })
+            .collect();
+        let mut moved: Vec<(i64, balance::Returned)> = Vec::with_capacity(updates.len());
+        let (ids, first): (Option<Vec<(i64, i64)>>, Option<(grants::FirstDraw<'_>, bool)>) = match journal {
+            // One statement; the other grant movements after it (they need
+            // the balances it moved, and refer to the entry).
+            Some(journal) => {
+                // Most debits fit in the wallet's first grant: drawn in the
+                // statement, after the wallet's row is updated (and locked).
+                let first = match moves.as_slice() {
+                    // A debit that must stay covered: the grants hold all
+                    // of it whenever its update goes through.
+                    [m] => updates
+                        .iter()
+                        .position(|u| u.account_id() == m.account_id && u.covered())
+                        .and_then(|wallet| grants::first_draw(m, &grants, wallet)),
+                    _ => None,
+                };
+                let written: Vec<PostAllRow> = Prepared(PostAll {
+                    entry_id,
+                    created_at,
+                    journal: &journal,
+                    updates: &updates,
+                    draw: first.as_ref(),
+                    rows: &rows,
+                    attached: &attached,
+                })
+                .load(conn)?;
+                // Refused: the first update (by account id) that moved no
+                // row says why; the ones after it did not run.
+                for update in &updates {
+                    match written.iter().find(|r| r.account_id == update.account_id()).and_then(|r| r.moved) {
+                        Some(returned) => moved.push((update.account_id(), returned)),
+                        None => return Err(update.refusal(conn)?),
+                    }
+                }
+                let drawn = written.first().is_some_and(|r| r.drawn > 0);
+                (
+                    Some(written.iter().map(|r| (r.posting_id, r.account_id)).collect()),
+                    first.map(|f| (f, drawn)),
+                )
+            }
+            None => {
+                for update in &updates {
+                    match update.run(conn)? {
+                        Some(returned) => moved.push((update.account_id(), returned)),
+                        None => return Err(update.refusal(conn)?),
+                    }
+                }
+                (None, None)
+            }
+        };
+        let mut alerts: Vec<(i64, i64, i64, bool)> = Vec::new();
+        for (account_id, returned) in &moved {
+            let m = Moved::from_row(*account_id, *returned)?;
+            for row in rows.iter_mut().filter(|r| r.account_id == *account_id) {
+                row.balance_after = Some(m.balance);
+            }
+            for w in moves.iter_mut().filter(|w| w.account_id == *account_id) {
+                w.balance_after = Credits::from_micros(m.balance);
+            }
+            if let Some(threshold) = m.low_balance_threshold {
+                alerts.push((*account_id, m.balance, threshold, m.low_balance_below));
             }
             // A spend (not a refund's or dispute's reversal) that left an
             // auto top-up wallet below its threshold: an order, unless one
-            // is open. Read from the row the UPDATE just locked, so a wallet
+            // is open. Read from the row the update moved, so a wallet
             // without auto top-up pays no query for it.
-            if moved.auto_top_up_below
-                && leg.kind == AccountKind::Wallet
-                && leg.amount.is_negative()
+            let leg = legs.iter().find(|l| l.account_id == *account_id);
+            if m.auto_top_up_below
+                && leg.is_some_and(|l| l.kind == AccountKind::Wallet && l.amount.is_negative())
                 && overdraft != Overdraft::AllowForReversal
             {
                 let id = crate::domain::ids::new_id("ato");
-                if db::auto_top_ups::record_open_order(conn, leg.account_id, &id)? {
-                    tracing::info!(account_id = leg.account_id, order_id = %id, "auto top-up order recorded");
+                if db::auto_top_ups::record_open_order(conn, *account_id, &id)? {
+                    tracing::info!(account_id, order_id = %id, "auto top-up order recorded");
                 }
             }
         }
@@ -312,71 +410,19 @@ impl<'a> OpenEntry<'a> {
         }
         let conn = tx.conn();
         // The wallet's row is locked now: its grants follow the leg.
-        let mut moves = Vec::new();
-        for leg in legs.iter().filter(|l| l.kind == AccountKind::Wallet && !l.amount.is_zero()) {
-            if matches!(grants, Grants::None) {
-                return Err(LedgerError::Database(diesel::result::Error::QueryBuilderError(
-                    format!("an entry moving wallet {} must say what it does to its grants", leg.account_id)
-                        .into(),
-                )));
-            }
-            let balance_after = balances
-                .iter()
-                .find(|(id, _)| *id == leg.account_id)
-                .map(|(_, b)| Credits::from_micros(*b))
-                .unwrap_or_default();
-            moves.push(grants::WalletMove {
-                account_id: leg.account_id,
-                amount: leg.amount,
-                balance_after,
-                entry_id,
-                at: created_at,
-            });
-        }
-        let rows: Vec<PostingValues> = legs
-            .iter()
-            .map(|leg| PostingValues {
-                entry_id,
-                account_id: leg.account_id,
-                amount: leg.amount.micros(),
-                balance_after: balances.iter().find(|(id, _)| *id == leg.account_id).map(|(_, b)| *b),
-                created_at,
-            })
-            .collect();
-        let ids: Vec<(i64, i64)> = match journal {
-            // One statement: the journal row, the first grant's draw (when
-            // a debit fits in it), the attached rows and the postings; the
-            // other grant movements after it (they refer to the entry).
-            Some(journal) => {
-                let first = match moves.as_slice() {
-                    [m] => grants::first_draw(m, &grants)?,
-                    _ => None,
-                };
-                let written: Vec<(i64, i64, i64)> = Prepared(PostAll {
-                    entry_id,
-                    created_at,
-                    journal: &journal,
-                    draw: first.as_ref(),
-                    rows: &rows,
-                    attached: &attached,
-                })
-                .load(conn)?;
-                match (&first, written.first()) {
-                    (Some(first), Some(&(_, _, drawn))) => first.finish(conn, drawn > 0)?,
-                    _ => {
-                        for m in &moves {
-                            grants::apply(conn, m, &grants)?;
-                        }
-                    }
-                }
-                written.into_iter().map(|(id, account_id, _)| (id, account_id)).collect()
-            }
-            None => {
+        match (&first, moves.first()) {
+            (Some((first, drawn)), Some(m)) => first.finish(conn, m, *drawn)?,
+            _ => {
                 for m in &moves {
                     grants::apply(conn, m, &grants)?;
                 }
-                // RETURNING gives no order: match the ids by account (one
-                // posting per account and entry, a UNIQUE constraint).
+            }
+        }
+        let ids = match ids {
+            Some(ids) => ids,
+            None => {
+                // SQLite. RETURNING gives no order: match the ids by account
+                // (one posting per account and entry, a UNIQUE constraint).
                 let ids: Vec<(i64, i64)> = InsertPostings { rows: &rows }.load(conn)?;
                 for row in &attached {
                     Written(row.as_ref()).execute(conn)?;
@@ -461,21 +507,57 @@ fn posting_values<'b>(rows: &'b [PostingValues], mut out: AstPass<'_, 'b, Backen
 impl RunQueryDsl<DbConn> for InsertPostings<'_> {}
 
 /// An entry's whole write on PostgreSQL, one statement:
-/// `WITH j AS (INSERT INTO journal_entries ...), [taken AS (...), drawn AS
-/// (...),] a0 AS (<attached>), ... INSERT INTO postings ... RETURNING id,
-/// account_id, <how many grants the first draw took (0 or 1)>`. The members
-/// of a `WITH` all run (their foreign keys are checked at the statement's
-/// end, when the journal row is there); none reads another's rows. Its
-/// text depends only on the number of postings, whether it draws and the
-/// attached statements, so it stays prepared.
+///
+/// ```sql
+/// WITH j AS (INSERT INTO journal_entries ...),
+///   u0 AS (UPDATE accounts ... RETURNING ...),      -- each cached balance,
+///   u1 AS (UPDATE ... AND EXISTS (SELECT 1 FROM u0) ...), -- in id order
+///   u AS (SELECT ... FROM u0 UNION ALL SELECT ... FROM u1),
+///   [taken AS (UPDATE credit_grants ...), drawn AS (INSERT INTO grant_draws ...),]
+///   a0 AS (<attached>), ...
+///   p AS (INSERT INTO postings SELECT ... FROM (VALUES ...) v LEFT JOIN u ... RETURNING id, account_id)
+/// SELECT p.id, p.account_id, <u's row>, <how many grants the first draw took (0 or 1)>
+///   FROM p LEFT JOIN u ON u.id = p.account_id
+/// ```
+///
+/// A posting takes its balance after from its account's update. Each
+/// update after the first, and the draw after the wallet's, runs only once
+/// the one it follows has updated its row, so rows are locked in id order
+/// (the wallet's before its grants') and a refused update (no row in `u`)
+/// stops the rest; the postings are still written, and the caller, seeing
+/// the refusal, rolls them back with its transaction. Foreign keys are
+/// checked at the statement's end, when the journal row is there. The text
+/// depends only on the number of postings and updates, their guards,
+/// whether it draws and the attached statements, so it stays prepared.
 struct PostAll<'s, 'a> {
     entry_id: i64,
     created_at: NaiveDateTime,
     journal: &'s JournalRow,
+    updates: &'s [balance::BalanceUpdate<'s>],
     draw: Option<&'s grants::FirstDraw<'s>>,
     rows: &'s [PostingValues],
     attached: &'s [Attached<'a>],
 }
+
+/// A row of [`PostAll`]: a posting, its account's update (`None`: the
+/// account keeps no cached balance, or its update was refused or did not
+/// run) and what the first draw took.
+struct PostAllRow {
+    posting_id: i64,
+    account_id: i64,
+    moved: Option<balance::Returned>,
+    drawn: i64,
+}
+
+impl Queryable<PostAllSql, Backend> for PostAllRow {
+    type Row = (i64, i64, Option<balance::Returned>, i64);
+
+    fn build((posting_id, account_id, moved, drawn): Self::Row) -> diesel::deserialize::Result<Self> {
+        Ok(PostAllRow { posting_id, account_id, moved, drawn })
+    }
+}
+
+type PostAllSql = (BigInt, BigInt, Nullable<balance::ReturnedSql>, BigInt);
 
 impl QueryId for PostAll<'_, '_> {
     type QueryId = ();
@@ -483,7 +565,7 @@ impl QueryId for PostAll<'_, '_> {
 }
 
 impl Query for PostAll<'_, '_> {
-    type SqlType = (BigInt, BigInt, BigInt);
+    type SqlType = PostAllSql;
 }
 
 impl QueryFragment<Backend> for PostAll<'_, '_> {
@@ -510,6 +592,27 @@ impl QueryFragment<Backend> for PostAll<'_, '_> {
         out.push_sql(", ");
         out.push_bind_param::<Timestamp, _>(&self.created_at)?;
         out.push_sql("))");
+        for (i, update) in self.updates.iter().enumerate() {
+            out.push_sql(&format!(", u{i} AS ("));
+            update.walk_after(i.checked_sub(1), out.reborrow())?;
+            out.push_sql(")");
+        }
+        out.push_sql(", u AS (");
+        if self.updates.is_empty() {
+            out.push_sql(
+                "SELECT CAST(NULL AS BIGINT) AS id, CAST(NULL AS BIGINT) AS balance, \
+                 CAST(NULL AS BIGINT) AS low_balance_threshold, FALSE AS low_balance_below, \
+                 FALSE AS auto_top_up_enabled, CAST(NULL AS BIGINT) AS auto_top_up_threshold WHERE FALSE",
+            );
+        }
+        for i in 0..self.updates.len() {
+            out.push_sql(&format!(
+                "{}SELECT {} FROM u{i}",
+                if i == 0 { "" } else { " UNION ALL " },
+                balance::RETURNING
+            ));
+        }
+        out.push_sql(")");
         if let Some(draw) = self.draw {
             out.push_sql(", ");
             draw.walk_ctes(out.reborrow())?;
@@ -519,13 +622,29 @@ impl QueryFragment<Backend> for PostAll<'_, '_> {
             row.walk_ast(out.reborrow())?;
             out.push_sql(")");
         }
-        out.push_sql(" ");
-        posting_values(self.rows, out.reborrow())?;
-        out.push_sql(if self.draw.is_some() {
-            " RETURNING id, account_id, (SELECT count(*) FROM drawn)"
-        } else {
-            " RETURNING id, account_id, CAST(0 AS BIGINT)"
-        });
+        out.push_sql(
+            ", p AS (INSERT INTO postings (entry_id, account_id, amount, balance_after, created_at) \
+             SELECT v.entry_id, v.account_id, v.amount, u.balance, v.created_at FROM (VALUES ",
+        );
+        for (i, row) in self.rows.iter().enumerate() {
+            out.push_sql(if i == 0 { "(" } else { ", (" });
+            out.push_bind_param::<BigInt, _>(&row.entry_id)?;
+            out.push_sql(", ");
+            out.push_bind_param::<BigInt, _>(&row.account_id)?;
+            out.push_sql(", ");
+            out.push_bind_param::<BigInt, _>(&row.amount)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Timestamp, _>(&row.created_at)?;
+            out.push_sql(")");
+        }
+        out.push_sql(
+            ") AS v (entry_id, account_id, amount, created_at) LEFT JOIN u ON u.id = v.account_id \
+             RETURNING id, account_id) \
+             SELECT p.id, p.account_id, u.id, u.balance, u.low_balance_threshold, u.low_balance_below, \
+             u.auto_top_up_enabled, u.auto_top_up_threshold, ",
+        );
+        out.push_sql(if self.draw.is_some() { "(SELECT count(*) FROM drawn)" } else { "CAST(0 AS BIGINT)" });
+        out.push_sql(" FROM p LEFT JOIN u ON u.id = p.account_id");
         Ok(())
     }
 }
@@ -548,11 +667,6 @@ impl QueryFragment<Backend> for Written<'_> {
 
 impl RunQueryDsl<DbConn> for Written<'_> {}
 
-/// What the balance update returns: the balance, the low-balance threshold
-/// and whether the balance was below it, and the auto top-up switch and
-/// threshold.
-type MovedRow = (Option<i64>, Option<i64>, bool, bool, Option<i64>);
-
 /// A cached balance after a movement, with the account's low-balance alert
 /// state, read in the same statement.
 struct Moved {
@@ -563,96 +677,20 @@ struct Moved {
     auto_top_up_below: bool,
 }
 
-/// What the balance update returned, or an error for an account that keeps
-/// no cached balance.
-fn moved(account_id: i64, row: MovedRow) -> Result<Moved, LedgerError> {
-    match row {
-        (Some(balance), low_balance_threshold, low_balance_below, enabled, threshold) => Ok(Moved {
-            balance,
-            low_balance_threshold,
-            low_balance_below,
-            auto_top_up_below: enabled && threshold.is_some_and(|t| balance < t),
-        }),
-        (None, ..) => Err(LedgerError::Database(diesel::result::Error::QueryBuilderError(
-            format!("account {account_id} keeps no cached balance").into(),
-        ))),
-    }
-}
-
-/// Adds the leg to the account's cached balance in one guarded statement and
-/// returns the new balance (and the low-balance alert state). No row back means a guard refused: a debit below
-/// zero (where refused), a frozen account, or a result beyond the `i64`
-/// range (`balance <= MAX - amount` for a credit, `balance >= MIN - amount`
-/// for a debit), which SQLite would otherwise turn into a float and
-/// PostgreSQL into an error.
-///
-/// Also returns whether the account has auto top-up on and the new balance
-/// is below its threshold (the same row, the same statement).
-fn apply_to_cached_balance(conn: &mut DbConn, leg: &Leg, overdraft: Overdraft) -> Result<Moved, LedgerError> {
-    let amount = leg.amount.micros();
-    let guarded = amount < 0 && leg.kind.must_stay_non_negative();
-    // SQL, not Rust: evaluated only on a row the guards below let through.
-    #[allow(clippy::arithmetic_side_effects)]
-    let new_balance = accounts::balance + amount;
-    let row = accounts::table.filter(accounts::id.eq(leg.account_id));
-    let returned = (
-        accounts::balance,
-        accounts::low_balance_threshold,
-        accounts::low_balance_below,
-        accounts::auto_top_up_enabled,
-        accounts::auto_top_up_threshold,
-    );
-    let updated: Option<MovedRow> = match (guarded, overdraft) {
-        (false, _) | (true, Overdraft::AllowForReversal) if amount >= 0 => Prepared(
-            diesel::update(row.filter(accounts::balance.le(i64::MAX.saturating_sub(amount))))
-                .set(accounts::balance.eq(new_balance))
-                .returning(returned),
-        )
-        .get_result(conn)
-        .optional()?,
-        (false, _) | (true, Overdraft::AllowForReversal) => Prepared(
-            diesel::update(row.filter(accounts::balance.ge(i64::MIN.saturating_sub(amount))))
-                .set(accounts::balance.eq(new_balance))
-                .returning(returned),
-        )
-        .get_result(conn)
-        .optional()?,
-        // A guarded debit leaves a balance between 0 and the one it had.
-        (true, Overdraft::Refuse) => Prepared(
-            diesel::update(row.filter(accounts::balance.ge(amount.saturating_neg())))
-                .set(accounts::balance.eq(new_balance))
-                .returning(returned),
-        )
-        .get_result(conn)
-        .optional()?,
-        (true, Overdraft::RefuseFrozen) => Prepared(
-            diesel::update(
-                row.filter(accounts::balance.ge(amount.saturating_neg())).filter(accounts::frozen.eq(false)),
-            )
-            .set(accounts::balance.eq(new_balance))
-            .returning(returned),
-        )
-        .get_result(conn)
-        .optional()?,
-    };
-    match updated {
-        Some(row) => moved(leg.account_id, row),
-        None => {
-            let frozen: Option<bool> = accounts::table
-                .filter(accounts::id.eq(leg.account_id))
-                .select(accounts::frozen)
-                .first(conn)
-                .optional()?;
-            match frozen {
-                None => Err(LedgerError::Database(diesel::result::Error::NotFound)),
-                Some(_) if !guarded || overdraft == Overdraft::AllowForReversal => {
-                    Err(LedgerError::OutOfRange { account_id: leg.account_id })
-                }
-                Some(true) if overdraft == Overdraft::RefuseFrozen => {
-                    Err(LedgerError::Frozen { account_id: leg.account_id })
-                }
-                Some(_) => Err(LedgerError::Insufficient { account_id: leg.account_id }),
-            }
+impl Moved {
+    /// What the balance update returned, or an error for an account that
+    /// keeps no cached balance.
+    fn from_row(account_id: i64, row: balance::Returned) -> Result<Self, LedgerError> {
+        match row {
+            (_, Some(balance), low_balance_threshold, low_balance_below, enabled, threshold) => Ok(Moved {
+                balance,
+                low_balance_threshold,
+                low_balance_below,
+                auto_top_up_below: enabled && threshold.is_some_and(|t| balance < t),
+            }),
+            (_, None, ..) => Err(LedgerError::Database(diesel::result::Error::QueryBuilderError(
+                format!("account {account_id} keeps no cached balance").into(),
+            ))),
         }
     }
 }

@@ -12,22 +12,17 @@
 //! request is checked as it is when the row is written, never as it was
 //! read earlier.
 //!
-//! The statement is written out as SQL (diesel's DSL has no `CASE` over
-//! two columns that both backends take); each of its texts is fixed, so it
-//! stays prepared. Placeholders are written `$n` in order of first use,
-//! which SQLite binds by position as PostgreSQL does.
+//! The SQL here is the spend's part of the balance update
+//! ([`super::balance`]): templates whose `{d}`, `{m}` and `{w}` are bound
+//! as the period's day key, the amount and the week key.
 #![deny(clippy::arithmetic_side_effects)]
 
-use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Nullable, Text};
+use diesel::query_builder::AstPass;
+use diesel::sql_types::{BigInt, Text};
+use diesel::QueryResult;
 
-use super::{LedgerError, Moved, MovedRow, Overdraft};
-use crate::db::prepared::Prepared;
-use crate::db::schema::accounts;
-use crate::db::DbConn;
-use crate::domain::entry::Leg;
+use super::Backend;
 use crate::domain::limits::Period;
-use crate::domain::Credits;
 
 /// What an entry does to its payer wallet's spend.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,170 +70,68 @@ impl Spend {
     }
 }
 
-/// What the update returns ([`MovedRow`]).
-#[derive(QueryableByName)]
-struct Returned {
-    #[diesel(sql_type = Nullable<BigInt>)]
-    balance: Option<i64>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    low_balance_threshold: Option<i64>,
-    #[diesel(sql_type = Bool)]
-    low_balance_below: bool,
-    #[diesel(sql_type = Bool)]
-    auto_top_up_enabled: bool,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    auto_top_up_threshold: Option<i64>,
-}
-
-/// The spend columns set for a count (`$2` day key, `$3` amount, `$4` week
-/// key): added when the row's key is the period's, started again when the
-/// row's key is older (or none), left alone when it is newer (a capture's
-/// excess in its hold's earlier period).
-const COUNT_SET: &str = "spent_day = CASE WHEN spent_day_key = $2 THEN spent_day + $3 \
-       WHEN spent_day_key IS NULL OR spent_day_key < $2 THEN $3 ELSE spent_day END, \
-     spent_day_key = CASE WHEN spent_day_key IS NULL OR spent_day_key < $2 THEN $2 ELSE spent_day_key END, \
-     spent_week = CASE WHEN spent_week_key = $4 THEN spent_week + $3 \
-       WHEN spent_week_key IS NULL OR spent_week_key < $4 THEN $3 ELSE spent_week END, \
-     spent_week_key = CASE WHEN spent_week_key IS NULL OR spent_week_key < $4 THEN $4 ELSE spent_week_key END";
+/// The spend columns set for a count: added when the row's key is the
+/// period's, started again when the row's key is older (or none), left
+/// alone when it is newer (a capture's excess in its hold's earlier period).
+const COUNT_SET: &str = "spent_day = CASE WHEN spent_day_key = {d} THEN spent_day + {m} \
+       WHEN spent_day_key IS NULL OR spent_day_key < {d} THEN {m} ELSE spent_day END, \
+     spent_day_key = CASE WHEN spent_day_key IS NULL OR spent_day_key < {d} THEN {d} ELSE spent_day_key END, \
+     spent_week = CASE WHEN spent_week_key = {w} THEN spent_week + {m} \
+       WHEN spent_week_key IS NULL OR spent_week_key < {w} THEN {m} ELSE spent_week END, \
+     spent_week_key = CASE WHEN spent_week_key IS NULL OR spent_week_key < {w} THEN {w} ELSE spent_week_key END";
 
 /// The spend columns set for a give-back: taken off the period's amount
 /// (not below zero) when the row's key is the period's.
-const GIVE_BACK_SET: &str = "spent_day = CASE WHEN spent_day_key = $2 \
-       THEN (CASE WHEN spent_day > $3 THEN spent_day - $3 ELSE 0 END) ELSE spent_day END, \
-     spent_week = CASE WHEN spent_week_key = $4 \
-       THEN (CASE WHEN spent_week > $3 THEN spent_week - $3 ELSE 0 END) ELSE spent_week END";
+const GIVE_BACK_SET: &str = "spent_day = CASE WHEN spent_day_key = {d} \
+       THEN (CASE WHEN spent_day > {m} THEN spent_day - {m} ELSE 0 END) ELSE spent_day END, \
+     spent_week = CASE WHEN spent_week_key = {w} \
+       THEN (CASE WHEN spent_week > {m} THEN spent_week - {m} ELSE 0 END) ELSE spent_week END";
 
-/// A count's amount stays in range: `spent + $3` is formed only below the maximum.
+/// A count's amount stays in range: `spent + {m}` is formed only below the maximum.
 const COUNT_RANGE: &str =
-    " AND (CASE WHEN spent_day_key = $2 THEN spent_day ELSE 0 END) <= 9223372036854775807 - $3 \
-     AND (CASE WHEN spent_week_key = $4 THEN spent_week ELSE 0 END) <= 9223372036854775807 - $3";
+    " AND (CASE WHEN spent_day_key = {d} THEN spent_day ELSE 0 END) <= 9223372036854775807 - {m} \
+     AND (CASE WHEN spent_week_key = {w} THEN spent_week ELSE 0 END) <= 9223372036854775807 - {m}";
 
 /// A limited count stays within the row's limits, as they are now.
 const COUNT_LIMITS: &str = " AND (daily_limit IS NULL \
-       OR (CASE WHEN spent_day_key = $2 THEN spent_day ELSE 0 END) <= daily_limit - $3) \
+       OR (CASE WHEN spent_day_key = {d} THEN spent_day ELSE 0 END) <= daily_limit - {m}) \
      AND (weekly_limit IS NULL \
-       OR (CASE WHEN spent_week_key = $4 THEN spent_week ELSE 0 END) <= weekly_limit - $3)";
+       OR (CASE WHEN spent_week_key = {w} THEN spent_week ELSE 0 END) <= weekly_limit - {m})";
 
-const RETURNING: &str = " RETURNING balance, low_balance_threshold, low_balance_below, \
-     auto_top_up_enabled, auto_top_up_threshold";
-
-/// How the balance is guarded (`$6`: the bound, computed in Rust so that no
-/// sum leaves the `i64` range).
-#[derive(Clone, Copy)]
-enum BalanceGuard {
-    /// A credit: `balance <= MAX - amount`.
-    AtMost,
-    /// A debit: `balance >= bound` (`-amount` for a guarded one, `MIN - amount` otherwise).
-    AtLeast { frozen_refused: bool },
-}
-
-/// Applies `leg` to the wallet's cached balance and `spend` to its spend in
-/// one statement; refusals as [`super::apply_to_cached_balance`], plus
-/// [`LedgerError::SpendLimit`] for a limited count.
-pub(super) fn apply_with_leg(
-    conn: &mut DbConn,
-    leg: &Leg,
-    overdraft: Overdraft,
-    spend: &Spend,
-) -> Result<Moved, LedgerError> {
-    let amount = leg.amount.micros();
-    let guarded = amount < 0 && leg.kind.must_stay_non_negative() && overdraft != Overdraft::AllowForReversal;
-    let (guard, bound) = if amount >= 0 {
-        (BalanceGuard::AtMost, i64::MAX.saturating_sub(amount))
-    } else if guarded {
-        (
-            BalanceGuard::AtLeast { frozen_refused: overdraft == Overdraft::RefuseFrozen },
-            amount.saturating_neg(),
-        )
-    } else {
-        (BalanceGuard::AtLeast { frozen_refused: false }, i64::MIN.saturating_sub(amount))
-    };
-    match run(conn, leg.account_id, amount, spend, (guard, bound))? {
-        Some(row) => super::moved(leg.account_id, row),
-        None => Err(refusal(conn, leg.account_id, amount, spend, guarded, overdraft)?),
+/// The `SET` and the guards of a spend change.
+pub(super) fn sql(change: SpendChange) -> (&'static str, [&'static str; 2]) {
+    match change {
+        SpendChange::Count { limited: true, .. } => (COUNT_SET, [COUNT_RANGE, COUNT_LIMITS]),
+        SpendChange::Count { limited: false, .. } => (COUNT_SET, [COUNT_RANGE, ""]),
+        SpendChange::GiveBack(_) => (GIVE_BACK_SET, ["", ""]),
     }
 }
 
-fn run(
-    conn: &mut DbConn,
-    account_id: i64,
-    amount: i64,
-    spend: &Spend,
-    (guard, bound): (BalanceGuard, i64),
-) -> QueryResult<Option<MovedRow>> {
-    let (set, micros, checks) = match spend.change {
-        SpendChange::Count { micros, limited: true } => (COUNT_SET, micros, [COUNT_RANGE, COUNT_LIMITS]),
-        SpendChange::Count { micros, limited: false } => (COUNT_SET, micros, [COUNT_RANGE, ""]),
-        SpendChange::GiveBack(micros) => (GIVE_BACK_SET, micros, ["", ""]),
-    };
-    let balance_guard = match guard {
-        BalanceGuard::AtMost => " AND balance <= $6",
-        BalanceGuard::AtLeast { frozen_refused: false } => " AND balance >= $6",
-        BalanceGuard::AtLeast { frozen_refused: true } => " AND balance >= $6 AND frozen = FALSE",
-    };
-    let sql = format!(
-        "UPDATE accounts SET balance = balance + $1, {set} WHERE id = $5{balance_guard}{}{}{RETURNING}",
-        checks[0], checks[1]
-    );
-    let row: Option<Returned> = Prepared(
-        diesel::sql_query(sql)
-            .bind::<BigInt, _>(amount)
-            .bind::<Text, _>(&spend.day)
-            .bind::<BigInt, _>(micros.max(0))
-            .bind::<Text, _>(&spend.week)
-            .bind::<BigInt, _>(account_id)
-            .bind::<BigInt, _>(bound),
-    )
-    .get_result(conn)
-    .optional()?;
-    Ok(row.map(|r| {
-        (
-            r.balance,
-            r.low_balance_threshold,
-            r.low_balance_below,
-            r.auto_top_up_enabled,
-            r.auto_top_up_threshold,
-        )
-    }))
-}
-
-/// Why the update found no row: read once, then the guards in the order a
-/// charge checks them (frozen, the day's limit, the week's limit, the
-/// range, the balance).
-fn refusal(
-    conn: &mut DbConn,
-    account_id: i64,
-    amount: i64,
-    spend: &Spend,
-    guarded: bool,
-    overdraft: Overdraft,
-) -> Result<LedgerError, LedgerError> {
-    use crate::db::models::AccountRow;
-    let row: Option<AccountRow> =
-        accounts::table.find(account_id).select(AccountRow::as_select()).first(conn).optional()?;
-    let Some(row) = row else {
-        return Ok(LedgerError::Database(diesel::result::Error::NotFound));
-    };
-    if guarded && overdraft == Overdraft::RefuseFrozen && row.frozen {
-        return Ok(LedgerError::Frozen { account_id });
-    }
-    if let SpendChange::Count { micros, limited } = spend.change {
-        let amount_spent = Credits::from_micros(micros);
-        for (period, key, limit) in
-            [(Period::Day, &spend.day, row.daily_limit), (Period::Week, &spend.week, row.weekly_limit)]
-        {
-            match (row.spent_in_period(period, key).checked_add(amount_spent), limit) {
-                (None, _) => return Ok(LedgerError::OutOfRange { account_id }),
-                (Some(after), Some(limit)) if limited && after > limit => {
-                    return Ok(LedgerError::SpendLimit { account_id, period, limit, amount: amount_spent })
-                }
-                _ => {}
+/// Writes `template` with its `{d}`, `{m}` and `{w}` bound to the spend's
+/// day key, `micros` and week key (each use a bind of its own: the same
+/// text on both backends).
+pub(super) fn push<'b>(
+    template: &'static str,
+    spend: &'b Spend,
+    micros: &'b i64,
+    mut out: AstPass<'_, 'b, Backend>,
+) -> QueryResult<()> {
+    let mut rest = template;
+    while let Some(at) = rest.find('{') {
+        let (sql, token) = rest.split_at(at);
+        out.push_sql(sql);
+        match token.get(..3) {
+            Some("{d}") => out.push_bind_param::<Text, _>(&spend.day)?,
+            Some("{w}") => out.push_bind_param::<Text, _>(&spend.week)?,
+            Some("{m}") => out.push_bind_param::<BigInt, _>(micros)?,
+            _ => {
+                return Err(diesel::result::Error::QueryBuilderError(
+                    format!("unknown token in spend template: {token}").into(),
+                ))
             }
         }
+        rest = token.get(3..).unwrap_or_default();
     }
-    let balance = row.balance.map_or(0, Credits::micros);
-    if guarded && balance < amount.saturating_neg() {
-        return Ok(LedgerError::Insufficient { account_id });
-    }
-    Ok(LedgerError::OutOfRange { account_id })
+    out.push_sql(rest);
+    Ok(())
 }

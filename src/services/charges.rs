@@ -272,8 +272,9 @@ pub(super) fn load_priced(
 }
 
 /// What a message needs first, in one query: the agent, its model and its
-/// creator's pending account ([`load_priced`]), the person's own wallet
-/// (when the person pays and has one) and, on PostgreSQL, the id of the
+/// creator's pending account ([`load_priced`]), the payer (the person's
+/// own wallet when the person pays and has one; the organization's wallet
+/// and the person's membership when it pays) and, on PostgreSQL, the id of the
 /// entry the message will write (see [`ledger::open_as`]).
 pub(super) struct Loaded {
     pub agent: AgentRow,
@@ -293,39 +294,78 @@ pub(super) fn load_for(
     use diesel::sql_types::{BigInt, Nullable};
     let wallets = diesel::alias!(accounts as wallets);
     let next_entry = diesel::dsl::sql::<Nullable<BigInt>>(ledger::next_entry_id_sql(conn));
-    let (agent, model, pending_id, wallet, next_entry): (
-        AgentRow,
-        ModelRow,
-        Option<i64>,
-        Option<AccountRow>,
-        Option<i64>,
-    ) = crate::fixed!(a::table
-        .inner_join(models_table::table)
-        .left_join(accounts::table.on(pending_account_of_agent!()),)
-        .left_join(
-            wallets.on(wallets
-                .field(accounts::owner_type)
-                .eq(OwnerType::Person.as_str())
-                .and(wallets.field(accounts::owner_id).eq(user_id))
-                .and(wallets.field(accounts::kind).eq(AccountKind::Wallet.as_str()))),
-        )
-        .filter(a::id.eq(agent_id))
-        .select((
-            AgentRow::as_select(),
-            ModelRow::as_select(),
-            accounts::id.nullable(),
-            wallets
-                .fields(<AccountRow as Selectable<<DbConn as Connection>::Backend>>::construct_selection(),)
-                .nullable(),
-            next_entry,
-        ))
-        .limit(1),)
-    .get_result(conn)
-    .optional()?
-    .ok_or(ServiceError::NotFound("agent"))?;
-    let payer = match (org_id, wallet) {
-        (None, Some(wallet)) => Some(Payer { wallet, org_id: None, member_daily_limit: None }),
-        _ => None,
+    // The agent, its model, its creator's pending account and the wallet
+    // of `$owner` (a person or an organization), joined in one query;
+    // `$($join)*` and `$($select)*` add what the payer needs besides.
+    macro_rules! load {
+        ($owner:expr, $owner_id:expr, [$($join:tt)*], [$($select:tt)*]) => {
+            crate::fixed!(a::table
+                .inner_join(models_table::table)
+                .left_join(accounts::table.on(pending_account_of_agent!()))
+                .left_join(
+                    wallets.on(wallets
+                        .field(accounts::owner_type)
+                        .eq($owner.as_str())
+                        .and(wallets.field(accounts::owner_id).eq($owner_id))
+                        .and(wallets.field(accounts::kind).eq(AccountKind::Wallet.as_str()))),
+                )
+                $($join)*
+                .filter(a::id.eq(agent_id))
+                .select((
+                    AgentRow::as_select(),
+                    ModelRow::as_select(),
+                    accounts::id.nullable(),
+                    wallets
+                        .fields(<AccountRow as Selectable<<DbConn as Connection>::Backend>>::construct_selection())
+                        .nullable(),
+                    next_entry,
+                    $($select)*
+                ))
+                .limit(1))
+            .get_result(conn)
+            .optional()?
+            .ok_or(ServiceError::NotFound("agent"))?
+        };
+    }
+    let (agent, model, pending_id, payer, next_entry) = match org_id {
+        None => {
+            let (agent, model, pending_id, wallet, next_entry): (
+                AgentRow,
+                ModelRow,
+                Option<i64>,
+                Option<AccountRow>,
+                Option<i64>,
+            ) = load!(OwnerType::Person, user_id, [], []);
+            let payer = wallet.map(|wallet| Payer { wallet, org_id: None, member_daily_limit: None });
+            (agent, model, pending_id, payer, next_entry)
+        }
+        // The organization's wallet and the person's membership (role and
+        // limit) as [`resolve_payer`] reads them; either missing: `None`,
+        // and [`resolve_payer`] says why.
+        Some(org_id) => {
+            let (agent, model, pending_id, wallet, next_entry, member): (
+                AgentRow,
+                ModelRow,
+                Option<i64>,
+                Option<AccountRow>,
+                Option<i64>,
+                Option<MemberRow>,
+            ) = load!(
+                OwnerType::Org,
+                org_id,
+                [.left_join(
+                    org_members::table
+                        .on(org_members::org_id.eq(org_id).and(org_members::user_id.eq(user_id))),
+                )],
+                [<MemberRow as Selectable<<DbConn as Connection>::Backend>>::construct_selection().nullable()]
+            );
+            let payer = wallet.zip(member).map(|(wallet, member)| Payer {
+                wallet,
+                org_id: Some(org_id.to_string()),
+                member_daily_limit: member.daily_limit,
+            });
+            (agent, model, pending_id, payer, next_entry)
+        }
     };
     Ok(Loaded { agent, model, pending_id, payer, next_entry })
 }

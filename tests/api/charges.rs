@@ -285,7 +285,7 @@ async fn a_limit_set_while_a_charge_waits_on_the_wallet_refuses_it() {
         loop {
             let n = app.count(
                 "pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' \
-                 AND query LIKE 'UPDATE %accounts%'",
+                 AND query LIKE '%UPDATE accounts SET balance%'",
             );
             if n == 1 {
                 break;
