@@ -234,6 +234,9 @@ pub(super) struct Payer {
     pub wallet: AccountRow,
     pub org_id: Option<String>,
     pub member_daily_limit: Option<Credits>,
+    /// The wallet's held account, when [`load_for`] found it (a hold's
+    /// reservation goes there); `None`: not looked up, or not made yet.
+    pub held_id: Option<i64>,
 }
 
 impl Payer {
@@ -292,10 +295,11 @@ pub(super) fn load_for(
 ) -> ServiceResult<Loaded> {
     use crate::db::schema::agents as a;
     use diesel::sql_types::{BigInt, Nullable};
-    let wallets = diesel::alias!(accounts as wallets);
+    let (wallets, helds) = diesel::alias!(accounts as wallets, accounts as helds);
     let next_entry = diesel::dsl::sql::<Nullable<BigInt>>(ledger::next_entry_id_sql(conn));
     // The agent, its model, its creator's pending account and the wallet
-    // of `$owner` (a person or an organization), joined in one query;
+    // and held account of `$owner` (a person or an organization), joined
+    // in one query;
     // `$($join)*` and `$($select)*` add what the payer needs besides.
     macro_rules! load {
         ($owner:expr, $owner_id:expr, [$($join:tt)*], [$($select:tt)*]) => {
@@ -309,6 +313,13 @@ pub(super) fn load_for(
                         .and(wallets.field(accounts::owner_id).eq($owner_id))
                         .and(wallets.field(accounts::kind).eq(AccountKind::Wallet.as_str()))),
                 )
+                .left_join(
+                    helds.on(helds
+                        .field(accounts::owner_type)
+                        .eq($owner.as_str())
+                        .and(helds.field(accounts::owner_id).eq($owner_id))
+                        .and(helds.field(accounts::kind).eq(AccountKind::Held.as_str()))),
+                )
                 $($join)*
                 .filter(a::id.eq(agent_id))
                 .select((
@@ -319,6 +330,7 @@ pub(super) fn load_for(
                         .fields(<AccountRow as Selectable<<DbConn as Connection>::Backend>>::construct_selection())
                         .nullable(),
                     next_entry,
+                    helds.field(accounts::id).nullable(),
                     $($select)*
                 ))
                 .limit(1))
@@ -329,25 +341,28 @@ pub(super) fn load_for(
     }
     let (agent, model, pending_id, payer, next_entry) = match org_id {
         None => {
-            let (agent, model, pending_id, wallet, next_entry): (
+            let (agent, model, pending_id, wallet, next_entry, held_id): (
                 AgentRow,
                 ModelRow,
                 Option<i64>,
                 Option<AccountRow>,
                 Option<i64>,
+                Option<i64>,
             ) = load!(OwnerType::Person, user_id, [], []);
-            let payer = wallet.map(|wallet| Payer { wallet, org_id: None, member_daily_limit: None });
+            let payer =
+                wallet.map(|wallet| Payer { wallet, org_id: None, member_daily_limit: None, held_id });
             (agent, model, pending_id, payer, next_entry)
         }
         // The organization's wallet and the person's membership (role and
         // limit) as [`resolve_payer`] reads them; either missing: `None`,
         // and [`resolve_payer`] says why.
         Some(org_id) => {
-            let (agent, model, pending_id, wallet, next_entry, member): (
+            let (agent, model, pending_id, wallet, next_entry, held_id, member): (
                 AgentRow,
                 ModelRow,
                 Option<i64>,
                 Option<AccountRow>,
+                Option<i64>,
                 Option<i64>,
                 Option<MemberRow>,
             ) = load!(
@@ -363,6 +378,7 @@ pub(super) fn load_for(
                 wallet,
                 org_id: Some(org_id.to_string()),
                 member_daily_limit: member.daily_limit,
+                held_id,
             });
             (agent, model, pending_id, payer, next_entry)
         }
@@ -400,11 +416,12 @@ pub(super) fn resolve_payer(conn: &mut DbConn, user_id: &str, org_id: Option<&st
                 wallet: org_wallet(conn, org_id)?,
                 org_id: Some(org_id.to_string()),
                 member_daily_limit: member.daily_limit,
+                held_id: None,
             })
         }
         None => {
             let wallet = people::personal_wallet(conn, user_id)?;
-            Ok(Payer { wallet, org_id: None, member_daily_limit: None })
+            Ok(Payer { wallet, org_id: None, member_daily_limit: None, held_id: None })
         }
     }
 }

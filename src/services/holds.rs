@@ -205,6 +205,7 @@ pub fn create_hold(
         finished_at: None,
     };
     let insert_row = diesel::insert_into(holds::table).values(&row);
+    let mut available = None;
     if amount.is_zero() {
         insert_row.execute(tx.conn())?;
     } else {
@@ -233,21 +234,26 @@ pub fn create_hold(
         .map_err(|e| ServiceError::from_ledger(e, &wallet_id))?;
         // The hold's row is written with the entry's postings.
         entry.attach(Box::new(insert_row));
-        entry.post(tx).map_err(|e| ServiceError::from_ledger(e, &wallet_id))?;
+        let posted = entry.post(tx).map_err(|e| ServiceError::from_ledger(e, &wallet_id))?;
+        // The wallet's balance after its guarded update (its row locked).
+        available = posted.leg_of(payer.wallet.id).and_then(|leg| leg.balance_after);
     }
     db::metadata::insert(tx, &row.id, &input.metadata)?;
-    let headers = vec![("X-Balance-Remaining".to_string(), available_after(tx, &payer)?.to_string())];
+    let available = match available {
+        Some(balance) => balance,
+        None => ledger::balance_of(tx, payer.wallet_ref())?,
+    };
+    let headers = vec![("X-Balance-Remaining".to_string(), available.to_string())];
     Ok(Outcome { body: view(row, wallet_id, input.metadata.clone()), headers })
 }
 
 /// The wallet's held account (made on the wallet's first hold).
 fn held_account(tx: &mut WriteTx<'_>, payer: &Payer) -> ServiceResult<AccountRef> {
+    if let Some(id) = payer.held_id {
+        return Ok(AccountRef { id, kind: AccountKind::Held });
+    }
     let w = &payer.wallet;
     Ok(ledger::ensure_account(tx, w.owner_type, &w.owner_id, AccountKind::Held, None)?)
-}
-
-fn available_after(conn: &mut DbConn, payer: &Payer) -> ServiceResult<Credits> {
-    Ok(ledger::balance_of(conn, payer.wallet_ref())?)
 }
 
 /// Loads a hold the caller may see: the person it is for, a service token,
@@ -259,12 +265,18 @@ fn load_visible(conn: &mut DbConn, caller: &Caller, hold_id: &str) -> ServiceRes
         .first(conn)
         .optional()?
         .ok_or(ServiceError::NotFound("hold"))?;
+    check_visible(conn, caller, &row)?;
+    Ok(row)
+}
+
+/// Whether the caller may see the hold (see [`load_visible`]); 404 if not.
+fn check_visible(conn: &mut DbConn, caller: &Caller, row: &HoldRow) -> ServiceResult<()> {
     if row.user_id == caller.id || caller.service || caller.operator {
-        return Ok(row);
+        return Ok(());
     }
     if let Some(org) = &row.payer_org_id {
         if role_in(conn, org, &caller.id).is_ok_and(OrgRole::can_manage) {
-            return Ok(row);
+            return Ok(());
         }
     }
     Err(ServiceError::NotFound("hold"))
@@ -282,12 +294,18 @@ pub fn get_hold(conn: &mut DbConn, caller: &Caller, hold_id: &str) -> ServiceRes
 /// a service token (others get 404 or 403).
 pub(super) fn load_for_finish(conn: &mut DbConn, caller: &Caller, hold_id: &str) -> ServiceResult<HoldRow> {
     let row = load_visible(conn, caller, hold_id)?;
+    check_may_finish(caller, &row)?;
+    Ok(row)
+}
+
+/// Whether the caller may capture or release a hold it may see (403 if not).
+fn check_may_finish(caller: &Caller, row: &HoldRow) -> ServiceResult<()> {
     if row.user_id != caller.id && !caller.service {
         return Err(ServiceError::Forbidden(
             "only the person the hold is for (or a service token) may capture or release it".into(),
         ));
     }
-    Ok(row)
+    Ok(())
 }
 
 /// Moves the hold from `open` to `to` if it is still open and (for capture
@@ -300,24 +318,47 @@ pub(super) fn finish(
     now: NaiveDateTime,
     charge_id: Option<&str>,
 ) -> ServiceResult<()> {
+    match end(tx, hold_id, to, now, charge_id)? {
+        Some(_) => Ok(()),
+        None => Err(not_open(hold_id)),
+    }
+}
+
+/// [`finish`], returning the ended hold's row (`None`: it was not open).
+fn end(
+    tx: &mut WriteTx<'_>,
+    hold_id: &str,
+    to: HoldStatus,
+    now: NaiveDateTime,
+    charge_id: Option<&str>,
+) -> ServiceResult<Option<HoldRow>> {
     let open = holds::table.find(hold_id).filter(holds::status.eq(HoldStatus::Open));
     let ended = (holds::status.eq(to), holds::finished_at.eq(now), holds::charge_id.eq(charge_id));
-    let finished: Option<String> = if to == HoldStatus::Expired {
-        Prepared(diesel::update(open.filter(holds::expires_at.le(now))).set(ended).returning(holds::id))
-            .get_result(tx.conn())
-            .optional()?
+    let row = if to == HoldStatus::Expired {
+        Prepared(
+            diesel::update(open.filter(holds::expires_at.le(now)))
+                .set(ended)
+                .returning(<HoldRow as Selectable<<DbConn as Connection>::Backend>>::construct_selection()),
+        )
+        .get_result(tx.conn())
+        .optional()?
     } else {
-        Prepared(diesel::update(open.filter(holds::expires_at.gt(now))).set(ended).returning(holds::id))
-            .get_result(tx.conn())
-            .optional()?
+        Prepared(
+            diesel::update(open.filter(holds::expires_at.gt(now)))
+                .set(ended)
+                .returning(<HoldRow as Selectable<<DbConn as Connection>::Backend>>::construct_selection()),
+        )
+        .get_result(tx.conn())
+        .optional()?
     };
-    if finished.is_none() {
-        return Err(ServiceError::Conflict {
-            kind: ErrorCode::HoldNotOpen,
-            message: format!("hold {hold_id} is not open (already captured, released or expired)"),
-        });
+    Ok(row)
+}
+
+fn not_open(hold_id: &str) -> ServiceError {
+    ServiceError::Conflict {
+        kind: ErrorCode::HoldNotOpen,
+        message: format!("hold {hold_id} is not open (already captured, released or expired)"),
     }
-    Ok(())
 }
 
 /// Gives back what an ended hold counted against the member's daily limit
@@ -402,10 +443,24 @@ pub fn capture_hold(
     usage: Option<&Usage>,
     request: &RequestKey,
 ) -> ServiceResult<Outcome<charges::Charge>> {
-    let row = load_for_finish(tx, caller, hold_id)?;
-    // The hold records its charge as it ends (one update of its row).
+    // The hold ends first (the statement that decides between a capture, a
+    // release and the expiry sweep) and records its charge; then who may
+    // capture it is checked on the row it returned: a caller who may not
+    // gets the error it would have got before (404 or 403), and the
+    // request's transaction rolls the hold's end back. A hold that was not
+    // open: the same errors first, then 409.
     let charge_id = new_id("chg");
-    finish(tx, hold_id, HoldStatus::Captured, db::now(), Some(&charge_id))?;
+    let row = match end(tx, hold_id, HoldStatus::Captured, db::now(), Some(&charge_id))? {
+        Some(row) => {
+            check_visible(tx, caller, &row)?;
+            check_may_finish(caller, &row)?;
+            row
+        }
+        None => {
+            load_for_finish(tx, caller, hold_id)?;
+            return Err(not_open(hold_id));
+        }
+    };
     let message = charges::Message {
         id: Some(&charge_id),
         user_id: &row.user_id,

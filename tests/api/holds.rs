@@ -86,6 +86,14 @@ async fn a_hold_reserves_and_a_release_gives_everything_back(app: TestApp) {
     assert_error(s, &b, 404, "not_found");
     let (s, b) = release(&app, &bob, &id, "r-bob").await;
     assert_error(s, &b, 404, "not_found");
+    // Nor capture it: the hold's end that the capture tries first is
+    // rolled back with the refusal, and the hold is still open.
+    let (s, _, b) = capture(&app, &bob, &id, json!({}), "c-bob").await;
+    assert_error(s, &b, 404, "not_found");
+    let (_, g) = app.get(&format!("/v1/holds/{id}"), &alice).await;
+    assert_eq!((g["status"].as_str(), g["finished_at"].is_null()), (Some("open"), true), "{g}");
+    assert_eq!(app.count("charges"), 0);
+    assert_eq!(wallet_state(&app, &wallet, &alice).await, st("10", "2.5", "7.5"));
 
     let (s, r) = release(&app, &alice, &id, "r1").await;
     assert_eq!(s, 200, "{r}");
@@ -96,9 +104,14 @@ async fn a_hold_reserves_and_a_release_gives_everything_back(app: TestApp) {
     assert_eq!(page["data"][0]["type"], "hold_release");
     assert_eq!(page["data"][0]["amount"], "2.5");
     assert_eq!(page["data"][0]["balance_after"], "10");
-    // A second release (another key) finds nothing open.
+    // A second release (another key) finds nothing open; someone else's
+    // capture is still told only that there is no such hold.
     let (s, b) = release(&app, &alice, &id, "r2").await;
     assert_error(s, &b, 409, "hold_not_open");
+    let (s, _, b) = capture(&app, &alice, &id, json!({}), "c-late").await;
+    assert_error(s, &b, 409, "hold_not_open");
+    let (s, _, b) = capture(&app, &bob, &id, json!({}), "c-bob-late").await;
+    assert_error(s, &b, 404, "not_found");
     let (s, g) = app.get(&format!("/v1/holds/{id}"), &alice).await;
     assert_eq!(s, 200);
     assert_eq!(g["status"], "released");
