@@ -327,7 +327,7 @@ impl<'a> OpenEntry<'a> {
             })
             .collect();
         let mut moved: Vec<(i64, balance::Returned)> = Vec::with_capacity(updates.len());
-        let (ids, first): (Option<Vec<(i64, i64)>>, Option<(grants::FirstDraw<'_>, bool)>) = match journal {
+        let (ids, first): (Option<Vec<(i64, i64)>>, FirstDrawn<'_>) = match journal {
             // One statement; the other grant movements after it (they need
             // the balances it moved, and refer to the entry).
             Some(journal) => {
@@ -447,6 +447,10 @@ impl<'a> OpenEntry<'a> {
         Ok(PostedEntry { entry_id, created_at, legs: posted })
     }
 }
+
+/// The first grant's draw made by [`PostAll`], and whether it took it
+/// whole.
+type FirstDrawn<'g> = Option<(grants::FirstDraw<'g>, bool)>;
 
 /// One posting to insert.
 #[derive(Debug)]

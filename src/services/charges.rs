@@ -287,6 +287,15 @@ pub(super) struct Loaded {
     pub next_entry: Option<i64>,
 }
 
+/// The columns [`load_for`] reads for every payer: the agent, its model, the
+/// creator's pending account, the paying wallet, the next entry id and the
+/// wallet's held account.
+type FirstRead = (AgentRow, ModelRow, Option<i64>, Option<AccountRow>, Option<i64>, Option<i64>);
+
+/// [`FirstRead`] and the person's membership of the paying organization.
+type OrgFirstRead =
+    (AgentRow, ModelRow, Option<i64>, Option<AccountRow>, Option<i64>, Option<i64>, Option<MemberRow>);
+
 pub(super) fn load_for(
     conn: &mut DbConn,
     agent_id: &str,
@@ -341,14 +350,8 @@ pub(super) fn load_for(
     }
     let (agent, model, pending_id, payer, next_entry) = match org_id {
         None => {
-            let (agent, model, pending_id, wallet, next_entry, held_id): (
-                AgentRow,
-                ModelRow,
-                Option<i64>,
-                Option<AccountRow>,
-                Option<i64>,
-                Option<i64>,
-            ) = load!(OwnerType::Person, user_id, [], []);
+            let (agent, model, pending_id, wallet, next_entry, held_id): FirstRead =
+                load!(OwnerType::Person, user_id, [], []);
             let payer =
                 wallet.map(|wallet| Payer { wallet, org_id: None, member_daily_limit: None, held_id });
             (agent, model, pending_id, payer, next_entry)
@@ -357,15 +360,7 @@ pub(super) fn load_for(
         // limit) as [`resolve_payer`] reads them; either missing: `None`,
         // and [`resolve_payer`] says why.
         Some(org_id) => {
-            let (agent, model, pending_id, wallet, next_entry, held_id, member): (
-                AgentRow,
-                ModelRow,
-                Option<i64>,
-                Option<AccountRow>,
-                Option<i64>,
-                Option<i64>,
-                Option<MemberRow>,
-            ) = load!(
+            let (agent, model, pending_id, wallet, next_entry, held_id, member): OrgFirstRead = load!(
                 OwnerType::Org,
                 org_id,
                 [.left_join(
