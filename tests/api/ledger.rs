@@ -19,6 +19,7 @@ both!(
     random_adjustments_keep_every_invariant,
     concurrent_debits_never_overdraw,
     debit_below_zero_is_refused,
+    an_entry_refused_by_any_of_its_balances_names_it_and_writes_nothing,
     freeze_and_unfreeze,
 );
 
@@ -160,6 +161,70 @@ async fn debit_below_zero_is_refused(app: TestApp) {
     assert_eq!(body["amount"], "-2.5");
     assert_eq!(body["operator_id"], "operator-1");
     assert_eq!(body["reason"], "test");
+    app.assert_ledger_ok();
+}
+
+/// An entry moving two cached balances is refused by whichever of them
+/// would go below zero, lower account id or higher (on PostgreSQL both
+/// updates are members of the entry's one statement, the second run only
+/// after the first), names that account, and leaves both balances, the
+/// journal and the postings as they were.
+async fn an_entry_refused_by_any_of_its_balances_names_it_and_writes_nothing(app: TestApp) {
+    use tally::domain::OwnerType;
+    let mut conn = app.conn();
+    let (platform, a, b) = tally::db::write_tx(&mut conn, |tx| {
+        let platform = PlatformAccounts::ensure(tx)?;
+        let a = ledger::ensure_account(tx, OwnerType::Org, "org-a", AccountKind::EarningsAvailable, None)?;
+        let b = ledger::ensure_account(tx, OwnerType::Org, "org-b", AccountKind::EarningsAvailable, None)?;
+        diesel::QueryResult::Ok((platform, a, b))
+    })
+    .unwrap();
+    assert!(a.id < b.id);
+    let entry = |legs: Vec<tally::domain::entry::Leg>| NewEntry {
+        spend: None,
+        kind: EntryKind::Adjustment,
+        legs,
+        overdraft: Overdraft::Refuse,
+        reverses: None,
+        request_key: None,
+        actor: None,
+        memo: None,
+        metadata: json!({}),
+        grants: ledger::Grants::None,
+    };
+    let whole = Credits::whole;
+    tally::db::write_tx(&mut conn, |tx| {
+        ledger::post(tx, entry(vec![a.leg(whole(5)), b.leg(whole(1)), platform.adjustments.leg(whole(-6))]))
+    })
+    .unwrap();
+    let balances =
+        |conn: &mut tally::db::DbConn| [a, b].map(|acc| ledger::balance_of(conn, acc).unwrap().to_string());
+    assert_eq!(balances(&mut conn), ["5", "1"]);
+    // The higher id refuses: the lower one's update ran first and is undone.
+    let result =
+        tally::db::write_tx(&mut conn, |tx| ledger::post(tx, entry(vec![a.leg(whole(2)), b.leg(whole(-2))])));
+    assert!(
+        matches!(result, Err(LedgerError::Insufficient { account_id }) if account_id == b.id),
+        "{result:?}"
+    );
+    // The lower id refuses: the higher one's update never runs.
+    let result =
+        tally::db::write_tx(&mut conn, |tx| ledger::post(tx, entry(vec![a.leg(whole(-6)), b.leg(whole(6))])));
+    assert!(
+        matches!(result, Err(LedgerError::Insufficient { account_id }) if account_id == a.id),
+        "{result:?}"
+    );
+    assert_eq!(balances(&mut conn), ["5", "1"]);
+    // Exactly what fits goes through, with each posting's balance after.
+    let posted =
+        tally::db::write_tx(&mut conn, |tx| ledger::post(tx, entry(vec![a.leg(whole(1)), b.leg(whole(-1))])))
+            .unwrap();
+    let after = |id: i64| posted.leg_of(id).and_then(|l| l.balance_after).map(|c| c.to_string());
+    assert_eq!((after(a.id), after(b.id)), (Some("6".into()), Some("0".into())));
+    assert_eq!(balances(&mut conn), ["6", "0"]);
+    drop(conn);
+    assert_eq!(app.count("journal_entries"), 2);
+    assert_eq!(app.count("postings"), 5);
     app.assert_ledger_ok();
 }
 
