@@ -483,15 +483,23 @@ impl Query for InsertPostings<'_> {
 
 impl QueryFragment<Backend> for InsertPostings<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Backend>) -> QueryResult<()> {
-        posting_values(self.rows, out.reborrow())?;
+        out.push_sql(
+            "INSERT INTO postings (entry_id, account_id, amount, balance_after, created_at) VALUES ",
+        );
+        posting_rows(self.rows, true, out.reborrow())?;
         out.push_sql(" RETURNING id, account_id");
         Ok(())
     }
 }
 
-/// [`InsertPostings`] without its `RETURNING`.
-fn posting_values<'b>(rows: &'b [PostingValues], mut out: AstPass<'_, 'b, Backend>) -> QueryResult<()> {
-    out.push_sql("INSERT INTO postings (entry_id, account_id, amount, balance_after, created_at) VALUES ");
+/// The postings as `VALUES` rows: `(entry_id, account_id, amount,
+/// [balance_after,] created_at), ...` (without the balance after in
+/// [`PostAll`], which takes it from the balance updates).
+fn posting_rows<'b>(
+    rows: &'b [PostingValues],
+    with_balance_after: bool,
+    mut out: AstPass<'_, 'b, Backend>,
+) -> QueryResult<()> {
     for (i, row) in rows.iter().enumerate() {
         out.push_sql(if i == 0 { "(" } else { ", (" });
         out.push_bind_param::<BigInt, _>(&row.entry_id)?;
@@ -500,8 +508,10 @@ fn posting_values<'b>(rows: &'b [PostingValues], mut out: AstPass<'_, 'b, Backen
         out.push_sql(", ");
         out.push_bind_param::<BigInt, _>(&row.amount)?;
         out.push_sql(", ");
-        out.push_bind_param::<Nullable<BigInt>, _>(&row.balance_after)?;
-        out.push_sql(", ");
+        if with_balance_after {
+            out.push_bind_param::<Nullable<BigInt>, _>(&row.balance_after)?;
+            out.push_sql(", ");
+        }
         out.push_bind_param::<Timestamp, _>(&row.created_at)?;
         out.push_sql(")");
     }
@@ -630,17 +640,7 @@ impl QueryFragment<Backend> for PostAll<'_, '_> {
             ", p AS (INSERT INTO postings (entry_id, account_id, amount, balance_after, created_at) \
              SELECT v.entry_id, v.account_id, v.amount, u.balance, v.created_at FROM (VALUES ",
         );
-        for (i, row) in self.rows.iter().enumerate() {
-            out.push_sql(if i == 0 { "(" } else { ", (" });
-            out.push_bind_param::<BigInt, _>(&row.entry_id)?;
-            out.push_sql(", ");
-            out.push_bind_param::<BigInt, _>(&row.account_id)?;
-            out.push_sql(", ");
-            out.push_bind_param::<BigInt, _>(&row.amount)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Timestamp, _>(&row.created_at)?;
-            out.push_sql(")");
-        }
+        posting_rows(self.rows, false, out.reborrow())?;
         out.push_sql(
             ") AS v (entry_id, account_id, amount, created_at) LEFT JOIN u ON u.id = v.account_id \
              RETURNING id, account_id) \
