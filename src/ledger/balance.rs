@@ -130,24 +130,7 @@ impl<'s> BalanceUpdate<'s> {
             Guard::AtMost | Guard::AtLeast => LedgerError::OutOfRange { account_id },
         })
     }
-}
 
-impl QueryId for BalanceUpdate<'_> {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl Query for BalanceUpdate<'_> {
-    type SqlType = ReturnedSql;
-}
-
-impl QueryFragment<Backend> for BalanceUpdate<'_> {
-    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Backend>) -> QueryResult<()> {
-        self.walk_after(None, out)
-    }
-}
-
-impl BalanceUpdate<'_> {
     /// The statement; `after`: as a member of a `WITH`, run only once
     /// member `u{after}` has updated its row.
     pub(super) fn walk_after<'b>(
@@ -183,6 +166,21 @@ impl BalanceUpdate<'_> {
         out.push_sql(" RETURNING ");
         out.push_sql(RETURNING);
         Ok(())
+    }
+}
+
+impl QueryId for BalanceUpdate<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for BalanceUpdate<'_> {
+    type SqlType = ReturnedSql;
+}
+
+impl QueryFragment<Backend> for BalanceUpdate<'_> {
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Backend>) -> QueryResult<()> {
+        self.walk_after(None, out)
     }
 }
 

@@ -22,6 +22,7 @@ use diesel::prelude::*;
 use crate::db::prepared::Prepared;
 use crate::db::schema::{credit_grants, grant_draws};
 use crate::db::DbConn;
+use crate::domain::entry::Leg;
 use crate::domain::ids::new_id;
 use crate::domain::{Credits, GrantCategory, GrantSource};
 
@@ -522,21 +523,21 @@ pub(super) struct FirstDraw<'g> {
     wallet: usize,
 }
 
-/// The first-grant draw of `m` when `grants` draws it in order. Only for a
-/// debit that must stay covered (its update, member `u{wallet}` of the
-/// statement, refuses a balance below zero): whenever it goes through, the
-/// balance before held all of it, and so do the grants.
-pub(super) fn first_draw<'g>(m: &WalletMove, grants: &'g Grants, wallet: usize) -> Option<FirstDraw<'g>> {
+/// The first-grant draw of the wallet's `leg` (of entry `entry_id`, made
+/// `at`) when `grants` draws it in order. Only for a debit that must stay
+/// covered (its update, member `u{wallet}` of the statement, refuses a
+/// balance below zero): whenever it goes through, the balance before held
+/// all of it, and so do the grants.
+pub(super) fn first_draw<'g>(
+    leg: &Leg,
+    entry_id: i64,
+    at: NaiveDateTime,
+    grants: &'g Grants,
+    wallet: usize,
+) -> Option<FirstDraw<'g>> {
     let Grants::Draw { hold } = grants else { return None };
-    let amount = m.amount.checked_neg().filter(|a| a.is_positive())?;
-    Some(FirstDraw {
-        account_id: m.account_id,
-        entry_id: m.entry_id,
-        at: m.at,
-        amount,
-        hold: hold.as_deref(),
-        wallet,
-    })
+    let amount = leg.amount.checked_neg().filter(|a| a.is_positive())?;
+    Some(FirstDraw { account_id: leg.account_id, entry_id, at, amount, hold: hold.as_deref(), wallet })
 }
 
 impl FirstDraw<'_> {

@@ -313,33 +313,22 @@ impl<'a> OpenEntry<'a> {
                 created_at,
             })
             .collect();
-        // The wallet legs, as the grants need them (their balance after is
-        // set once the balances have moved).
-        let mut moves: Vec<grants::WalletMove> = legs
-            .iter()
-            .filter(|l| l.kind == AccountKind::Wallet && !l.amount.is_zero())
-            .map(|leg| grants::WalletMove {
-                account_id: leg.account_id,
-                amount: leg.amount,
-                balance_after: Credits::ZERO,
-                entry_id,
-                at: created_at,
-            })
-            .collect();
-        let mut moved: Vec<(i64, balance::Returned)> = Vec::with_capacity(updates.len());
+        let wallet_legs: Vec<&Leg> =
+            legs.iter().filter(|l| l.kind == AccountKind::Wallet && !l.amount.is_zero()).collect();
+        let mut moved: Vec<balance::Returned> = Vec::with_capacity(updates.len());
         let (ids, first): (Option<Vec<(i64, i64)>>, FirstDrawn<'_>) = match journal {
             // One statement; the other grant movements after it (they need
             // the balances it moved, and refer to the entry).
             Some(journal) => {
                 // Most debits fit in the wallet's first grant: drawn in the
                 // statement, after the wallet's row is updated (and locked).
-                let first = match moves.as_slice() {
+                let first = match wallet_legs.as_slice() {
                     // A debit that must stay covered: the grants hold all
                     // of it whenever its update goes through.
-                    [m] => updates
+                    [leg] => updates
                         .iter()
-                        .position(|u| u.account_id() == m.account_id && u.covered())
-                        .and_then(|wallet| grants::first_draw(m, &grants, wallet)),
+                        .position(|u| u.account_id() == leg.account_id && u.covered())
+                        .and_then(|wallet| grants::first_draw(leg, entry_id, created_at, &grants, wallet)),
                     _ => None,
                 };
                 let written: Vec<PostAllRow> = Prepared(PostAll {
@@ -356,7 +345,7 @@ impl<'a> OpenEntry<'a> {
                 // row says why; the ones after it did not run.
                 for update in &updates {
                     match written.iter().find(|r| r.account_id == update.account_id()).and_then(|r| r.moved) {
-                        Some(returned) => moved.push((update.account_id(), returned)),
+                        Some(returned) => moved.push(returned),
                         None => return Err(update.refusal(conn)?),
                     }
                 }
@@ -369,7 +358,7 @@ impl<'a> OpenEntry<'a> {
             None => {
                 for update in &updates {
                     match update.run(conn)? {
-                        Some(returned) => moved.push((update.account_id(), returned)),
+                        Some(returned) => moved.push(returned),
                         None => return Err(update.refusal(conn)?),
                     }
                 }
@@ -377,28 +366,26 @@ impl<'a> OpenEntry<'a> {
             }
         };
         let mut alerts: Vec<(i64, i64, i64, bool)> = Vec::new();
-        for (account_id, returned) in &moved {
-            let m = Moved::from_row(*account_id, *returned)?;
-            for row in rows.iter_mut().filter(|r| r.account_id == *account_id) {
+        for returned in moved {
+            let m = Moved::from_row(returned)?;
+            let account_id = m.account_id;
+            for row in rows.iter_mut().filter(|r| r.account_id == account_id) {
                 row.balance_after = Some(m.balance);
             }
-            for w in moves.iter_mut().filter(|w| w.account_id == *account_id) {
-                w.balance_after = Credits::from_micros(m.balance);
-            }
             if let Some(threshold) = m.low_balance_threshold {
-                alerts.push((*account_id, m.balance, threshold, m.low_balance_below));
+                alerts.push((account_id, m.balance, threshold, m.low_balance_below));
             }
             // A spend (not a refund's or dispute's reversal) that left an
             // auto top-up wallet below its threshold: an order, unless one
             // is open. Read from the row the update moved, so a wallet
             // without auto top-up pays no query for it.
-            let leg = legs.iter().find(|l| l.account_id == *account_id);
+            let leg = legs.iter().find(|l| l.account_id == account_id);
             if m.auto_top_up_below
                 && leg.is_some_and(|l| l.kind == AccountKind::Wallet && l.amount.is_negative())
                 && overdraft != Overdraft::AllowForReversal
             {
                 let id = crate::domain::ids::new_id("ato");
-                if db::auto_top_ups::record_open_order(conn, *account_id, &id)? {
+                if db::auto_top_ups::record_open_order(conn, account_id, &id)? {
                     tracing::info!(account_id, order_id = %id, "auto top-up order recorded");
                 }
             }
@@ -409,7 +396,22 @@ impl<'a> OpenEntry<'a> {
             crate::services::events::check_low_balance(tx, account_id, balance, threshold, below)?;
         }
         let conn = tx.conn();
-        // The wallet's row is locked now: its grants follow the leg.
+        // The wallet's row is locked now: its grants follow the leg (with
+        // the balance after its update).
+        let moves: Vec<grants::WalletMove> = wallet_legs
+            .iter()
+            .map(|leg| grants::WalletMove {
+                account_id: leg.account_id,
+                amount: leg.amount,
+                balance_after: rows
+                    .iter()
+                    .find(|r| r.account_id == leg.account_id)
+                    .and_then(|r| r.balance_after)
+                    .map_or(Credits::ZERO, Credits::from_micros),
+                entry_id,
+                at: created_at,
+            })
+            .collect();
         match (&first, moves.first()) {
             (Some((first, drawn)), Some(m)) => first.finish(conn, m, *drawn)?,
             _ => {
@@ -674,6 +676,7 @@ impl RunQueryDsl<DbConn> for Written<'_> {}
 /// A cached balance after a movement, with the account's low-balance alert
 /// state, read in the same statement.
 struct Moved {
+    account_id: i64,
     balance: i64,
     low_balance_threshold: Option<i64>,
     low_balance_below: bool,
@@ -684,15 +687,18 @@ struct Moved {
 impl Moved {
     /// What the balance update returned, or an error for an account that
     /// keeps no cached balance.
-    fn from_row(account_id: i64, row: balance::Returned) -> Result<Self, LedgerError> {
+    fn from_row(row: balance::Returned) -> Result<Self, LedgerError> {
         match row {
-            (_, Some(balance), low_balance_threshold, low_balance_below, enabled, threshold) => Ok(Moved {
-                balance,
-                low_balance_threshold,
-                low_balance_below,
-                auto_top_up_below: enabled && threshold.is_some_and(|t| balance < t),
-            }),
-            (_, None, ..) => Err(LedgerError::Database(diesel::result::Error::QueryBuilderError(
+            (account_id, Some(balance), low_balance_threshold, low_balance_below, enabled, threshold) => {
+                Ok(Moved {
+                    account_id,
+                    balance,
+                    low_balance_threshold,
+                    low_balance_below,
+                    auto_top_up_below: enabled && threshold.is_some_and(|t| balance < t),
+                })
+            }
+            (account_id, None, ..) => Err(LedgerError::Database(diesel::result::Error::QueryBuilderError(
                 format!("account {account_id} keeps no cached balance").into(),
             ))),
         }
