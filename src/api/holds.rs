@@ -257,7 +257,8 @@ pub async fn release_hold(
         &serde_json::json!({ "release": id }),
         None,
         StatusCode::OK,
-        move |tx, _, _| {
+        move |tx, _, key| {
+            key.claim_first(tx)?;
             api_keys::check_hold(tx, api_key.as_ref(), &id)?;
             holds::release_hold(tx, &who, &id)
         },

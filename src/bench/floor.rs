@@ -1,10 +1,10 @@
 //! The floor: what one charge costs the database, without HTTP. C threads
 //! run exactly what the charge handler runs on its blocking thread (the
-//! request fingerprint, a pooled connection, `idempotency::execute` around
+//! request fingerprint, a pooled connection, `idempotency::execute_merging` around
 //! `charges::create_charge`) on a pool of the server's size, against the
 //! same database, for the same time. `metered`: a message is what the hold
 //! handler runs, then what the capture handler runs (`holds::create_hold`,
-//! `holds::capture_hold`, each in its own `idempotency::execute`).
+//! `holds::capture_hold`, each in its own `idempotency::execute_merging`).
 
 use std::time::{Duration, Instant};
 
@@ -106,7 +106,7 @@ fn one_charge(
 ) -> Result<idempotency::StoredResponse, ServiceError> {
     let request = IdempotentRequest::new(user, key, "POST", path, &plan.body_value)?;
     let mut conn = pool.get()?;
-    idempotency::execute(&mut conn, &request, 201, |tx, request_key| {
+    idempotency::execute_merging(&mut conn, &request, 201, |tx, request_key| {
         charges::create_charge(tx, ctx, user, &plan.agent_id, plan.org_id.as_deref(), request_key)
     })
 }
@@ -162,7 +162,7 @@ fn one_message(
     let hold = (|| {
         let request = IdempotentRequest::new(user, &format!("{key}-h"), "POST", &path, &metered.hold_value)?;
         let mut conn = pool.get()?;
-        idempotency::execute(&mut conn, &request, 201, |tx, request_key| {
+        idempotency::execute_merging(&mut conn, &request, 201, |tx, request_key| {
             holds::create_hold(tx, ctx, &input, request_key)
         })
     })()
@@ -178,7 +178,7 @@ fn one_message(
         let request =
             IdempotentRequest::new(user, &format!("{key}-c"), "POST", &path, &metered.capture_value)?;
         let mut conn = pool.get()?;
-        idempotency::execute(&mut conn, &request, 201, |tx, request_key| {
+        idempotency::execute_merging(&mut conn, &request, 201, |tx, request_key| {
             holds::capture_hold(tx, ctx, &caller, &hold.id, Some(used), request_key)
         })
     })()

@@ -12,7 +12,7 @@
 //! 3. the HTTP phase: C keep-alive clients post charges for T seconds, each
 //!    request with a fresh `Idempotency-Key` and its payer's JWT (`metered`:
 //!    each message a hold, then its capture);
-//! 4. the floor: the handler's work (`idempotency::execute` around
+//! 4. the floor: the handler's work (`idempotency::execute_merging` around
 //!    `charges::create_charge`) from C threads on a pool of the server's
 //!    size against the same database, for T seconds, no HTTP;
 //! 5. `history` only: a million ledger entries are loaded first, the spread

@@ -195,7 +195,10 @@ where
 /// (on SQLite all requests are one group, those without a `group` too;
 /// on PostgreSQL a request without one runs alone), unless
 /// `TALLY_GROUP_COMMIT` is off. `work` may run twice (see
-/// [`group_commit`]), so it is `Fn`.
+/// [`group_commit`] and [`idempotency::execute_merging`]), so it is `Fn`.
+/// Its first statement makes the claim of the request's key
+/// ([`RequestKey::claim_to_merge`], or [`RequestKey::claim_first`] before
+/// a statement that cannot carry it).
 pub async fn idempotent_grouped<T, F>(
     rt: &Arc<Runtime>,
     group: Option<String>,
@@ -207,16 +210,21 @@ where
     F: Fn(&mut db::WriteTx<'_>, &Ctx, &RequestKey) -> ServiceResult<Outcome<T>> + Send + 'static,
     T: Serialize + 'static,
 {
-    if rt.ctx.settings.group_commit_max <= 1 {
-        return idempotent(rt, request, status, work).await;
-    }
-    let group = match (rt.write_gate.is_some(), group) {
-        (true, _) => String::new(),
-        (false, Some(group)) => group,
-        (false, None) => return idempotent(rt, request, status, work).await,
+    let group = match (rt.ctx.settings.group_commit_max <= 1, rt.write_gate.is_some(), group) {
+        (true, _, _) | (false, false, None) => None,
+        (false, true, _) => Some(String::new()),
+        (false, false, Some(group)) => Some(group),
     };
-    let job: group_commit::Job =
-        Box::new(move |conn, ctx| idempotency::execute(conn, &request, status, |tx, key| work(tx, ctx, key)));
+    let Some(group) = group else {
+        return rt
+            .write(move |conn, ctx| {
+                idempotency::execute_merging(conn, &request, status, |tx, key| work(tx, ctx, key))
+            })
+            .await;
+    };
+    let job: group_commit::Job = Box::new(move |conn, ctx| {
+        idempotency::execute_merging(conn, &request, status, |tx, key| work(tx, ctx, key))
+    });
     rt.grouped(group, job).await
 }
 

@@ -42,7 +42,7 @@ use utoipa::ToSchema;
 
 use super::agents::{self, AgentRow};
 use super::history::TransactionReferences;
-use super::idempotency::{Outcome, RequestKey};
+use super::idempotency::{Claiming, Outcome, PendingClaim, RequestKey};
 use super::models::ModelRow;
 use super::orgs::role_in;
 use super::people;
@@ -288,16 +288,21 @@ pub(super) struct Loaded {
 }
 
 /// The columns [`load_for`] reads for every payer: the agent, its model, the
-/// creator's pending account, the paying wallet, the next entry id and the
-/// wallet's held account.
-type FirstRead = (AgentRow, ModelRow, Option<i64>, Option<AccountRow>, Option<i64>, Option<i64>);
+/// creator's pending account, the paying wallet, the next entry id, the
+/// wallet's held account and whether the request's key was claimed (see
+/// [`load_for`]).
+type FirstRead = (AgentRow, ModelRow, Option<i64>, Option<AccountRow>, Option<i64>, Option<i64>, i64);
 
 /// [`FirstRead`] and the person's membership of the paying organization.
 type OrgFirstRead =
-    (AgentRow, ModelRow, Option<i64>, Option<AccountRow>, Option<i64>, Option<i64>, Option<MemberRow>);
+    (AgentRow, ModelRow, Option<i64>, Option<AccountRow>, Option<i64>, Option<i64>, i64, Option<MemberRow>);
 
+/// The first read of a message ([`Loaded`]). On PostgreSQL it also makes
+/// the claim of the request's key when that is still to be made
+/// ([`RequestKey::claim_to_merge`]): one round trip for both.
 pub(super) fn load_for(
     conn: &mut DbConn,
+    request: &RequestKey,
     agent_id: &str,
     user_id: &str,
     org_id: Option<&str>,
@@ -306,13 +311,15 @@ pub(super) fn load_for(
     use diesel::sql_types::{BigInt, Nullable};
     let (wallets, helds) = diesel::alias!(accounts as wallets, accounts as helds);
     let next_entry = diesel::dsl::sql::<Nullable<BigInt>>(ledger::next_entry_id_sql(conn));
+    let claim = request.claim_to_merge();
+    let claimed = diesel::dsl::sql::<BigInt>(PendingClaim::column(claim));
     // The agent, its model, its creator's pending account and the wallet
     // and held account of `$owner` (a person or an organization), joined
-    // in one query;
+    // in one query, with the claim before it when there is one;
     // `$($join)*` and `$($select)*` add what the payer needs besides.
     macro_rules! load {
-        ($owner:expr, $owner_id:expr, [$($join:tt)*], [$($select:tt)*]) => {
-            crate::fixed!(a::table
+        ($owner:expr, $owner_id:expr, [$($join:tt)*], [$($select:tt)*]) => {{
+            let query = a::table
                 .inner_join(models_table::table)
                 .left_join(accounts::table.on(pending_account_of_agent!()))
                 .left_join(
@@ -340,27 +347,31 @@ pub(super) fn load_for(
                         .nullable(),
                     next_entry,
                     helds.field(accounts::id).nullable(),
+                    claimed,
                     $($select)*
                 ))
-                .limit(1))
-            .get_result(conn)
+                .limit(1);
+            match claim {
+                Some(claim) => crate::fixed!(Claiming(claim, query)).get_result(conn),
+                None => crate::fixed!(query).get_result(conn),
+            }
             .optional()?
             .ok_or(ServiceError::NotFound("agent"))?
-        };
+        }};
     }
-    let (agent, model, pending_id, payer, next_entry) = match org_id {
+    let (agent, model, pending_id, payer, next_entry, claimed) = match org_id {
         None => {
-            let (agent, model, pending_id, wallet, next_entry, held_id): FirstRead =
+            let (agent, model, pending_id, wallet, next_entry, held_id, claimed): FirstRead =
                 load!(OwnerType::Person, user_id, [], []);
             let payer =
                 wallet.map(|wallet| Payer { wallet, org_id: None, member_daily_limit: None, held_id });
-            (agent, model, pending_id, payer, next_entry)
+            (agent, model, pending_id, payer, next_entry, claimed)
         }
         // The organization's wallet and the person's membership (role and
         // limit) as [`resolve_payer`] reads them; either missing: `None`,
         // and [`resolve_payer`] says why.
         Some(org_id) => {
-            let (agent, model, pending_id, wallet, next_entry, held_id, member): OrgFirstRead = load!(
+            let (agent, model, pending_id, wallet, next_entry, held_id, claimed, member): OrgFirstRead = load!(
                 OwnerType::Org,
                 org_id,
                 [.left_join(
@@ -375,9 +386,12 @@ pub(super) fn load_for(
                 member_daily_limit: member.daily_limit,
                 held_id,
             });
-            (agent, model, pending_id, payer, next_entry)
+            (agent, model, pending_id, payer, next_entry, claimed)
         }
     };
+    if let Some(claim) = claim {
+        claim.made(claimed == 1)?;
+    }
     Ok(Loaded { agent, model, pending_id, payer, next_entry })
 }
 
@@ -797,7 +811,8 @@ pub(super) fn charge_message(
     request: &RequestKey,
 ) -> ServiceResult<Outcome<Charge>> {
     let Message { id, user_id, agent_id, org_id, usage, hold, metadata } = *message;
-    let Loaded { agent, model, pending_id, payer, next_entry } = load_for(tx, agent_id, user_id, org_id)?;
+    let Loaded { agent, model, pending_id, payer, next_entry } =
+        load_for(tx, request, agent_id, user_id, org_id)?;
     agents::check_visible(tx, &agent, Some(user_id))?;
     let payer = resolve_payer_unless(tx, payer, user_id, org_id)?;
     let wallet_id = payer.wallet.public_id.clone().unwrap_or_default();

@@ -164,7 +164,7 @@ pub fn create_hold(
         }
     }
     let charges::Loaded { agent, model, payer, next_entry, .. } =
-        charges::load_for(tx, &input.agent_id, &input.user_id, input.org_id.as_deref())?;
+        charges::load_for(tx, request, &input.agent_id, &input.user_id, input.org_id.as_deref())?;
     agents::check_visible(tx, &agent, Some(&input.user_id))?;
     let payer = charges::resolve_payer_unless(tx, payer, &input.user_id, input.org_id.as_deref())?;
     let wallet_id = payer.wallet.public_id.clone().unwrap_or_default();

@@ -4,7 +4,9 @@
 //! A request that touches only the database claims its key with the first
 //! statement of the one write transaction that does the work, stores the
 //! response and marks the key `done`: one commit, and the movement and its
-//! recorded response commit together or not at all. A request that calls
+//! recorded response commit together or not at all. On PostgreSQL the
+//! charges and holds make that claim inside the statement of their first
+//! read ([`execute_merging`]). A request that calls
 //! Stripe between two transactions first *claims* its key in a short
 //! transaction of its own (a row `in_flight` with a lease), and its last
 //! transaction does the same as the one above. The
@@ -31,10 +33,15 @@ use diesel::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use diesel::query_builder::{AstPass, Query, QueryFragment};
+
 use super::{ServiceError, ServiceResult};
 use crate::db::models::{IdempotencyRow, NewIdempotencyClaim};
 use crate::db::schema::idempotency_keys as ik;
 use crate::db::{self, DbConn, WriteTx};
+
+/// The backend of [`DbConn`], for the statements written here by hand.
+type MultiBackend = <DbConn as Connection>::Backend;
 
 /// How long a claim holds before another request may take it over, unless
 /// set (`TALLY_IDEMPOTENCY_LEASE`).
@@ -49,11 +56,129 @@ const GIVEN_BACK: &str = "";
 /// idempotency key: stored on the journal entry it writes, so the database
 /// itself refuses a second entry for one request.
 #[derive(Clone, Debug)]
-pub struct RequestKey(String);
+pub struct RequestKey(String, Option<PendingClaim>);
 
 impl RequestKey {
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The claim of this request's key still to be made, when the work is
+    /// to make it in its first statement ([`execute_merging`], PostgreSQL):
+    /// the statement puts [`Claiming`] around itself and tells the claim
+    /// what came of it ([`PendingClaim::made`]).
+    pub fn claim_to_merge(&self) -> Option<&PendingClaim> {
+        self.1.as_ref().filter(|c| c.made.get().is_none())
+    }
+
+    /// Makes the claim still to be made on its own (a work whose first
+    /// statement does not take it); nothing otherwise. Called before the
+    /// work's first statement.
+    pub fn claim_first(&self, conn: &mut DbConn) -> ServiceResult<()> {
+        match self.claim_to_merge() {
+            Some(claim) => {
+                let claimed = crate::fixed!(ClaimInsert(claim)).get_result::<i32>(conn).optional()?;
+                claim.made(claimed.is_some())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// The claim of a key that [`execute_merging`] leaves to the work's first
+/// statement: one round trip fewer per request.
+#[derive(Clone, Debug)]
+pub struct PendingClaim {
+    scope: String,
+    key: String,
+    fingerprint: String,
+    token: String,
+    locked_until: chrono::NaiveDateTime,
+    created_at: chrono::NaiveDateTime,
+    /// Whether the statement that carried the claim inserted the key:
+    /// `None` until one ran and said so.
+    made: std::cell::Cell<Option<bool>>,
+}
+
+impl PendingClaim {
+    /// Records what the statement carrying the claim found: `claimed` when
+    /// it inserted the key. A key already there (done, or held by another
+    /// request) stops the work with `IdempotencyInFlight`, which
+    /// [`execute_merging`] answers by looking at the key.
+    pub fn made(&self, claimed: bool) -> ServiceResult<()> {
+        self.made.set(Some(claimed));
+        if claimed {
+            Ok(())
+        } else {
+            Err(ServiceError::IdempotencyInFlight)
+        }
+    }
+
+    /// The `claimed` column a statement carrying the claim selects (1 when
+    /// it inserted the key, else 0), or the constant 1 without a claim.
+    pub fn column(claim: Option<&PendingClaim>) -> &'static str {
+        match claim {
+            Some(_) => "(SELECT count(*) FROM claimed)",
+            None => "1",
+        }
+    }
+}
+
+/// The claim's `INSERT ... ON CONFLICT DO NOTHING` with its binds.
+fn push_claim_insert<'b>(claim: &'b PendingClaim, mut out: AstPass<'_, 'b, MultiBackend>) -> QueryResult<()> {
+    use diesel::sql_types::{Text, Timestamp};
+    out.push_sql(
+        "INSERT INTO idempotency_keys \
+         (scope, key, request_hash, state, lease_token, locked_until, created_at) VALUES (",
+    );
+    out.push_bind_param::<Text, _>(&claim.scope)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Text, _>(&claim.key)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Text, _>(&claim.fingerprint)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Text, _>(IN_FLIGHT)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Text, _>(&claim.token)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Timestamp, _>(&claim.locked_until)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Timestamp, _>(&claim.created_at)?;
+    out.push_sql(") ON CONFLICT (scope, key) DO NOTHING RETURNING 1");
+    Ok(())
+}
+
+/// The claim alone: one row when it inserted the key.
+struct ClaimInsert<'a>(&'a PendingClaim);
+
+impl Query for ClaimInsert<'_> {
+    type SqlType = diesel::sql_types::Integer;
+}
+
+impl QueryFragment<MultiBackend> for ClaimInsert<'_> {
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, MultiBackend>) -> QueryResult<()> {
+        push_claim_insert(self.0, out)
+    }
+}
+
+/// `query` made with the claim of its request's key before it, as the
+/// data-modifying `WITH claimed AS (INSERT ...)` that PostgreSQL runs
+/// whatever the query reads: the query selects or returns
+/// [`PendingClaim::column`] to learn whether the key was inserted. Run it
+/// in [`crate::fixed!`], at a call site of its own (its text differs from
+/// the query's alone).
+pub struct Claiming<'a, Q>(pub &'a PendingClaim, pub Q);
+
+impl<Q: Query> Query for Claiming<'_, Q> {
+    type SqlType = Q::SqlType;
+}
+
+impl<Q: QueryFragment<MultiBackend>> QueryFragment<MultiBackend> for Claiming<'_, Q> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, MultiBackend>) -> QueryResult<()> {
+        out.push_sql("WITH claimed AS (");
+        push_claim_insert(self.0, out.reborrow())?;
+        out.push_sql(") ");
+        self.1.walk_ast(out.reborrow())
     }
 }
 
@@ -108,13 +233,16 @@ impl IdempotentRequest {
     /// no `:`, and the scope's length says where it ends (`op:a` + `b:c`
     /// and `op:a:b` + `c` differ).
     fn request_key(&self, claimed_at: chrono::NaiveDateTime) -> RequestKey {
-        RequestKey(format!(
-            "{}:{}:{}:{}",
-            claimed_at.format("%Y%m%dT%H%M%S%.6f"),
-            self.scope.len(),
-            self.scope,
-            self.key
-        ))
+        RequestKey(
+            format!(
+                "{}:{}:{}:{}",
+                claimed_at.format("%Y%m%dT%H%M%S%.6f"),
+                self.scope.len(),
+                self.scope,
+                self.key
+            ),
+            None,
+        )
     }
 }
 
@@ -220,6 +348,114 @@ where
     match claim(conn, req)? {
         Claim::Replay(stored) => Ok(stored),
         Claim::Fresh(lease) => complete(conn, req, &lease, status, work),
+    }
+}
+
+/// [`execute`] for a work whose first statement makes the claim of the
+/// key ([`RequestKey::claim_to_merge`] with [`Claiming`], or
+/// [`RequestKey::claim_first`]): on PostgreSQL the claim is then not a
+/// round trip of its own. `work` may run twice.
+///
+/// When the work succeeds its claim inserted the key, as with [`execute`].
+/// When it fails without having inserted the key (the key was there: done,
+/// or held by another request; or it failed before its first statement),
+/// everything it wrote is rolled back and the request goes through
+/// [`execute`] as a whole: the replay, 422, 409 or wait that the key calls
+/// for, and the work again if the key is free. SQLite has no
+/// data-modifying `WITH`: there this is [`execute`].
+pub fn execute_merging<T, F>(
+    conn: &mut DbConn,
+    req: &IdempotentRequest,
+    status: u16,
+    work: F,
+) -> ServiceResult<StoredResponse>
+where
+    T: Serialize,
+    F: Fn(&mut WriteTx<'_>, &RequestKey) -> ServiceResult<Outcome<T>>,
+{
+    if !matches!(conn, DbConn::Pg(_)) {
+        return execute(conn, req, status, work);
+    }
+    let now = db::now();
+    let claim = PendingClaim {
+        scope: req.scope.clone(),
+        key: req.key.clone(),
+        fingerprint: req.fingerprint.clone(),
+        token: uuid::Uuid::new_v4().simple().to_string(),
+        locked_until: now + req.lease,
+        created_at: now,
+        made: std::cell::Cell::new(None),
+    };
+    let RequestKey(request_key, _) = req.request_key(now);
+    let key = RequestKey(request_key, Some(claim));
+    let made = |key: &RequestKey| key.1.as_ref().and_then(|c| c.made.get());
+    let result = db::write_tx(conn, |tx| -> Result<StoredResponse, Merged> {
+        let outcome = match work(tx, &key) {
+            Ok(outcome) => outcome,
+            // The key was there (done, or held by another request): the
+            // statement that found it went through, so the transaction (to
+            // be rolled back) can still read it.
+            Err(_) if made(&key) == Some(false) => {
+                return Err(Merged::KeyThere(replay_of(tx, req).map_err(Merged::Failed)?));
+            }
+            // The work refused before its claim was made; a failure of the
+            // database goes to the caller as it is (a group commit runs a
+            // request that lost a lock cycle again alone).
+            Err(e)
+                if made(&key).is_none()
+                    && !matches!(e, ServiceError::Database(_) | ServiceError::Pool(_)) =>
+            {
+                return Err(Merged::Unclaimed);
+            }
+            Err(e) => return Err(Merged::Failed(e)),
+        };
+        if made(&key) != Some(true) {
+            return Err(Merged::Failed(ServiceError::Internal(
+                "an idempotent work did not claim its key".into(),
+            )));
+        }
+        let token = key.1.as_ref().map_or("", |c| c.token.as_str());
+        store(tx, req, token, status, outcome).map_err(Merged::Failed)
+    });
+    // Everything the work wrote is rolled back: a request that already ran
+    // is replayed, any other goes the way of [`execute`].
+    match result {
+        Ok(stored) | Err(Merged::KeyThere(Some(stored))) => Ok(stored),
+        Err(Merged::KeyThere(None)) => execute(conn, req, status, work),
+        Err(Merged::Unclaimed) => replay_or_execute(conn, req, status, work),
+        Err(Merged::Failed(e)) => Err(e),
+    }
+}
+
+/// Why [`execute_merging`]'s transaction ended without a response.
+enum Merged {
+    /// The key was there: its stored response, or `None` (held by a claim).
+    KeyThere(Option<StoredResponse>),
+    /// The work refused before its claim was made.
+    Unclaimed,
+    Failed(ServiceError),
+}
+
+impl From<diesel::result::Error> for Merged {
+    fn from(e: diesel::result::Error) -> Self {
+        Merged::Failed(e.into())
+    }
+}
+
+/// The stored response of the key's earlier run, else [`execute`].
+fn replay_or_execute<T, F>(
+    conn: &mut DbConn,
+    req: &IdempotentRequest,
+    status: u16,
+    work: F,
+) -> ServiceResult<StoredResponse>
+where
+    T: Serialize,
+    F: Fn(&mut WriteTx<'_>, &RequestKey) -> ServiceResult<Outcome<T>>,
+{
+    match replay_of(conn, req)? {
+        Some(stored) => Ok(stored),
+        None => execute(conn, req, status, work),
     }
 }
 

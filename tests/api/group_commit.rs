@@ -269,7 +269,8 @@ async fn a_charge_that_loses_a_lock_cycle_runs_again_alone() {
             let waits = diesel::sql_query(
                 "SELECT count(*) AS n FROM pg_stat_activity \
                  WHERE datname = current_database() AND wait_event_type = 'Lock' \
-                 AND query LIKE 'INSERT INTO idempotency_keys%'",
+                 AND (query LIKE 'INSERT INTO idempotency_keys%' \
+                      OR query LIKE 'WITH claimed AS (INSERT INTO idempotency_keys%')",
             )
             .get_result::<N>(&mut *app.conn())
             .unwrap()

@@ -295,6 +295,9 @@ async fn callers_whose_ids_contain_colons_do_not_share_keys(app: TestApp) {
 struct Commits {
     depth: u32,
     alone: Vec<String>,
+    /// The statements run inside transactions (not the transaction and
+    /// savepoint statements themselves), first words only.
+    inside: Vec<String>,
     committed: u32,
     rolled_back: u32,
 }
@@ -317,11 +320,15 @@ impl diesel::connection::Instrumentation for CountCommits {
                 c.depth = c.depth.saturating_sub(1);
                 c.rolled_back += 1;
             }
-            E::StartQuery { query, .. } if c.depth == 0 => {
+            E::StartQuery { query, .. } => {
                 let sql = query.to_string();
-                // The transaction statements themselves.
-                if !["BEGIN", "COMMIT", "ROLLBACK"].iter().any(|w| sql.starts_with(w)) {
+                // The transaction and savepoint statements themselves.
+                if ["BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"].iter().any(|w| sql.starts_with(w))
+                {
+                } else if c.depth == 0 {
                     c.alone.push(sql);
+                } else {
+                    c.inside.push(sql.chars().take(60).collect());
                 }
             }
             _ => {}
@@ -398,6 +405,119 @@ mod money_moving_requests_commit_once {
             "{b}"
         );
         assert_eq!(app.balance(&wallet, &alice).await, "0");
+        app.assert_ledger_ok();
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite() {
+        go(Backend::Sqlite).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres() {
+        go(Backend::Postgres).await
+    }
+}
+
+/// On PostgreSQL a charge, a hold and a capture claim their key in the
+/// first statement that reads what they need (`WITH claimed AS (INSERT
+/// ...)`), a release in a statement of its own; on SQLite (no
+/// data-modifying `WITH`) every claim is a statement of its own. A key
+/// already there then sends the request the way of any other: replayed,
+/// 422 with another body, and nothing written either way.
+mod messages_claim_their_key_in_their_first_read {
+    use super::*;
+    use crate::charges::{charge, market};
+    use crate::helpers::Backend;
+    use crate::holds::{hold, release};
+
+    const CLAIM: &str = "INSERT INTO idempotency_keys";
+    const MERGED: &str = "WITH claimed AS (INSERT INTO idempotency_keys";
+
+    /// The statements of the last request, emptied for the next.
+    fn taken(log: &std::sync::Mutex<Commits>) -> Vec<String> {
+        let mut c = log.lock().unwrap();
+        assert_eq!((c.committed, c.rolled_back), (1, 0), "one transaction: {c:?}");
+        assert!(c.alone.is_empty(), "nothing on its own: {:?}", c.alone);
+        std::mem::take(&mut *c).inside
+    }
+
+    async fn go(backend: Backend) {
+        let postgres = backend == Backend::Postgres;
+        let Some((app, log)) = counted(backend).await else {
+            eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL run skipped");
+            return;
+        };
+        let (_, agent) = market(&app, "0.3", "1", 0, "public").await;
+        let alice = app.token("alice");
+        let wallet = app.wallet_of("alice").await;
+        app.fund(&wallet, "10").await;
+        // The first charge of the agent opens its creator's pending account.
+        let (s, _, c) = charge(&app, &alice, &agent, json!({}), "c0").await;
+        assert_eq!((s.as_u16(), c["balance_after"].as_str()), (201, Some("8.7")), "{c}");
+        *log.lock().unwrap() = Commits::default();
+
+        // A charge: claim and first read, the entry, the stored response.
+        let (s, _, c) = charge(&app, &alice, &agent, json!({}), "c1").await;
+        assert_eq!(
+            (s.as_u16(), c["total"].as_str(), c["balance_after"].as_str()),
+            (201, Some("1.3"), Some("7.4"))
+        );
+        let statements = taken(&log);
+        if postgres {
+            assert!(statements[0].starts_with(MERGED), "{statements:#?}");
+            assert_eq!(statements.len(), 3, "{statements:#?}");
+        } else {
+            assert!(statements[0].starts_with(CLAIM), "{statements:#?}");
+            assert!(statements.iter().skip(1).all(|s| !s.contains(CLAIM)), "{statements:#?}");
+        }
+
+        // A hold, its capture and a released hold.
+        let (s, h) = hold(&app, &alice, &agent, json!({"estimate": {"amount": "2"}}), "h1").await;
+        assert_eq!((s.as_u16(), h["amount"].as_str()), (201, Some("2")), "{h}");
+        let statements = taken(&log);
+        assert!(statements[0].starts_with(if postgres { MERGED } else { CLAIM }), "{statements:#?}");
+        let hold_id = h["id"].as_str().unwrap().to_string();
+        let capture = |key: &'static str| {
+            let (app, alice, hold_id) = (&app, &alice, &hold_id);
+            async move {
+                app.send(Method::POST, &format!("/v1/holds/{hold_id}/capture"), Some(alice), None, Some(key))
+                    .await
+            }
+        };
+        let (s, _, captured) = capture("k1").await;
+        assert_eq!((s.as_u16(), captured["total"].as_str()), (201, Some("1.3")), "{captured}");
+        let statements = taken(&log);
+        if postgres {
+            // The hold ends first, then the claim and the message's read.
+            assert!(statements[0].starts_with("UPDATE"), "{statements:#?}");
+            assert!(statements.iter().any(|s| s.starts_with(MERGED)), "{statements:#?}");
+        } else {
+            assert!(statements[0].starts_with(CLAIM), "{statements:#?}");
+        }
+        assert_eq!(statements.iter().filter(|s| s.contains(CLAIM)).count(), 1, "{statements:#?}");
+        let (s, h) = hold(&app, &alice, &agent, json!({"estimate": {"amount": "2"}}), "h2").await;
+        assert_eq!(s, 201, "{h}");
+        taken(&log);
+        let (s, released) = release(&app, &alice, h["id"].as_str().unwrap(), "r1").await;
+        assert_eq!((s.as_u16(), released["status"].as_str()), (200, Some("released")), "{released}");
+        let statements = taken(&log);
+        assert!(statements[0].starts_with(CLAIM), "{statements:#?}");
+        assert_eq!(app.balance(&wallet, &alice).await, "6.1");
+
+        // The same keys again: the stored responses, byte for byte, and
+        // nothing written; another body under a charge's key: 422.
+        let (s, h, again) = charge(&app, &alice, &agent, json!({}), "c1").await;
+        assert_eq!((s.as_u16(), h.contains_key("idempotent-replayed")), (201, true));
+        assert_eq!(again, c);
+        let (s, h, again) = capture("k1").await;
+        assert_eq!((s.as_u16(), h.contains_key("idempotent-replayed")), (201, true));
+        assert_eq!(again, captured);
+        let (s, _, b) = charge(&app, &alice, &agent, json!({"metadata": {"a": "b"}}), "c1").await;
+        assert_error(s, &b, 422, "idempotency_key_reused");
+        assert_eq!(app.count("charges"), 3);
+        assert_eq!(app.count("holds"), 2);
+        assert_eq!(app.count("journal_entries WHERE kind = 'charge'"), 3);
+        assert_eq!(app.count("idempotency_keys WHERE scope = 'alice' AND state = 'done'"), 6);
+        assert_eq!(app.balance(&wallet, &alice).await, "6.1");
         app.assert_ledger_ok();
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
