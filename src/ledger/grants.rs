@@ -598,6 +598,42 @@ enum Source<'a> {
     Charge { entries: &'a [i64], hold: Option<&'a str> },
 }
 
+/// On PostgreSQL, when a hold still has credits drawn from one grant only
+/// and they cover `back`: gives `back` to that grant (guarded: never above
+/// its amount) and records it, in one statement (a round trip instead of
+/// three: what the loop of [`give_back`] does for one grant); false
+/// (nothing written) otherwise, and on SQLite, which has no data-modifying
+/// `WITH`. Most holds draw from one grant. Hand-written SQL, as
+/// [`draw_all_from_first`].
+fn give_back_to_the_one_grant(
+    conn: &mut DbConn,
+    m: &WalletMove,
+    back: Credits,
+    hold: &str,
+) -> Result<bool, LedgerError> {
+    use diesel::sql_types::{BigInt, Text, Timestamp};
+    if !matches!(conn, DbConn::Pg(_)) {
+        return Ok(false);
+    }
+    let given = crate::fixed!(diesel::sql_query(
+        "WITH d AS (SELECT grant_id, SUM(amount) AS outstanding FROM grant_draws \
+                    WHERE hold_id = $1 GROUP BY grant_id HAVING SUM(amount) > 0), \
+              one AS (SELECT grant_id FROM d WHERE outstanding >= $2 AND (SELECT count(*) FROM d) = 1), \
+              given AS (UPDATE credit_grants SET remaining = remaining + $2 \
+                        WHERE id = (SELECT grant_id FROM one) AND remaining <= amount - $2 RETURNING id) \
+         INSERT INTO grant_draws (grant_id, entry_id, hold_id, amount, created_at) \
+         SELECT id, $3, $1, $4, $5 FROM given RETURNING grant_id AS value"
+    )
+    .bind::<Text, _>(hold)
+    .bind::<BigInt, _>(back.micros())
+    .bind::<BigInt, _>(m.entry_id)
+    .bind::<BigInt, _>(back.checked_neg().ok_or_else(|| range(m.account_id))?.micros())
+    .bind::<Timestamp, _>(m.at))
+    .get_result::<Drawn>(conn)
+    .optional()?;
+    Ok(given.is_some())
+}
+
 /// Nets draws (grant, amount; the last first) per grant, keeping the order
 /// of each grant's last draw.
 fn net_per_grant(rows: Vec<(i64, Credits)>, account_id: i64) -> Result<Vec<(i64, Credits)>, LedgerError> {
@@ -627,6 +663,9 @@ fn give_back(
     }
     let (drawn, hold): (Vec<(i64, Credits)>, Option<&str>) = match source {
         Source::Hold(hold) => {
+            if give_back_to_the_one_grant(conn, m, left, hold)? {
+                return Ok(());
+            }
             let rows: Vec<(i64, Credits)> = grant_draws::table
                 .filter(grant_draws::hold_id.eq(hold))
                 .order(grant_draws::id.desc())

@@ -324,32 +324,31 @@ pub(super) fn finish(
     }
 }
 
-/// [`finish`], returning the ended hold's row (`None`: it was not open).
+/// [`finish`], returning the ended hold's row and whether it has metadata
+/// (`None`: it was not open), read in the same statement: a capture reads
+/// the pairs only when there are some.
 fn end(
     tx: &mut WriteTx<'_>,
     hold_id: &str,
     to: HoldStatus,
     now: NaiveDateTime,
     charge_id: Option<&str>,
-) -> ServiceResult<Option<HoldRow>> {
+) -> ServiceResult<Option<(HoldRow, bool)>> {
+    const HAS_METADATA: &str = "EXISTS (SELECT 1 FROM object_metadata m WHERE m.object_id = holds.id)";
     let open = holds::table.find(hold_id).filter(holds::status.eq(HoldStatus::Open));
     let ended = (holds::status.eq(to), holds::finished_at.eq(now), holds::charge_id.eq(charge_id));
+    let returned = (
+        <HoldRow as Selectable<<DbConn as Connection>::Backend>>::construct_selection(),
+        diesel::dsl::sql::<diesel::sql_types::Bool>(HAS_METADATA),
+    );
     let row = if to == HoldStatus::Expired {
-        Prepared(
-            diesel::update(open.filter(holds::expires_at.le(now)))
-                .set(ended)
-                .returning(<HoldRow as Selectable<<DbConn as Connection>::Backend>>::construct_selection()),
-        )
-        .get_result(tx.conn())
-        .optional()?
+        Prepared(diesel::update(open.filter(holds::expires_at.le(now))).set(ended).returning(returned))
+            .get_result(tx.conn())
+            .optional()?
     } else {
-        Prepared(
-            diesel::update(open.filter(holds::expires_at.gt(now)))
-                .set(ended)
-                .returning(<HoldRow as Selectable<<DbConn as Connection>::Backend>>::construct_selection()),
-        )
-        .get_result(tx.conn())
-        .optional()?
+        Prepared(diesel::update(open.filter(holds::expires_at.gt(now))).set(ended).returning(returned))
+            .get_result(tx.conn())
+            .optional()?
     };
     Ok(row)
 }
@@ -450,11 +449,11 @@ pub fn capture_hold(
     // request's transaction rolls the hold's end back. A hold that was not
     // open: the same errors first, then 409.
     let charge_id = new_id("chg");
-    let row = match end(tx, hold_id, HoldStatus::Captured, db::now(), Some(&charge_id))? {
-        Some(row) => {
+    let (row, has_metadata) = match end(tx, hold_id, HoldStatus::Captured, db::now(), Some(&charge_id))? {
+        Some((row, has_metadata)) => {
             check_visible(tx, caller, &row)?;
             check_may_finish(caller, &row)?;
-            row
+            (row, has_metadata)
         }
         None => {
             load_for_finish(tx, caller, hold_id)?;
@@ -468,7 +467,7 @@ pub fn capture_hold(
         org_id: row.payer_org_id.as_deref(),
         usage,
         hold: Some(&row),
-        metadata: &db::metadata::of(tx, hold_id)?,
+        metadata: &if has_metadata { db::metadata::of(tx, hold_id)? } else { Metadata::default() },
     };
     charges::charge_message(tx, ctx, &message, request)
 }

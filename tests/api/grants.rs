@@ -54,6 +54,7 @@ both_with_packs!(
     an_expiry_during_charges_goes_to_breakage_once_and_is_never_drawn_after,
     three_instances_expire_each_grant_once,
     a_hold_keeps_its_reservation_on_a_grant_that_expires,
+    a_capture_gives_back_to_the_grants_its_hold_drew_the_last_first,
     a_refund_takes_back_the_top_ups_own_grants_first,
     promotional_grants_are_checked_and_idempotent,
     grants_announce_expiring_a_week_before_and_expired_once,
@@ -496,6 +497,36 @@ async fn a_hold_keeps_its_reservation_on_a_grant_that_expires(app: TestApp) {
     assert_eq!(tokio::task::block_in_place(|| sweep_as_instances(&app, 2)).iter().sum::<usize>(), 1);
     assert_eq!(balance(&app, platform(&app).promotional_expense), "-1.3");
     assert_eq!(wallet_state(&app, &wallet, &alice).await, ("8.7".into(), "0".into(), "8.7".into()));
+    app.assert_ledger_ok();
+}
+
+/// A capture below its hold gives the rest back to the grants the hold
+/// drew from, the last drawn first: from two grants, and from one (on
+/// PostgreSQL that one is a single statement).
+async fn a_capture_gives_back_to_the_grants_its_hold_drew_the_last_first(app: TestApp) {
+    let (_, agent) = market(&app, "0.3", "1", 0, "public").await;
+    let alice = app.token("alice");
+    let wallet = app.wallet_of("alice").await;
+    app.fund(&wallet, "10").await;
+    promote(&app, &wallet, "5", Some(in_secs(3600))).await;
+    // 7 reserved: the promotional 5 first, then 2 of the adjustment.
+    let (s, h) = hold(&app, &alice, &agent, json!({"estimate": {"amount": "7"}}), "two").await;
+    assert_eq!(s, 201, "{h}");
+    assert_eq!(remaining(&app, &wallet, &alice).await, pairs(&[("adjustment", "8"), ("promotion", "0")]));
+    // Captured at 1.3: 5.7 go back, 2 to the adjustment (drawn last), 3.7
+    // to the promotion.
+    let (s, _, c) = capture(&app, &alice, h["id"].as_str().unwrap(), json!({}), "cap-two").await;
+    assert_eq!((s.as_u16(), c["total"].as_str(), c["held"].as_str()), (201, Some("1.3"), Some("7")), "{c}");
+    assert_eq!(remaining(&app, &wallet, &alice).await, pairs(&[("adjustment", "10"), ("promotion", "3.7")]));
+    assert_eq!(wallet_state(&app, &wallet, &alice).await, ("13.7".into(), "0".into(), "13.7".into()));
+    // 2 reserved from the promotion alone; captured at 1.3, 0.7 go back.
+    let (s, h) = hold(&app, &alice, &agent, json!({"estimate": {"amount": "2"}}), "one").await;
+    assert_eq!(s, 201, "{h}");
+    assert_eq!(remaining(&app, &wallet, &alice).await, pairs(&[("adjustment", "10"), ("promotion", "1.7")]));
+    let (s, _, c) = capture(&app, &alice, h["id"].as_str().unwrap(), json!({}), "cap-one").await;
+    assert_eq!((s.as_u16(), c["total"].as_str()), (201, Some("1.3")), "{c}");
+    assert_eq!(remaining(&app, &wallet, &alice).await, pairs(&[("adjustment", "10"), ("promotion", "2.4")]));
+    assert_eq!(wallet_state(&app, &wallet, &alice).await, ("12.4".into(), "0".into(), "12.4".into()));
     app.assert_ledger_ok();
 }
 

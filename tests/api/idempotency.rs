@@ -490,10 +490,16 @@ mod messages_claim_their_key_in_their_first_read {
             // The hold ends first, then the claim and the message's read.
             assert!(statements[0].starts_with("UPDATE"), "{statements:#?}");
             assert!(statements.iter().any(|s| s.starts_with(MERGED)), "{statements:#?}");
+            // What the capture gives back goes to the hold's one grant in
+            // one statement (no read of the hold's draws first).
+            assert!(statements.iter().all(|s| !s.starts_with("SELECT \"grant_draws\"")), "{statements:#?}");
+            assert_eq!(statements.len(), 6, "{statements:#?}");
         } else {
             assert!(statements[0].starts_with(CLAIM), "{statements:#?}");
         }
         assert_eq!(statements.iter().filter(|s| s.contains(CLAIM)).count(), 1, "{statements:#?}");
+        // A hold without metadata: the statement that ends it says so.
+        assert!(statements.iter().all(|s| !s.starts_with("SELECT \"object_metadata\"")), "{statements:#?}");
         let (s, h) = hold(&app, &alice, &agent, json!({"estimate": {"amount": "2"}}), "h2").await;
         assert_eq!(s, 201, "{h}");
         taken(&log);
