@@ -422,7 +422,10 @@ where
     match result {
         Ok(stored) | Err(Merged::KeyThere(Some(stored))) => Ok(stored),
         Err(Merged::KeyThere(None)) => execute(conn, req, status, work),
-        Err(Merged::Unclaimed) => replay_or_execute(conn, req, status, work),
+        Err(Merged::Unclaimed) => match replay_of(conn, req)? {
+            Some(stored) => Ok(stored),
+            None => execute(conn, req, status, work),
+        },
         Err(Merged::Failed(e)) => Err(e),
     }
 }
@@ -439,23 +442,6 @@ enum Merged {
 impl From<diesel::result::Error> for Merged {
     fn from(e: diesel::result::Error) -> Self {
         Merged::Failed(e.into())
-    }
-}
-
-/// The stored response of the key's earlier run, else [`execute`].
-fn replay_or_execute<T, F>(
-    conn: &mut DbConn,
-    req: &IdempotentRequest,
-    status: u16,
-    work: F,
-) -> ServiceResult<StoredResponse>
-where
-    T: Serialize,
-    F: Fn(&mut WriteTx<'_>, &RequestKey) -> ServiceResult<Outcome<T>>,
-{
-    match replay_of(conn, req)? {
-        Some(stored) => Ok(stored),
-        None => execute(conn, req, status, work),
     }
 }
 
