@@ -30,10 +30,9 @@
 use std::time::Duration;
 
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, Query, QueryFragment};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-
-use diesel::query_builder::{AstPass, Query, QueryFragment};
 
 use super::{ServiceError, ServiceResult};
 use crate::db::models::{IdempotencyRow, NewIdempotencyClaim};
@@ -358,11 +357,13 @@ where
 ///
 /// When the work succeeds its claim inserted the key, as with [`execute`].
 /// When it fails without having inserted the key (the key was there: done,
-/// or held by another request; or it failed before its first statement),
-/// everything it wrote is rolled back and the request goes through
-/// [`execute`] as a whole: the replay, 422, 409 or wait that the key calls
-/// for, and the work again if the key is free. SQLite has no
-/// data-modifying `WITH`: there this is [`execute`].
+/// or held by another request; or it refused before its first statement),
+/// everything it wrote is rolled back: a key that is done replays its
+/// stored response (or 422 for another request), and any other request
+/// goes through [`execute`] as a whole (the 409 or wait that the key calls
+/// for, and the work again if the key is free). A failure of the database
+/// goes to the caller as it is. SQLite has no data-modifying `WITH`: there
+/// this is [`execute`].
 pub fn execute_merging<T, F>(
     conn: &mut DbConn,
     req: &IdempotentRequest,
