@@ -311,15 +311,16 @@ fn check_may_finish(caller: &Caller, row: &HoldRow) -> ServiceResult<()> {
 /// Moves the hold from `open` to `to` if it is still open and (for capture
 /// and release) not yet past its expiry, or (for the sweep) past it: one
 /// guarded statement, so exactly one of capture, release and expiry wins.
+/// Says whether the hold has metadata (see [`end`]).
 pub(super) fn finish(
     tx: &mut WriteTx<'_>,
     hold_id: &str,
     to: HoldStatus,
     now: NaiveDateTime,
     charge_id: Option<&str>,
-) -> ServiceResult<()> {
+) -> ServiceResult<bool> {
     match end(tx, hold_id, to, now, charge_id)? {
-        Some(_) => Ok(()),
+        Some((_, has_metadata)) => Ok(has_metadata),
         None => Err(not_open(hold_id)),
     }
 }
@@ -420,14 +421,14 @@ fn return_all(tx: &mut WriteTx<'_>, row: &HoldRow, kind_of_end: HoldStatus) -> S
 pub fn release_hold(tx: &mut WriteTx<'_>, caller: &Caller, hold_id: &str) -> ServiceResult<Outcome<Hold>> {
     let row = load_for_finish(tx, caller, hold_id)?;
     let now = db::now();
-    finish(tx, hold_id, HoldStatus::Released, now, None)?;
+    let has_metadata = finish(tx, hold_id, HoldStatus::Released, now, None)?;
     return_all(tx, &row, HoldStatus::Released)?;
     let row = HoldRow { status: HoldStatus::Released, finished_at: Some(now), ..row };
     let wallet_id = wallet_public_id(tx, row.payer_account_id)?;
     let remaining =
         ledger::balance_of(tx, AccountRef { id: row.payer_account_id, kind: AccountKind::Wallet })?;
     let headers = vec![("X-Balance-Remaining".to_string(), remaining.to_string())];
-    let metadata = db::metadata::of(tx, &row.id)?;
+    let metadata = if has_metadata { db::metadata::of(tx, &row.id)? } else { Metadata::default() };
     Ok(Outcome { body: view(row, wallet_id, metadata), headers })
 }
 
@@ -487,7 +488,7 @@ pub fn expire_due(conn: &mut DbConn) -> ServiceResult<usize> {
     let mut released = 0usize;
     for row in due {
         let done = db::write_tx(conn, |tx| match finish(tx, &row.id, HoldStatus::Expired, now, None) {
-            Ok(()) => {
+            Ok(_) => {
                 return_all(tx, &row, HoldStatus::Expired)?;
                 announce_expired(tx, &row.id)?;
                 Ok(true)

@@ -62,6 +62,31 @@ impl RequestKey {
         &self.0
     }
 
+    /// The key of `req` first claimed at `now`, with its claim still to be
+    /// made.
+    fn claiming(req: &IdempotentRequest, now: chrono::NaiveDateTime) -> RequestKey {
+        let claim = PendingClaim {
+            scope: req.scope.clone(),
+            key: req.key.clone(),
+            fingerprint: req.fingerprint.clone(),
+            token: uuid::Uuid::new_v4().simple().to_string(),
+            locked_until: now + req.lease,
+            created_at: now,
+            made: std::cell::Cell::new(None),
+        };
+        RequestKey(req.request_key(now).0, Some(claim))
+    }
+
+    /// Whether the claim inserted the key (`None`: not made yet, or no claim).
+    fn made(&self) -> Option<bool> {
+        self.1.as_ref().and_then(|c| c.made.get())
+    }
+
+    /// The lease token of the claim (empty without one).
+    fn token(&self) -> &str {
+        self.1.as_ref().map_or("", |c| c.token.as_str())
+    }
+
     /// The claim of this request's key still to be made, when the work is
     /// to make it in its first statement ([`execute_merging`], PostgreSQL):
     /// the statement puts [`Claiming`] around itself and tells the claim
@@ -377,46 +402,33 @@ where
     if !matches!(conn, DbConn::Pg(_)) {
         return execute(conn, req, status, work);
     }
-    let now = db::now();
-    let claim = PendingClaim {
-        scope: req.scope.clone(),
-        key: req.key.clone(),
-        fingerprint: req.fingerprint.clone(),
-        token: uuid::Uuid::new_v4().simple().to_string(),
-        locked_until: now + req.lease,
-        created_at: now,
-        made: std::cell::Cell::new(None),
-    };
-    let RequestKey(request_key, _) = req.request_key(now);
-    let key = RequestKey(request_key, Some(claim));
-    let made = |key: &RequestKey| key.1.as_ref().and_then(|c| c.made.get());
+    let key = RequestKey::claiming(req, db::now());
     let result = db::write_tx(conn, |tx| -> Result<StoredResponse, Merged> {
         let outcome = match work(tx, &key) {
             Ok(outcome) => outcome,
             // The key was there (done, or held by another request): the
             // statement that found it went through, so the transaction (to
             // be rolled back) can still read it.
-            Err(_) if made(&key) == Some(false) => {
+            Err(_) if key.made() == Some(false) => {
                 return Err(Merged::KeyThere(replay_of(tx, req).map_err(Merged::Failed)?));
             }
             // The work refused before its claim was made; a failure of the
             // database goes to the caller as it is (a group commit runs a
             // request that lost a lock cycle again alone).
             Err(e)
-                if made(&key).is_none()
+                if key.made().is_none()
                     && !matches!(e, ServiceError::Database(_) | ServiceError::Pool(_)) =>
             {
                 return Err(Merged::Unclaimed);
             }
             Err(e) => return Err(Merged::Failed(e)),
         };
-        if made(&key) != Some(true) {
+        if key.made() != Some(true) {
             return Err(Merged::Failed(ServiceError::Internal(
                 "an idempotent work did not claim its key".into(),
             )));
         }
-        let token = key.1.as_ref().map_or("", |c| c.token.as_str());
-        store(tx, req, token, status, outcome).map_err(Merged::Failed)
+        store(tx, req, key.token(), status, outcome).map_err(Merged::Failed)
     });
     // Everything the work wrote is rolled back: a request that already ran
     // is replayed, any other goes the way of [`execute`].
@@ -455,13 +467,6 @@ enum OneTransaction<F> {
     Claimed(F),
 }
 
-#[derive(QueryableByName)]
-struct Inserted {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    #[allow(dead_code)]
-    state: String,
-}
-
 /// One transaction: the key inserted as claimed (`ON CONFLICT DO NOTHING`),
 /// the work, the response stored. A concurrent request with the same key
 /// waits on the key's unique index until the first commits (then finds it
@@ -481,31 +486,17 @@ where
 {
     let mut work = Some(work);
     let done = db::write_tx(conn, |tx| -> ServiceResult<Option<StoredResponse>> {
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        let now = db::now();
-        let claimed = crate::fixed!(diesel::sql_query(
-            "INSERT INTO idempotency_keys \
-                 (scope, key, request_hash, state, lease_token, locked_until, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (scope, key) DO NOTHING RETURNING state",
-        )
-        .bind::<diesel::sql_types::Text, _>(&req.scope)
-        .bind::<diesel::sql_types::Text, _>(&req.key)
-        .bind::<diesel::sql_types::Text, _>(&req.fingerprint)
-        .bind::<diesel::sql_types::Text, _>(IN_FLIGHT)
-        .bind::<diesel::sql_types::Text, _>(&token)
-        .bind::<diesel::sql_types::Timestamp, _>(now + req.lease)
-        .bind::<diesel::sql_types::Timestamp, _>(now),)
-        .get_result::<Inserted>(tx.conn())
-        .optional()?;
-        if claimed.is_none() {
-            return replay_of(tx, req);
+        let key = RequestKey::claiming(req, db::now());
+        match key.claim_first(tx) {
+            Ok(()) => {}
+            Err(_) if key.made() == Some(false) => return replay_of(tx, req),
+            Err(e) => return Err(e),
         }
         let Some(work) = work.take() else {
             return Err(ServiceError::Internal("idempotent work ran twice".into()));
         };
-        let outcome = work(tx, &req.request_key(now))?;
-        store(tx, req, &token, status, outcome).map(Some)
+        let outcome = work(tx, &key)?;
+        store(tx, req, key.token(), status, outcome).map(Some)
     })?;
     match (done, work) {
         (Some(stored), _) => Ok(OneTransaction::Done(stored)),
